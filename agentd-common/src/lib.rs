@@ -1,0 +1,182 @@
+//! Types shared by the kernel programs (`agentd-ebpf`) and userspace (`agentd`).
+//!
+//! Every type here is `#[repr(C)]`, has no implicit padding, and has its size pinned by a
+//! compile-time assertion, so that a layout change on one side cannot go unnoticed on the other.
+
+#![no_std]
+
+use core::mem::size_of;
+
+/// Length of `task_struct::comm` (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+/// How many bytes of an exec'd file name the kernel copies into an event. Longer names are
+/// truncated and flagged with [`ExecEvent::FLAG_FILENAME_TRUNCATED`].
+pub const FILENAME_LEN: usize = 256;
+
+/// The kind of a ring-buffer record. Every record starts with an [`EventHeader`] whose `kind` is
+/// one of these values; userspace dispatches on it.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// [`ExecEvent`]: a process called execve and the new image is in place.
+    Exec = 1,
+    /// [`FileEvent`]: an LSM file hook decided on a file.
+    File = 2,
+}
+
+impl EventKind {
+    /// Maps a raw `kind` back to the enum; `None` for kinds this build does not know.
+    #[must_use]
+    pub const fn from_raw(raw: u32) -> Option<Self> {
+        match raw {
+            1 => Some(Self::Exec),
+            2 => Some(Self::File),
+            _ => None,
+        }
+    }
+}
+
+/// The first field of every ring-buffer record.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct EventHeader {
+    /// An [`EventKind`] as `u32`.
+    pub kind: u32,
+    /// The CPU the event was produced on.
+    pub cpu: u32,
+    /// `bpf_ktime_get_boot_ns()` when the event was produced (CLOCK_BOOTTIME).
+    pub ktime_ns: u64,
+}
+const _: () = assert!(size_of::<EventHeader>() == 16);
+
+/// A process completed an exec: produced by the `sched_process_exec` hook.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    /// Thread-group id (the userspace "pid") of the process.
+    pub pid: u32,
+    /// Thread-group id of `task->real_parent`.
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The cgroup v2 id of the process (the inode number of its cgroup directory).
+    pub cgroup_id: u64,
+    /// `ExecEvent::FLAG_*` bits.
+    pub flags: u32,
+    /// Bytes of `filename` in use, excluding the terminating NUL.
+    pub filename_len: u32,
+    /// `task->comm` after the exec, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+    /// The file name the kernel resolved for the exec (`bprm->filename`), NUL-terminated.
+    pub filename: [u8; FILENAME_LEN],
+}
+const _: () = assert!(size_of::<ExecEvent>() == 16 + 16 + 8 + 8 + COMM_LEN + FILENAME_LEN);
+
+impl ExecEvent {
+    /// The file name did not fit in [`FILENAME_LEN`] bytes and was cut.
+    pub const FLAG_FILENAME_TRUNCATED: u32 = 1 << 0;
+    /// The parent could not be read; `ppid` is 0.
+    pub const FLAG_PPID_UNKNOWN: u32 = 1 << 1;
+}
+
+/// Identifies a file by its kernel object: the device of its super block and its inode number.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    /// The kernel's `dev_t` of `inode->i_sb->s_dev`: `major << 20 | minor`.
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+const _: () = assert!(size_of::<InodeKey>() == 16);
+
+impl InodeKey {
+    /// Builds a key from the major and minor numbers that `stat(2)` reports for `st_dev`.
+    #[must_use]
+    pub const fn new(major: u32, minor: u32, ino: u64) -> Self {
+        Self {
+            dev: (major << 20) | (minor & 0xf_ffff),
+            _pad: 0,
+            ino,
+        }
+    }
+}
+
+/// Verdicts that kernel programs return and report.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow = 0,
+    Deny = 1,
+}
+
+/// An LSM file hook decided on a file that matched a rule.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct FileEvent {
+    pub header: EventHeader,
+    pub pid: u32,
+    /// A [`Verdict`] as `u32`.
+    pub verdict: u32,
+    pub inode: InodeKey,
+    /// The `f_flags` the file was opened with.
+    pub open_flags: u32,
+    /// The id of the rule that matched.
+    pub rule_id: u32,
+}
+const _: () = assert!(size_of::<FileEvent>() == 16 + 8 + 16 + 8);
+
+/// Byte offsets of kernel struct fields that the programs read, resolved by userspace from the
+/// running kernel's BTF at load time and written into the programs' read-only data. Zero means
+/// "not resolved": programs treat the value as unreadable rather than guess.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `task_struct.real_parent`
+    pub task_real_parent: u32,
+    /// `task_struct.tgid`
+    pub task_tgid: u32,
+    /// `linux_binprm.filename`
+    pub bprm_filename: u32,
+    /// `file.f_inode`
+    pub file_inode: u32,
+    /// `file.f_flags`
+    pub file_flags: u32,
+    /// `inode.i_ino`
+    pub inode_ino: u32,
+    /// `inode.i_sb`
+    pub inode_sb: u32,
+    /// `super_block.s_dev`
+    pub sb_dev: u32,
+}
+const _: () = assert!(size_of::<KernelOffsets>() == 32);
+
+impl KernelOffsets {
+    /// Every offset unresolved: the value compiled into the eBPF object.
+    pub const UNRESOLVED: Self = Self {
+        task_real_parent: 0,
+        task_tgid: 0,
+        bprm_filename: 0,
+        file_inode: 0,
+        file_flags: 0,
+        inode_ino: 0,
+        inode_sb: 0,
+        sb_dev: 0,
+    };
+}
+
+/// The symbol name of the `KernelOffsets` global in the eBPF object.
+pub const KERNEL_OFFSETS_SYMBOL: &str = "KERNEL_OFFSETS";
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type below is `#[repr(C)]`, `Copy`, made only of integers and integer arrays,
+    // and has no implicit padding (sizes are asserted above), so any bit pattern is valid.
+    unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::ExecEvent {}
+    unsafe impl aya::Pod for super::FileEvent {}
+    unsafe impl aya::Pod for super::InodeKey {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}

@@ -1,0 +1,84 @@
+//! Exec events: `tp_btf/sched_process_exec` fires after a successful exec, when the new image is
+//! in place, so `comm` and the credentials are those of the new program.
+
+use agentd_common::{EventKind, ExecEvent, FILENAME_LEN};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_probe_read_kernel_str_bytes,
+    },
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+
+use crate::{
+    events::{EVENTS, count_drop, header},
+    kernel::{offsets, read_field},
+};
+
+/// Arguments of the `sched_process_exec` tracepoint:
+/// `(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`.
+const ARG_TASK: usize = 0;
+const ARG_BPRM: usize = 2;
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
+    // A tracepoint cannot change the outcome; the return value is ignored by the kernel.
+    match try_sched_process_exec(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<(), ()> {
+    let offsets = offsets();
+    let task: *const u8 = ctx.arg(ARG_TASK);
+    let bprm: *const u8 = ctx.arg(ARG_BPRM);
+
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        count_drop();
+        return Err(());
+    };
+    let event = entry.as_mut_ptr();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let mut flags = 0;
+
+    let ppid = read_field::<*const u8>(task, offsets.task_real_parent)
+        .and_then(|parent| read_field::<i32>(parent, offsets.task_tgid));
+    let ppid = ppid.map_or_else(
+        |_| {
+            flags |= ExecEvent::FLAG_PPID_UNKNOWN;
+            0
+        },
+        |tgid| tgid.cast_unsigned(),
+    );
+
+    // SAFETY: `event` points at a reserved, writable ring-buffer slot of the right size; every
+    // field is written before submit (the file name up to its NUL, the rest is never read).
+    unsafe {
+        (*event).header = header(EventKind::Exec);
+        (*event).pid = (pid_tgid >> 32) as u32;
+        (*event).ppid = ppid;
+        (*event).uid = uid_gid as u32;
+        (*event).gid = (uid_gid >> 32) as u32;
+        (*event).cgroup_id = bpf_get_current_cgroup_id();
+        (*event).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+
+        let filename = &mut (*event).filename;
+        let len = match read_field::<*const u8>(bprm, offsets.bprm_filename) {
+            Ok(name) => bpf_probe_read_kernel_str_bytes(name, filename).map_or(0, <[u8]>::len),
+            Err(_) => 0,
+        };
+        if len == 0 {
+            filename[0] = 0;
+        }
+        // The helper keeps room for the NUL; a name that filled the buffer was cut.
+        if len >= FILENAME_LEN - 1 {
+            flags |= ExecEvent::FLAG_FILENAME_TRUNCATED;
+        }
+        (*event).filename_len = len as u32;
+        (*event).flags = flags;
+    }
+    entry.submit(0);
+    Ok(())
+}

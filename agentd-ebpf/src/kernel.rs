@@ -1,0 +1,27 @@
+//! Reading kernel structs at offsets that userspace resolved from BTF.
+
+use agentd_common::KernelOffsets;
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+
+/// Filled in by userspace before load (`EbpfLoader::set_global`), from the running kernel's BTF.
+#[unsafe(no_mangle)]
+static KERNEL_OFFSETS: KernelOffsets = KernelOffsets::UNRESOLVED;
+
+/// The offsets for this kernel. A volatile read stops the compiler from folding the compiled-in
+/// zeros; the loader rewrites them in the object's read-only data.
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    // SAFETY: reading a plain static.
+    unsafe { core::ptr::read_volatile(&raw const KERNEL_OFFSETS) }
+}
+
+/// Reads a `T` at `base + offset` from kernel memory. An unresolved (zero) offset or a null base
+/// is an error: programs report "unknown" rather than read the wrong field.
+#[inline(always)]
+pub fn read_field<T>(base: *const u8, offset: u32) -> Result<T, i64> {
+    if base.is_null() || offset == 0 {
+        return Err(-1);
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address and fails instead of faulting.
+    unsafe { bpf_probe_read_kernel(base.add(offset as usize).cast::<T>()) }.map_err(i64::from)
+}

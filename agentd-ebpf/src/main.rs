@@ -1,0 +1,23 @@
+//! agentd's kernel programs. One object holds every program; userspace loads and attaches the
+//! ones each sensor needs. Each program is a thin, total entry point: the `try_*` function does
+//! the work and the entry point decides the safe default in one place.
+
+#![no_std]
+#![no_main]
+
+mod events;
+mod exec;
+mod files;
+mod kernel;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach this; it is never executed.
+    loop {}
+}
+
+/// LSM programs and most tracing helpers are GPL-only.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,128 @@
+//! The daemon's configuration file (TOML). Every setting has a documented default in its
+//! `Default` impl, so agentd runs with no file at all.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The path `agentd run` reads when `--config` is not given and the file exists.
+pub const DEFAULT_PATH: &str = "/etc/agentd/agentd.toml";
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub events: EventsConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// How `agentd run` prints events on stdout. Default: `text`.
+    pub format: OutputFormat,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            format: OutputFormat::Text,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line (docs/events.md).
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+}
+
+impl Config {
+    /// Parses a configuration document. Errors name the offending key and the reason.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Reads `path`; with `None`, reads [`DEFAULT_PATH`] if it exists and uses the defaults
+    /// otherwise.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, required) = match path {
+            Some(path) => (path, true),
+            None => (Path::new(DEFAULT_PATH), false),
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path),
+            Err(err) if !required && err.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Self::default())
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_document_gives_documented_defaults() {
+        let config = Config::parse("", Path::new("t.toml")).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.events.format, OutputFormat::Text);
+    }
+
+    #[test]
+    fn format_is_read() {
+        let config = Config::parse("[events]\nformat = \"json\"\n", Path::new("t.toml")).unwrap();
+        assert_eq!(config.events.format, OutputFormat::Json);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_that_names_it() {
+        let err = Config::parse("[events]\nfromat = \"json\"\n", Path::new("t.toml")).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("fromat"), "{message}");
+        assert!(message.starts_with("t.toml"), "{message}");
+    }
+
+    #[test]
+    fn bad_value_is_an_error_that_names_the_field() {
+        let err = Config::parse("[events]\nformat = \"xml\"\n", Path::new("t.toml")).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("format"), "{message}");
+        assert!(message.contains("xml"), "{message}");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error_but_missing_default_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        assert!(matches!(
+            Config::load(Some(&missing)),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

@@ -1,0 +1,48 @@
+//! The embedded eBPF object and how it is loaded: offsets resolved from BTF first, then maps
+//! created. Programs are loaded and attached by the sensors that own them.
+
+use agentd_common::{KERNEL_OFFSETS_SYMBOL, KernelOffsets};
+use aya::{Btf, Ebpf, EbpfLoader};
+
+use crate::kernel_btf::{BtfError, KernelBtf};
+
+/// The kernel programs, built by `build.rs` from `agentd-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agentd"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "this agentd was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild with \
+         `cargo xtask build` or plain `cargo build`"
+    )]
+    NoObject,
+    #[error("resolving kernel struct offsets from BTF: {0}")]
+    Offsets(#[from] BtfError),
+    #[error("reading the kernel's BTF for program loading: {0}")]
+    Btf(#[source] aya::BtfError),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+}
+
+/// Everything the sensors need: the loaded object, the kernel's BTF (LSM and tp_btf programs
+/// are verified against it) and the offsets written into the programs.
+pub struct LoadedObject {
+    pub ebpf: Ebpf,
+    pub btf: Btf,
+    pub offsets: KernelOffsets,
+}
+
+/// Resolves the struct offsets for the running kernel and loads the object's maps.
+pub fn load() -> Result<LoadedObject, LoadError> {
+    if OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    let offsets = KernelBtf::from_sys_fs()?.kernel_offsets()?;
+    let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
+    let ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global(KERNEL_OFFSETS_SYMBOL, &offsets, true)
+        .load(OBJECT)
+        .map_err(|err| LoadError::Load(Box::new(err)))?;
+    Ok(LoadedObject { ebpf, btf, offsets })
+}

@@ -1,0 +1,352 @@
+//! Kernel events: decoding ring-buffer records into one closed [`Event`] enum, and the reader
+//! that drains the ring buffer and accounts for what the kernel could not deliver.
+
+use std::{ffi::CStr, mem::size_of, ptr};
+
+use agentd_common::{EventHeader, EventKind, ExecEvent, FileEvent, Verdict};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use serde::Serialize;
+use tokio::io::{Interest, unix::AsyncFd};
+
+use crate::ebpf::LoadedObject;
+
+/// The version of the JSON event schema (docs/events.md). Bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const EVENTS_MAP: &str = "EVENTS";
+const DROPS_MAP: &str = "EVENT_DROPS";
+
+/// A process completed an exec.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Exec {
+    /// CLOCK_BOOTTIME nanoseconds when the kernel saw the exec.
+    pub ktime_ns: u64,
+    pub pid: u32,
+    /// `None` when the kernel could not read the parent.
+    pub ppid: Option<u32>,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub comm: String,
+    pub filename: String,
+    pub filename_truncated: bool,
+}
+
+/// An LSM hook decided on a file that a rule names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FileDecision {
+    pub ktime_ns: u64,
+    pub pid: u32,
+    /// The kernel `dev_t` of the file's super block (`major << 20 | minor`).
+    pub dev: u32,
+    pub ino: u64,
+    pub verdict: VerdictName,
+    pub open_flags: u32,
+    pub rule_id: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictName {
+    Allow,
+    Deny,
+}
+
+/// Every kind of event the kernel programs produce.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    Exec(Exec),
+    File(FileDecision),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than the {need} bytes its kind needs")]
+    Short { len: usize, need: usize },
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+}
+
+/// Copies a `T` out of a record after checking its length.
+fn read_record<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            need,
+        });
+    }
+    // SAFETY: the length is checked above and `T` is one of agentd-common's plain-old-data
+    // records, valid for any bit pattern; the read does not assume alignment.
+    Ok(unsafe { ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// A NUL-terminated kernel string, lossily as UTF-8.
+fn kernel_str(bytes: &[u8]) -> String {
+    CStr::from_bytes_until_nul(bytes).map_or_else(
+        |_| String::from_utf8_lossy(bytes).into_owned(),
+        |s| s.to_string_lossy().into_owned(),
+    )
+}
+
+impl Event {
+    /// Decodes one ring-buffer record.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let header: EventHeader = read_record(bytes)?;
+        match EventKind::from_raw(header.kind) {
+            Some(EventKind::Exec) => {
+                let raw: ExecEvent = read_record(bytes)?;
+                let len = (raw.filename_len as usize).min(raw.filename.len());
+                Ok(Self::Exec(Exec {
+                    ktime_ns: raw.header.ktime_ns,
+                    pid: raw.pid,
+                    ppid: (raw.flags & ExecEvent::FLAG_PPID_UNKNOWN == 0).then_some(raw.ppid),
+                    uid: raw.uid,
+                    gid: raw.gid,
+                    cgroup_id: raw.cgroup_id,
+                    comm: kernel_str(&raw.comm),
+                    filename: String::from_utf8_lossy(&raw.filename[..len]).into_owned(),
+                    filename_truncated: raw.flags & ExecEvent::FLAG_FILENAME_TRUNCATED != 0,
+                }))
+            }
+            Some(EventKind::File) => {
+                let raw: FileEvent = read_record(bytes)?;
+                let verdict = if raw.verdict == Verdict::Deny as u32 {
+                    VerdictName::Deny
+                } else {
+                    VerdictName::Allow
+                };
+                Ok(Self::File(FileDecision {
+                    ktime_ns: raw.header.ktime_ns,
+                    pid: raw.pid,
+                    dev: raw.inode.dev,
+                    ino: raw.inode.ino,
+                    verdict,
+                    open_flags: raw.open_flags,
+                    rule_id: raw.rule_id,
+                }))
+            }
+            None => Err(DecodeError::UnknownKind(header.kind)),
+        }
+    }
+
+    /// One human-readable line, as `agentd run` prints it.
+    #[must_use]
+    pub fn to_text(&self) -> String {
+        match self {
+            Self::Exec(e) => {
+                let ppid = e.ppid.map_or_else(|| "?".to_owned(), |p| p.to_string());
+                let cut = if e.filename_truncated { "…" } else { "" };
+                format!(
+                    "exec pid={} ppid={ppid} uid={} gid={} cgroup={} comm={:?} filename={:?}{cut}",
+                    e.pid, e.uid, e.gid, e.cgroup_id, e.comm, e.filename
+                )
+            }
+            Self::File(f) => format!(
+                "file pid={} dev={}:{} ino={} verdict={:?} rule={} flags={:#o}",
+                f.pid,
+                f.dev >> 20,
+                f.dev & 0xf_ffff,
+                f.ino,
+                f.verdict,
+                f.rule_id,
+                f.open_flags
+            ),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReaderError {
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("polling the ring buffer: {0}")]
+    Poll(#[source] std::io::Error),
+}
+
+/// Counters of what the reader has seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReaderStats {
+    pub delivered: u64,
+    pub undecodable: u64,
+}
+
+/// Drains the kernel's ring buffer. There is one reader per daemon; everything downstream
+/// subscribes to what it produces.
+pub struct EventReader {
+    ring: AsyncFd<RingBuf<MapData>>,
+    drops: PerCpuArray<MapData, u64>,
+    stats: ReaderStats,
+}
+
+impl EventReader {
+    /// Takes the ring buffer and its loss counter out of the object. Must run inside a tokio
+    /// runtime.
+    pub fn new(object: &mut LoadedObject) -> Result<Self, ReaderError> {
+        let mut take = |name: &'static str| {
+            object
+                .ebpf
+                .take_map(name)
+                .ok_or(ReaderError::MissingMap(name))
+        };
+        let ring = RingBuf::try_from(take(EVENTS_MAP)?).map_err(|source| ReaderError::Map {
+            map: EVENTS_MAP,
+            source,
+        })?;
+        let drops = PerCpuArray::try_from(take(DROPS_MAP)?).map_err(|source| ReaderError::Map {
+            map: DROPS_MAP,
+            source,
+        })?;
+        // SAFETY: the ring buffer owns its map fd; it stays open and unchanged for as long as
+        // the AsyncFd owns the ring buffer.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|err| ReaderError::Poll(err.into()))?;
+        Ok(Self {
+            ring,
+            drops,
+            stats: ReaderStats::default(),
+        })
+    }
+
+    /// Waits until the kernel has produced at least one record, then appends every available
+    /// record to `out`. Records that do not decode are counted, logged and skipped.
+    pub async fn read_batch(&mut self, out: &mut Vec<Event>) -> Result<usize, ReaderError> {
+        let before = out.len();
+        while out.len() == before {
+            let mut guard = self.ring.readable_mut().await.map_err(ReaderError::Poll)?;
+            let ring = guard.get_inner_mut();
+            while let Some(record) = ring.next() {
+                match Event::decode(&record) {
+                    Ok(event) => {
+                        self.stats.delivered += 1;
+                        out.push(event);
+                    }
+                    Err(err) => {
+                        self.stats.undecodable += 1;
+                        tracing::warn!(%err, "skipping an undecodable kernel event");
+                    }
+                }
+            }
+            guard.clear_ready();
+        }
+        Ok(out.len() - before)
+    }
+
+    #[must_use]
+    pub fn stats(&self) -> ReaderStats {
+        self.stats
+    }
+
+    /// Events the kernel could not reserve room for, summed over CPUs.
+    pub fn dropped(&self) -> Result<u64, ReaderError> {
+        let per_cpu = self.drops.get(&0, 0).map_err(|source| ReaderError::Map {
+            map: DROPS_MAP,
+            source,
+        })?;
+        Ok(per_cpu.iter().sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agentd_common::{COMM_LEN, FILENAME_LEN, InodeKey};
+
+    use super::*;
+
+    fn bytes_of<T>(value: &T) -> Vec<u8> {
+        // SAFETY: test records are plain-old-data.
+        unsafe { std::slice::from_raw_parts(ptr::from_ref(value).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    fn exec_record(flags: u32) -> ExecEvent {
+        let mut comm = [0; COMM_LEN];
+        comm[..4].copy_from_slice(b"curl");
+        let mut filename = [0xAA; FILENAME_LEN];
+        filename[..13].copy_from_slice(b"/usr/bin/curl");
+        ExecEvent {
+            header: EventHeader {
+                kind: EventKind::Exec as u32,
+                cpu: 1,
+                ktime_ns: 42,
+            },
+            pid: 100,
+            ppid: 7,
+            uid: 1000,
+            gid: 1001,
+            cgroup_id: 9,
+            flags,
+            filename_len: 13,
+            comm,
+            filename,
+        }
+    }
+
+    #[test]
+    fn exec_record_decodes_with_filename_cut_at_its_length() {
+        let event = Event::decode(&bytes_of(&exec_record(0))).unwrap();
+        let Event::Exec(exec) = event else {
+            panic!("expected an exec event, got {event:?}");
+        };
+        assert_eq!(exec.pid, 100);
+        assert_eq!(exec.ppid, Some(7));
+        assert_eq!(exec.comm, "curl");
+        assert_eq!(exec.filename, "/usr/bin/curl");
+        assert!(!exec.filename_truncated);
+    }
+
+    #[test]
+    fn unknown_parent_and_truncation_flags_are_reported() {
+        let flags = ExecEvent::FLAG_PPID_UNKNOWN | ExecEvent::FLAG_FILENAME_TRUNCATED;
+        let Event::Exec(exec) = Event::decode(&bytes_of(&exec_record(flags))).unwrap() else {
+            panic!("expected an exec event");
+        };
+        assert_eq!(exec.ppid, None);
+        assert!(exec.filename_truncated);
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        let bytes = bytes_of(&exec_record(0));
+        assert_eq!(
+            Event::decode(&bytes[..100]),
+            Err(DecodeError::Short {
+                len: 100,
+                need: size_of::<ExecEvent>()
+            })
+        );
+        let mut unknown = bytes;
+        unknown[0] = 99;
+        assert_eq!(Event::decode(&unknown), Err(DecodeError::UnknownKind(99)));
+    }
+
+    #[test]
+    fn file_event_json_has_stable_field_names() {
+        let raw = FileEvent {
+            header: EventHeader {
+                kind: EventKind::File as u32,
+                cpu: 0,
+                ktime_ns: 5,
+            },
+            pid: 3,
+            verdict: Verdict::Deny as u32,
+            inode: InodeKey::new(8, 1, 1234),
+            open_flags: 0,
+            rule_id: 77,
+        };
+        let event = Event::decode(&bytes_of(&raw)).unwrap();
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["kind"], "file");
+        assert_eq!(json["verdict"], "deny");
+        assert_eq!(json["rule_id"], 77);
+        assert_eq!(json["dev"], (8 << 20) | 1);
+        assert_eq!(json["ino"], 1234);
+    }
+}

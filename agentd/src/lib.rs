@@ -1,0 +1,11 @@
+//! agentd: kernel-enforced identity and Conditional Access for AI agents on Linux hosts.
+//!
+//! The crate is a library with thin binaries: `src/bin/agentd.rs` parses the command line and
+//! calls into [`daemon`]. See ARCHITECTURE.md for the data flow.
+
+pub mod config;
+pub mod daemon;
+pub mod ebpf;
+pub mod events;
+pub mod kernel_btf;
+pub mod sensors;

@@ -1,0 +1,72 @@
+//! The file sensor: BPF LSM `file_open`, denying opens of files named by kernel object.
+//!
+//! This is the first piece of file enforcement: a deny list of (device, inode) pairs. Policy
+//! compilation, audit mode and the other hooks arrive with the file-controls work.
+
+use std::{fs, os::unix::fs::MetadataExt as _, path::Path};
+
+use agentd_common::InodeKey;
+use aya::{
+    maps::HashMap,
+    programs::{Lsm, lsm::LsmLink},
+};
+
+use super::{SensorError, attach_error, load_error};
+use crate::ebpf::LoadedObject;
+
+const PROGRAM: &str = "file_open";
+const DENY_MAP: &str = "DENY_INODES";
+
+/// The kernel's active LSMs, comma-separated.
+pub const ACTIVE_LSMS: &str = "/sys/kernel/security/lsm";
+
+/// Whether BPF LSM is in the kernel's active LSM list. Where it is not, LSM programs may load
+/// but never run (or, on locked-down kernels, not load at all).
+pub fn bpf_lsm_active() -> std::io::Result<bool> {
+    let lsms = fs::read_to_string(ACTIVE_LSMS)?;
+    Ok(lsms.trim().split(',').any(|lsm| lsm == "bpf"))
+}
+
+/// The (device, inode) key of the file at `path`, as the kernel programs see it.
+pub fn inode_key(path: &Path) -> std::io::Result<InodeKey> {
+    let meta = fs::metadata(path)?;
+    let dev = meta.dev();
+    // glibc's major()/minor() encoding of a 64-bit dev_t.
+    let major = u32::try_from(((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff)).unwrap_or(0);
+    let minor = u32::try_from(((dev >> 12) & 0xffff_ff00) | (dev & 0xff)).unwrap_or(0);
+    Ok(InodeKey::new(major, minor, meta.ino()))
+}
+
+/// The attached `file_open` hook and its deny map. Dropping it detaches the program.
+pub struct FileSensor {
+    deny: HashMap<aya::maps::MapData, InodeKey, u32>,
+    _link: LsmLink,
+}
+
+impl FileSensor {
+    pub fn attach(object: &mut LoadedObject) -> Result<Self, SensorError> {
+        let LoadedObject { ebpf, btf, .. } = object;
+        let deny = ebpf
+            .take_map(DENY_MAP)
+            .ok_or(SensorError::MissingMap { map: DENY_MAP })?;
+        let deny = HashMap::try_from(deny).map_err(|source| SensorError::Map {
+            map: DENY_MAP,
+            source,
+        })?;
+        let program: &mut Lsm = super::program(ebpf, PROGRAM)?;
+        program.load(PROGRAM, btf).map_err(load_error(PROGRAM))?;
+        let link_id = program.attach().map_err(attach_error(PROGRAM))?;
+        let link = program.take_link(link_id).map_err(attach_error(PROGRAM))?;
+        Ok(Self { deny, _link: link })
+    }
+
+    /// Denies every open of the file `key` names, reporting `rule_id`.
+    pub fn deny(&mut self, key: InodeKey, rule_id: u32) -> Result<(), SensorError> {
+        self.deny
+            .insert(key, rule_id, 0)
+            .map_err(|source| SensorError::Map {
+                map: DENY_MAP,
+                source,
+            })
+    }
+}
