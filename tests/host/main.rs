@@ -1,2 +1,6 @@
-#[test]
-fn placeholder() {}
+//! The host tier: real eBPF on the running kernel, as root. Run with
+//! `cargo xtask test --tier host`.
+
+mod exec;
+mod kernel_btf;
+mod run;

@@ -1,0 +1,82 @@
+//! `agentd run`, the binary, end to end: it prints an exec event for a command started while
+//! it runs, and SIGINT stops it cleanly with nothing left attached.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use agentd_tests::{EVENT_DEADLINE, loaded_program_count, require_root, unique_executable, wait_until};
+
+/// The agentd binary: `cargo xtask test` builds it and names it in `AGENTD_BIN`.
+fn agentd_bin() -> PathBuf {
+    std::env::var_os("AGENTD_BIN").map_or_else(
+        || panic!("AGENTD_BIN is not set: run this tier through `cargo xtask test`"),
+        PathBuf::from,
+    )
+}
+
+#[test]
+fn agentd_run_prints_exec_events_and_detaches_on_sigint() {
+    require_root();
+    let before = loaded_program_count("sched_process_exec");
+    let mut agentd = Command::new(agentd_bin())
+        .args(["run", "--format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting agentd run");
+
+    // Read stdout on a thread so that the test can keep starting processes while it waits.
+    let (lines_tx, lines_rx) = mpsc::channel::<String>();
+    let stdout = agentd.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (_dir, program) = unique_executable("/bin/true".as_ref(), "agentd-run-probe");
+    let wanted = format!("\"filename\":\"{}\"", program.display());
+
+    // agentd prints nothing until it is attached, so keep exec'ing until one is reported.
+    let deadline = std::time::Instant::now() + EVENT_DEADLINE;
+    let mut found = None;
+    while found.is_none() && std::time::Instant::now() < deadline {
+        let _ = Command::new(&program).status().expect("running the probe");
+        while let Ok(line) = lines_rx.recv_timeout(Duration::from_millis(200)) {
+            if line.contains(&wanted) {
+                found = Some(line);
+                break;
+            }
+        }
+    }
+    let Some(line) = found else {
+        let _ = agentd.kill();
+        let output = agentd.wait_with_output().expect("collecting agentd's output");
+        panic!(
+            "agentd run printed no exec event for {} within {EVENT_DEADLINE:?}; stderr:\n{}",
+            program.display(),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+    assert!(line.contains("\"kind\":\"exec\""), "{line}");
+    assert!(line.contains("\"version\":1"), "{line}");
+
+    let pid = i32::try_from(agentd.id()).expect("pid fits i32");
+    // SAFETY: signalling our own child by pid.
+    let rc = unsafe { libc::kill(pid, libc::SIGINT) };
+    assert_eq!(rc, 0, "sending SIGINT to agentd");
+    let output = agentd.wait_with_output().expect("waiting for agentd to exit");
+    reader.join().expect("stdout reader thread");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "agentd exited with {}: {stderr}", output.status);
+    assert!(stderr.contains("detaching programs"), "{stderr}");
+    wait_until("agentd's exec program is unloaded after it exits", || {
+        loaded_program_count("sched_process_exec") == before
+    });
+}
