@@ -1,1 +1,182 @@
-fn main() {}
+//! agentd's build and test tasks: `cargo xtask --help`.
+
+mod cmd;
+mod setup;
+mod test;
+mod vm;
+
+use std::{os::unix::process::CommandExt as _, path::Path, process::{Command, ExitCode}, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::{
+    test::{Tier, VmOptions},
+    vm::{Accel, KernelSpec},
+};
+
+/// Build, set up and test agentd. Start with `cargo xtask run` (build and start the daemon)
+/// or `cargo xtask test` (every test tier). Both run `setup` first.
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum AccelArg {
+    /// KVM where a quick probe boot succeeds, TCG otherwise.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl AccelArg {
+    fn choice(self) -> Option<Accel> {
+        match self {
+            Self::Auto => None,
+            Self::Kvm => Some(Accel::Kvm),
+            Self::Tcg => Some(Accel::Tcg),
+        }
+    }
+}
+
+#[derive(clap::Args, Clone, Debug)]
+struct VmArgs {
+    /// Kernel to boot: 6.1 (Debian 12's), 6.12, or a Debian package name. Repeat for a matrix.
+    #[arg(long = "kernel", value_name = "KERNEL", default_values = ["6.1"])]
+    kernels: Vec<KernelSpec>,
+    /// QEMU accelerator.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: AccelArg,
+    /// Seconds the guest may run (boot and tests) before the run counts as timed out.
+    #[arg(long, value_name = "SECS", default_value_t = 900)]
+    timeout: u64,
+}
+
+impl VmArgs {
+    fn options(&self) -> VmOptions {
+        VmOptions {
+            kernels: self.kernels.clone(),
+            accel: self.accel.choice(),
+            timeout: Duration::from_secs(self.timeout),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and tests need (idempotent): Debian packages (qemu-system-x86,
+    /// busybox-static, cpio, binutils), rust-src for nightly, bpf-linker 0.10.3, and the VM
+    /// kernels, cached under ~/.cache/agentd.
+    Setup {
+        /// Kernels to fetch for the vm tier.
+        #[arg(long = "kernel", value_name = "KERNEL", default_values = ["6.1"])]
+        kernels: Vec<KernelSpec>,
+    },
+    /// Build agentd with its embedded eBPF object.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build and start agentd in the foreground, printing live events. Ctrl-C stops it
+    /// and detaches everything it attached. Needs root.
+    Run {
+        /// Arguments after `--` go to `agentd run`, e.g. `cargo xtask run -- --format json`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run test tiers (default: all) and print a summary. Exits non-zero when any
+    /// test fails.
+    Test {
+        /// Tier to run; repeat to run several. Default: unit, host and vm.
+        #[arg(long = "tier", value_enum)]
+        tiers: Vec<Tier>,
+        #[command(flatten)]
+        vm: VmArgs,
+    },
+    /// Run the vm tier alone: build an initramfs with the test binaries, boot each kernel with
+    /// BPF LSM under QEMU, run the tests inside and report.
+    VmTest {
+        #[command(flatten)]
+        vm: VmArgs,
+    },
+}
+
+pub fn is_root() -> bool {
+    cmd::output(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0")
+}
+
+/// Mounts the pseudo file systems agentd reads, where the host has not (this project's
+/// development machines boot without them).
+fn mount_pseudo_filesystems() -> anyhow::Result<()> {
+    for (fstype, target, probe) in [
+        ("securityfs", "/sys/kernel/security", "/sys/kernel/security/lsm"),
+        ("bpf", "/sys/fs/bpf", ""),
+        ("tracefs", "/sys/kernel/tracing", "/sys/kernel/tracing/events"),
+    ] {
+        let mounted = if probe.is_empty() {
+            std::fs::read_to_string("/proc/self/mounts")?
+                .lines()
+                .any(|line| line.split_whitespace().nth(1) == Some(target))
+        } else {
+            Path::new(probe).exists()
+        };
+        if !mounted {
+            cmd::run(Command::new("mount").args(["-t", fstype, fstype, target]))?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<bool> {
+    match cli.command {
+        Task::Setup { kernels } => setup::run(&setup::Options { kernels })?,
+        Task::Build { release } => {
+            setup::run(&setup::Options::default())?;
+            let agentd = test::build_agentd(release)?;
+            println!("built {}", agentd.display());
+        }
+        Task::Run { args } => {
+            anyhow::ensure!(is_root(), "agentd loads eBPF programs: run `cargo xtask run` as root");
+            setup::run(&setup::Options::default())?;
+            mount_pseudo_filesystems()?;
+            let agentd = test::build_agentd(true)?;
+            let mut command = Command::new(&agentd);
+            command.arg("run").args(&args);
+            eprintln!("+ {}", cmd::display(&command));
+            // Replace xtask, so that Ctrl-C reaches agentd alone and its exit code is ours.
+            let err = command.exec();
+            return Err(err).with_context(|| format!("starting {}", agentd.display()));
+        }
+        Task::Test { mut tiers, vm } => {
+            if tiers.is_empty() {
+                tiers = vec![Tier::Unit, Tier::Host, Tier::Vm];
+            }
+            tiers.sort();
+            tiers.dedup();
+            let kernels = if tiers.contains(&Tier::Vm) { vm.kernels.clone() } else { Vec::new() };
+            setup::run(&setup::Options { kernels })?;
+            return test::run(&tiers, &vm.options());
+        }
+        Task::VmTest { vm } => {
+            setup::run(&setup::Options {
+                kernels: vm.kernels.clone(),
+            })?;
+            let results = test::vm_tier(&vm.options())?;
+            return Ok(test::summarize(&results));
+        }
+    }
+    Ok(true)
+}

@@ -1,0 +1,152 @@
+//! `cargo xtask setup`: installs what the build and the tests need, from Debian's packages,
+//! crates.io and rustup components of installed toolchains. Every step checks first and says
+//! whether it installed or skipped.
+
+use std::{fs, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::{cmd, vm::KernelSpec};
+
+/// The nightly toolchain that builds the eBPF programs (the machine's own; rustup cannot fetch
+/// another one here).
+pub const NIGHTLY: &str = "nightly";
+/// bpf-linker must use the LLVM that nightly rustc emits bitcode for (LLVM 22); 0.10.3 links
+/// rustc's own libLLVM. 0.11+ default to an external LLVM 23.
+pub const BPF_LINKER_VERSION: &str = "0.10.3";
+/// Debian packages the tiers need: QEMU for the vm tier, a static busybox and cpio for its
+/// initramfs, binutils to strip test binaries before they go into it.
+const DEB_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "binutils"];
+
+#[derive(Debug, Default)]
+pub struct Options {
+    /// Kernels to fetch for the vm tier; none means "skip kernels".
+    pub kernels: Vec<KernelSpec>,
+}
+
+/// State shared by the steps: `apt-get update` runs at most once per setup.
+struct Apt {
+    updated: bool,
+}
+
+impl Apt {
+    fn update(&mut self) -> anyhow::Result<()> {
+        if !self.updated {
+            cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+            self.updated = true;
+        }
+        Ok(())
+    }
+}
+
+fn deb_installed(package: &str) -> bool {
+    cmd::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_ok_and(|status| status.contains("install ok installed"))
+}
+
+fn install_debs(apt: &mut Apt) -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEB_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| !deb_installed(package))
+        .collect();
+    if missing.is_empty() {
+        println!("setup: Debian packages {} already installed", DEB_PACKAGES.join(", "));
+        return Ok(());
+    }
+    if !crate::is_root() {
+        bail!("Debian packages {} are missing: run `cargo xtask setup` as root", missing.join(", "));
+    }
+    println!("setup: installing Debian packages {}", missing.join(", "));
+    apt.update()?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn install_rust_src() -> anyhow::Result<()> {
+    let installed = cmd::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]))
+    .with_context(|| {
+        format!("the `{NIGHTLY}` toolchain is required to build the eBPF programs and is not installed")
+    })?;
+    if installed.lines().any(|line| line.starts_with("rust-src")) {
+        println!("setup: rust-src for {NIGHTLY} already installed");
+        return Ok(());
+    }
+    println!("setup: installing rust-src for {NIGHTLY}");
+    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
+}
+
+fn install_bpf_linker() -> anyhow::Result<()> {
+    let version = cmd::output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if version.split_whitespace().nth(1) == Some(BPF_LINKER_VERSION) {
+        println!("setup: bpf-linker {BPF_LINKER_VERSION} already installed");
+        return Ok(());
+    }
+    println!(
+        "setup: installing bpf-linker {BPF_LINKER_VERSION} (found: {})",
+        if version.is_empty() { "none" } else { version.trim() }
+    );
+    cmd::run(Command::new("cargo").args([
+        &format!("+{NIGHTLY}"),
+        "install",
+        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        "--locked",
+        "--force",
+    ]))
+}
+
+/// Where downloads are kept between runs: `$AGENTD_CACHE_DIR`, else `$XDG_CACHE_HOME/agentd`,
+/// else `~/.cache/agentd`. Everything in it can be deleted; it is fetched again when needed.
+pub fn cache_dir() -> anyhow::Result<PathBuf> {
+    let dir = if let Some(dir) = std::env::var_os("AGENTD_CACHE_DIR") {
+        PathBuf::from(dir)
+    } else if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        PathBuf::from(dir).join("agentd")
+    } else {
+        let home = std::env::var_os("HOME").context("HOME is not set; set AGENTD_CACHE_DIR")?;
+        PathBuf::from(home).join(".cache/agentd")
+    };
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Resolves each kernel to a Debian package and makes sure its vmlinuz is in the cache.
+fn install_kernels(apt: &mut Apt, kernels: &[KernelSpec]) -> anyhow::Result<()> {
+    for spec in kernels {
+        let package = match spec.resolve() {
+            Ok(package) => package,
+            Err(first) => {
+                // A fresh machine has no package lists yet.
+                apt.update()?;
+                spec.resolve().map_err(|err| err.context(first))?
+            }
+        };
+        if let Some(vmlinuz) = crate::vm::cached_vmlinuz(&package)? {
+            println!("setup: kernel {package} already cached at {}", vmlinuz.display());
+            continue;
+        }
+        println!("setup: fetching kernel {package} for the vm tier");
+        crate::vm::fetch_kernel(&package)?;
+    }
+    Ok(())
+}
+
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    let mut apt = Apt { updated: false };
+    install_debs(&mut apt)?;
+    install_rust_src()?;
+    install_bpf_linker()?;
+    install_kernels(&mut apt, &options.kernels)?;
+    println!("setup: done");
+    Ok(())
+}

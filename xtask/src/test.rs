@@ -1,0 +1,270 @@
+//! `cargo xtask test`: runs the tiers and ends with one summary line per tier and the plain
+//! `N passed, N failed` line.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use cargo_metadata::{Artifact, Message};
+
+use crate::{
+    cmd,
+    vm::{self, Accel, KernelSpec, Outcome, Payload},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Tier {
+    /// `cargo test` of the userspace crates; no privileges.
+    Unit,
+    /// Real eBPF on the running kernel; root.
+    Host,
+    /// A distribution kernel with BPF LSM under QEMU.
+    Vm,
+}
+
+/// The counts of one tier (or one kernel of the vm tier).
+#[derive(Debug, Default)]
+pub struct TierResult {
+    pub name: String,
+    pub passed: u64,
+    pub failed: u64,
+    /// Why the tier failed when no test result says so (a build error, a boot failure...).
+    pub error: Option<String>,
+}
+
+impl TierResult {
+    fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds the counts of a libtest `test result:` line, if `line` is one.
+    fn count(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        let number_before = |word: &str| -> Option<u64> {
+            let words: Vec<&str> = rest.split([' ', ';', '.']).filter(|w| !w.is_empty()).collect();
+            let at = words.iter().position(|w| *w == word)?;
+            words.get(at.checked_sub(1)?)?.parse().ok()
+        };
+        self.passed += number_before("passed").unwrap_or(0);
+        self.failed += number_before("failed").unwrap_or(0);
+    }
+
+    /// Records a failure that no test counted: it still counts as one failed test, so the
+    /// closing line can never read "0 failed" for a tier that did not run.
+    fn fail(&mut self, why: impl Into<String>) {
+        if self.failed == 0 {
+            self.failed = 1;
+        }
+        self.error = Some(why.into());
+    }
+
+    fn ok(&self) -> bool {
+        self.failed == 0 && self.error.is_none()
+    }
+}
+
+impl fmt::Display for TierResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} passed, {} failed", self.name, self.passed, self.failed)?;
+        if let Some(error) = &self.error {
+            write!(f, " ({error})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_owned()
+}
+
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Runs a `cargo test` command, echoing its output and counting its results.
+fn cargo_test(name: &str, cmd: &mut Command) -> anyhow::Result<TierResult> {
+    let mut result = TierResult::new(name);
+    let success = cmd::stream(cmd, |line| {
+        println!("{line}");
+        result.count(line);
+    })?;
+    if !success && result.failed == 0 {
+        result.fail("cargo test failed before any test failed: see the build output above");
+    }
+    Ok(result)
+}
+
+/// Builds `cargo build`-style targets and returns the executables cargo reports, by target name.
+fn build_executables(args: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut cmd = cargo();
+    cmd.args(args)
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped());
+    eprintln!("+ {}", cmd::display(&cmd));
+    let mut child = cmd.spawn().context("starting cargo")?;
+    let stdout = child.stdout.take().context("cargo stdout")?;
+    let mut executables = Vec::new();
+    for message in Message::parse_stream(std::io::BufReader::new(stdout)) {
+        if let Message::CompilerArtifact(Artifact {
+            executable: Some(executable),
+            target,
+            ..
+        }) = message.context("reading cargo's messages")?
+        {
+            executables.push((target.name, executable.into_std_path_buf()));
+        }
+    }
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "`{}` failed: {status}", cmd::display(&cmd));
+    Ok(executables)
+}
+
+/// Builds the agentd binary (debug) and returns its path.
+pub fn build_agentd(release: bool) -> anyhow::Result<PathBuf> {
+    let mut args = vec!["build", "--package", "agentd", "--bin", "agentd"];
+    if release {
+        args.push("--release");
+    }
+    build_executables(&args)?
+        .into_iter()
+        .find_map(|(name, path)| (name == "agentd").then_some(path))
+        .context("cargo built no agentd binary")
+}
+
+fn unit() -> anyhow::Result<TierResult> {
+    // The default members: agentd, agentd-common and xtask.
+    cargo_test("unit", cargo().arg("test"))
+}
+
+fn host() -> anyhow::Result<TierResult> {
+    let mut result = TierResult::new("host");
+    if !crate::is_root() {
+        result.fail("needs root: real eBPF programs are loaded into the running kernel");
+        return Ok(result);
+    }
+    let agentd = build_agentd(false)?;
+    cargo_test(
+        "host",
+        cargo()
+            .args(["test", "--package", "agentd-tests", "--test", "host", "--", "--test-threads=1"])
+            .env("AGENTD_BIN", agentd),
+    )
+}
+
+/// Options of the vm tier.
+#[derive(Clone, Debug)]
+pub struct VmOptions {
+    pub kernels: Vec<KernelSpec>,
+    pub accel: Option<Accel>,
+    pub timeout: Duration,
+}
+
+/// Builds the test binaries, boots each kernel and counts the results printed inside.
+pub fn vm_tier(options: &VmOptions) -> anyhow::Result<Vec<TierResult>> {
+    let tests: Vec<(String, PathBuf)> = build_executables(&[
+        "test",
+        "--no-run",
+        "--package",
+        "agentd-tests",
+        "--test",
+        "vm",
+        "--test",
+        "host",
+    ])?
+    .into_iter()
+    .filter(|(name, _)| name == "vm" || name == "host")
+    .collect();
+    let payload = Payload {
+        tests,
+        agentd: build_agentd(false)?,
+    };
+    let mut results = Vec::new();
+    for kernel in &options.kernels {
+        let mut result = TierResult::new(format!("vm ({kernel})"));
+        let run = vm::run_tests(kernel, &payload, options.accel, options.timeout, |line| {
+            println!("vm| {line}");
+        })?;
+        for line in &run.console {
+            result.count(line);
+        }
+        match run.outcome {
+            Outcome::Finished { passed: true } => {}
+            Outcome::Finished { passed: false } => {
+                if result.failed == 0 {
+                    result.fail("a test binary failed without a test result: see the console above");
+                }
+            }
+            Outcome::BootFailure(why) => result.fail(format!("boot failure: {why}")),
+            Outcome::TimedOut(after) => result.fail(format!("timed out after {after:?}")),
+        }
+        results.push(result);
+    }
+    Ok(results)
+}
+
+/// Runs the tiers in order and prints the summary. Returns whether everything passed.
+pub fn run(tiers: &[Tier], vm_options: &VmOptions) -> anyhow::Result<bool> {
+    let mut results = Vec::new();
+    for tier in tiers {
+        println!("== tier {tier:?} ==");
+        match tier {
+            Tier::Unit => results.push(unit()?),
+            Tier::Host => results.push(host()?),
+            Tier::Vm => results.extend(vm_tier(vm_options)?),
+        }
+    }
+    Ok(summarize(&results))
+}
+
+/// Prints one line per tier and the closing `N passed, N failed` line.
+pub fn summarize(results: &[TierResult]) -> bool {
+    println!("== summary ==");
+    for result in results {
+        println!("{result}");
+    }
+    let passed: u64 = results.iter().map(|r| r.passed).sum();
+    let failed: u64 = results.iter().map(|r| r.failed).sum();
+    println!("{passed} passed, {failed} failed");
+    results.iter().all(TierResult::ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtest_result_lines_are_summed() {
+        let mut result = TierResult::new("unit");
+        result.count("test result: ok. 15 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s");
+        result.count("test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
+        result.count("running 4 tests");
+        assert_eq!((result.passed, result.failed), (18, 2));
+        assert!(!result.ok());
+    }
+
+    #[test]
+    fn a_tier_that_could_not_run_counts_as_a_failure() {
+        let mut result = TierResult::new("vm (6.1)");
+        result.fail("boot failure: no boot marker within 120s");
+        assert_eq!(result.failed, 1);
+        assert_eq!(
+            result.to_string(),
+            "vm (6.1): 0 passed, 1 failed (boot failure: no boot marker within 120s)"
+        );
+    }
+}

@@ -1,0 +1,418 @@
+//! The vm tier: boots a Debian kernel with BPF LSM under QEMU, runs test binaries inside, and
+//! carries their result out.
+//!
+//! The guest is an initramfs: a static busybox, `/init` (below), the test binaries with the
+//! shared libraries `ldd` names, and the agentd binary. `/init` mounts the pseudo file systems
+//! the programs need, runs every binary in `/tests` one test at a time, prints a result marker
+//! and powers off. The host side tells apart a kernel that never booted, a run that timed out,
+//! and tests that failed.
+
+use std::{
+    fmt, fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    str::FromStr,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{cmd, setup};
+
+/// A kernel for the vm tier, as the user names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelSpec {
+    /// A Debian kernel series with a meta-package: `6.1` (Debian 12's default) or `6.12`.
+    Series(String),
+    /// An exact package name, such as `linux-image-6.1.0-56-amd64`.
+    Package(String),
+}
+
+impl FromStr for KernelSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with("linux-image-") {
+            Ok(Self::Package(s.to_owned()))
+        } else if matches!(s, "6.1" | "6.12") {
+            Ok(Self::Series(s.to_owned()))
+        } else {
+            Err(format!(
+                "unknown kernel `{s}`: use 6.1, 6.12 or a package name like linux-image-6.1.0-56-amd64"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for KernelSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Series(s) | Self::Package(s) => f.write_str(s),
+        }
+    }
+}
+
+impl KernelSpec {
+    /// The Debian package that holds this kernel, from the local package lists.
+    pub fn resolve(&self) -> anyhow::Result<String> {
+        let series = match self {
+            Self::Package(package) => return Ok(package.clone()),
+            Self::Series(series) => series,
+        };
+        // Debian 12's default kernel is 6.1 (`linux-image-amd64`); later series have their own
+        // meta-package in the same archive.
+        let meta = if series == "6.1" {
+            "linux-image-amd64".to_owned()
+        } else {
+            format!("linux-image-{series}-amd64")
+        };
+        let depends = cmd::output(Command::new("apt-cache").args(["depends", &meta]))?;
+        let prefix = format!("linux-image-{series}.");
+        depends
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("Depends: "))
+            .find(|package| package.starts_with(&prefix))
+            .map(str::to_owned)
+            .with_context(|| format!("no {prefix}* package behind {meta} in the package lists"))
+    }
+}
+
+fn kernel_cache(package: &str) -> anyhow::Result<PathBuf> {
+    Ok(setup::cache_dir()?.join("kernels").join(package))
+}
+
+/// The cached vmlinuz of `package`, if it was fetched before.
+pub fn cached_vmlinuz(package: &str) -> anyhow::Result<Option<PathBuf>> {
+    let boot = kernel_cache(package)?.join("boot");
+    let Ok(entries) = fs::read_dir(&boot) else {
+        return Ok(None);
+    };
+    Ok(entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("vmlinuz-"))
+        }))
+}
+
+/// Downloads `package` with apt and keeps only its vmlinuz in the cache.
+pub fn fetch_kernel(package: &str) -> anyhow::Result<PathBuf> {
+    let dest = kernel_cache(package)?;
+    let download = tempfile::tempdir().context("creating a download directory")?;
+    cmd::run(
+        Command::new("apt-get")
+            // The download directory is root's; apt's sandbox user could not write to it.
+            .args(["download", "-q", "-o", "APT::Sandbox::User=root", package])
+            .current_dir(download.path()),
+    )?;
+    let deb = fs::read_dir(download.path())?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+        .with_context(|| format!("apt-get download {package} left no .deb"))?;
+    let parent = dest.parent().context("cache path has a parent")?;
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let staging = tempfile::tempdir_in(parent)?;
+    cmd::run(Command::new("sh").arg("-c").arg(format!(
+        "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' --wildcards './boot/vmlinuz-*'",
+        deb.display(),
+        staging.path().display()
+    )))?;
+    // Move into place only when complete, so an interrupted fetch is never taken as cached.
+    let _ = fs::remove_dir_all(&dest);
+    fs::rename(staging.keep(), &dest).with_context(|| format!("moving kernel into {}", dest.display()))?;
+    cached_vmlinuz(package)?.with_context(|| format!("{package} holds no boot/vmlinuz-*"))
+}
+
+/// Test binaries and other files to put in the guest.
+pub struct Payload {
+    /// Test executables; each lands in `/tests/<name>` and runs with `--test-threads=1`.
+    pub tests: Vec<(String, PathBuf)>,
+    /// The agentd binary, installed as `/bin/agentd` and named in `AGENTD_BIN`.
+    pub agentd: PathBuf,
+}
+
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mkdir -p /proc /sys /dev /tmp /run
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t bpf bpf /sys/fs/bpf
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t securityfs securityfs /sys/kernel/security
+echo "AGENTD-VM-BOOTED kernel=$(uname -r) lsm=$(cat /sys/kernel/security/lsm)"
+export AGENTD_BIN=/bin/agentd RUST_BACKTRACE=1 TMPDIR=/tmp
+status=0
+for t in /tests/*; do
+    [ -x "$t" ] || continue
+    echo "AGENTD-VM-RUN $t"
+    "$t" --test-threads=1 || status=1
+done
+if [ "$status" = 0 ]; then echo "AGENTD-VM-RESULT PASS"; else echo "AGENTD-VM-RESULT FAIL"; fi
+poweroff -f
+"#;
+
+/// Used by the KVM probe: boots and powers off at once.
+const PROBE_INIT: &str = "#!/bin/busybox sh\n/bin/busybox echo AGENTD-VM-BOOTED\n/bin/busybox poweroff -f\n";
+
+/// The shared libraries `ldd` names for `binary`, as absolute paths.
+fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let out = cmd::output(Command::new("ldd").arg(binary)).unwrap_or_default();
+    Ok(out
+        .lines()
+        .filter_map(|line| {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            let path = line.split("=>").last()?.split_whitespace().next()?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+/// Copies `from` to `root` + `to`, stripping debug info from ELF files to keep the image small.
+fn install(root: &Path, from: &Path, to: &Path, strip: bool) -> anyhow::Result<()> {
+    let dest = root.join(to.strip_prefix("/").unwrap_or(to));
+    if dest.exists() {
+        return Ok(());
+    }
+    fs::create_dir_all(dest.parent().context("destination has a parent")?)?;
+    if strip {
+        cmd::output(Command::new("strip").arg("--strip-debug").arg("-o").arg(&dest).arg(from))?;
+    } else {
+        fs::copy(from, &dest).with_context(|| format!("copying {}", from.display()))?;
+    }
+    Ok(())
+}
+
+fn install_with_libraries(root: &Path, from: &Path, to: &Path) -> anyhow::Result<()> {
+    install(root, from, to, true)?;
+    for library in shared_libraries(from)? {
+        install(root, &library, &library, false)?;
+    }
+    Ok(())
+}
+
+/// Writes a newc cpio archive of `root` to `archive`.
+fn cpio(root: &Path, archive: &Path) -> anyhow::Result<()> {
+    cmd::output(Command::new("sh").arg("-c").arg(format!(
+        "cd '{}' && find . -print0 | cpio --null --quiet -o -H newc > '{}'",
+        root.display(),
+        archive.display()
+    )))?;
+    Ok(())
+}
+
+fn busybox_root(root: &Path, init: &str) -> anyhow::Result<()> {
+    install(root, Path::new("/bin/busybox"), Path::new("/bin/busybox"), false)?;
+    // `true` for tests that exec a program; the rest are linked by `busybox --install`.
+    std::os::unix::fs::symlink("busybox", root.join("bin/true"))?;
+    let init_path = root.join("init");
+    fs::write(&init_path, init)?;
+    cmd::output(Command::new("chmod").arg("755").arg(&init_path))?;
+    Ok(())
+}
+
+/// Builds the test initramfs in `work` and returns its path.
+pub fn build_initramfs(work: &Path, payload: &Payload) -> anyhow::Result<PathBuf> {
+    let root = work.join("root");
+    busybox_root(&root, INIT)?;
+    for (name, binary) in &payload.tests {
+        install_with_libraries(&root, binary, &Path::new("/tests").join(name))?;
+    }
+    install_with_libraries(&root, &payload.agentd, Path::new("/bin/agentd"))?;
+    let archive = work.join("initramfs.cpio");
+    cpio(&root, &archive)?;
+    Ok(archive)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+/// How a VM run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest ran the tests; `passed` is the result marker.
+    Finished { passed: bool },
+    /// The kernel never reached `/init`'s boot marker.
+    BootFailure(String),
+    /// The guest booted but did not finish within the time limit.
+    TimedOut(Duration),
+}
+
+/// What a run printed that the host needs.
+pub struct Run {
+    pub outcome: Outcome,
+    /// The guest's console, line by line.
+    pub console: Vec<String>,
+}
+
+const BOOTED: &str = "AGENTD-VM-BOOTED";
+const RESULT_PASS: &str = "AGENTD-VM-RESULT PASS";
+const RESULT_FAIL: &str = "AGENTD-VM-RESULT FAIL";
+
+/// Boots `vmlinuz` with `initramfs` and streams the console through `on_line`.
+pub fn boot(
+    vmlinuz: &Path,
+    initramfs: &Path,
+    accel: Accel,
+    boot_timeout: Duration,
+    timeout: Duration,
+    mut on_line: impl FnMut(&str),
+) -> anyhow::Result<Run> {
+    let mut qemu = Command::new("qemu-system-x86_64");
+    match accel {
+        Accel::Kvm => qemu.args(["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => qemu.args(["-accel", "tcg", "-cpu", "max"]),
+    };
+    qemu.args(["-m", "2048", "-smp", "2", "-display", "none", "-serial", "stdio"])
+        .args(["-monitor", "none", "-no-reboot", "-kernel"])
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initramfs)
+        .arg("-append")
+        .arg("console=ttyS0 lsm=lockdown,capability,landlock,bpf panic=-1 quiet")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = qemu
+        .spawn()
+        .with_context(|| format!("starting `{}`", cmd::display(&qemu)))?;
+
+    // Lines arrive on a channel so that the deadline is checked even when the guest is silent.
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let stderr = child.stderr.take().context("qemu stderr")?;
+    let err_tx = tx.clone();
+    let readers = [
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line.trim_end_matches('\r').to_owned());
+            }
+        }),
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = err_tx.send(format!("qemu: {line}"));
+            }
+        }),
+    ];
+
+    let start = Instant::now();
+    let mut console = Vec::new();
+    let mut booted = false;
+    let mut result = None;
+    let outcome = loop {
+        let limit = if booted { timeout } else { boot_timeout };
+        let Some(left) = limit.checked_sub(start.elapsed()) else {
+            let _ = child.kill();
+            break if booted {
+                Outcome::TimedOut(timeout)
+            } else {
+                Outcome::BootFailure(format!("no boot marker within {boot_timeout:?}"))
+            };
+        };
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                on_line(&line);
+                booted |= line.contains(BOOTED);
+                if line.contains(RESULT_PASS) {
+                    result = Some(true);
+                } else if line.contains(RESULT_FAIL) {
+                    result = Some(false);
+                }
+                console.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                break match (booted, result) {
+                    (_, Some(passed)) => Outcome::Finished { passed },
+                    (true, None) => Outcome::Finished { passed: false },
+                    (false, None) => {
+                        let panic = console.iter().find(|l| l.contains("Kernel panic"));
+                        Outcome::BootFailure(panic.map_or_else(
+                            || "qemu exited before the guest booted".to_owned(),
+                            Clone::clone,
+                        ))
+                    }
+                };
+            }
+        }
+    };
+    let _ = child.wait();
+    for reader in readers {
+        let _ = reader.join();
+    }
+    Ok(Run { outcome, console })
+}
+
+/// Whether KVM boots `vmlinuz` here: /dev/kvm can exist while guests hang (it does on this
+/// project's development machines), so boot a trivial initramfs once with a short deadline.
+/// The answer is cached per host kernel and guest kernel.
+pub fn choose_accel(vmlinuz: &Path, package: &str) -> anyhow::Result<Accel> {
+    if !Path::new("/dev/kvm").exists() {
+        return Ok(Accel::Tcg);
+    }
+    let host = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let marker = setup::cache_dir()?.join(format!("kvm-probe-{}-{package}", host.trim()));
+    if let Ok(answer) = fs::read_to_string(&marker) {
+        return Ok(if answer.trim() == "kvm" { Accel::Kvm } else { Accel::Tcg });
+    }
+    let work = tempfile::tempdir()?;
+    let root = work.path().join("root");
+    busybox_root(&root, PROBE_INIT)?;
+    let archive = work.path().join("probe.cpio");
+    cpio(&root, &archive)?;
+    let probe = boot(
+        vmlinuz,
+        &archive,
+        Accel::Kvm,
+        Duration::from_secs(20),
+        Duration::from_secs(20),
+        |_| {},
+    )?;
+    let accel = if probe.console.iter().any(|line| line.contains(BOOTED)) {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    };
+    println!("vm: KVM probe: using {accel:?}");
+    fs::write(&marker, if accel == Accel::Kvm { "kvm" } else { "tcg" })?;
+    Ok(accel)
+}
+
+/// Boots `kernel` with `payload` and reports the outcome. `accel` of `None` probes for KVM.
+pub fn run_tests(
+    kernel: &KernelSpec,
+    payload: &Payload,
+    accel: Option<Accel>,
+    timeout: Duration,
+    on_line: impl FnMut(&str),
+) -> anyhow::Result<Run> {
+    let package = kernel.resolve()?;
+    let Some(vmlinuz) = cached_vmlinuz(&package)? else {
+        bail!("kernel {package} is not cached: run `cargo xtask setup --kernel {kernel}`");
+    };
+    let accel = match accel {
+        Some(accel) => accel,
+        None => choose_accel(&vmlinuz, &package)?,
+    };
+    let work = tempfile::tempdir()?;
+    let initramfs = build_initramfs(work.path(), payload)?;
+    println!("vm: booting {package} ({accel:?}) with {}", initramfs.display());
+    boot(
+        &vmlinuz,
+        &initramfs,
+        accel,
+        Duration::from_secs(120),
+        timeout,
+        on_line,
+    )
+}
