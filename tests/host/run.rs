@@ -47,7 +47,10 @@ fn agentd_run_prints_exec_events_and_detaches_on_sigint() {
     let deadline = std::time::Instant::now() + EVENT_DEADLINE;
     let mut found = None;
     while found.is_none() && std::time::Instant::now() < deadline {
-        let _ = Command::new(&program).status().expect("running the probe");
+        let _ = Command::new(&program)
+            .stderr(Stdio::null())
+            .status()
+            .expect("running the probe");
         while let Ok(line) = lines_rx.recv_timeout(Duration::from_millis(200)) {
             if line.contains(&wanted) {
                 found = Some(line);

@@ -44,7 +44,7 @@ impl AccelArg {
 #[derive(clap::Args, Clone, Debug)]
 struct VmArgs {
     /// Kernel to boot: 6.1 (Debian 12's), 6.12, or a Debian package name. Repeat for a matrix.
-    #[arg(long = "kernel", value_name = "KERNEL", default_values = ["6.1"])]
+    #[arg(long = "kernel", value_name = "KERNEL", default_values = ["6.1", "6.12"])]
     kernels: Vec<KernelSpec>,
     /// QEMU accelerator.
     #[arg(long, value_enum, default_value = "auto")]
@@ -71,7 +71,7 @@ enum Task {
     /// kernels, cached under ~/.cache/agentd.
     Setup {
         /// Kernels to fetch for the vm tier.
-        #[arg(long = "kernel", value_name = "KERNEL", default_values = ["6.1"])]
+        #[arg(long = "kernel", value_name = "KERNEL", default_values = ["6.1", "6.12"])]
         kernels: Vec<KernelSpec>,
     },
     /// Build agentd with its embedded eBPF object.
