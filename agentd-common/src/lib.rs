@@ -45,7 +45,7 @@ pub struct EventHeader {
     pub kind: u32,
     /// The CPU the event was produced on.
     pub cpu: u32,
-    /// `bpf_ktime_get_boot_ns()` when the event was produced (CLOCK_BOOTTIME).
+    /// `bpf_ktime_get_boot_ns()` when the event was produced (`CLOCK_BOOTTIME`).
     pub ktime_ns: u64,
 }
 const _: () = assert!(size_of::<EventHeader>() == 16);
@@ -87,7 +87,8 @@ impl ExecEvent {
 pub struct InodeKey {
     /// The kernel's `dev_t` of `inode->i_sb->s_dev`: `major << 20 | minor`.
     pub dev: u32,
-    pub _pad: u32,
+    /// Always 0: makes the padding explicit so that keys hash the same on both sides.
+    pub pad: u32,
     pub ino: u64,
 }
 const _: () = assert!(size_of::<InodeKey>() == 16);
@@ -98,7 +99,7 @@ impl InodeKey {
     pub const fn new(major: u32, minor: u32, ino: u64) -> Self {
         Self {
             dev: (major << 20) | (minor & 0xf_ffff),
-            _pad: 0,
+            pad: 0,
             ino,
         }
     }

@@ -43,7 +43,7 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i32> {
     let ino = read_field::<u64>(inode, offsets.inode_ino).map_err(|_| 0)?;
     let sb = read_field::<*const u8>(inode, offsets.inode_sb).map_err(|_| 0)?;
     let dev = read_field::<u32>(sb, offsets.sb_dev).map_err(|_| 0)?;
-    let key = InodeKey { dev, _pad: 0, ino };
+    let key = InodeKey { dev, pad: 0, ino };
 
     // SAFETY: the value is copied out immediately.
     let Some(&rule_id) = (unsafe { DENY_INODES.get(&key) }) else {

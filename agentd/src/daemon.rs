@@ -31,7 +31,11 @@ struct JsonLine<'a> {
     event: &'a Event,
 }
 
-fn write_event(out: &mut impl std::io::Write, format: OutputFormat, event: &Event) -> std::io::Result<()> {
+fn write_event(
+    out: &mut impl std::io::Write,
+    format: OutputFormat,
+    event: &Event,
+) -> std::io::Result<()> {
     match format {
         OutputFormat::Text => writeln!(out, "{}", event.to_text()),
         OutputFormat::Json => {

@@ -24,7 +24,7 @@ pub enum LoadError {
     Load(#[source] Box<aya::EbpfError>),
 }
 
-/// Everything the sensors need: the loaded object, the kernel's BTF (LSM and tp_btf programs
+/// Everything the sensors need: the loaded object, the kernel's BTF (LSM and `tp_btf` programs
 /// are verified against it) and the offsets written into the programs.
 pub struct LoadedObject {
     pub ebpf: Ebpf,

@@ -19,7 +19,7 @@ const DROPS_MAP: &str = "EVENT_DROPS";
 /// A process completed an exec.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Exec {
-    /// CLOCK_BOOTTIME nanoseconds when the kernel saw the exec.
+    /// `CLOCK_BOOTTIME` nanoseconds when the kernel saw the exec.
     pub ktime_ns: u64,
     pub pid: u32,
     /// `None` when the kernel could not read the parent.

@@ -159,7 +159,9 @@ impl KernelBtf {
             at = record.trailer + trailer_len;
         }
         if at != type_end {
-            return Err(BtfError::Malformed("last type record runs past the type section"));
+            return Err(BtfError::Malformed(
+                "last type record runs past the type section",
+            ));
         }
         Ok(Self {
             data,
@@ -316,7 +318,9 @@ mod tests {
                 types.extend_from_slice(&w.to_le_bytes());
             }
         };
-        let info = |kind: u32, vlen: u32, kind_flag: bool| (u32::from(kind_flag) << 31) | (kind << 24) | vlen;
+        let info = |kind: u32, vlen: u32, kind_flag: bool| {
+            (u32::from(kind_flag) << 31) | (kind << 24) | vlen
+        };
         // 1: int (size 4, 32 bits)
         push(&[s("int"), info(1, 0, false), 4, 32]);
         // 2: anonymous struct { int deep; }
@@ -386,7 +390,10 @@ mod tests {
     fn truncated_and_foreign_input_is_rejected() {
         let mut blob = sample_btf();
         blob.truncate(blob.len() - 10);
-        assert!(matches!(KernelBtf::parse(blob), Err(BtfError::Malformed(_))));
+        assert!(matches!(
+            KernelBtf::parse(blob),
+            Err(BtfError::Malformed(_))
+        ));
         assert!(matches!(
             KernelBtf::parse(vec![0; 64]),
             Err(BtfError::Malformed(_))

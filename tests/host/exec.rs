@@ -1,11 +1,14 @@
 use agentd::{events::Event, sensors::exec::ExecSensor};
-use agentd_tests::{load_object, loaded_program_count, own_cgroup_id, unique_executable, wait_for_event, wait_until};
+use agentd_tests::{
+    load_object, loaded_program_count, own_cgroup_id, unique_executable, wait_for_event, wait_until,
+};
 
 #[tokio::test]
 async fn exec_event_reports_child_pid_ppid_filename_and_cgroup() {
     let mut object = load_object();
     let _sensor = ExecSensor::attach(&mut object).expect("attaching the exec sensor");
-    let mut reader = agentd::events::EventReader::new(&mut object).expect("opening the ring buffer");
+    let mut reader =
+        agentd::events::EventReader::new(&mut object).expect("opening the ring buffer");
 
     let (_dir, program) = unique_executable("/bin/true".as_ref(), "agentd-exec-probe");
     // Under busybox (the vm tier) the renamed copy complains that it is no applet: the exec
@@ -17,9 +20,11 @@ async fn exec_event_reports_child_pid_ppid_filename_and_cgroup() {
     let pid = child.id();
     let expected = program.to_str().expect("UTF-8 temp path").to_owned();
 
-    let event = wait_for_event(&mut reader, "the child's exec", |event| {
-        matches!(event, Event::Exec(exec) if exec.pid == pid)
-    })
+    let event = wait_for_event(
+        &mut reader,
+        "the child's exec",
+        |event| matches!(event, Event::Exec(exec) if exec.pid == pid),
+    )
     .await;
     let Event::Exec(exec) = event else {
         unreachable!("matched an exec event")
@@ -27,7 +32,10 @@ async fn exec_event_reports_child_pid_ppid_filename_and_cgroup() {
     assert_eq!(exec.filename, expected);
     assert!(!exec.filename_truncated);
     assert_eq!(exec.ppid, Some(std::process::id()), "{exec:?}");
-    assert_eq!(exec.comm, "agentd-exec-pro", "comm is the file name cut to 15 bytes");
+    assert_eq!(
+        exec.comm, "agentd-exec-pro",
+        "comm is the file name cut to 15 bytes"
+    );
     assert_eq!(exec.cgroup_id, own_cgroup_id(), "{exec:?}");
     // SAFETY: getuid has no preconditions.
     assert_eq!(exec.uid, unsafe { libc::getuid() });

@@ -9,7 +9,9 @@ use std::{
     time::Duration,
 };
 
-use agentd_tests::{EVENT_DEADLINE, loaded_program_count, require_root, unique_executable, wait_until};
+use agentd_tests::{
+    EVENT_DEADLINE, loaded_program_count, require_root, unique_executable, wait_until,
+};
 
 /// The agentd binary: `cargo xtask test` builds it and names it in `AGENTD_BIN`.
 fn agentd_bin() -> PathBuf {
@@ -60,7 +62,9 @@ fn agentd_run_prints_exec_events_and_detaches_on_sigint() {
     }
     let Some(line) = found else {
         let _ = agentd.kill();
-        let output = agentd.wait_with_output().expect("collecting agentd's output");
+        let output = agentd
+            .wait_with_output()
+            .expect("collecting agentd's output");
         panic!(
             "agentd run printed no exec event for {} within {EVENT_DEADLINE:?}; stderr:\n{}",
             program.display(),
@@ -74,10 +78,16 @@ fn agentd_run_prints_exec_events_and_detaches_on_sigint() {
     // SAFETY: signalling our own child by pid.
     let rc = unsafe { libc::kill(pid, libc::SIGINT) };
     assert_eq!(rc, 0, "sending SIGINT to agentd");
-    let output = agentd.wait_with_output().expect("waiting for agentd to exit");
+    let output = agentd
+        .wait_with_output()
+        .expect("waiting for agentd to exit");
     reader.join().expect("stdout reader thread");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "agentd exited with {}: {stderr}", output.status);
+    assert!(
+        output.status.success(),
+        "agentd exited with {}: {stderr}",
+        output.status
+    );
     assert!(stderr.contains("detaching programs"), "{stderr}");
     wait_until("agentd's exec program is unloaded after it exits", || {
         loaded_program_count("sched_process_exec") == before

@@ -3,6 +3,11 @@
 //! These tests load real programs into the running kernel. They must run as root and one at a
 //! time (`--test-threads=1`, which `cargo xtask test` passes), since they share kernel state.
 
+#![allow(
+    clippy::missing_panics_doc,
+    reason = "test helpers fail the test by panicking with context"
+)]
+
 use std::{
     fs,
     os::unix::fs::MetadataExt as _,
@@ -55,10 +60,10 @@ where
             }
         }
     };
-    match tokio::time::timeout(EVENT_DEADLINE, search).await {
-        Ok(event) => event,
-        Err(_) => panic!("no event for {what} within {EVENT_DEADLINE:?} ({seen} other events seen)"),
-    }
+    let found = tokio::time::timeout(EVENT_DEADLINE, search).await;
+    found.unwrap_or_else(|_elapsed| {
+        panic!("no event for {what} within {EVENT_DEADLINE:?} ({seen} other events seen)")
+    })
 }
 
 /// Copies the executable at `program` to a fresh directory under a name no other process uses,

@@ -37,14 +37,21 @@ async fn lsm_file_open_denies_marker_file_with_eperm_and_reports_it() {
     fs::hard_link(&marker, &hard).expect("hard link to the marker");
     for alias in [&link, &hard] {
         let err = fs::File::open(alias).expect_err("opening an alias of the marker must be denied");
-        assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{}: {err}", alias.display());
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EPERM),
+            "{}: {err}",
+            alias.display()
+        );
     }
 
     assert_eq!(fs::read(&other).expect("other files still open"), b"public");
 
-    let event = wait_for_event(&mut reader, "the denied open", |event| {
-        matches!(event, Event::File(file) if file.pid == std::process::id())
-    })
+    let event = wait_for_event(
+        &mut reader,
+        "the denied open",
+        |event| matches!(event, Event::File(file) if file.pid == std::process::id()),
+    )
     .await;
     let Event::File(file) = event else {
         unreachable!("matched a file event")

@@ -1,11 +1,21 @@
 //! agentd's build and test tasks: `cargo xtask --help`.
 
+#![allow(
+    clippy::doc_markdown,
+    reason = "doc comments on the CLI types are --help text for users, not rustdoc"
+)]
+
 mod cmd;
 mod setup;
 mod test;
 mod vm;
 
-use std::{os::unix::process::CommandExt as _, path::Path, process::{Command, ExitCode}, time::Duration};
+use std::{
+    os::unix::process::CommandExt as _,
+    path::Path,
+    process::{Command, ExitCode},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -111,9 +121,17 @@ pub fn is_root() -> bool {
 /// development machines boot without them).
 fn mount_pseudo_filesystems() -> anyhow::Result<()> {
     for (fstype, target, probe) in [
-        ("securityfs", "/sys/kernel/security", "/sys/kernel/security/lsm"),
+        (
+            "securityfs",
+            "/sys/kernel/security",
+            "/sys/kernel/security/lsm",
+        ),
         ("bpf", "/sys/fs/bpf", ""),
-        ("tracefs", "/sys/kernel/tracing", "/sys/kernel/tracing/events"),
+        (
+            "tracefs",
+            "/sys/kernel/tracing",
+            "/sys/kernel/tracing/events",
+        ),
     ] {
         let mounted = if probe.is_empty() {
             std::fs::read_to_string("/proc/self/mounts")?
@@ -149,7 +167,10 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             println!("built {}", agentd.display());
         }
         Task::Run { args } => {
-            anyhow::ensure!(is_root(), "agentd loads eBPF programs: run `cargo xtask run` as root");
+            anyhow::ensure!(
+                is_root(),
+                "agentd loads eBPF programs: run `cargo xtask run` as root"
+            );
             setup::run(&setup::Options::default())?;
             mount_pseudo_filesystems()?;
             let agentd = test::build_agentd(true)?;
@@ -166,7 +187,11 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             tiers.sort();
             tiers.dedup();
-            let kernels = if tiers.contains(&Tier::Vm) { vm.kernels.clone() } else { Vec::new() };
+            let kernels = if tiers.contains(&Tier::Vm) {
+                vm.kernels.clone()
+            } else {
+                Vec::new()
+            };
             setup::run(&setup::Options { kernels })?;
             return test::run(&tiers, &vm.options());
         }

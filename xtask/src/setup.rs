@@ -51,11 +51,17 @@ fn install_debs(apt: &mut Apt) -> anyhow::Result<()> {
         .filter(|package| !deb_installed(package))
         .collect();
     if missing.is_empty() {
-        println!("setup: Debian packages {} already installed", DEB_PACKAGES.join(", "));
+        println!(
+            "setup: Debian packages {} already installed",
+            DEB_PACKAGES.join(", ")
+        );
         return Ok(());
     }
     if !crate::is_root() {
-        bail!("Debian packages {} are missing: run `cargo xtask setup` as root", missing.join(", "));
+        bail!(
+            "Debian packages {} are missing: run `cargo xtask setup` as root",
+            missing.join(", ")
+        );
     }
     println!("setup: installing Debian packages {}", missing.join(", "));
     apt.update()?;
@@ -76,7 +82,9 @@ fn install_rust_src() -> anyhow::Result<()> {
         NIGHTLY,
     ]))
     .with_context(|| {
-        format!("the `{NIGHTLY}` toolchain is required to build the eBPF programs and is not installed")
+        format!(
+            "the `{NIGHTLY}` toolchain is required to build the eBPF programs and is not installed"
+        )
     })?;
     if installed.lines().any(|line| line.starts_with("rust-src")) {
         println!("setup: rust-src for {NIGHTLY} already installed");
@@ -94,7 +102,11 @@ fn install_bpf_linker() -> anyhow::Result<()> {
     }
     println!(
         "setup: installing bpf-linker {BPF_LINKER_VERSION} (found: {})",
-        if version.is_empty() { "none" } else { version.trim() }
+        if version.is_empty() {
+            "none"
+        } else {
+            version.trim()
+        }
     );
     cmd::run(Command::new("cargo").args([
         &format!("+{NIGHTLY}"),
@@ -132,7 +144,10 @@ fn install_kernels(apt: &mut Apt, kernels: &[KernelSpec]) -> anyhow::Result<()> 
             }
         };
         if let Some(vmlinuz) = crate::vm::cached_vmlinuz(&package)? {
-            println!("setup: kernel {package} already cached at {}", vmlinuz.display());
+            println!(
+                "setup: kernel {package} already cached at {}",
+                vmlinuz.display()
+            );
             continue;
         }
         println!("setup: fetching kernel {package} for the vm tier");

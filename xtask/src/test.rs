@@ -50,7 +50,10 @@ impl TierResult {
             return;
         };
         let number_before = |word: &str| -> Option<u64> {
-            let words: Vec<&str> = rest.split([' ', ';', '.']).filter(|w| !w.is_empty()).collect();
+            let words: Vec<&str> = rest
+                .split([' ', ';', '.'])
+                .filter(|w| !w.is_empty())
+                .collect();
             let at = words.iter().position(|w| *w == word)?;
             words.get(at.checked_sub(1)?)?.parse().ok()
         };
@@ -74,7 +77,11 @@ impl TierResult {
 
 impl fmt::Display for TierResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {} passed, {} failed", self.name, self.passed, self.failed)?;
+        write!(
+            f,
+            "{}: {} passed, {} failed",
+            self.name, self.passed, self.failed
+        )?;
         if let Some(error) = &self.error {
             write!(f, " ({error})")?;
         }
@@ -130,7 +137,11 @@ fn build_executables(args: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>> {
         }
     }
     let status = child.wait()?;
-    anyhow::ensure!(status.success(), "`{}` failed: {status}", cmd::display(&cmd));
+    anyhow::ensure!(
+        status.success(),
+        "`{}` failed: {status}",
+        cmd::display(&cmd)
+    );
     Ok(executables)
 }
 
@@ -161,7 +172,15 @@ fn host() -> anyhow::Result<TierResult> {
     cargo_test(
         "host",
         cargo()
-            .args(["test", "--package", "agentd-tests", "--test", "host", "--", "--test-threads=1"])
+            .args([
+                "test",
+                "--package",
+                "agentd-tests",
+                "--test",
+                "host",
+                "--",
+                "--test-threads=1",
+            ])
             .env("AGENTD_BIN", agentd),
     )
 }
@@ -206,7 +225,8 @@ pub fn vm_tier(options: &VmOptions) -> anyhow::Result<Vec<TierResult>> {
             Outcome::Finished { passed: true } => {}
             Outcome::Finished { passed: false } => {
                 if result.failed == 0 {
-                    result.fail("a test binary failed without a test result: see the console above");
+                    result
+                        .fail("a test binary failed without a test result: see the console above");
                 }
             }
             Outcome::BootFailure(why) => result.fail(format!("boot failure: {why}")),
@@ -251,7 +271,9 @@ mod tests {
     fn libtest_result_lines_are_summed() {
         let mut result = TierResult::new("unit");
         result.count("test result: ok. 15 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s");
-        result.count("test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
+        result.count(
+            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
         result.count("running 4 tests");
         assert_eq!((result.passed, result.failed), (18, 2));
         assert!(!result.ok());

@@ -123,7 +123,8 @@ pub fn fetch_kernel(package: &str) -> anyhow::Result<PathBuf> {
     )))?;
     // Move into place only when complete, so an interrupted fetch is never taken as cached.
     let _ = fs::remove_dir_all(&dest);
-    fs::rename(staging.keep(), &dest).with_context(|| format!("moving kernel into {}", dest.display()))?;
+    fs::rename(staging.keep(), &dest)
+        .with_context(|| format!("moving kernel into {}", dest.display()))?;
     cached_vmlinuz(package)?.with_context(|| format!("{package} holds no boot/vmlinuz-*"))
 }
 
@@ -160,19 +161,20 @@ poweroff -f
 "#;
 
 /// Used by the KVM probe: boots and powers off at once.
-const PROBE_INIT: &str = "#!/bin/busybox sh\n/bin/busybox echo AGENTD-VM-BOOTED\n/bin/busybox poweroff -f\n";
+const PROBE_INIT: &str =
+    "#!/bin/busybox sh\n/bin/busybox echo AGENTD-VM-BOOTED\n/bin/busybox poweroff -f\n";
 
 /// The shared libraries `ldd` names for `binary`, as absolute paths.
-fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
+fn shared_libraries(binary: &Path) -> Vec<PathBuf> {
+    // A static binary makes ldd fail: it then needs no libraries.
     let out = cmd::output(Command::new("ldd").arg(binary)).unwrap_or_default();
-    Ok(out
-        .lines()
+    out.lines()
         .filter_map(|line| {
             // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
             let path = line.split("=>").last()?.split_whitespace().next()?;
             path.starts_with('/').then(|| PathBuf::from(path))
         })
-        .collect())
+        .collect()
 }
 
 /// Copies `from` to `root` + `to`, stripping debug info from ELF files to keep the image small.
@@ -183,7 +185,13 @@ fn install(root: &Path, from: &Path, to: &Path, strip: bool) -> anyhow::Result<(
     }
     fs::create_dir_all(dest.parent().context("destination has a parent")?)?;
     if strip {
-        cmd::output(Command::new("strip").arg("--strip-debug").arg("-o").arg(&dest).arg(from))?;
+        cmd::output(
+            Command::new("strip")
+                .arg("--strip-debug")
+                .arg("-o")
+                .arg(&dest)
+                .arg(from),
+        )?;
     } else {
         fs::copy(from, &dest).with_context(|| format!("copying {}", from.display()))?;
     }
@@ -192,7 +200,7 @@ fn install(root: &Path, from: &Path, to: &Path, strip: bool) -> anyhow::Result<(
 
 fn install_with_libraries(root: &Path, from: &Path, to: &Path) -> anyhow::Result<()> {
     install(root, from, to, true)?;
-    for library in shared_libraries(from)? {
+    for library in shared_libraries(from) {
         install(root, &library, &library, false)?;
     }
     Ok(())
@@ -209,7 +217,12 @@ fn cpio(root: &Path, archive: &Path) -> anyhow::Result<()> {
 }
 
 fn busybox_root(root: &Path, init: &str) -> anyhow::Result<()> {
-    install(root, Path::new("/bin/busybox"), Path::new("/bin/busybox"), false)?;
+    install(
+        root,
+        Path::new("/bin/busybox"),
+        Path::new("/bin/busybox"),
+        false,
+    )?;
     // `true` for tests that exec a program; the rest are linked by `busybox --install`.
     std::os::unix::fs::symlink("busybox", root.join("bin/true"))?;
     let init_path = root.join("init");
@@ -273,16 +286,18 @@ pub fn boot(
         Accel::Kvm => qemu.args(["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg => qemu.args(["-accel", "tcg", "-cpu", "max"]),
     };
-    qemu.args(["-m", "2048", "-smp", "2", "-display", "none", "-serial", "stdio"])
-        .args(["-monitor", "none", "-no-reboot", "-kernel"])
-        .arg(vmlinuz)
-        .arg("-initrd")
-        .arg(initramfs)
-        .arg("-append")
-        .arg("console=ttyS0 lsm=lockdown,capability,landlock,bpf panic=-1 quiet")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    qemu.args([
+        "-m", "2048", "-smp", "2", "-display", "none", "-serial", "stdio",
+    ])
+    .args(["-monitor", "none", "-no-reboot", "-kernel"])
+    .arg(vmlinuz)
+    .arg("-initrd")
+    .arg(initramfs)
+    .arg("-append")
+    .arg("console=ttyS0 lsm=lockdown,capability,landlock,bpf panic=-1 quiet")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = qemu
         .spawn()
         .with_context(|| format!("starting `{}`", cmd::display(&qemu)))?;
@@ -363,7 +378,11 @@ pub fn choose_accel(vmlinuz: &Path, package: &str) -> anyhow::Result<Accel> {
     let host = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let marker = setup::cache_dir()?.join(format!("kvm-probe-{}-{package}", host.trim()));
     if let Ok(answer) = fs::read_to_string(&marker) {
-        return Ok(if answer.trim() == "kvm" { Accel::Kvm } else { Accel::Tcg });
+        return Ok(if answer.trim() == "kvm" {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        });
     }
     let work = tempfile::tempdir()?;
     let root = work.path().join("root");
@@ -406,12 +425,15 @@ pub fn run_tests(
     };
     let work = tempfile::tempdir()?;
     let initramfs = build_initramfs(work.path(), payload)?;
-    println!("vm: booting {package} ({accel:?}) with {}", initramfs.display());
+    println!(
+        "vm: booting {package} ({accel:?}) with {}",
+        initramfs.display()
+    );
     boot(
         &vmlinuz,
         &initramfs,
         accel,
-        Duration::from_secs(120),
+        Duration::from_mins(2),
         timeout,
         on_line,
     )

@@ -1,12 +1,17 @@
 //! The `agentd` command line: a thin entry point over the `agentd` library.
 
+#![allow(
+    clippy::doc_markdown,
+    reason = "doc comments on the CLI types are --help text for users, not rustdoc"
+)]
+
 use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
 
 use agentd::config::{Config, OutputFormat};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-/// Exit code for bad input (sysexits.h EX_USAGE / EX_DATAERR family): a bad config file.
+/// Exit code for a bad configuration file (sysexits.h `EX_USAGE`).
 const EXIT_CONFIG: u8 = 64;
 
 /// Kernel-enforced identity and Conditional Access for AI agents on Linux hosts.
@@ -40,7 +45,9 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -62,7 +69,10 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             tracing::error!("starting the async runtime: {err}");
@@ -81,8 +91,10 @@ fn run(config: Config) -> ExitCode {
 /// Completes on the first SIGINT or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop agentd with SIGKILL");
         return std::future::pending().await;
     };
