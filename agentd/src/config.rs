@@ -40,13 +40,13 @@ pub enum OutputFormat {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("parsing {path}")]
     Parse {
         path: PathBuf,
         #[source]
@@ -103,15 +103,15 @@ mod tests {
     #[test]
     fn unknown_key_is_an_error_that_names_it() {
         let err = Config::parse("[events]\nfromat = \"json\"\n", Path::new("t.toml")).unwrap_err();
-        let message = err.to_string();
+        let message = format!("{:#}", anyhow::Error::from(err));
         assert!(message.contains("fromat"), "{message}");
-        assert!(message.starts_with("t.toml"), "{message}");
+        assert!(message.starts_with("parsing t.toml: "), "{message}");
     }
 
     #[test]
     fn bad_value_is_an_error_that_names_the_field() {
         let err = Config::parse("[events]\nformat = \"xml\"\n", Path::new("t.toml")).unwrap_err();
-        let message = err.to_string();
+        let message = format!("{:#}", anyhow::Error::from(err));
         assert!(message.contains("format"), "{message}");
         assert!(message.contains("xml"), "{message}");
     }

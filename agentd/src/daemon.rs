@@ -8,7 +8,11 @@ use crate::{
     config::{Config, OutputFormat},
     ebpf::{self, LoadError},
     events::{Event, EventReader, ReaderError, SCHEMA_VERSION},
-    sensors::{SensorError, exec::ExecSensor, files},
+    sensors::{
+        SensorError,
+        exec::ExecSensor,
+        files::{self, FileEnforcement},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -19,7 +23,7 @@ pub enum DaemonError {
     Sensor(#[from] SensorError),
     #[error(transparent)]
     Reader(#[from] ReaderError),
-    #[error("writing events: {0}")]
+    #[error("writing events")]
     Output(#[source] std::io::Error),
 }
 
@@ -52,17 +56,13 @@ fn write_event(
 /// Runs until `shutdown` completes. Everything attached is detached on return, by drop.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     let mut object = ebpf::load()?;
-    match files::bpf_lsm_active() {
-        Ok(true) => tracing::info!("BPF LSM is active: file enforcement is available"),
-        Ok(false) => tracing::warn!(
-            "BPF LSM is not active: file enforcement is unavailable; add `bpf` to the kernel's \
-             `lsm=` boot argument to enable it"
-        ),
-        Err(err) => tracing::warn!(
-            %err,
-            "cannot read {}: file enforcement status unknown (is securityfs mounted?)",
-            files::ACTIVE_LSMS
-        ),
+    match files::probe_enforcement(&mut object) {
+        FileEnforcement::Available => {
+            tracing::info!("file enforcement available: BPF LSM programs load and attach");
+        }
+        FileEnforcement::Unavailable(why) => {
+            tracing::warn!("file enforcement UNAVAILABLE: {why}");
+        }
     }
     let _exec = ExecSensor::attach(&mut object)?;
     let mut reader = EventReader::new(&mut object)?;

@@ -16,11 +16,11 @@ pub enum LoadError {
          `cargo xtask build` or plain `cargo build`"
     )]
     NoObject,
-    #[error("resolving kernel struct offsets from BTF: {0}")]
+    #[error("resolving kernel struct offsets from BTF")]
     Offsets(#[from] BtfError),
-    #[error("reading the kernel's BTF for program loading: {0}")]
+    #[error("reading the kernel's BTF for program loading")]
     Btf(#[source] aya::BtfError),
-    #[error("loading the eBPF object: {0}")]
+    #[error("loading the eBPF object")]
     Load(#[source] Box<aya::EbpfError>),
 }
 

@@ -161,13 +161,13 @@ impl Event {
 pub enum ReaderError {
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
-    #[error("map {map}: {source}")]
+    #[error("map {map}")]
     Map {
         map: &'static str,
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("polling the ring buffer: {0}")]
+    #[error("polling the ring buffer")]
     Poll(#[source] std::io::Error),
 }
 

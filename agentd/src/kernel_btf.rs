@@ -42,7 +42,7 @@ const MAX_ANON_DEPTH: u32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: String,
         #[source]

@@ -2,5 +2,6 @@
 //! `cargo xtask test --tier host`.
 
 mod exec;
+mod files;
 mod kernel_btf;
 mod run;

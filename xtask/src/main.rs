@@ -28,6 +28,7 @@ use crate::{
 /// Build, set up and test agentd. Start with `cargo xtask run` (build and start the daemon)
 /// or `cargo xtask test` (every test tier). Both run `setup` first.
 #[derive(Parser)]
+#[command(bin_name = "cargo xtask")]
 struct Cli {
     #[command(subcommand)]
     command: Task,

@@ -56,7 +56,7 @@ fn main() -> ExitCode {
             let mut config = match Config::load(config.as_deref()) {
                 Ok(config) => config,
                 Err(err) => {
-                    tracing::error!("invalid configuration: {err}");
+                    tracing::error!("invalid configuration: {:#}", anyhow::Error::from(err));
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };

@@ -27,6 +27,59 @@ pub fn bpf_lsm_active() -> std::io::Result<bool> {
     Ok(lsms.trim().split(',').any(|lsm| lsm == "bpf"))
 }
 
+/// Whether file enforcement works on this kernel, decided by trying it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileEnforcement {
+    Available,
+    /// Why not, and how to fix it, in words for the operator.
+    Unavailable(String),
+}
+
+/// How to turn BPF LSM on, for messages.
+pub const HOW_TO_ENABLE: &str = "add `bpf` to the kernel's `lsm=` boot argument, keeping the \
+     LSMs already listed in /sys/kernel/security/lsm (for example \
+     `lsm=lockdown,capability,landlock,bpf`), and reboot";
+
+/// Finds out whether BPF LSM enforcement works here: the active LSM list must name `bpf`, and
+/// the kernel must accept, load and attach the `file_open` program. The list alone is not
+/// enough: some kernels list `bpf` and still refuse LSM programs (lockdown, or a hypervisor's
+/// policy). The probe leaves nothing attached or loaded.
+pub fn probe_enforcement(object: &mut LoadedObject) -> FileEnforcement {
+    match bpf_lsm_active() {
+        Err(err) => {
+            return FileEnforcement::Unavailable(format!(
+                "cannot read {ACTIVE_LSMS} ({err}): mount securityfs \
+                 (`mount -t securityfs securityfs /sys/kernel/security`)"
+            ));
+        }
+        Ok(false) => {
+            return FileEnforcement::Unavailable(format!(
+                "BPF LSM is not active on this kernel; to enable it, {HOW_TO_ENABLE}"
+            ));
+        }
+        Ok(true) => {}
+    }
+    let LoadedObject { ebpf, btf, .. } = object;
+    let attempt = (|| {
+        let program: &mut Lsm = super::program(ebpf, PROGRAM)?;
+        program.load(PROGRAM, btf).map_err(load_error(PROGRAM))?;
+        let attached = program
+            .attach()
+            .map_err(attach_error(PROGRAM))
+            .and_then(|link_id| program.detach(link_id).map_err(attach_error(PROGRAM)));
+        let unloaded = program.unload().map_err(load_error(PROGRAM));
+        attached.and(unloaded)
+    })();
+    match attempt {
+        Ok(()) => FileEnforcement::Available,
+        Err(err) => FileEnforcement::Unavailable(format!(
+            "the kernel lists BPF LSM as active but refuses its programs ({:#}); file rules \
+             cannot be enforced on this host",
+            anyhow::Error::from(err)
+        )),
+    }
+}
+
 /// The (device, inode) key of the file at `path`, as the kernel programs see it.
 pub fn inode_key(path: &Path) -> std::io::Result<InodeKey> {
     let meta = fs::metadata(path)?;

@@ -15,25 +15,25 @@ pub enum SensorError {
     MissingProgram { program: &'static str },
     #[error("map {map} is missing from the eBPF object")]
     MissingMap { map: &'static str },
-    #[error("program {program} has the wrong type: {source}")]
+    #[error("program {program} has the wrong type")]
     WrongProgramType {
         program: &'static str,
         #[source]
         source: ProgramError,
     },
-    #[error("loading {program} into the kernel: {source}")]
+    #[error("loading {program} into the kernel")]
     Load {
         program: &'static str,
         #[source]
         source: ProgramError,
     },
-    #[error("attaching {program}: {source}")]
+    #[error("attaching {program}")]
     Attach {
         program: &'static str,
         #[source]
         source: ProgramError,
     },
-    #[error("map {map}: {source}")]
+    #[error("map {map}")]
     Map {
         map: &'static str,
         #[source]
