@@ -50,7 +50,7 @@ fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<(), ()> {
             flags |= ExecEvent::FLAG_PPID_UNKNOWN;
             0
         },
-        |tgid| tgid.cast_unsigned(),
+        i32::cast_unsigned,
     );
 
     // SAFETY: `event` points at a reserved, writable ring-buffer slot of the right size; every

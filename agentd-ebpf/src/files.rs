@@ -46,7 +46,7 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i32> {
     let key = InodeKey { dev, pad: 0, ino };
 
     // SAFETY: the value is copied out immediately.
-    let Some(&rule_id) = (unsafe { DENY_INODES.get(&key) }) else {
+    let Some(&rule_id) = (unsafe { DENY_INODES.get(key) }) else {
         return Ok(0);
     };
     let open_flags = read_field::<u32>(file, offsets.file_flags).unwrap_or(0);

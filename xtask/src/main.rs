@@ -106,6 +106,9 @@ enum Task {
         #[command(flatten)]
         vm: VmArgs,
     },
+    /// Lint every crate with clippy, warnings as errors: the userspace crates and the tests on
+    /// stable, the eBPF crate on nightly for bpfel-unknown-none.
+    Clippy,
     /// Run the vm tier alone: build an initramfs with the test binaries, boot each kernel with
     /// BPF LSM under QEMU, run the tests inside and report.
     VmTest {
@@ -195,6 +198,42 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             };
             setup::run(&setup::Options { kernels })?;
             return test::run(&tiers, &vm.options());
+        }
+        Task::Clippy => {
+            setup::run(&setup::Options::default())?;
+            cmd::run(test::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+            cmd::run(test::cargo().args([
+                "clippy",
+                "--package",
+                "agentd-tests",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            cmd::run(
+                Command::new("cargo")
+                    .current_dir(test::workspace_root())
+                    .args([
+                        &format!("+{}", setup::NIGHTLY),
+                        "clippy",
+                        "--package",
+                        "agentd-ebpf",
+                    ])
+                    .args([
+                        "--target",
+                        "bpfel-unknown-none",
+                        "-Z",
+                        "build-std=core",
+                        "--release",
+                    ])
+                    .args(["--", "-D", "warnings"])
+                    // The cfg aya-build passes when it builds the object for real.
+                    .env(
+                        "CARGO_ENCODED_RUSTFLAGS",
+                        format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+                    ),
+            )?;
         }
         Task::VmTest { vm } => {
             setup::run(&setup::Options {
