@@ -272,6 +272,32 @@ const BOOTED: &str = "AGENTD-VM-BOOTED";
 const RESULT_PASS: &str = "AGENTD-VM-RESULT PASS";
 const RESULT_FAIL: &str = "AGENTD-VM-RESULT FAIL";
 
+/// How a run ended when QEMU exited by itself, from what the console showed.
+fn exited(console: &[String]) -> Outcome {
+    let booted = console.iter().any(|line| line.contains(BOOTED));
+    let result = console.iter().rev().find_map(|line| {
+        if line.contains(RESULT_PASS) {
+            Some(true)
+        } else if line.contains(RESULT_FAIL) {
+            Some(false)
+        } else {
+            None
+        }
+    });
+    match (booted, result) {
+        (true, Some(passed)) => Outcome::Finished { passed },
+        // Booted, then died without a result: a test binary took the guest down.
+        (true, None) => Outcome::Finished { passed: false },
+        (false, _) => {
+            let panic = console.iter().find(|line| line.contains("Kernel panic"));
+            Outcome::BootFailure(panic.map_or_else(
+                || "qemu exited before the guest booted".to_owned(),
+                |line| line.trim().to_owned(),
+            ))
+        }
+    }
+}
+
 /// Boots `vmlinuz` with `initramfs` and streams the console through `on_line`.
 pub fn boot(
     vmlinuz: &Path,
@@ -323,7 +349,6 @@ pub fn boot(
     let start = Instant::now();
     let mut console = Vec::new();
     let mut booted = false;
-    let mut result = None;
     let outcome = loop {
         let limit = if booted { timeout } else { boot_timeout };
         let Some(left) = limit.checked_sub(start.elapsed()) else {
@@ -338,27 +363,10 @@ pub fn boot(
             Ok(line) => {
                 on_line(&line);
                 booted |= line.contains(BOOTED);
-                if line.contains(RESULT_PASS) {
-                    result = Some(true);
-                } else if line.contains(RESULT_FAIL) {
-                    result = Some(false);
-                }
                 console.push(line);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                break match (booted, result) {
-                    (_, Some(passed)) => Outcome::Finished { passed },
-                    (true, None) => Outcome::Finished { passed: false },
-                    (false, None) => {
-                        let panic = console.iter().find(|l| l.contains("Kernel panic"));
-                        Outcome::BootFailure(panic.map_or_else(
-                            || "qemu exited before the guest booted".to_owned(),
-                            Clone::clone,
-                        ))
-                    }
-                };
-            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break exited(&console),
         }
     };
     let _ = child.wait();
@@ -437,4 +445,45 @@ pub fn run_tests(
         timeout,
         on_line,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn console(lines: &[&str]) -> Vec<String> {
+        lines.iter().map(|line| (*line).to_owned()).collect()
+    }
+
+    #[test]
+    fn guest_that_printed_a_result_finished() {
+        let pass = console(&[BOOTED, "test result: ok. 1 passed; 0 failed", RESULT_PASS]);
+        assert_eq!(exited(&pass), Outcome::Finished { passed: true });
+        let fail = console(&[BOOTED, RESULT_FAIL]);
+        assert_eq!(exited(&fail), Outcome::Finished { passed: false });
+    }
+
+    #[test]
+    fn guest_that_died_after_booting_failed_its_tests() {
+        let died = console(&[BOOTED, "AGENTD-VM-RUN /tests/vm"]);
+        assert_eq!(exited(&died), Outcome::Finished { passed: false });
+    }
+
+    #[test]
+    fn kernel_panic_before_init_is_a_boot_failure() {
+        let panic = console(&[
+            "[    1.2] Kernel panic - not syncing: No working init found.",
+            RESULT_PASS,
+        ]);
+        assert_eq!(
+            exited(&panic),
+            Outcome::BootFailure(
+                "[    1.2] Kernel panic - not syncing: No working init found.".into()
+            )
+        );
+        assert_eq!(
+            exited(&[]),
+            Outcome::BootFailure("qemu exited before the guest booted".into())
+        );
+    }
 }
