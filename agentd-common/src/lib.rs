@@ -23,6 +23,12 @@ pub enum EventKind {
     Exec = 1,
     /// [`FileEvent`]: an LSM file hook decided on a file.
     File = 2,
+    /// [`ProcessEvent`]: a tagged process forked a new process, which inherited the tag.
+    Fork = 3,
+    /// [`ProcessEvent`]: the last thread of a tagged process exited; its tag was removed.
+    Exit = 4,
+    /// [`ProcessEvent`]: a process should have been tagged but `TASK_AGENT` was full.
+    TagLost = 5,
 }
 
 impl EventKind {
@@ -32,6 +38,9 @@ impl EventKind {
         match raw {
             1 => Some(Self::Exec),
             2 => Some(Self::File),
+            3 => Some(Self::Fork),
+            4 => Some(Self::Exit),
+            5 => Some(Self::TagLost),
             _ => None,
         }
     }
@@ -71,15 +80,135 @@ pub struct ExecEvent {
     pub comm: [u8; COMM_LEN],
     /// The file name the kernel resolved for the exec (`bprm->filename`), NUL-terminated.
     pub filename: [u8; FILENAME_LEN],
+    /// The agent the process belongs to after this exec; `agent == 0` when untagged.
+    pub tag: AgentTag,
+    /// Bytes of `args` in use.
+    pub args_len: u32,
+    /// The file that was executed (`bprm->file`), by kernel object.
+    pub exe: InodeKey,
+    /// The new program's argument vector as the kernel laid it out (NUL-separated), read
+    /// before the program ran its first instruction.
+    pub args: [u8; ARGS_LEN],
 }
-const _: () = assert!(size_of::<ExecEvent>() == 16 + 16 + 8 + 8 + COMM_LEN + FILENAME_LEN);
+const _: () = assert!(
+    size_of::<ExecEvent>() == 16 + 16 + 8 + 8 + COMM_LEN + FILENAME_LEN + 12 + 4 + 16 + ARGS_LEN
+);
 
 impl ExecEvent {
     /// The file name did not fit in [`FILENAME_LEN`] bytes and was cut.
     pub const FLAG_FILENAME_TRUNCATED: u32 = 1 << 0;
     /// The parent could not be read; `ppid` is 0.
     pub const FLAG_PPID_UNKNOWN: u32 = 1 << 1;
+    /// The arguments did not fit in [`ARGS_LEN`] bytes and were cut.
+    pub const FLAG_ARGS_TRUNCATED: u32 = 1 << 2;
+    /// This exec tagged the process (by cgroup or discovery rule); it was untagged before.
+    pub const FLAG_NEWLY_TAGGED: u32 = 1 << 3;
 }
+
+/// How many bytes of an exec's argument vector the kernel copies into an event.
+pub const ARGS_LEN: usize = 256;
+
+/// How a process came to carry its agent's identity.
+#[repr(u16)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum TagSource {
+    /// Started by `agentd launch` in the agent's agentd-managed cgroup.
+    Launch = 1,
+    /// Runs in a cgroup named in the agent's registration (e.g. a systemd unit's).
+    Cgroup = 2,
+    /// Its exec matched a discovery rule.
+    Discovery = 3,
+}
+
+impl TagSource {
+    #[must_use]
+    pub const fn from_raw(raw: u16) -> Option<Self> {
+        match raw {
+            1 => Some(Self::Launch),
+            2 => Some(Self::Cgroup),
+            3 => Some(Self::Discovery),
+            _ => None,
+        }
+    }
+}
+
+/// The identity a process carries in the kernel: the agent's compact index (userspace maps it
+/// to the agent's UUID and name) and how the tag was obtained.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct AgentTag {
+    /// 1-based agent index; 0 means "not an agent".
+    pub agent: u32,
+    /// A [`TagSource`] as `u16`.
+    pub source: u16,
+    /// `AgentTag::FLAG_*` bits.
+    pub flags: u16,
+    /// The discovery rule that matched (for [`TagSource::Discovery`]), else 0.
+    pub rule: u32,
+}
+const _: () = assert!(size_of::<AgentTag>() == 12);
+
+impl AgentTag {
+    /// No agent.
+    pub const NONE: Self = Self {
+        agent: 0,
+        source: 0,
+        flags: 0,
+        rule: 0,
+    };
+    /// The process got its tag from its parent at fork.
+    pub const FLAG_INHERITED: u16 = 1 << 0;
+
+    #[must_use]
+    pub const fn new(agent: u32, source: TagSource, rule: u32) -> Self {
+        Self {
+            agent,
+            source: source as u16,
+            flags: 0,
+            rule,
+        }
+    }
+
+    /// The same tag, marked as inherited.
+    #[must_use]
+    pub const fn inherited(self) -> Self {
+        Self {
+            flags: self.flags | Self::FLAG_INHERITED,
+            ..self
+        }
+    }
+}
+
+/// A tagged process was created, exited, or could not be tagged: see [`EventKind`].
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct ProcessEvent {
+    pub header: EventHeader,
+    pub pid: u32,
+    /// For `Fork`, the parent's tgid; otherwise 0.
+    pub ppid: u32,
+    pub tag: AgentTag,
+    /// For `Exit`, the process's exit code as `wait(2)` encodes it; otherwise 0.
+    pub exit_code: u32,
+}
+const _: () = assert!(size_of::<ProcessEvent>() == 16 + 8 + 12 + 4);
+
+/// Slots of the per-CPU `TAG_STATS` counters.
+pub mod tag_stats {
+    /// A process should have been tagged but the `TASK_AGENT` insert failed (map full).
+    pub const INSERT_FAILED: u32 = 0;
+    /// Number of slots.
+    pub const LEN: u32 = 1;
+}
+
+/// What the kernel does with an exec that matches a discovery rule by file (`DISCOVERY_INODES`).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct DiscoveryMatch {
+    pub agent: u32,
+    pub rule: u32,
+}
+const _: () = assert!(size_of::<DiscoveryMatch>() == 8);
 
 /// Identifies a file by its kernel object: the device of its super block and its inode number.
 #[repr(C)]
@@ -151,8 +280,24 @@ pub struct KernelOffsets {
     pub inode_sb: u32,
     /// `super_block.s_dev`
     pub sb_dev: u32,
+    /// `task_struct.pid`
+    pub task_pid: u32,
+    /// `task_struct.signal`
+    pub task_signal: u32,
+    /// `signal_struct.live` (an `atomic_t`: live threads of the process)
+    pub signal_live: u32,
+    /// `task_struct.exit_code`
+    pub task_exit_code: u32,
+    /// `task_struct.mm`
+    pub task_mm: u32,
+    /// `mm_struct.arg_start`
+    pub mm_arg_start: u32,
+    /// `mm_struct.arg_end`
+    pub mm_arg_end: u32,
+    /// `linux_binprm.file`
+    pub bprm_file: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 32);
+const _: () = assert!(size_of::<KernelOffsets>() == 64);
 
 impl KernelOffsets {
     /// Every offset unresolved: the value compiled into the eBPF object.
@@ -165,6 +310,14 @@ impl KernelOffsets {
         inode_ino: 0,
         inode_sb: 0,
         sb_dev: 0,
+        task_pid: 0,
+        task_signal: 0,
+        signal_live: 0,
+        task_exit_code: 0,
+        task_mm: 0,
+        mm_arg_start: 0,
+        mm_arg_end: 0,
+        bprm_file: 0,
     };
 }
 
@@ -180,4 +333,7 @@ mod pod {
     unsafe impl aya::Pod for super::FileEvent {}
     unsafe impl aya::Pod for super::InodeKey {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::AgentTag {}
+    unsafe impl aya::Pod for super::ProcessEvent {}
+    unsafe impl aya::Pod for super::DiscoveryMatch {}
 }

@@ -1,11 +1,11 @@
 //! Exec events: `tp_btf/sched_process_exec` fires after a successful exec, when the new image is
 //! in place, so `comm` and the credentials are those of the new program.
 
-use agentd_common::{EventKind, ExecEvent, FILENAME_LEN};
+use agentd_common::{ARGS_LEN, AgentTag, EventKind, ExecEvent, FILENAME_LEN, InodeKey};
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_probe_read_kernel_str_bytes,
+        bpf_get_current_uid_gid, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf,
     },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
@@ -13,7 +13,8 @@ use aya_ebpf::{
 
 use crate::{
     events::{EVENTS, count_drop, header},
-    kernel::{offsets, read_field},
+    kernel::{file_inode_key, offsets, read_field},
+    tagging::{cgroup_tag, discovery_tag, set_tag, tag_of},
 };
 
 /// Arguments of the `sched_process_exec` tracepoint:
@@ -43,6 +44,30 @@ fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let uid_gid = bpf_get_current_uid_gid();
     let mut flags = 0;
 
+    let tgid = (pid_tgid >> 32) as u32;
+
+    // The executed file, by kernel object: what discovery rules match on.
+    let exe = read_field::<*const u8>(bprm, offsets.bprm_file)
+        .and_then(|file| file_inode_key(&offsets, file))
+        .unwrap_or(InodeKey {
+            dev: 0,
+            pad: 0,
+            ino: 0,
+        });
+    // A tag is never replaced: a tagged process cannot exec its way into another identity.
+    let tag = match tag_of(tgid) {
+        Some(tag) => tag,
+        None => match cgroup_tag().or_else(|| discovery_tag(&exe)) {
+            Some(tag) => {
+                if set_tag(tgid, &tag) {
+                    flags |= ExecEvent::FLAG_NEWLY_TAGGED;
+                }
+                tag
+            }
+            None => AgentTag::NONE,
+        },
+    };
+
     let ppid = read_field::<*const u8>(task, offsets.task_real_parent)
         .and_then(|parent| read_field::<i32>(parent, offsets.task_tgid));
     let ppid = ppid.map_or_else(
@@ -57,7 +82,7 @@ fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<(), ()> {
     // field is written before submit (the file name up to its NUL, the rest is never read).
     unsafe {
         (*event).header = header(EventKind::Exec);
-        (*event).pid = (pid_tgid >> 32) as u32;
+        (*event).pid = tgid;
         (*event).ppid = ppid;
         (*event).uid = uid_gid as u32;
         (*event).gid = (uid_gid >> 32) as u32;
@@ -77,6 +102,29 @@ fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<(), ()> {
             flags |= ExecEvent::FLAG_FILENAME_TRUNCATED;
         }
         (*event).filename_len = len as u32;
+        (*event).tag = tag;
+        (*event).exe = exe;
+
+        // The argument vector, as the kernel copied it onto the new stack. The new program
+        // has not run yet, so nothing it does can change what is read here.
+        let args = &mut (*event).args;
+        let (start, end) = read_field::<*const u8>(task, offsets.task_mm)
+            .and_then(|mm| {
+                Ok((
+                    read_field::<u64>(mm, offsets.mm_arg_start)?,
+                    read_field::<u64>(mm, offsets.mm_arg_end)?,
+                ))
+            })
+            .unwrap_or((0, 0));
+        let mut args_len = end.saturating_sub(start) as usize;
+        if args_len > ARGS_LEN {
+            args_len = ARGS_LEN;
+            flags |= ExecEvent::FLAG_ARGS_TRUNCATED;
+        }
+        if bpf_probe_read_user_buf(start as *const u8, &mut args[..args_len]).is_err() {
+            args_len = 0;
+        }
+        (*event).args_len = args_len as u32;
         (*event).flags = flags;
     }
     entry.submit(0);

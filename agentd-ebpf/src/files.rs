@@ -11,7 +11,7 @@ use aya_ebpf::{
 
 use crate::{
     events::{EVENTS, count_drop, header},
-    kernel::{offsets, read_field},
+    kernel::{file_inode_key, offsets, read_field},
 };
 
 /// Files that no one may open, keyed by kernel object, valued by rule id. 4,096 rules is far
@@ -39,11 +39,7 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i32> {
     let offsets = offsets();
     let file: *const u8 = ctx.arg(0);
     // A file whose inode cannot be read matches no rule: with no rule there is nothing to deny.
-    let inode = read_field::<*const u8>(file, offsets.file_inode).map_err(|_| 0)?;
-    let ino = read_field::<u64>(inode, offsets.inode_ino).map_err(|_| 0)?;
-    let sb = read_field::<*const u8>(inode, offsets.inode_sb).map_err(|_| 0)?;
-    let dev = read_field::<u32>(sb, offsets.sb_dev).map_err(|_| 0)?;
-    let key = InodeKey { dev, pad: 0, ino };
+    let key = file_inode_key(&offsets, file).map_err(|_| 0)?;
 
     // SAFETY: the value is copied out immediately.
     let Some(&rule_id) = (unsafe { DENY_INODES.get(key) }) else {

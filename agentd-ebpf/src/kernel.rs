@@ -1,9 +1,10 @@
 //! Reading kernel structs at offsets that userspace resolved from BTF.
 
-use agentd_common::KernelOffsets;
+use agentd_common::{InodeKey, KernelOffsets};
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 
-/// Filled in by userspace before load (`EbpfLoader::set_global`), from the running kernel's BTF.
+/// Filled in by userspace before load (`EbpfLoader::override_global`), from the running
+/// kernel's BTF.
 #[unsafe(no_mangle)]
 static KERNEL_OFFSETS: KernelOffsets = KernelOffsets::UNRESOLVED;
 
@@ -24,4 +25,14 @@ pub fn read_field<T>(base: *const u8, offset: u32) -> Result<T, i64> {
     }
     // SAFETY: bpf_probe_read_kernel validates the address and fails instead of faulting.
     unsafe { bpf_probe_read_kernel(base.add(offset as usize).cast::<T>()) }.map_err(i64::from)
+}
+
+/// The (device, inode) of an open `struct file`.
+#[inline(always)]
+pub fn file_inode_key(offsets: &KernelOffsets, file: *const u8) -> Result<InodeKey, i64> {
+    let inode = read_field::<*const u8>(file, offsets.file_inode)?;
+    let ino = read_field::<u64>(inode, offsets.inode_ino)?;
+    let sb = read_field::<*const u8>(inode, offsets.inode_sb)?;
+    let dev = read_field::<u32>(sb, offsets.sb_dev)?;
+    Ok(InodeKey { dev, pad: 0, ino })
 }

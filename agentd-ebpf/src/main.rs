@@ -9,6 +9,7 @@ mod events;
 mod exec;
 mod files;
 mod kernel;
+mod tagging;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -12,6 +12,42 @@ pub const DEFAULT_PATH: &str = "/etc/agentd/agentd.toml";
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub events: EventsConfig,
+    pub api: ApiConfig,
+    pub identity: IdentityConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// The admin socket (root only). Default: `/run/agentd/admin.sock`.
+    pub admin_socket: PathBuf,
+    /// The identity socket (every local process). Default: `/run/agentd/identity.sock`.
+    pub identity_socket: PathBuf,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            admin_socket: PathBuf::from(crate::api::ADMIN_SOCKET),
+            identity_socket: PathBuf::from(crate::api::IDENTITY_SOCKET),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Directory of identity policy drop-ins (`*.toml`, read in name order and merged).
+    /// Default: `/etc/agentd/policy.d`. A missing directory means no agents.
+    pub policy_dir: PathBuf,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            policy_dir: PathBuf::from("/etc/agentd/policy.d"),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

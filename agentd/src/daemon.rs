@@ -1,17 +1,41 @@
-//! `agentd run`: load the kernel programs, attach the sensors, print events until shut down.
+//! `agentd run`: load the kernel programs, attach the sensors, apply the identity policy, serve
+//! the local API, and print events until shut down.
 
-use std::{future::Future, io::Write as _};
+use std::{
+    future::Future,
+    io::Write as _,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
+use agentd_common::{AgentTag, DiscoveryMatch, TagSource};
 use serde::Serialize;
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+};
 
 use crate::{
+    api::{
+        self, AdminRequest, AgentRef, Applied, IdentityDocument, LaunchTarget, ProcessInfo, Reply,
+        Status, TagInfo,
+    },
+    cgroups,
     config::{Config, OutputFormat},
     ebpf::{self, LoadError},
     events::{Event, EventReader, ReaderError, SCHEMA_VERSION},
+    identity::{
+        Registry,
+        attest::{Peer, boottime_ticks},
+        discovery::{ExecFacts, RuleMatch, UserspaceRules, looks_like_agent},
+        policy::{CompiledPolicy, IdentityPolicy, Matcher, PolicyError},
+    },
     sensors::{
         SensorError,
-        exec::ExecSensor,
         files::{self, FileEnforcement},
+        process::ProcessSensor,
     },
 };
 
@@ -23,29 +47,374 @@ pub enum DaemonError {
     Sensor(#[from] SensorError),
     #[error(transparent)]
     Reader(#[from] ReaderError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("cgroup v2")]
+    Cgroup(#[source] std::io::Error),
+    #[error("creating the launch cgroup {path}")]
+    LaunchCgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("binding {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("writing events")]
     Output(#[source] std::io::Error),
 }
 
-/// One JSON line: the event with the schema version beside its fields.
+/// How often tags of processes that no longer exist are swept. The exit hook removes tags as
+/// processes exit; the sweep catches the rare tag userspace set on a process that exited first.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// How a tag reads in events, `ps` and identity documents.
+fn tag_info(registry: &Registry, tag: AgentTag) -> TagInfo {
+    let source = match TagSource::from_raw(tag.source) {
+        Some(TagSource::Launch) => "launch",
+        Some(TagSource::Cgroup) => "cgroup",
+        Some(TagSource::Discovery) => "discovery",
+        None => "unknown",
+    };
+    TagInfo {
+        source: source.to_owned(),
+        inherited: tag.flags & AgentTag::FLAG_INHERITED != 0,
+        rule: (tag.rule != 0).then(|| registry.rule(tag.rule).unwrap_or("?").to_owned()),
+    }
+}
+
+fn agent_ref(registry: &Registry, tag: AgentTag) -> Option<AgentRef> {
+    registry.agent(tag.agent).map(|agent| AgentRef {
+        id: agent.id,
+        name: agent.name.clone(),
+    })
+}
+
+/// The daemon's state: the identity policy in force and the sensors that enforce it.
+pub struct State {
+    registry: Registry,
+    policy: CompiledPolicy,
+    userspace_rules: UserspaceRules,
+    process: ProcessSensor,
+    cgroup_root: PathBuf,
+    cgroup_entries: Vec<(u64, AgentTag)>,
+    file_enforcement: FileEnforcement,
+}
+
+impl State {
+    /// Validates `policy` as a whole, then makes it the one in force. On any error nothing
+    /// changes: the policy in force stays as it was.
+    pub fn apply(&mut self, policy: &IdentityPolicy) -> Result<Applied, DaemonError> {
+        let compiled = policy.compile(&self.cgroup_root)?;
+        // Launch cgroups first: creating a directory changes nothing that is enforced.
+        let mut launch_dirs = Vec::new();
+        for agent in &compiled.agents {
+            let dir = cgroups::launch_dir(&self.cgroup_root, &agent.agent.name);
+            let id = cgroups::ensure(&dir).map_err(|source| DaemonError::LaunchCgroup {
+                path: dir.clone(),
+                source,
+            })?;
+            launch_dirs.push((dir, id));
+        }
+        let mut cgroup_entries = Vec::new();
+        let mut tag_dirs = Vec::new();
+        for (agent, (dir, launch_id)) in compiled.agents.iter().zip(launch_dirs) {
+            let index = self.registry.intern_agent(&agent.agent);
+            let launch = AgentTag::new(index, TagSource::Launch, 0);
+            cgroup_entries.push((launch_id, launch));
+            tag_dirs.push((dir, launch));
+            for (path, id) in &agent.cgroups {
+                let tag = AgentTag::new(index, TagSource::Cgroup, 0);
+                cgroup_entries.push((*id, tag));
+                tag_dirs.push((self.cgroup_root.join(path.trim_start_matches('/')), tag));
+            }
+        }
+        let mut kernel_rules = Vec::new();
+        let mut sha256 = Vec::new();
+        let mut scripts = Vec::new();
+        for rule in &compiled.rules {
+            let agent = compiled
+                .agent(&rule.agent)
+                .expect("compile checked that every rule names an agent of the policy");
+            let found = RuleMatch {
+                agent: self.registry.intern_agent(agent),
+                rule: self.registry.intern_rule(&rule.id),
+            };
+            match rule.matcher {
+                Matcher::Exe(exe) => kernel_rules.push((
+                    exe,
+                    DiscoveryMatch {
+                        agent: found.agent,
+                        rule: found.rule,
+                    },
+                )),
+                Matcher::Sha256(digest) => sha256.push((found, digest)),
+                Matcher::Script {
+                    interpreter,
+                    script,
+                } => scripts.push((found, interpreter, script)),
+            }
+        }
+
+        self.process.set_cgroups(&cgroup_entries)?;
+        if let Err(err) = self.process.set_discovery(&kernel_rules) {
+            // Put the cgroups back as they were: the old policy stays whole.
+            self.process.set_cgroups(&self.cgroup_entries)?;
+            return Err(err.into());
+        }
+        let applied = Applied {
+            agents: compiled.agents.len(),
+            rules: compiled.rules.len(),
+        };
+        self.cgroup_entries = cgroup_entries;
+        self.userspace_rules = UserspaceRules::new(sha256, scripts);
+        self.policy = compiled;
+
+        // Processes already in an agent's cgroup (a running systemd unit) are tagged now; new
+        // ones are tagged by the kernel when they exec or fork.
+        for (dir, tag) in tag_dirs {
+            for pid in cgroups::procs(&dir).unwrap_or_default() {
+                self.tag_tree(pid, tag);
+            }
+        }
+        tracing::info!(
+            agents = applied.agents,
+            rules = applied.rules,
+            "identity policy applied"
+        );
+        Ok(applied)
+    }
+
+    /// Tags `pid` and, where they are not tagged yet, the descendants it has already forked.
+    fn tag_tree(&mut self, pid: u32, tag: AgentTag) {
+        let mut pending = vec![(pid, tag)];
+        // Bounded: a process tree larger than the tag map cannot be tagged anyway.
+        let mut budget = 65_536;
+        while let Some((pid, tag)) = pending.pop() {
+            budget -= 1;
+            if budget == 0 {
+                break;
+            }
+            match self.process.tag(pid, tag) {
+                Ok(_) => {}
+                Err(err) => tracing::warn!(pid, %err, "could not tag process"),
+            }
+            for child in children(pid) {
+                pending.push((child, tag.inherited()));
+            }
+        }
+    }
+
+    /// Userspace discovery for an exec that the kernel left untagged.
+    fn discover(&mut self, event: &mut Event) {
+        let Event::Exec(exec) = event else { return };
+        if exec.tag.agent != 0 || self.userspace_rules.is_empty() {
+            return;
+        }
+        let facts = ExecFacts {
+            pid: exec.pid,
+            exe: agentd_common::InodeKey {
+                dev: exec.exe_dev,
+                pad: 0,
+                ino: exec.exe_ino,
+            },
+            args: &exec.args,
+        };
+        if let Some(found) = self.userspace_rules.evaluate(&facts) {
+            let tag = AgentTag::new(found.agent, TagSource::Discovery, found.rule);
+            self.tag_tree(exec.pid, tag);
+            exec.tag = tag;
+            exec.newly_tagged = true;
+        }
+    }
+
+    fn sweep(&mut self) -> Result<(), SensorError> {
+        for (pid, _) in self.process.tagged()? {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                self.process.forget(pid)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn ps(&self) -> Result<Vec<ProcessInfo>, SensorError> {
+        let boot = procfs::boot_time_secs().unwrap_or(0);
+        let hz = procfs::ticks_per_second().max(1);
+        let mut processes: Vec<ProcessInfo> = self
+            .process
+            .tagged()?
+            .into_iter()
+            .filter_map(|(pid, tag)| {
+                let process = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+                let stat = process.stat().ok()?;
+                let command = process
+                    .cmdline()
+                    .ok()
+                    .filter(|args| !args.is_empty())
+                    .map_or_else(|| format!("[{}]", stat.comm), |args| args.join(" "));
+                Some(ProcessInfo {
+                    pid,
+                    ppid: u32::try_from(stat.ppid).unwrap_or(0),
+                    agent: agent_ref(&self.registry, tag)?,
+                    tag: tag_info(&self.registry, tag),
+                    started: boot + stat.starttime / hz,
+                    command,
+                })
+            })
+            .collect();
+        processes.sort_by_key(|process| process.pid);
+        Ok(processes)
+    }
+
+    fn launch(&self, agent: &str) -> Result<LaunchTarget, String> {
+        let found = self
+            .policy
+            .agent(agent)
+            .ok_or_else(|| format!("unknown agent {agent:?}: it is not in the identity policy"))?;
+        Ok(LaunchTarget {
+            agent: AgentRef {
+                id: found.id,
+                name: found.name.clone(),
+            },
+            cgroup: cgroups::launch_dir(&self.cgroup_root, agent)
+                .display()
+                .to_string(),
+        })
+    }
+
+    fn status(&self) -> Result<Status, SensorError> {
+        Ok(Status {
+            agents: self.policy.agents.len(),
+            rules: self.policy.rules.len(),
+            tagged_processes: self.process.tagged()?.len(),
+            tags_lost: self.process.insert_failures()?,
+            file_enforcement: match &self.file_enforcement {
+                FileEnforcement::Available => "available".to_owned(),
+                FileEnforcement::Unavailable(why) => format!("unavailable: {why}"),
+            },
+        })
+    }
+
+    /// The identity document of a pinned peer. The tag is trusted only if the peer is still
+    /// alive after the lookup (so the pid was still its own).
+    fn whoami(&self, peer: &Peer) -> Result<IdentityDocument, String> {
+        let tag = self
+            .process
+            .tag_of(peer.pid)
+            .map_err(|err| err.to_string())?;
+        if !peer.alive() {
+            return Err("the connecting process has exited".to_owned());
+        }
+        let Some(tag) = tag else {
+            return Err(format!(
+                "not an agent: process {} carries no agent tag",
+                peer.pid
+            ));
+        };
+        let agent = agent_ref(&self.registry, tag)
+            .ok_or_else(|| format!("not an agent: unknown agent index {}", tag.agent))?;
+        Ok(IdentityDocument {
+            pid: peer.pid,
+            agent,
+            tag: tag_info(&self.registry, tag),
+            attestation: peer.pinning,
+        })
+    }
+
+    fn handle_admin(&mut self, request: AdminRequest) -> String {
+        fn line<T: Serialize>(reply: &Reply<T>) -> String {
+            serde_json::to_string(reply)
+                .unwrap_or_else(|err| format!("{{\"ok\":false,\"error\":\"{err}\"}}"))
+        }
+        match request {
+            AdminRequest::Status => line(&self.status().map_or_else(Reply::err, Reply::ok)),
+            AdminRequest::Ps => line(&self.ps().map_or_else(Reply::err, Reply::ok)),
+            AdminRequest::Launch { agent } => {
+                line(&self.launch(&agent).map_or_else(Reply::err, Reply::ok))
+            }
+            AdminRequest::Apply { policy } => {
+                let result = IdentityPolicy::parse(&policy)
+                    .map_err(DaemonError::from)
+                    .and_then(|policy| self.apply(&policy));
+                line(&result.map_or_else(
+                    |err| Reply::err(format!("{:#}", anyhow::Error::from(err))),
+                    Reply::ok,
+                ))
+            }
+        }
+    }
+}
+
+/// The children of every thread of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|child| child.parse().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// One JSON line: the event with the schema version and, for agents' processes, the agent.
 #[derive(Serialize)]
 struct JsonLine<'a> {
     version: u32,
     #[serde(flatten)]
     event: &'a Event,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent: Option<AgentRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tag: Option<TagInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    looks_like: Option<&'static str>,
 }
 
 fn write_event(
     out: &mut impl std::io::Write,
     format: OutputFormat,
     event: &Event,
+    registry: &Registry,
 ) -> std::io::Result<()> {
+    let tag = event.tag();
+    let agent = agent_ref(registry, tag);
+    let looks_like = match event {
+        Event::Exec(exec) if agent.is_none() => looks_like_agent(&exec.filename, &exec.args),
+        _ => None,
+    };
     match format {
-        OutputFormat::Text => writeln!(out, "{}", event.to_text()),
+        OutputFormat::Text => {
+            let mut line = event.to_text();
+            if let Some(agent) = &agent {
+                let info = tag_info(registry, tag);
+                line.push_str(&format!(
+                    " agent={} ({}) tag={}{}",
+                    agent.name,
+                    agent.id,
+                    info.source,
+                    if info.inherited { ",inherited" } else { "" }
+                ));
+            }
+            if let Some(hint) = looks_like {
+                line.push_str(&format!(" looks_like={hint}"));
+            }
+            writeln!(out, "{line}")
+        }
         OutputFormat::Json => {
             let line = JsonLine {
                 version: SCHEMA_VERSION,
                 event,
+                tag: agent.as_ref().map(|_| tag_info(registry, tag)),
+                agent,
+                looks_like,
             };
             serde_json::to_writer(&mut *out, &line)?;
             writeln!(out)
@@ -53,10 +422,136 @@ fn write_event(
     }
 }
 
+/// A request from a socket task to the state, with where to send the answer line.
+enum Call {
+    Admin(AdminRequest, oneshot::Sender<String>),
+    Whoami(Result<Peer, String>, oneshot::Sender<String>),
+}
+
+fn bind(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
+    let bind_error = |source| DaemonError::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(bind_error)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(bind_error(err)),
+    }
+    let listener = UnixListener::bind(path).map_err(bind_error)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_error)?;
+    Ok(listener)
+}
+
+/// Reads one request line, with a deadline so that a silent client cannot hold a task forever.
+async fn read_request(stream: &mut UnixStream) -> Option<String> {
+    let mut line = String::new();
+    let mut reader = BufReader::new(stream);
+    let read = reader.read_line(&mut line);
+    match tokio::time::timeout(Duration::from_secs(5), read).await {
+        Ok(Ok(n)) if n > 0 => Some(line.trim().to_owned()),
+        _ => None,
+    }
+}
+
+async fn answer(
+    mut stream: UnixStream,
+    call: impl FnOnce(oneshot::Sender<String>) -> Call,
+    calls: mpsc::Sender<Call>,
+) {
+    let (reply_tx, reply_rx) = oneshot::channel();
+    if calls.send(call(reply_tx)).await.is_err() {
+        return;
+    }
+    if let Ok(mut line) = reply_rx.await {
+        line.push('\n');
+        let _ = stream.write_all(line.as_bytes()).await;
+    }
+}
+
+async fn serve_admin(listener: UnixListener, calls: mpsc::Sender<Call>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            // Defence in depth beside the socket's 0600 mode: root only.
+            let peer_uid = stream
+                .peer_cred()
+                .map(|cred| cred.uid())
+                .unwrap_or(u32::MAX);
+            let Some(line) = read_request(&mut stream).await else {
+                return;
+            };
+            if peer_uid != 0 {
+                let _ = stream
+                    .write_all(b"{\"ok\":false,\"error\":\"the admin socket is for root only\"}\n")
+                    .await;
+                return;
+            }
+            match serde_json::from_str::<AdminRequest>(&line) {
+                Ok(request) => answer(stream, |tx| Call::Admin(request, tx), calls).await,
+                Err(err) => {
+                    let reply =
+                        serde_json::to_string(&Reply::<()>::err(format!("bad request: {err}")))
+                            .unwrap_or_default();
+                    let _ = stream.write_all(format!("{reply}\n").as_bytes()).await;
+                }
+            }
+        });
+    }
+}
+
+async fn serve_identity(listener: UnixListener, calls: mpsc::Sender<Call>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let accepted_at = boottime_ticks();
+        // Pin the peer before anything else: the kernel's record, not what it will say.
+        let peer = Peer::of(&stream, accepted_at).map_err(|err| err.to_string());
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            match read_request(&mut stream).await.as_deref() {
+                Some(api::WHOAMI) => answer(stream, |tx| Call::Whoami(peer, tx), calls).await,
+                _ => {
+                    let reply = Reply::<()>::err(format!("send {:?}", api::WHOAMI));
+                    let _ = stream
+                        .write_all(
+                            format!("{}\n", serde_json::to_string(&reply).unwrap_or_default())
+                                .as_bytes(),
+                        )
+                        .await;
+                }
+            }
+        });
+    }
+}
+
+/// Everything `run` needs from the command line and the config file.
+pub struct RunOptions {
+    pub config: Config,
+    /// The identity policy to apply at start.
+    pub policy: IdentityPolicy,
+}
+
 /// Runs until `shutdown` completes. Everything attached is detached on return, by drop.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+pub async fn run(
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let RunOptions { config, policy } = options;
+    let cgroup_root = cgroups::root().map_err(DaemonError::Cgroup)?;
+    // Refuse a bad policy before anything is loaded.
+    policy.compile(&cgroup_root)?;
+
     let mut object = ebpf::load()?;
-    match files::probe_enforcement(&mut object) {
+    let file_enforcement = files::probe_enforcement(&mut object);
+    match &file_enforcement {
         FileEnforcement::Available => {
             tracing::info!("file enforcement available: BPF LSM programs load and attach");
         }
@@ -64,44 +559,91 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             tracing::warn!("file enforcement UNAVAILABLE: {why}");
         }
     }
-    let _exec = ExecSensor::attach(&mut object)?;
+    let process = ProcessSensor::attach(&mut object)?;
     let mut reader = EventReader::new(&mut object)?;
-    tracing::info!("exec sensor attached; printing events (Ctrl-C to stop)");
+    let mut state = State {
+        registry: Registry::default(),
+        policy: CompiledPolicy::default(),
+        userspace_rules: UserspaceRules::default(),
+        process,
+        cgroup_root,
+        cgroup_entries: Vec::new(),
+        file_enforcement,
+    };
+    state.apply(&policy)?;
+
+    let (calls_tx, mut calls) = mpsc::channel(64);
+    let admin = bind(&config.api.admin_socket, 0o600)?;
+    let identity = bind(&config.api.identity_socket, 0o666)?;
+    let admin_task = tokio::spawn(serve_admin(admin, calls_tx.clone()));
+    let identity_task = tokio::spawn(serve_identity(identity, calls_tx));
+    tracing::info!(
+        admin = %config.api.admin_socket.display(),
+        identity = %config.api.identity_socket.display(),
+        "process sensor attached; printing events (Ctrl-C to stop)"
+    );
 
     let mut batch = Vec::new();
     let mut stdout = std::io::stdout().lock();
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
     tokio::pin!(shutdown);
-    loop {
+    let result = loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown => break Ok(()),
             read = reader.read_batch(&mut batch) => {
-                read?;
-                for event in batch.drain(..) {
-                    write_event(&mut stdout, config.events.format, &event).map_err(DaemonError::Output)?;
+                if let Err(err) = read {
+                    break Err(err.into());
+                }
+                for mut event in batch.drain(..) {
+                    state.discover(&mut event);
+                    if let Err(err) = write_event(&mut stdout, config.events.format, &event, &state.registry) {
+                        return Err(DaemonError::Output(err));
+                    }
                 }
                 stdout.flush().map_err(DaemonError::Output)?;
             }
+            Some(call) = calls.recv() => match call {
+                Call::Admin(request, reply) => {
+                    let _ = reply.send(state.handle_admin(request));
+                }
+                Call::Whoami(peer, reply) => {
+                    let answer = peer.and_then(|peer| state.whoami(&peer));
+                    let line = serde_json::to_string(&answer.map_or_else(Reply::err, Reply::ok)).unwrap_or_default();
+                    let _ = reply.send(line);
+                }
+            },
+            _ = sweep.tick() => {
+                if let Err(err) = state.sweep() {
+                    tracing::warn!(%err, "sweeping stale tags");
+                }
+            }
         }
-    }
+    };
+    admin_task.abort();
+    identity_task.abort();
+    let _ = std::fs::remove_file(&config.api.admin_socket);
+    let _ = std::fs::remove_file(&config.api.identity_socket);
     let stats = reader.stats();
-    let dropped = reader.dropped()?;
     tracing::info!(
         delivered = stats.delivered,
         undecodable = stats.undecodable,
-        dropped,
+        dropped = reader.dropped()?,
+        tags_lost = state.process.insert_failures()?,
         "shutting down; detaching programs"
     );
-    Ok(())
+    result
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::Exec;
+    use crate::{
+        events::Exec,
+        identity::{Agent, AgentId},
+    };
 
-    #[test]
-    fn json_line_carries_schema_version_and_kind() {
-        let event = Event::Exec(Exec {
+    fn exec(tag: AgentTag) -> Event {
+        Event::Exec(Exec {
             ktime_ns: 1,
             pid: 2,
             ppid: Some(1),
@@ -111,13 +653,46 @@ mod tests {
             comm: "sh".into(),
             filename: "/bin/sh".into(),
             filename_truncated: false,
+            exe_dev: 1,
+            exe_ino: 2,
+            args: vec!["sh".into()],
+            args_truncated: false,
+            newly_tagged: false,
+            tag,
+        })
+    }
+
+    #[test]
+    fn json_line_carries_schema_version_kind_and_agent() {
+        let mut registry = Registry::default();
+        let index = registry.intern_agent(&Agent {
+            id: AgentId::from_name("coder"),
+            name: "coder".into(),
         });
+        let event = exec(AgentTag::new(index, TagSource::Launch, 0).inherited());
         let mut out = Vec::new();
-        write_event(&mut out, OutputFormat::Json, &event).unwrap();
+        write_event(&mut out, OutputFormat::Json, &event, &registry).unwrap();
         let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(line["version"], SCHEMA_VERSION);
         assert_eq!(line["kind"], "exec");
         assert_eq!(line["filename"], "/bin/sh");
-        assert_eq!(line["ppid"], 1);
+        assert_eq!(line["agent"]["name"], "coder");
+        assert_eq!(line["agent"]["id"], AgentId::from_name("coder").to_string());
+        assert_eq!(line["tag"]["source"], "launch");
+        assert_eq!(line["tag"]["inherited"], true);
+    }
+
+    #[test]
+    fn untagged_exec_has_no_agent_field() {
+        let mut out = Vec::new();
+        write_event(
+            &mut out,
+            OutputFormat::Json,
+            &exec(AgentTag::NONE),
+            &Registry::default(),
+        )
+        .unwrap();
+        let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert!(line.get("agent").is_none(), "{line}");
     }
 }

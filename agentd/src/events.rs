@@ -3,7 +3,9 @@
 
 use std::{ffi::CStr, mem::size_of, ptr};
 
-use agentd_common::{EventHeader, EventKind, ExecEvent, FileEvent, Verdict};
+use agentd_common::{
+    AgentTag, EventHeader, EventKind, ExecEvent, FileEvent, ProcessEvent, Verdict,
+};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use serde::Serialize;
 use tokio::io::{Interest, unix::AsyncFd};
@@ -30,6 +32,32 @@ pub struct Exec {
     pub comm: String,
     pub filename: String,
     pub filename_truncated: bool,
+    /// The executed file's device (kernel `dev_t`) and inode.
+    pub exe_dev: u32,
+    pub exe_ino: u64,
+    /// The argument vector, as the kernel laid it out before the program ran.
+    pub args: Vec<String>,
+    pub args_truncated: bool,
+    /// This exec tagged the process (by cgroup or discovery rule).
+    pub newly_tagged: bool,
+    /// The agent tag after the exec; enriched into `agent` and `tag` on output.
+    #[serde(skip)]
+    pub tag: AgentTag,
+}
+
+/// A tagged process forked, exited, or could not be tagged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProcessChange {
+    pub ktime_ns: u64,
+    pub pid: u32,
+    /// For forks, the parent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
+    /// For exits, the status as `wait(2)` encodes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<u32>,
+    #[serde(skip)]
+    pub tag: AgentTag,
 }
 
 /// An LSM hook decided on a file that a rule names.
@@ -58,6 +86,12 @@ pub enum VerdictName {
 pub enum Event {
     Exec(Exec),
     File(FileDecision),
+    /// A tagged process forked a new process, which inherited the tag.
+    Fork(ProcessChange),
+    /// The last thread of a tagged process exited.
+    Exit(ProcessChange),
+    /// A process should have been tagged, but the kernel's tag map was full.
+    TagLost(ProcessChange),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -82,6 +116,18 @@ fn read_record<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
+/// A NUL-separated argument vector.
+fn split_args(bytes: &[u8]) -> Vec<String> {
+    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    bytes
+        .split(|&b| b == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
+}
+
 /// A NUL-terminated kernel string, lossily as UTF-8.
 fn kernel_str(bytes: &[u8]) -> String {
     CStr::from_bytes_until_nul(bytes).map_or_else(
@@ -91,6 +137,16 @@ fn kernel_str(bytes: &[u8]) -> String {
 }
 
 impl Event {
+    /// The agent tag the event carries (`AgentTag::NONE` for untagged processes and file events).
+    #[must_use]
+    pub fn tag(&self) -> AgentTag {
+        match self {
+            Self::Exec(exec) => exec.tag,
+            Self::Fork(change) | Self::Exit(change) | Self::TagLost(change) => change.tag,
+            Self::File(_) => AgentTag::NONE,
+        }
+    }
+
     /// Decodes one ring-buffer record.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let header: EventHeader = read_record(bytes)?;
@@ -108,6 +164,12 @@ impl Event {
                     comm: kernel_str(&raw.comm),
                     filename: String::from_utf8_lossy(&raw.filename[..len]).into_owned(),
                     filename_truncated: raw.flags & ExecEvent::FLAG_FILENAME_TRUNCATED != 0,
+                    exe_dev: raw.exe.dev,
+                    exe_ino: raw.exe.ino,
+                    args: split_args(&raw.args[..(raw.args_len as usize).min(raw.args.len())]),
+                    args_truncated: raw.flags & ExecEvent::FLAG_ARGS_TRUNCATED != 0,
+                    newly_tagged: raw.flags & ExecEvent::FLAG_NEWLY_TAGGED != 0,
+                    tag: raw.tag,
                 }))
             }
             Some(EventKind::File) => {
@@ -127,6 +189,21 @@ impl Event {
                     rule_id: raw.rule_id,
                 }))
             }
+            Some(kind @ (EventKind::Fork | EventKind::Exit | EventKind::TagLost)) => {
+                let raw: ProcessEvent = read_record(bytes)?;
+                let change = ProcessChange {
+                    ktime_ns: raw.header.ktime_ns,
+                    pid: raw.pid,
+                    ppid: (kind == EventKind::Fork).then_some(raw.ppid),
+                    exit_code: (kind == EventKind::Exit).then_some(raw.exit_code),
+                    tag: raw.tag,
+                };
+                Ok(match kind {
+                    EventKind::Fork => Self::Fork(change),
+                    EventKind::Exit => Self::Exit(change),
+                    _ => Self::TagLost(change),
+                })
+            }
             None => Err(DecodeError::UnknownKind(header.kind)),
         }
     }
@@ -134,15 +211,19 @@ impl Event {
     /// One human-readable line, as `agentd run` prints it.
     #[must_use]
     pub fn to_text(&self) -> String {
+        // Agent identity is added by the caller, which knows the registry.
         match self {
             Self::Exec(e) => {
                 let ppid = e.ppid.map_or_else(|| "?".to_owned(), |p| p.to_string());
                 let cut = if e.filename_truncated { "…" } else { "" };
                 format!(
-                    "exec pid={} ppid={ppid} uid={} gid={} cgroup={} comm={:?} filename={:?}{cut}",
-                    e.pid, e.uid, e.gid, e.cgroup_id, e.comm, e.filename
+                    "exec pid={} ppid={ppid} uid={} gid={} cgroup={} comm={:?} filename={:?}{cut} args={:?}",
+                    e.pid, e.uid, e.gid, e.cgroup_id, e.comm, e.filename, e.args
                 )
             }
+            Self::Fork(p) => format!("fork pid={} ppid={}", p.pid, p.ppid.unwrap_or(0)),
+            Self::Exit(p) => format!("exit pid={} status={}", p.pid, p.exit_code.unwrap_or(0)),
+            Self::TagLost(p) => format!("tag-lost pid={} (agent tag map full)", p.pid),
             Self::File(f) => format!(
                 "file pid={} dev={}:{} ino={} verdict={:?} rule={} flags={:#o}",
                 f.pid,
@@ -286,6 +367,14 @@ mod tests {
             filename_len: 13,
             comm,
             filename,
+            tag: AgentTag::new(2, agentd_common::TagSource::Launch, 0).inherited(),
+            args_len: 13,
+            exe: InodeKey::new(8, 1, 77),
+            args: {
+                let mut args = [0xAA; agentd_common::ARGS_LEN];
+                args[..13].copy_from_slice(b"curl\0-s\0x.io\0");
+                args
+            },
         }
     }
 
@@ -300,6 +389,33 @@ mod tests {
         assert_eq!(exec.comm, "curl");
         assert_eq!(exec.filename, "/usr/bin/curl");
         assert!(!exec.filename_truncated);
+        assert_eq!(exec.args, ["curl", "-s", "x.io"]);
+        assert_eq!((exec.exe_dev, exec.exe_ino), ((8 << 20) | 1, 77));
+        assert_eq!(exec.tag.agent, 2);
+        assert_eq!(exec.tag.flags, AgentTag::FLAG_INHERITED);
+    }
+
+    #[test]
+    fn process_events_decode_by_kind() {
+        let raw = ProcessEvent {
+            header: EventHeader {
+                kind: EventKind::Exit as u32,
+                cpu: 0,
+                ktime_ns: 9,
+            },
+            pid: 41,
+            ppid: 0,
+            tag: AgentTag::new(1, agentd_common::TagSource::Cgroup, 0),
+            exit_code: 256,
+        };
+        let Event::Exit(change) = Event::decode(&bytes_of(&raw)).unwrap() else {
+            panic!("expected an exit event");
+        };
+        assert_eq!(
+            (change.pid, change.exit_code, change.ppid),
+            (41, Some(256), None)
+        );
+        assert_eq!(change.tag.agent, 1);
     }
 
     #[test]

@@ -282,6 +282,14 @@ impl KernelBtf {
             inode_ino: _,
             inode_sb: _,
             sb_dev: _,
+            task_pid: _,
+            task_signal: _,
+            signal_live: _,
+            task_exit_code: _,
+            task_mm: _,
+            mm_arg_start: _,
+            mm_arg_end: _,
+            bprm_file: _,
         } = KernelOffsets::UNRESOLVED;
         Ok(KernelOffsets {
             task_real_parent: self.nonzero_offset("task_struct", "real_parent")?,
@@ -292,6 +300,14 @@ impl KernelBtf {
             inode_ino: self.nonzero_offset("inode", "i_ino")?,
             inode_sb: self.nonzero_offset("inode", "i_sb")?,
             sb_dev: self.nonzero_offset("super_block", "s_dev")?,
+            task_pid: self.nonzero_offset("task_struct", "pid")?,
+            task_signal: self.nonzero_offset("task_struct", "signal")?,
+            signal_live: self.nonzero_offset("signal_struct", "live")?,
+            task_exit_code: self.nonzero_offset("task_struct", "exit_code")?,
+            task_mm: self.nonzero_offset("task_struct", "mm")?,
+            mm_arg_start: self.nonzero_offset("mm_struct", "arg_start")?,
+            mm_arg_end: self.nonzero_offset("mm_struct", "arg_end")?,
+            bprm_file: self.nonzero_offset("linux_binprm", "file")?,
         })
     }
 }

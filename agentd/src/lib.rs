@@ -3,9 +3,12 @@
 //! The crate is a library with thin binaries: `src/bin/agentd.rs` parses the command line and
 //! calls into [`daemon`]. See ARCHITECTURE.md for the data flow.
 
+pub mod api;
+pub mod cgroups;
 pub mod config;
 pub mod daemon;
 pub mod ebpf;
 pub mod events;
+pub mod identity;
 pub mod kernel_btf;
 pub mod sensors;

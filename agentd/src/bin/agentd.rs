@@ -5,20 +5,32 @@
     reason = "doc comments on the CLI types are --help text for users, not rustdoc"
 )]
 
-use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
+use std::{
+    io::IsTerminal as _,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
-use agentd::config::{Config, OutputFormat};
+use agentd::{
+    api::{self, AdminRequest, Applied, LaunchTarget, ProcessInfo, Status},
+    config::{Config, OutputFormat},
+    daemon::RunOptions,
+    identity::policy::IdentityPolicy,
+};
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-/// Exit code for a bad configuration file (sysexits.h `EX_USAGE`).
+/// Exit code for a bad configuration or policy (sysexits.h `EX_USAGE`).
 const EXIT_CONFIG: u8 = 64;
 
 /// Kernel-enforced identity and Conditional Access for AI agents on Linux hosts.
 ///
-/// agentd loads eBPF programs into the running kernel and reports what the processes on this
-/// host do. It needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN), a kernel with BTF
-/// (/sys/kernel/btf/vmlinux) and cgroup v2.
+/// `agentd run` is the host daemon: it loads eBPF programs that tag every process of an AI
+/// agent with the agent's identity and reports what they do. The other commands talk to a
+/// running daemon over its local sockets. The daemon needs root (CAP_BPF, CAP_PERFMON,
+/// CAP_SYS_ADMIN), a kernel with BTF (/sys/kernel/btf/vmlinux) and cgroup v2.
 #[derive(Parser)]
 #[command(version, propagate_version = true)]
 struct Cli {
@@ -26,20 +38,73 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct AdminSocket {
+    /// The daemon's admin socket.
+    #[arg(long, value_name = "PATH", default_value = api::ADMIN_SOCKET)]
+    socket: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run the host daemon in the foreground: attach the kernel programs and print every
-    /// event on stdout until Ctrl-C or SIGTERM, which detach everything.
+    /// Run the host daemon in the foreground: attach the kernel programs, apply the identity
+    /// policy, serve the local API, and print every event on stdout until Ctrl-C or SIGTERM,
+    /// which detach everything.
     ///
-    /// Example: `sudo agentd run --format json`
+    /// Example: `sudo agentd run --policy agents.toml --format json`
     Run {
         /// Configuration file (TOML). Default: /etc/agentd/agentd.toml when it exists,
         /// built-in defaults otherwise.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Identity policy file (agents and discovery rules). Default: the drop-ins in
+        /// `identity.policy_dir` (/etc/agentd/policy.d/*.toml).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
         /// How to print events; overrides `events.format` in the config file.
         #[arg(long, value_enum)]
         format: Option<OutputFormat>,
+    },
+    /// Run a command as an agent: it starts in the agent's agentd-managed cgroup, so the
+    /// kernel tags it and every process it starts with the agent's identity.
+    ///
+    /// Example: `sudo agentd launch --agent coder -- python3 agent.py`
+    Launch {
+        /// The agent, by name, as registered in the identity policy.
+        #[arg(long)]
+        agent: String,
+        #[command(flatten)]
+        admin: AdminSocket,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Show the processes of every agent as a tree, with how each was tagged.
+    Ps {
+        #[command(flatten)]
+        admin: AdminSocket,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the identity policy of the running daemon with FILE. The whole file is checked
+    /// first; if anything is wrong, nothing changes and every problem is listed.
+    Apply {
+        file: PathBuf,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Show the daemon's status: agents, rules, tagged processes, lost tags, file enforcement.
+    Status {
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Ask agentd which agent this process belongs to, and print its identity document.
+    /// Exits 1 when the caller is not an agent.
+    Whoami {
+        /// The daemon's identity socket.
+        #[arg(long, value_name = "PATH", default_value = api::IDENTITY_SOCKET)]
+        socket: PathBuf,
     },
 }
 
@@ -51,24 +116,64 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match Cli::parse().command {
-        Command::Run { config, format } => {
-            let mut config = match Config::load(config.as_deref()) {
-                Ok(config) => config,
-                Err(err) => {
-                    tracing::error!("invalid configuration: {:#}", anyhow::Error::from(err));
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            if let Some(format) = format {
-                config.events.format = format;
+    let result = match Cli::parse().command {
+        Command::Run {
+            config,
+            policy,
+            format,
+        } => return run(config.as_deref(), policy.as_deref(), format),
+        Command::Launch {
+            agent,
+            admin,
+            command,
+        } => launch(&admin.socket, &agent, &command),
+        Command::Ps { admin, json } => ps(&admin.socket, json),
+        Command::Apply { file, admin } => apply(&admin.socket, &file),
+        Command::Status { admin } => api::admin::<Status>(&admin.socket, &AdminRequest::Status)
+            .map_err(anyhow::Error::from)
+            .and_then(|status| Ok(println!("{}", serde_json::to_string_pretty(&status)?))),
+        Command::Whoami { socket } => match api::whoami(&socket) {
+            Ok(document) => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&document).unwrap_or_default()
+                );
+                Ok(())
             }
-            run(config)
+            Err(err) => Err(err.into()),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("agentd: {err:#}");
+            ExitCode::FAILURE
         }
     }
 }
 
-fn run(config: Config) -> ExitCode {
+fn run(config: Option<&Path>, policy: Option<&Path>, format: Option<OutputFormat>) -> ExitCode {
+    let mut config = match Config::load(config) {
+        Ok(config) => config,
+        Err(err) => {
+            tracing::error!("invalid configuration: {:#}", anyhow::Error::from(err));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Some(format) = format {
+        config.events.format = format;
+    }
+    let policy = match policy {
+        Some(file) => IdentityPolicy::load_file(file),
+        None => IdentityPolicy::load_dir(&config.identity.policy_dir),
+    };
+    let policy = match policy {
+        Ok(policy) => policy,
+        Err(err) => {
+            tracing::error!("invalid identity policy: {:#}", anyhow::Error::from(err));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -79,13 +184,113 @@ fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(agentd::daemon::run(config, shutdown_signal())) {
+    let options = RunOptions { config, policy };
+    match runtime.block_on(agentd::daemon::run(options, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err @ agentd::daemon::DaemonError::Policy(_)) => {
+            tracing::error!("{:#}", anyhow::Error::from(err));
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(err) => {
             tracing::error!("{:#}", anyhow::Error::from(err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Enters the agent's cgroup and execs the command: the kernel tags it at exec.
+fn launch(socket: &Path, agent: &str, command: &[String]) -> anyhow::Result<()> {
+    let target: LaunchTarget = api::admin(
+        socket,
+        &AdminRequest::Launch {
+            agent: agent.to_owned(),
+        },
+    )?;
+    agentd::cgroups::enter(Path::new(&target.cgroup))
+        .with_context(|| format!("entering the agent's cgroup {}", target.cgroup))?;
+    let (program, args) = command.split_first().context("no command given")?;
+    let err = std::process::Command::new(program).args(args).exec();
+    Err(err).with_context(|| format!("running {program}"))
+}
+
+fn apply(socket: &Path, file: &Path) -> anyhow::Result<()> {
+    let policy =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let applied: Applied = api::admin(socket, &AdminRequest::Apply { policy })?;
+    println!(
+        "applied: {} agents, {} discovery rules",
+        applied.agents, applied.rules
+    );
+    Ok(())
+}
+
+fn ps(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let processes: Vec<ProcessInfo> = api::admin(socket, &AdminRequest::Ps)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&processes)?);
+        return Ok(());
+    }
+    print!("{}", render_tree(&processes));
+    Ok(())
+}
+
+/// One block per agent; inside it, each process under its parent when the parent is the same
+/// agent's.
+fn render_tree(processes: &[ProcessInfo]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut agents: Vec<_> = processes
+        .iter()
+        .map(|p| (&p.agent.name, &p.agent.id))
+        .collect();
+    agents.sort();
+    agents.dedup();
+    for (name, id) in agents {
+        let _ = writeln!(out, "{name} ({id})");
+        let _ = writeln!(
+            out,
+            "  {:<8} {:<8} {:<22} {:<20} COMMAND",
+            "PID", "PPID", "TAGGED BY", "STARTED"
+        );
+        let members: Vec<&ProcessInfo> =
+            processes.iter().filter(|p| &p.agent.name == name).collect();
+        let is_member = |pid: u32| members.iter().any(|p| p.pid == pid);
+        let mut stack: Vec<(&ProcessInfo, usize)> = members
+            .iter()
+            .rev()
+            .filter(|p| !is_member(p.ppid))
+            .map(|p| (*p, 0))
+            .collect();
+        while let Some((process, depth)) = stack.pop() {
+            let mut tagged_by = process.tag.source.clone();
+            if let Some(rule) = &process.tag.rule {
+                tagged_by.push_str(&format!(" ({rule})"));
+            }
+            if process.tag.inherited {
+                tagged_by.push_str(", inherited");
+            }
+            let started = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(process.started),
+            );
+            let _ = writeln!(
+                out,
+                "  {:<8} {:<8} {:<22} {:<20} {}{}",
+                process.pid,
+                process.ppid,
+                tagged_by,
+                started.to_string(),
+                "  ".repeat(depth),
+                process.command
+            );
+            for child in members.iter().rev().filter(|p| p.ppid == process.pid) {
+                stack.push((child, depth + 1));
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push_str("no agent processes\n");
+    }
+    out
 }
 
 /// Completes on the first SIGINT or SIGTERM.

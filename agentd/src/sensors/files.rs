@@ -82,12 +82,21 @@ pub fn probe_enforcement(object: &mut LoadedObject) -> FileEnforcement {
 
 /// The (device, inode) key of the file at `path`, as the kernel programs see it.
 pub fn inode_key(path: &Path) -> std::io::Result<InodeKey> {
-    let meta = fs::metadata(path)?;
+    Ok(inode_key_of(&fs::metadata(path)?))
+}
+
+/// The (device, inode) key of a file from its metadata.
+#[must_use]
+pub fn inode_key_of(meta: &fs::Metadata) -> InodeKey {
     let dev = meta.dev();
-    // glibc's major()/minor() encoding of a 64-bit dev_t.
-    let major = u32::try_from(((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff)).unwrap_or(0);
-    let minor = u32::try_from(((dev >> 12) & 0xffff_ff00) | (dev & 0xff)).unwrap_or(0);
-    Ok(InodeKey::new(major, minor, meta.ino()))
+    // glibc's major() and minor() of a 64-bit dev_t; both fit in 32 bits.
+    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff);
+    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0xff);
+    InodeKey::new(
+        u32::try_from(major).unwrap_or(u32::MAX),
+        u32::try_from(minor).unwrap_or(u32::MAX),
+        meta.ino(),
+    )
 }
 
 /// The attached `file_open` hook and its deny map. Dropping it detaches the program.

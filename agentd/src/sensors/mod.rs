@@ -1,8 +1,8 @@
 //! Sensors: each hook family is one unit that owns its programs and links. Dropping a sensor
 //! detaches what it attached.
 
-pub mod exec;
 pub mod files;
+pub mod process;
 
 use aya::{
     Ebpf,

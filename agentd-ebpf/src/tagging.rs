@@ -1,0 +1,160 @@
+//! Agent identity in the kernel: which process belongs to which agent.
+//!
+//! A process carries an [`AgentTag`] in `TASK_AGENT`, keyed by its tgid. It gets one when it
+//! execs or forks inside a registered cgroup (`CGROUP_AGENT`), when its exec matches a
+//! discovery rule by file (`DISCOVERY_INODES`), or from userspace (discovery rules that need a
+//! hash or a script). Children inherit their parent's tag at fork, so the tag survives exec,
+//! setsid, double forks and leaving the cgroup. It is removed when the last thread exits.
+
+use agentd_common::{
+    AgentTag, DiscoveryMatch, EventKind, InodeKey, ProcessEvent, TagSource, tag_stats,
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
+    macros::{btf_tracepoint, map},
+    maps::{HashMap, PerCpuArray},
+    programs::BtfTracePointContext,
+};
+
+use crate::{
+    events::{EVENTS, count_drop, header},
+    kernel::{offsets, read_field},
+};
+
+/// tgid → tag of every tagged process. 65,536 live agent processes per host is the design
+/// limit (pid_max is larger); an insert that fails is counted in `TAG_STATS` and reported as a
+/// `TagLost` event, never dropped silently. Preallocated, so inserts on the fork path do not
+/// allocate.
+#[map]
+pub static TASK_AGENT: HashMap<u32, AgentTag> = HashMap::with_max_entries(65_536, 0);
+
+/// cgroup v2 id → tag for processes in that cgroup: agentd-managed launch cgroups and cgroups
+/// named in agent registrations. 4,096 is far above the agents one host runs.
+#[map]
+pub static CGROUP_AGENT: HashMap<u64, AgentTag> = HashMap::with_max_entries(4_096, 0);
+
+/// Executable file (device, inode) → agent, for discovery rules by binary path. 4,096 rules.
+#[map]
+pub static DISCOVERY_INODES: HashMap<InodeKey, DiscoveryMatch> =
+    HashMap::with_max_entries(4_096, 0);
+
+/// Per-CPU counters; slots are `agentd_common::tag_stats`.
+#[map]
+pub static TAG_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(tag_stats::LEN, 0);
+
+#[inline(always)]
+pub fn tag_of(tgid: u32) -> Option<AgentTag> {
+    // SAFETY: the value is copied out at once.
+    unsafe { TASK_AGENT.get(&tgid) }.copied()
+}
+
+/// The tag for a process in the current cgroup, if that cgroup is an agent's.
+#[inline(always)]
+pub fn cgroup_tag() -> Option<AgentTag> {
+    // SAFETY: plain helper call.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the value is copied out at once.
+    unsafe { CGROUP_AGENT.get(&cgroup) }.copied()
+}
+
+/// The tag for an exec of `exe`, if a discovery rule names that file.
+#[inline(always)]
+pub fn discovery_tag(exe: &InodeKey) -> Option<AgentTag> {
+    // SAFETY: the value is copied out at once.
+    let found = unsafe { DISCOVERY_INODES.get(exe) }.copied()?;
+    Some(AgentTag::new(found.agent, TagSource::Discovery, found.rule))
+}
+
+/// Records `tag` for `tgid`. A failed insert (map full) is counted and reported: the process
+/// must not go untagged silently.
+#[inline(always)]
+pub fn set_tag(tgid: u32, tag: &AgentTag) -> bool {
+    if TASK_AGENT.insert(&tgid, tag, 0).is_ok() {
+        return true;
+    }
+    if let Some(slot) = TAG_STATS.get_ptr_mut(tag_stats::INSERT_FAILED) {
+        // SAFETY: per-CPU slot.
+        unsafe { *slot += 1 };
+    }
+    report(EventKind::TagLost, tgid, 0, tag, 0);
+    false
+}
+
+#[inline(always)]
+fn report(kind: EventKind, pid: u32, ppid: u32, tag: &AgentTag, exit_code: u32) {
+    let event = ProcessEvent {
+        header: header(kind),
+        pid,
+        ppid,
+        tag: *tag,
+        exit_code,
+    };
+    if EVENTS.output::<ProcessEvent>(&event, 0).is_err() {
+        count_drop();
+    }
+}
+
+/// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`, in the parent's
+/// context. A new process (not a thread) of a tagged parent, or of a parent in an agent's
+/// cgroup, is tagged.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+    match try_fork(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+fn try_fork(ctx: &BtfTracePointContext) -> Result<(), ()> {
+    let offsets = offsets();
+    let child: *const u8 = ctx.arg(1);
+    let child_pid = read_field::<i32>(child, offsets.task_pid).map_err(|_| ())?;
+    let child_tgid = read_field::<i32>(child, offsets.task_tgid).map_err(|_| ())?;
+    if child_pid != child_tgid {
+        // A new thread shares its process's tag.
+        return Ok(());
+    }
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let tag = if let Some(tag) = tag_of(parent) {
+        tag
+    } else {
+        // An untagged process in an agent's cgroup (moved there without an exec): tag it too.
+        let tag = cgroup_tag().ok_or(())?;
+        set_tag(parent, &tag);
+        tag
+    };
+    let tag = tag.inherited();
+    let child = child_tgid.cast_unsigned();
+    if set_tag(child, &tag) {
+        report(EventKind::Fork, child, parent, &tag, 0);
+    }
+    Ok(())
+}
+
+/// `sched_process_exit(struct task_struct *p, ...)`, once per exiting thread. The kernel has
+/// already decremented `p->signal->live`; zero means this was the process's last thread.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
+    match try_exit(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+fn try_exit(ctx: &BtfTracePointContext) -> Result<(), ()> {
+    let offsets = offsets();
+    let task: *const u8 = ctx.arg(0);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tag = tag_of(tgid).ok_or(())?;
+    let last_thread = read_field::<*const u8>(task, offsets.task_signal)
+        .and_then(|signal| read_field::<i32>(signal, offsets.signal_live))
+        // Unreadable: fall back to the leader's exit, so that tags never leak.
+        .map_or(pid_tgid as u32 == tgid, |live| live == 0);
+    if !last_thread {
+        return Ok(());
+    }
+    let exit_code = read_field::<i32>(task, offsets.task_exit_code).unwrap_or(0);
+    // Remove first: a lost event must not leave a stale tag behind.
+    let _ = TASK_AGENT.remove(&tgid);
+    report(EventKind::Exit, tgid, 0, &tag, exit_code.cast_unsigned());
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! agentd's local API: two Unix sockets speaking one JSON object per line.
+//!
+//! - The **admin socket** (root only, mode 0600): `status`, `ps`, `launch`, `apply`.
+//! - The **identity socket** (everyone, mode 0666): a process sends `whoami` and gets the
+//!   identity document of its agent, attested from the kernel tag of the connecting process.
+//!
+//! `docs/api.md` documents the messages. The types here are the wire format; the daemon
+//! answers them.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::Path,
+};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::identity::{AgentId, attest::Pinning};
+
+/// The default admin socket.
+pub const ADMIN_SOCKET: &str = "/run/agentd/admin.sock";
+/// The default identity socket.
+pub const IDENTITY_SOCKET: &str = "/run/agentd/identity.sock";
+/// The line a process sends on the identity socket.
+pub const WHOAMI: &str = "whoami";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AdminRequest {
+    Status,
+    Ps,
+    /// Prepare a launch of `agent`: answers the cgroup to enter before exec.
+    Launch {
+        agent: String,
+    },
+    /// Replace the identity policy with this TOML document, validated as a whole.
+    Apply {
+        policy: String,
+    },
+}
+
+/// Every answer: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reply<T> {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl<T> Reply<T> {
+    pub fn ok(result: T) -> Self {
+        Self {
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    pub fn err(error: impl ToString) -> Self {
+        Self {
+            ok: false,
+            result: None,
+            error: Some(error.to_string()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AgentRef {
+    pub id: AgentId,
+    pub name: String,
+}
+
+/// How a process got its tag, as reported.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TagInfo {
+    /// `launch`, `cgroup` or `discovery`.
+    pub source: String,
+    /// Inherited from its parent at fork rather than tagged itself.
+    pub inherited: bool,
+    /// The discovery rule, for `discovery`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    pub agent: AgentRef,
+    pub tag: TagInfo,
+    /// Seconds since the Unix epoch.
+    pub started: u64,
+    pub command: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LaunchTarget {
+    pub agent: AgentRef,
+    /// The cgroup directory to enter before exec.
+    pub cgroup: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Applied {
+    pub agents: usize,
+    pub rules: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub agents: usize,
+    pub rules: usize,
+    pub tagged_processes: usize,
+    /// Tags the kernel could not record because its map was full.
+    pub tags_lost: u64,
+    /// `available`, or why not.
+    pub file_enforcement: String,
+}
+
+/// The identity document the identity socket returns.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IdentityDocument {
+    pub pid: u32,
+    pub agent: AgentRef,
+    pub tag: TagInfo,
+    /// How the caller was identified: always from the kernel tag of the pinned peer.
+    pub attestation: Pinning,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting to {path} (is agentd running?)")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to agentd")]
+    Io(#[from] std::io::Error),
+    #[error("agentd sent an answer that does not parse")]
+    Decode(#[from] serde_json::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn exchange<T: DeserializeOwned>(socket: &Path, line: &str) -> Result<T, ClientError> {
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    stream.write_all(line.as_bytes())?;
+    stream.write_all(b"\n")?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer)?;
+    let reply: Reply<T> = serde_json::from_str(&answer)?;
+    match (reply.ok, reply.result) {
+        (true, Some(result)) => Ok(result),
+        _ => Err(ClientError::Refused(
+            reply.error.unwrap_or_else(|| "no answer".to_owned()),
+        )),
+    }
+}
+
+/// Sends one admin request and returns the result.
+pub fn admin<T: DeserializeOwned>(socket: &Path, request: &AdminRequest) -> Result<T, ClientError> {
+    exchange(socket, &serde_json::to_string(request)?)
+}
+
+/// Asks the identity socket who the calling process is.
+pub fn whoami(socket: &Path) -> Result<IdentityDocument, ClientError> {
+    exchange(socket, WHOAMI)
+}

@@ -1,0 +1,197 @@
+//! Who is on the other end of a Unix socket, from the kernel's own record, never from anything
+//! the caller says.
+//!
+//! The peer's pid comes from `SO_PEERCRED`, taken by the kernel at `connect(2)`. A pid alone can
+//! be reused, so the peer is pinned with a pidfd: `SO_PEERPIDFD` (Linux 6.5+) gives one for the
+//! exact process that connected. On older kernels agentd opens a pidfd for the pid and refuses
+//! it if that process started after the connection was accepted (a reused pid). Whatever is
+//! looked up for the pid is trusted only if the pidfd's process is still alive afterwards: a
+//! live process keeps its pid, so the answer was about that process.
+
+use std::{
+    fs, io,
+    mem::size_of,
+    os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
+};
+
+/// How the peer was pinned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pinning {
+    /// `SO_PEERPIDFD`: the kernel's pidfd of the connecting process.
+    PeerPidfd,
+    /// `pidfd_open` of the `SO_PEERCRED` pid, checked against the connection time.
+    PidfdOpen,
+}
+
+/// A connected peer process, pinned.
+#[derive(Debug)]
+pub struct Peer {
+    pub pid: u32,
+    pub uid: u32,
+    pub pinning: Pinning,
+    pidfd: OwnedFd,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttestError {
+    #[error("reading the peer's credentials")]
+    PeerCred(#[source] io::Error),
+    #[error("the connecting process has exited")]
+    PeerGone,
+    #[error("pid {0} now belongs to a process that started after the connection")]
+    PidReused(u32),
+    #[error("opening a pidfd for pid {pid}")]
+    Pidfd {
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn getsockopt<T>(fd: RawFd, option: libc::c_int, value: &mut T) -> io::Result<()> {
+    let mut len = libc::socklen_t::try_from(size_of::<T>()).expect("small option");
+    // SAFETY: `value` is a valid, writable T and `len` its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            std::ptr::from_mut(value).cast(),
+            &raw mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `CLOCK_BOOTTIME` in clock ticks, the unit of `/proc/PID/stat`'s start time.
+pub fn boottime_ticks() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut now) };
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);
+    secs * hz + nanos * hz / 1_000_000_000
+}
+
+/// A process's start time in clock ticks after boot (`/proc/PID/stat` field 22).
+pub fn start_ticks(pid: u32) -> io::Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces and parentheses; fields resume after the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| io::Error::other("malformed stat"))?;
+    rest.split_whitespace()
+        .nth(19)
+        .and_then(|field| field.parse().ok())
+        .ok_or_else(|| io::Error::other("malformed stat"))
+}
+
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
+    // SAFETY: plain syscall; a non-negative return is a new fd that we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).map_err(io::Error::other)?;
+    // SAFETY: the kernel just returned this fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl Peer {
+    /// Identifies and pins the process at the other end of `socket`. `accepted_at` is
+    /// [`boottime_ticks`] taken when the connection was accepted.
+    pub fn of(socket: &impl AsRawFd, accepted_at: u64) -> Result<Self, AttestError> {
+        let fd = socket.as_raw_fd();
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        getsockopt(fd, libc::SO_PEERCRED, &mut cred).map_err(AttestError::PeerCred)?;
+        let pid = u32::try_from(cred.pid).map_err(|_| AttestError::PeerGone)?;
+
+        let mut raw: libc::c_int = -1;
+        let peer = if getsockopt(fd, libc::SO_PEERPIDFD, &mut raw).is_ok() && raw >= 0 {
+            // SAFETY: the kernel returned a new fd that we now own.
+            let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
+            Self {
+                pid,
+                uid: cred.uid,
+                pinning: Pinning::PeerPidfd,
+                pidfd,
+            }
+        } else {
+            let pidfd = pidfd_open(pid).map_err(|source| {
+                if source.raw_os_error() == Some(libc::ESRCH) {
+                    AttestError::PeerGone
+                } else {
+                    AttestError::Pidfd { pid, source }
+                }
+            })?;
+            let started = start_ticks(pid).map_err(|_| AttestError::PeerGone)?;
+            if started > accepted_at {
+                return Err(AttestError::PidReused(pid));
+            }
+            Self {
+                pid,
+                uid: cred.uid,
+                pinning: Pinning::PidfdOpen,
+                pidfd,
+            }
+        };
+        if !peer.alive() {
+            return Err(AttestError::PeerGone);
+        }
+        Ok(peer)
+    }
+
+    /// Whether the pinned process is still alive (and so still owns `pid`).
+    #[must_use]
+    pub fn alive(&self) -> bool {
+        // SAFETY: signal 0 only checks; the pidfd is ours.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                0,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        rc == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    #[test]
+    fn a_connected_peer_is_this_process_and_alive() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let peer = Peer::of(&ours, boottime_ticks()).unwrap();
+        assert_eq!(peer.pid, std::process::id());
+        assert!(peer.alive());
+        drop(theirs);
+    }
+
+    #[test]
+    fn start_time_is_before_now() {
+        let started = start_ticks(std::process::id()).unwrap();
+        assert!(started <= boottime_ticks());
+    }
+}
