@@ -40,12 +40,21 @@ pub struct IdentityConfig {
     /// Directory of identity policy drop-ins (`*.toml`, read in name order and merged).
     /// Default: `/etc/agentd/policy.d`. A missing directory means no agents.
     pub policy_dir: PathBuf,
+    /// How many agent processes the kernel can tag at once (the `TASK_AGENT` map's size).
+    /// Default: 65536. Tags that do not fit are counted and reported, never dropped silently.
+    pub max_tagged_processes: u32,
+    /// Seconds between sweeps that remove tags of processes that no longer exist; 0 turns the
+    /// sweep off. Default: 10. The exit hook removes tags as processes exit; the sweep is a
+    /// backstop for tags set from userspace on a process that exited at the same moment.
+    pub sweep_interval_secs: u64,
 }
 
 impl Default for IdentityConfig {
     fn default() -> Self {
         Self {
             policy_dir: PathBuf::from("/etc/agentd/policy.d"),
+            max_tagged_processes: 65_536,
+            sweep_interval_secs: 10,
         }
     }
 }
@@ -88,15 +97,29 @@ pub enum ConfigError {
         #[source]
         source: toml::de::Error,
     },
+    #[error("{path}: {field}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        reason: &'static str,
+    },
 }
 
 impl Config {
     /// Parses a configuration document. Errors name the offending key and the reason.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let config: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
-        })
+        })?;
+        if config.identity.max_tagged_processes == 0 {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                field: "identity.max_tagged_processes",
+                reason: "must be at least 1",
+            });
+        }
+        Ok(config)
     }
 
     /// Reads `path`; with `None`, reads [`DEFAULT_PATH`] if it exists and uses the defaults
@@ -134,6 +157,14 @@ mod tests {
     fn format_is_read() {
         let config = Config::parse("[events]\nformat = \"json\"\n", Path::new("t.toml")).unwrap();
         assert_eq!(config.events.format, OutputFormat::Json);
+    }
+
+    #[test]
+    fn zero_sized_tag_map_is_refused() {
+        let err = Config::parse("[identity]\nmax_tagged_processes = 0\n", Path::new("t.toml"))
+            .unwrap_err();
+        let message = format!("{:#}", anyhow::Error::from(err));
+        assert!(message.contains("identity.max_tagged_processes"), "{message}");
     }
 
     #[test]

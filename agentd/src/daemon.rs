@@ -67,10 +67,6 @@ pub enum DaemonError {
     Output(#[source] std::io::Error),
 }
 
-/// How often tags of processes that no longer exist are swept. The exit hook removes tags as
-/// processes exit; the sweep catches the rare tag userspace set on a process that exited first.
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
-
 /// How a tag reads in events, `ps` and identity documents.
 fn tag_info(registry: &Registry, tag: AgentTag) -> TagInfo {
     let source = match TagSource::from_raw(tag.source) {
@@ -549,7 +545,9 @@ pub async fn run(
     // Refuse a bad policy before anything is loaded.
     policy.compile(&cgroup_root)?;
 
-    let mut object = ebpf::load()?;
+    let mut object = ebpf::load_with(ebpf::LoadOptions {
+        max_tagged_processes: config.identity.max_tagged_processes,
+    })?;
     let file_enforcement = files::probe_enforcement(&mut object);
     match &file_enforcement {
         FileEnforcement::Available => {
@@ -585,7 +583,8 @@ pub async fn run(
 
     let mut batch = Vec::new();
     let mut stdout = std::io::stdout().lock();
-    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    let sweep_every = Duration::from_secs(config.identity.sweep_interval_secs);
+    let mut sweep = tokio::time::interval(if sweep_every.is_zero() { Duration::from_secs(3600) } else { sweep_every });
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
@@ -612,7 +611,7 @@ pub async fn run(
                     let _ = reply.send(line);
                 }
             },
-            _ = sweep.tick() => {
+            _ = sweep.tick(), if !sweep_every.is_zero() => {
                 if let Err(err) = state.sweep() {
                     tracing::warn!(%err, "sweeping stale tags");
                 }

@@ -32,8 +32,28 @@ pub struct LoadedObject {
     pub offsets: KernelOffsets,
 }
 
+/// Settings that shape the kernel objects before they are created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Capacity of `TASK_AGENT`, the tag map: how many agent processes can be tagged at once.
+    pub max_tagged_processes: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            max_tagged_processes: 65_536,
+        }
+    }
+}
+
 /// Resolves the struct offsets for the running kernel and loads the object's maps.
 pub fn load() -> Result<LoadedObject, LoadError> {
+    load_with(LoadOptions::default())
+}
+
+/// [`load`] with non-default [`LoadOptions`].
+pub fn load_with(options: LoadOptions) -> Result<LoadedObject, LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
@@ -42,6 +62,7 @@ pub fn load() -> Result<LoadedObject, LoadError> {
     let ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .override_global(KERNEL_OFFSETS_SYMBOL, &offsets, true)
+        .map_max_entries("TASK_AGENT", options.max_tagged_processes)
         .load(OBJECT)
         .map_err(|err| LoadError::Load(Box::new(err)))?;
     Ok(LoadedObject { ebpf, btf, offsets })

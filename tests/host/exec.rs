@@ -1,4 +1,4 @@
-use agentd::{events::Event, sensors::exec::ExecSensor};
+use agentd::{events::Event, sensors::process::ProcessSensor};
 use agentd_tests::{
     load_object, loaded_program_count, own_cgroup_id, unique_executable, wait_for_event, wait_until,
 };
@@ -6,7 +6,7 @@ use agentd_tests::{
 #[tokio::test]
 async fn exec_event_reports_child_pid_ppid_filename_and_cgroup() {
     let mut object = load_object();
-    let _sensor = ExecSensor::attach(&mut object).expect("attaching the exec sensor");
+    let _sensor = ProcessSensor::attach(&mut object).expect("attaching the process sensor");
     let mut reader =
         agentd::events::EventReader::new(&mut object).expect("opening the ring buffer");
 
@@ -49,7 +49,7 @@ fn dropping_the_sensor_and_object_unloads_the_exec_program() {
     let before = loaded_program_count("sched_process_exec");
     {
         let mut object = load_object();
-        let _sensor = ExecSensor::attach(&mut object).expect("attaching the exec sensor");
+        let _sensor = ProcessSensor::attach(&mut object).expect("attaching the process sensor");
         assert_eq!(loaded_program_count("sched_process_exec"), before + 1);
     }
     wait_until("the exec program is unloaded after drop", || {

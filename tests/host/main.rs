@@ -5,3 +5,4 @@ mod exec;
 mod files;
 mod kernel_btf;
 mod run;
+mod identity;

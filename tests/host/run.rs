@@ -3,23 +3,15 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    path::PathBuf,
     process::{Command, Stdio},
     sync::mpsc,
     time::Duration,
 };
 
 use agentd_tests::{
+    agentd_bin,
     EVENT_DEADLINE, loaded_program_count, require_root, unique_executable, wait_until,
 };
-
-/// The agentd binary: `cargo xtask test` builds it and names it in `AGENTD_BIN`.
-fn agentd_bin() -> PathBuf {
-    std::env::var_os("AGENTD_BIN").map_or_else(
-        || panic!("AGENTD_BIN is not set: run this tier through `cargo xtask test`"),
-        PathBuf::from,
-    )
-}
 
 #[test]
 fn agentd_run_prints_exec_events_and_detaches_on_sigint() {

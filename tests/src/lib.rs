@@ -123,3 +123,169 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The agentd binary: `cargo xtask test` builds it and names it in `AGENTD_BIN`.
+pub fn agentd_bin() -> PathBuf {
+    std::env::var_os("AGENTD_BIN").map_or_else(
+        || panic!("AGENTD_BIN is not set: run this tier through `cargo xtask test`"),
+        PathBuf::from,
+    )
+}
+
+/// A running `agentd run` with its own sockets, config and identity policy in a temporary
+/// directory. Dropping it stops the daemon with SIGINT.
+pub struct Daemon {
+    child: std::process::Child,
+    pub dir: tempfile::TempDir,
+    pub admin: PathBuf,
+    pub identity: PathBuf,
+    stdout: std::sync::mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    /// Starts agentd with `policy` (TOML) and the tag sweep off, so that tests see exactly what
+    /// the kernel hooks leave behind.
+    pub fn start(policy: &str) -> Self {
+        Self::start_with(policy, "")
+    }
+
+    /// Like [`Daemon::start`], with more `[identity]` settings.
+    pub fn start_with(policy: &str, identity_settings: &str) -> Self {
+        require_root();
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let admin = dir.path().join("admin.sock");
+        let identity = dir.path().join("identity.sock");
+        let config = dir.path().join("agentd.toml");
+        fs::write(
+            &config,
+            format!(
+                "[api]\nadmin_socket = {admin:?}\nidentity_socket = {identity:?}\n\n\
+                 [identity]\nsweep_interval_secs = 0\n{identity_settings}\n"
+            ),
+        )
+        .expect("writing the config");
+        let policy_file = dir.path().join("policy.toml");
+        fs::write(&policy_file, policy).expect("writing the policy");
+        let mut child = std::process::Command::new(agentd_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--policy")
+            .arg(&policy_file)
+            .args(["--format", "json"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting agentd run");
+        let (tx, stdout) = std::sync::mpsc::channel();
+        let out = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        wait_until("agentd answers on its admin socket", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("agentd exited during start-up: {status}");
+            }
+            agentd::api::admin::<agentd::api::Status>(&admin, &agentd::api::AdminRequest::Status)
+                .is_ok()
+        });
+        Self {
+            child,
+            dir,
+            admin,
+            identity,
+            stdout,
+        }
+    }
+
+    pub fn try_status(&self) -> Result<agentd::api::Status, agentd::api::ClientError> {
+        agentd::api::admin(&self.admin, &agentd::api::AdminRequest::Status)
+    }
+
+    pub fn status(&self) -> agentd::api::Status {
+        self.try_status().expect("agentd status")
+    }
+
+    pub fn ps(&self) -> Vec<agentd::api::ProcessInfo> {
+        agentd::api::admin(&self.admin, &agentd::api::AdminRequest::Ps).expect("agentd ps")
+    }
+
+    /// The agent `pid` belongs to, by name, as agentd reports it.
+    pub fn agent_of(&self, pid: u32) -> Option<agentd::api::ProcessInfo> {
+        self.ps().into_iter().find(|process| process.pid == pid)
+    }
+
+    /// Waits until `pid` is reported as a process of `agent`.
+    pub fn wait_tagged(&self, pid: u32, agent: &str) -> agentd::api::ProcessInfo {
+        let mut found = None;
+        wait_until(&format!("process {pid} is tagged as {agent}"), || {
+            found = self.agent_of(pid).filter(|process| process.agent.name == agent);
+            found.is_some()
+        });
+        found.expect("checked above")
+    }
+
+    /// `agentd launch --agent AGENT -- ARGS...` against this daemon.
+    pub fn launch(&self, agent: &str, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(agentd_bin());
+        command
+            .arg("launch")
+            .arg("--socket")
+            .arg(&self.admin)
+            .args(["--agent", agent, "--"])
+            .args(args);
+        command
+    }
+
+    /// Replaces the policy through `agentd apply`; returns the command's output.
+    pub fn apply(&self, policy: &str) -> std::process::Output {
+        let file = self.dir.path().join("apply.toml");
+        fs::write(&file, policy).expect("writing the policy");
+        std::process::Command::new(agentd_bin())
+            .arg("apply")
+            .arg(&file)
+            .arg("--socket")
+            .arg(&self.admin)
+            .output()
+            .expect("running agentd apply")
+    }
+
+    /// The JSON event lines agentd has printed so far.
+    pub fn events(&self) -> Vec<String> {
+        self.stdout.try_iter().collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, libc::SIGINT) };
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads a pid that a test script wrote to `path`, waiting for the file to appear.
+pub fn read_pid(path: &Path) -> u32 {
+    let mut pid = None;
+    wait_until(&format!("{} is written", path.display()), || {
+        pid = fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse().ok());
+        pid.is_some()
+    });
+    pid.expect("checked above")
+}
+
+/// Kills `pid` with SIGKILL, ignoring a process that is already gone.
+pub fn kill(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
