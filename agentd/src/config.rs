@@ -161,10 +161,16 @@ mod tests {
 
     #[test]
     fn zero_sized_tag_map_is_refused() {
-        let err = Config::parse("[identity]\nmax_tagged_processes = 0\n", Path::new("t.toml"))
-            .unwrap_err();
+        let err = Config::parse(
+            "[identity]\nmax_tagged_processes = 0\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err();
         let message = format!("{:#}", anyhow::Error::from(err));
-        assert!(message.contains("identity.max_tagged_processes"), "{message}");
+        assert!(
+            message.contains("identity.max_tagged_processes"),
+            "{message}"
+        );
     }
 
     #[test]

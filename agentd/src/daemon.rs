@@ -584,7 +584,11 @@ pub async fn run(
     let mut batch = Vec::new();
     let mut stdout = std::io::stdout().lock();
     let sweep_every = Duration::from_secs(config.identity.sweep_interval_secs);
-    let mut sweep = tokio::time::interval(if sweep_every.is_zero() { Duration::from_secs(3600) } else { sweep_every });
+    let mut sweep = tokio::time::interval(if sweep_every.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        sweep_every
+    });
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {

@@ -45,14 +45,17 @@ async fn exec_event_reports_child_pid_ppid_filename_and_cgroup() {
 }
 
 #[test]
-fn dropping_the_sensor_and_object_unloads_the_exec_program() {
-    let before = loaded_program_count("sched_process_exec");
+fn dropping_the_sensor_and_object_unloads_the_process_programs() {
+    // The kernel keeps 15 bytes of a program's name: "sched_process_e" is both exec and exit.
+    let count =
+        || loaded_program_count("sched_process_exec") + loaded_program_count("sched_process_fork");
+    let before = count();
     {
         let mut object = load_object();
         let _sensor = ProcessSensor::attach(&mut object).expect("attaching the process sensor");
-        assert_eq!(loaded_program_count("sched_process_exec"), before + 1);
+        assert_eq!(count(), before + 3, "exec, fork and exit are loaded");
     }
-    wait_until("the exec program is unloaded after drop", || {
-        loaded_program_count("sched_process_exec") == before
+    wait_until("the process programs are unloaded after drop", || {
+        count() == before
     });
 }

@@ -34,8 +34,10 @@ fn agent_policy(name: &str) -> String {
 
 /// The helper binary; inside the vm tier it is installed next to the test binaries.
 fn helper() -> PathBuf {
-    std::env::var_os("AGENTD_TEST_HELPER")
-        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_agentd-test-helper")), PathBuf::from)
+    std::env::var_os("AGENTD_TEST_HELPER").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_agentd-test-helper")),
+        PathBuf::from,
+    )
 }
 
 #[test]
@@ -43,7 +45,8 @@ fn launched_agent_tree_is_tagged_across_fork_exec_setsid_double_fork_and_cgroup_
     let agent = "tree-agent";
     let daemon = Daemon::start(&agent_policy(agent));
     let _launched = launch_cgroup(agent);
-    let escape = CgroupGuard(cgroup2_mount().join(format!("agentd-test-escape-{}", std::process::id())));
+    let escape =
+        CgroupGuard(cgroup2_mount().join(format!("agentd-test-escape-{}", std::process::id())));
     fs::create_dir_all(&escape.0).expect("creating the escape cgroup");
     let dir = tempfile::tempdir().expect("temporary directory");
     let d = dir.path().display();
@@ -65,7 +68,11 @@ fn launched_agent_tree_is_tagged_across_fork_exec_setsid_double_fork_and_cgroup_
         .spawn()
         .expect("agentd launch");
     let root = launcher.id();
-    assert_eq!(read_pid(&dir.path().join("root.pid")), root, "launch execs in place");
+    assert_eq!(
+        read_pid(&dir.path().join("root.pid")),
+        root,
+        "launch execs in place"
+    );
 
     for (name, how) in [
         ("root", "launch"),
@@ -93,7 +100,11 @@ fn launched_agent_tree_is_tagged_across_fork_exec_setsid_double_fork_and_cgroup_
     );
     let exec_pid = read_pid(&dir.path().join("exec.pid"));
     let command = fs::read_to_string(format!("/proc/{exec_pid}/comm")).unwrap_or_default();
-    assert_eq!(command.trim(), "sleep", "the exec'd process runs another binary");
+    assert_eq!(
+        command.trim(),
+        "sleep",
+        "the exec'd process runs another binary"
+    );
 }
 
 #[test]
@@ -102,10 +113,19 @@ fn untagged_processes_stay_untagged_and_are_not_agents() {
     let daemon = Daemon::start(&agent_policy(agent));
     let _launched = launch_cgroup(agent);
     let mut outsider = Command::new("sleep").arg("60").spawn().expect("sleep");
-    let mut insider = daemon.launch(agent, &["sleep", "60"]).spawn().expect("launch");
+    let mut insider = daemon
+        .launch(agent, &["sleep", "60"])
+        .spawn()
+        .expect("launch");
     daemon.wait_tagged(insider.id(), agent);
-    assert!(daemon.agent_of(outsider.id()).is_none(), "an unrelated process was tagged");
-    assert!(daemon.agent_of(std::process::id()).is_none(), "the test itself was tagged");
+    assert!(
+        daemon.agent_of(outsider.id()).is_none(),
+        "an unrelated process was tagged"
+    );
+    assert!(
+        daemon.agent_of(std::process::id()).is_none(),
+        "the test itself was tagged"
+    );
 
     let answer = Command::new(agentd_tests::agentd_bin())
         .arg("whoami")
@@ -131,14 +151,29 @@ fn whoami_returns_the_launched_agent_identity() {
     let _launched = launch_cgroup(agent);
     let bin = agentd_tests::agentd_bin();
     let output = daemon
-        .launch(agent, &[bin.to_str().unwrap(), "whoami", "--socket", daemon.identity.to_str().unwrap()])
+        .launch(
+            agent,
+            &[
+                bin.to_str().unwrap(),
+                "whoami",
+                "--socket",
+                daemon.identity.to_str().unwrap(),
+            ],
+        )
         .output()
         .expect("launching agentd whoami");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let document: serde_json::Value = serde_json::from_str(&stdout).expect("an identity document");
     assert_eq!(document["agent"]["name"], agent);
-    assert_eq!(document["agent"]["id"], "0b5a7bb4-31c6-4a36-8d8e-6d0c93c3f1d2");
+    assert_eq!(
+        document["agent"]["id"],
+        "0b5a7bb4-31c6-4a36-8d8e-6d0c93c3f1d2"
+    );
     assert_eq!(document["tag"]["source"], "launch");
 }
 
@@ -146,7 +181,9 @@ fn whoami_returns_the_launched_agent_identity() {
 fn pid_reuse_cannot_obtain_another_process_identity() {
     let ns_last_pid = Path::new("/proc/sys/kernel/ns_last_pid");
     if !ns_last_pid.exists() {
-        eprintln!("skipped: this kernel has no ns_last_pid (CONFIG_CHECKPOINT_RESTORE), so pid reuse cannot be forced");
+        eprintln!(
+            "skipped: this kernel has no ns_last_pid (CONFIG_CHECKPOINT_RESTORE), so pid reuse cannot be forced"
+        );
         return;
     }
     let agent = "victim-agent";
@@ -162,7 +199,11 @@ fn pid_reuse_cannot_obtain_another_process_identity() {
         .arg(&go)
         .output()
         .expect("running the helper");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let line = String::from_utf8_lossy(&output.stdout).to_string();
     let connector: u32 = line
         .split_whitespace()
@@ -174,7 +215,10 @@ fn pid_reuse_cannot_obtain_another_process_identity() {
     let mut victim = None;
     for _ in 0..200 {
         fs::write(ns_last_pid, (connector - 1).to_string()).expect("writing ns_last_pid");
-        let child = daemon.launch(agent, &["sleep", "60"]).spawn().expect("launch");
+        let child = daemon
+            .launch(agent, &["sleep", "60"])
+            .spawn()
+            .expect("launch");
         if child.id() == connector {
             victim = Some(child);
             break;
@@ -195,7 +239,10 @@ fn pid_reuse_cannot_obtain_another_process_identity() {
     let _ = victim.wait();
     let reply: serde_json::Value = serde_json::from_str(&reply).expect("a JSON answer");
     assert_eq!(reply["ok"], false, "{reply}");
-    assert!(!reply.to_string().contains(agent), "leaked the victim's identity: {reply}");
+    assert!(
+        !reply.to_string().contains(agent),
+        "leaked the victim's identity: {reply}"
+    );
 }
 
 #[test]
@@ -213,15 +260,25 @@ fn discovery_path_rule_tags_binary_started_from_unrelated_shell() {
     let mut plain = Command::new("sleep").arg("60").spawn().expect("sleep");
     let mut shell = Command::new("sh")
         .arg("-c")
-        .arg(format!("{} 60 & echo $! > {}/found.pid; wait", binary.display(), dir.path().display()))
+        .arg(format!(
+            "{} 60 & echo $! > {}/found.pid; wait",
+            binary.display(),
+            dir.path().display()
+        ))
         .spawn()
         .expect("sh");
     let found = read_pid(&dir.path().join("found.pid"));
     let process = daemon.wait_tagged(found, agent);
     assert_eq!(process.tag.source, "discovery");
     assert_eq!(process.tag.rule.as_deref(), Some("found-bin"));
-    assert!(daemon.agent_of(shell.id()).is_none(), "the unrelated shell was tagged");
-    assert!(daemon.agent_of(plain.id()).is_none(), "another copy of sleep was tagged");
+    assert!(
+        daemon.agent_of(shell.id()).is_none(),
+        "the unrelated shell was tagged"
+    );
+    assert!(
+        daemon.agent_of(plain.id()).is_none(),
+        "another copy of sleep was tagged"
+    );
     kill(found);
     let _ = shell.wait();
     let _ = plain.kill();
@@ -251,7 +308,10 @@ fn discovery_script_rule_tags_interpreter_running_the_script() {
     let process = daemon.wait_tagged(runner.id(), agent);
     assert_eq!(process.tag.source, "discovery");
     assert_eq!(process.tag.rule.as_deref(), Some("agent-script"));
-    assert!(daemon.agent_of(bystander.id()).is_none(), "another script was tagged");
+    assert!(
+        daemon.agent_of(bystander.id()).is_none(),
+        "another script was tagged"
+    );
     for child in [&mut runner, &mut bystander] {
         let _ = child.kill();
         let _ = child.wait();
@@ -281,7 +341,11 @@ fn churn_of_10000_tagged_processes_leaves_no_stale_tags() {
     });
     let status = daemon.status();
     assert_eq!(status.tags_lost, 0, "{status:?}");
-    let forks = daemon.events().iter().filter(|line| line.contains("\"kind\":\"fork\"")).count();
+    let forks = daemon
+        .events()
+        .iter()
+        .filter(|line| line.contains("\"kind\":\"fork\""))
+        .count();
     assert!(
         forks >= usize::try_from(count).unwrap(),
         "expected at least {count} fork events of the agent, saw {forks}"
@@ -315,12 +379,18 @@ fn bad_policy_is_refused_by_field_and_rules_in_force_stay() {
         "discovery[1] (\"bad-hash\").sha256",
         "discovery[2] (\"ghost\").agent: unknown agent \"nobody\"",
     ] {
-        assert!(stderr.contains(expected), "missing {expected:?} in: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in: {stderr}"
+        );
     }
     let status = daemon.status();
     assert_eq!((status.agents, status.rules), (1, 1), "{status:?}");
     // The rule in force still tags.
-    let mut child = Command::new(&binary).arg("60").spawn().expect("running the binary");
+    let mut child = Command::new(&binary)
+        .arg("60")
+        .spawn()
+        .expect("running the binary");
     let process = daemon.wait_tagged(child.id(), agent);
     assert_eq!(process.tag.rule.as_deref(), Some("kept-bin"));
     let _ = child.kill();
@@ -341,8 +411,59 @@ fn full_tag_map_is_counted_and_reported() {
     assert!(status.tags_lost > 0, "{status:?}");
     let mut lost = Vec::new();
     wait_until("a tag_lost event is printed", || {
-        lost.extend(daemon.events().into_iter().filter(|line| line.contains("\"kind\":\"tag_lost\"")));
+        lost.extend(
+            daemon
+                .events()
+                .into_iter()
+                .filter(|line| line.contains("\"kind\":\"tag_lost\"")),
+        );
         !lost.is_empty()
     });
     assert!(lost[0].contains(agent), "{}", lost[0]);
+}
+
+#[test]
+fn registered_service_cgroup_tags_running_and_new_processes() {
+    // Stands in for a systemd unit's cgroup: a cgroup with a process already running in it.
+    let unit = CgroupGuard(
+        cgroup2_mount().join(format!("agentd-test-unit-{}.service", std::process::id())),
+    );
+    fs::create_dir_all(&unit.0).expect("creating the unit cgroup");
+    let procs = unit.0.join("cgroup.procs");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let script = format!(
+        "echo $$ > {procs}; echo $$ > {d}/running.pid; read _ < {d}/go; sleep 60 & echo $! > {d}/new.pid; wait",
+        procs = procs.display(),
+        d = dir.path().display()
+    );
+    let go = dir.path().join("go");
+    // A FIFO holds the process until the daemon has started.
+    let status = Command::new("mkfifo").arg(&go).status().expect("mkfifo");
+    assert!(status.success());
+    let mut service = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .spawn()
+        .expect("the service");
+    let running = read_pid(&dir.path().join("running.pid"));
+
+    let agent = "service-agent";
+    let relative = unit
+        .0
+        .strip_prefix(cgroup2_mount())
+        .expect("under the cgroup root");
+    let daemon = Daemon::start(&format!(
+        "[[agent]]\nname = \"{agent}\"\ncgroups = [\"/{}\"]\n",
+        relative.display()
+    ));
+    let process = daemon.wait_tagged(running, agent);
+    assert_eq!(process.tag.source, "cgroup");
+    assert!(!process.tag.inherited);
+
+    fs::write(&go, "go\n").expect("releasing the service");
+    let new = read_pid(&dir.path().join("new.pid"));
+    let process = daemon.wait_tagged(new, agent);
+    assert_eq!(process.tag.source, "cgroup");
+    kill(new);
+    let _ = service.wait();
 }

@@ -3,6 +3,6 @@
 
 mod exec;
 mod files;
+mod identity;
 mod kernel_btf;
 mod run;
-mod identity;

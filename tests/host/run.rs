@@ -9,8 +9,7 @@ use std::{
 };
 
 use agentd_tests::{
-    agentd_bin,
-    EVENT_DEADLINE, loaded_program_count, require_root, unique_executable, wait_until,
+    EVENT_DEADLINE, agentd_bin, loaded_program_count, require_root, unique_executable, wait_until,
 };
 
 #[test]

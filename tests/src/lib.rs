@@ -174,6 +174,7 @@ impl Daemon {
             .arg(&policy_file)
             .args(["--format", "json"])
             .stdout(std::process::Stdio::piped())
+            .stderr(fs::File::create(dir.path().join("agentd.log")).expect("creating the log"))
             .spawn()
             .expect("starting agentd run");
         let (tx, stdout) = std::sync::mpsc::channel();
@@ -188,7 +189,8 @@ impl Daemon {
         });
         wait_until("agentd answers on its admin socket", || {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("agentd exited during start-up: {status}");
+                let log = fs::read_to_string(dir.path().join("agentd.log")).unwrap_or_default();
+                panic!("agentd exited during start-up: {status}\n{log}");
             }
             agentd::api::admin::<agentd::api::Status>(&admin, &agentd::api::AdminRequest::Status)
                 .is_ok()
@@ -223,7 +225,9 @@ impl Daemon {
     pub fn wait_tagged(&self, pid: u32, agent: &str) -> agentd::api::ProcessInfo {
         let mut found = None;
         wait_until(&format!("process {pid} is tagged as {agent}"), || {
-            found = self.agent_of(pid).filter(|process| process.agent.name == agent);
+            found = self
+                .agent_of(pid)
+                .filter(|process| process.agent.name == agent);
             found.is_some()
         });
         found.expect("checked above")

@@ -195,7 +195,7 @@ pub struct VmOptions {
 
 /// Builds the test binaries, boots each kernel and counts the results printed inside.
 pub fn vm_tier(options: &VmOptions) -> anyhow::Result<Vec<TierResult>> {
-    let tests: Vec<(String, PathBuf)> = build_executables(&[
+    let built = build_executables(&[
         "test",
         "--no-run",
         "--package",
@@ -204,13 +204,14 @@ pub fn vm_tier(options: &VmOptions) -> anyhow::Result<Vec<TierResult>> {
         "vm",
         "--test",
         "host",
-    ])?
-    .into_iter()
-    .filter(|(name, _)| name == "vm" || name == "host")
-    .collect();
+    ])?;
+    let (tests, helpers): (Vec<_>, Vec<_>) = built
+        .into_iter()
+        .partition(|(name, _)| name == "vm" || name == "host");
     let payload = Payload {
         tests,
         agentd: build_agentd(false)?,
+        helpers,
     };
     let mut results = Vec::new();
     for kernel in &options.kernels {

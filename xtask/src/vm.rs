@@ -134,6 +134,8 @@ pub struct Payload {
     pub tests: Vec<(String, PathBuf)>,
     /// The agentd binary, installed as `/bin/agentd` and named in `AGENTD_BIN`.
     pub agentd: PathBuf,
+    /// Helper programs the tests run, installed as `/bin/<name>`.
+    pub helpers: Vec<(String, PathBuf)>,
 }
 
 const INIT: &str = r#"#!/bin/busybox sh
@@ -149,7 +151,7 @@ mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t securityfs securityfs /sys/kernel/security
 echo "AGENTD-VM-BOOTED kernel=$(uname -r) lsm=$(cat /sys/kernel/security/lsm)"
-export AGENTD_BIN=/bin/agentd RUST_BACKTRACE=1 TMPDIR=/tmp
+export AGENTD_BIN=/bin/agentd AGENTD_TEST_HELPER=/bin/agentd-test-helper RUST_BACKTRACE=1 TMPDIR=/tmp
 status=0
 for t in /tests/*; do
     [ -x "$t" ] || continue
@@ -239,6 +241,9 @@ pub fn build_initramfs(work: &Path, payload: &Payload) -> anyhow::Result<PathBuf
         install_with_libraries(&root, binary, &Path::new("/tests").join(name))?;
     }
     install_with_libraries(&root, &payload.agentd, Path::new("/bin/agentd"))?;
+    for (name, binary) in &payload.helpers {
+        install_with_libraries(&root, binary, &Path::new("/bin").join(name))?;
+    }
     let archive = work.join("initramfs.cpio");
     cpio(&root, &archive)?;
     Ok(archive)

@@ -58,7 +58,9 @@ fn main() -> ExitCode {
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[1..] {
         ["handover", socket, gofile] => handover(socket, gofile),
         ["ask", fd, gofile] => ask(fd, gofile),
-        _ => Err(std::io::Error::other("usage: agentd-test-helper handover SOCKET GOFILE | ask FD GOFILE")),
+        _ => Err(std::io::Error::other(
+            "usage: agentd-test-helper handover SOCKET GOFILE | ask FD GOFILE",
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
