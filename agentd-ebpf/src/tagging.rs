@@ -45,7 +45,7 @@ pub static TAG_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(tag_stats
 #[inline(always)]
 pub fn tag_of(tgid: u32) -> Option<AgentTag> {
     // SAFETY: the value is copied out at once.
-    unsafe { TASK_AGENT.get(&tgid) }.copied()
+    unsafe { TASK_AGENT.get(tgid) }.copied()
 }
 
 /// The tag for a process in the current cgroup, if that cgroup is an agent's.
@@ -54,7 +54,7 @@ pub fn cgroup_tag() -> Option<AgentTag> {
     // SAFETY: plain helper call.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the value is copied out at once.
-    unsafe { CGROUP_AGENT.get(&cgroup) }.copied()
+    unsafe { CGROUP_AGENT.get(cgroup) }.copied()
 }
 
 /// The tag for an exec of `exe`, if a discovery rule names that file.
@@ -69,7 +69,7 @@ pub fn discovery_tag(exe: &InodeKey) -> Option<AgentTag> {
 /// must not go untagged silently.
 #[inline(always)]
 pub fn set_tag(tgid: u32, tag: &AgentTag) -> bool {
-    if TASK_AGENT.insert(&tgid, tag, 0).is_ok() {
+    if TASK_AGENT.insert(tgid, tag, 0).is_ok() {
         return true;
     }
     if let Some(slot) = TAG_STATS.get_ptr_mut(tag_stats::INSERT_FAILED) {
@@ -154,7 +154,7 @@ fn try_exit(ctx: &BtfTracePointContext) -> Result<(), ()> {
     }
     let exit_code = read_field::<i32>(task, offsets.task_exit_code).unwrap_or(0);
     // Remove first: a lost event must not leave a stale tag behind.
-    let _ = TASK_AGENT.remove(&tgid);
+    let _ = TASK_AGENT.remove(tgid);
     report(EventKind::Exit, tgid, 0, &tag, exit_code.cast_unsigned());
     Ok(())
 }

@@ -58,6 +58,10 @@ impl<T> Reply<T> {
         }
     }
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "used as a function value on error types: `map_or_else(Reply::err, Reply::ok)`"
+    )]
     pub fn err(error: impl ToString) -> Self {
         Self {
             ok: false,

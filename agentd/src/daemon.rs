@@ -388,21 +388,20 @@ fn write_event(
     };
     match format {
         OutputFormat::Text => {
-            let mut line = event.to_text();
+            write!(out, "{}", event.to_text())?;
             if let Some(agent) = &agent {
                 let info = tag_info(registry, tag);
-                line.push_str(&format!(
-                    " agent={} ({}) tag={}{}",
-                    agent.name,
-                    agent.id,
-                    info.source,
-                    if info.inherited { ",inherited" } else { "" }
-                ));
+                let inherited = if info.inherited { ",inherited" } else { "" };
+                write!(
+                    out,
+                    " agent={} ({}) tag={}{inherited}",
+                    agent.name, agent.id, info.source
+                )?;
             }
             if let Some(hint) = looks_like {
-                line.push_str(&format!(" looks_like={hint}"));
+                write!(out, " looks_like={hint}")?;
             }
-            writeln!(out, "{line}")
+            writeln!(out)
         }
         OutputFormat::Json => {
             let line = JsonLine {
@@ -476,10 +475,7 @@ async fn serve_admin(listener: UnixListener, calls: mpsc::Sender<Call>) {
         let calls = calls.clone();
         tokio::spawn(async move {
             // Defence in depth beside the socket's 0600 mode: root only.
-            let peer_uid = stream
-                .peer_cred()
-                .map(|cred| cred.uid())
-                .unwrap_or(u32::MAX);
+            let peer_uid = stream.peer_cred().map_or(u32::MAX, |cred| cred.uid());
             let Some(line) = read_request(&mut stream).await else {
                 return;
             };
@@ -512,17 +508,12 @@ async fn serve_identity(listener: UnixListener, calls: mpsc::Sender<Call>) {
         let peer = Peer::of(&stream, accepted_at).map_err(|err| err.to_string());
         let calls = calls.clone();
         tokio::spawn(async move {
-            match read_request(&mut stream).await.as_deref() {
-                Some(api::WHOAMI) => answer(stream, |tx| Call::Whoami(peer, tx), calls).await,
-                _ => {
-                    let reply = Reply::<()>::err(format!("send {:?}", api::WHOAMI));
-                    let _ = stream
-                        .write_all(
-                            format!("{}\n", serde_json::to_string(&reply).unwrap_or_default())
-                                .as_bytes(),
-                        )
-                        .await;
-                }
+            if read_request(&mut stream).await.as_deref() == Some(api::WHOAMI) {
+                answer(stream, |tx| Call::Whoami(peer, tx), calls).await;
+            } else {
+                let reply = Reply::<()>::err(format!("send {:?}", api::WHOAMI));
+                let line = format!("{}\n", serde_json::to_string(&reply).unwrap_or_default());
+                let _ = stream.write_all(line.as_bytes()).await;
             }
         });
     }
@@ -585,7 +576,7 @@ pub async fn run(
     let mut stdout = std::io::stdout().lock();
     let sweep_every = Duration::from_secs(config.identity.sweep_interval_secs);
     let mut sweep = tokio::time::interval(if sweep_every.is_zero() {
-        Duration::from_secs(3600)
+        Duration::from_hours(1)
     } else {
         sweep_every
     });
@@ -626,10 +617,10 @@ pub async fn run(
     identity_task.abort();
     let _ = std::fs::remove_file(&config.api.admin_socket);
     let _ = std::fs::remove_file(&config.api.identity_socket);
-    let stats = reader.stats();
+    let delivery = reader.stats();
     tracing::info!(
-        delivered = stats.delivered,
-        undecodable = stats.undecodable,
+        delivered = delivery.delivered,
+        undecodable = delivery.undecodable,
         dropped = reader.dropped()?,
         tags_lost = state.process.insert_failures()?,
         "shutting down; detaching programs"

@@ -63,7 +63,7 @@ fn launched_agent_tree_is_tagged_across_fork_exec_setsid_double_fork_and_cgroup_
         "#,
         escape = escape_procs.display()
     );
-    let launcher = daemon
+    let mut launcher = daemon
         .launch(agent, &["sh", "-c", &script])
         .spawn()
         .expect("agentd launch");
@@ -105,6 +105,8 @@ fn launched_agent_tree_is_tagged_across_fork_exec_setsid_double_fork_and_cgroup_
         "sleep",
         "the exec'd process runs another binary"
     );
+    kill(root);
+    let _ = launcher.wait();
 }
 
 #[test]

@@ -159,8 +159,10 @@ impl Daemon {
         fs::write(
             &config,
             format!(
-                "[api]\nadmin_socket = {admin:?}\nidentity_socket = {identity:?}\n\n\
-                 [identity]\nsweep_interval_secs = 0\n{identity_settings}\n"
+                "[api]\nadmin_socket = \"{}\"\nidentity_socket = \"{}\"\n\n\
+                 [identity]\nsweep_interval_secs = 0\n{identity_settings}\n",
+                admin.display(),
+                identity.display()
             ),
         )
         .expect("writing the config");

@@ -129,9 +129,7 @@ fn main() -> ExitCode {
         } => launch(&admin.socket, &agent, &command),
         Command::Ps { admin, json } => ps(&admin.socket, json),
         Command::Apply { file, admin } => apply(&admin.socket, &file),
-        Command::Status { admin } => api::admin::<Status>(&admin.socket, &AdminRequest::Status)
-            .map_err(anyhow::Error::from)
-            .and_then(|status| Ok(println!("{}", serde_json::to_string_pretty(&status)?))),
+        Command::Status { admin } => status(&admin.socket),
         Command::Whoami { socket } => match api::whoami(&socket) {
             Ok(document) => {
                 println!(
@@ -213,6 +211,12 @@ fn launch(socket: &Path, agent: &str, command: &[String]) -> anyhow::Result<()> 
     Err(err).with_context(|| format!("running {program}"))
 }
 
+fn status(socket: &Path) -> anyhow::Result<()> {
+    let status: Status = api::admin(socket, &AdminRequest::Status)?;
+    println!("{}", serde_json::to_string_pretty(&status)?);
+    Ok(())
+}
+
 fn apply(socket: &Path, file: &Path) -> anyhow::Result<()> {
     let policy =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
@@ -264,7 +268,7 @@ fn render_tree(processes: &[ProcessInfo]) -> String {
         while let Some((process, depth)) = stack.pop() {
             let mut tagged_by = process.tag.source.clone();
             if let Some(rule) = &process.tag.rule {
-                tagged_by.push_str(&format!(" ({rule})"));
+                let _ = write!(tagged_by, " ({rule})");
             }
             if process.tag.inherited {
                 tagged_by.push_str(", inherited");

@@ -15,7 +15,7 @@ use uuid::Uuid;
 #[serde(transparent)]
 pub struct AgentId(pub Uuid);
 
-/// The namespace of agent ids derived from names (UUIDv5), for agents registered without one.
+/// The namespace of agent ids derived from names (`UUIDv5`), for agents registered without one.
 const AGENT_NAMESPACE: Uuid = Uuid::from_u128(0x6167_656e_7464_4000_8000_6167_656e_7401);
 
 impl AgentId {

@@ -33,7 +33,7 @@ pub struct IdentityPolicy {
 pub struct AgentSpec {
     /// Unique on the host: letters, digits, `.`, `_` and `-`, at most 64 bytes.
     pub name: String,
-    /// The agent's UUID. Default: derived from the name (UUIDv5), the same on every host.
+    /// The agent's UUID. Default: derived from the name (`UUIDv5`), the same on every host.
     pub id: Option<String>,
     /// cgroups, relative to the cgroup v2 root, whose processes are this agent's: for an agent
     /// that runs as a systemd service, its unit's cgroup (`/system.slice/NAME.service`).
@@ -271,6 +271,21 @@ impl IdentityPolicy {
             }
         }
 
+        compiled.rules = self.compile_rules(&names, &mut error);
+
+        if errors.is_empty() {
+            Ok(compiled)
+        } else {
+            Err(PolicyError::Invalid(errors))
+        }
+    }
+    /// Checks the discovery rules against the agents named in the policy.
+    fn compile_rules(
+        &self,
+        names: &HashSet<String>,
+        error: &mut impl FnMut(String, String),
+    ) -> Vec<CompiledRule> {
+        let mut compiled = Vec::new();
         let mut rule_ids = HashSet::new();
         for (i, rule) in self.discovery.iter().enumerate() {
             let at = format!("discovery[{i}]");
@@ -324,7 +339,7 @@ impl IdentityPolicy {
                 )),
             };
             match matcher {
-                Ok(matcher) => compiled.rules.push(CompiledRule {
+                Ok(matcher) => compiled.push(CompiledRule {
                     id: rule.id.clone(),
                     agent: rule.agent.clone(),
                     matcher,
@@ -333,11 +348,7 @@ impl IdentityPolicy {
             }
         }
 
-        if errors.is_empty() {
-            Ok(compiled)
-        } else {
-            Err(PolicyError::Invalid(errors))
-        }
+        compiled
     }
 }
 

@@ -40,7 +40,7 @@ fn ask(fd: &str, gofile: &str) -> std::io::Result<()> {
     // SAFETY: the descriptor was inherited from `handover` for this purpose.
     let mut stream = unsafe { UnixStream::from_raw_fd(fd) };
     let go = PathBuf::from(gofile);
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_mins(2);
     while !go.exists() {
         if Instant::now() > deadline {
             return Err(std::io::Error::other("no go file"));
