@@ -91,7 +91,8 @@ enum Task {
         release: bool,
     },
     /// Set up, build and start agentd in the foreground, printing live events. Ctrl-C stops it
-    /// and detaches everything it attached. Needs root.
+    /// and detaches everything it attached. Needs root. Without `--policy`, it applies
+    /// examples/agents.toml (one agent, `demo`: try `agentd launch --agent demo -- sh`).
     Run {
         /// Arguments after `--` go to `agentd run`, e.g. `cargo xtask run -- --format json`.
         #[arg(last = true)]
@@ -179,7 +180,14 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             mount_pseudo_filesystems()?;
             let agentd = test::build_agentd(true)?;
             let mut command = Command::new(&agentd);
-            command.arg("run").args(&args);
+            command.arg("run");
+            if !args.iter().any(|arg| arg.starts_with("--policy")) {
+                // The embedded default: one demo agent to launch.
+                command
+                    .arg("--policy")
+                    .arg(test::workspace_root().join("examples/agents.toml"));
+            }
+            command.args(&args);
             eprintln!("+ {}", cmd::display(&command));
             // Replace xtask, so that Ctrl-C reaches agentd alone and its exit code is ours.
             let err = command.exec();
