@@ -469,3 +469,28 @@ fn registered_service_cgroup_tags_running_and_new_processes() {
     kill(new);
     let _ = service.wait();
 }
+
+#[test]
+fn discovery_hash_rule_tags_a_binary_by_content() {
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let binary = dir.path().join("sleep");
+    fs::copy("/bin/sleep", &binary).expect("copying sleep");
+    let digest = hex::encode(sha2::Sha256::digest(
+        fs::read(&binary).expect("reading the copy"),
+    ));
+    let agent = "hashed-agent";
+    let daemon = Daemon::start(&format!(
+        "{}[[discovery]]\nid = \"by-hash\"\nagent = \"{agent}\"\nsha256 = \"{digest}\"\n",
+        agent_policy(agent)
+    ));
+    let mut child = Command::new(&binary)
+        .arg("60")
+        .spawn()
+        .expect("running the copy");
+    let process = daemon.wait_tagged(child.id(), agent);
+    assert_eq!(process.tag.source, "discovery");
+    assert_eq!(process.tag.rule.as_deref(), Some("by-hash"));
+    let _ = child.kill();
+    let _ = child.wait();
+}
