@@ -29,6 +29,8 @@ pub enum EventKind {
     Exit = 4,
     /// [`ProcessEvent`]: a process should have been tagged but `TASK_AGENT` was full.
     TagLost = 5,
+    /// [`NetEvent`]: a tagged process connected or sent a datagram.
+    Net = 6,
 }
 
 impl EventKind {
@@ -41,6 +43,7 @@ impl EventKind {
             3 => Some(Self::Fork),
             4 => Some(Self::Exit),
             5 => Some(Self::TagLost),
+            6 => Some(Self::Net),
             _ => None,
         }
     }
@@ -324,6 +327,148 @@ impl KernelOffsets {
 /// The symbol name of the `KernelOffsets` global in the eBPF object.
 pub const KERNEL_OFFSETS_SYMBOL: &str = "KERNEL_OFFSETS";
 
+/// How many rules the kernel scans for one destination prefix (the prefix's own rules and
+/// those of every shorter prefix that contains it, most specific first). Userspace refuses a
+/// policy that would need more.
+pub const NET_RULES_PER_PREFIX: usize = 16;
+
+/// Verdict actions in network rules and defaults.
+pub mod net_action {
+    pub const ALLOW: u8 = 0;
+    pub const DENY: u8 = 1;
+}
+
+/// One network rule as the kernel scans it: it matches a destination port range and protocol
+/// (0 = any) inside the prefix it is stored under.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct NetRule {
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// `IPPROTO_TCP`, `IPPROTO_UDP`, or 0 for any.
+    pub protocol: u8,
+    /// A `net_action` value.
+    pub action: u8,
+    pub pad: u16,
+    /// The rule's number; userspace maps it back to the rule's name.
+    pub rule: u32,
+}
+const _: () = assert!(size_of::<NetRule>() == 12);
+
+/// The rules that apply under one destination prefix, in the order they are tried.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct NetRuleList {
+    pub count: u32,
+    pub rules: [NetRule; NET_RULES_PER_PREFIX],
+}
+const _: () = assert!(size_of::<NetRuleList>() == 4 + 12 * NET_RULES_PER_PREFIX);
+
+/// LPM trie key data for IPv4 rules: the policy generation and agent are matched in full (the
+/// first 64 bits of every prefix), then the address prefix.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct NetKeyV4 {
+    pub generation: u32,
+    pub agent: u32,
+    pub addr: [u8; 4],
+}
+const _: () = assert!(size_of::<NetKeyV4>() == 12);
+
+/// LPM trie key data for IPv6 rules; see [`NetKeyV4`].
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct NetKeyV6 {
+    pub generation: u32,
+    pub agent: u32,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<NetKeyV6>() == 24);
+
+/// LPM trie key data of the global blocklist, IPv4 (generation, then address prefix).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct BlockKeyV4 {
+    pub generation: u32,
+    pub addr: [u8; 4],
+}
+const _: () = assert!(size_of::<BlockKeyV4>() == 8);
+
+/// LPM trie key data of the global blocklist, IPv6.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct BlockKeyV6 {
+    pub generation: u32,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<BlockKeyV6>() == 20);
+
+/// Key of an agent's network settings for one generation.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NetAgentKey {
+    pub generation: u32,
+    pub agent: u32,
+}
+const _: () = assert!(size_of::<NetAgentKey>() == 8);
+
+/// An agent's network settings.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct NetAgentPolicy {
+    /// The policy version this generation holds, reported in every event.
+    pub version: u32,
+    /// A `net_action` value for destinations no rule matches.
+    pub default_action: u8,
+    /// 1: audit mode (report "would deny", allow).
+    pub audit: u8,
+    pub pad: u16,
+}
+const _: () = assert!(size_of::<NetAgentPolicy>() == 8);
+
+/// A tagged process's connect or datagram, and what the kernel decided.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct NetEvent {
+    pub header: EventHeader,
+    pub pid: u32,
+    pub agent: u32,
+    /// The policy version that decided.
+    pub version: u32,
+    /// A [`Verdict`] as `u8`: what happened to the call.
+    pub verdict: u8,
+    /// `NetEvent::FLAG_*` bits.
+    pub flags: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub protocol: u8,
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// `NetEvent::HOOK_*`.
+    pub hook: u8,
+    pub pad: u8,
+    /// The rule that decided; 0 for the default action, quarantine and blocklist hits name
+    /// their list entry's rule number.
+    pub rule: u32,
+    /// Destination address; IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(size_of::<NetEvent>() == 16 + 12 + 8 + 4 + 16 + COMM_LEN);
+
+impl NetEvent {
+    pub const HOOK_CONNECT: u8 = 1;
+    pub const HOOK_SENDMSG: u8 = 2;
+    /// Audit mode turned a deny into an allow.
+    pub const FLAG_WOULD_DENY: u8 = 1 << 0;
+    /// The global blocklist matched.
+    pub const FLAG_BLOCKLIST: u8 = 1 << 1;
+    /// The agent is quarantined.
+    pub const FLAG_QUARANTINE: u8 = 1 << 2;
+    /// No rule matched: the agent's default action decided.
+    pub const FLAG_DEFAULT: u8 = 1 << 3;
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: every type below is `#[repr(C)]`, `Copy`, made only of integers and integer arrays,
@@ -336,4 +481,13 @@ mod pod {
     unsafe impl aya::Pod for super::AgentTag {}
     unsafe impl aya::Pod for super::ProcessEvent {}
     unsafe impl aya::Pod for super::DiscoveryMatch {}
+    unsafe impl aya::Pod for super::NetRule {}
+    unsafe impl aya::Pod for super::NetRuleList {}
+    unsafe impl aya::Pod for super::NetKeyV4 {}
+    unsafe impl aya::Pod for super::NetKeyV6 {}
+    unsafe impl aya::Pod for super::BlockKeyV4 {}
+    unsafe impl aya::Pod for super::BlockKeyV6 {}
+    unsafe impl aya::Pod for super::NetAgentKey {}
+    unsafe impl aya::Pod for super::NetAgentPolicy {}
+    unsafe impl aya::Pod for super::NetEvent {}
 }

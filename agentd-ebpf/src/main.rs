@@ -9,6 +9,7 @@ mod events;
 mod exec;
 mod files;
 mod kernel;
+mod net;
 mod tagging;
 
 #[cfg(not(test))]

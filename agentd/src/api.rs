@@ -1,6 +1,7 @@
 //! agentd's local API: two Unix sockets speaking one JSON object per line.
 //!
-//! - The **admin socket** (root only, mode 0600): `status`, `ps`, `launch`, `apply`.
+//! - The **admin socket** (root only, mode 0600): `status`, `ps`, `launch`, `apply`,
+//!   `quarantine`.
 //! - The **identity socket** (everyone, mode 0666): a process sends `whoami` and gets the
 //!   identity document of its agent, attested from the kernel tag of the connecting process.
 //!
@@ -33,9 +34,16 @@ pub enum AdminRequest {
     Launch {
         agent: String,
     },
-    /// Replace the identity policy with this TOML document, validated as a whole.
+    /// Replace the policy with this TOML document, validated as a whole.
     Apply {
         policy: String,
+    },
+    /// Quarantine an agent (or release it with `release: true`): its network is denied except
+    /// the quarantine allow-list, from its next connect or datagram.
+    Quarantine {
+        agent: String,
+        #[serde(default)]
+        release: bool,
     },
 }
 
@@ -111,6 +119,14 @@ pub struct LaunchTarget {
 pub struct Applied {
     pub agents: usize,
     pub rules: usize,
+    /// The network policy version now in force; connection events carry it.
+    pub network_version: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Quarantined {
+    pub agent: String,
+    pub quarantined: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -122,6 +138,10 @@ pub struct Status {
     pub tags_lost: u64,
     /// `available`, or why not.
     pub file_enforcement: String,
+    /// The network policy version in force.
+    pub network_version: u32,
+    /// Agents whose network is quarantined.
+    pub quarantined: Vec<String>,
 }
 
 /// The identity document the identity socket returns.

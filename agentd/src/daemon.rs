@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use agentd_common::{AgentTag, DiscoveryMatch, TagSource};
+use agentd_common::{AgentTag, DiscoveryMatch, NetAgentPolicy, TagSource, net_action};
 use serde::Serialize;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
@@ -19,8 +19,8 @@ use tokio::{
 
 use crate::{
     api::{
-        self, AdminRequest, AgentRef, Applied, IdentityDocument, LaunchTarget, ProcessInfo, Reply,
-        Status, TagInfo,
+        self, AdminRequest, AgentRef, Applied, IdentityDocument, LaunchTarget, ProcessInfo,
+        Quarantined, Reply, Status, TagInfo,
     },
     cgroups,
     config::{Config, OutputFormat},
@@ -32,9 +32,11 @@ use crate::{
         discovery::{ExecFacts, RuleMatch, UserspaceRules, looks_like_agent},
         policy::{CompiledPolicy, IdentityPolicy, Matcher, PolicyError},
     },
+    netpolicy::{Action, Mode, layout},
     sensors::{
         SensorError,
         files::{self, FileEnforcement},
+        net::{NetSensor, NetTables},
         process::ProcessSensor,
     },
 };
@@ -95,8 +97,12 @@ pub struct State {
     policy: CompiledPolicy,
     userspace_rules: UserspaceRules,
     process: ProcessSensor,
+    net: NetSensor,
+    /// The version of the network policy in force; every connection event carries it.
+    net_version: u32,
     cgroup_root: PathBuf,
     cgroup_entries: Vec<(u64, AgentTag)>,
+    discovery_entries: Vec<(agentd_common::InodeKey, DiscoveryMatch)>,
     file_enforcement: FileEnforcement,
 }
 
@@ -155,17 +161,34 @@ impl State {
             }
         }
 
+        let net_version = self.net_version + 1;
+        let tables = self.net_tables(&compiled, net_version);
+        let quarantine_rule = self.registry.intern_rule("quarantine-allow");
+
         self.process.set_cgroups(&cgroup_entries)?;
-        if let Err(err) = self.process.set_discovery(&kernel_rules) {
-            // Put the cgroups back as they were: the old policy stays whole.
+        let rest = self
+            .process
+            .set_discovery(&kernel_rules)
+            .and_then(|()| self.net.apply(&tables))
+            .and_then(|()| {
+                self.net
+                    .set_quarantine_allow(&compiled.network.quarantine_allow, quarantine_rule)
+            });
+        if let Err(err) = rest {
+            // Put the identity maps back as they were: the old policy stays whole. The network
+            // maps switch generations atomically, so a failed network apply changed nothing.
             self.process.set_cgroups(&self.cgroup_entries)?;
+            self.process.set_discovery(&self.discovery_entries)?;
             return Err(err.into());
         }
+        self.net_version = net_version;
         let applied = Applied {
             agents: compiled.agents.len(),
             rules: compiled.rules.len(),
+            network_version: net_version,
         };
         self.cgroup_entries = cgroup_entries;
+        self.discovery_entries = kernel_rules;
         self.userspace_rules = UserspaceRules::new(sha256, scripts);
         self.policy = compiled;
 
@@ -182,6 +205,54 @@ impl State {
             "identity policy applied"
         );
         Ok(applied)
+    }
+
+    /// The kernel's network tables for `compiled`, stamped with `version`.
+    fn net_tables(&mut self, compiled: &CompiledPolicy, version: u32) -> NetTables {
+        let mut tables = NetTables::default();
+        for agent in &compiled.agents {
+            let Some(network) = &agent.network else {
+                continue;
+            };
+            let index = self.registry.intern_agent(&agent.agent);
+            tables.agents.push((
+                index,
+                NetAgentPolicy {
+                    version,
+                    default_action: match network.default {
+                        Action::Allow => net_action::ALLOW,
+                        Action::Deny => net_action::DENY,
+                    },
+                    audit: u8::from(network.mode == Mode::Audit),
+                    pad: 0,
+                },
+            ));
+            let lists = layout(network, |name| self.registry.intern_rule(name))
+                .expect("compile checked that every prefix's list fits");
+            tables.rules.push((index, lists));
+        }
+        for prefix in &compiled.network.blocklist {
+            let rule = self.registry.intern_rule(&format!("blocklist:{prefix}"));
+            tables.blocklist.push((*prefix, rule));
+        }
+        tables
+    }
+
+    fn quarantine(&mut self, agent: &str, on: bool) -> Result<Quarantined, String> {
+        let found = self
+            .policy
+            .agent(agent)
+            .ok_or_else(|| format!("unknown agent {agent:?}: it is not in the policy"))?
+            .clone();
+        let index = self.registry.intern_agent(&found);
+        self.net
+            .set_quarantine(index, on)
+            .map_err(|err| format!("{:#}", anyhow::Error::from(err)))?;
+        tracing::warn!(agent, quarantined = on, "quarantine changed");
+        Ok(Quarantined {
+            agent: agent.to_owned(),
+            quarantined: on,
+        })
     }
 
     /// Tags `pid` and, where they are not tagged yet, the descendants it has already forked.
@@ -282,7 +353,15 @@ impl State {
     }
 
     fn status(&self) -> Result<Status, SensorError> {
+        let quarantined = self
+            .net
+            .quarantined()?
+            .into_iter()
+            .filter_map(|index| self.registry.agent(index).map(|agent| agent.name.clone()))
+            .collect();
         Ok(Status {
+            network_version: self.net_version,
+            quarantined,
             agents: self.policy.agents.len(),
             rules: self.policy.rules.len(),
             tagged_processes: self.process.tagged()?.len(),
@@ -328,6 +407,11 @@ impl State {
         match request {
             AdminRequest::Status => line(&self.status().map_or_else(Reply::err, Reply::ok)),
             AdminRequest::Ps => line(&self.ps().map_or_else(Reply::err, Reply::ok)),
+            AdminRequest::Quarantine { agent, release } => line(
+                &self
+                    .quarantine(&agent, !release)
+                    .map_or_else(Reply::err, Reply::ok),
+            ),
             AdminRequest::Launch { agent } => {
                 line(&self.launch(&agent).map_or_else(Reply::err, Reply::ok))
             }
@@ -372,6 +456,12 @@ struct JsonLine<'a> {
     tag: Option<TagInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     looks_like: Option<&'static str>,
+    /// For connections: the rule that decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<String>,
+    /// `threat-intel` for a blocklist hit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alert: Option<&'static str>,
 }
 
 fn write_event(
@@ -386,17 +476,36 @@ fn write_event(
         Event::Exec(exec) if agent.is_none() => looks_like_agent(&exec.filename, &exec.args),
         _ => None,
     };
+    let (rule, alert) = match event {
+        Event::Net(connection) => (
+            (connection.rule_number != 0).then(|| {
+                registry
+                    .rule(connection.rule_number)
+                    .unwrap_or("?")
+                    .to_owned()
+            }),
+            (connection.decided_by == "blocklist").then_some("threat-intel"),
+        ),
+        _ => (None, None),
+    };
+    // Connection events name the agent; how its process was tagged is in its exec and fork events.
+    let tag_detail = !matches!(event, Event::Net(_));
     match format {
         OutputFormat::Text => {
             write!(out, "{}", event.to_text())?;
             if let Some(agent) = &agent {
-                let info = tag_info(registry, tag);
-                let inherited = if info.inherited { ",inherited" } else { "" };
-                write!(
-                    out,
-                    " agent={} ({}) tag={}{inherited}",
-                    agent.name, agent.id, info.source
-                )?;
+                write!(out, " agent={} ({})", agent.name, agent.id)?;
+                if tag_detail {
+                    let info = tag_info(registry, tag);
+                    let inherited = if info.inherited { ",inherited" } else { "" };
+                    write!(out, " tag={}{inherited}", info.source)?;
+                }
+            }
+            if let Some(rule) = &rule {
+                write!(out, " rule={rule}")?;
+            }
+            if let Some(alert) = alert {
+                write!(out, " ALERT={alert}")?;
             }
             if let Some(hint) = looks_like {
                 write!(out, " looks_like={hint}")?;
@@ -407,9 +516,14 @@ fn write_event(
             let line = JsonLine {
                 version: SCHEMA_VERSION,
                 event,
-                tag: agent.as_ref().map(|_| tag_info(registry, tag)),
+                tag: agent
+                    .as_ref()
+                    .filter(|_| tag_detail)
+                    .map(|_| tag_info(registry, tag)),
                 agent,
                 looks_like,
+                rule,
+                alert,
             };
             serde_json::to_writer(&mut *out, &line)?;
             writeln!(out)
@@ -549,14 +663,18 @@ pub async fn run(
         }
     }
     let process = ProcessSensor::attach(&mut object)?;
+    let net = NetSensor::attach(&mut object, &cgroup_root)?;
     let mut reader = EventReader::new(&mut object)?;
     let mut state = State {
         registry: Registry::default(),
         policy: CompiledPolicy::default(),
         userspace_rules: UserspaceRules::default(),
         process,
+        net,
+        net_version: 0,
         cgroup_root,
         cgroup_entries: Vec::new(),
+        discovery_entries: Vec::new(),
         file_enforcement,
     };
     state.apply(&policy)?;

@@ -1,10 +1,11 @@
 //! Kernel events: decoding ring-buffer records into one closed [`Event`] enum, and the reader
 //! that drains the ring buffer and accounts for what the kernel could not deliver.
 
-use std::{ffi::CStr, mem::size_of, ptr};
+use std::{ffi::CStr, mem::size_of, net::IpAddr, ptr};
 
 use agentd_common::{
-    AgentTag, EventHeader, EventKind, ExecEvent, FileEvent, ProcessEvent, Verdict,
+    AgentTag, EventHeader, EventKind, ExecEvent, FileEvent, NetEvent, ProcessEvent, TagSource,
+    Verdict,
 };
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use serde::Serialize;
@@ -80,6 +81,32 @@ pub enum VerdictName {
     Deny,
 }
 
+/// A tagged process's connect or datagram, and the kernel's verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Connection {
+    pub ktime_ns: u64,
+    pub pid: u32,
+    pub comm: String,
+    /// `connect` or `sendmsg`.
+    pub hook: &'static str,
+    /// `tcp`, `udp`, or the protocol number.
+    pub protocol: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub verdict: VerdictName,
+    /// Audit mode allowed what enforce mode would deny.
+    pub would_deny: bool,
+    /// What decided: `rule`, `default`, `blocklist` or `quarantine`.
+    pub decided_by: &'static str,
+    /// The policy version in force.
+    pub policy_version: u32,
+    /// The deciding rule's number; `rule` names it on output.
+    #[serde(skip)]
+    pub rule_number: u32,
+    #[serde(skip)]
+    pub tag: AgentTag,
+}
+
 /// Every kind of event the kernel programs produce.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -92,6 +119,8 @@ pub enum Event {
     Exit(ProcessChange),
     /// A process should have been tagged, but the kernel's tag map was full.
     TagLost(ProcessChange),
+    /// A tagged process connected or sent a datagram.
+    Net(Connection),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -143,6 +172,7 @@ impl Event {
         match self {
             Self::Exec(exec) => exec.tag,
             Self::Fork(change) | Self::Exit(change) | Self::TagLost(change) => change.tag,
+            Self::Net(connection) => connection.tag,
             Self::File(_) => AgentTag::NONE,
         }
     }
@@ -204,6 +234,51 @@ impl Event {
                     _ => Self::TagLost(change),
                 })
             }
+            Some(EventKind::Net) => {
+                let raw: NetEvent = read_record(bytes)?;
+                let address = if raw.family == 6 {
+                    IpAddr::from(raw.addr)
+                } else {
+                    IpAddr::from([raw.addr[0], raw.addr[1], raw.addr[2], raw.addr[3]])
+                };
+                let decided_by = if raw.flags & NetEvent::FLAG_BLOCKLIST != 0 {
+                    "blocklist"
+                } else if raw.flags & NetEvent::FLAG_QUARANTINE != 0 {
+                    "quarantine"
+                } else if raw.flags & NetEvent::FLAG_DEFAULT != 0 {
+                    "default"
+                } else {
+                    "rule"
+                };
+                Ok(Self::Net(Connection {
+                    ktime_ns: raw.header.ktime_ns,
+                    pid: raw.pid,
+                    comm: kernel_str(&raw.comm),
+                    hook: if raw.hook == NetEvent::HOOK_SENDMSG {
+                        "sendmsg"
+                    } else {
+                        "connect"
+                    },
+                    protocol: match raw.protocol {
+                        6 => "tcp".to_owned(),
+                        17 => "udp".to_owned(),
+                        other => other.to_string(),
+                    },
+                    address,
+                    port: raw.port,
+                    verdict: if raw.verdict == Verdict::Deny as u8 {
+                        VerdictName::Deny
+                    } else {
+                        VerdictName::Allow
+                    },
+                    would_deny: raw.flags & NetEvent::FLAG_WOULD_DENY != 0,
+                    decided_by,
+                    policy_version: raw.version,
+                    rule_number: raw.rule,
+                    // The kernel reports only the agent; the tag's source is not needed here.
+                    tag: AgentTag::new(raw.agent, TagSource::Launch, 0),
+                }))
+            }
             None => Err(DecodeError::UnknownKind(header.kind)),
         }
     }
@@ -224,6 +299,19 @@ impl Event {
             Self::Fork(p) => format!("fork pid={} ppid={}", p.pid, p.ppid.unwrap_or(0)),
             Self::Exit(p) => format!("exit pid={} status={}", p.pid, p.exit_code.unwrap_or(0)),
             Self::TagLost(p) => format!("tag-lost pid={} (agent tag map full)", p.pid),
+            Self::Net(c) => format!(
+                "{} pid={} comm={:?} {} {}:{} verdict={:?}{} by={} policy={}",
+                c.hook,
+                c.pid,
+                c.comm,
+                c.protocol,
+                c.address,
+                c.port,
+                c.verdict,
+                if c.would_deny { " (would deny)" } else { "" },
+                c.decided_by,
+                c.policy_version
+            ),
             Self::File(f) => format!(
                 "file pid={} dev={}:{} ino={} verdict={:?} rule={} flags={:#o}",
                 f.pid,

@@ -11,4 +11,5 @@ pub mod ebpf;
 pub mod events;
 pub mod identity;
 pub mod kernel_btf;
+pub mod netpolicy;
 pub mod sensors;

@@ -13,7 +13,7 @@ use std::{
 };
 
 use agentd::{
-    api::{self, AdminRequest, Applied, LaunchTarget, ProcessInfo, Status},
+    api::{self, AdminRequest, Applied, LaunchTarget, ProcessInfo, Quarantined, Status},
     config::{Config, OutputFormat},
     daemon::RunOptions,
     identity::policy::IdentityPolicy,
@@ -94,7 +94,17 @@ enum Command {
         #[command(flatten)]
         admin: AdminSocket,
     },
-    /// Show the daemon's status: agents, rules, tagged processes, lost tags, file enforcement.
+    /// Quarantine an agent: from its next connect or datagram, its processes reach only the
+    /// `network.quarantine_allow` destinations. `--release` lifts it.
+    Quarantine {
+        agent: String,
+        #[arg(long)]
+        release: bool,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Show the daemon's status: agents, rules, tagged processes, lost tags, file enforcement,
+    /// network policy version and quarantined agents.
     Status {
         #[command(flatten)]
         admin: AdminSocket,
@@ -130,6 +140,11 @@ fn main() -> ExitCode {
         Command::Ps { admin, json } => ps(&admin.socket, json),
         Command::Apply { file, admin } => apply(&admin.socket, &file),
         Command::Status { admin } => status(&admin.socket),
+        Command::Quarantine {
+            agent,
+            release,
+            admin,
+        } => quarantine(&admin.socket, &agent, release),
         Command::Whoami { socket } => match api::whoami(&socket) {
             Ok(document) => {
                 println!(
@@ -209,6 +224,23 @@ fn launch(socket: &Path, agent: &str, command: &[String]) -> anyhow::Result<()> 
     let (program, args) = command.split_first().context("no command given")?;
     let err = std::process::Command::new(program).args(args).exec();
     Err(err).with_context(|| format!("running {program}"))
+}
+
+fn quarantine(socket: &Path, agent: &str, release: bool) -> anyhow::Result<()> {
+    let done: Quarantined = api::admin(
+        socket,
+        &AdminRequest::Quarantine {
+            agent: agent.to_owned(),
+            release,
+        },
+    )?;
+    let state = if done.quarantined {
+        "quarantined"
+    } else {
+        "released"
+    };
+    println!("{}: {state}", done.agent);
+    Ok(())
 }
 
 fn status(socket: &Path) -> anyhow::Result<()> {

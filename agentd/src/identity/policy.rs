@@ -16,7 +16,12 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{Agent, AgentId};
-use crate::sensors::files::inode_key;
+use crate::{
+    netpolicy::{
+        AgentNetworkSpec, CompiledAgentNetwork, CompiledGlobalNetwork, GlobalNetworkSpec, layout,
+    },
+    sensors::files::inode_key,
+};
 
 /// The document as written.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -26,6 +31,9 @@ pub struct IdentityPolicy {
     pub agents: Vec<AgentSpec>,
     #[serde(default)]
     pub discovery: Vec<DiscoverySpec>,
+    /// The global network lists (blocklist, quarantine allow-list).
+    #[serde(default)]
+    pub network: GlobalNetworkSpec,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -39,6 +47,9 @@ pub struct AgentSpec {
     /// that runs as a systemd service, its unit's cgroup (`/system.slice/NAME.service`).
     #[serde(default)]
     pub cgroups: Vec<String>,
+    /// The agent's network policy (docs/network.md). Without it, the agent's connections are
+    /// allowed and logged.
+    pub network: Option<AgentNetworkSpec>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -110,6 +121,7 @@ pub struct CompiledAgent {
     pub agent: Agent,
     /// (path relative to the cgroup root, cgroup id).
     pub cgroups: Vec<(String, u64)>,
+    pub network: Option<CompiledAgentNetwork>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,6 +137,7 @@ pub struct CompiledRule {
 pub struct CompiledPolicy {
     pub agents: Vec<CompiledAgent>,
     pub rules: Vec<CompiledRule>,
+    pub network: CompiledGlobalNetwork,
 }
 
 impl CompiledPolicy {
@@ -197,9 +210,18 @@ impl IdentityPolicy {
         paths.sort();
         let mut merged = Self::default();
         for path in paths {
-            let Self { agents, discovery } = Self::load_file(&path)?;
+            let Self {
+                agents,
+                discovery,
+                network,
+            } = Self::load_file(&path)?;
             merged.agents.extend(agents);
             merged.discovery.extend(discovery);
+            merged.network.blocklist.extend(network.blocklist);
+            merged
+                .network
+                .quarantine_allow
+                .extend(network.quarantine_allow);
         }
         Ok(merged)
     }
@@ -208,6 +230,7 @@ impl IdentityPolicy {
     /// `cgroup_root`, rule paths to files. Nothing is changed.
     pub fn compile(&self, cgroup_root: &Path) -> Result<CompiledPolicy, PolicyError> {
         let mut errors = Vec::new();
+        let mut network_errors = Vec::new();
         let mut error = |field: String, reason: String| errors.push(FieldError { field, reason });
         let mut compiled = CompiledPolicy::default();
         let mut names = HashSet::new();
@@ -260,6 +283,14 @@ impl IdentityPolicy {
                     Err(err) => error(field, format!("no such cgroup {cgroup:?}: {err}")),
                 }
             }
+            let network = spec.network.as_ref().map(|network| {
+                let at = format!("{at}.network");
+                let compiled = network.compile(&spec.name, &at, &mut network_errors);
+                if let Err(reason) = layout(&compiled, |_| 0) {
+                    network_errors.push(FieldError { field: at, reason });
+                }
+                compiled
+            });
             if let Some(id) = id {
                 compiled.agents.push(CompiledAgent {
                     agent: Agent {
@@ -267,11 +298,14 @@ impl IdentityPolicy {
                         name: spec.name.clone(),
                     },
                     cgroups,
+                    network,
                 });
             }
         }
 
         compiled.rules = self.compile_rules(&names, &mut error);
+        compiled.network = self.network.compile(&mut network_errors);
+        errors.extend(network_errors);
 
         if errors.is_empty() {
             Ok(compiled)

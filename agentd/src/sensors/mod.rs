@@ -2,6 +2,7 @@
 //! detaches what it attached.
 
 pub mod files;
+pub mod net;
 pub mod process;
 
 use aya::{
@@ -32,6 +33,12 @@ pub enum SensorError {
         program: &'static str,
         #[source]
         source: ProgramError,
+    },
+    #[error("opening the cgroup {path}")]
+    Cgroup {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("map {map}")]
     Map {

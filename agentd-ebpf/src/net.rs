@@ -1,0 +1,375 @@
+//! Network decisions at connect and sendmsg time, in cgroup `sock_addr` hooks attached at the
+//! cgroup v2 root, so that they see every process. An untagged process costs one map lookup.
+//!
+//! Order of decision for a tagged process (docs/network.md):
+//! 1. the global blocklist denies, always, and is reported as an alert;
+//! 2. a quarantined agent may reach only the quarantine allow-list;
+//! 3. the agent's rules: the longest matching destination prefix, then the first rule in its
+//!    list that matches port and protocol (userspace orders each list: own prefix before shorter
+//!    ones, deny before allow at equal length);
+//! 4. otherwise the agent's default action;
+//! 5. in audit mode a deny from 3 or 4 is reported as "would deny" and allowed.
+//!
+//! Rules live in double-buffered maps keyed by a generation; `NET_CONFIG[0]` names the one in
+//! force and is read once per call, so each call sees one whole policy.
+
+use core::ptr::read_volatile;
+
+use agentd_common::{
+    BlockKeyV4, BlockKeyV6, COMM_LEN, EventKind, NET_RULES_PER_PREFIX, NetAgentKey, NetAgentPolicy,
+    NetEvent, NetKeyV4, NetKeyV6, NetRuleList, Verdict, net_action,
+};
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::{cgroup_sock_addr, map},
+    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
+    programs::SockAddrContext,
+};
+
+use crate::{
+    events::{EVENTS, count_drop, header},
+    tagging::tag_of,
+};
+
+/// Slot 0: the generation (0 or 1) in force.
+#[map]
+pub static NET_CONFIG: Array<u32> = Array::with_max_entries(1, 0);
+
+/// (generation, agent) → the agent's default action, mode and policy version. Two generations
+/// of up to 4,096 agents.
+#[map]
+pub static NET_AGENTS: HashMap<NetAgentKey, NetAgentPolicy> = HashMap::with_max_entries(8_192, 0);
+
+/// (generation, agent, IPv4 prefix) → rules. 16,384 prefixes: two generations of a 1,000-rule
+/// policy with room to spare; userspace refuses a policy that does not fit.
+#[map]
+pub static NET_RULES_V4: LpmTrie<NetKeyV4, NetRuleList> = LpmTrie::with_max_entries(16_384, 0);
+
+/// (generation, agent, IPv6 prefix) → rules; sized as `NET_RULES_V4`.
+#[map]
+pub static NET_RULES_V6: LpmTrie<NetKeyV6, NetRuleList> = LpmTrie::with_max_entries(16_384, 0);
+
+/// (generation, IPv4 prefix) → rule number: the global threat-intel blocklist.
+#[map]
+pub static NET_BLOCK_V4: LpmTrie<BlockKeyV4, u32> = LpmTrie::with_max_entries(65_536, 0);
+
+/// (generation, IPv6 prefix) → rule number.
+#[map]
+pub static NET_BLOCK_V6: LpmTrie<BlockKeyV6, u32> = LpmTrie::with_max_entries(65_536, 0);
+
+/// agent → 1 while quarantined. Not generation-bound: quarantine applies on the next call.
+#[map]
+pub static NET_QUARANTINE: HashMap<u32, u32> = HashMap::with_max_entries(4_096, 0);
+
+/// Destinations a quarantined agent may still reach (the control plane, exceptions).
+#[map]
+pub static NET_QUARANTINE_ALLOW_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(256, 0);
+
+#[map]
+pub static NET_QUARANTINE_ALLOW_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(256, 0);
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+/// A destination, with the address in both shapes the maps need.
+struct Destination {
+    family: u8,
+    addr: [u8; 16],
+    port: u16,
+    protocol: u8,
+}
+
+// Context fields are read with volatile loads, one field per load: the verifier accepts a
+// context access only as `ctx + constant` in the load itself, and the compiler must not hoist
+// or merge the address computation.
+
+#[inline(always)]
+fn port_and_protocol(sa: *const bpf_sock_addr) -> (u16, u8) {
+    // SAFETY: readable context fields of every sock_addr program.
+    unsafe {
+        let port = read_volatile(&raw const (*sa).user_port);
+        let protocol = read_volatile(&raw const (*sa).protocol);
+        (u16::from_be(port as u16), protocol as u8)
+    }
+}
+
+#[inline(always)]
+fn destination_v4(ctx: &SockAddrContext) -> Destination {
+    let sa: *const bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: as above.
+    let ip = unsafe { read_volatile(&raw const (*sa).user_ip4) };
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&ip.to_ne_bytes());
+    let (port, protocol) = port_and_protocol(sa);
+    Destination {
+        family: 4,
+        addr,
+        port,
+        protocol,
+    }
+}
+
+#[inline(always)]
+fn destination_v6(ctx: &SockAddrContext) -> Destination {
+    let sa: *const bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: as above; each word is its own load.
+    let words = unsafe {
+        [
+            read_volatile(&raw const (*sa).user_ip6[0]),
+            read_volatile(&raw const (*sa).user_ip6[1]),
+            read_volatile(&raw const (*sa).user_ip6[2]),
+            read_volatile(&raw const (*sa).user_ip6[3]),
+        ]
+    };
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&words[0].to_ne_bytes());
+    addr[4..8].copy_from_slice(&words[1].to_ne_bytes());
+    addr[8..12].copy_from_slice(&words[2].to_ne_bytes());
+    addr[12..].copy_from_slice(&words[3].to_ne_bytes());
+    let (port, protocol) = port_and_protocol(sa);
+    Destination {
+        family: 6,
+        addr,
+        port,
+        protocol,
+    }
+}
+
+fn v4(addr: &[u8; 16]) -> [u8; 4] {
+    [addr[0], addr[1], addr[2], addr[3]]
+}
+
+/// The verdict for a tagged process's call, and what to report.
+struct Decision {
+    allow: bool,
+    flags: u8,
+    rule: u32,
+    version: u32,
+}
+
+/// A longest-prefix lookup as a raw pointer, null-free in its `Some`.
+#[inline(always)]
+fn lpm_ptr<K, V>(map: &LpmTrie<K, V>, key: &Key<K>) -> Option<*const V> {
+    // SAFETY: the reference is turned into a pointer at once and only read through.
+    unsafe { map.get(key) }.map(core::ptr::from_ref)
+}
+
+// Lookups copy out plain integers into initialised locals rather than moving `Option`s of
+// structs around: the verifier rejects reads of registers that a `None` path left unset.
+fn decide(agent: u32, dst: &Destination) -> Decision {
+    let mut generation = 0u32;
+    if let Some(value) = NET_CONFIG.get_ptr(0) {
+        // SAFETY: a valid map value pointer.
+        generation = unsafe { *value };
+    }
+
+    let mut blocked = 0u32;
+    let mut blocked_rule = 0u32;
+    if dst.family == 4 {
+        let key = Key::new(
+            32 + 32,
+            BlockKeyV4 {
+                generation,
+                addr: v4(&dst.addr),
+            },
+        );
+        if let Some(rule) = lpm_ptr(&NET_BLOCK_V4, &key) {
+            blocked = 1;
+            // SAFETY: a valid map value pointer.
+            blocked_rule = unsafe { *rule };
+        }
+    } else {
+        let key = Key::new(
+            32 + 128,
+            BlockKeyV6 {
+                generation,
+                addr: dst.addr,
+            },
+        );
+        if let Some(rule) = lpm_ptr(&NET_BLOCK_V6, &key) {
+            blocked = 1;
+            // SAFETY: a valid map value pointer.
+            blocked_rule = unsafe { *rule };
+        }
+    }
+
+    let mut has_policy = 0u32;
+    let mut version = 0u32;
+    let mut default_action = net_action::ALLOW;
+    let mut audit = 0u8;
+    if let Some(policy) = NET_AGENTS.get_ptr(&NetAgentKey { generation, agent }) {
+        has_policy = 1;
+        // SAFETY: a valid map value pointer.
+        unsafe {
+            version = (*policy).version;
+            default_action = (*policy).default_action;
+            audit = (*policy).audit;
+        }
+    }
+    if blocked != 0 {
+        return Decision {
+            allow: false,
+            flags: NetEvent::FLAG_BLOCKLIST,
+            rule: blocked_rule,
+            version,
+        };
+    }
+
+    if NET_QUARANTINE.get_ptr(&agent).is_some() {
+        let mut exempt = 0u32;
+        let mut exempt_rule = 0u32;
+        if dst.family == 4 {
+            if let Some(rule) = lpm_ptr(&NET_QUARANTINE_ALLOW_V4, &Key::new(32, v4(&dst.addr))) {
+                exempt = 1;
+                // SAFETY: a valid map value pointer.
+                exempt_rule = unsafe { *rule };
+            }
+        } else if let Some(rule) = lpm_ptr(&NET_QUARANTINE_ALLOW_V6, &Key::new(128, dst.addr)) {
+            exempt = 1;
+            // SAFETY: a valid map value pointer.
+            exempt_rule = unsafe { *rule };
+        }
+        return Decision {
+            allow: exempt != 0,
+            flags: NetEvent::FLAG_QUARANTINE,
+            rule: exempt_rule,
+            version,
+        };
+    }
+
+    // An agent without network settings: allowed and reported.
+    if has_policy == 0 {
+        return Decision {
+            allow: true,
+            flags: NetEvent::FLAG_DEFAULT,
+            rule: 0,
+            version: 0,
+        };
+    }
+    let list: *const NetRuleList = if dst.family == 4 {
+        let key = Key::new(
+            64 + 32,
+            NetKeyV4 {
+                generation,
+                agent,
+                addr: v4(&dst.addr),
+            },
+        );
+        lpm_ptr(&NET_RULES_V4, &key).unwrap_or(core::ptr::null())
+    } else {
+        let key = Key::new(
+            64 + 128,
+            NetKeyV6 {
+                generation,
+                agent,
+                addr: dst.addr,
+            },
+        );
+        lpm_ptr(&NET_RULES_V6, &key).unwrap_or(core::ptr::null())
+    };
+    let mut action = default_action;
+    let mut flags = NetEvent::FLAG_DEFAULT;
+    let mut rule = 0u32;
+    if !list.is_null() {
+        // SAFETY: a valid map value pointer; indexes stay below the array's length.
+        let count = unsafe { (*list).count };
+        for i in 0..NET_RULES_PER_PREFIX {
+            if i as u32 >= count {
+                break;
+            }
+            // SAFETY: as above.
+            let candidate = unsafe { &(*list).rules[i] };
+            if dst.port >= candidate.port_lo
+                && dst.port <= candidate.port_hi
+                && (candidate.protocol == 0 || candidate.protocol == dst.protocol)
+            {
+                action = candidate.action;
+                rule = candidate.rule;
+                flags = 0;
+                break;
+            }
+        }
+    }
+    let deny = action == net_action::DENY;
+    if deny && audit != 0 {
+        flags |= NetEvent::FLAG_WOULD_DENY;
+        return Decision {
+            allow: true,
+            flags,
+            rule,
+            version,
+        };
+    }
+    Decision {
+        allow: !deny,
+        flags,
+        rule,
+        version,
+    }
+}
+
+fn report(tgid: u32, agent: u32, dst: &Destination, hook: u8, decision: &Decision) {
+    let event = NetEvent {
+        header: header(EventKind::Net),
+        pid: tgid,
+        agent,
+        version: decision.version,
+        verdict: if decision.allow {
+            Verdict::Allow as u8
+        } else {
+            Verdict::Deny as u8
+        },
+        flags: decision.flags,
+        family: dst.family,
+        protocol: dst.protocol,
+        port: dst.port,
+        hook,
+        pad: 0,
+        rule: decision.rule,
+        addr: dst.addr,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    };
+    if EVENTS.output::<NetEvent>(&event, 0).is_err() {
+        count_drop();
+    }
+}
+
+#[inline(always)]
+fn check(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(tag) = tag_of(tgid) else {
+        return ALLOW;
+    };
+    let dst = if family == 4 {
+        destination_v4(ctx)
+    } else {
+        destination_v6(ctx)
+    };
+    let decision = decide(tag.agent, &dst);
+    report(tgid, tag.agent, &dst, hook, &decision);
+    // The verifier must see a return value of exactly 0 or 1. A bool reloaded from the stack
+    // is only known to be a byte, so compare an opaque copy and return constants.
+    let allowed = core::hint::black_box(u32::from(decision.allow));
+    if allowed == 1 { ALLOW } else { DENY }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    check(&ctx, 4, NetEvent::HOOK_CONNECT)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    check(&ctx, 6, NetEvent::HOOK_CONNECT)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    check(&ctx, 4, NetEvent::HOOK_SENDMSG)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    check(&ctx, 6, NetEvent::HOOK_SENDMSG)
+}

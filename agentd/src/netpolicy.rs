@@ -1,0 +1,529 @@
+//! Network policy: per-agent default action, mode and rules, the global blocklist and the
+//! quarantine allow-list, validated and compiled into the kernel's map entries.
+//!
+//! The kernel takes the longest matching destination prefix and scans its rule list in order.
+//! So that shorter prefixes still apply when a longer one's rules do not match the port or
+//! protocol, each prefix's list holds its own rules and those of every shorter prefix that
+//! contains it: longer prefixes first, and at equal length deny before allow (deny wins at
+//! equal specificity), then in the order written.
+
+use std::{collections::BTreeMap, fmt, net::IpAddr, str::FromStr};
+
+use agentd_common::{NET_RULES_PER_PREFIX, NetRule, NetRuleList, net_action};
+use serde::Deserialize;
+
+use crate::identity::policy::FieldError;
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    #[default]
+    Allow,
+    Deny,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Deny what the policy denies.
+    #[default]
+    Enforce,
+    /// Report "would deny" and allow.
+    Audit,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Any,
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn number(self) -> u8 {
+        match self {
+            Self::Any => 0,
+            Self::Tcp => 6,
+            Self::Udp => 17,
+        }
+    }
+}
+
+/// An agent's `[agent.network]` table.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentNetworkSpec {
+    /// For destinations no rule matches. Default: allow.
+    #[serde(default)]
+    pub default: Action,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<NetRuleSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NetRuleSpec {
+    pub id: String,
+    pub action: Action,
+    /// An IPv4 or IPv6 prefix (`10.0.0.0/8`, `2001:db8::/32`, or an address). Default: any.
+    pub cidr: Option<String>,
+    /// A port (`443`) or range (`8000-8100`). Default: any.
+    pub ports: Option<String>,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// The top-level `[network]` table.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalNetworkSpec {
+    /// Threat-intel prefixes: always denied for every agent, and reported as alerts.
+    #[serde(default)]
+    pub blocklist: Vec<String>,
+    /// Destinations a quarantined agent may still reach: the control plane and exceptions.
+    #[serde(default)]
+    pub quarantine_allow: Vec<String>,
+}
+
+/// An IP prefix with its host bits clear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    fn any(v6: bool) -> Self {
+        if v6 {
+            Self {
+                addr: IpAddr::from([0u8; 16]),
+                len: 0,
+            }
+        } else {
+            Self {
+                addr: IpAddr::from([0u8; 4]),
+                len: 0,
+            }
+        }
+    }
+
+    pub fn is_v6(&self) -> bool {
+        self.addr.is_ipv6()
+    }
+
+    fn bits(&self) -> u128 {
+        match self.addr {
+            IpAddr::V4(v4) => u128::from(u32::from(v4)) << 96,
+            IpAddr::V6(v6) => u128::from(v6),
+        }
+    }
+
+    /// Whether `self` contains `other` (same family, not longer, same leading bits).
+    fn contains(&self, other: &Self) -> bool {
+        if self.is_v6() != other.is_v6() || self.len > other.len {
+            return false;
+        }
+        let mask = if self.len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.len))
+        };
+        self.bits() & mask == other.bits() & mask
+    }
+
+    /// The address bytes, for map keys.
+    pub fn octets(&self) -> Vec<u8> {
+        match self.addr {
+            IpAddr::V4(v4) => v4.octets().to_vec(),
+            IpAddr::V6(v6) => v6.octets().to_vec(),
+        }
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl FromStr for Prefix {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (addr, len) = match text.split_once('/') {
+            Some((addr, len)) => (addr, Some(len)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IP address or prefix"))?;
+        let max = if addr.is_ipv6() { 128 } else { 32 };
+        let len = match len {
+            None => max,
+            Some(len) => len
+                .parse::<u8>()
+                .ok()
+                .filter(|len| *len <= max)
+                .ok_or_else(|| format!("{text:?}: prefix length must be 0 to {max}"))?,
+        };
+        let prefix = Self { addr, len };
+        let host_bits = if len == 0 {
+            prefix.bits()
+        } else {
+            prefix.bits() & !(u128::MAX << (128 - u32::from(len)))
+        };
+        let host_bits = if addr.is_ipv6() {
+            host_bits
+        } else {
+            host_bits >> 96
+        };
+        if host_bits != 0 {
+            return Err(format!("{text:?} has host bits set below /{len}"));
+        }
+        Ok(prefix)
+    }
+}
+
+fn parse_ports(text: &str) -> Result<(u16, u16), String> {
+    let port = |part: &str| {
+        part.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|port| *port > 0)
+            .ok_or_else(|| format!("{text:?}: a port is a number from 1 to 65535"))
+    };
+    match text.split_once('-') {
+        None => port(text).map(|port| (port, port)),
+        Some((lo, hi)) => {
+            let (lo, hi) = (port(lo)?, port(hi)?);
+            if lo > hi {
+                return Err(format!("{text:?}: the range's start is above its end"));
+            }
+            Ok((lo, hi))
+        }
+    }
+}
+
+/// A validated rule, before it is laid out per prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledNetRule {
+    /// `agent/rule`, the name events report.
+    pub name: String,
+    pub prefix: Prefix,
+    pub ports: (u16, u16),
+    pub protocol: Protocol,
+    pub action: Action,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledAgentNetwork {
+    pub default: Action,
+    pub mode: Mode,
+    pub rules: Vec<CompiledNetRule>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompiledGlobalNetwork {
+    pub blocklist: Vec<Prefix>,
+    pub quarantine_allow: Vec<Prefix>,
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl AgentNetworkSpec {
+    /// Validates the table at `at` (e.g. `agent[0].network`) for agent `agent`.
+    pub fn compile(
+        &self,
+        agent: &str,
+        at: &str,
+        errors: &mut Vec<FieldError>,
+    ) -> CompiledAgentNetwork {
+        let mut error = |field: String, reason: String| errors.push(FieldError { field, reason });
+        let mut rules = Vec::new();
+        let mut ids = std::collections::HashSet::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let at = format!("{at}.rule[{i}]");
+            if !valid_id(&rule.id) {
+                error(
+                    format!("{at}.id"),
+                    format!("{:?} is not a valid rule id", rule.id),
+                );
+            } else if !ids.insert(rule.id.clone()) {
+                error(
+                    format!("{at}.id"),
+                    format!("duplicate rule id {:?}", rule.id),
+                );
+            }
+            let prefixes = match &rule.cidr {
+                None => vec![Prefix::any(false), Prefix::any(true)],
+                Some(cidr) => match cidr.parse::<Prefix>() {
+                    Ok(prefix) => vec![prefix],
+                    Err(reason) => {
+                        error(format!("{at}.cidr"), reason);
+                        continue;
+                    }
+                },
+            };
+            let ports = match rule.ports.as_deref().map(parse_ports) {
+                None => (1, u16::MAX),
+                Some(Ok(ports)) => ports,
+                Some(Err(reason)) => {
+                    error(format!("{at}.ports"), reason);
+                    continue;
+                }
+            };
+            for prefix in prefixes {
+                rules.push(CompiledNetRule {
+                    name: format!("{agent}/{}", rule.id),
+                    prefix,
+                    ports,
+                    protocol: rule.protocol,
+                    action: rule.action,
+                });
+            }
+        }
+        CompiledAgentNetwork {
+            default: self.default,
+            mode: self.mode,
+            rules,
+        }
+    }
+}
+
+impl GlobalNetworkSpec {
+    pub fn compile(&self, errors: &mut Vec<FieldError>) -> CompiledGlobalNetwork {
+        let mut parse = |list: &[String], field: &str| -> Vec<Prefix> {
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, text)| match text.parse() {
+                    Ok(prefix) => Some(prefix),
+                    Err(reason) => {
+                        errors.push(FieldError {
+                            field: format!("network.{field}[{i}]"),
+                            reason,
+                        });
+                        None
+                    }
+                })
+                .collect()
+        };
+        CompiledGlobalNetwork {
+            blocklist: parse(&self.blocklist, "blocklist"),
+            quarantine_allow: parse(&self.quarantine_allow, "quarantine_allow"),
+        }
+    }
+}
+
+/// The rule lists of one agent, one per prefix, in the order the kernel scans them. `number`
+/// maps a rule's name to the number events carry. Fails, naming the prefix, when a list would
+/// exceed [`NET_RULES_PER_PREFIX`].
+pub fn layout(
+    network: &CompiledAgentNetwork,
+    mut number: impl FnMut(&str) -> u32,
+) -> Result<BTreeMap<Prefix, NetRuleList>, String> {
+    let prefixes: std::collections::BTreeSet<Prefix> =
+        network.rules.iter().map(|rule| rule.prefix).collect();
+    let mut lists = BTreeMap::new();
+    for prefix in prefixes {
+        let mut applicable: Vec<(usize, &CompiledNetRule)> = network
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, rule)| rule.prefix.contains(&prefix))
+            .collect();
+        // Longer prefix first; at equal length deny first; then as written.
+        applicable.sort_by_key(|(order, rule)| {
+            (
+                std::cmp::Reverse(rule.prefix.len),
+                rule.action != Action::Deny,
+                *order,
+            )
+        });
+        if applicable.len() > NET_RULES_PER_PREFIX {
+            return Err(format!(
+                "{} rules apply to {prefix} (its own and those of shorter prefixes); at most {NET_RULES_PER_PREFIX} can",
+                applicable.len()
+            ));
+        }
+        let mut list = NetRuleList {
+            count: 0,
+            rules: [NetRule {
+                port_lo: 0,
+                port_hi: 0,
+                protocol: 0,
+                action: 0,
+                pad: 0,
+                rule: 0,
+            }; NET_RULES_PER_PREFIX],
+        };
+        for (slot, (_, rule)) in list.rules.iter_mut().zip(&applicable) {
+            *slot = NetRule {
+                port_lo: rule.ports.0,
+                port_hi: rule.ports.1,
+                protocol: rule.protocol.number(),
+                action: match rule.action {
+                    Action::Allow => net_action::ALLOW,
+                    Action::Deny => net_action::DENY,
+                },
+                pad: 0,
+                rule: number(&rule.name),
+            };
+        }
+        list.count = u32::try_from(applicable.len()).expect("at most 16");
+        lists.insert(prefix, list);
+    }
+    Ok(lists)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(text: &str) -> AgentNetworkSpec {
+        toml::from_str(text).unwrap()
+    }
+
+    fn compile(text: &str) -> Result<CompiledAgentNetwork, Vec<String>> {
+        let mut errors = Vec::new();
+        let compiled = spec(text).compile("a", "agent[0].network", &mut errors);
+        if errors.is_empty() {
+            Ok(compiled)
+        } else {
+            Err(errors.iter().map(ToString::to_string).collect())
+        }
+    }
+
+    #[test]
+    fn prefixes_parse_and_refuse_host_bits() {
+        assert_eq!("10.0.0.0/8".parse::<Prefix>().unwrap().len, 8);
+        assert_eq!("2001:db8::/32".parse::<Prefix>().unwrap().len, 32);
+        assert_eq!("127.0.0.1".parse::<Prefix>().unwrap().len, 32);
+        assert!(
+            "10.0.0.1/8"
+                .parse::<Prefix>()
+                .unwrap_err()
+                .contains("host bits")
+        );
+        assert!(
+            "10.0.0.0/33"
+                .parse::<Prefix>()
+                .unwrap_err()
+                .contains("0 to 32")
+        );
+        assert!(
+            "example.com"
+                .parse::<Prefix>()
+                .unwrap_err()
+                .contains("not an IP")
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let errors = compile(
+            r#"
+            [[rule]]
+            id = "a"
+            action = "allow"
+            cidr = "300.1.1.1/8"
+            [[rule]]
+            id = "b"
+            action = "deny"
+            ports = "90-80"
+            [[rule]]
+            id = "b"
+            action = "deny"
+            ports = "0"
+            "#,
+        )
+        .unwrap_err();
+        assert!(
+            errors[0].starts_with("agent[0].network.rule[0].cidr: "),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with("agent[0].network.rule[1].ports: "),
+            "{errors:?}"
+        );
+        assert!(
+            errors[2].starts_with("agent[0].network.rule[2].id: duplicate"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[3].starts_with("agent[0].network.rule[2].ports: "),
+            "{errors:?}"
+        );
+        let err = toml::from_str::<AgentNetworkSpec>("default = \"block\"").unwrap_err();
+        assert!(err.to_string().contains("block"), "{err}");
+    }
+
+    #[test]
+    fn lists_carry_shorter_prefixes_after_their_own_with_deny_first() {
+        let network = compile(
+            r#"
+            [[rule]]
+            id = "wide-allow"
+            action = "allow"
+            cidr = "10.0.0.0/8"
+            [[rule]]
+            id = "narrow-allow-web"
+            action = "allow"
+            cidr = "10.1.0.0/16"
+            ports = "443"
+            [[rule]]
+            id = "narrow-deny"
+            action = "deny"
+            cidr = "10.1.0.0/16"
+            "#,
+        )
+        .unwrap();
+        let mut names = Vec::new();
+        let lists = layout(&network, |name| {
+            names.push(name.to_owned());
+            u32::try_from(names.len()).unwrap()
+        })
+        .unwrap();
+        let narrow = lists[&"10.1.0.0/16".parse().unwrap()];
+        let order: Vec<&str> = narrow.rules[..narrow.count as usize]
+            .iter()
+            .map(|rule| names[rule.rule as usize - 1].as_str())
+            .collect();
+        assert_eq!(
+            order,
+            ["a/narrow-deny", "a/narrow-allow-web", "a/wide-allow"]
+        );
+        let wide = lists[&"10.0.0.0/8".parse().unwrap()];
+        assert_eq!(wide.count, 1);
+    }
+
+    #[test]
+    fn a_rule_without_cidr_covers_both_families() {
+        let network = compile(
+            "[[rule]]\nid = \"web\"\naction = \"allow\"\nports = \"443\"\nprotocol = \"tcp\"\n",
+        )
+        .unwrap();
+        let lists = layout(&network, |_| 1).unwrap();
+        assert_eq!(lists.len(), 2);
+        assert!(lists.keys().any(Prefix::is_v6));
+    }
+
+    #[test]
+    fn too_many_rules_for_one_prefix_are_refused() {
+        let mut text = String::new();
+        for i in 0..=NET_RULES_PER_PREFIX {
+            text.push_str(&format!("[[rule]]\nid = \"r{i}\"\naction = \"allow\"\ncidr = \"10.0.0.0/8\"\nports = \"{}\"\n", i + 1));
+        }
+        let err = layout(&compile(&text).unwrap(), |_| 1).unwrap_err();
+        assert!(err.contains("10.0.0.0/8"), "{err}");
+    }
+}

@@ -1,0 +1,312 @@
+//! The network sensor: cgroup `sock_addr` programs (connect4/6, sendmsg4/6) attached at the
+//! cgroup v2 root, and the double-buffered policy maps they read.
+//!
+//! A new policy is written into the generation not in force, then `NET_CONFIG[0]` is switched
+//! to it in one map update, then the old generation's entries are removed. Each kernel call
+//! reads the generation once, so it sees either the whole old policy or the whole new one.
+
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap},
+    path::Path,
+};
+
+use agentd_common::{
+    BlockKeyV4, BlockKeyV6, NetAgentKey, NetAgentPolicy, NetKeyV4, NetKeyV6, NetRuleList,
+};
+use aya::{
+    maps::{
+        Array, HashMap, MapData, MapError,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{CgroupAttachMode, CgroupSockAddr, cgroup_sock_addr::CgroupSockAddrLink},
+};
+
+use super::{SensorError, attach_error, load_error};
+use crate::{ebpf::LoadedObject, netpolicy::Prefix};
+
+const PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+
+/// One generation's content, as the kernel maps hold it.
+#[derive(Clone, Debug, Default)]
+pub struct NetTables {
+    /// agent index → settings.
+    pub agents: Vec<(u32, NetAgentPolicy)>,
+    /// agent index → rule list per prefix.
+    pub rules: Vec<(u32, BTreeMap<Prefix, NetRuleList>)>,
+    /// prefix → rule number.
+    pub blocklist: Vec<(Prefix, u32)>,
+}
+
+/// What one generation wrote, so that it can be removed later.
+#[derive(Clone, Default)]
+struct Written {
+    agents: Vec<NetAgentKey>,
+    v4: Vec<Key<NetKeyV4>>,
+    v6: Vec<Key<NetKeyV6>>,
+    block_v4: Vec<Key<BlockKeyV4>>,
+    block_v6: Vec<Key<BlockKeyV6>>,
+}
+
+pub struct NetSensor {
+    config: Array<MapData, u32>,
+    agents: HashMap<MapData, NetAgentKey, NetAgentPolicy>,
+    rules_v4: LpmTrie<MapData, NetKeyV4, NetRuleList>,
+    rules_v6: LpmTrie<MapData, NetKeyV6, NetRuleList>,
+    block_v4: LpmTrie<MapData, BlockKeyV4, u32>,
+    block_v6: LpmTrie<MapData, BlockKeyV6, u32>,
+    quarantine: HashMap<MapData, u32, u32>,
+    quarantine_v4: LpmTrie<MapData, [u8; 4], u32>,
+    quarantine_v6: LpmTrie<MapData, [u8; 16], u32>,
+    generation: u32,
+    written: StdHashMap<u32, Written>,
+    quarantine_allow: Vec<Prefix>,
+    _links: Vec<CgroupSockAddrLink>,
+}
+
+fn map_error(map: &'static str) -> impl Fn(MapError) -> SensorError {
+    move |source| SensorError::Map { map, source }
+}
+
+fn take<M>(object: &mut LoadedObject, name: &'static str) -> Result<M, SensorError>
+where
+    M: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = object
+        .ebpf
+        .take_map(name)
+        .ok_or(SensorError::MissingMap { map: name })?;
+    M::try_from(map).map_err(map_error(name))
+}
+
+fn v4(prefix: &Prefix) -> [u8; 4] {
+    let octets = prefix.octets();
+    [octets[0], octets[1], octets[2], octets[3]]
+}
+
+fn v6(prefix: &Prefix) -> [u8; 16] {
+    let mut addr = [0; 16];
+    addr.copy_from_slice(&prefix.octets());
+    addr
+}
+
+impl NetSensor {
+    /// Attaches the four programs to the cgroup v2 root at `cgroup_root`.
+    pub fn attach(object: &mut LoadedObject, cgroup_root: &Path) -> Result<Self, SensorError> {
+        let mut sensor = Self {
+            config: take(object, "NET_CONFIG")?,
+            agents: take(object, "NET_AGENTS")?,
+            rules_v4: take(object, "NET_RULES_V4")?,
+            rules_v6: take(object, "NET_RULES_V6")?,
+            block_v4: take(object, "NET_BLOCK_V4")?,
+            block_v6: take(object, "NET_BLOCK_V6")?,
+            quarantine: take(object, "NET_QUARANTINE")?,
+            quarantine_v4: take(object, "NET_QUARANTINE_ALLOW_V4")?,
+            quarantine_v6: take(object, "NET_QUARANTINE_ALLOW_V6")?,
+            generation: 0,
+            written: StdHashMap::new(),
+            quarantine_allow: Vec::new(),
+            _links: Vec::new(),
+        };
+        let root = std::fs::File::open(cgroup_root).map_err(|source| SensorError::Cgroup {
+            path: cgroup_root.to_owned(),
+            source,
+        })?;
+        for name in PROGRAMS {
+            let program: &mut CgroupSockAddr = super::program(&mut object.ebpf, name)?;
+            program.load().map_err(load_error(name))?;
+            // Attached through a BPF link (aya uses links where the kernel has them): links on a
+            // cgroup always coexist, so other tools' programs on the root keep working.
+            let link_id = program
+                .attach(&root, CgroupAttachMode::Single)
+                .map_err(attach_error(name))?;
+            sensor
+                ._links
+                .push(program.take_link(link_id).map_err(attach_error(name))?);
+        }
+        Ok(sensor)
+    }
+
+    fn write(
+        &mut self,
+        generation: u32,
+        tables: &NetTables,
+    ) -> Result<Written, (Written, SensorError)> {
+        let mut written = Written::default();
+        macro_rules! put {
+            ($map:expr, $name:literal, $list:ident, $key:expr, $value:expr) => {{
+                let key = $key;
+                if let Err(err) = $map.insert(&key, $value, 0) {
+                    return Err((written, map_error($name)(err)));
+                }
+                written.$list.push(key);
+            }};
+        }
+        for (agent, policy) in &tables.agents {
+            let key = NetAgentKey {
+                generation,
+                agent: *agent,
+            };
+            if let Err(err) = self.agents.insert(key, policy, 0) {
+                return Err((written, map_error("NET_AGENTS")(err)));
+            }
+            written.agents.push(key);
+        }
+        for (agent, lists) in &tables.rules {
+            for (prefix, list) in lists {
+                let len = u32::from(prefix.len);
+                if prefix.is_v6() {
+                    let data = NetKeyV6 {
+                        generation,
+                        agent: *agent,
+                        addr: v6(prefix),
+                    };
+                    put!(
+                        self.rules_v6,
+                        "NET_RULES_V6",
+                        v6,
+                        Key::new(64 + len, data),
+                        list
+                    );
+                } else {
+                    let data = NetKeyV4 {
+                        generation,
+                        agent: *agent,
+                        addr: v4(prefix),
+                    };
+                    put!(
+                        self.rules_v4,
+                        "NET_RULES_V4",
+                        v4,
+                        Key::new(64 + len, data),
+                        list
+                    );
+                }
+            }
+        }
+        for (prefix, rule) in &tables.blocklist {
+            let len = u32::from(prefix.len);
+            if prefix.is_v6() {
+                let data = BlockKeyV6 {
+                    generation,
+                    addr: v6(prefix),
+                };
+                put!(
+                    self.block_v6,
+                    "NET_BLOCK_V6",
+                    block_v6,
+                    Key::new(32 + len, data),
+                    rule
+                );
+            } else {
+                let data = BlockKeyV4 {
+                    generation,
+                    addr: v4(prefix),
+                };
+                put!(
+                    self.block_v4,
+                    "NET_BLOCK_V4",
+                    block_v4,
+                    Key::new(32 + len, data),
+                    rule
+                );
+            }
+        }
+        Ok(written)
+    }
+
+    fn remove(&mut self, written: &Written) {
+        for key in &written.agents {
+            let _ = self.agents.remove(key);
+        }
+        for key in &written.v4 {
+            let _ = self.rules_v4.remove(key);
+        }
+        for key in &written.v6 {
+            let _ = self.rules_v6.remove(key);
+        }
+        for key in &written.block_v4 {
+            let _ = self.block_v4.remove(key);
+        }
+        for key in &written.block_v6 {
+            let _ = self.block_v6.remove(key);
+        }
+    }
+
+    /// Makes `tables` the policy in force, atomically. On failure the policy in force is
+    /// untouched and the half-written generation is removed.
+    pub fn apply(&mut self, tables: &NetTables) -> Result<(), SensorError> {
+        let next = 1 - self.generation;
+        // Leftovers of a failed earlier apply.
+        if let Some(stale) = self.written.remove(&next) {
+            self.remove(&stale);
+        }
+        let written = match self.write(next, tables) {
+            Ok(written) => written,
+            Err((partial, err)) => {
+                self.remove(&partial);
+                return Err(err);
+            }
+        };
+        if let Err(err) = self.config.set(0, next, 0) {
+            self.remove(&written);
+            return Err(map_error("NET_CONFIG")(err));
+        }
+        let old = self.generation;
+        self.generation = next;
+        self.written.insert(next, written);
+        if let Some(previous) = self.written.remove(&old) {
+            self.remove(&previous);
+        }
+        Ok(())
+    }
+
+    /// Quarantines `agent` (or releases it): effective on its next connect or sendmsg.
+    pub fn set_quarantine(&mut self, agent: u32, on: bool) -> Result<(), SensorError> {
+        if on {
+            self.quarantine
+                .insert(agent, 1, 0)
+                .map_err(map_error("NET_QUARANTINE"))
+        } else {
+            match self.quarantine.remove(&agent) {
+                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                Err(err) => Err(map_error("NET_QUARANTINE")(err)),
+            }
+        }
+    }
+
+    pub fn quarantined(&self) -> Result<Vec<u32>, SensorError> {
+        self.quarantine
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_error("NET_QUARANTINE"))
+    }
+
+    /// Replaces the destinations quarantined agents may reach; `rule` is reported on a match.
+    pub fn set_quarantine_allow(&mut self, allow: &[Prefix], rule: u32) -> Result<(), SensorError> {
+        for prefix in allow {
+            let len = u32::from(prefix.len);
+            if prefix.is_v6() {
+                self.quarantine_v6
+                    .insert(&Key::new(len, v6(prefix)), rule, 0)
+                    .map_err(map_error("NET_QUARANTINE_ALLOW_V6"))?;
+            } else {
+                self.quarantine_v4
+                    .insert(&Key::new(len, v4(prefix)), rule, 0)
+                    .map_err(map_error("NET_QUARANTINE_ALLOW_V4"))?;
+            }
+        }
+        for old in std::mem::take(&mut self.quarantine_allow) {
+            if allow.contains(&old) {
+                continue;
+            }
+            let len = u32::from(old.len);
+            if old.is_v6() {
+                let _ = self.quarantine_v6.remove(&Key::new(len, v6(&old)));
+            } else {
+                let _ = self.quarantine_v4.remove(&Key::new(len, v4(&old)));
+            }
+        }
+        self.quarantine_allow = allow.to_vec();
+        Ok(())
+    }
+}
