@@ -142,6 +142,9 @@ pub struct Status {
     pub network_version: u32,
     /// Agents whose network is quarantined.
     pub quarantined: Vec<String>,
+    /// Kernel events delivered to agentd, and lost because the ring buffer was full.
+    pub events_delivered: u64,
+    pub events_dropped: u64,
 }
 
 /// The identity document the identity socket returns.

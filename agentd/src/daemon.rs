@@ -104,6 +104,8 @@ pub struct State {
     cgroup_entries: Vec<(u64, AgentTag)>,
     discovery_entries: Vec<(agentd_common::InodeKey, DiscoveryMatch)>,
     file_enforcement: FileEnforcement,
+    /// (delivered, dropped) kernel events, refreshed by the event loop before a status answer.
+    event_counts: (u64, u64),
 }
 
 impl State {
@@ -360,6 +362,8 @@ impl State {
             .filter_map(|index| self.registry.agent(index).map(|agent| agent.name.clone()))
             .collect();
         Ok(Status {
+            events_delivered: self.event_counts.0,
+            events_dropped: self.event_counts.1,
             network_version: self.net_version,
             quarantined,
             agents: self.policy.agents.len(),
@@ -676,6 +680,7 @@ pub async fn run(
         cgroup_entries: Vec::new(),
         discovery_entries: Vec::new(),
         file_enforcement,
+        event_counts: (0, 0),
     };
     state.apply(&policy)?;
 
@@ -716,6 +721,9 @@ pub async fn run(
             }
             Some(call) = calls.recv() => match call {
                 Call::Admin(request, reply) => {
+                    if request == AdminRequest::Status {
+                        state.event_counts = (reader.stats().delivered, reader.dropped()?);
+                    }
                     let _ = reply.send(state.handle_admin(request));
                 }
                 Call::Whoami(peer, reply) => {

@@ -3,42 +3,15 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
 };
 
-use agentd_tests::{Daemon, cgroup2_mount, kill, read_pid, wait_until};
+use agentd_tests::{
+    CgroupGuard, Daemon, agent_policy, cgroup2_mount, kill, launch_cgroup, read_pid, wait_until,
+};
 
-/// Kills every process in the cgroup at `dir` and removes it if agentd does not own it.
-struct CgroupGuard(PathBuf);
-
-impl Drop for CgroupGuard {
-    fn drop(&mut self) {
-        let kill_file = self.0.join("cgroup.kill");
-        if fs::write(&kill_file, "1").is_err() {
-            for pid in agentd::cgroups::procs(&self.0).unwrap_or_default() {
-                kill(pid);
-            }
-        }
-        let _ = fs::remove_dir(&self.0);
-    }
-}
-
-fn launch_cgroup(agent: &str) -> CgroupGuard {
-    CgroupGuard(agentd::cgroups::launch_dir(&cgroup2_mount(), agent))
-}
-
-fn agent_policy(name: &str) -> String {
-    format!("[[agent]]\nname = \"{name}\"\n")
-}
-
-/// The helper binary; inside the vm tier it is installed next to the test binaries.
-fn helper() -> PathBuf {
-    std::env::var_os("AGENTD_TEST_HELPER").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_agentd-test-helper")),
-        PathBuf::from,
-    )
-}
+use crate::helper;
 
 #[test]
 fn launched_agent_tree_is_tagged_across_fork_exec_setsid_double_fork_and_cgroup_move() {

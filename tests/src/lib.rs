@@ -295,3 +295,39 @@ pub fn kill(pid: u32) {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
+
+/// Kills every process in the cgroup at its path and removes the cgroup when dropped.
+pub struct CgroupGuard(pub PathBuf);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        let kill_file = self.0.join("cgroup.kill");
+        if fs::write(&kill_file, "1").is_err() {
+            for pid in agentd::cgroups::procs(&self.0).unwrap_or_default() {
+                kill(pid);
+            }
+        }
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// A guard for the launch cgroup agentd creates for `agent`.
+pub fn launch_cgroup(agent: &str) -> CgroupGuard {
+    CgroupGuard(agentd::cgroups::launch_dir(&cgroup2_mount(), agent))
+}
+
+/// A policy with one agent and nothing else.
+pub fn agent_policy(name: &str) -> String {
+    format!("[[agent]]\nname = \"{name}\"\n")
+}
+
+/// `CLOCK_BOOTTIME` in nanoseconds, the clock of every event's `ktime_ns`.
+pub fn boottime_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}

@@ -254,8 +254,8 @@ fn apply(socket: &Path, file: &Path) -> anyhow::Result<()> {
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let applied: Applied = api::admin(socket, &AdminRequest::Apply { policy })?;
     println!(
-        "applied: {} agents, {} discovery rules",
-        applied.agents, applied.rules
+        "applied: {} agents, {} discovery rules, network policy version {}",
+        applied.agents, applied.rules, applied.network_version
     );
     Ok(())
 }

@@ -5,6 +5,11 @@
 //!   that inherits the connection, prints `connector=PID asker=PID`, and exits at once.
 //! - `agentd-test-helper ask FD GOFILE`: waits until GOFILE exists, sends `whoami` on FD and
 //!   writes the answer to `GOFILE.reply`.
+//! - `agentd-test-helper net tcp|udp|udp-connect ADDR PORT COUNT`: connects (TCP), sends a
+//!   datagram (UDP) or connects a UDP socket COUNT times and prints `ok=N eperm=N other=N`.
+//!   An optional RATE paces it to at most RATE calls per second.
+//! - `agentd-test-helper net-until-denied tcp ADDR PORT STOPFILE`: connects every 5 ms until a
+//!   connect fails with EPERM (printing `ok=N denied`), or until STOPFILE exists.
 
 use std::{
     fs,
@@ -53,11 +58,95 @@ fn ask(fd: &str, gofile: &str) -> std::io::Result<()> {
     fs::write(format!("{gofile}.reply"), answer)
 }
 
+fn attempt(protocol: &str, target: std::net::SocketAddr) -> std::io::Result<()> {
+    match protocol {
+        "tcp" => std::net::TcpStream::connect(target).map(drop),
+        "udp" | "udp-connect" => {
+            let local: std::net::SocketAddr = if target.is_ipv6() {
+                "[::1]:0".parse().expect("address")
+            } else {
+                "127.0.0.1:0".parse().expect("address")
+            };
+            let socket = std::net::UdpSocket::bind(local)?;
+            if protocol == "udp" {
+                socket.send_to(b"agentd", target).map(drop)
+            } else {
+                // `udp-connect`: a connect(2) that sends nothing, the cheapest call the
+                // connect hooks see.
+                socket.connect(target)
+            }
+        }
+        other => Err(std::io::Error::other(format!("unknown protocol {other}"))),
+    }
+}
+
+fn target(addr: &str, port: &str) -> std::io::Result<std::net::SocketAddr> {
+    let addr: std::net::IpAddr = addr.parse().map_err(std::io::Error::other)?;
+    let port: u16 = port.parse().map_err(std::io::Error::other)?;
+    Ok(std::net::SocketAddr::new(addr, port))
+}
+
+fn net(
+    protocol: &str,
+    addr: &str,
+    port: &str,
+    count: &str,
+    rate: Option<&str>,
+) -> std::io::Result<()> {
+    let target = target(addr, port)?;
+    let count: u64 = count.parse().map_err(std::io::Error::other)?;
+    let rate: Option<u64> = rate
+        .map(str::parse)
+        .transpose()
+        .map_err(std::io::Error::other)?;
+    let (mut ok, mut eperm, mut other) = (0u64, 0u64, 0u64);
+    let start = Instant::now();
+    for done in 0..count {
+        // Paced: never ahead of `rate` calls per second.
+        if let Some(rate) = rate.filter(|_| done % 100 == 0) {
+            let due = Duration::from_secs_f64(done as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        match attempt(protocol, target) {
+            Ok(()) => ok += 1,
+            Err(err) if err.raw_os_error() == Some(libc::EPERM) => eperm += 1,
+            Err(_) => other += 1,
+        }
+    }
+    println!("ok={ok} eperm={eperm} other={other}");
+    Ok(())
+}
+
+fn net_until_denied(protocol: &str, addr: &str, port: &str, stop: &str) -> std::io::Result<()> {
+    let target = target(addr, port)?;
+    let mut ok = 0u64;
+    while !PathBuf::from(stop).exists() {
+        match attempt(protocol, target) {
+            Ok(()) => ok += 1,
+            Err(err) if err.raw_os_error() == Some(libc::EPERM) => {
+                println!("ok={ok} denied");
+                return Ok(());
+            }
+            Err(err) => return Err(err),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!("ok={ok} stopped");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[1..] {
         ["handover", socket, gofile] => handover(socket, gofile),
         ["ask", fd, gofile] => ask(fd, gofile),
+        ["net", protocol, addr, port, count] => net(protocol, addr, port, count, None),
+        ["net", protocol, addr, port, count, rate] => net(protocol, addr, port, count, Some(rate)),
+        ["net-until-denied", protocol, addr, port, stop] => {
+            net_until_denied(protocol, addr, port, stop)
+        }
         _ => Err(std::io::Error::other(
             "usage: agentd-test-helper handover SOCKET GOFILE | ask FD GOFILE",
         )),

@@ -1,0 +1,461 @@
+//! Network controls in the kernel, end to end through `agentd run`: servers on loopback, agent
+//! processes started with `agentd launch` running the test helper.
+
+use std::{
+    net::{TcpListener, UdpSocket},
+    process::Command,
+};
+
+use agentd_tests::{Daemon, boottime_ns, launch_cgroup, wait_until};
+
+use crate::helper;
+
+/// Runs `helper net PROTO ADDR PORT COUNT` as `agent` (or untagged with `None`) and returns
+/// (ok, eperm, other).
+fn attempts(
+    daemon: &Daemon,
+    agent: Option<&str>,
+    proto: &str,
+    addr: &str,
+    port: u16,
+    count: u32,
+) -> (u64, u64, u64) {
+    let bin = helper();
+    let args = [
+        bin.to_str().expect("UTF-8 path"),
+        "net",
+        proto,
+        addr,
+        &port.to_string(),
+        &count.to_string(),
+    ];
+    let output = match agent {
+        Some(agent) => daemon.launch(agent, &args).output(),
+        None => Command::new(args[0]).args(&args[1..]).output(),
+    }
+    .expect("running the helper");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let field = |name: &str| -> u64 {
+        stdout
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix(&format!("{name}=")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("helper printed {stdout:?}"))
+    };
+    (field("ok"), field("eperm"), field("other"))
+}
+
+/// The JSON connection events agentd printed, parsed.
+fn connections(daemon: &Daemon, seen: &mut Vec<serde_json::Value>) {
+    seen.extend(
+        daemon
+            .events()
+            .iter()
+            .filter(|line| line.contains("\"kind\":\"net\""))
+            .map(|line| serde_json::from_str(line).expect("a JSON event")),
+    );
+}
+
+struct Servers {
+    _tcp: Vec<TcpListener>,
+    _udp: Vec<UdpSocket>,
+    /// (allowed port, denied port) for tcp v4, tcp v6, udp v4, udp v6.
+    ports: [(u16, u16); 4],
+}
+
+fn servers() -> Servers {
+    let mut tcp = Vec::new();
+    let mut udp = Vec::new();
+    let mut ports = [(0, 0); 4];
+    for (i, addr) in ["127.0.0.1:0", "[::1]:0"].iter().enumerate() {
+        let allowed = TcpListener::bind(addr).expect("tcp listener");
+        let denied = TcpListener::bind(addr).expect("tcp listener");
+        ports[i] = (
+            allowed.local_addr().unwrap().port(),
+            denied.local_addr().unwrap().port(),
+        );
+        tcp.extend([allowed, denied]);
+        let allowed = UdpSocket::bind(addr).expect("udp socket");
+        let denied = UdpSocket::bind(addr).expect("udp socket");
+        ports[2 + i] = (
+            allowed.local_addr().unwrap().port(),
+            denied.local_addr().unwrap().port(),
+        );
+        udp.extend([allowed, denied]);
+    }
+    Servers {
+        _tcp: tcp,
+        _udp: udp,
+        ports,
+    }
+}
+
+fn allow_rule(id: &str, cidr: &str, port: u16, protocol: &str) -> String {
+    format!(
+        "[[agent.network.rule]]\nid = \"{id}\"\naction = \"allow\"\ncidr = \"{cidr}\"\nports = \"{port}\"\nprotocol = \"{protocol}\"\n"
+    )
+}
+
+fn policy_for(agent: &str, mode: &str, servers: &Servers) -> String {
+    let [tcp4, tcp6, udp4, udp6] = servers.ports;
+    format!(
+        "[[agent]]\nname = \"{agent}\"\n[agent.network]\ndefault = \"deny\"\nmode = \"{mode}\"\n{}{}{}{}",
+        allow_rule("tcp4", "127.0.0.1/32", tcp4.0, "tcp"),
+        allow_rule("tcp6", "::1/128", tcp6.0, "tcp"),
+        allow_rule("udp4", "127.0.0.1/32", udp4.0, "udp"),
+        allow_rule("udp6", "::1/128", udp6.0, "udp"),
+    )
+}
+
+#[test]
+fn allowed_connect_succeeds_and_denied_fails_with_eperm_for_tcp_udp_v4_v6() {
+    let agent = "net-agent";
+    let servers = servers();
+    let daemon = Daemon::start(&policy_for(agent, "enforce", &servers));
+    let _launched = launch_cgroup(agent);
+    let cases = [
+        ("tcp", "127.0.0.1", 0),
+        ("tcp", "::1", 1),
+        ("udp", "127.0.0.1", 2),
+        ("udp", "::1", 3),
+    ];
+    for (proto, addr, i) in cases {
+        let (allowed, denied) = servers.ports[i];
+        assert_eq!(
+            attempts(&daemon, Some(agent), proto, addr, allowed, 3),
+            (3, 0, 0),
+            "{proto} {addr} allowed port"
+        );
+        assert_eq!(
+            attempts(&daemon, Some(agent), proto, addr, denied, 3),
+            (0, 3, 0),
+            "{proto} {addr} denied port"
+        );
+    }
+    let mut events = Vec::new();
+    wait_until("connection events are printed", || {
+        connections(&daemon, &mut events);
+        events.len() >= 24
+    });
+    let denied = events
+        .iter()
+        .find(|e| e["verdict"] == "deny")
+        .expect("a deny event");
+    assert_eq!(denied["agent"]["name"], agent);
+    assert_eq!(denied["decided_by"], "default");
+    let allowed = events
+        .iter()
+        .find(|e| e["verdict"] == "allow")
+        .expect("an allow event");
+    assert_eq!(allowed["decided_by"], "rule");
+    assert!(
+        allowed["rule"].as_str().unwrap().starts_with("net-agent/"),
+        "{allowed}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["hook"] == "sendmsg" && e["address"] == "::1")
+    );
+}
+
+#[test]
+fn audit_mode_allows_and_reports_would_deny() {
+    let agent = "audit-agent";
+    let servers = servers();
+    let daemon = Daemon::start(&policy_for(agent, "audit", &servers));
+    let _launched = launch_cgroup(agent);
+    let denied_port = servers.ports[0].1;
+    assert_eq!(
+        attempts(&daemon, Some(agent), "tcp", "127.0.0.1", denied_port, 2),
+        (2, 0, 0)
+    );
+    let mut events = Vec::new();
+    wait_until("the audit events are printed", || {
+        connections(&daemon, &mut events);
+        events.iter().filter(|e| e["port"] == denied_port).count() >= 2
+    });
+    for event in events.iter().filter(|e| e["port"] == denied_port) {
+        assert_eq!(event["verdict"], "allow", "{event}");
+        assert_eq!(event["would_deny"], true, "{event}");
+    }
+}
+
+#[test]
+fn untagged_processes_are_unaffected() {
+    let agent = "strict-agent";
+    let servers = servers();
+    let daemon = Daemon::start(&policy_for(agent, "enforce", &servers));
+    let denied_port = servers.ports[0].1;
+    assert_eq!(
+        attempts(&daemon, None, "tcp", "127.0.0.1", denied_port, 3),
+        (3, 0, 0)
+    );
+    assert_eq!(
+        attempts(&daemon, None, "udp", "::1", servers.ports[3].1, 3),
+        (3, 0, 0)
+    );
+    let mut events = Vec::new();
+    connections(&daemon, &mut events);
+    assert!(
+        events.is_empty(),
+        "untagged connections were logged: {events:?}"
+    );
+}
+
+#[test]
+fn blocklist_denies_even_where_the_agent_allows_and_alerts() {
+    let agent = "open-agent";
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().unwrap().port();
+    let daemon = Daemon::start(&format!(
+        "[[agent]]\nname = \"{agent}\"\n[agent.network]\ndefault = \"allow\"\n{}\n[network]\nblocklist = [\"127.0.0.1/32\"]\n",
+        allow_rule("everything-local", "127.0.0.0/8", port, "tcp")
+    ));
+    let _launched = launch_cgroup(agent);
+    assert_eq!(
+        attempts(&daemon, Some(agent), "tcp", "127.0.0.1", port, 1),
+        (0, 1, 0)
+    );
+    let mut events = Vec::new();
+    wait_until("the blocklist event is printed", || {
+        connections(&daemon, &mut events);
+        !events.is_empty()
+    });
+    assert_eq!(events[0]["decided_by"], "blocklist");
+    assert_eq!(events[0]["alert"], "threat-intel");
+    assert_eq!(events[0]["rule"], "blocklist:127.0.0.1/32");
+}
+
+#[test]
+fn quarantine_takes_effect_on_the_next_connect() {
+    let agent = "doomed-agent";
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().unwrap().port();
+    let exempt = TcpListener::bind("127.0.0.2:0").expect("listener on 127.0.0.2");
+    let exempt_port = exempt.local_addr().unwrap().port();
+    let daemon = Daemon::start(&format!(
+        "[[agent]]\nname = \"{agent}\"\n[agent.network]\ndefault = \"allow\"\n\n[network]\nquarantine_allow = [\"127.0.0.2/32\"]\n"
+    ));
+    let _launched = launch_cgroup(agent);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let stop = dir.path().join("stop");
+    let bin = helper();
+    let mut looping = daemon
+        .launch(
+            agent,
+            &[
+                bin.to_str().unwrap(),
+                "net-until-denied",
+                "tcp",
+                "127.0.0.1",
+                &port.to_string(),
+                stop.to_str().unwrap(),
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the connecting agent");
+    let mut events = Vec::new();
+    wait_until("the agent connects", || {
+        connections(&daemon, &mut events);
+        events.len() >= 3
+    });
+    let output = Command::new(agentd_tests::agentd_bin())
+        .args(["quarantine", agent, "--socket"])
+        .arg(&daemon.admin)
+        .output()
+        .expect("agentd quarantine");
+    let quarantined_at = boottime_ns();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result = looping
+        .wait_with_output()
+        .expect("the agent stops at its first denied connect");
+    let _ = std::fs::write(&stop, "");
+    assert!(String::from_utf8_lossy(&result.stdout).contains("denied"));
+
+    // The exception still works while quarantined.
+    assert_eq!(
+        attempts(&daemon, Some(agent), "tcp", "127.0.0.2", exempt_port, 1),
+        (1, 0, 0)
+    );
+    wait_until("every event is printed", || {
+        connections(&daemon, &mut events);
+        events.iter().any(|e| e["port"] == exempt_port)
+    });
+    for event in events
+        .iter()
+        .filter(|e| e["ktime_ns"].as_u64().unwrap() > quarantined_at)
+    {
+        assert_eq!(event["decided_by"], "quarantine", "{event}");
+        let expected = if event["port"] == exempt_port {
+            "allow"
+        } else {
+            "deny"
+        };
+        assert_eq!(event["verdict"], expected, "{event}");
+    }
+}
+
+#[test]
+fn policy_swap_under_load_gives_no_wrong_verdicts() {
+    let agent = "swap-agent";
+    // UDP connects: the kernel hook runs, no packet is sent, so the agent can go fast.
+    let listener = UdpSocket::bind("127.0.0.1:0").expect("a port to aim at");
+    let port = listener.local_addr().unwrap().port();
+    let policy = |action: &str| {
+        format!(
+            "[[agent]]\nname = \"{agent}\"\n[agent.network]\ndefault = \"allow\"\n[[agent.network.rule]]\nid = \"the-port\"\naction = \"{action}\"\ncidr = \"127.0.0.1/32\"\nports = \"{port}\"\n"
+        )
+    };
+    let daemon = Daemon::start(&policy("allow"));
+    let _launched = launch_cgroup(agent);
+    drop(listener);
+    let connects: u32 = std::env::var("AGENTD_SWAP_CONNECTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(50_000);
+    let bin = helper();
+    let mut load = daemon
+        .launch(
+            agent,
+            &[
+                bin.to_str().unwrap(),
+                "net",
+                "udp-connect",
+                "127.0.0.1",
+                &port.to_string(),
+                &connects.to_string(),
+                "10000",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the connecting agent");
+    let started = std::time::Instant::now();
+
+    // Swap between allow and deny while the agent connects; remember what each version says.
+    let mut expected = std::collections::HashMap::new();
+    expected.insert(1u64, "allow");
+    let mut swaps = 0;
+    let mut events = Vec::new();
+    // Swap for as long as the agent connects.
+    while load.try_wait().expect("polling the agent").is_none() {
+        let action = if swaps % 2 == 0 { "deny" } else { "allow" };
+        let output = daemon.apply(&policy(action));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let version: u64 = stdout
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("apply printed {stdout:?}"));
+        expected.insert(version, action);
+        swaps += 1;
+        connections(&daemon, &mut events);
+    }
+    let output = load.wait_with_output().expect("the agent finishes");
+    let elapsed = started.elapsed();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let count = |name: &str| -> u64 {
+        stdout
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{stdout}"))
+    };
+    let (ok, eperm) = (count("ok"), count("eperm"));
+    assert_eq!(ok + eperm, u64::from(connects), "{stdout}");
+    // Every connect is either printed or counted as lost by the kernel, never silently gone.
+    wait_until(
+        "every connection event is printed or counted as dropped",
+        || {
+            connections(&daemon, &mut events);
+            events.len() as u64 + daemon.status().events_dropped >= ok + eperm
+        },
+    );
+    let dropped = daemon.status().events_dropped;
+    let mut wrong = 0;
+    let (mut allowed, mut denied) = (0u64, 0u64);
+    for event in &events {
+        let version = event["policy_version"].as_u64().expect("a version");
+        let verdict = event["verdict"].as_str().expect("a verdict");
+        if expected.get(&version) != Some(&verdict) {
+            wrong += 1;
+        }
+        if verdict == "allow" {
+            allowed += 1
+        } else {
+            denied += 1
+        }
+    }
+    eprintln!(
+        "{connects} connects in {elapsed:?} ({:.0}/s) across {swaps} swaps: {ok} allowed, {eperm} denied; {} events, {dropped} dropped",
+        f64::from(connects) / elapsed.as_secs_f64(),
+        events.len()
+    );
+    assert_eq!(
+        wrong, 0,
+        "connections decided against a policy version that says otherwise"
+    );
+    if dropped == 0 {
+        assert_eq!(
+            (allowed, denied),
+            (ok, eperm),
+            "the events agree with what the agent saw"
+        );
+    }
+    assert!(
+        ok > 0 && eperm > 0,
+        "the swaps happened while the agent connected: {stdout}"
+    );
+}
+
+#[test]
+fn bad_network_policy_is_refused_and_the_previous_stays() {
+    let agent = "steady-agent";
+    let servers = servers();
+    let daemon = Daemon::start(&policy_for(agent, "enforce", &servers));
+    let _launched = launch_cgroup(agent);
+    let output = daemon.apply(&format!(
+        "[[agent]]\nname = \"{agent}\"\n[agent.network]\ndefault = \"allow\"\n\
+         [[agent.network.rule]]\nid = \"a\"\naction = \"deny\"\ncidr = \"10.0.0.300/8\"\n\
+         [[agent.network.rule]]\nid = \"b\"\naction = \"deny\"\nports = \"70000\"\n\
+         [network]\nblocklist = [\"not-an-ip\"]\n"
+    ));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for field in [
+        "agent[0].network.rule[0].cidr",
+        "agent[0].network.rule[1].ports",
+        "network.blocklist[0]",
+    ] {
+        assert!(stderr.contains(field), "missing {field} in {stderr}");
+    }
+    assert_eq!(
+        attempts(
+            &daemon,
+            Some(agent),
+            "tcp",
+            "127.0.0.1",
+            servers.ports[0].1,
+            1
+        ),
+        (0, 1, 0)
+    );
+    assert_eq!(daemon.status().network_version, 1);
+}
