@@ -151,8 +151,7 @@ struct Decision {
 /// A longest-prefix lookup as a raw pointer, null-free in its `Some`.
 #[inline(always)]
 fn lpm_ptr<K, V>(map: &LpmTrie<K, V>, key: &Key<K>) -> Option<*const V> {
-    // SAFETY: the reference is turned into a pointer at once and only read through.
-    unsafe { map.get(key) }.map(core::ptr::from_ref)
+    map.get(key).map(core::ptr::from_ref)
 }
 
 // Lookups copy out plain integers into initialised locals rather than moving `Option`s of
@@ -198,7 +197,7 @@ fn decide(agent: u32, dst: &Destination) -> Decision {
     let mut version = 0u32;
     let mut default_action = net_action::ALLOW;
     let mut audit = 0u8;
-    if let Some(policy) = NET_AGENTS.get_ptr(&NetAgentKey { generation, agent }) {
+    if let Some(policy) = NET_AGENTS.get_ptr(NetAgentKey { generation, agent }) {
         has_policy = 1;
         // SAFETY: a valid map value pointer.
         unsafe {
@@ -216,7 +215,7 @@ fn decide(agent: u32, dst: &Destination) -> Decision {
         };
     }
 
-    if NET_QUARANTINE.get_ptr(&agent).is_some() {
+    if NET_QUARANTINE.get_ptr(agent).is_some() {
         let mut exempt = 0u32;
         let mut exempt_rule = 0u32;
         if dst.family == 4 {

@@ -637,6 +637,15 @@ async fn serve_identity(listener: UnixListener, calls: mpsc::Sender<Call>) {
     }
 }
 
+fn log_file_enforcement(status: &FileEnforcement) {
+    match status {
+        FileEnforcement::Available => {
+            tracing::info!("file enforcement available: BPF LSM programs load and attach");
+        }
+        FileEnforcement::Unavailable(why) => tracing::warn!("file enforcement UNAVAILABLE: {why}"),
+    }
+}
+
 /// Everything `run` needs from the command line and the config file.
 pub struct RunOptions {
     pub config: Config,
@@ -658,14 +667,7 @@ pub async fn run(
         max_tagged_processes: config.identity.max_tagged_processes,
     })?;
     let file_enforcement = files::probe_enforcement(&mut object);
-    match &file_enforcement {
-        FileEnforcement::Available => {
-            tracing::info!("file enforcement available: BPF LSM programs load and attach");
-        }
-        FileEnforcement::Unavailable(why) => {
-            tracing::warn!("file enforcement UNAVAILABLE: {why}");
-        }
-    }
+    log_file_enforcement(&file_enforcement);
     let process = ProcessSensor::attach(&mut object)?;
     let net = NetSensor::attach(&mut object, &cgroup_root)?;
     let mut reader = EventReader::new(&mut object)?;

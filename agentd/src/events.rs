@@ -234,53 +234,55 @@ impl Event {
                     _ => Self::TagLost(change),
                 })
             }
-            Some(EventKind::Net) => {
-                let raw: NetEvent = read_record(bytes)?;
-                let address = if raw.family == 6 {
-                    IpAddr::from(raw.addr)
-                } else {
-                    IpAddr::from([raw.addr[0], raw.addr[1], raw.addr[2], raw.addr[3]])
-                };
-                let decided_by = if raw.flags & NetEvent::FLAG_BLOCKLIST != 0 {
-                    "blocklist"
-                } else if raw.flags & NetEvent::FLAG_QUARANTINE != 0 {
-                    "quarantine"
-                } else if raw.flags & NetEvent::FLAG_DEFAULT != 0 {
-                    "default"
-                } else {
-                    "rule"
-                };
-                Ok(Self::Net(Connection {
-                    ktime_ns: raw.header.ktime_ns,
-                    pid: raw.pid,
-                    comm: kernel_str(&raw.comm),
-                    hook: if raw.hook == NetEvent::HOOK_SENDMSG {
-                        "sendmsg"
-                    } else {
-                        "connect"
-                    },
-                    protocol: match raw.protocol {
-                        6 => "tcp".to_owned(),
-                        17 => "udp".to_owned(),
-                        other => other.to_string(),
-                    },
-                    address,
-                    port: raw.port,
-                    verdict: if raw.verdict == Verdict::Deny as u8 {
-                        VerdictName::Deny
-                    } else {
-                        VerdictName::Allow
-                    },
-                    would_deny: raw.flags & NetEvent::FLAG_WOULD_DENY != 0,
-                    decided_by,
-                    policy_version: raw.version,
-                    rule_number: raw.rule,
-                    // The kernel reports only the agent; the tag's source is not needed here.
-                    tag: AgentTag::new(raw.agent, TagSource::Launch, 0),
-                }))
-            }
+            Some(EventKind::Net) => Self::decode_net(bytes),
             None => Err(DecodeError::UnknownKind(header.kind)),
         }
+    }
+
+    fn decode_net(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let raw: NetEvent = read_record(bytes)?;
+        let address = if raw.family == 6 {
+            IpAddr::from(raw.addr)
+        } else {
+            IpAddr::from([raw.addr[0], raw.addr[1], raw.addr[2], raw.addr[3]])
+        };
+        let decided_by = if raw.flags & NetEvent::FLAG_BLOCKLIST != 0 {
+            "blocklist"
+        } else if raw.flags & NetEvent::FLAG_QUARANTINE != 0 {
+            "quarantine"
+        } else if raw.flags & NetEvent::FLAG_DEFAULT != 0 {
+            "default"
+        } else {
+            "rule"
+        };
+        Ok(Self::Net(Connection {
+            ktime_ns: raw.header.ktime_ns,
+            pid: raw.pid,
+            comm: kernel_str(&raw.comm),
+            hook: if raw.hook == NetEvent::HOOK_SENDMSG {
+                "sendmsg"
+            } else {
+                "connect"
+            },
+            protocol: match raw.protocol {
+                6 => "tcp".to_owned(),
+                17 => "udp".to_owned(),
+                other => other.to_string(),
+            },
+            address,
+            port: raw.port,
+            verdict: if raw.verdict == Verdict::Deny as u8 {
+                VerdictName::Deny
+            } else {
+                VerdictName::Allow
+            },
+            would_deny: raw.flags & NetEvent::FLAG_WOULD_DENY != 0,
+            decided_by,
+            policy_version: raw.version,
+            rule_number: raw.rule,
+            // The kernel reports only the agent; the tag's source is not needed here.
+            tag: AgentTag::new(raw.agent, TagSource::Launch, 0),
+        }))
     }
 
     /// One human-readable line, as `agentd run` prints it.
@@ -455,7 +457,7 @@ mod tests {
             filename_len: 13,
             comm,
             filename,
-            tag: AgentTag::new(2, agentd_common::TagSource::Launch, 0).inherited(),
+            tag: AgentTag::new(2, TagSource::Launch, 0).inherited(),
             args_len: 13,
             exe: InodeKey::new(8, 1, 77),
             args: {
@@ -493,7 +495,7 @@ mod tests {
             },
             pid: 41,
             ppid: 0,
-            tag: AgentTag::new(1, agentd_common::TagSource::Cgroup, 0),
+            tag: AgentTag::new(1, TagSource::Cgroup, 0),
             exit_code: 256,
         };
         let Event::Exit(change) = Event::decode(&bytes_of(&raw)).unwrap() else {

@@ -519,9 +519,14 @@ mod tests {
 
     #[test]
     fn too_many_rules_for_one_prefix_are_refused() {
+        use std::fmt::Write as _;
         let mut text = String::new();
         for i in 0..=NET_RULES_PER_PREFIX {
-            text.push_str(&format!("[[rule]]\nid = \"r{i}\"\naction = \"allow\"\ncidr = \"10.0.0.0/8\"\nports = \"{}\"\n", i + 1));
+            let _ = write!(
+                text,
+                "[[rule]]\nid = \"r{i}\"\naction = \"allow\"\ncidr = \"10.0.0.0/8\"\nports = \"{}\"\n",
+                i + 1
+            );
         }
         let err = layout(&compile(&text).unwrap(), |_| 1).unwrap_err();
         assert!(err.contains("10.0.0.0/8"), "{err}");

@@ -40,14 +40,43 @@ fn attempts(
         "{stdout} {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let field = |name: &str| -> u64 {
-        stdout
-            .split_whitespace()
-            .find_map(|word| word.strip_prefix(&format!("{name}=")))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("helper printed {stdout:?}"))
-    };
-    (field("ok"), field("eperm"), field("other"))
+    (
+        counter(&stdout, "ok"),
+        counter(&stdout, "eperm"),
+        counter(&stdout, "other"),
+    )
+}
+
+/// A `name=N` counter from the helper's output.
+fn counter(stdout: &str, name: &str) -> u64 {
+    stdout
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix(&format!("{name}=")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("helper printed {stdout:?}"))
+}
+
+/// Checks every connection event against the verdict its policy version prescribes. Returns
+/// (wrong verdicts, allowed, denied).
+fn check_verdicts(
+    events: &[serde_json::Value],
+    expected: &std::collections::HashMap<u64, &str>,
+) -> (usize, u64, u64) {
+    let mut wrong = 0;
+    let (mut allowed, mut denied) = (0u64, 0u64);
+    for event in events {
+        let version = event["policy_version"].as_u64().expect("a version");
+        let verdict = event["verdict"].as_str().expect("a verdict");
+        if expected.get(&version) != Some(&verdict) {
+            wrong += 1;
+        }
+        if verdict == "allow" {
+            allowed += 1;
+        } else {
+            denied += 1;
+        }
+    }
+    (wrong, allowed, denied)
 }
 
 /// The JSON connection events agentd printed, parsed.
@@ -246,7 +275,7 @@ fn quarantine_takes_effect_on_the_next_connect() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let stop = dir.path().join("stop");
     let bin = helper();
-    let mut looping = daemon
+    let looping = daemon
         .launch(
             agent,
             &[
@@ -324,6 +353,7 @@ fn policy_swap_under_load_gives_no_wrong_verdicts() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(50_000);
+    let rate = std::env::var("AGENTD_SWAP_RATE").unwrap_or_else(|_| "10000".to_owned());
     let bin = helper();
     let mut load = daemon
         .launch(
@@ -335,7 +365,7 @@ fn policy_swap_under_load_gives_no_wrong_verdicts() {
                 "127.0.0.1",
                 &port.to_string(),
                 &connects.to_string(),
-                "10000",
+                &rate,
             ],
         )
         .stdout(std::process::Stdio::piped())
@@ -371,14 +401,7 @@ fn policy_swap_under_load_gives_no_wrong_verdicts() {
     let output = load.wait_with_output().expect("the agent finishes");
     let elapsed = started.elapsed();
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    let count = |name: &str| -> u64 {
-        stdout
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{stdout}"))
-    };
-    let (ok, eperm) = (count("ok"), count("eperm"));
+    let (ok, eperm) = (counter(&stdout, "ok"), counter(&stdout, "eperm"));
     assert_eq!(ok + eperm, u64::from(connects), "{stdout}");
     // Every connect is either printed or counted as lost by the kernel, never silently gone.
     wait_until(
@@ -389,20 +412,7 @@ fn policy_swap_under_load_gives_no_wrong_verdicts() {
         },
     );
     let dropped = daemon.status().events_dropped;
-    let mut wrong = 0;
-    let (mut allowed, mut denied) = (0u64, 0u64);
-    for event in &events {
-        let version = event["policy_version"].as_u64().expect("a version");
-        let verdict = event["verdict"].as_str().expect("a verdict");
-        if expected.get(&version) != Some(&verdict) {
-            wrong += 1;
-        }
-        if verdict == "allow" {
-            allowed += 1
-        } else {
-            denied += 1
-        }
-    }
+    let (wrong, allowed, denied) = check_verdicts(&events, &expected);
     eprintln!(
         "{connects} connects in {elapsed:?} ({:.0}/s) across {swaps} swaps: {ok} allowed, {eperm} denied; {} events, {dropped} dropped",
         f64::from(connects) / elapsed.as_secs_f64(),

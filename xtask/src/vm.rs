@@ -154,7 +154,7 @@ ip link set lo up
 echo "AGENTD-VM-BOOTED kernel=$(uname -r) lsm=$(cat /sys/kernel/security/lsm)"
 export AGENTD_BIN=/bin/agentd AGENTD_TEST_HELPER=/bin/agentd-test-helper RUST_BACKTRACE=1 TMPDIR=/tmp
 # Emulated CPUs are slow: the load tests run fewer iterations here (the host tier runs them whole).
-export AGENTD_SWAP_CONNECTS=10000
+export AGENTD_SWAP_CONNECTS=10000 AGENTD_SWAP_RATE=1000
 status=0
 for t in /tests/*; do
     [ -x "$t" ] || continue

@@ -92,7 +92,8 @@ fn v6(prefix: &Prefix) -> [u8; 16] {
 impl NetSensor {
     /// Attaches the four programs to the cgroup v2 root at `cgroup_root`.
     pub fn attach(object: &mut LoadedObject, cgroup_root: &Path) -> Result<Self, SensorError> {
-        let mut sensor = Self {
+        let mut links: Vec<CgroupSockAddrLink> = Vec::new();
+        let sensor = Self {
             config: take(object, "NET_CONFIG")?,
             agents: take(object, "NET_AGENTS")?,
             rules_v4: take(object, "NET_RULES_V4")?,
@@ -119,24 +120,25 @@ impl NetSensor {
             let link_id = program
                 .attach(&root, CgroupAttachMode::Single)
                 .map_err(attach_error(name))?;
-            sensor
-                ._links
-                .push(program.take_link(link_id).map_err(attach_error(name))?);
+            links.push(program.take_link(link_id).map_err(attach_error(name))?);
         }
-        Ok(sensor)
+        Ok(Self {
+            _links: links,
+            ..sensor
+        })
     }
 
     fn write(
         &mut self,
         generation: u32,
         tables: &NetTables,
-    ) -> Result<Written, (Written, SensorError)> {
+    ) -> Result<Written, Box<(Written, SensorError)>> {
         let mut written = Written::default();
         macro_rules! put {
             ($map:expr, $name:literal, $list:ident, $key:expr, $value:expr) => {{
                 let key = $key;
                 if let Err(err) = $map.insert(&key, $value, 0) {
-                    return Err((written, map_error($name)(err)));
+                    return Err(Box::new((written, map_error($name)(err))));
                 }
                 written.$list.push(key);
             }};
@@ -147,7 +149,7 @@ impl NetSensor {
                 agent: *agent,
             };
             if let Err(err) = self.agents.insert(key, policy, 0) {
-                return Err((written, map_error("NET_AGENTS")(err)));
+                return Err(Box::new((written, map_error("NET_AGENTS")(err))));
             }
             written.agents.push(key);
         }
@@ -242,7 +244,8 @@ impl NetSensor {
         }
         let written = match self.write(next, tables) {
             Ok(written) => written,
-            Err((partial, err)) => {
+            Err(failed) => {
+                let (partial, err) = *failed;
                 self.remove(&partial);
                 return Err(err);
             }

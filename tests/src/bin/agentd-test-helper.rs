@@ -104,7 +104,7 @@ fn net(
     for done in 0..count {
         // Paced: never ahead of `rate` calls per second.
         if let Some(rate) = rate.filter(|_| done % 100 == 0) {
-            let due = Duration::from_secs_f64(done as f64 / rate as f64);
+            let due = Duration::from_micros(done * 1_000_000 / rate.max(1));
             if let Some(wait) = due.checked_sub(start.elapsed()) {
                 std::thread::sleep(wait);
             }
