@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, str::FromStr};
 use agentd_common::{NET_RULES_PER_PREFIX, NetRule, NetRuleList, net_action};
 use serde::Deserialize;
 
-use crate::identity::policy::FieldError;
+use crate::identity::policy::{FieldError, check_rule_id};
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -232,14 +232,6 @@ pub struct CompiledGlobalNetwork {
     pub quarantine_allow: Vec<Prefix>,
 }
 
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
 impl AgentNetworkSpec {
     /// Validates the table at `at` (e.g. `agent[0].network`) for agent `agent`.
     pub fn compile(
@@ -253,16 +245,8 @@ impl AgentNetworkSpec {
         let mut ids = std::collections::HashSet::new();
         for (i, rule) in self.rules.iter().enumerate() {
             let at = format!("{at}.rule[{i}]");
-            if !valid_id(&rule.id) {
-                error(
-                    format!("{at}.id"),
-                    format!("{:?} is not a valid rule id", rule.id),
-                );
-            } else if !ids.insert(rule.id.clone()) {
-                error(
-                    format!("{at}.id"),
-                    format!("duplicate rule id {:?}", rule.id),
-                );
+            if let Some(problem) = check_rule_id(&rule.id, &at, &mut ids) {
+                error(problem.field, problem.reason);
             }
             let prefixes = match &rule.cidr {
                 None => vec![Prefix::any(false), Prefix::any(true)],

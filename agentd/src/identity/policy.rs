@@ -150,6 +150,22 @@ impl CompiledPolicy {
     }
 }
 
+/// A rule id's problem, if it has one: invalid characters or length, or a duplicate of one in
+/// `seen`. `at` is the rule's field path.
+pub(crate) fn check_rule_id(id: &str, at: &str, seen: &mut HashSet<String>) -> Option<FieldError> {
+    let reason = if !valid_name(id) {
+        format!("{id:?} is not a valid rule id (letters, digits, '.', '_', '-'; 1 to 64 bytes)")
+    } else if !seen.insert(id.to_owned()) {
+        format!("duplicate rule id {id:?}")
+    } else {
+        return None;
+    };
+    Some(FieldError {
+        field: format!("{at}.id"),
+        reason,
+    })
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -323,16 +339,9 @@ impl IdentityPolicy {
         let mut rule_ids = HashSet::new();
         for (i, rule) in self.discovery.iter().enumerate() {
             let at = format!("discovery[{i}]");
-            if !valid_name(&rule.id) {
-                error(
-                    format!("{at}.id"),
-                    format!("{:?} is not a valid rule id", rule.id),
-                );
-            } else if !rule_ids.insert(rule.id.clone()) {
-                error(
-                    format!("{at}.id"),
-                    format!("duplicate rule id {:?}", rule.id),
-                );
+            if let Some(FieldError { field, reason }) = check_rule_id(&rule.id, &at, &mut rule_ids)
+            {
+                error(field, reason);
             }
             let at = format!("{at} ({:?})", rule.id);
             if !names.contains(&rule.agent) {
