@@ -467,7 +467,42 @@ impl NetEvent {
     pub const FLAG_QUARANTINE: u8 = 1 << 2;
     /// No rule matched: the agent's default action decided.
     pub const FLAG_DEFAULT: u8 = 1 << 3;
+    /// A DNS query, steered to agentd's resolver.
+    pub const FLAG_DNS: u8 = 1 << 4;
+    /// A destination learned from a DNS answer matched a domain rule.
+    pub const FLAG_LEARNED: u8 = 1 << 5;
 }
+
+/// Where the kernel steers tagged processes' DNS queries: agentd's resolver.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct DnsRedirect {
+    /// 0: off.
+    pub enabled: u32,
+    /// The resolver's IPv4 address, network byte order as `bpf_sock_addr.user_ip4`.
+    pub ip4: u32,
+    /// The resolver's port, network byte order in the low 16 bits as `bpf_sock_addr.user_port`.
+    pub port: u32,
+}
+const _: () = assert!(size_of::<DnsRedirect>() == 12);
+
+/// A DNS query's original destination, kept per socket so replies can be shown as from it.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct OriginalDestination {
+    pub ip4: u32,
+    pub port: u32,
+}
+const _: () = assert!(size_of::<OriginalDestination>() == 8);
+
+/// Key of a destination learned from a DNS answer, for one agent.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LearnedKeyV4 {
+    pub agent: u32,
+    pub addr: [u8; 4],
+}
+const _: () = assert!(size_of::<LearnedKeyV4>() == 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -490,4 +525,7 @@ mod pod {
     unsafe impl aya::Pod for super::NetAgentKey {}
     unsafe impl aya::Pod for super::NetAgentPolicy {}
     unsafe impl aya::Pod for super::NetEvent {}
+    unsafe impl aya::Pod for super::DnsRedirect {}
+    unsafe impl aya::Pod for super::OriginalDestination {}
+    unsafe impl aya::Pod for super::LearnedKeyV4 {}
 }

@@ -13,17 +13,18 @@
 //! Rules live in double-buffered maps keyed by a generation; `NET_CONFIG[0]` names the one in
 //! force and is read once per call, so each call sees one whole policy.
 
-use core::ptr::read_volatile;
+use core::ptr::{read_volatile, write_volatile};
 
 use agentd_common::{
-    BlockKeyV4, BlockKeyV6, COMM_LEN, EventKind, NET_RULES_PER_PREFIX, NetAgentKey, NetAgentPolicy,
-    NetEvent, NetKeyV4, NetKeyV6, NetRuleList, Verdict, net_action,
+    BlockKeyV4, BlockKeyV6, COMM_LEN, DnsRedirect, EventKind, LearnedKeyV4, NET_RULES_PER_PREFIX,
+    NetAgentKey, NetAgentPolicy, NetEvent, NetKeyV4, NetKeyV6, NetRule, NetRuleList,
+    OriginalDestination, Verdict, net_action,
 };
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_socket_cookie},
     macros::{cgroup_sock_addr, map},
-    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, lpm_trie::Key},
     programs::SockAddrContext,
 };
 
@@ -68,6 +69,21 @@ pub static NET_QUARANTINE_ALLOW_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_en
 
 #[map]
 pub static NET_QUARANTINE_ALLOW_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(256, 0);
+
+/// Slot 0: where tagged processes' DNS queries (UDP port 53) go: agentd's resolver.
+#[map]
+pub static NET_DNS: Array<DnsRedirect> = Array::with_max_entries(1, 0);
+
+/// Socket cookie → the DNS server a tagged process addressed, so that `recvmsg4` can show the
+/// resolver's replies as coming from it. LRU: 16,384 recent resolver sockets.
+#[map]
+pub static DNS_ORIGINAL: LruHashMap<u64, OriginalDestination> =
+    LruHashMap::with_max_entries(16_384, 0);
+
+/// (agent, IPv4 address) → the domain rule that a DNS answer made apply to that address.
+/// Written by agentd's resolver as answers arrive and removed when their TTL runs out.
+#[map]
+pub static NET_LEARNED_V4: HashMap<LearnedKeyV4, NetRule> = HashMap::with_max_entries(16_384, 0);
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -237,6 +253,43 @@ fn decide(agent: u32, dst: &Destination) -> Decision {
         };
     }
 
+    // A destination a DNS answer taught for one of the agent's domain rules: most specific.
+    if dst.family == 4
+        && let Some(learned) = NET_LEARNED_V4.get_ptr(LearnedKeyV4 {
+            agent,
+            addr: v4(&dst.addr),
+        })
+    {
+        // SAFETY: a valid map value pointer.
+        let (lo, hi, protocol, action, rule) = unsafe {
+            (
+                (*learned).port_lo,
+                (*learned).port_hi,
+                (*learned).protocol,
+                (*learned).action,
+                (*learned).rule,
+            )
+        };
+        if dst.port >= lo && dst.port <= hi && (protocol == 0 || protocol == dst.protocol) {
+            let deny = action == net_action::DENY;
+            if deny && audit != 0 {
+                let flags = NetEvent::FLAG_LEARNED | NetEvent::FLAG_WOULD_DENY;
+                return Decision {
+                    allow: true,
+                    flags,
+                    rule,
+                    version,
+                };
+            }
+            return Decision {
+                allow: !deny,
+                flags: NetEvent::FLAG_LEARNED,
+                rule,
+                version,
+            };
+        }
+    }
+
     // An agent without network settings: allowed and reported.
     if has_policy == 0 {
         return Decision {
@@ -334,6 +387,62 @@ fn report(tgid: u32, agent: u32, dst: &Destination, hook: u8, decision: &Decisio
     }
 }
 
+const IPPROTO_UDP: u8 = 17;
+
+/// Sends a tagged process's DNS query to agentd's resolver, remembering where it was going.
+/// Returns false when steering is off.
+#[inline(always)]
+fn steer_dns(ctx: &SockAddrContext) -> bool {
+    let Some(redirect) = NET_DNS.get_ptr(0) else {
+        return false;
+    };
+    // SAFETY: a valid map value pointer.
+    let (enabled, ip4, port) = unsafe { ((*redirect).enabled, (*redirect).ip4, (*redirect).port) };
+    if enabled == 0 {
+        return false;
+    }
+    let sa = ctx.sock_addr;
+    // SAFETY: context fields with constant offsets; `user_ip4` and `user_port` are writable in
+    // connect4 and sendmsg4.
+    unsafe {
+        let original = OriginalDestination {
+            ip4: read_volatile(&raw const (*sa).user_ip4),
+            port: read_volatile(&raw const (*sa).user_port),
+        };
+        let cookie = bpf_get_socket_cookie(ctx.sock_addr.cast());
+        let _ = DNS_ORIGINAL.insert(cookie, original, 0);
+        write_volatile(&raw mut (*sa).user_ip4, ip4);
+        write_volatile(&raw mut (*sa).user_port, port);
+    }
+    true
+}
+
+/// `recvmsg4`: a reply from agentd's resolver on a socket whose query was steered is shown as
+/// coming from the server the process addressed. Never refuses anything.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    let Some(redirect) = NET_DNS.get_ptr(0) else {
+        return 1;
+    };
+    let sa = ctx.sock_addr;
+    // SAFETY: valid map value pointer; context fields with constant offsets.
+    unsafe {
+        let (ip4, port) = ((*redirect).ip4, (*redirect).port);
+        if read_volatile(&raw const (*sa).user_ip4) != ip4
+            || read_volatile(&raw const (*sa).user_port) != port
+        {
+            return 1;
+        }
+        let cookie = bpf_get_socket_cookie(ctx.sock_addr.cast());
+        if let Some(original) = DNS_ORIGINAL.get_ptr(cookie) {
+            let (orig_ip, orig_port) = ((*original).ip4, (*original).port);
+            write_volatile(&raw mut (*sa).user_ip4, orig_ip);
+            write_volatile(&raw mut (*sa).user_port, orig_port);
+        }
+    }
+    1
+}
+
 #[inline(always)]
 fn check(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -345,6 +454,16 @@ fn check(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
     } else {
         destination_v6(ctx)
     };
+    if family == 4 && dst.port == 53 && dst.protocol == IPPROTO_UDP && steer_dns(ctx) {
+        let decision = Decision {
+            allow: true,
+            flags: NetEvent::FLAG_DNS,
+            rule: 0,
+            version: 0,
+        };
+        report(tgid, tag.agent, &dst, hook, &decision);
+        return ALLOW;
+    }
     let decision = decide(tag.agent, &dst);
     report(tgid, tag.agent, &dst, hook, &decision);
     // The verifier must see a return value of exactly 0 or 1. A bool reloaded from the stack

@@ -14,6 +14,29 @@ pub struct Config {
     pub events: EventsConfig,
     pub api: ApiConfig,
     pub identity: IdentityConfig,
+    pub dns: DnsConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Steer tagged processes' DNS queries through agentd's resolver, so that domain rules
+    /// apply. Default: true.
+    pub enabled: bool,
+    /// Where the resolver listens (IPv4). Default: `127.0.0.1:15353`.
+    pub listen: std::net::SocketAddrV4,
+    /// Where it forwards queries. Default: the first `nameserver` of /etc/resolv.conf.
+    pub upstream: Option<std::net::SocketAddr>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 15_353),
+            upstream: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

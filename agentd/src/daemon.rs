@@ -24,6 +24,7 @@ use crate::{
     },
     cgroups,
     config::{Config, OutputFormat},
+    dns::{self, Answer},
     ebpf::{self, LoadError},
     events::{Event, EventReader, ReaderError, SCHEMA_VERSION},
     identity::{
@@ -32,7 +33,7 @@ use crate::{
         discovery::{ExecFacts, RuleMatch, UserspaceRules, looks_like_agent},
         policy::{CompiledPolicy, IdentityPolicy, Matcher, PolicyError},
     },
-    netpolicy::{Action, Mode, layout},
+    netpolicy::{Mode, layout},
     sensors::{
         SensorError,
         files::{self, FileEnforcement},
@@ -106,9 +107,42 @@ pub struct State {
     file_enforcement: FileEnforcement,
     /// (delivered, dropped) kernel events, refreshed by the event loop before a status answer.
     event_counts: (u64, u64),
+    /// Names seen in DNS answers → (address, expiry).
+    learned: std::collections::HashMap<String, Vec<(std::net::IpAddr, std::time::Instant)>>,
+    /// The last name each address was learned from, for connection events.
+    domains: std::collections::HashMap<std::net::IpAddr, String>,
 }
 
 impl State {
+    /// Loads the kernel programs, probes file enforcement, attaches the sensors and opens the
+    /// ring buffer. The policy in force is empty until [`State::apply`].
+    fn start(config: &Config, cgroup_root: PathBuf) -> Result<(Self, EventReader), DaemonError> {
+        let mut object = ebpf::load_with(ebpf::LoadOptions {
+            max_tagged_processes: config.identity.max_tagged_processes,
+        })?;
+        let file_enforcement = files::probe_enforcement(&mut object);
+        log_file_enforcement(&file_enforcement);
+        let process = ProcessSensor::attach(&mut object)?;
+        let net = NetSensor::attach(&mut object, &cgroup_root)?;
+        let reader = EventReader::new(&mut object)?;
+        let state = Self {
+            registry: Registry::default(),
+            policy: CompiledPolicy::default(),
+            userspace_rules: UserspaceRules::default(),
+            process,
+            net,
+            net_version: 0,
+            cgroup_root,
+            cgroup_entries: Vec::new(),
+            discovery_entries: Vec::new(),
+            file_enforcement,
+            event_counts: (0, 0),
+            learned: std::collections::HashMap::new(),
+            domains: std::collections::HashMap::new(),
+        };
+        Ok((state, reader))
+    }
+
     /// Validates `policy` as a whole, then makes it the one in force. On any error nothing
     /// changes: the policy in force stays as it was.
     pub fn apply(&mut self, policy: &IdentityPolicy) -> Result<Applied, DaemonError> {
@@ -193,6 +227,10 @@ impl State {
         self.discovery_entries = kernel_rules;
         self.userspace_rules = UserspaceRules::new(sha256, scripts);
         self.policy = compiled;
+        // Domain rules may have changed: recompute what the answers already seen allow.
+        if let Err(err) = self.sync_learned() {
+            tracing::warn!(%err, "applying domain rules to learned addresses");
+        }
 
         // Processes already in an agent's cgroup (a running systemd unit) are tagged now; new
         // ones are tagged by the kernel when they exec or fork.
@@ -221,10 +259,7 @@ impl State {
                 index,
                 NetAgentPolicy {
                     version,
-                    default_action: match network.default {
-                        Action::Allow => net_action::ALLOW,
-                        Action::Deny => net_action::DENY,
-                    },
+                    default_action: network.default.kernel_value(),
                     audit: u8::from(network.mode == Mode::Audit),
                     pad: 0,
                 },
@@ -238,6 +273,79 @@ impl State {
             tables.blocklist.push((*prefix, rule));
         }
         tables
+    }
+
+    /// Records a DNS answer and makes the domain rules that match it apply to its addresses.
+    fn learn(&mut self, answer: Answer) -> Result<(), SensorError> {
+        let now = std::time::Instant::now();
+        let name = answer.name.trim_end_matches('.').to_ascii_lowercase();
+        let entries = self.learned.entry(name.clone()).or_default();
+        for (address, ttl) in answer.addresses {
+            // At least a second, so that the agent can use an answer with TTL 0 once.
+            let expiry = now + Duration::from_secs(u64::from(ttl.max(1)));
+            entries.retain(|(known, _)| *known != address);
+            entries.push((address, expiry));
+            self.domains.insert(address, name.clone());
+        }
+        self.sync_learned()
+    }
+
+    /// Makes the kernel's learned destinations match the unexpired answers and the domain rules
+    /// in force. Where rules of one agent disagree on an address, deny wins.
+    fn sync_learned(&mut self) -> Result<(), SensorError> {
+        let now = std::time::Instant::now();
+        for entries in self.learned.values_mut() {
+            entries.retain(|(_, expiry)| *expiry > now);
+        }
+        self.learned.retain(|_, entries| !entries.is_empty());
+        let mut want: std::collections::HashMap<
+            agentd_common::LearnedKeyV4,
+            agentd_common::NetRule,
+        > = std::collections::HashMap::new();
+        let agents: Vec<_> = self
+            .policy
+            .agents
+            .iter()
+            .filter_map(|agent| {
+                Some((agent.agent.clone(), agent.network.as_ref()?.domains.clone()))
+            })
+            .collect();
+        for (agent, rules) in agents {
+            let index = self.registry.intern_agent(&agent);
+            for rule in rules {
+                let number = self.registry.intern_rule(&rule.name);
+                for (name, entries) in &self.learned {
+                    if !rule.pattern.matches(name) {
+                        continue;
+                    }
+                    for (address, _) in entries {
+                        let std::net::IpAddr::V4(v4) = address else {
+                            continue;
+                        };
+                        let key = agentd_common::LearnedKeyV4 {
+                            agent: index,
+                            addr: v4.octets(),
+                        };
+                        let entry = agentd_common::NetRule {
+                            port_lo: rule.ports.0,
+                            port_hi: rule.ports.1,
+                            protocol: rule.protocol.kernel_number(),
+                            action: rule.action.kernel_value(),
+                            pad: 0,
+                            rule: number,
+                        };
+                        let keep = want
+                            .get(&key)
+                            .is_some_and(|old| old.action == net_action::DENY);
+                        if !keep {
+                            want.insert(key, entry);
+                        }
+                    }
+                }
+            }
+        }
+        let want: Vec<_> = want.into_iter().collect();
+        self.net.set_learned(&want)
     }
 
     fn quarantine(&mut self, agent: &str, on: bool) -> Result<Quarantined, String> {
@@ -646,6 +754,36 @@ fn log_file_enforcement(status: &FileEnforcement) {
     }
 }
 
+/// Starts agentd's resolver and steers agents' DNS to it, if DNS is enabled and an upstream is
+/// known.
+async fn start_dns(
+    config: &crate::config::DnsConfig,
+    state: &mut State,
+    answers: mpsc::Sender<dns::Learned>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, DaemonError> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    let upstream = config.upstream.or_else(|| {
+        std::fs::read_to_string("/etc/resolv.conf")
+            .ok()
+            .and_then(|text| dns::upstream_from_resolv_conf(&text))
+    });
+    let Some(upstream) = upstream else {
+        tracing::warn!("no DNS upstream (set dns.upstream): domain rules cannot learn addresses");
+        return Ok(None);
+    };
+    let listener = tokio::net::UdpSocket::bind(config.listen)
+        .await
+        .map_err(|source| DaemonError::Bind {
+            path: PathBuf::from(config.listen.to_string()),
+            source,
+        })?;
+    state.net.set_dns_redirect(Some(config.listen))?;
+    tracing::info!(listen = %config.listen, %upstream, "agents' DNS goes through agentd");
+    Ok(Some(tokio::spawn(dns::serve(listener, upstream, answers))))
+}
+
 /// Everything `run` needs from the command line and the config file.
 pub struct RunOptions {
     pub config: Config,
@@ -663,28 +801,12 @@ pub async fn run(
     // Refuse a bad policy before anything is loaded.
     policy.compile(&cgroup_root)?;
 
-    let mut object = ebpf::load_with(ebpf::LoadOptions {
-        max_tagged_processes: config.identity.max_tagged_processes,
-    })?;
-    let file_enforcement = files::probe_enforcement(&mut object);
-    log_file_enforcement(&file_enforcement);
-    let process = ProcessSensor::attach(&mut object)?;
-    let net = NetSensor::attach(&mut object, &cgroup_root)?;
-    let mut reader = EventReader::new(&mut object)?;
-    let mut state = State {
-        registry: Registry::default(),
-        policy: CompiledPolicy::default(),
-        userspace_rules: UserspaceRules::default(),
-        process,
-        net,
-        net_version: 0,
-        cgroup_root,
-        cgroup_entries: Vec::new(),
-        discovery_entries: Vec::new(),
-        file_enforcement,
-        event_counts: (0, 0),
-    };
+    let (mut state, mut reader) = State::start(&config, cgroup_root)?;
     state.apply(&policy)?;
+
+    let (answers_tx, mut answers) = mpsc::channel::<dns::Learned>(256);
+    let dns_task = start_dns(&config.dns, &mut state, answers_tx).await?;
+    let mut expiry = tokio::time::interval(Duration::from_secs(1));
 
     let (calls_tx, mut calls) = mpsc::channel(64);
     let admin = bind(&config.api.admin_socket, 0o600)?;
@@ -715,6 +837,9 @@ pub async fn run(
                 }
                 for mut event in batch.drain(..) {
                     state.discover(&mut event);
+                    if let Event::Net(connection) = &mut event {
+                        connection.domain = state.domains.get(&connection.address).cloned();
+                    }
                     if let Err(err) = write_event(&mut stdout, config.events.format, &event, &state.registry) {
                         return Err(DaemonError::Output(err));
                     }
@@ -734,6 +859,17 @@ pub async fn run(
                     let _ = reply.send(line);
                 }
             },
+            Some((answer, installed)) = answers.recv() => {
+                if let Err(err) = state.learn(answer) {
+                    tracing::warn!(%err, "installing addresses from a DNS answer");
+                }
+                let _ = installed.send(());
+            }
+            _ = expiry.tick(), if !state.learned.is_empty() => {
+                if let Err(err) = state.sync_learned() {
+                    tracing::warn!(%err, "expiring learned addresses");
+                }
+            }
             _ = sweep.tick(), if !sweep_every.is_zero() => {
                 if let Err(err) = state.sweep() {
                     tracing::warn!(%err, "sweeping stale tags");
@@ -743,6 +879,9 @@ pub async fn run(
     };
     admin_task.abort();
     identity_task.abort();
+    if let Some(task) = dns_task {
+        task.abort();
+    }
     let _ = std::fs::remove_file(&config.api.admin_socket);
     let _ = std::fs::remove_file(&config.api.identity_socket);
     let delivery = reader.stats();

@@ -96,8 +96,12 @@ pub struct Connection {
     pub verdict: VerdictName,
     /// Audit mode allowed what enforce mode would deny.
     pub would_deny: bool,
-    /// What decided: `rule`, `default`, `blocklist` or `quarantine`.
+    /// What decided: `rule`, `domain`, `default`, `blocklist`, `quarantine`, or `dns` for a
+    /// query steered to agentd's resolver.
     pub decided_by: &'static str,
+    /// The name the destination was learned from, when a DNS answer gave it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
     /// The policy version in force.
     pub policy_version: u32,
     /// The deciding rule's number; `rule` names it on output.
@@ -246,7 +250,11 @@ impl Event {
         } else {
             IpAddr::from([raw.addr[0], raw.addr[1], raw.addr[2], raw.addr[3]])
         };
-        let decided_by = if raw.flags & NetEvent::FLAG_BLOCKLIST != 0 {
+        let decided_by = if raw.flags & NetEvent::FLAG_DNS != 0 {
+            "dns"
+        } else if raw.flags & NetEvent::FLAG_LEARNED != 0 {
+            "domain"
+        } else if raw.flags & NetEvent::FLAG_BLOCKLIST != 0 {
             "blocklist"
         } else if raw.flags & NetEvent::FLAG_QUARANTINE != 0 {
             "quarantine"
@@ -278,6 +286,7 @@ impl Event {
             },
             would_deny: raw.flags & NetEvent::FLAG_WOULD_DENY != 0,
             decided_by,
+            domain: None,
             policy_version: raw.version,
             rule_number: raw.rule,
             // The kernel reports only the agent; the tag's source is not needed here.
@@ -302,13 +311,16 @@ impl Event {
             Self::Exit(p) => format!("exit pid={} status={}", p.pid, p.exit_code.unwrap_or(0)),
             Self::TagLost(p) => format!("tag-lost pid={} (agent tag map full)", p.pid),
             Self::Net(c) => format!(
-                "{} pid={} comm={:?} {} {}:{} verdict={:?}{} by={} policy={}",
+                "{} pid={} comm={:?} {} {}:{}{} verdict={:?}{} by={} policy={}",
                 c.hook,
                 c.pid,
                 c.comm,
                 c.protocol,
                 c.address,
                 c.port,
+                c.domain
+                    .as_ref()
+                    .map_or_else(String::new, |d| format!(" ({d})")),
                 c.verdict,
                 if c.would_deny { " (would deny)" } else { "" },
                 c.decided_by,

@@ -7,6 +7,7 @@ pub mod api;
 pub mod cgroups;
 pub mod config;
 pub mod daemon;
+pub mod dns;
 pub mod ebpf;
 pub mod events;
 pub mod identity;

@@ -42,7 +42,8 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    fn number(self) -> u8 {
+    /// The protocol number the kernel compares, 0 for any.
+    pub fn kernel_number(self) -> u8 {
         match self {
             Self::Any => 0,
             Self::Tcp => 6,
@@ -71,6 +72,9 @@ pub struct NetRuleSpec {
     pub action: Action,
     /// An IPv4 or IPv6 prefix (`10.0.0.0/8`, `2001:db8::/32`, or an address). Default: any.
     pub cidr: Option<String>,
+    /// A domain name (`api.openai.com`) or wildcard (`*.github.com`: its subdomains). The rule
+    /// applies to the addresses the agent's DNS answers give for it, for their TTL.
+    pub domain: Option<String>,
     /// A port (`443`) or range (`8000-8100`). Default: any.
     pub ports: Option<String>,
     #[serde(default)]
@@ -224,6 +228,73 @@ pub struct CompiledAgentNetwork {
     pub default: Action,
     pub mode: Mode,
     pub rules: Vec<CompiledNetRule>,
+    pub domains: Vec<DomainRule>,
+}
+
+/// A rule by domain name, applied to addresses learned from DNS answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainRule {
+    /// `agent/rule`.
+    pub name: String,
+    pub pattern: DomainPattern,
+    pub ports: (u16, u16),
+    pub protocol: Protocol,
+    pub action: Action,
+}
+
+/// `example.com` (exactly) or `*.example.com` (any name below it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DomainPattern {
+    Exact(String),
+    Subdomains(String),
+}
+
+impl DomainPattern {
+    fn parse(text: &str) -> Result<Self, String> {
+        let lower = text.trim_end_matches('.').to_ascii_lowercase();
+        let (wildcard, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_owned()),
+            None => (false, lower),
+        };
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(format!("{text:?} is not a domain name or a `*.` wildcard"));
+        }
+        Ok(if wildcard {
+            Self::Subdomains(name)
+        } else {
+            Self::Exact(name)
+        })
+    }
+
+    /// Whether a name from a DNS answer matches.
+    pub fn matches(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        match self {
+            Self::Exact(want) => name == *want,
+            Self::Subdomains(parent) => name
+                .strip_suffix(parent.as_str())
+                .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+        }
+    }
+}
+
+impl Action {
+    /// The kernel's `net_action` value.
+    pub fn kernel_value(self) -> u8 {
+        match self {
+            Self::Allow => net_action::ALLOW,
+            Self::Deny => net_action::DENY,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -242,11 +313,37 @@ impl AgentNetworkSpec {
     ) -> CompiledAgentNetwork {
         let mut error = |field: String, reason: String| errors.push(FieldError { field, reason });
         let mut rules = Vec::new();
+        let mut domains = Vec::new();
         let mut ids = std::collections::HashSet::new();
         for (i, rule) in self.rules.iter().enumerate() {
             let at = format!("{at}.rule[{i}]");
             if let Some(problem) = check_rule_id(&rule.id, &at, &mut ids) {
                 error(problem.field, problem.reason);
+            }
+            let ports = match rule.ports.as_deref().map(parse_ports) {
+                None => (1, u16::MAX),
+                Some(Ok(ports)) => ports,
+                Some(Err(reason)) => {
+                    error(format!("{at}.ports"), reason);
+                    continue;
+                }
+            };
+            if let Some(domain) = &rule.domain {
+                if rule.cidr.is_some() {
+                    error(at.clone(), "give `cidr` or `domain`, not both".to_owned());
+                    continue;
+                }
+                match DomainPattern::parse(domain) {
+                    Ok(pattern) => domains.push(DomainRule {
+                        name: format!("{agent}/{}", rule.id),
+                        pattern,
+                        ports,
+                        protocol: rule.protocol,
+                        action: rule.action,
+                    }),
+                    Err(reason) => error(format!("{at}.domain"), reason),
+                }
+                continue;
             }
             let prefixes = match &rule.cidr {
                 None => vec![Prefix::any(false), Prefix::any(true)],
@@ -257,14 +354,6 @@ impl AgentNetworkSpec {
                         continue;
                     }
                 },
-            };
-            let ports = match rule.ports.as_deref().map(parse_ports) {
-                None => (1, u16::MAX),
-                Some(Ok(ports)) => ports,
-                Some(Err(reason)) => {
-                    error(format!("{at}.ports"), reason);
-                    continue;
-                }
             };
             for prefix in prefixes {
                 rules.push(CompiledNetRule {
@@ -280,6 +369,7 @@ impl AgentNetworkSpec {
             default: self.default,
             mode: self.mode,
             rules,
+            domains,
         }
     }
 }
@@ -354,11 +444,8 @@ pub fn layout(
             *slot = NetRule {
                 port_lo: rule.ports.0,
                 port_hi: rule.ports.1,
-                protocol: rule.protocol.number(),
-                action: match rule.action {
-                    Action::Allow => net_action::ALLOW,
-                    Action::Deny => net_action::DENY,
-                },
+                protocol: rule.protocol.kernel_number(),
+                action: rule.action.kernel_value(),
                 pad: 0,
                 rule: number(&rule.name),
             };
@@ -488,6 +575,31 @@ mod tests {
         );
         let wide = lists[&"10.0.0.0/8".parse().unwrap()];
         assert_eq!(wide.count, 1);
+    }
+
+    #[test]
+    fn domain_patterns_match_names_and_refuse_garbage() {
+        let exact = DomainPattern::parse("API.openai.com.").unwrap();
+        assert!(exact.matches("api.openai.com"));
+        assert!(!exact.matches("x.api.openai.com"));
+        let wild = DomainPattern::parse("*.github.com").unwrap();
+        assert!(wild.matches("api.github.com"));
+        assert!(wild.matches("a.b.github.com."));
+        assert!(!wild.matches("github.com"));
+        assert!(!wild.matches("evilgithub.com"));
+        assert!(DomainPattern::parse("bad..name").is_err());
+        assert!(DomainPattern::parse("-x.com").is_err());
+        let errors =
+            compile("[[rule]]\nid = \"d\"\naction = \"allow\"\ndomain = \"a b\"\n").unwrap_err();
+        assert!(
+            errors[0].starts_with("agent[0].network.rule[0].domain: "),
+            "{errors:?}"
+        );
+        let errors = compile(
+            "[[rule]]\nid = \"d\"\naction = \"allow\"\ndomain = \"a.b\"\ncidr = \"10.0.0.0/8\"\n",
+        )
+        .unwrap_err();
+        assert!(errors[0].contains("not both"), "{errors:?}");
     }
 
     #[test]

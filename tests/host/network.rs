@@ -469,3 +469,130 @@ fn bad_network_policy_is_refused_and_the_previous_stays() {
     );
     assert_eq!(daemon.status().network_version, 1);
 }
+
+/// A DNS server for the test, on `127.0.0.2:53`, answering A queries from `records`.
+fn dns_server(records: &[(&str, [u8; 4])]) -> std::net::SocketAddr {
+    use simple_dns::{
+        CLASS, Packet, ResourceRecord,
+        rdata::{A, RData},
+    };
+    let socket = UdpSocket::bind("127.0.0.2:53").expect("binding the test DNS server");
+    let address = socket.local_addr().expect("its address");
+    let records: Vec<(String, [u8; 4])> =
+        records.iter().map(|(n, a)| ((*n).to_owned(), *a)).collect();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 512];
+        while let Ok((len, client)) = socket.recv_from(&mut buffer) {
+            let Ok(query) = Packet::parse(&buffer[..len]) else {
+                continue;
+            };
+            let mut reply = query.clone().into_reply();
+            for question in &query.questions {
+                let asked = question.qname.to_string();
+                for (name, ip) in &records {
+                    if *name == asked {
+                        reply.answers.push(ResourceRecord::new(
+                            question.qname.clone(),
+                            CLASS::IN,
+                            60,
+                            RData::A(A {
+                                address: u32::from_be_bytes(*ip),
+                            }),
+                        ));
+                    }
+                }
+            }
+            if let Ok(bytes) = reply.build_bytes_vec() {
+                let _ = socket.send_to(&bytes, client);
+            }
+        }
+    });
+    address
+}
+
+#[test]
+fn dns_rule_allows_the_resolved_address_and_nothing_else() {
+    let agent = "dns-agent";
+    let server = dns_server(&[
+        ("allowed.test", [127, 0, 0, 3]),
+        ("other.test", [127, 0, 0, 4]),
+    ]);
+    let listeners: Vec<TcpListener> = ["127.0.0.3:0", "127.0.0.4:0", "127.0.0.5:0"]
+        .iter()
+        .map(|addr| TcpListener::bind(addr).expect("listener"))
+        .collect();
+    let port = listeners[0].local_addr().unwrap().port();
+    let others: Vec<u16> = listeners[1..]
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let daemon = Daemon::start_with_dns(
+        &format!(
+            "[[agent]]\nname = \"{agent}\"\n[agent.network]\ndefault = \"deny\"\n\
+             [[agent.network.rule]]\nid = \"allowed\"\naction = \"allow\"\ndomain = \"allowed.test\"\n"
+        ),
+        &server.to_string(),
+    );
+    let _launched = launch_cgroup(agent);
+    let bin = helper();
+    let run = |name: &str, port: u16| -> String {
+        let output = daemon
+            .launch(
+                agent,
+                &[
+                    bin.to_str().unwrap(),
+                    "resolve-connect",
+                    "127.0.0.2",
+                    name,
+                    &port.to_string(),
+                ],
+            )
+            .output()
+            .expect("the resolving agent");
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        assert!(
+            output.status.success(),
+            "{stdout} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    };
+    // The answer comes back as from the server the agent asked, through agentd's resolver.
+    let allowed = run("allowed.test", port);
+    assert!(
+        allowed.contains("resolved=127.0.0.3 from=127.0.0.2:53 ok"),
+        "{allowed}"
+    );
+    let other = run("other.test", others[0]);
+    assert!(
+        other.contains("resolved=127.0.0.4 from=127.0.0.2:53 eperm"),
+        "{other}"
+    );
+    assert_eq!(
+        attempts(&daemon, Some(agent), "tcp", "127.0.0.5", others[1], 1),
+        (0, 1, 0)
+    );
+
+    let mut events = Vec::new();
+    wait_until("the connection events are printed", || {
+        connections(&daemon, &mut events);
+        events.iter().filter(|e| e["protocol"] == "tcp").count() >= 3
+    });
+    let allowed = events
+        .iter()
+        .find(|e| e["address"] == "127.0.0.3")
+        .expect("the allowed connect");
+    assert_eq!(allowed["domain"], "allowed.test");
+    assert_eq!(allowed["decided_by"], "domain");
+    assert_eq!(allowed["rule"], "dns-agent/allowed");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["decided_by"] == "dns" && e["port"] == 53)
+    );
+    let other = events
+        .iter()
+        .find(|e| e["address"] == "127.0.0.4")
+        .expect("the denied connect");
+    assert_eq!(other["verdict"], "deny");
+}

@@ -151,6 +151,15 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with more `[identity]` settings.
     pub fn start_with(policy: &str, identity_settings: &str) -> Self {
+        Self::start_configured(policy, identity_settings, "enabled = false\n")
+    }
+
+    /// Like [`Daemon::start`], with agents' DNS steered through agentd to `upstream`.
+    pub fn start_with_dns(policy: &str, upstream: &str) -> Self {
+        Self::start_configured(policy, "", &format!("upstream = \"{upstream}\"\n"))
+    }
+
+    fn start_configured(policy: &str, identity_settings: &str, dns_settings: &str) -> Self {
         require_root();
         let dir = tempfile::tempdir().expect("temporary directory");
         let admin = dir.path().join("admin.sock");
@@ -160,7 +169,7 @@ impl Daemon {
             &config,
             format!(
                 "[api]\nadmin_socket = \"{}\"\nidentity_socket = \"{}\"\n\n\
-                 [identity]\nsweep_interval_secs = 0\n{identity_settings}\n",
+                 [identity]\nsweep_interval_secs = 0\n{identity_settings}\n\n[dns]\n{dns_settings}",
                 admin.display(),
                 identity.display()
             ),

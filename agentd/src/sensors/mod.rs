@@ -5,8 +5,11 @@ pub mod files;
 pub mod net;
 pub mod process;
 
+use std::{collections::HashSet, hash::Hash};
+
 use aya::{
-    Ebpf,
+    Ebpf, Pod,
+    maps::{HashMap, MapData},
     programs::{Program, ProgramError},
 };
 
@@ -69,4 +72,47 @@ fn load_error(program: &'static str) -> impl FnOnce(ProgramError) -> SensorError
 
 fn attach_error(program: &'static str) -> impl FnOnce(ProgramError) -> SensorError {
     move |source| SensorError::Attach { program, source }
+}
+
+/// Makes `map` hold exactly `want`. New entries go in before stale ones come out, so a key in
+/// both the old and the new set is never missing. If the kernel refuses an insert (a full map),
+/// the old content is restored and the error returned: the last good state stays in force.
+pub(crate) fn replace_all<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    want: &[(K, V)],
+    name: &'static str,
+) -> Result<(), SensorError>
+where
+    K: Pod + Eq + Hash,
+    V: Pod,
+{
+    let old: Vec<(K, V)> = map
+        .iter()
+        .collect::<Result<_, _>>()
+        .map_err(map_error(name))?;
+    let wanted: HashSet<K> = want.iter().map(|(key, _)| *key).collect();
+    for (done, (key, value)) in want.iter().enumerate() {
+        if let Err(err) = map.insert(key, value, 0) {
+            let old_keys: HashSet<K> = old.iter().map(|(key, _)| *key).collect();
+            for (key, _) in &want[..done] {
+                if !old_keys.contains(key) {
+                    let _ = map.remove(key);
+                }
+            }
+            for (key, value) in &old {
+                let _ = map.insert(key, value, 0);
+            }
+            return Err(map_error(name)(err));
+        }
+    }
+    for (key, _) in &old {
+        if !wanted.contains(key) {
+            map.remove(key).map_err(map_error(name))?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> SensorError {
+    move |source| SensorError::Map { map, source }
 }

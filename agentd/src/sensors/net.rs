@@ -11,7 +11,8 @@ use std::{
 };
 
 use agentd_common::{
-    BlockKeyV4, BlockKeyV6, NetAgentKey, NetAgentPolicy, NetKeyV4, NetKeyV6, NetRuleList,
+    BlockKeyV4, BlockKeyV6, DnsRedirect, LearnedKeyV4, NetAgentKey, NetAgentPolicy, NetKeyV4,
+    NetKeyV6, NetRule, NetRuleList,
 };
 use aya::{
     maps::{
@@ -21,10 +22,10 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSockAddr, cgroup_sock_addr::CgroupSockAddrLink},
 };
 
-use super::{SensorError, attach_error, load_error};
+use super::{SensorError, attach_error, load_error, map_error, replace_all};
 use crate::{ebpf::LoadedObject, netpolicy::Prefix};
 
-const PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+const PROGRAMS: [&str; 5] = ["connect4", "connect6", "sendmsg4", "sendmsg6", "recvmsg4"];
 
 /// One generation's content, as the kernel maps hold it.
 #[derive(Clone, Debug, Default)]
@@ -57,14 +58,12 @@ pub struct NetSensor {
     quarantine: HashMap<MapData, u32, u32>,
     quarantine_v4: LpmTrie<MapData, [u8; 4], u32>,
     quarantine_v6: LpmTrie<MapData, [u8; 16], u32>,
+    dns: Array<MapData, DnsRedirect>,
+    learned: HashMap<MapData, LearnedKeyV4, NetRule>,
     generation: u32,
     written: StdHashMap<u32, Written>,
     quarantine_allow: Vec<Prefix>,
     _links: Vec<CgroupSockAddrLink>,
-}
-
-fn map_error(map: &'static str) -> impl Fn(MapError) -> SensorError {
-    move |source| SensorError::Map { map, source }
 }
 
 fn take<M>(object: &mut LoadedObject, name: &'static str) -> Result<M, SensorError>
@@ -103,6 +102,8 @@ impl NetSensor {
             quarantine: take(object, "NET_QUARANTINE")?,
             quarantine_v4: take(object, "NET_QUARANTINE_ALLOW_V4")?,
             quarantine_v6: take(object, "NET_QUARANTINE_ALLOW_V6")?,
+            dns: take(object, "NET_DNS")?,
+            learned: take(object, "NET_LEARNED_V4")?,
             generation: 0,
             written: StdHashMap::new(),
             quarantine_allow: Vec::new(),
@@ -261,6 +262,31 @@ impl NetSensor {
             self.remove(&previous);
         }
         Ok(())
+    }
+
+    /// Steers tagged processes' IPv4 DNS queries (UDP port 53) to `resolver`, or stops.
+    pub fn set_dns_redirect(
+        &mut self,
+        resolver: Option<std::net::SocketAddrV4>,
+    ) -> Result<(), SensorError> {
+        let redirect = resolver.map_or(
+            DnsRedirect {
+                enabled: 0,
+                ip4: 0,
+                port: 0,
+            },
+            |addr| DnsRedirect {
+                enabled: 1,
+                ip4: u32::from_ne_bytes(addr.ip().octets()),
+                port: u32::from(addr.port().to_be()),
+            },
+        );
+        self.dns.set(0, redirect, 0).map_err(map_error("NET_DNS"))
+    }
+
+    /// Makes the destinations learned from DNS answers exactly `want`.
+    pub fn set_learned(&mut self, want: &[(LearnedKeyV4, NetRule)]) -> Result<(), SensorError> {
+        replace_all(&mut self.learned, want, "NET_LEARNED_V4")
     }
 
     /// Quarantines `agent` (or releases it): effective on its next connect or sendmsg.

@@ -4,16 +4,13 @@
 //! `CGROUP_AGENT`, `DISCOVERY_INODES`, `TAG_STATS`). It is the only writer of those maps from
 //! userspace. Dropping it detaches the hooks.
 
-use std::{collections::HashSet, hash::Hash};
-
 use agentd_common::{AgentTag, DiscoveryMatch, InodeKey, tag_stats};
 use aya::{
-    Pod,
     maps::{HashMap, MapData, PerCpuArray},
     programs::{BtfTracePoint, tp_btf::BtfTracePointLink},
 };
 
-use super::{SensorError, attach_error, load_error};
+use super::{SensorError, attach_error, load_error, map_error, replace_all};
 use crate::ebpf::LoadedObject;
 
 const PROGRAMS: [&str; 3] = [
@@ -45,49 +42,6 @@ where
         .take_map(name)
         .ok_or(SensorError::MissingMap { map: name })?;
     M::try_from(map).map_err(|source| SensorError::Map { map: name, source })
-}
-
-fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> SensorError {
-    move |source| SensorError::Map { map, source }
-}
-
-/// Makes `map` hold exactly `want`. New entries go in before stale ones come out, so a key in
-/// both the old and the new set is never missing. If the kernel refuses an insert (a full map),
-/// the old content is restored and the error returned: the last good state stays in force.
-fn replace_all<K, V>(
-    map: &mut HashMap<MapData, K, V>,
-    want: &[(K, V)],
-    name: &'static str,
-) -> Result<(), SensorError>
-where
-    K: Pod + Eq + Hash,
-    V: Pod,
-{
-    let old: Vec<(K, V)> = map
-        .iter()
-        .collect::<Result<_, _>>()
-        .map_err(map_error(name))?;
-    let wanted: HashSet<K> = want.iter().map(|(key, _)| *key).collect();
-    for (done, (key, value)) in want.iter().enumerate() {
-        if let Err(err) = map.insert(key, value, 0) {
-            let old_keys: HashSet<K> = old.iter().map(|(key, _)| *key).collect();
-            for (key, _) in &want[..done] {
-                if !old_keys.contains(key) {
-                    let _ = map.remove(key);
-                }
-            }
-            for (key, value) in &old {
-                let _ = map.insert(key, value, 0);
-            }
-            return Err(map_error(name)(err));
-        }
-    }
-    for (key, _) in &old {
-        if !wanted.contains(key) {
-            map.remove(key).map_err(map_error(name))?;
-        }
-    }
-    Ok(())
 }
 
 impl ProcessSensor {

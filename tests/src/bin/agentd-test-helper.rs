@@ -8,6 +8,9 @@
 //! - `agentd-test-helper net tcp|udp|udp-connect ADDR PORT COUNT`: connects (TCP), sends a
 //!   datagram (UDP) or connects a UDP socket COUNT times and prints `ok=N eperm=N other=N`.
 //!   An optional RATE paces it to at most RATE calls per second.
+//! - `agentd-test-helper resolve-connect SERVER NAME PORT`: asks the DNS server at SERVER:53 for
+//!   NAME's A record, then connects to the answer on PORT over TCP; prints
+//!   `resolved=IP from=ADDR ok|eperm|error`.
 //! - `agentd-test-helper net-until-denied tcp ADDR PORT STOPFILE`: connects every 5 ms until a
 //!   connect fails with EPERM (printing `ok=N denied`), or until STOPFILE exists.
 
@@ -137,6 +140,43 @@ fn net_until_denied(protocol: &str, addr: &str, port: &str, stop: &str) -> std::
     Ok(())
 }
 
+fn resolve_connect(server: &str, name: &str, port: &str) -> std::io::Result<()> {
+    use simple_dns::{CLASS, Name, Packet, Question, TYPE, rdata::RData};
+    let server: std::net::IpAddr = server.parse().map_err(std::io::Error::other)?;
+    let port: u16 = port.parse().map_err(std::io::Error::other)?;
+    let mut query = Packet::new_query(0x5a5a);
+    query.questions.push(Question::new(
+        Name::new(name).map_err(std::io::Error::other)?,
+        TYPE::A.into(),
+        CLASS::IN.into(),
+        false,
+    ));
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+    socket.send_to(
+        &query.build_bytes_vec().map_err(std::io::Error::other)?,
+        (server, 53),
+    )?;
+    let mut reply = [0u8; 512];
+    let (len, from) = socket.recv_from(&mut reply)?;
+    let packet = Packet::parse(&reply[..len]).map_err(std::io::Error::other)?;
+    let address = packet
+        .answers
+        .iter()
+        .find_map(|record| match &record.rdata {
+            RData::A(a) => Some(std::net::Ipv4Addr::from(a.address)),
+            _ => None,
+        })
+        .ok_or_else(|| std::io::Error::other("no A record in the answer"))?;
+    let outcome = match std::net::TcpStream::connect((address, port)) {
+        Ok(_) => "ok".to_owned(),
+        Err(err) if err.raw_os_error() == Some(libc::EPERM) => "eperm".to_owned(),
+        Err(err) => format!("error:{err}"),
+    };
+    println!("resolved={address} from={from} {outcome}");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[1..] {
@@ -144,6 +184,7 @@ fn main() -> ExitCode {
         ["ask", fd, gofile] => ask(fd, gofile),
         ["net", protocol, addr, port, count] => net(protocol, addr, port, count, None),
         ["net", protocol, addr, port, count, rate] => net(protocol, addr, port, count, Some(rate)),
+        ["resolve-connect", server, name, port] => resolve_connect(server, name, port),
         ["net-until-denied", protocol, addr, port, stop] => {
             net_until_denied(protocol, addr, port, stop)
         }
