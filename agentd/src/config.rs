@@ -15,6 +15,15 @@ pub struct Config {
     pub api: ApiConfig,
     pub identity: IdentityConfig,
     pub dns: DnsConfig,
+    pub network: NetworkConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// The web category database (`DOMAIN CATEGORY` lines, docs/network.md). Default: the
+    /// sample that ships inside agentd.
+    pub categories_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

@@ -33,7 +33,7 @@ use crate::{
         discovery::{ExecFacts, RuleMatch, UserspaceRules, looks_like_agent},
         policy::{CompiledPolicy, IdentityPolicy, Matcher, PolicyError},
     },
-    netpolicy::{Mode, layout},
+    netpolicy::{Categories, Mode, layout},
     sensors::{
         SensorError,
         files::{self, FileEnforcement},
@@ -54,6 +54,8 @@ pub enum DaemonError {
     Policy(#[from] PolicyError),
     #[error("cgroup v2")]
     Cgroup(#[source] std::io::Error),
+    #[error("the category database {path}: {reason}")]
+    Categories { path: String, reason: String },
     #[error("creating the launch cgroup {path}")]
     LaunchCgroup {
         path: PathBuf,
@@ -102,6 +104,7 @@ pub struct State {
     /// The version of the network policy in force; every connection event carries it.
     net_version: u32,
     cgroup_root: PathBuf,
+    categories: Categories,
     cgroup_entries: Vec<(u64, AgentTag)>,
     discovery_entries: Vec<(agentd_common::InodeKey, DiscoveryMatch)>,
     file_enforcement: FileEnforcement,
@@ -116,7 +119,11 @@ pub struct State {
 impl State {
     /// Loads the kernel programs, probes file enforcement, attaches the sensors and opens the
     /// ring buffer. The policy in force is empty until [`State::apply`].
-    fn start(config: &Config, cgroup_root: PathBuf) -> Result<(Self, EventReader), DaemonError> {
+    fn start(
+        config: &Config,
+        cgroup_root: PathBuf,
+        categories: Categories,
+    ) -> Result<(Self, EventReader), DaemonError> {
         let mut object = ebpf::load_with(ebpf::LoadOptions {
             max_tagged_processes: config.identity.max_tagged_processes,
         })?;
@@ -133,6 +140,7 @@ impl State {
             net,
             net_version: 0,
             cgroup_root,
+            categories,
             cgroup_entries: Vec::new(),
             discovery_entries: Vec::new(),
             file_enforcement,
@@ -146,7 +154,7 @@ impl State {
     /// Validates `policy` as a whole, then makes it the one in force. On any error nothing
     /// changes: the policy in force stays as it was.
     pub fn apply(&mut self, policy: &IdentityPolicy) -> Result<Applied, DaemonError> {
-        let compiled = policy.compile(&self.cgroup_root)?;
+        let compiled = policy.compile(&self.cgroup_root, &self.categories)?;
         // Launch cgroups first: creating a directory changes nothing that is enforced.
         let mut launch_dirs = Vec::new();
         for agent in &compiled.agents {
@@ -784,6 +792,19 @@ async fn start_dns(
     Ok(Some(tokio::spawn(dns::serve(listener, upstream, answers))))
 }
 
+/// The category database from `path`, or the shipped sample.
+pub fn load_categories(path: Option<&Path>) -> Result<Categories, DaemonError> {
+    let Some(path) = path else {
+        return Ok(Categories::sample());
+    };
+    let invalid = |reason: String| DaemonError::Categories {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|err| invalid(err.to_string()))?;
+    Categories::parse(&text).map_err(invalid)
+}
+
 /// Everything `run` needs from the command line and the config file.
 pub struct RunOptions {
     pub config: Config,
@@ -798,10 +819,11 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let RunOptions { config, policy } = options;
     let cgroup_root = cgroups::root().map_err(DaemonError::Cgroup)?;
+    let categories = load_categories(config.network.categories_file.as_deref())?;
     // Refuse a bad policy before anything is loaded.
-    policy.compile(&cgroup_root)?;
+    policy.compile(&cgroup_root, &categories)?;
 
-    let (mut state, mut reader) = State::start(&config, cgroup_root)?;
+    let (mut state, mut reader) = State::start(&config, cgroup_root, categories)?;
     state.apply(&policy)?;
 
     let (answers_tx, mut answers) = mpsc::channel::<dns::Learned>(256);

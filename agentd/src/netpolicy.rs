@@ -75,6 +75,10 @@ pub struct NetRuleSpec {
     /// A domain name (`api.openai.com`) or wildcard (`*.github.com`: its subdomains). The rule
     /// applies to the addresses the agent's DNS answers give for it, for their TTL.
     pub domain: Option<String>,
+    /// A web category from the category database (`ai-apis`, `file-sharing`, ...).
+    pub category: Option<String>,
+    /// A destination named in `[[network.destination]]` (an MCP server, an API).
+    pub destination: Option<String>,
     /// A port (`443`) or range (`8000-8100`). Default: any.
     pub ports: Option<String>,
     #[serde(default)]
@@ -85,12 +89,88 @@ pub struct NetRuleSpec {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct GlobalNetworkSpec {
+    /// Named destinations, such as MCP servers and APIs, that rules refer to by name.
+    #[serde(default, rename = "destination")]
+    pub destinations: Vec<DestinationSpec>,
     /// Threat-intel prefixes: always denied for every agent, and reported as alerts.
     #[serde(default)]
     pub blocklist: Vec<String>,
     /// Destinations a quarantined agent may still reach: the control plane and exceptions.
     #[serde(default)]
     pub quarantine_allow: Vec<String>,
+}
+
+/// `[[network.destination]]`: a name for a set of domains and prefixes.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationSpec {
+    pub name: String,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+}
+
+/// The web category database: domain patterns and the category each belongs to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Categories {
+    by_category: BTreeMap<String, Vec<DomainPattern>>,
+}
+
+/// The sample database that ships inside agentd (`agentd/data/categories.txt`).
+pub const SAMPLE_CATEGORIES: &str = include_str!("../data/categories.txt");
+
+impl Categories {
+    /// Parses `pattern category` lines; `#` starts a comment. Errors name the line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut by_category: BTreeMap<String, Vec<DomainPattern>> = BTreeMap::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut fields = line.split_whitespace();
+            let (Some(pattern), Some(category), None) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                return Err(format!("line {}: expected `DOMAIN CATEGORY`", number + 1));
+            };
+            let pattern = DomainPattern::parse(pattern)
+                .map_err(|reason| format!("line {}: {reason}", number + 1))?;
+            by_category
+                .entry(category.to_owned())
+                .or_default()
+                .push(pattern);
+        }
+        Ok(Self { by_category })
+    }
+
+    /// The shipped sample.
+    #[must_use]
+    pub fn sample() -> Self {
+        Self::parse(SAMPLE_CATEGORIES).expect("the shipped category database parses")
+    }
+
+    fn patterns(&self, category: &str) -> Option<&[DomainPattern]> {
+        self.by_category.get(category).map(Vec::as_slice)
+    }
+
+    /// The category names, for error messages.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_category.keys().map(String::as_str)
+    }
+}
+
+/// Named destinations after validation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Destinations {
+    by_name: BTreeMap<String, (Vec<DomainPattern>, Vec<Prefix>)>,
+}
+
+/// What rules can refer to by name: categories and destinations.
+pub struct NameContext<'a> {
+    pub categories: &'a Categories,
+    pub destinations: &'a Destinations,
 }
 
 /// An IP prefix with its host bits clear.
@@ -309,6 +389,7 @@ impl AgentNetworkSpec {
         &self,
         agent: &str,
         at: &str,
+        names: &NameContext<'_>,
         errors: &mut Vec<FieldError>,
     ) -> CompiledAgentNetwork {
         let mut error = |field: String, reason: String| errors.push(FieldError { field, reason });
@@ -328,26 +409,62 @@ impl AgentNetworkSpec {
                     continue;
                 }
             };
+            let targets = [
+                rule.cidr.is_some(),
+                rule.domain.is_some(),
+                rule.category.is_some(),
+                rule.destination.is_some(),
+            ];
+            if targets.iter().filter(|given| **given).count() > 1 {
+                error(
+                    at.clone(),
+                    "give at most one of `cidr`, `domain`, `category` and `destination`".to_owned(),
+                );
+                continue;
+            }
+            let domain_rule = |pattern: DomainPattern| DomainRule {
+                name: format!("{agent}/{}", rule.id),
+                pattern,
+                ports,
+                protocol: rule.protocol,
+                action: rule.action,
+            };
             if let Some(domain) = &rule.domain {
-                if rule.cidr.is_some() {
-                    error(at.clone(), "give `cidr` or `domain`, not both".to_owned());
-                    continue;
-                }
                 match DomainPattern::parse(domain) {
-                    Ok(pattern) => domains.push(DomainRule {
-                        name: format!("{agent}/{}", rule.id),
-                        pattern,
-                        ports,
-                        protocol: rule.protocol,
-                        action: rule.action,
-                    }),
+                    Ok(pattern) => domains.push(domain_rule(pattern)),
                     Err(reason) => error(format!("{at}.domain"), reason),
                 }
                 continue;
             }
-            let prefixes = match &rule.cidr {
-                None => vec![Prefix::any(false), Prefix::any(true)],
-                Some(cidr) => match cidr.parse::<Prefix>() {
+            if let Some(category) = &rule.category {
+                match names.categories.patterns(category) {
+                    Some(patterns) => domains.extend(patterns.iter().cloned().map(domain_rule)),
+                    None => error(
+                        format!("{at}.category"),
+                        format!(
+                            "unknown category {category:?} (known: {})",
+                            names.categories.names().collect::<Vec<_>>().join(", ")
+                        ),
+                    ),
+                }
+                continue;
+            }
+            let mut named_prefixes = None;
+            if let Some(destination) = &rule.destination {
+                let Some((patterns, prefixes)) = names.destinations.by_name.get(destination) else {
+                    error(
+                        format!("{at}.destination"),
+                        format!("unknown destination {destination:?}"),
+                    );
+                    continue;
+                };
+                domains.extend(patterns.iter().cloned().map(domain_rule));
+                named_prefixes = Some(prefixes.clone());
+            }
+            let prefixes = match (&rule.cidr, named_prefixes) {
+                (_, Some(prefixes)) => prefixes,
+                (None, None) => vec![Prefix::any(false), Prefix::any(true)],
+                (Some(cidr), None) => match cidr.parse::<Prefix>() {
                     Ok(prefix) => vec![prefix],
                     Err(reason) => {
                         error(format!("{at}.cidr"), reason);
@@ -395,6 +512,39 @@ impl GlobalNetworkSpec {
             blocklist: parse(&self.blocklist, "blocklist"),
             quarantine_allow: parse(&self.quarantine_allow, "quarantine_allow"),
         }
+    }
+
+    /// Validates the named destinations.
+    pub fn destinations(&self, errors: &mut Vec<FieldError>) -> Destinations {
+        let mut by_name = BTreeMap::new();
+        for (i, destination) in self.destinations.iter().enumerate() {
+            let at = format!("network.destination[{i}]");
+            let mut error =
+                |field: String, reason: String| errors.push(FieldError { field, reason });
+            if destination.name.is_empty() || by_name.contains_key(&destination.name) {
+                error(
+                    format!("{at}.name"),
+                    format!("{:?} is empty or a duplicate", destination.name),
+                );
+                continue;
+            }
+            let mut patterns = Vec::new();
+            for (j, domain) in destination.domains.iter().enumerate() {
+                match DomainPattern::parse(domain) {
+                    Ok(pattern) => patterns.push(pattern),
+                    Err(reason) => error(format!("{at}.domains[{j}]"), reason),
+                }
+            }
+            let mut prefixes = Vec::new();
+            for (j, cidr) in destination.cidrs.iter().enumerate() {
+                match cidr.parse::<Prefix>() {
+                    Ok(prefix) => prefixes.push(prefix),
+                    Err(reason) => error(format!("{at}.cidrs[{j}]"), reason),
+                }
+            }
+            by_name.insert(destination.name.clone(), (patterns, prefixes));
+        }
+        Destinations { by_name }
     }
 }
 
@@ -466,7 +616,13 @@ mod tests {
 
     fn compile(text: &str) -> Result<CompiledAgentNetwork, Vec<String>> {
         let mut errors = Vec::new();
-        let compiled = spec(text).compile("a", "agent[0].network", &mut errors);
+        let categories = Categories::sample();
+        let destinations = Destinations::default();
+        let names = NameContext {
+            categories: &categories,
+            destinations: &destinations,
+        };
+        let compiled = spec(text).compile("a", "agent[0].network", &names, &mut errors);
         if errors.is_empty() {
             Ok(compiled)
         } else {
@@ -578,6 +734,28 @@ mod tests {
     }
 
     #[test]
+    fn categories_expand_to_domain_rules_and_unknown_ones_are_named() {
+        let network =
+            compile("[[rule]]\nid = \"ai\"\naction = \"allow\"\ncategory = \"ai-apis\"\n").unwrap();
+        assert!(
+            network
+                .domains
+                .iter()
+                .any(|rule| rule.pattern.matches("api.openai.com"))
+        );
+        assert!(network.domains.iter().all(|rule| rule.name == "a/ai"));
+        let errors = compile("[[rule]]\nid = \"x\"\naction = \"deny\"\ncategory = \"gambling\"\n")
+            .unwrap_err();
+        assert!(
+            errors[0]
+                .starts_with("agent[0].network.rule[0].category: unknown category \"gambling\""),
+            "{errors:?}"
+        );
+        let err = Categories::parse("example.com\n").unwrap_err();
+        assert!(err.starts_with("line 1"), "{err}");
+    }
+
+    #[test]
     fn domain_patterns_match_names_and_refuse_garbage() {
         let exact = DomainPattern::parse("API.openai.com.").unwrap();
         assert!(exact.matches("api.openai.com"));
@@ -599,7 +777,7 @@ mod tests {
             "[[rule]]\nid = \"d\"\naction = \"allow\"\ndomain = \"a.b\"\ncidr = \"10.0.0.0/8\"\n",
         )
         .unwrap_err();
-        assert!(errors[0].contains("not both"), "{errors:?}");
+        assert!(errors[0].contains("at most one of"), "{errors:?}");
     }
 
     #[test]

@@ -470,6 +470,31 @@ fn bad_network_policy_is_refused_and_the_previous_stays() {
     assert_eq!(daemon.status().network_version, 1);
 }
 
+/// Runs `helper resolve-connect 127.0.0.2 NAME PORT` as `agent` and returns its output.
+fn resolve_connect(daemon: &Daemon, agent: &str, name: &str, port: u16) -> String {
+    let bin = helper();
+    let output = daemon
+        .launch(
+            agent,
+            &[
+                bin.to_str().unwrap(),
+                "resolve-connect",
+                "127.0.0.2",
+                name,
+                &port.to_string(),
+            ],
+        )
+        .output()
+        .expect("the resolving agent");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// A DNS server for the test, on `127.0.0.2:53`, answering A queries from `records`.
 fn dns_server(records: &[(&str, [u8; 4])]) -> std::net::SocketAddr {
     use simple_dns::{
@@ -532,6 +557,7 @@ fn dns_rule_allows_the_resolved_address_and_nothing_else() {
              [[agent.network.rule]]\nid = \"allowed\"\naction = \"allow\"\ndomain = \"allowed.test\"\n"
         ),
         &server.to_string(),
+        "",
     );
     let _launched = launch_cgroup(agent);
     let bin = helper();
@@ -595,4 +621,66 @@ fn dns_rule_allows_the_resolved_address_and_nothing_else() {
         .find(|e| e["address"] == "127.0.0.4")
         .expect("the denied connect");
     assert_eq!(other["verdict"], "deny");
+}
+
+#[test]
+fn category_and_named_destination_rules_apply() {
+    let agent = "category-agent";
+    let server = dns_server(&[
+        ("allowed.test", [127, 0, 0, 3]),
+        ("other.test", [127, 0, 0, 4]),
+    ]);
+    let listeners: Vec<TcpListener> = ["127.0.0.3:0", "127.0.0.4:0", "127.0.0.5:0"]
+        .iter()
+        .map(|addr| TcpListener::bind(addr).expect("listener"))
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let categories = dir.path().join("categories.txt");
+    std::fs::write(
+        &categories,
+        "allowed.test ai-apis\nother.test file-sharing\n",
+    )
+    .expect("categories");
+    let daemon = Daemon::start_with_dns(
+        &format!(
+            "[[agent]]\nname = \"{agent}\"\n[agent.network]\ndefault = \"deny\"\n\
+             [[agent.network.rule]]\nid = \"ai\"\naction = \"allow\"\ncategory = \"ai-apis\"\n\
+             [[agent.network.rule]]\nid = \"no-sharing\"\naction = \"deny\"\ncategory = \"file-sharing\"\n\
+             [[agent.network.rule]]\nid = \"mcp\"\naction = \"allow\"\ndestination = \"files-mcp\"\n\
+             [[network.destination]]\nname = \"files-mcp\"\ncidrs = [\"127.0.0.5/32\"]\n"
+        ),
+        &server.to_string(),
+        &format!(
+            "[network]\ncategories_file = \"{}\"\n",
+            categories.display()
+        ),
+    );
+    let _launched = launch_cgroup(agent);
+    assert!(resolve_connect(&daemon, agent, "allowed.test", ports[0]).contains(" ok"));
+    assert!(resolve_connect(&daemon, agent, "other.test", ports[1]).contains(" eperm"));
+    assert_eq!(
+        attempts(&daemon, Some(agent), "tcp", "127.0.0.5", ports[2], 1),
+        (1, 0, 0)
+    );
+    let mut events = Vec::new();
+    wait_until("the connection events are printed", || {
+        connections(&daemon, &mut events);
+        events.iter().filter(|e| e["protocol"] == "tcp").count() >= 3
+    });
+    let rule_of = |address: &str| {
+        events
+            .iter()
+            .find(|e| e["address"] == address)
+            .map(|e| e["rule"].clone())
+    };
+    assert_eq!(rule_of("127.0.0.3"), Some("category-agent/ai".into()));
+    assert_eq!(
+        rule_of("127.0.0.4"),
+        Some("category-agent/no-sharing".into())
+    );
+    assert_eq!(rule_of("127.0.0.5"), Some("category-agent/mcp".into()));
 }

@@ -151,15 +151,21 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with more `[identity]` settings.
     pub fn start_with(policy: &str, identity_settings: &str) -> Self {
-        Self::start_configured(policy, identity_settings, "enabled = false\n")
+        Self::start_configured(policy, identity_settings, "enabled = false\n", "")
     }
 
-    /// Like [`Daemon::start`], with agents' DNS steered through agentd to `upstream`.
-    pub fn start_with_dns(policy: &str, upstream: &str) -> Self {
-        Self::start_configured(policy, "", &format!("upstream = \"{upstream}\"\n"))
+    /// Like [`Daemon::start`], with agents' DNS steered through agentd to `upstream`, and more
+    /// configuration (whole tables) in `extra`.
+    pub fn start_with_dns(policy: &str, upstream: &str, extra: &str) -> Self {
+        Self::start_configured(policy, "", &format!("upstream = \"{upstream}\"\n"), extra)
     }
 
-    fn start_configured(policy: &str, identity_settings: &str, dns_settings: &str) -> Self {
+    fn start_configured(
+        policy: &str,
+        identity_settings: &str,
+        dns_settings: &str,
+        extra: &str,
+    ) -> Self {
         require_root();
         let dir = tempfile::tempdir().expect("temporary directory");
         let admin = dir.path().join("admin.sock");
@@ -169,7 +175,7 @@ impl Daemon {
             &config,
             format!(
                 "[api]\nadmin_socket = \"{}\"\nidentity_socket = \"{}\"\n\n\
-                 [identity]\nsweep_interval_secs = 0\n{identity_settings}\n\n[dns]\n{dns_settings}",
+                 [identity]\nsweep_interval_secs = 0\n{identity_settings}\n\n[dns]\n{dns_settings}\n{extra}",
                 admin.display(),
                 identity.display()
             ),

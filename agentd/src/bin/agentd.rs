@@ -200,7 +200,10 @@ fn run(config: Option<&Path>, policy: Option<&Path>, format: Option<OutputFormat
     let options = RunOptions { config, policy };
     match runtime.block_on(agentd::daemon::run(options, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err @ agentd::daemon::DaemonError::Policy(_)) => {
+        Err(
+            err @ (agentd::daemon::DaemonError::Policy(_)
+            | agentd::daemon::DaemonError::Categories { .. }),
+        ) => {
             tracing::error!("{:#}", anyhow::Error::from(err));
             ExitCode::from(EXIT_CONFIG)
         }

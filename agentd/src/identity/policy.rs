@@ -18,7 +18,8 @@ use uuid::Uuid;
 use super::{Agent, AgentId};
 use crate::{
     netpolicy::{
-        AgentNetworkSpec, CompiledAgentNetwork, CompiledGlobalNetwork, GlobalNetworkSpec, layout,
+        AgentNetworkSpec, Categories, CompiledAgentNetwork, CompiledGlobalNetwork,
+        GlobalNetworkSpec, NameContext, layout,
     },
     sensors::files::inode_key,
 };
@@ -244,9 +245,18 @@ impl IdentityPolicy {
 
     /// Checks the whole document and resolves it against this host: agent cgroups under
     /// `cgroup_root`, rule paths to files. Nothing is changed.
-    pub fn compile(&self, cgroup_root: &Path) -> Result<CompiledPolicy, PolicyError> {
+    pub fn compile(
+        &self,
+        cgroup_root: &Path,
+        categories: &Categories,
+    ) -> Result<CompiledPolicy, PolicyError> {
         let mut errors = Vec::new();
         let mut network_errors = Vec::new();
+        let destinations = self.network.destinations(&mut network_errors);
+        let referable = NameContext {
+            categories,
+            destinations: &destinations,
+        };
         let mut error = |field: String, reason: String| errors.push(FieldError { field, reason });
         let mut compiled = CompiledPolicy::default();
         let mut names = HashSet::new();
@@ -301,7 +311,7 @@ impl IdentityPolicy {
             }
             let network = spec.network.as_ref().map(|network| {
                 let at = format!("{at}.network");
-                let compiled = network.compile(&spec.name, &at, &mut network_errors);
+                let compiled = network.compile(&spec.name, &at, &referable, &mut network_errors);
                 if let Err(reason) = layout(&compiled, |_| 0) {
                     network_errors.push(FieldError { field: at, reason });
                 }
@@ -418,7 +428,7 @@ mod tests {
         }
 
         fn compile(&self, text: &str) -> Result<CompiledPolicy, PolicyError> {
-            IdentityPolicy::parse(text)?.compile(&self.dir.path().join("cg"))
+            IdentityPolicy::parse(text)?.compile(&self.dir.path().join("cg"), &Categories::sample())
         }
     }
 
