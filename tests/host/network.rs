@@ -560,29 +560,7 @@ fn dns_rule_allows_the_resolved_address_and_nothing_else() {
         "",
     );
     let _launched = launch_cgroup(agent);
-    let bin = helper();
-    let run = |name: &str, port: u16| -> String {
-        let output = daemon
-            .launch(
-                agent,
-                &[
-                    bin.to_str().unwrap(),
-                    "resolve-connect",
-                    "127.0.0.2",
-                    name,
-                    &port.to_string(),
-                ],
-            )
-            .output()
-            .expect("the resolving agent");
-        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-        assert!(
-            output.status.success(),
-            "{stdout} {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        stdout
-    };
+    let run = |name: &str, port: u16| resolve_connect(&daemon, agent, name, port);
     // The answer comes back as from the server the agent asked, through agentd's resolver.
     let allowed = run("allowed.test", port);
     assert!(
