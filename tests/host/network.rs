@@ -495,13 +495,15 @@ fn resolve_connect(daemon: &Daemon, agent: &str, name: &str, port: u16) -> Strin
     stdout
 }
 
-/// A DNS server for the test, on `127.0.0.2:53`, answering A queries from `records`.
+/// The upstream DNS server for the test, on `127.0.0.2` at a free port, answering A queries
+/// from `records`. Agents ask `127.0.0.2:53`, where nothing listens: only agentd's steering to
+/// its resolver, which forwards here, can answer them.
 fn dns_server(records: &[(&str, [u8; 4])]) -> std::net::SocketAddr {
     use simple_dns::{
         CLASS, Packet, ResourceRecord,
         rdata::{A, RData},
     };
-    let socket = UdpSocket::bind("127.0.0.2:53").expect("binding the test DNS server");
+    let socket = UdpSocket::bind("127.0.0.2:0").expect("binding the test DNS server");
     let address = socket.local_addr().expect("its address");
     let records: Vec<(String, [u8; 4])> =
         records.iter().map(|(n, a)| ((*n).to_owned(), *a)).collect();
