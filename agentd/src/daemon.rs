@@ -852,6 +852,8 @@ pub async fn run(
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
+            // Shutdown first, every time: a busy event stream must not starve it.
+            biased;
             () = &mut shutdown => break Ok(()),
             read = reader.read_batch(&mut batch) => {
                 if let Err(err) = read {

@@ -198,7 +198,19 @@ fn run(config: Option<&Path>, policy: Option<&Path>, format: Option<OutputFormat
         }
     };
     let options = RunOptions { config, policy };
-    match runtime.block_on(agentd::daemon::run(options, shutdown_signal())) {
+    let result = runtime.block_on(async {
+        // Install the handlers before anything is attached, so that an early Ctrl-C detaches
+        // cleanly rather than killing the process.
+        let shutdown = match shutdown_signal() {
+            Ok(shutdown) => shutdown,
+            Err(err) => {
+                tracing::error!("installing signal handlers: {err}");
+                return Ok(());
+            }
+        };
+        agentd::daemon::run(options, shutdown).await
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(
             err @ (agentd::daemon::DaemonError::Policy(_)
@@ -332,18 +344,16 @@ fn render_tree(processes: &[ProcessInfo]) -> String {
     out
 }
 
-/// Completes on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Registers SIGINT and SIGTERM handlers now, and returns a future that completes on the
+/// first of them.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop agentd with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
 }
