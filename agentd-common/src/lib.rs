@@ -237,6 +237,41 @@ impl InodeKey {
     }
 }
 
+/// Access bits of file rules and events.
+pub mod file_access {
+    pub const READ: u32 = 1 << 0;
+    pub const WRITE: u32 = 1 << 1;
+    pub const EXEC: u32 = 1 << 2;
+}
+
+/// Key of an agent's file rule: the agent and the file or directory it names, by kernel object.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FileRuleKey {
+    pub agent: u32,
+    pub pad: u32,
+    pub inode: InodeKey,
+}
+const _: () = assert!(size_of::<FileRuleKey>() == 24);
+
+/// An agent's rule on a file or a directory subtree.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct FileRule {
+    /// `file_access` bits the rule covers.
+    pub access: u32,
+    /// A `net_action` value (allow or deny).
+    pub action: u8,
+    /// 1: audit mode (report "would deny", allow).
+    pub audit: u8,
+    pub pad: u16,
+    pub rule: u32,
+}
+const _: () = assert!(size_of::<FileRule>() == 12);
+
+/// How many directory levels above a file the kernel looks for rules.
+pub const FILE_RULE_DEPTH: usize = 16;
+
 /// Verdicts that kernel programs return and report.
 #[repr(u32)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -258,8 +293,20 @@ pub struct FileEvent {
     pub open_flags: u32,
     /// The id of the rule that matched.
     pub rule_id: u32,
+    /// The agent (0 for the global deny list).
+    pub agent: u32,
+    /// The `file_access` bits asked for.
+    pub access: u32,
+    /// `FileEvent::FLAG_*` bits.
+    pub flags: u32,
+    pub pad: u32,
 }
-const _: () = assert!(size_of::<FileEvent>() == 16 + 8 + 16 + 8);
+const _: () = assert!(size_of::<FileEvent>() == 16 + 8 + 16 + 8 + 16);
+
+impl FileEvent {
+    /// Audit mode allowed what enforce mode would deny.
+    pub const FLAG_WOULD_DENY: u32 = 1 << 0;
+}
 
 /// Byte offsets of kernel struct fields that the programs read, resolved by userspace from the
 /// running kernel's BTF at load time and written into the programs' read-only data. Zero means
@@ -299,8 +346,15 @@ pub struct KernelOffsets {
     pub mm_arg_end: u32,
     /// `linux_binprm.file`
     pub bprm_file: u32,
+    /// `file.f_path.dentry` (`file.f_path` plus `path.dentry`)
+    pub file_dentry: u32,
+    /// `dentry.d_parent`
+    pub dentry_parent: u32,
+    /// `dentry.d_inode`
+    pub dentry_inode: u32,
+    pub pad: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 64);
+const _: () = assert!(size_of::<KernelOffsets>() == 80);
 
 impl KernelOffsets {
     /// Every offset unresolved: the value compiled into the eBPF object.
@@ -321,6 +375,10 @@ impl KernelOffsets {
         mm_arg_start: 0,
         mm_arg_end: 0,
         bprm_file: 0,
+        file_dentry: 0,
+        dentry_parent: 0,
+        dentry_inode: 0,
+        pad: 0,
     };
 }
 
@@ -528,4 +586,6 @@ mod pod {
     unsafe impl aya::Pod for super::DnsRedirect {}
     unsafe impl aya::Pod for super::OriginalDestination {}
     unsafe impl aya::Pod for super::LearnedKeyV4 {}
+    unsafe impl aya::Pod for super::FileRuleKey {}
+    unsafe impl aya::Pod for super::FileRule {}
 }

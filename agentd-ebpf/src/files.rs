@@ -1,7 +1,10 @@
 //! File decisions in BPF LSM hooks, on kernel objects: a file is identified by the device and
 //! inode of the `struct file` being opened, never by the path string the process passed.
 
-use agentd_common::{EventKind, FileEvent, InodeKey, Verdict};
+use agentd_common::{
+    EventKind, FILE_RULE_DEPTH, FileEvent, FileRule, FileRuleKey, InodeKey, Verdict, file_access,
+    net_action,
+};
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{lsm, map},
@@ -11,8 +14,33 @@ use aya_ebpf::{
 
 use crate::{
     events::{EVENTS, count_drop, header},
-    kernel::{file_inode_key, offsets, read_field},
+    kernel::{file_inode_key, inode_key, offsets, read_field},
+    tagging::tag_of,
 };
+
+/// (agent, file or directory) → the agent's rule on it. 16,384 rules across agents.
+#[map]
+pub static FILE_RULES: HashMap<FileRuleKey, FileRule> = HashMap::with_max_entries(16_384, 0);
+
+/// `f_flags` bits: the access mode, and the marker an exec's open carries.
+const O_ACCMODE: u32 = 0o3;
+const O_WRONLY: u32 = 0o1;
+const O_RDWR: u32 = 0o2;
+const FMODE_EXEC: u32 = 0x20;
+
+/// The `file_access` bits an open with `f_flags` asks for.
+#[inline(always)]
+fn access_of(flags: u32) -> u32 {
+    let mut access = match flags & O_ACCMODE {
+        O_WRONLY => file_access::WRITE,
+        O_RDWR => file_access::READ | file_access::WRITE,
+        _ => file_access::READ,
+    };
+    if flags & FMODE_EXEC != 0 {
+        access |= file_access::EXEC;
+    }
+    access
+}
 
 /// Files that no one may open, keyed by kernel object, valued by rule id. 4,096 rules is far
 /// more than any file policy names today; `agentd` refuses to load a policy that would not fit.
@@ -40,24 +68,105 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i32> {
     let file: *const u8 = ctx.arg(0);
     // A file whose inode cannot be read matches no rule: with no rule there is nothing to deny.
     let key = file_inode_key(&offsets, file).map_err(|_| 0)?;
+    let open_flags = read_field::<u32>(file, offsets.file_flags).unwrap_or(0);
+    let access = access_of(open_flags);
 
-    // SAFETY: the value is copied out immediately.
-    let Some(&rule_id) = (unsafe { DENY_INODES.get(key) }) else {
+    let mut global_rule = 0u32;
+    if let Some(rule) = DENY_INODES.get_ptr(key) {
+        // SAFETY: a valid map value pointer.
+        global_rule = unsafe { *rule };
+    }
+    if global_rule != 0 {
+        report(key, global_rule, open_flags, 0, access, true, 0);
+        return Ok(-EPERM);
+    }
+
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(tag) = tag_of(tgid) else {
         return Ok(0);
     };
-    let open_flags = read_field::<u32>(file, offsets.file_flags).unwrap_or(0);
-    report(key, rule_id, open_flags);
-    Ok(-EPERM)
+    // The nearest rule wins: the file's own, then its directory's, then upwards. The walk
+    // follows the dentries of the opened file, so links, renames and bind mounts lead here too.
+    let mut dentry = read_field::<*const u8>(file, offsets.file_dentry).map_err(|_| 0)?;
+    for _ in 0..FILE_RULE_DEPTH {
+        let Ok(inode) = read_field::<*const u8>(dentry, offsets.dentry_inode) else {
+            break;
+        };
+        let Ok(node) = inode_key(&offsets, inode) else {
+            break;
+        };
+        let rule_key = FileRuleKey {
+            agent: tag.agent,
+            pad: 0,
+            inode: node,
+        };
+        let mut found = 0u32;
+        let (mut covers, mut action, mut audit, mut rule) = (0u32, 0u8, 0u8, 0u32);
+        if let Some(value) = FILE_RULES.get_ptr(rule_key) {
+            found = 1;
+            // SAFETY: a valid map value pointer.
+            unsafe {
+                covers = (*value).access;
+                action = (*value).action;
+                audit = (*value).audit;
+                rule = (*value).rule;
+            }
+        }
+        if found != 0 && covers & access != 0 {
+            if action != net_action::DENY {
+                return Ok(0);
+            }
+            if audit != 0 {
+                report(
+                    key,
+                    rule,
+                    open_flags,
+                    tag.agent,
+                    access,
+                    false,
+                    FileEvent::FLAG_WOULD_DENY,
+                );
+                return Ok(0);
+            }
+            report(key, rule, open_flags, tag.agent, access, true, 0);
+            return Ok(-EPERM);
+        }
+        let Ok(parent) = read_field::<*const u8>(dentry, offsets.dentry_parent) else {
+            break;
+        };
+        if parent == dentry {
+            break;
+        }
+        dentry = parent;
+    }
+    Ok(0)
 }
 
-fn report(inode: InodeKey, rule_id: u32, open_flags: u32) {
+#[inline(always)]
+fn report(
+    inode: InodeKey,
+    rule_id: u32,
+    open_flags: u32,
+    agent: u32,
+    access: u32,
+    deny: bool,
+    flags: u32,
+) {
     let event = FileEvent {
         header: header(EventKind::File),
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        verdict: Verdict::Deny as u32,
+        verdict: if deny {
+            Verdict::Deny as u32
+        } else {
+            Verdict::Allow as u32
+        },
         inode,
         open_flags,
         rule_id,
+        agent,
+        access,
+        flags,
+        pad: 0,
     };
     if EVENTS.output::<FileEvent>(&event, 0).is_err() {
         count_drop();

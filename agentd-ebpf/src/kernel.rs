@@ -31,6 +31,12 @@ pub fn read_field<T>(base: *const u8, offset: u32) -> Result<T, i64> {
 #[inline(always)]
 pub fn file_inode_key(offsets: &KernelOffsets, file: *const u8) -> Result<InodeKey, i64> {
     let inode = read_field::<*const u8>(file, offsets.file_inode)?;
+    inode_key(offsets, inode)
+}
+
+/// The (device, inode) of a `struct inode`.
+#[inline(always)]
+pub fn inode_key(offsets: &KernelOffsets, inode: *const u8) -> Result<InodeKey, i64> {
     let ino = read_field::<u64>(inode, offsets.inode_ino)?;
     let sb = read_field::<*const u8>(inode, offsets.inode_sb)?;
     let dev = read_field::<u32>(sb, offsets.sb_dev)?;

@@ -36,7 +36,7 @@ use crate::{
     netpolicy::{Categories, Mode, layout},
     sensors::{
         SensorError,
-        files::{self, FileEnforcement},
+        files::{self, FileEnforcement, FileSensor},
         net::{NetSensor, NetTables},
         process::ProcessSensor,
     },
@@ -101,6 +101,9 @@ pub struct State {
     userspace_rules: UserspaceRules,
     process: ProcessSensor,
     net: NetSensor,
+    /// Present where BPF LSM enforcement works.
+    files: Option<FileSensor>,
+    file_entries: Vec<(agentd_common::FileRuleKey, agentd_common::FileRule)>,
     /// The version of the network policy in force; every connection event carries it.
     net_version: u32,
     cgroup_root: PathBuf,
@@ -129,6 +132,10 @@ impl State {
         })?;
         let file_enforcement = files::probe_enforcement(&mut object);
         log_file_enforcement(&file_enforcement);
+        let files = match file_enforcement {
+            FileEnforcement::Available => Some(FileSensor::attach(&mut object)?),
+            FileEnforcement::Unavailable(_) => None,
+        };
         let process = ProcessSensor::attach(&mut object)?;
         let net = NetSensor::attach(&mut object, &cgroup_root)?;
         let reader = EventReader::new(&mut object)?;
@@ -138,6 +145,8 @@ impl State {
             userspace_rules: UserspaceRules::default(),
             process,
             net,
+            files,
+            file_entries: Vec::new(),
             net_version: 0,
             cgroup_root,
             categories,
@@ -178,6 +187,78 @@ impl State {
                 tag_dirs.push((self.cgroup_root.join(path.trim_start_matches('/')), tag));
             }
         }
+        let (kernel_rules, userspace_rules) = self.discovery_tables(&compiled);
+
+        let net_version = self.net_version + 1;
+        let tables = self.net_tables(&compiled, net_version);
+        let file_entries = self.file_rules(&compiled);
+        let quarantine_rule = self.registry.intern_rule("quarantine-allow");
+
+        self.process.set_cgroups(&cgroup_entries)?;
+        let files = &mut self.files;
+        let rest = self
+            .process
+            .set_discovery(&kernel_rules)
+            .and_then(|()| {
+                files
+                    .as_mut()
+                    .map_or(Ok(()), |files| files.set_rules(&file_entries))
+            })
+            .and_then(|()| self.net.apply(&tables))
+            .and_then(|()| {
+                self.net
+                    .set_quarantine_allow(&compiled.network.quarantine_allow, quarantine_rule)
+            });
+        if let Err(err) = rest {
+            // Put the identity maps back as they were: the old policy stays whole. The network
+            // maps switch generations atomically, so a failed network apply changed nothing.
+            self.process.set_cgroups(&self.cgroup_entries)?;
+            self.process.set_discovery(&self.discovery_entries)?;
+            if let Some(files) = &mut self.files {
+                files.set_rules(&self.file_entries)?;
+            }
+            return Err(err.into());
+        }
+        self.net_version = net_version;
+        let applied = Applied {
+            agents: compiled.agents.len(),
+            rules: compiled.rules.len(),
+            network_version: net_version,
+        };
+        self.cgroup_entries = cgroup_entries;
+        self.discovery_entries = kernel_rules;
+        self.file_entries = file_entries;
+        self.userspace_rules = userspace_rules;
+        self.policy = compiled;
+        // Domain rules may have changed: recompute what the answers already seen allow.
+        if let Err(err) = self.sync_learned() {
+            tracing::warn!(%err, "applying domain rules to learned addresses");
+        }
+
+        // Processes already in an agent's cgroup (a running systemd unit) are tagged now; new
+        // ones are tagged by the kernel when they exec or fork.
+        for (dir, tag) in tag_dirs {
+            for pid in cgroups::procs(&dir).unwrap_or_default() {
+                self.tag_tree(pid, tag);
+            }
+        }
+        tracing::info!(
+            agents = applied.agents,
+            rules = applied.rules,
+            "identity policy applied"
+        );
+        Ok(applied)
+    }
+
+    /// Splits the discovery rules into the kernel's (by executable) and userspace's (by hash,
+    /// by script).
+    fn discovery_tables(
+        &mut self,
+        compiled: &CompiledPolicy,
+    ) -> (
+        Vec<(agentd_common::InodeKey, DiscoveryMatch)>,
+        UserspaceRules,
+    ) {
         let mut kernel_rules = Vec::new();
         let mut sha256 = Vec::new();
         let mut scripts = Vec::new();
@@ -205,54 +286,7 @@ impl State {
             }
         }
 
-        let net_version = self.net_version + 1;
-        let tables = self.net_tables(&compiled, net_version);
-        let quarantine_rule = self.registry.intern_rule("quarantine-allow");
-
-        self.process.set_cgroups(&cgroup_entries)?;
-        let rest = self
-            .process
-            .set_discovery(&kernel_rules)
-            .and_then(|()| self.net.apply(&tables))
-            .and_then(|()| {
-                self.net
-                    .set_quarantine_allow(&compiled.network.quarantine_allow, quarantine_rule)
-            });
-        if let Err(err) = rest {
-            // Put the identity maps back as they were: the old policy stays whole. The network
-            // maps switch generations atomically, so a failed network apply changed nothing.
-            self.process.set_cgroups(&self.cgroup_entries)?;
-            self.process.set_discovery(&self.discovery_entries)?;
-            return Err(err.into());
-        }
-        self.net_version = net_version;
-        let applied = Applied {
-            agents: compiled.agents.len(),
-            rules: compiled.rules.len(),
-            network_version: net_version,
-        };
-        self.cgroup_entries = cgroup_entries;
-        self.discovery_entries = kernel_rules;
-        self.userspace_rules = UserspaceRules::new(sha256, scripts);
-        self.policy = compiled;
-        // Domain rules may have changed: recompute what the answers already seen allow.
-        if let Err(err) = self.sync_learned() {
-            tracing::warn!(%err, "applying domain rules to learned addresses");
-        }
-
-        // Processes already in an agent's cgroup (a running systemd unit) are tagged now; new
-        // ones are tagged by the kernel when they exec or fork.
-        for (dir, tag) in tag_dirs {
-            for pid in cgroups::procs(&dir).unwrap_or_default() {
-                self.tag_tree(pid, tag);
-            }
-        }
-        tracing::info!(
-            agents = applied.agents,
-            rules = applied.rules,
-            "identity policy applied"
-        );
-        Ok(applied)
+        (kernel_rules, UserspaceRules::new(sha256, scripts))
     }
 
     /// The kernel's network tables for `compiled`, stamped with `version`.
@@ -354,6 +388,35 @@ impl State {
         }
         let want: Vec<_> = want.into_iter().collect();
         self.net.set_learned(&want)
+    }
+
+    /// The kernel's file rules for `compiled`.
+    fn file_rules(
+        &mut self,
+        compiled: &CompiledPolicy,
+    ) -> Vec<(agentd_common::FileRuleKey, agentd_common::FileRule)> {
+        let mut entries = Vec::new();
+        for agent in &compiled.agents {
+            let Some(files) = &agent.files else { continue };
+            let index = self.registry.intern_agent(&agent.agent);
+            for rule in &files.rules {
+                entries.push((
+                    agentd_common::FileRuleKey {
+                        agent: index,
+                        pad: 0,
+                        inode: rule.inode,
+                    },
+                    agentd_common::FileRule {
+                        access: rule.access,
+                        action: rule.action.kernel_value(),
+                        audit: u8::from(files.mode == Mode::Audit),
+                        pad: 0,
+                        rule: self.registry.intern_rule(&rule.name),
+                    },
+                ));
+            }
+        }
+        entries
     }
 
     fn quarantine(&mut self, agent: &str, on: bool) -> Result<Quarantined, String> {
@@ -597,6 +660,9 @@ fn write_event(
         _ => None,
     };
     let (rule, alert) = match event {
+        Event::File(decision) if decision.tag.agent != 0 => {
+            (registry.rule(decision.rule_id).map(str::to_owned), None)
+        }
         Event::Net(connection) => (
             (connection.rule_number != 0).then(|| {
                 registry
@@ -609,7 +675,7 @@ fn write_event(
         _ => (None, None),
     };
     // Connection events name the agent; how its process was tagged is in its exec and fork events.
-    let tag_detail = !matches!(event, Event::Net(_));
+    let tag_detail = !matches!(event, Event::Net(_) | Event::File(_));
     match format {
         OutputFormat::Text => {
             write!(out, "{}", event.to_text())?;

@@ -71,7 +71,15 @@ pub struct FileDecision {
     pub ino: u64,
     pub verdict: VerdictName,
     pub open_flags: u32,
+    /// The deciding rule's number; `rule` names it on output.
     pub rule_id: u32,
+    /// `read`, `write`, `exec`: what the open asked for.
+    pub access: Vec<&'static str>,
+    /// Audit mode allowed what enforce mode would deny.
+    pub would_deny: bool,
+    /// The agent whose rule decided (none for the global deny list).
+    #[serde(skip)]
+    pub tag: AgentTag,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -177,7 +185,7 @@ impl Event {
             Self::Exec(exec) => exec.tag,
             Self::Fork(change) | Self::Exit(change) | Self::TagLost(change) => change.tag,
             Self::Net(connection) => connection.tag,
-            Self::File(_) => AgentTag::NONE,
+            Self::File(decision) => decision.tag,
         }
     }
 
@@ -221,6 +229,17 @@ impl Event {
                     verdict,
                     open_flags: raw.open_flags,
                     rule_id: raw.rule_id,
+                    access: [
+                        (agentd_common::file_access::READ, "read"),
+                        (agentd_common::file_access::WRITE, "write"),
+                        (agentd_common::file_access::EXEC, "exec"),
+                    ]
+                    .into_iter()
+                    .filter(|(bit, _)| raw.access & bit != 0)
+                    .map(|(_, name)| name)
+                    .collect(),
+                    would_deny: raw.flags & FileEvent::FLAG_WOULD_DENY != 0,
+                    tag: AgentTag::new(raw.agent, TagSource::Launch, 0),
                 }))
             }
             Some(kind @ (EventKind::Fork | EventKind::Exit | EventKind::TagLost)) => {
@@ -327,13 +346,14 @@ impl Event {
                 c.policy_version
             ),
             Self::File(f) => format!(
-                "file pid={} dev={}:{} ino={} verdict={:?} rule={} flags={:#o}",
+                "file pid={} dev={}:{} ino={} access={} verdict={:?}{} flags={:#o}",
                 f.pid,
                 f.dev >> 20,
                 f.dev & 0xf_ffff,
                 f.ino,
+                f.access.join(","),
                 f.verdict,
-                f.rule_id,
+                if f.would_deny { " (would deny)" } else { "" },
                 f.open_flags
             ),
         }
@@ -558,6 +578,10 @@ mod tests {
             inode: InodeKey::new(8, 1, 1234),
             open_flags: 0,
             rule_id: 77,
+            agent: 0,
+            access: agentd_common::file_access::READ,
+            flags: 0,
+            pad: 0,
         };
         let event = Event::decode(&bytes_of(&raw)).unwrap();
         let json = serde_json::to_value(&event).unwrap();

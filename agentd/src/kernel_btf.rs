@@ -290,6 +290,10 @@ impl KernelBtf {
             mm_arg_start: _,
             mm_arg_end: _,
             bprm_file: _,
+            file_dentry: _,
+            dentry_parent: _,
+            dentry_inode: _,
+            pad: _,
         } = KernelOffsets::UNRESOLVED;
         Ok(KernelOffsets {
             task_real_parent: self.nonzero_offset("task_struct", "real_parent")?,
@@ -308,6 +312,11 @@ impl KernelBtf {
             mm_arg_start: self.nonzero_offset("mm_struct", "arg_start")?,
             mm_arg_end: self.nonzero_offset("mm_struct", "arg_end")?,
             bprm_file: self.nonzero_offset("linux_binprm", "file")?,
+            file_dentry: self.nonzero_offset("file", "f_path")?
+                + self.member_offset("path", "dentry")?,
+            dentry_parent: self.nonzero_offset("dentry", "d_parent")?,
+            dentry_inode: self.nonzero_offset("dentry", "d_inode")?,
+            pad: 0,
         })
     }
 }

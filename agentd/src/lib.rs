@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod dns;
 pub mod ebpf;
 pub mod events;
+pub mod filepolicy;
 pub mod identity;
 pub mod kernel_btf;
 pub mod netpolicy;

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::{Agent, AgentId};
 use crate::{
+    filepolicy::{AgentFilesSpec, CompiledAgentFiles},
     netpolicy::{
         AgentNetworkSpec, Categories, CompiledAgentNetwork, CompiledGlobalNetwork,
         GlobalNetworkSpec, NameContext, layout,
@@ -51,6 +52,8 @@ pub struct AgentSpec {
     /// The agent's network policy (docs/network.md). Without it, the agent's connections are
     /// allowed and logged.
     pub network: Option<AgentNetworkSpec>,
+    /// The agent's file rules (docs/files.md).
+    pub files: Option<AgentFilesSpec>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -123,6 +126,7 @@ pub struct CompiledAgent {
     /// (path relative to the cgroup root, cgroup id).
     pub cgroups: Vec<(String, u64)>,
     pub network: Option<CompiledAgentNetwork>,
+    pub files: Option<CompiledAgentFiles>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -317,6 +321,9 @@ impl IdentityPolicy {
                 }
                 compiled
             });
+            let files = spec.files.as_ref().map(|files| {
+                files.compile(&spec.name, &format!("{at}.files"), &mut network_errors)
+            });
             if let Some(id) = id {
                 compiled.agents.push(CompiledAgent {
                     agent: Agent {
@@ -325,6 +332,7 @@ impl IdentityPolicy {
                     },
                     cgroups,
                     network,
+                    files,
                 });
             }
         }

@@ -5,7 +5,7 @@
 
 use std::{fs, os::unix::fs::MetadataExt as _, path::Path};
 
-use agentd_common::InodeKey;
+use agentd_common::{FileRule, FileRuleKey, InodeKey};
 use aya::{
     maps::HashMap,
     programs::{Lsm, lsm::LsmLink},
@@ -16,6 +16,7 @@ use crate::ebpf::LoadedObject;
 
 const PROGRAM: &str = "file_open";
 const DENY_MAP: &str = "DENY_INODES";
+const RULES_MAP: &str = "FILE_RULES";
 
 /// The kernel's active LSMs, comma-separated.
 pub const ACTIVE_LSMS: &str = "/sys/kernel/security/lsm";
@@ -99,9 +100,11 @@ pub fn inode_key_of(meta: &fs::Metadata) -> InodeKey {
     )
 }
 
-/// The attached `file_open` hook and its deny map. Dropping it detaches the program.
+/// The attached `file_open` hook, its global deny map and the agents' file rules. Dropping it
+/// detaches the program.
 pub struct FileSensor {
     deny: HashMap<aya::maps::MapData, InodeKey, u32>,
+    rules: HashMap<aya::maps::MapData, FileRuleKey, FileRule>,
     _link: LsmLink,
 }
 
@@ -115,11 +118,24 @@ impl FileSensor {
             map: DENY_MAP,
             source,
         })?;
+        let rules = ebpf
+            .take_map(RULES_MAP)
+            .ok_or(SensorError::MissingMap { map: RULES_MAP })?;
+        let rules = HashMap::try_from(rules).map_err(super::map_error(RULES_MAP))?;
         let program: &mut Lsm = super::program(ebpf, PROGRAM)?;
         program.load(PROGRAM, btf).map_err(load_error(PROGRAM))?;
         let link_id = program.attach().map_err(attach_error(PROGRAM))?;
         let link = program.take_link(link_id).map_err(attach_error(PROGRAM))?;
-        Ok(Self { deny, _link: link })
+        Ok(Self {
+            deny,
+            rules,
+            _link: link,
+        })
+    }
+
+    /// Makes the agents' file rules exactly `want`.
+    pub fn set_rules(&mut self, want: &[(FileRuleKey, FileRule)]) -> Result<(), SensorError> {
+        super::replace_all(&mut self.rules, want, RULES_MAP)
     }
 
     /// Denies every open of the file `key` names, reporting `rule_id`.
