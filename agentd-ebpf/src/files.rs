@@ -85,18 +85,32 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i32> {
     let Some(tag) = tag_of(tgid) else {
         return Ok(0);
     };
-    // The nearest rule wins: the file's own, then its directory's, then upwards. The walk
-    // follows the dentries of the opened file, so links, renames and bind mounts lead here too.
-    let mut dentry = read_field::<*const u8>(file, offsets.file_dentry).map_err(|_| 0)?;
+    let dentry = read_field::<*const u8>(file, offsets.file_dentry).map_err(|_| 0)?;
+    Ok(decide(&offsets, tag.agent, dentry, key, access, open_flags))
+}
+
+/// The verdict for `agent` doing `access` on the object at `dentry`: the nearest rule wins,
+/// the object's own, then its directory's, then upwards. The walk follows dentries, so links,
+/// renames and bind mounts lead to the same rules. Reports denials and audit hits; returns 0
+/// or `-EPERM`.
+#[inline(always)]
+fn decide(
+    offsets: &agentd_common::KernelOffsets,
+    agent: u32,
+    mut dentry: *const u8,
+    key: InodeKey,
+    access: u32,
+    open_flags: u32,
+) -> i32 {
     for _ in 0..FILE_RULE_DEPTH {
         let Ok(inode) = read_field::<*const u8>(dentry, offsets.dentry_inode) else {
             break;
         };
-        let Ok(node) = inode_key(&offsets, inode) else {
+        let Ok(node) = inode_key(offsets, inode) else {
             break;
         };
         let rule_key = FileRuleKey {
-            agent: tag.agent,
+            agent,
             pad: 0,
             inode: node,
         };
@@ -114,22 +128,22 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i32> {
         }
         if found != 0 && covers & access != 0 {
             if action != net_action::DENY {
-                return Ok(0);
+                return 0;
             }
             if audit != 0 {
                 report(
                     key,
                     rule,
                     open_flags,
-                    tag.agent,
+                    agent,
                     access,
                     false,
                     FileEvent::FLAG_WOULD_DENY,
                 );
-                return Ok(0);
+                return 0;
             }
-            report(key, rule, open_flags, tag.agent, access, true, 0);
-            return Ok(-EPERM);
+            report(key, rule, open_flags, agent, access, true, 0);
+            return -EPERM;
         }
         let Ok(parent) = read_field::<*const u8>(dentry, offsets.dentry_parent) else {
             break;
@@ -139,7 +153,61 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i32> {
         }
         dentry = parent;
     }
-    Ok(0)
+    0
+}
+
+/// The verdict for a tagged process changing the directory entry `dentry` (unlink, rename,
+/// link): a change that needs `access` on an object a rule protects is denied.
+#[inline(always)]
+fn guard_entry(dentry: *const u8, access: u32) -> i32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(tag) = tag_of(tgid) else {
+        return 0;
+    };
+    let offsets = offsets();
+    let Ok(inode) = read_field::<*const u8>(dentry, offsets.dentry_inode) else {
+        return 0;
+    };
+    let Ok(key) = inode_key(&offsets, inode) else {
+        return 0;
+    };
+    decide(&offsets, tag.agent, dentry, key, access, 0)
+}
+
+/// `security_path_unlink(const struct path *dir, struct dentry *dentry)`: removing a protected
+/// file is writing it.
+#[lsm(hook = "path_unlink")]
+pub fn path_unlink(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    guard_entry(ctx.arg(1), file_access::WRITE)
+}
+
+/// `security_path_rename(old_dir, old_dentry, new_dir, new_dentry, flags)`: moving a protected
+/// object out of its place is writing it.
+#[lsm(hook = "path_rename")]
+pub fn path_rename(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(5);
+    if previous != 0 {
+        return previous;
+    }
+    guard_entry(ctx.arg(1), file_access::WRITE)
+}
+
+/// `security_path_link(old_dentry, new_dir, new_dentry)`: a new name for a protected file would
+/// let it be reached from outside its directory, so it needs every access the rule covers.
+#[lsm(hook = "path_link")]
+pub fn path_link(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    guard_entry(
+        ctx.arg(0),
+        file_access::READ | file_access::WRITE | file_access::EXEC,
+    )
 }
 
 #[inline(always)]

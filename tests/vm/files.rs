@@ -160,3 +160,46 @@ fn exec_rule_stops_an_agent_running_a_binary() {
     );
     assert!(Command::new(tool).status().expect("untagged run").success());
 }
+
+#[test]
+fn protected_directory_keeps_its_files_from_being_moved_removed_or_linked_out() {
+    let agent = "mover-agent";
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let vault = dir.path().join("vault");
+    fs::create_dir(&vault).expect("vault");
+    fs::write(vault.join("key"), "k").expect("key");
+    let daemon = Daemon::start(&format!(
+        "[[agent]]\nname = \"{agent}\"\n[agent.files]\n\
+         [[agent.files.rule]]\nid = \"vault\"\naction = \"deny\"\npath = \"{}\"\naccess = [\"read\", \"write\"]\n",
+        vault.display()
+    ));
+    let _launched = launch_cgroup(agent);
+    let key = vault.join("key");
+    let outside = dir.path().join("outside");
+    for (what, command) in [
+        (
+            "rename out",
+            format!("mv {} {}", key.display(), outside.display()),
+        ),
+        (
+            "hard link out",
+            format!("ln {} {}", key.display(), outside.display()),
+        ),
+        ("unlink", format!("rm {}", key.display())),
+    ] {
+        let output = daemon
+            .launch(agent, &["sh", "-c", &command])
+            .output()
+            .expect("sh");
+        assert!(!output.status.success(), "{what} succeeded");
+        assert!(key.exists(), "{what}: the key is gone");
+        assert!(!outside.exists(), "{what}: the key got out");
+    }
+    // Untagged processes are unaffected.
+    let status = Command::new("ln")
+        .arg(&key)
+        .arg(&outside)
+        .status()
+        .expect("ln");
+    assert!(status.success());
+}

@@ -15,6 +15,8 @@ use super::{SensorError, attach_error, load_error};
 use crate::ebpf::LoadedObject;
 
 const PROGRAM: &str = "file_open";
+/// Hooks that stop a protected file being moved, removed or linked out of its directory.
+const PATH_HOOKS: [&str; 3] = ["path_unlink", "path_rename", "path_link"];
 const DENY_MAP: &str = "DENY_INODES";
 const RULES_MAP: &str = "FILE_RULES";
 
@@ -105,7 +107,7 @@ pub fn inode_key_of(meta: &fs::Metadata) -> InodeKey {
 pub struct FileSensor {
     deny: HashMap<aya::maps::MapData, InodeKey, u32>,
     rules: HashMap<aya::maps::MapData, FileRuleKey, FileRule>,
-    _link: LsmLink,
+    _links: Vec<LsmLink>,
 }
 
 impl FileSensor {
@@ -122,14 +124,30 @@ impl FileSensor {
             .take_map(RULES_MAP)
             .ok_or(SensorError::MissingMap { map: RULES_MAP })?;
         let rules = HashMap::try_from(rules).map_err(super::map_error(RULES_MAP))?;
-        let program: &mut Lsm = super::program(ebpf, PROGRAM)?;
-        program.load(PROGRAM, btf).map_err(load_error(PROGRAM))?;
-        let link_id = program.attach().map_err(attach_error(PROGRAM))?;
-        let link = program.take_link(link_id).map_err(attach_error(PROGRAM))?;
+        let mut links = Vec::new();
+        for hook in [PROGRAM].into_iter().chain(PATH_HOOKS) {
+            let program: &mut Lsm = super::program(ebpf, hook)?;
+            let attached = program
+                .load(hook, btf)
+                .map_err(load_error(hook))
+                .and_then(|()| program.attach().map_err(attach_error(hook)))
+                .and_then(|link_id| program.take_link(link_id).map_err(attach_error(hook)));
+            match attached {
+                Ok(link) => links.push(link),
+                Err(err) if hook == PROGRAM => return Err(err),
+                // A kernel without CONFIG_SECURITY_PATH has no path hooks: opens are still
+                // decided, moving files out of protected directories is not.
+                Err(err) => tracing::warn!(
+                    hook,
+                    "{:#}: protected directories do not stop renames, unlinks and links here",
+                    anyhow::Error::from(err)
+                ),
+            }
+        }
         Ok(Self {
             deny,
             rules,
-            _link: link,
+            _links: links,
         })
     }
 
