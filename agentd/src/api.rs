@@ -57,6 +57,17 @@ pub struct Reply<T> {
     pub error: Option<String>,
 }
 
+impl<T: Serialize> Reply<T> {
+    /// The reply as one JSON line, without the newline.
+    #[must_use]
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|err| {
+            serde_json::json!({"ok": false, "error": format!("encoding the answer: {err}")})
+                .to_string()
+        })
+    }
+}
+
 impl<T> Reply<T> {
     pub fn ok(result: T) -> Self {
         Self {

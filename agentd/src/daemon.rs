@@ -583,29 +583,27 @@ impl State {
     }
 
     fn handle_admin(&mut self, request: AdminRequest) -> String {
-        fn line<T: Serialize>(reply: &Reply<T>) -> String {
-            serde_json::to_string(reply)
-                .unwrap_or_else(|err| format!("{{\"ok\":false,\"error\":\"{err}\"}}"))
-        }
         match request {
-            AdminRequest::Status => line(&self.status().map_or_else(Reply::err, Reply::ok)),
-            AdminRequest::Ps => line(&self.ps().map_or_else(Reply::err, Reply::ok)),
-            AdminRequest::Quarantine { agent, release } => line(
-                &self
-                    .quarantine(&agent, !release)
-                    .map_or_else(Reply::err, Reply::ok),
-            ),
-            AdminRequest::Launch { agent } => {
-                line(&self.launch(&agent).map_or_else(Reply::err, Reply::ok))
-            }
+            AdminRequest::Status => self.status().map_or_else(Reply::err, Reply::ok).to_line(),
+            AdminRequest::Ps => self.ps().map_or_else(Reply::err, Reply::ok).to_line(),
+            AdminRequest::Quarantine { agent, release } => self
+                .quarantine(&agent, !release)
+                .map_or_else(Reply::err, Reply::ok)
+                .to_line(),
+            AdminRequest::Launch { agent } => self
+                .launch(&agent)
+                .map_or_else(Reply::err, Reply::ok)
+                .to_line(),
             AdminRequest::Apply { policy } => {
                 let result = IdentityPolicy::parse(&policy)
                     .map_err(DaemonError::from)
                     .and_then(|policy| self.apply(&policy));
-                line(&result.map_or_else(
-                    |err| Reply::err(format!("{:#}", anyhow::Error::from(err))),
-                    Reply::ok,
-                ))
+                result
+                    .map_or_else(
+                        |err| Reply::err(format!("{:#}", anyhow::Error::from(err))),
+                        Reply::ok,
+                    )
+                    .to_line()
             }
         }
     }
@@ -767,6 +765,12 @@ async fn answer(
     }
 }
 
+/// Answers a request that will not be served with an error line.
+async fn refuse(stream: &mut UnixStream, error: String) {
+    let line = format!("{}\n", Reply::<()>::err(error).to_line());
+    let _ = stream.write_all(line.as_bytes()).await;
+}
+
 async fn serve_admin(listener: UnixListener, calls: mpsc::Sender<Call>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
@@ -780,18 +784,13 @@ async fn serve_admin(listener: UnixListener, calls: mpsc::Sender<Call>) {
                 return;
             };
             if peer_uid != 0 {
-                let _ = stream
-                    .write_all(b"{\"ok\":false,\"error\":\"the admin socket is for root only\"}\n")
-                    .await;
+                refuse(&mut stream, "the admin socket is for root only".to_owned()).await;
                 return;
             }
             match serde_json::from_str::<AdminRequest>(&line) {
                 Ok(request) => answer(stream, |tx| Call::Admin(request, tx), calls).await,
                 Err(err) => {
-                    let reply =
-                        serde_json::to_string(&Reply::<()>::err(format!("bad request: {err}")))
-                            .unwrap_or_default();
-                    let _ = stream.write_all(format!("{reply}\n").as_bytes()).await;
+                    refuse(&mut stream, format!("bad request: {err}")).await;
                 }
             }
         });
@@ -811,9 +810,7 @@ async fn serve_identity(listener: UnixListener, calls: mpsc::Sender<Call>) {
             if read_request(&mut stream).await.as_deref() == Some(api::WHOAMI) {
                 answer(stream, |tx| Call::Whoami(peer, tx), calls).await;
             } else {
-                let reply = Reply::<()>::err(format!("send {:?}", api::WHOAMI));
-                let line = format!("{}\n", serde_json::to_string(&reply).unwrap_or_default());
-                let _ = stream.write_all(line.as_bytes()).await;
+                refuse(&mut stream, format!("send {:?}", api::WHOAMI)).await;
             }
         });
     }
@@ -945,8 +942,7 @@ pub async fn run(
                 }
                 Call::Whoami(peer, reply) => {
                     let answer = peer.and_then(|peer| state.whoami(&peer));
-                    let line = serde_json::to_string(&answer.map_or_else(Reply::err, Reply::ok)).unwrap_or_default();
-                    let _ = reply.send(line);
+                    let _ = reply.send(answer.map_or_else(Reply::err, Reply::ok).to_line());
                 }
             },
             Some((answer, installed)) = answers.recv() => {
