@@ -537,9 +537,10 @@ fn dns_server(records: &[(&str, [u8; 4])]) -> std::net::SocketAddr {
     address
 }
 
-#[test]
-fn dns_rule_allows_the_resolved_address_and_nothing_else() {
-    let agent = "dns-agent";
+/// The DNS tests' world: `allowed.test` is 127.0.0.3 and `other.test` 127.0.0.4 on the test
+/// DNS server, and a TCP listener on each of 127.0.0.3, .4 and .5. Returns the server's
+/// address, the listeners (keep them alive) and their ports in that order.
+fn dns_fixture() -> (std::net::SocketAddr, Vec<TcpListener>, Vec<u16>) {
     let server = dns_server(&[
         ("allowed.test", [127, 0, 0, 3]),
         ("other.test", [127, 0, 0, 4]),
@@ -548,11 +549,18 @@ fn dns_rule_allows_the_resolved_address_and_nothing_else() {
         .iter()
         .map(|addr| TcpListener::bind(addr).expect("listener"))
         .collect();
-    let port = listeners[0].local_addr().unwrap().port();
-    let others: Vec<u16> = listeners[1..]
+    let ports = listeners
         .iter()
         .map(|l| l.local_addr().unwrap().port())
         .collect();
+    (server, listeners, ports)
+}
+
+#[test]
+fn dns_rule_allows_the_resolved_address_and_nothing_else() {
+    let agent = "dns-agent";
+    let (server, _listeners, ports) = dns_fixture();
+    let (port, others) = (ports[0], &ports[1..]);
     let daemon = Daemon::start_with_dns(
         &format!(
             "[[agent]]\nname = \"{agent}\"\n[agent.network]\ndefault = \"deny\"\n\
@@ -606,18 +614,7 @@ fn dns_rule_allows_the_resolved_address_and_nothing_else() {
 #[test]
 fn category_and_named_destination_rules_apply() {
     let agent = "category-agent";
-    let server = dns_server(&[
-        ("allowed.test", [127, 0, 0, 3]),
-        ("other.test", [127, 0, 0, 4]),
-    ]);
-    let listeners: Vec<TcpListener> = ["127.0.0.3:0", "127.0.0.4:0", "127.0.0.5:0"]
-        .iter()
-        .map(|addr| TcpListener::bind(addr).expect("listener"))
-        .collect();
-    let ports: Vec<u16> = listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect();
+    let (server, _listeners, ports) = dns_fixture();
     let dir = tempfile::tempdir().expect("temporary directory");
     let categories = dir.path().join("categories.txt");
     std::fs::write(

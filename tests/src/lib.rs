@@ -93,13 +93,7 @@ pub fn own_cgroup_id() -> u64 {
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
 /// hybrid hosts).
 pub fn cgroup2_mount() -> PathBuf {
-    let mounts = fs::read_to_string("/proc/self/mounts").expect("reading /proc/self/mounts");
-    mounts
-        .lines()
-        .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .find(|fields| fields.get(2) == Some(&"cgroup2"))
-        .map(|fields| PathBuf::from(fields[1]))
-        .expect("cgroup v2 is not mounted")
+    agentd::cgroups::root().expect("finding the cgroup v2 mount")
 }
 
 /// How many programs named `name` (truncated to the kernel's 15 bytes) are loaded.
