@@ -280,7 +280,10 @@ pub enum Verdict {
     Deny = 1,
 }
 
-/// An LSM file hook decided on a file that matched a rule.
+/// Bytes of a file's path carried in a [`FileEvent`], including the terminating NUL.
+pub const FILE_PATH_LEN: usize = 256;
+
+/// A file hook decided on (or, without BPF LSM, observed) an access that matched a rule.
 #[repr(C)]
 #[derive(Copy, Clone, Debug)]
 pub struct FileEvent {
@@ -289,7 +292,7 @@ pub struct FileEvent {
     /// A [`Verdict`] as `u32`.
     pub verdict: u32,
     pub inode: InodeKey,
-    /// The `f_flags` the file was opened with.
+    /// The `f_flags` the file was opened with (0 where the hook has no open file).
     pub open_flags: u32,
     /// The id of the rule that matched.
     pub rule_id: u32,
@@ -299,13 +302,93 @@ pub struct FileEvent {
     pub access: u32,
     /// `FileEvent::FLAG_*` bits.
     pub flags: u32,
+    /// A [`FileHook`] as `u32`: where the decision was taken.
+    pub hook: u32,
+    /// Bytes of `path` in use, excluding the NUL.
+    pub path_len: u32,
     pub pad: u32,
+    /// The path, NUL-terminated: resolved by the kernel (`bpf_d_path`) unless a `FLAG_PATH_*`
+    /// bit says otherwise.
+    pub path: [u8; FILE_PATH_LEN],
 }
-const _: () = assert!(size_of::<FileEvent>() == 16 + 8 + 16 + 8 + 16);
+const _: () = assert!(size_of::<FileEvent>() == 16 + 8 + 16 + 8 + 24 + FILE_PATH_LEN);
+
+/// The hook behind a [`FileEvent`].
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum FileHook {
+    /// LSM `file_open`.
+    Open = 1,
+    /// LSM `bprm_check_security`: an exec.
+    Exec = 2,
+    /// LSM `path_unlink`.
+    Unlink = 3,
+    /// LSM `path_rename`.
+    Rename = 4,
+    /// LSM `path_link`.
+    Link = 5,
+    /// LSM `inode_create`: a new file in a directory.
+    Create = 6,
+    /// LSM `path_truncate`.
+    Truncate = 7,
+    /// The `open`/`openat`/`openat2` syscall tracepoints, where BPF LSM is not active: the open
+    /// already happened.
+    ObservedOpen = 8,
+}
+
+impl FileHook {
+    #[must_use]
+    pub fn from_u32(value: u32) -> Option<Self> {
+        Some(match value {
+            1 => Self::Open,
+            2 => Self::Exec,
+            3 => Self::Unlink,
+            4 => Self::Rename,
+            5 => Self::Link,
+            6 => Self::Create,
+            7 => Self::Truncate,
+            8 => Self::ObservedOpen,
+            _ => return None,
+        })
+    }
+}
+
+/// What a [`FileNameKey`] matches.
+pub mod file_name_kind {
+    /// The whole last component of the path, e.g. `.env`.
+    pub const NAME: u32 = 1;
+    /// What follows the last `.` of the last component, e.g. `pem`.
+    pub const EXTENSION: u32 = 2;
+}
+
+/// Bytes of a name in a [`FileNameKey`], NUL-padded; longer names cannot be named by a rule.
+pub const FILE_NAME_LEN: usize = 32;
+/// Bytes of an extension the kernel compares (without the dot), NUL-padded.
+pub const FILE_EXTENSION_LEN: usize = 16;
+
+/// Key of an agent's rule on files by name or by extension.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FileNameKey {
+    pub agent: u32,
+    /// A `file_name_kind` value.
+    pub kind: u32,
+    /// The name or extension, NUL-padded.
+    pub name: [u8; FILE_NAME_LEN],
+}
+const _: () = assert!(size_of::<FileNameKey>() == 40);
 
 impl FileEvent {
     /// Audit mode allowed what enforce mode would deny.
     pub const FLAG_WOULD_DENY: u32 = 1 << 0;
+    /// Seen by a tracepoint after the fact: nothing was enforced.
+    pub const FLAG_OBSERVED: u32 = 1 << 1;
+    /// `path` is the name the process passed to the syscall, not a kernel-resolved path.
+    pub const FLAG_PATH_AS_PASSED: u32 = 1 << 2;
+    /// `path` is only the file's last component (the hook has no `struct path` to resolve).
+    pub const FLAG_PATH_NAME_ONLY: u32 = 1 << 3;
+    /// `path` did not fit in [`FILE_PATH_LEN`] bytes, or could not be read.
+    pub const FLAG_PATH_TRUNCATED: u32 = 1 << 4;
 }
 
 /// Byte offsets of kernel struct fields that the programs read, resolved by userspace from the
@@ -352,9 +435,24 @@ pub struct KernelOffsets {
     pub dentry_parent: u32,
     /// `dentry.d_inode`
     pub dentry_inode: u32,
-    pub pad: u32,
+    /// `file.f_path`
+    pub file_path: u32,
+    /// `path.dentry` (may legitimately be 0: it is read only together with `file_path`)
+    pub path_dentry: u32,
+    /// `dentry.d_name.name` (`dentry.d_name` plus `qstr.name`)
+    pub dentry_name: u32,
+    /// `task_struct.files`
+    pub task_files: u32,
+    /// `files_struct.fdt`
+    pub files_fdt: u32,
+    /// `fdtable.fd`
+    pub fdtable_fd: u32,
+    /// `fdtable.max_fds` (may legitimately be 0: it is read only together with `fdtable_fd`)
+    pub fdtable_max_fds: u32,
+    /// `dentry.d_name.len` (`dentry.d_name` plus `qstr.len`)
+    pub dentry_name_len: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 80);
+const _: () = assert!(size_of::<KernelOffsets>() == 108);
 
 impl KernelOffsets {
     /// Every offset unresolved: the value compiled into the eBPF object.
@@ -378,7 +476,14 @@ impl KernelOffsets {
         file_dentry: 0,
         dentry_parent: 0,
         dentry_inode: 0,
-        pad: 0,
+        file_path: 0,
+        path_dentry: 0,
+        dentry_name: 0,
+        task_files: 0,
+        files_fdt: 0,
+        fdtable_fd: 0,
+        fdtable_max_fds: 0,
+        dentry_name_len: 0,
     };
 }
 
@@ -588,4 +693,5 @@ mod pod {
     unsafe impl aya::Pod for super::LearnedKeyV4 {}
     unsafe impl aya::Pod for super::FileRuleKey {}
     unsafe impl aya::Pod for super::FileRule {}
+    unsafe impl aya::Pod for super::FileNameKey {}
 }

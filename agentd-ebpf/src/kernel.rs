@@ -27,6 +27,17 @@ pub fn read_field<T>(base: *const u8, offset: u32) -> Result<T, i64> {
     unsafe { bpf_probe_read_kernel(base.add(offset as usize).cast::<T>()) }.map_err(i64::from)
 }
 
+/// Reads a `T` at `base + offset` where 0 is a valid offset (the first field of a struct, or
+/// a slot of an array).
+#[inline(always)]
+pub fn read_at<T>(base: *const u8, offset: u32) -> Result<T, i64> {
+    if base.is_null() {
+        return Err(-1);
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address and fails instead of faulting.
+    unsafe { bpf_probe_read_kernel(base.add(offset as usize).cast::<T>()) }.map_err(i64::from)
+}
+
 /// The (device, inode) of an open `struct file`.
 #[inline(always)]
 pub fn file_inode_key(offsets: &KernelOffsets, file: *const u8) -> Result<InodeKey, i64> {

@@ -149,6 +149,9 @@ pub struct Status {
     pub tags_lost: u64,
     /// `available`, or why not.
     pub file_enforcement: String,
+    /// How file access is seen: `lsm` (decided in BPF LSM hooks, with any missing hook named),
+    /// or `tracepoints` (observed after the fact, never denied).
+    pub file_monitoring: String,
     /// The network policy version in force.
     pub network_version: u32,
     /// Agents whose network is quarantined.

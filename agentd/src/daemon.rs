@@ -9,7 +9,9 @@ use std::{
     time::Duration,
 };
 
-use agentd_common::{AgentTag, DiscoveryMatch, NetAgentPolicy, TagSource, net_action};
+use agentd_common::{
+    AgentTag, DiscoveryMatch, NetAgentPolicy, TagSource, file_name_kind, net_action,
+};
 use serde::Serialize;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
@@ -27,6 +29,7 @@ use crate::{
     dns::{self, Answer},
     ebpf::{self, LoadError},
     events::{Event, EventReader, ReaderError, SCHEMA_VERSION},
+    filepolicy::FileTarget,
     identity::{
         Registry,
         attest::{Peer, boottime_ticks},
@@ -36,7 +39,7 @@ use crate::{
     netpolicy::{Categories, Mode, layout},
     sensors::{
         SensorError,
-        files::{self, FileEnforcement, FileSensor},
+        files::{self, FileEnforcement, FileMode, FileSensor},
         net::{NetSensor, NetTables},
         process::ProcessSensor,
     },
@@ -94,6 +97,13 @@ fn agent_ref(registry: &Registry, tag: AgentTag) -> Option<AgentRef> {
     })
 }
 
+/// The agents' file rules as the kernel holds them.
+#[derive(Clone, Debug, Default)]
+struct FileEntries {
+    objects: Vec<(agentd_common::FileRuleKey, agentd_common::FileRule)>,
+    names: Vec<(agentd_common::FileNameKey, agentd_common::FileRule)>,
+}
+
 /// The daemon's state: the identity policy in force and the sensors that enforce it.
 pub struct State {
     registry: Registry,
@@ -101,9 +111,9 @@ pub struct State {
     userspace_rules: UserspaceRules,
     process: ProcessSensor,
     net: NetSensor,
-    /// Present where BPF LSM enforcement works.
-    files: Option<FileSensor>,
-    file_entries: Vec<(agentd_common::FileRuleKey, agentd_common::FileRule)>,
+    /// Enforcing where BPF LSM works, observing otherwise.
+    files: FileSensor,
+    file_entries: FileEntries,
     /// The version of the network policy in force; every connection event carries it.
     net_version: u32,
     cgroup_root: PathBuf,
@@ -132,10 +142,8 @@ impl State {
         })?;
         let file_enforcement = files::probe_enforcement(&mut object);
         log_file_enforcement(&file_enforcement);
-        let files = match file_enforcement {
-            FileEnforcement::Available => Some(FileSensor::attach(&mut object)?),
-            FileEnforcement::Unavailable(_) => None,
-        };
+        let files =
+            FileSensor::attach(&mut object, file_enforcement == FileEnforcement::Available)?;
         let process = ProcessSensor::attach(&mut object)?;
         let net = NetSensor::attach(&mut object, &cgroup_root)?;
         let reader = EventReader::new(&mut object)?;
@@ -146,7 +154,7 @@ impl State {
             process,
             net,
             files,
-            file_entries: Vec::new(),
+            file_entries: FileEntries::default(),
             net_version: 0,
             cgroup_root,
             categories,
@@ -199,11 +207,7 @@ impl State {
         let rest = self
             .process
             .set_discovery(&kernel_rules)
-            .and_then(|()| {
-                files
-                    .as_mut()
-                    .map_or(Ok(()), |files| files.set_rules(&file_entries))
-            })
+            .and_then(|()| files.set_rules(&file_entries.objects, &file_entries.names))
             .and_then(|()| self.net.apply(&tables))
             .and_then(|()| {
                 self.net
@@ -214,9 +218,8 @@ impl State {
             // maps switch generations atomically, so a failed network apply changed nothing.
             self.process.set_cgroups(&self.cgroup_entries)?;
             self.process.set_discovery(&self.discovery_entries)?;
-            if let Some(files) = &mut self.files {
-                files.set_rules(&self.file_entries)?;
-            }
+            self.files
+                .set_rules(&self.file_entries.objects, &self.file_entries.names)?;
             return Err(err.into());
         }
         self.net_version = net_version;
@@ -391,29 +394,36 @@ impl State {
     }
 
     /// The kernel's file rules for `compiled`.
-    fn file_rules(
-        &mut self,
-        compiled: &CompiledPolicy,
-    ) -> Vec<(agentd_common::FileRuleKey, agentd_common::FileRule)> {
-        let mut entries = Vec::new();
+    fn file_rules(&mut self, compiled: &CompiledPolicy) -> FileEntries {
+        let mut entries = FileEntries::default();
         for agent in &compiled.agents {
             let Some(files) = &agent.files else { continue };
             let index = self.registry.intern_agent(&agent.agent);
             for rule in &files.rules {
-                entries.push((
-                    agentd_common::FileRuleKey {
-                        agent: index,
-                        pad: 0,
-                        inode: rule.inode,
-                    },
-                    agentd_common::FileRule {
-                        access: rule.access,
-                        action: rule.action.kernel_value(),
-                        audit: u8::from(files.mode == Mode::Audit),
-                        pad: 0,
-                        rule: self.registry.intern_rule(&rule.name),
-                    },
-                ));
+                let value = agentd_common::FileRule {
+                    access: rule.access,
+                    action: rule.action.kernel_value(),
+                    audit: u8::from(files.mode == Mode::Audit),
+                    pad: 0,
+                    rule: self.registry.intern_rule(&rule.name),
+                };
+                match &rule.target {
+                    FileTarget::Object(inode) => entries.objects.push((
+                        agentd_common::FileRuleKey {
+                            agent: index,
+                            pad: 0,
+                            inode: *inode,
+                        },
+                        value,
+                    )),
+                    FileTarget::Name(name) => entries
+                        .names
+                        .push((files::name_key(index, file_name_kind::NAME, name), value)),
+                    FileTarget::Extension(extension) => entries.names.push((
+                        files::name_key(index, file_name_kind::EXTENSION, extension),
+                        value,
+                    )),
+                }
             }
         }
         entries
@@ -552,6 +562,16 @@ impl State {
             file_enforcement: match &self.file_enforcement {
                 FileEnforcement::Available => "available".to_owned(),
                 FileEnforcement::Unavailable(why) => format!("unavailable: {why}"),
+            },
+            file_monitoring: match self.files.mode() {
+                FileMode::Enforcing { missing } if missing.is_empty() => "lsm".to_owned(),
+                FileMode::Enforcing { missing } => format!(
+                    "lsm, degraded: no {} hook on this kernel",
+                    missing.join(", ")
+                ),
+                FileMode::Observing => {
+                    "tracepoints: opens that break a rule are reported, not denied".to_owned()
+                }
             },
         })
     }

@@ -4,8 +4,8 @@
 use std::{ffi::CStr, mem::size_of, net::IpAddr, ptr};
 
 use agentd_common::{
-    AgentTag, EventHeader, EventKind, ExecEvent, FileEvent, NetEvent, ProcessEvent, TagSource,
-    Verdict,
+    AgentTag, EventHeader, EventKind, ExecEvent, FileEvent, FileHook, NetEvent, ProcessEvent,
+    TagSource, Verdict,
 };
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use serde::Serialize;
@@ -75,8 +75,20 @@ pub struct FileDecision {
     pub rule_id: u32,
     /// `read`, `write`, `exec`: what the open asked for.
     pub access: Vec<&'static str>,
-    /// Audit mode allowed what enforce mode would deny.
+    /// Audit mode allowed what enforce mode would deny, or (with `observed`) a tracepoint saw
+    /// an access that enforcement would have denied.
     pub would_deny: bool,
+    /// Where the decision was taken: `open`, `exec`, `unlink`, `rename`, `link`, `create`,
+    /// `truncate`, or `observed_open` (a syscall tracepoint where BPF LSM is not active).
+    pub hook: &'static str,
+    /// Seen after the fact by a tracepoint: nothing was enforced.
+    pub observed: bool,
+    /// The file's path: resolved by the kernel unless `path_source` says otherwise.
+    pub path: String,
+    /// `kernel` (`bpf_d_path`), `name` (the last component only: the hook has no path to
+    /// resolve), or `as_passed` (the string the process gave the syscall; observation only).
+    pub path_source: &'static str,
+    pub path_truncated: bool,
     /// The agent whose rule decided (none for the global deny list).
     #[serde(skip)]
     pub tag: AgentTag,
@@ -239,6 +251,30 @@ impl Event {
                     .map(|(_, name)| name)
                     .collect(),
                     would_deny: raw.flags & FileEvent::FLAG_WOULD_DENY != 0,
+                    hook: match FileHook::from_u32(raw.hook) {
+                        Some(FileHook::Open) => "open",
+                        Some(FileHook::Exec) => "exec",
+                        Some(FileHook::Unlink) => "unlink",
+                        Some(FileHook::Rename) => "rename",
+                        Some(FileHook::Link) => "link",
+                        Some(FileHook::Create) => "create",
+                        Some(FileHook::Truncate) => "truncate",
+                        Some(FileHook::ObservedOpen) => "observed_open",
+                        None => "unknown",
+                    },
+                    observed: raw.flags & FileEvent::FLAG_OBSERVED != 0,
+                    path: String::from_utf8_lossy(
+                        &raw.path[..(raw.path_len as usize).min(raw.path.len())],
+                    )
+                    .into_owned(),
+                    path_source: if raw.flags & FileEvent::FLAG_PATH_AS_PASSED != 0 {
+                        "as_passed"
+                    } else if raw.flags & FileEvent::FLAG_PATH_NAME_ONLY != 0 {
+                        "name"
+                    } else {
+                        "kernel"
+                    },
+                    path_truncated: raw.flags & FileEvent::FLAG_PATH_TRUNCATED != 0,
                     tag: AgentTag::new(raw.agent, TagSource::Launch, 0),
                 }))
             }
@@ -580,12 +616,23 @@ mod tests {
             rule_id: 77,
             agent: 0,
             access: agentd_common::file_access::READ,
-            flags: 0,
+            flags: FileEvent::FLAG_PATH_NAME_ONLY,
+            hook: FileHook::Unlink as u32,
+            path_len: 3,
             pad: 0,
+            path: {
+                let mut path = [0xff; agentd_common::FILE_PATH_LEN];
+                path[..4].copy_from_slice(b"key\0");
+                path
+            },
         };
         let event = Event::decode(&bytes_of(&raw)).unwrap();
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["kind"], "file");
+        assert_eq!(json["hook"], "unlink");
+        assert_eq!(json["path"], "key");
+        assert_eq!(json["path_source"], "name");
+        assert_eq!(json["observed"], false);
         assert_eq!(json["verdict"], "deny");
         assert_eq!(json["rule_id"], 77);
         assert_eq!(json["dev"], (8 << 20) | 1);

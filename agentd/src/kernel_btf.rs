@@ -293,7 +293,14 @@ impl KernelBtf {
             file_dentry: _,
             dentry_parent: _,
             dentry_inode: _,
-            pad: _,
+            file_path: _,
+            path_dentry: _,
+            dentry_name: _,
+            task_files: _,
+            files_fdt: _,
+            fdtable_fd: _,
+            fdtable_max_fds: _,
+            dentry_name_len: _,
         } = KernelOffsets::UNRESOLVED;
         Ok(KernelOffsets {
             task_real_parent: self.nonzero_offset("task_struct", "real_parent")?,
@@ -316,7 +323,16 @@ impl KernelBtf {
                 + self.member_offset("path", "dentry")?,
             dentry_parent: self.nonzero_offset("dentry", "d_parent")?,
             dentry_inode: self.nonzero_offset("dentry", "d_inode")?,
-            pad: 0,
+            file_path: self.nonzero_offset("file", "f_path")?,
+            path_dentry: self.member_offset("path", "dentry")?,
+            dentry_name: self.nonzero_offset("dentry", "d_name")?
+                + self.member_offset("qstr", "name")?,
+            task_files: self.nonzero_offset("task_struct", "files")?,
+            files_fdt: self.nonzero_offset("files_struct", "fdt")?,
+            fdtable_fd: self.nonzero_offset("fdtable", "fd")?,
+            fdtable_max_fds: self.member_offset("fdtable", "max_fds")?,
+            dentry_name_len: self.nonzero_offset("dentry", "d_name")?
+                + self.member_offset("qstr", "len")?,
         })
     }
 }

@@ -340,3 +340,9 @@ pub fn boottime_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut now) };
     u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }
+
+/// The test helper binary: `built` (the test crate's `CARGO_BIN_EXE_agentd-test-helper`), or
+/// inside the vm tier, where it is installed beside the test binaries, `AGENTD_TEST_HELPER`.
+pub fn test_helper(built: &str) -> PathBuf {
+    std::env::var_os("AGENTD_TEST_HELPER").map_or_else(|| PathBuf::from(built), PathBuf::from)
+}

@@ -1,8 +1,15 @@
 //! Agents' file rules through `agentd run`, where BPF LSM works.
 
-use std::{fs, os::unix::fs::symlink, path::Path, process::Command};
+use std::{
+    fs,
+    os::unix::fs::{PermissionsExt as _, symlink},
+    path::Path,
+    process::Command,
+};
 
 use agentd_tests::{Daemon, launch_cgroup, wait_until};
+
+use crate::helper;
 
 /// Runs `cat PATH` as `agent` (or untagged) and returns whether it could read it.
 fn can_read(daemon: &Daemon, agent: Option<&str>, path: &Path) -> bool {
@@ -109,6 +116,18 @@ fn agent_file_rules_deny_a_directory_subtree_and_a_file_through_every_name() {
         "{denied}"
     );
     assert_eq!(denied["access"][0], "read");
+    assert_eq!(denied["hook"], "open");
+    // The path is the kernel's: absolute even where the process used a relative one.
+    for event in events.iter().filter(|e| e["verdict"] == "deny") {
+        assert_eq!(event["path_source"], "kernel", "{event}");
+        assert!(event["path"].as_str().unwrap().starts_with('/'), "{event}");
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e["path"] == renamed.join("key").to_str().unwrap()),
+        "the path after the rename: {events:#?}"
+    );
 }
 
 #[test]
@@ -159,6 +178,45 @@ fn exec_rule_stops_an_agent_running_a_binary() {
         "reading it is still allowed: the rule covers exec only"
     );
     assert!(Command::new(tool).status().expect("untagged run").success());
+
+    let mut events = Vec::new();
+    wait_until("the exec deny event is printed", || {
+        file_events(&daemon, &mut events);
+        events.iter().any(|e| e["hook"] == "exec")
+    });
+    let denied = events.iter().find(|e| e["hook"] == "exec").unwrap();
+    assert_eq!(denied["verdict"], "deny");
+    assert_eq!(denied["access"][0], "exec");
+    assert_eq!(denied["path"], tool);
+    assert_eq!(denied["rule"], format!("{agent}/no-tool"));
+}
+
+/// `bprm_check_security` runs for each interpreter too: a script cannot smuggle a denied
+/// binary in through its `#!` line.
+#[test]
+fn denied_interpreter_cannot_run_through_a_script() {
+    let agent = "script-agent";
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let shell = dir.path().join("sh");
+    fs::copy("/bin/sh", &shell).expect("copying sh");
+    let script = dir.path().join("script");
+    fs::write(&script, format!("#!{}\necho ran\n", shell.display())).expect("script");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let daemon = Daemon::start(&format!(
+        "[[agent]]\nname = \"{agent}\"\n[agent.files]\n\
+         [[agent.files.rule]]\nid = \"no-shell\"\naction = \"deny\"\npath = \"{}\"\naccess = [\"exec\"]\n",
+        shell.display()
+    ));
+    let _launched = launch_cgroup(agent);
+    let script = script.to_str().unwrap();
+    let output = daemon.launch(agent, &[script]).output().expect("script");
+    assert!(
+        !output.status.success(),
+        "the script ran its denied interpreter"
+    );
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("ran"));
+    let untagged = Command::new(script).output().expect("untagged script");
+    assert_eq!(String::from_utf8_lossy(&untagged.stdout), "ran\n");
 }
 
 #[test]
@@ -202,4 +260,164 @@ fn protected_directory_keeps_its_files_from_being_moved_removed_or_linked_out() 
         .status()
         .expect("ln");
     assert!(status.success());
+}
+
+/// Names that reach the object without the usual open: `openat2`, an `O_PATH` descriptor
+/// reopened through `/proc/self/fd/N`, and a bind mount of the protected directory.
+#[test]
+fn evasion_corpus_is_denied() {
+    let agent = "evasive-agent";
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let secrets = dir.path().join("secrets");
+    fs::create_dir(&secrets).expect("secrets");
+    let key = secrets.join("key");
+    fs::write(&key, "k").expect("key");
+    let daemon = Daemon::start(&format!(
+        "[[agent]]\nname = \"{agent}\"\n[agent.files]\n\
+         [[agent.files.rule]]\nid = \"no-secrets\"\naction = \"deny\"\npath = \"{}\"\naccess = [\"read\"]\n",
+        secrets.display()
+    ));
+    let _launched = launch_cgroup(agent);
+    let helper = helper();
+    let helper = helper.to_str().unwrap();
+    let output = daemon
+        .launch(agent, &[helper, "open-evasions", key.to_str().unwrap()])
+        .output()
+        .expect("helper");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(said.trim(), "openat2=eperm proc-fd=eperm");
+    // Untagged, the same calls succeed.
+    let output = Command::new(helper)
+        .args(["open-evasions", key.to_str().unwrap()])
+        .output()
+        .expect("helper");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "openat2=ok proc-fd=ok"
+    );
+
+    // A bind mount gives the directory a second path; its dentries are the same.
+    let mount = dir.path().join("mnt");
+    fs::create_dir(&mount).expect("mount point");
+    let status = Command::new("mount")
+        .arg("--bind")
+        .arg(&secrets)
+        .arg(&mount)
+        .status()
+        .expect("mount --bind");
+    assert!(status.success());
+    let through_mount = can_read(&daemon, Some(agent), &mount.join("key"));
+    let _ = Command::new("umount").arg(&mount).status();
+    assert!(!through_mount, "read through a bind mount");
+}
+
+/// Writing into a protected directory: creating a file there (`inode_create`) and truncating
+/// one by name (`path_truncate`) are denied, as is opening one for writing.
+#[test]
+fn protected_directory_refuses_new_files_and_truncation() {
+    let agent = "writer-agent";
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let vault = dir.path().join("vault");
+    fs::create_dir(&vault).expect("vault");
+    let key = vault.join("key");
+    fs::write(&key, "key").expect("key");
+    let daemon = Daemon::start(&format!(
+        "[[agent]]\nname = \"{agent}\"\n[agent.files]\n\
+         [[agent.files.rule]]\nid = \"vault\"\naction = \"deny\"\npath = \"{}\"\naccess = [\"write\"]\n",
+        vault.display()
+    ));
+    let _launched = launch_cgroup(agent);
+    let new = vault.join("new");
+    let created = daemon
+        .launch(agent, &["sh", "-c", &format!("echo x > {}", new.display())])
+        .output()
+        .expect("sh");
+    assert!(!created.status.success(), "created a file in the vault");
+    assert!(!new.exists());
+    let appended = daemon
+        .launch(
+            agent,
+            &["sh", "-c", &format!("echo x >> {}", key.display())],
+        )
+        .output()
+        .expect("sh");
+    assert!(!appended.status.success(), "wrote into the vault");
+    let helper = helper();
+    let truncated = daemon
+        .launch(
+            agent,
+            &[helper.to_str().unwrap(), "truncate", key.to_str().unwrap()],
+        )
+        .output()
+        .expect("helper");
+    assert_eq!(String::from_utf8_lossy(&truncated.stdout).trim(), "eperm");
+    assert_eq!(fs::read_to_string(&key).unwrap(), "key");
+    assert!(
+        can_read(&daemon, Some(agent), &key),
+        "reading is not covered"
+    );
+
+    let mut events = Vec::new();
+    wait_until("the create and truncate events are printed", || {
+        file_events(&daemon, &mut events);
+        ["create", "truncate"]
+            .iter()
+            .all(|hook| events.iter().any(|e| e["hook"] == *hook))
+    });
+    let create = events.iter().find(|e| e["hook"] == "create").unwrap();
+    assert_eq!(create["path"], "new");
+    assert_eq!(create["path_source"], "name");
+    assert_eq!(create["access"][0], "write");
+
+    // Untagged processes create files there as before.
+    fs::write(&new, "x").expect("untagged create");
+}
+
+/// The shipped `sensitive` set covers secrets by place (`~/.ssh` under every home) and by name
+/// anywhere (`.env`, `id_ed25519`); a policy names it in one line.
+#[test]
+fn sensitive_set_protects_keys_and_dotenv_files_anywhere() {
+    let agent = "careful-agent";
+    let ssh = Path::new("/root/.ssh");
+    fs::create_dir_all(ssh).expect("/root/.ssh");
+    let config = ssh.join("agentd-test-config");
+    fs::write(&config, "Host *").expect("ssh config");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let project = dir.path().join("project");
+    fs::create_dir(&project).expect("project");
+    fs::write(project.join(".env"), "TOKEN=1").expect(".env");
+    fs::write(project.join("id_ed25519"), "key").expect("stray key");
+    fs::write(project.join("README"), "hello").expect("readme");
+    let daemon = Daemon::start(&format!(
+        "[[agent]]\nname = \"{agent}\"\n[agent.files]\n\
+         [[agent.files.rule]]\nid = \"secrets\"\naction = \"deny\"\nset = \"sensitive\"\naccess = [\"read\", \"write\"]\n"
+    ));
+    let _launched = launch_cgroup(agent);
+    assert!(!can_read(&daemon, Some(agent), &config), "~/.ssh");
+    assert!(
+        !can_read(&daemon, Some(agent), &project.join(".env")),
+        ".env"
+    );
+    assert!(
+        !can_read(&daemon, Some(agent), &project.join("id_ed25519")),
+        "a key by name"
+    );
+    assert!(can_read(&daemon, Some(agent), &project.join("README")));
+    assert!(can_read(&daemon, None, &project.join(".env")), "untagged");
+    // A new .env is covered from its creation: the name rule applies in inode_create.
+    let fresh = dir.path().join(".env");
+    let created = daemon
+        .launch(
+            agent,
+            &["sh", "-c", &format!("echo x > {}", fresh.display())],
+        )
+        .output()
+        .expect("sh");
+    assert!(!created.status.success(), "created a new .env");
+    let _ = fs::remove_file(&config);
 }

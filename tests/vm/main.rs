@@ -3,3 +3,7 @@
 
 mod files;
 mod lsm;
+
+fn helper() -> std::path::PathBuf {
+    agentd_tests::test_helper(env!("CARGO_BIN_EXE_agentd-test-helper"))
+}

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::{Agent, AgentId};
 use crate::{
-    filepolicy::{AgentFilesSpec, CompiledAgentFiles},
+    filepolicy::{AgentFilesSpec, CompiledAgentFiles, Homes},
     netpolicy::{
         AgentNetworkSpec, Categories, CompiledAgentNetwork, CompiledGlobalNetwork,
         GlobalNetworkSpec, NameContext, layout,
@@ -265,6 +265,7 @@ impl IdentityPolicy {
         let mut compiled = CompiledPolicy::default();
         let mut names = HashSet::new();
         let mut ids = HashSet::new();
+        let homes = Homes::system();
 
         for (i, spec) in self.agents.iter().enumerate() {
             let at = format!("agent[{i}]");
@@ -322,7 +323,12 @@ impl IdentityPolicy {
                 compiled
             });
             let files = spec.files.as_ref().map(|files| {
-                files.compile(&spec.name, &format!("{at}.files"), &mut network_errors)
+                files.compile(
+                    &spec.name,
+                    &format!("{at}.files"),
+                    &homes,
+                    &mut network_errors,
+                )
             });
             if let Some(id) = id {
                 compiled.agents.push(CompiledAgent {

@@ -1,24 +1,31 @@
-//! The file sensor: BPF LSM `file_open`, denying opens of files named by kernel object.
-//!
-//! This is the first piece of file enforcement: a deny list of (device, inode) pairs. Policy
-//! compilation, audit mode and the other hooks arrive with the file-controls work.
+//! The file sensor: agents' file rules in kernel maps, enforced by BPF LSM hooks (`file_open`,
+//! `bprm_check_security`, and the path and inode hooks that keep protected files in place), or,
+//! where BPF LSM is not active, observed through the open syscalls' tracepoints.
 
 use std::{fs, os::unix::fs::MetadataExt as _, path::Path};
 
-use agentd_common::{FileRule, FileRuleKey, InodeKey};
+use agentd_common::{FileNameKey, FileRule, FileRuleKey, InodeKey};
 use aya::{
     maps::HashMap,
-    programs::{Lsm, lsm::LsmLink},
+    programs::{Lsm, TracePoint, lsm::LsmLink, trace_point::TracePointLink},
 };
 
 use super::{SensorError, attach_error, load_error};
 use crate::ebpf::LoadedObject;
 
 const PROGRAM: &str = "file_open";
-/// Hooks that stop a protected file being moved, removed or linked out of its directory.
-const PATH_HOOKS: [&str; 3] = ["path_unlink", "path_rename", "path_link"];
+/// Hooks that stop a protected file being moved, removed, linked out of its directory or
+/// truncated, and new files being created in a protected directory.
+const OPTIONAL_HOOKS: [&str; 5] = [
+    "path_unlink",
+    "path_rename",
+    "path_link",
+    "path_truncate",
+    "inode_create",
+];
 const DENY_MAP: &str = "DENY_INODES";
 const RULES_MAP: &str = "FILE_RULES";
+const NAMES_MAP: &str = "FILE_NAMES";
 
 /// The kernel's active LSMs, comma-separated.
 pub const ACTIVE_LSMS: &str = "/sys/kernel/security/lsm";
@@ -102,67 +109,135 @@ pub fn inode_key_of(meta: &fs::Metadata) -> InodeKey {
     )
 }
 
-/// The attached `file_open` hook, its global deny map and the agents' file rules. Dropping it
-/// detaches the program.
+/// LSM hooks that file enforcement cannot do without: opens and execs.
+const REQUIRED_HOOKS: [&str; 2] = [PROGRAM, "bprm_check_security"];
+/// Syscall tracepoints that observe opens where BPF LSM is not active: (program, name).
+const OBSERVERS: [(&str, &str); 6] = [
+    ("observe_enter_openat", "sys_enter_openat"),
+    ("observe_enter_openat2", "sys_enter_openat2"),
+    ("observe_enter_open", "sys_enter_open"),
+    ("observe_exit_openat", "sys_exit_openat"),
+    ("observe_exit_openat2", "sys_exit_openat2"),
+    ("observe_exit_open", "sys_exit_open"),
+];
+
+/// How the sensor sees file access.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileMode {
+    /// BPF LSM hooks decide; `missing` names optional hooks this kernel lacks.
+    Enforcing { missing: Vec<&'static str> },
+    /// Syscall tracepoints report opens that break a rule, after the fact. Nothing is enforced.
+    Observing,
+}
+
+/// The agents' file rules in the kernel, and the programs that apply them: BPF LSM hooks where
+/// enforcement works, syscall tracepoints that observe otherwise. Dropping it detaches them.
 pub struct FileSensor {
     deny: HashMap<aya::maps::MapData, InodeKey, u32>,
     rules: HashMap<aya::maps::MapData, FileRuleKey, FileRule>,
-    _links: Vec<LsmLink>,
+    names: HashMap<aya::maps::MapData, FileNameKey, FileRule>,
+    mode: FileMode,
+    _lsm_links: Vec<LsmLink>,
+    _observer_links: Vec<TracePointLink>,
 }
 
 impl FileSensor {
-    pub fn attach(object: &mut LoadedObject) -> Result<Self, SensorError> {
+    /// Attaches the LSM hooks when `enforce` (after [`probe_enforcement`] said they work),
+    /// or the observing tracepoints otherwise.
+    pub fn attach(object: &mut LoadedObject, enforce: bool) -> Result<Self, SensorError> {
         let LoadedObject { ebpf, btf, .. } = object;
         let deny = ebpf
             .take_map(DENY_MAP)
             .ok_or(SensorError::MissingMap { map: DENY_MAP })?;
-        let deny = HashMap::try_from(deny).map_err(|source| SensorError::Map {
-            map: DENY_MAP,
-            source,
-        })?;
+        let deny = HashMap::try_from(deny).map_err(super::map_error(DENY_MAP))?;
         let rules = ebpf
             .take_map(RULES_MAP)
             .ok_or(SensorError::MissingMap { map: RULES_MAP })?;
         let rules = HashMap::try_from(rules).map_err(super::map_error(RULES_MAP))?;
-        let mut links = Vec::new();
-        for hook in [PROGRAM].into_iter().chain(PATH_HOOKS) {
-            let program: &mut Lsm = super::program(ebpf, hook)?;
-            let attached = program
-                .load(hook, btf)
-                .map_err(load_error(hook))
-                .and_then(|()| program.attach().map_err(attach_error(hook)))
-                .and_then(|link_id| program.take_link(link_id).map_err(attach_error(hook)));
-            match attached {
-                Ok(link) => links.push(link),
-                Err(err) if hook == PROGRAM => return Err(err),
-                // A kernel without CONFIG_SECURITY_PATH has no path hooks: opens are still
-                // decided, moving files out of protected directories is not.
-                Err(err) => tracing::warn!(
-                    hook,
-                    "{:#}: protected directories do not stop renames, unlinks and links here",
-                    anyhow::Error::from(err)
-                ),
+        let names = ebpf
+            .take_map(NAMES_MAP)
+            .ok_or(SensorError::MissingMap { map: NAMES_MAP })?;
+        let names = HashMap::try_from(names).map_err(super::map_error(NAMES_MAP))?;
+        let mut lsm_links = Vec::new();
+        let mut observer_links = Vec::new();
+        let mode = if enforce {
+            let mut missing = Vec::new();
+            for hook in REQUIRED_HOOKS.into_iter().chain(OPTIONAL_HOOKS) {
+                let program: &mut Lsm = super::program(ebpf, hook)?;
+                let attached = program
+                    .load(hook, btf)
+                    .map_err(load_error(hook))
+                    .and_then(|()| program.attach().map_err(attach_error(hook)))
+                    .and_then(|link_id| program.take_link(link_id).map_err(attach_error(hook)));
+                match attached {
+                    Ok(link) => lsm_links.push(link),
+                    Err(err) if REQUIRED_HOOKS.contains(&hook) => return Err(err),
+                    // A kernel without CONFIG_SECURITY_PATH has no path hooks: opens and execs
+                    // are still decided, moving files out of protected directories is not.
+                    Err(err) => {
+                        tracing::warn!(
+                            hook,
+                            "{:#}: this check is not enforced on this kernel",
+                            anyhow::Error::from(err)
+                        );
+                        missing.push(hook);
+                    }
+                }
             }
-        }
+            FileMode::Enforcing { missing }
+        } else {
+            for (name, tracepoint) in OBSERVERS {
+                let program: &mut TracePoint = super::program(ebpf, name)?;
+                program.load().map_err(load_error(name))?;
+                let link_id = program
+                    .attach("syscalls", tracepoint)
+                    .map_err(attach_error(name))?;
+                observer_links.push(program.take_link(link_id).map_err(attach_error(name))?);
+            }
+            FileMode::Observing
+        };
         Ok(Self {
             deny,
             rules,
-            _links: links,
+            names,
+            mode,
+            _lsm_links: lsm_links,
+            _observer_links: observer_links,
         })
     }
 
-    /// Makes the agents' file rules exactly `want`.
-    pub fn set_rules(&mut self, want: &[(FileRuleKey, FileRule)]) -> Result<(), SensorError> {
-        super::replace_all(&mut self.rules, want, RULES_MAP)
+    pub fn mode(&self) -> &FileMode {
+        &self.mode
+    }
+
+    /// Makes the agents' file rules exactly `objects` and `names`. On an error, the maps may
+    /// hold a mix: the caller puts the previous rules back.
+    pub fn set_rules(
+        &mut self,
+        objects: &[(FileRuleKey, FileRule)],
+        names: &[(FileNameKey, FileRule)],
+    ) -> Result<(), SensorError> {
+        super::replace_all(&mut self.rules, objects, RULES_MAP)?;
+        super::replace_all(&mut self.names, names, NAMES_MAP)
     }
 
     /// Denies every open of the file `key` names, reporting `rule_id`.
     pub fn deny(&mut self, key: InodeKey, rule_id: u32) -> Result<(), SensorError> {
         self.deny
             .insert(key, rule_id, 0)
-            .map_err(|source| SensorError::Map {
-                map: DENY_MAP,
-                source,
-            })
+            .map_err(super::map_error(DENY_MAP))
     }
+}
+
+/// The kernel key of a name or extension rule.
+#[must_use]
+pub fn name_key(agent: u32, kind: u32, name: &str) -> FileNameKey {
+    let mut key = FileNameKey {
+        agent,
+        kind,
+        name: [0; agentd_common::FILE_NAME_LEN],
+    };
+    let len = name.len().min(key.name.len() - 1);
+    key.name[..len].copy_from_slice(&name.as_bytes()[..len]);
+    key
 }

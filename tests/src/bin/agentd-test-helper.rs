@@ -13,6 +13,10 @@
 //!   `resolved=IP from=ADDR ok|eperm|error`.
 //! - `agentd-test-helper net-until-denied tcp ADDR PORT STOPFILE`: connects every 5 ms until a
 //!   connect fails with EPERM (printing `ok=N denied`), or until STOPFILE exists.
+//! - `agentd-test-helper open-evasions PATH`: tries to read PATH in ways that dodge a check
+//!   on the name: `openat2`, and an `O_PATH` descriptor reopened through `/proc/self/fd/N`.
+//!   Prints `openat2=ok|eperm|error:... proc-fd=ok|eperm|error:...`.
+//! - `agentd-test-helper truncate PATH`: `truncate(2)` to 0 bytes; prints `ok|eperm|error:...`.
 
 use std::{
     fs,
@@ -177,6 +181,55 @@ fn resolve_connect(server: &str, name: &str, port: &str) -> std::io::Result<()> 
     Ok(())
 }
 
+/// `eperm` or the error, for the last failed syscall.
+fn failure() -> String {
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => "eperm".to_owned(),
+        _ => format!("error:{err}"),
+    }
+}
+
+/// `ok` (closing the descriptor), `eperm` or the error, for a syscall that opens a file.
+fn outcome(ret: i64) -> String {
+    if ret >= 0 {
+        // SAFETY: closing a descriptor this process just opened.
+        unsafe { libc::close(i32::try_from(ret).unwrap_or(-1)) };
+        return "ok".to_owned();
+    }
+    failure()
+}
+
+fn open_evasions(path: &str) -> std::io::Result<()> {
+    let name = std::ffi::CString::new(path).map_err(std::io::Error::other)?;
+    // struct open_how { u64 flags; u64 mode; u64 resolve; }
+    let how: [u64; 3] = [libc::O_RDONLY as u64, 0, 0];
+    // SAFETY: a valid NUL-terminated name and a valid open_how of the size passed.
+    let openat2 = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            name.as_ptr(),
+            how.as_ptr(),
+            size_of_val(&how),
+        )
+    };
+    let openat2 = outcome(openat2);
+    // SAFETY: a valid NUL-terminated name.
+    let o_path = unsafe { libc::open(name.as_ptr(), libc::O_PATH) };
+    if o_path < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let reopen =
+        std::ffi::CString::new(format!("/proc/self/fd/{o_path}")).map_err(std::io::Error::other)?;
+    // SAFETY: a valid NUL-terminated name.
+    let proc_fd = outcome(i64::from(unsafe {
+        libc::open(reopen.as_ptr(), libc::O_RDONLY)
+    }));
+    println!("openat2={openat2} proc-fd={proc_fd}");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[1..] {
@@ -185,6 +238,15 @@ fn main() -> ExitCode {
         ["net", protocol, addr, port, count] => net(protocol, addr, port, count, None),
         ["net", protocol, addr, port, count, rate] => net(protocol, addr, port, count, Some(rate)),
         ["resolve-connect", server, name, port] => resolve_connect(server, name, port),
+        ["open-evasions", path] => open_evasions(path),
+        ["truncate", path] => std::ffi::CString::new(path)
+            .map_err(std::io::Error::other)
+            .map(|name| {
+                // SAFETY: a valid NUL-terminated name.
+                let ret = unsafe { libc::truncate(name.as_ptr(), 0) };
+                let said = if ret == 0 { "ok".to_owned() } else { failure() };
+                println!("{said}");
+            }),
         ["net-until-denied", protocol, addr, port, stop] => {
             net_until_denied(protocol, addr, port, stop)
         }
