@@ -104,6 +104,25 @@ fn file_rules_are_observed_where_they_cannot_be_enforced() {
             .is_some_and(|p| p.ends_with("public.txt"))),
         "{events:#?}"
     );
+
+    // A bad file rule is refused by field, and the rules in force stay.
+    let refused = daemon.apply(&format!(
+        "[[agent]]\nname = \"{agent}\"\n[agent.files]\n\
+         [[agent.files.rule]]\nid = \"typo\"\naction = \"deny\"\nset = \"sensitve\"\n\
+         [[agent.files.rule]]\nid = \"rel\"\naction = \"deny\"\npath = \"secrets\"\n"
+    ));
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("agent[0].files.rule[0].set: unknown file set \"sensitve\"")
+            && stderr.contains("agent[0].files.rule[1].path: secrets is not an absolute path"),
+        "{stderr}"
+    );
+    assert_eq!(read(&key), !enforcing, "the rule in force stays");
+    wait_until("the rule still reports", || {
+        daemon.events().iter().any(|line| line.contains("no-secrets"))
+    });
+
     if enforcing {
         assert_eq!(event["verdict"], "deny", "{event}");
         assert_eq!(event["hook"], "open");
