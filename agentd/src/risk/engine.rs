@@ -71,6 +71,10 @@ struct AgentState {
     egress: EgressWindow,
     /// In id order, at most `max_detections`.
     records: VecDeque<Stored>,
+    /// The active records, by rule and key (for de-duplication)...
+    active: HashMap<(Rule, u64), DetectionId>,
+    /// ... and counted by severity (low, medium, high).
+    active_counts: [u32; 3],
     /// At most `max_transitions`.
     transitions: VecDeque<RiskTransition>,
     level: RiskLevel,
@@ -211,10 +215,9 @@ impl RiskEngine {
     pub fn confirm_safe(&mut self, agent: AgentId, now_ns: u64) -> Outcome {
         self.with_agent(agent, now_ns, |state, cx| {
             state.compromised = false;
-            for stored in &mut state.records {
-                if stored.record.state == DetectionState::Active {
-                    stored.record.state = DetectionState::Dismissed;
-                    stored.record.ended_ns = Some(cx.now);
+            for index in 0..state.records.len() {
+                if state.records[index].record.state == DetectionState::Active {
+                    state.end(index, DetectionState::Dismissed, cx.now);
                 }
             }
             state.next_decay_ns = u64::MAX;
@@ -238,16 +241,12 @@ impl RiskEngine {
                 result = Err(RiskError::NoSuchDetection(id));
                 return;
             };
-            let record = &mut state.records[index].record;
-            if record.state != DetectionState::Active {
-                result = Err(RiskError::NotActive {
-                    id,
-                    state: record.state,
-                });
+            let current = state.records[index].record.state;
+            if current != DetectionState::Active {
+                result = Err(RiskError::NotActive { id, state: current });
                 return;
             }
-            record.state = DetectionState::Dismissed;
-            record.ended_ns = Some(cx.now);
+            state.end(index, DetectionState::Dismissed, cx.now);
             state.settle(cx, Cause::Dismissed { id }, true);
         });
         result.map(|()| out)
@@ -301,6 +300,14 @@ fn destination(connect: &ConnectAttempt) -> String {
     }
 }
 
+fn severity_index(severity: Severity) -> usize {
+    match severity {
+        Severity::Low => 0,
+        Severity::Medium => 1,
+        Severity::High => 2,
+    }
+}
+
 fn verdict_word(verdict: Verdict) -> &'static str {
     match verdict {
         Verdict::Allow => "allowed",
@@ -320,6 +327,8 @@ impl AgentState {
             pending_secret: None,
             egress: EgressWindow::default(),
             records: VecDeque::new(),
+            active: HashMap::new(),
+            active_counts: [0; 3],
             transitions: VecDeque::new(),
             level: RiskLevel::None,
             compromised: false,
@@ -397,10 +406,13 @@ impl AgentState {
             );
         }
         let within = secs_to_ns(config.secret_read_then_egress.within_secs);
+        // A read is used up by the first new destination after it, or dropped there if it is
+        // too old. (Reads are kept only while the rule is enabled.)
         let read = self
             .pending_secret
-            .take_if(|read| read.ktime_ns <= cx.now && cx.now - read.ktime_ns <= within);
-        if let (Some(read), true) = (read, config.secret_read_then_egress.enabled) {
+            .take_if(|read| read.ktime_ns <= cx.now)
+            .filter(|read| cx.now - read.ktime_ns <= within);
+        if let Some(read) = read {
             let ObservationKind::File(file) = &read.kind else {
                 unreachable!("only file reads are kept as pending secrets")
             };
@@ -593,13 +605,13 @@ impl AgentState {
         key: u64,
         describe: impl FnOnce() -> (String, Vec<Observation>),
     ) {
-        if let Some(stored) = self.records.iter_mut().rev().find(|s| {
-            s.key == key
-                && s.record.detection.rule == rule
-                && s.record.state == DetectionState::Active
-        }) {
-            stored.record.last_ns = stored.record.last_ns.max(cx.now);
-            stored.record.repeats += 1;
+        if let Some(&id) = self.active.get(&(rule, key)) {
+            let index = self
+                .position(id)
+                .expect("active detections are in the history");
+            let record = &mut self.records[index].record;
+            record.last_ns = record.last_ns.max(cx.now);
+            record.repeats += 1;
             return;
         }
         *cx.next_id += 1;
@@ -615,6 +627,8 @@ impl AgentState {
             evidence,
         };
         cx.out.detections.push(detection.clone());
+        self.active.insert((rule, key), id);
+        self.active_counts[severity_index(severity)] += 1;
         self.records.push_back(Stored {
             key,
             record: DetectionRecord {
@@ -638,23 +652,43 @@ impl AgentState {
     /// Drops one record when the history is over its cap: the oldest inactive one, or failing
     /// that the oldest active one of the lowest severity.
     fn evict_record(&mut self) {
-        let index = self
-            .records
-            .iter()
-            .position(|s| s.record.state != DetectionState::Active)
-            .or_else(|| {
-                let lowest = self
-                    .records
-                    .iter()
-                    .map(|s| s.record.detection.severity)
-                    .min()?;
-                self.records
-                    .iter()
-                    .position(|s| s.record.detection.severity == lowest)
-            });
-        if let Some(index) = index {
-            self.records.remove(index);
+        let active: u32 = self.active_counts.iter().sum();
+        let index = if self.records.len() > active as usize {
+            self.records
+                .iter()
+                .position(|s| s.record.state != DetectionState::Active)
+        } else {
+            let lowest = [Severity::Low, Severity::Medium, Severity::High]
+                .into_iter()
+                .find(|&severity| self.active_counts[severity_index(severity)] > 0);
+            self.records
+                .iter()
+                .position(|s| Some(s.record.detection.severity) == lowest)
+        };
+        let Some(index) = index else { return };
+        if self.records[index].record.state == DetectionState::Active {
+            self.forget_active(index);
         }
+        self.records.remove(index);
+    }
+
+    /// Removes the active record at `index` from the active index and counts.
+    fn forget_active(&mut self, index: usize) {
+        let Stored { key, record } = &self.records[index];
+        let detection = &record.detection;
+        if self.active.get(&(detection.rule, *key)) == Some(&detection.id) {
+            self.active.remove(&(detection.rule, *key));
+        }
+        self.active_counts[severity_index(detection.severity)] -= 1;
+    }
+
+    /// Ends the active detection at `index`: it becomes `state` as of `at_ns`.
+    fn end(&mut self, index: usize, state: DetectionState, at_ns: u64) {
+        debug_assert_eq!(self.records[index].record.state, DetectionState::Active);
+        self.forget_active(index);
+        let record = &mut self.records[index].record;
+        record.state = state;
+        record.ended_ns = Some(at_ns);
     }
 
     /// Marks active detections whose decay time has passed as decayed.
@@ -664,8 +698,8 @@ impl AgentState {
         }
         let mut ids = Vec::new();
         let mut next = u64::MAX;
-        for stored in &mut self.records {
-            let record = &mut stored.record;
+        for index in 0..self.records.len() {
+            let record = &self.records[index].record;
             if record.state != DetectionState::Active {
                 continue;
             }
@@ -673,9 +707,8 @@ impl AgentState {
                 .last_ns
                 .saturating_add(secs_to_ns(cx.config.decay.secs(record.detection.severity)));
             if expires <= cx.now {
-                record.state = DetectionState::Decayed;
-                record.ended_ns = Some(expires);
                 ids.push(record.detection.id);
+                self.end(index, DetectionState::Decayed, expires);
             } else {
                 next = next.min(expires);
             }
@@ -691,16 +724,7 @@ impl AgentState {
         if self.compromised {
             return RiskLevel::High;
         }
-        let (mut low, mut medium, mut high) = (0u32, 0u32, 0u32);
-        for stored in &self.records {
-            if stored.record.state == DetectionState::Active {
-                match stored.record.detection.severity {
-                    Severity::Low => low += 1,
-                    Severity::Medium => medium += 1,
-                    Severity::High => high += 1,
-                }
-            }
-        }
+        let [low, medium, high] = self.active_counts;
         let escalation = &config.escalation;
         if high > 0 || (escalation.mediums_for_high > 0 && medium >= escalation.mediums_for_high) {
             RiskLevel::High

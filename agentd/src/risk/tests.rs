@@ -1080,6 +1080,17 @@ fn history_is_bounded_and_drops_inactive_records_first() {
         engine.dismiss(DetectionId(1), 6 * SEC),
         Err(RiskError::NoSuchDetection(DetectionId(1)))
     );
+    // The evicted #2 no longer counts: dismissing the two kept ones leaves nothing.
+    let mut out = lines(7, &engine.dismiss(DetectionId(4), 7 * SEC).unwrap());
+    out.extend(lines(8, &engine.dismiss(DetectionId(3), 8 * SEC).unwrap()));
+    assert_eq!(
+        out,
+        [
+            "t=7 risk high -> low by dismissal of #4",
+            "t=7 release coder",
+            "t=8 risk low -> none by dismissal of #3",
+        ]
+    );
 }
 
 #[test]
