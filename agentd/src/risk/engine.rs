@@ -518,7 +518,6 @@ impl AgentState {
         window.bytes = window.bytes.saturating_add(bytes);
         if learning {
             window.learned_bytes = window.learned_bytes.saturating_add(bytes);
-            return;
         }
         if !config.enabled || window.reported {
             return;
@@ -531,7 +530,8 @@ impl AgentState {
                 / u128::from(learning_secs);
             u64::try_from(per_window).unwrap_or(u64::MAX)
         };
-        let relative = (config.factor != 0).then(|| {
+        // The relative limit judges only after learning; the absolute one always.
+        let relative = (config.factor != 0 && !learning).then(|| {
             learned_per_window
                 .saturating_mul(config.factor.into())
                 .max(config.min_bytes)

@@ -593,16 +593,15 @@ fn egress_spike_compares_a_window_with_the_learned_rate() {
 }
 
 #[test]
-fn egress_spike_absolute_threshold_and_floor() {
+fn egress_spike_absolute_threshold_applies_while_learning_and_relative_floor() {
     let mut engine = engine(RiskConfig {
-        learning_window_secs: 0,
         egress_spike: EgressSpikeConfig {
             window_secs: 60,
             factor: 0,
             absolute_bytes: 10_000,
             ..EgressSpikeConfig::default()
         },
-        ..RiskConfig::default()
+        ..config()
     });
     let out = feed(&mut engine, &[egress(0, 10_000), egress(1, 1)]);
     assert_eq!(
@@ -1285,4 +1284,51 @@ fn unknown_detections_negative_windows_and_bad_levels_are_refused_by_name() {
     );
     let level = parse("[remediation]\nquarantine_at = \"none\"").unwrap_err();
     assert!(level.contains("unknown variant `none`"), "{level}");
+}
+
+#[test]
+fn relative_egress_limit_waits_for_the_end_of_learning() {
+    let mut engine = engine(RiskConfig {
+        egress_spike: EgressSpikeConfig {
+            window_secs: 10,
+            min_bytes: 100,
+            ..EgressSpikeConfig::default()
+        },
+        ..config()
+    });
+    // 5000 bytes while learning: far above the 100-byte floor, but learning.
+    let out = feed(
+        &mut engine,
+        &[egress(0, 5000), egress(95, 5000), egress(104, 5001)],
+    );
+    // Learned: 10000 bytes in 100 s, 1000 per window; the limit is 10 × 1000 = 10000. The window
+    // that began at 95 s holds 10001 bytes at 104 s.
+    assert_eq!(
+        out,
+        [
+            "t=104 detect #1 egress_spike medium",
+            "t=104 risk none -> medium by detection #1",
+        ]
+    );
+}
+
+#[test]
+fn documented_example_configuration_loads() {
+    let doc = include_str!("../../../docs/risk.md");
+    let (_, rest) = doc
+        .split_once("## Example\n\n```toml\n")
+        .expect("docs/risk.md has an example");
+    let (example, _) = rest.split_once("```").unwrap();
+    let config = crate::config::Config::parse(example, std::path::Path::new("risk.md")).unwrap();
+    let risk = config.risk;
+    assert_eq!(risk.learning_window_secs, 1800);
+    assert_eq!(risk.egress_spike.absolute_bytes, 1_073_741_824);
+    assert_eq!(
+        risk.unexpected_interpreter.interpreters,
+        ["sh", "bash", "python*", "node"]
+    );
+    let baseline = risk.baseline_for("coder").unwrap().unwrap();
+    assert!(baseline.contains("140.82.112.3".parse().unwrap(), Some("api.github.com")));
+    assert!(!baseline.contains("192.0.2.1".parse().unwrap(), Some("paste.example")));
+    RiskEngine::new(risk).unwrap();
 }
