@@ -88,7 +88,7 @@ struct AgentState {
 struct Cx<'a> {
     config: &'a RiskConfig,
     interpreters: &'a [Interpreter],
-    next_id: &'a mut u64,
+    last_id: &'a mut u64,
     agent: AgentId,
     now: u64,
     out: &'a mut Outcome,
@@ -101,7 +101,7 @@ pub struct RiskEngine {
     interpreters: Vec<Interpreter>,
     agents: HashMap<AgentId, AgentState>,
     /// The last detection id handed out.
-    next_id: u64,
+    last_id: u64,
 }
 
 impl RiskEngine {
@@ -127,7 +127,7 @@ impl RiskEngine {
             config,
             interpreters,
             agents: HashMap::new(),
-            next_id: 0,
+            last_id: 0,
         })
     }
 
@@ -135,11 +135,22 @@ impl RiskEngine {
         &self.config
     }
 
-    /// Runs `f` on the agent's state with a context for time `now`, and returns its outcome.
+    /// Applies decay up to `now` to the agent's state, then runs `f` on it with a context for
+    /// time `now`, and returns the outcome of both.
     fn with_agent(
         &mut self,
         agent: AgentId,
         now: u64,
+        f: impl FnOnce(&mut AgentState, &mut Cx<'_>),
+    ) -> Outcome {
+        self.with_agent_decayed(agent, now, true, f)
+    }
+
+    fn with_agent_decayed(
+        &mut self,
+        agent: AgentId,
+        now: u64,
+        decay: bool,
         f: impl FnOnce(&mut AgentState, &mut Cx<'_>),
     ) -> Outcome {
         let mut out = Outcome::default();
@@ -147,7 +158,7 @@ impl RiskEngine {
             config,
             interpreters,
             agents,
-            next_id,
+            last_id,
         } = self;
         let state = agents
             .entry(agent)
@@ -155,12 +166,14 @@ impl RiskEngine {
         let mut cx = Cx {
             config,
             interpreters,
-            next_id,
+            last_id,
             agent,
             now,
             out: &mut out,
         };
-        state.decay(&mut cx);
+        if decay {
+            state.decay(&mut cx);
+        }
         f(state, &mut cx);
         out
     }
@@ -227,29 +240,22 @@ impl RiskEngine {
         })
     }
 
-    /// An admin dismisses one active detection.
+    /// An admin dismisses one active detection. This applies no decay (a refusal changes
+    /// nothing); the next [`tick`](Self::tick) does.
     pub fn dismiss(&mut self, id: DetectionId, now_ns: u64) -> Result<Outcome, RiskError> {
-        let agent = self
+        let (agent, index) = self
             .agents
             .iter()
-            .find(|(_, state)| state.position(id).is_some())
-            .map(|(&agent, _)| agent)
+            .find_map(|(&agent, state)| Some((agent, state.position(id)?)))
             .ok_or(RiskError::NoSuchDetection(id))?;
-        let mut result = Ok(());
-        let out = self.with_agent(agent, now_ns, |state, cx| {
-            let Some(index) = state.position(id) else {
-                result = Err(RiskError::NoSuchDetection(id));
-                return;
-            };
-            let current = state.records[index].record.state;
-            if current != DetectionState::Active {
-                result = Err(RiskError::NotActive { id, state: current });
-                return;
-            }
+        let current = self.agents[&agent].records[index].record.state;
+        if current != DetectionState::Active {
+            return Err(RiskError::NotActive { id, state: current });
+        }
+        Ok(self.with_agent_decayed(agent, now_ns, false, |state, cx| {
             state.end(index, DetectionState::Dismissed, cx.now);
             state.settle(cx, Cause::Dismissed { id }, true);
-        });
-        result.map(|()| out)
+        }))
     }
 
     /// The agent's current level; `none` for an agent the engine has not seen.
@@ -614,8 +620,8 @@ impl AgentState {
             record.repeats += 1;
             return;
         }
-        *cx.next_id += 1;
-        let id = DetectionId(*cx.next_id);
+        *cx.last_id += 1;
+        let id = DetectionId(*cx.last_id);
         let (summary, evidence) = describe();
         let detection = Detection {
             id,

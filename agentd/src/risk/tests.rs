@@ -841,7 +841,9 @@ fn dismissing_a_decayed_detection_is_refused() {
         },
         ..RiskConfig::default()
     });
-    feed(&mut engine, &[allow(0, "192.0.2.1")]);
+    feed(&mut engine, &[allow(0, "192.0.2.1"), allow(1, "192.0.2.2")]);
+    // #1 decays; #2, raised a second later, keeps the level low.
+    assert_eq!(tick(&mut engine, 10), Vec::<String>::new());
     assert_eq!(
         engine.dismiss(DetectionId(1), 10 * SEC),
         Err(RiskError::NotActive {
@@ -849,8 +851,20 @@ fn dismissing_a_decayed_detection_is_refused() {
             state: DetectionState::Decayed
         })
     );
-    // The refused dismissal still applied the decay it found.
-    assert_eq!(engine.level(coder()), RiskLevel::None);
+    // Past its decay time but before a tick, a detection can still be dismissed; the tick then
+    // finds nothing left to decay.
+    assert_eq!(
+        lines(30, &engine.dismiss(DetectionId(2), 30 * SEC).unwrap()),
+        ["t=30 risk low -> none by dismissal of #2"]
+    );
+    assert_eq!(tick(&mut engine, 31), Vec::<String>::new());
+    assert_eq!(
+        states(&engine, coder()),
+        [
+            (1, DetectionState::Decayed, 0),
+            (2, DetectionState::Dismissed, 0)
+        ]
+    );
 }
 
 #[test]
