@@ -419,24 +419,26 @@ impl AgentState {
             .take_if(|read| read.ktime_ns <= cx.now)
             .filter(|read| cx.now - read.ktime_ns <= within);
         if let Some(read) = read {
-            let ObservationKind::File(file) = &read.kind else {
-                unreachable!("only file reads are kept as pending secrets")
-            };
-            let summary = format!(
-                "read {} then {} connect to new destination {} {} ms later",
-                file.path
-                    .clone()
-                    .unwrap_or_else(|| format!("inode {}:{}", file.dev, file.ino)),
-                verdict_word(connect.verdict),
-                destination(connect),
-                (cx.now - read.ktime_ns) / 1_000_000,
-            );
+            let gap_ms = (cx.now - read.ktime_ns) / 1_000_000;
             self.raise(
                 cx,
                 Rule::SecretReadThenEgress,
                 config.secret_read_then_egress.severity,
                 key,
-                || (summary, vec![read, observation.clone()]),
+                || {
+                    let ObservationKind::File(file) = &read.kind else {
+                        unreachable!("only file reads are kept as pending secrets")
+                    };
+                    let summary = format!(
+                        "read {} then {} connect to new destination {} {gap_ms} ms later",
+                        file.path
+                            .clone()
+                            .unwrap_or_else(|| format!("inode {}:{}", file.dev, file.ino)),
+                        verdict_word(connect.verdict),
+                        destination(connect),
+                    );
+                    (summary, vec![read, observation.clone()])
+                },
             );
         }
     }
