@@ -1346,3 +1346,102 @@ fn documented_example_configuration_loads() {
     assert!(!baseline.contains("192.0.2.1".parse().unwrap(), Some("paste.example")));
     RiskEngine::new(risk).unwrap();
 }
+
+#[test]
+fn a_connect_stamped_before_the_read_does_not_use_it() {
+    let mut engine = engine(RiskConfig {
+        learning_window_secs: 0,
+        unfamiliar_destination: UnfamiliarDestinationConfig {
+            enabled: false,
+            ..UnfamiliarDestinationConfig::default()
+        },
+        ..RiskConfig::default()
+    });
+    // Events from different CPUs can arrive slightly out of order.
+    let out = feed(
+        &mut engine,
+        &[
+            read_secret(10),
+            allow(9, "192.0.2.1"),
+            allow(11, "192.0.2.2"),
+        ],
+    );
+    assert_eq!(
+        out,
+        [
+            "t=11 detect #1 secret_read_then_egress high",
+            "t=11 risk none -> high by detection #1",
+            "t=11 quarantine coder",
+        ]
+    );
+}
+
+#[test]
+fn outcome_and_history_serialize_with_stable_names() {
+    let mut engine = engine(RiskConfig {
+        learning_window_secs: 0,
+        ..RiskConfig::default()
+    });
+    let outcome = engine.observe(&threat(2, "203.0.113.66"));
+    let agent = coder().to_string();
+    let evidence = serde_json::json!({
+        "agent": agent,
+        "ktime_ns": 2 * SEC,
+        "kind": "threat_intel",
+        "indicator": "203.0.113.66",
+        "source": "blocklist:abuse",
+    });
+    let detection = serde_json::json!({
+        "id": 1,
+        "agent": agent,
+        "rule": "threat_intel_hit",
+        "severity": "high",
+        "ktime_ns": 2 * SEC,
+        "summary": "203.0.113.66 is listed by blocklist:abuse",
+        "evidence": [evidence],
+    });
+    let transition = serde_json::json!({
+        "agent": agent,
+        "from": "none",
+        "to": "high",
+        "ktime_ns": 2 * SEC,
+        "cause": {"kind": "detection", "id": 1},
+    });
+    assert_eq!(
+        serde_json::to_value(&outcome).unwrap(),
+        serde_json::json!({
+            "detections": [detection],
+            "transitions": [transition],
+            "remediations": [{"action": "quarantine", "agent": agent}],
+        })
+    );
+    engine.dismiss(DetectionId(1), 3 * SEC).unwrap();
+    let report = serde_json::to_value(engine.report(coder()).unwrap()).unwrap();
+    assert_eq!(
+        report,
+        serde_json::json!({
+            "agent": agent,
+            "level": "none",
+            "compromised": false,
+            "quarantined": false,
+            "learning_until_ns": 2 * SEC,
+            "detections": [{
+                "detection": detection,
+                "state": "dismissed",
+                "last_ns": 2 * SEC,
+                "repeats": 0,
+                "ended_ns": 3 * SEC,
+            }],
+            "transitions": [
+                transition,
+                {
+                    "agent": agent,
+                    "from": "high",
+                    "to": "none",
+                    "ktime_ns": 3 * SEC,
+                    "cause": {"kind": "dismissed", "id": 1},
+                },
+            ],
+        })
+    );
+}
