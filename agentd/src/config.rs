@@ -16,6 +16,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub dns: DnsConfig,
     pub network: NetworkConfig,
+    /// Detections, risk levels and remediation (docs/risk.md).
+    pub risk: crate::risk::RiskConfig,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -129,6 +131,12 @@ pub enum ConfigError {
         #[source]
         source: toml::de::Error,
     },
+    #[error("{path}")]
+    Risk {
+        path: PathBuf,
+        #[source]
+        source: crate::risk::RiskConfigError,
+    },
     #[error("{path}: {field}: {reason}")]
     Invalid {
         path: PathBuf,
@@ -151,6 +159,10 @@ impl Config {
                 reason: "must be at least 1",
             });
         }
+        config.risk.validate().map_err(|source| ConfigError::Risk {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(config)
     }
 
@@ -201,6 +213,36 @@ mod tests {
         let message = format!("{:#}", anyhow::Error::from(err));
         assert!(
             message.contains("identity.max_tagged_processes"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn risk_table_is_read_and_validated_by_name() {
+        let config = Config::parse(
+            "[risk]\nlearning_window_secs = 60\n[risk.remediation]\nkill_processes = true\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.risk.learning_window_secs, 60);
+        assert!(config.risk.remediation.kill_processes);
+        assert_eq!(
+            Config::parse("", Path::new("t.toml")).unwrap().risk,
+            crate::risk::RiskConfig::default()
+        );
+
+        let err =
+            Config::parse("[risk.denied_burst]\ncount = 0\n", Path::new("t.toml")).unwrap_err();
+        let message = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(
+            message,
+            "t.toml: risk.denied_burst.count: must be at least 1"
+        );
+
+        let err = Config::parse("[risk.lateral_movement]\n", Path::new("t.toml")).unwrap_err();
+        let message = format!("{:#}", anyhow::Error::from(err));
+        assert!(
+            message.contains("unknown field `lateral_movement`"),
             "{message}"
         );
     }

@@ -14,4 +14,5 @@ pub mod filepolicy;
 pub mod identity;
 pub mod kernel_btf;
 pub mod netpolicy;
+pub mod risk;
 pub mod sensors;
