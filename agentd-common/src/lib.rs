@@ -204,6 +204,16 @@ pub mod tag_stats {
     pub const LEN: u32 = 1;
 }
 
+/// Slots of the per-CPU `EVENT_STATS` array.
+pub mod event_stats {
+    /// Events that found the ring buffer full.
+    pub const DROPPED: u32 = 0;
+    /// Events programs tried to send, delivered or not.
+    pub const PRODUCED: u32 = 1;
+    /// Number of slots.
+    pub const LEN: u32 = 2;
+}
+
 /// What the kernel does with an exec that matches a discovery rule by file (`DISCOVERY_INODES`).
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

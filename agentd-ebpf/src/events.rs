@@ -1,28 +1,51 @@
-//! The one ring buffer that every program reports through, and its loss counter.
+//! The one ring buffer that every program reports through, and its accounting: every event a
+//! program tries to send is counted as produced, and every one the ring buffer had no room for
+//! as dropped, per CPU, so that userspace can check delivered + dropped = produced.
 
-use agentd_common::{EventHeader, EventKind};
+use agentd_common::{EventHeader, EventKind, event_stats};
 use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_boot_ns},
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
 
-/// 1 MiB: about 3,000 exec events of burst before the reader must catch up. A power-of-two
+/// 4 MiB by default (`events.ring_buffer_bytes` sets it at load): about 7,000 exec events of
+/// burst before the reader must catch up. A power-of-two
 /// multiple of the page size, as the kernel requires.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
-/// Slot 0 counts, per CPU, the events that could not be reserved in `EVENTS`, so that userspace
-/// can report delivered + dropped = produced.
+/// Per CPU: slot `event_stats::DROPPED` counts the events that could not be reserved in
+/// `EVENTS`, slot `event_stats::PRODUCED` every event a program tried to send.
 #[map]
-pub static EVENT_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event_stats::LEN, 0);
 
-/// Counts one event lost to a full ring buffer.
 #[inline(always)]
-pub fn count_drop() {
-    if let Some(slot) = EVENT_DROPS.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, so nothing else writes it concurrently.
+fn count(slot: u32) {
+    if let Some(slot) = EVENT_STATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, and programs do not preempt each other on one CPU.
         unsafe { *slot += 1 };
+    }
+}
+
+/// Reserves room for one `T` in `EVENTS`, counting it as produced, and as dropped when the ring
+/// buffer is full.
+#[inline(always)]
+pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
+    count(event_stats::PRODUCED);
+    let entry = EVENTS.reserve::<T>(0);
+    if entry.is_none() {
+        count(event_stats::DROPPED);
+    }
+    entry
+}
+
+/// Copies `event` into `EVENTS`, with the same accounting as [`reserve`].
+#[inline(always)]
+pub fn output<T: 'static>(event: &T) {
+    count(event_stats::PRODUCED);
+    if EVENTS.output::<T>(event, 0).is_err() {
+        count(event_stats::DROPPED);
     }
 }
 

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    events::{EVENTS, count_drop, header},
+    events::{header, reserve},
     kernel::{file_inode_key, offsets, read_field},
     tagging::{cgroup_tag, discovery_tag, set_tag, tag_of},
 };
@@ -35,8 +35,7 @@ fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let task: *const u8 = ctx.arg(ARG_TASK);
     let bprm: *const u8 = ctx.arg(ARG_BPRM);
 
-    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
-        count_drop();
+    let Some(mut entry) = reserve::<ExecEvent>() else {
         return Err(());
     };
     let event = entry.as_mut_ptr();

@@ -21,7 +21,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    events::{EVENTS, count_drop, header},
+    events::{header, reserve},
     kernel::{file_inode_key, inode_key, offsets, read_at, read_field},
     tagging::{cgroup_tag, tag_of},
 };
@@ -39,6 +39,11 @@ pub static FILE_NAMES: HashMap<FileNameKey, FileRule> = HashMap::with_max_entrie
 /// more than any file policy names today; `agentd` refuses to load a policy that would not fit.
 #[map]
 pub static DENY_INODES: HashMap<InodeKey, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Quarantined agents → the rule id reported: their writes are denied everywhere. 4,096, as
+/// many as agents can be named.
+#[map]
+pub static FILE_QUARANTINE: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
 /// Thread id → the user pointer of the file name it passed to an open syscall, from syscall
 /// entry to exit, for tagged processes only, where BPF LSM is not active. LRU: a thread that
@@ -234,7 +239,14 @@ fn name_rule(
 fn decide<const PATH: u8>(offsets: &KernelOffsets, access: &Access) -> i32 {
     let mut rule = 0u32;
     let mut found = outcome::NONE;
-    if access.names_first {
+    if access.access & file_access::WRITE != 0
+        && let Some(quarantine) = FILE_QUARANTINE.get_ptr(access.agent)
+    {
+        // SAFETY: a valid map value pointer.
+        rule = unsafe { *quarantine };
+        found = outcome::DENY;
+    }
+    if found == outcome::NONE && access.names_first {
         found = name_rule(
             offsets,
             access.agent,
@@ -666,8 +678,7 @@ fn report<const PATH: u8>(
     deny: bool,
     flags: u32,
 ) {
-    let Some(mut entry) = EVENTS.reserve::<FileEvent>(0) else {
-        count_drop();
+    let Some(mut entry) = reserve::<FileEvent>() else {
         return;
     };
     let event = entry.as_mut_ptr();

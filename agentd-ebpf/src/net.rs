@@ -29,7 +29,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    events::{EVENTS, count_drop, header},
+    events::{header, output},
     tagging::tag_of,
 };
 
@@ -382,9 +382,7 @@ fn report(tgid: u32, agent: u32, dst: &Destination, hook: u8, decision: &Decisio
         addr: dst.addr,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     };
-    if EVENTS.output::<NetEvent>(&event, 0).is_err() {
-        count_drop();
-    }
+    output(&event);
 }
 
 const IPPROTO_UDP: u8 = 17;

@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    events::{EVENTS, count_drop, header},
+    events::{header, output},
     kernel::{offsets, read_field},
 };
 
@@ -89,9 +89,7 @@ fn report(kind: EventKind, pid: u32, ppid: u32, tag: &AgentTag, exit_code: u32) 
         tag: *tag,
         exit_code,
     };
-    if EVENTS.output::<ProcessEvent>(&event, 0).is_err() {
-        count_drop();
-    }
+    output(&event);
 }
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`, in the parent's

@@ -45,6 +45,20 @@ pub enum AdminRequest {
         #[serde(default)]
         release: bool,
     },
+    /// The risk engine: an agent's risk and history, admin confirmations and dismissals.
+    Risk(RiskRequest),
+}
+
+/// `agentd risk ...` (docs/risk.md).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "risk", rename_all = "snake_case")]
+pub enum RiskRequest {
+    /// The agent's level, detections and transitions.
+    Show { agent: String },
+    /// An admin confirms the agent compromised (`compromised: true`, risk high) or safe.
+    Confirm { agent: String, compromised: bool },
+    /// An admin dismisses one detection.
+    Dismiss { detection: u64 },
 }
 
 /// Every answer: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.
@@ -159,6 +173,11 @@ pub struct Status {
     /// Kernel events delivered to agentd, and lost because the ring buffer was full.
     pub events_delivered: u64,
     pub events_dropped: u64,
+    /// Events the kernel programs tried to send; once quiet, delivered + undecodable +
+    /// dropped = produced.
+    pub events_produced: u64,
+    pub events_undecodable: u64,
+    pub events_dropped_per_cpu: Vec<u64>,
 }
 
 /// The identity document the identity socket returns.

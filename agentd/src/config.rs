@@ -96,14 +96,29 @@ impl Default for IdentityConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct EventsConfig {
-    /// How `agentd run` prints events on stdout. Default: `text`.
+    /// How events are written. Default: `text`.
     pub format: OutputFormat,
+    /// Where events go: `-` for stdout (the default), or a file, rotated at `rotate_bytes`.
+    pub output: PathBuf,
+    /// Size at which the output file is rotated to `FILE.1` (older ones shift to `FILE.2`...).
+    pub rotate_bytes: u64,
+    /// Rotated files kept besides the current one.
+    pub rotate_keep: u32,
+    /// Size of the kernel's event ring buffer: a power of two, at least one page (4096).
+    pub ring_buffer_bytes: u32,
+    /// Least seconds between two alerts about lost events.
+    pub loss_alert_interval_secs: u64,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
         Self {
             format: OutputFormat::Text,
+            output: PathBuf::from("-"),
+            rotate_bytes: 64 << 20,
+            rotate_keep: 5,
+            ring_buffer_bytes: 1 << 22,
+            loss_alert_interval_secs: 10,
         }
     }
 }
@@ -152,12 +167,26 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
+        let invalid = |field, reason| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            reason,
+        };
         if config.identity.max_tagged_processes == 0 {
-            return Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                field: "identity.max_tagged_processes",
-                reason: "must be at least 1",
-            });
+            return Err(invalid(
+                "identity.max_tagged_processes",
+                "must be at least 1",
+            ));
+        }
+        let ring = config.events.ring_buffer_bytes;
+        if ring < 4096 || !ring.is_power_of_two() {
+            return Err(invalid(
+                "events.ring_buffer_bytes",
+                "must be a power of two of at least 4096 (one page)",
+            ));
+        }
+        if config.events.rotate_bytes < 4096 {
+            return Err(invalid("events.rotate_bytes", "must be at least 4096"));
         }
         config.risk.validate().map_err(|source| ConfigError::Risk {
             path: path.to_owned(),
@@ -195,6 +224,37 @@ mod tests {
         let config = Config::parse("", Path::new("t.toml")).unwrap();
         assert_eq!(config, Config::default());
         assert_eq!(config.events.format, OutputFormat::Text);
+    }
+
+    #[test]
+    fn events_table_is_validated_by_key() {
+        let config = Config::parse(
+            "[events]\noutput = \"/var/log/agentd/events.json\"\nring_buffer_bytes = 8192\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.events.ring_buffer_bytes, 8192);
+        assert_eq!(
+            config.events.output,
+            Path::new("/var/log/agentd/events.json")
+        );
+        for (text, key) in [
+            (
+                "[events]\nring_buffer_bytes = 5000\n",
+                "events.ring_buffer_bytes",
+            ),
+            (
+                "[events]\nring_buffer_bytes = 2048\n",
+                "events.ring_buffer_bytes",
+            ),
+            ("[events]\nrotate_bytes = 10\n", "events.rotate_bytes"),
+        ] {
+            let err = Config::parse(text, Path::new("t.toml")).unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!("t.toml: {key}: ")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

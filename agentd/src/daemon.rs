@@ -2,8 +2,8 @@
 //! the local API, and print events until shut down.
 
 use std::{
+    collections::HashSet,
     future::Future,
-    io::Write as _,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     time::Duration,
@@ -22,27 +22,33 @@ use tokio::{
 use crate::{
     api::{
         self, AdminRequest, AgentRef, Applied, IdentityDocument, LaunchTarget, ProcessInfo,
-        Quarantined, Reply, Status, TagInfo,
+        Quarantined, Reply, RiskRequest, Status, TagInfo,
     },
+    assess::{self, Notice},
     cgroups,
-    config::{Config, OutputFormat},
+    config::{Config, EventsConfig, OutputFormat},
     dns::{self, Answer},
     ebpf::{self, LoadError},
-    events::{Event, EventReader, ReaderError, SCHEMA_VERSION},
+    events::{Event, EventCounts, EventReader, ReaderError, SCHEMA_VERSION},
     filepolicy::FileTarget,
     identity::{
-        Registry,
+        Agent, AgentId, Registry,
         attest::{Peer, boottime_ticks},
         discovery::{ExecFacts, RuleMatch, UserspaceRules, looks_like_agent},
         policy::{CompiledPolicy, IdentityPolicy, Matcher, PolicyError},
     },
     netpolicy::{Categories, Mode, layout},
+    risk::{
+        AgentRisk, DetectionId, Outcome, Remediation, RiskConfig, RiskConfigError, RiskEngine,
+        RiskLevel,
+    },
     sensors::{
         SensorError,
         files::{self, FileEnforcement, FileMode, FileSensor},
         net::{NetSensor, NetTables},
         process::ProcessSensor,
     },
+    sink,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +79,14 @@ pub enum DaemonError {
     },
     #[error("writing events")]
     Output(#[source] std::io::Error),
+    #[error("opening the event output {path}")]
+    OpenOutput {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the risk configuration")]
+    Risk(#[source] RiskConfigError),
 }
 
 /// How a tag reads in events, `ps` and identity documents.
@@ -121,8 +135,13 @@ pub struct State {
     cgroup_entries: Vec<(u64, AgentTag)>,
     discovery_entries: Vec<(agentd_common::InodeKey, DiscoveryMatch)>,
     file_enforcement: FileEnforcement,
+    /// Detections and risk per agent (docs/risk.md).
+    risk: RiskEngine,
+    /// Numbers of the file rules that protect secrets.
+    sensitive_rules: HashSet<u32>,
+    risk_config: RiskConfig,
     /// (delivered, dropped) kernel events, refreshed by the event loop before a status answer.
-    event_counts: (u64, u64),
+    event_counts: EventCounts,
     /// Names seen in DNS answers → (address, expiry).
     learned: std::collections::HashMap<String, Vec<(std::net::IpAddr, std::time::Instant)>>,
     /// The last name each address was learned from, for connection events.
@@ -137,8 +156,10 @@ impl State {
         cgroup_root: PathBuf,
         categories: Categories,
     ) -> Result<(Self, EventReader), DaemonError> {
+        let risk = RiskEngine::new(config.risk.clone()).map_err(DaemonError::Risk)?;
         let mut object = ebpf::load_with(ebpf::LoadOptions {
             max_tagged_processes: config.identity.max_tagged_processes,
+            ring_buffer_bytes: config.events.ring_buffer_bytes,
         })?;
         let file_enforcement = files::probe_enforcement(&mut object);
         log_file_enforcement(&file_enforcement);
@@ -161,7 +182,10 @@ impl State {
             cgroup_entries: Vec::new(),
             discovery_entries: Vec::new(),
             file_enforcement,
-            event_counts: (0, 0),
+            event_counts: EventCounts::default(),
+            risk,
+            sensitive_rules: HashSet::new(),
+            risk_config: config.risk.clone(),
             learned: std::collections::HashMap::new(),
             domains: std::collections::HashMap::new(),
         };
@@ -199,7 +223,7 @@ impl State {
 
         let net_version = self.net_version + 1;
         let tables = self.net_tables(&compiled, net_version);
-        let file_entries = self.file_rules(&compiled);
+        let (file_entries, sensitive_rules) = self.file_rules(&compiled);
         let quarantine_rule = self.registry.intern_rule("quarantine-allow");
 
         self.process.set_cgroups(&cgroup_entries)?;
@@ -231,7 +255,14 @@ impl State {
         self.cgroup_entries = cgroup_entries;
         self.discovery_entries = kernel_rules;
         self.file_entries = file_entries;
+        self.sensitive_rules = sensitive_rules;
         self.userspace_rules = userspace_rules;
+        for agent in &compiled.agents {
+            // Validated when the configuration loaded.
+            if let Ok(baseline) = self.risk_config.baseline_for(&agent.agent.name) {
+                self.risk.set_baseline(agent.agent.id, baseline);
+            }
+        }
         self.policy = compiled;
         // Domain rules may have changed: recompute what the answers already seen allow.
         if let Err(err) = self.sync_learned() {
@@ -393,9 +424,10 @@ impl State {
         self.net.set_learned(&want)
     }
 
-    /// The kernel's file rules for `compiled`.
-    fn file_rules(&mut self, compiled: &CompiledPolicy) -> FileEntries {
+    /// The kernel's file rules for `compiled`, and the numbers of those that protect secrets.
+    fn file_rules(&mut self, compiled: &CompiledPolicy) -> (FileEntries, HashSet<u32>) {
         let mut entries = FileEntries::default();
+        let mut sensitive = HashSet::new();
         for agent in &compiled.agents {
             let Some(files) = &agent.files else { continue };
             let index = self.registry.intern_agent(&agent.agent);
@@ -407,6 +439,9 @@ impl State {
                     pad: 0,
                     rule: self.registry.intern_rule(&rule.name),
                 };
+                if rule.sensitive {
+                    sensitive.insert(value.rule);
+                }
                 match &rule.target {
                     FileTarget::Object(inode) => entries.objects.push((
                         agentd_common::FileRuleKey {
@@ -426,7 +461,7 @@ impl State {
                 }
             }
         }
-        entries
+        (entries, sensitive)
     }
 
     fn quarantine(&mut self, agent: &str, on: bool) -> Result<Quarantined, String> {
@@ -436,8 +471,10 @@ impl State {
             .ok_or_else(|| format!("unknown agent {agent:?}: it is not in the policy"))?
             .clone();
         let index = self.registry.intern_agent(&found);
+        let rule = self.registry.intern_rule("quarantine");
         self.net
             .set_quarantine(index, on)
+            .and_then(|()| self.files.set_quarantine(index, rule, on))
             .map_err(|err| format!("{:#}", anyhow::Error::from(err)))?;
         tracing::warn!(agent, quarantined = on, "quarantine changed");
         Ok(Quarantined {
@@ -551,8 +588,11 @@ impl State {
             .filter_map(|index| self.registry.agent(index).map(|agent| agent.name.clone()))
             .collect();
         Ok(Status {
-            events_delivered: self.event_counts.0,
-            events_dropped: self.event_counts.1,
+            events_delivered: self.event_counts.delivered,
+            events_dropped: self.event_counts.dropped,
+            events_produced: self.event_counts.produced,
+            events_undecodable: self.event_counts.undecodable,
+            events_dropped_per_cpu: self.event_counts.dropped_per_cpu.clone(),
             network_version: self.net_version,
             quarantined,
             agents: self.policy.agents.len(),
@@ -602,6 +642,155 @@ impl State {
         })
     }
 
+    /// The agent named `name` in the policy in force.
+    fn agent_named(&self, name: &str) -> Result<Agent, String> {
+        self.policy
+            .agent(name)
+            .cloned()
+            .ok_or_else(|| format!("unknown agent {name:?}: it is not in the policy"))
+    }
+
+    /// The name of the agent with `id`, for notices.
+    fn agent_name(&self, id: AgentId) -> String {
+        self.policy
+            .agents
+            .iter()
+            .find(|agent| agent.agent.id == id)
+            .map_or_else(|| id.to_string(), |agent| agent.agent.name.clone())
+    }
+
+    /// Feeds `event` to the risk engine and carries out what it concludes.
+    fn assess(&mut self, event: &Event, notices: &mut Vec<String>, format: OutputFormat) {
+        for observation in assess::observations(event, &self.registry, &self.sensitive_rules) {
+            let outcome = self.risk.observe(&observation);
+            if !outcome.is_empty() {
+                self.conclude(&outcome, Some(observation.ktime_ns), notices, format);
+            }
+        }
+    }
+
+    /// Writes the notices for `outcome` and carries out its remediations. `trigger_ns` is the
+    /// kernel time of the event behind it, for the latency of the remediation.
+    fn conclude(
+        &mut self,
+        outcome: &Outcome,
+        trigger_ns: Option<u64>,
+        notices: &mut Vec<String>,
+        format: OutputFormat,
+    ) {
+        for detection in &outcome.detections {
+            let name = self.agent_name(detection.agent);
+            notices.push(notice_line(
+                &Notice::Detection {
+                    agent_name: &name,
+                    detection,
+                },
+                format,
+            ));
+        }
+        for transition in &outcome.transitions {
+            let name = self.agent_name(transition.agent);
+            notices.push(notice_line(
+                &Notice::RiskChange {
+                    agent_name: &name,
+                    transition,
+                },
+                format,
+            ));
+        }
+        for remediation in &outcome.remediations {
+            let (agent, result) = match *remediation {
+                Remediation::Quarantine { agent } => {
+                    let name = self.agent_name(agent);
+                    (agent, self.quarantine(&name, true).map(drop))
+                }
+                Remediation::Release { agent } => {
+                    let name = self.agent_name(agent);
+                    (agent, self.quarantine(&name, false).map(drop))
+                }
+                Remediation::Kill { agent } => (agent, self.kill_agent(agent)),
+            };
+            let latency_ns = trigger_ns.map(|trigger| boottime_ns().saturating_sub(trigger));
+            let name = self.agent_name(agent);
+            if let Err(err) = &result {
+                tracing::error!(agent = name, ?remediation, %err, "remediation failed");
+            }
+            notices.push(notice_line(
+                &Notice::Remediation {
+                    agent_name: &name,
+                    remediation,
+                    latency_ns,
+                    result: result.err().unwrap_or_else(|| "done".to_owned()),
+                },
+                format,
+            ));
+        }
+    }
+
+    /// Kills every process tagged with `agent`.
+    fn kill_agent(&mut self, agent: AgentId) -> Result<(), String> {
+        let name = self.agent_name(agent);
+        let found = self.agent_named(&name)?;
+        let index = self.registry.intern_agent(&found);
+        let tagged = self.process.tagged().map_err(|err| err.to_string())?;
+        for (pid, _) in tagged.into_iter().filter(|(_, tag)| tag.agent == index) {
+            if let Ok(pid) = i32::try_from(pid) {
+                // SAFETY: a plain signal; a pid that went away makes it fail harmlessly.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        Ok(())
+    }
+
+    fn risk_request(
+        &mut self,
+        request: RiskRequest,
+        format: OutputFormat,
+    ) -> (String, Vec<String>) {
+        let now = boottime_ns();
+        let mut notices = Vec::new();
+        let reply = match request {
+            RiskRequest::Show { agent } => match self.agent_named(&agent) {
+                Ok(found) => match self.risk.report(found.id) {
+                    Some(report) => Reply::ok(report).to_line(),
+                    None => Reply::ok(AgentRisk {
+                        agent: found.id,
+                        level: RiskLevel::None,
+                        compromised: false,
+                        quarantined: false,
+                        learning_until_ns: None,
+                        detections: Vec::new(),
+                        transitions: Vec::new(),
+                    })
+                    .to_line(),
+                },
+                Err(err) => Reply::<()>::err(err).to_line(),
+            },
+            RiskRequest::Confirm { agent, compromised } => match self.agent_named(&agent) {
+                Ok(found) => {
+                    let outcome = if compromised {
+                        self.risk.confirm_compromised(found.id, now)
+                    } else {
+                        self.risk.confirm_safe(found.id, now)
+                    };
+                    self.conclude(&outcome, None, &mut notices, format);
+                    Reply::ok(self.risk.level(found.id)).to_line()
+                }
+                Err(err) => Reply::<()>::err(err).to_line(),
+            },
+            RiskRequest::Dismiss { detection } => {
+                match self.risk.dismiss(DetectionId(detection), now) {
+                    Ok(outcome) => {
+                        self.conclude(&outcome, None, &mut notices, format);
+                        Reply::ok(detection).to_line()
+                    }
+                    Err(err) => Reply::<()>::err(err.to_string()).to_line(),
+                }
+            }
+        };
+        (reply, notices)
+    }
+
     fn handle_admin(&mut self, request: AdminRequest) -> String {
         match request {
             AdminRequest::Status => self.status().map_or_else(Reply::err, Reply::ok).to_line(),
@@ -614,6 +803,7 @@ impl State {
                 .launch(&agent)
                 .map_or_else(Reply::err, Reply::ok)
                 .to_line(),
+            AdminRequest::Risk(_) => Reply::<()>::err("handled by the event loop").to_line(),
             AdminRequest::Apply { policy } => {
                 let result = IdentityPolicy::parse(&policy)
                     .map_err(DaemonError::from)
@@ -731,6 +921,159 @@ fn write_event(
             };
             serde_json::to_writer(&mut *out, &line)?;
             writeln!(out)
+        }
+    }
+}
+
+/// Where events and notices go, in the configured format, and the alarm about lost events.
+struct Output {
+    sink: Box<dyn sink::Sink>,
+    format: OutputFormat,
+    line: Vec<u8>,
+    /// Notice lines waiting for the next flush.
+    notices: Vec<String>,
+    losses: LossAlarm,
+}
+
+impl Output {
+    fn open(config: &EventsConfig) -> Result<Self, DaemonError> {
+        let sink = sink::open(&config.output, config.rotate_bytes, config.rotate_keep).map_err(
+            |source| DaemonError::OpenOutput {
+                path: config.output.clone(),
+                source,
+            },
+        )?;
+        Ok(Self {
+            sink,
+            format: config.format,
+            line: Vec::new(),
+            notices: Vec::new(),
+            losses: LossAlarm::new(Duration::from_secs(config.loss_alert_interval_secs)),
+        })
+    }
+
+    /// Enriches, writes and assesses a batch of kernel events.
+    fn events(&mut self, state: &mut State, batch: &mut Vec<Event>) -> Result<(), DaemonError> {
+        for mut event in batch.drain(..) {
+            state.discover(&mut event);
+            if let Event::Net(connection) = &mut event {
+                connection.domain = state.domains.get(&connection.address).cloned();
+            }
+            self.line.clear();
+            write_event(&mut self.line, self.format, &event, &state.registry)
+                .map_err(DaemonError::Output)?;
+            self.sink
+                .write_line(&self.line)
+                .map_err(DaemonError::Output)?;
+            state.assess(&event, &mut self.notices, self.format);
+            self.write_notices()?;
+        }
+        self.sink.flush().map_err(DaemonError::Output)
+    }
+
+    /// Once a second: risk decay, and the alarm about lost events.
+    fn tick(&mut self, state: &mut State, reader: &EventReader) -> Result<(), DaemonError> {
+        let outcome = state.risk.tick(boottime_ns());
+        if !outcome.is_empty() {
+            state.conclude(&outcome, None, &mut self.notices, self.format);
+        }
+        let counts = reader.counts()?;
+        if let Some(dropped) = self.losses.check(counts.dropped) {
+            tracing::warn!(
+                dropped,
+                total = counts.dropped,
+                produced = counts.produced,
+                "the kernel dropped events: agentd is not seeing everything"
+            );
+            self.notices.push(notice_line(
+                &Notice::EventsLost {
+                    dropped,
+                    dropped_total: counts.dropped,
+                    dropped_per_cpu: &counts.dropped_per_cpu,
+                    produced_total: counts.produced,
+                },
+                self.format,
+            ));
+        }
+        self.flush()
+    }
+
+    fn write_notices(&mut self) -> Result<(), DaemonError> {
+        for notice in self.notices.drain(..) {
+            self.sink
+                .write_line(notice.as_bytes())
+                .map_err(DaemonError::Output)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), DaemonError> {
+        self.write_notices()?;
+        self.sink.flush().map_err(DaemonError::Output)
+    }
+}
+
+/// Raises the alarm about lost events at most once per interval, with what was lost since the
+/// last alarm.
+struct LossAlarm {
+    interval: Duration,
+    reported: u64,
+    last: Option<std::time::Instant>,
+}
+
+impl LossAlarm {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            reported: 0,
+            last: None,
+        }
+    }
+
+    /// With the kernel's drop count now: what to report, if anything.
+    fn check(&mut self, dropped: u64) -> Option<u64> {
+        if dropped <= self.reported {
+            return None;
+        }
+        if self.last.is_some_and(|last| last.elapsed() < self.interval) {
+            return None;
+        }
+        let new = dropped - self.reported;
+        self.reported = dropped;
+        self.last = Some(std::time::Instant::now());
+        Some(new)
+    }
+}
+
+/// `CLOCK_BOOTTIME` in nanoseconds: the clock the kernel stamps events with.
+fn boottime_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
+
+/// One line for a notice, in the configured format, newline included.
+fn notice_line(notice: &Notice<'_>, format: OutputFormat) -> String {
+    match format {
+        OutputFormat::Text => format!("{}\n", notice.to_text()),
+        OutputFormat::Json => {
+            #[derive(Serialize)]
+            struct Versioned<'a> {
+                version: u32,
+                #[serde(flatten)]
+                notice: &'a Notice<'a>,
+            }
+            let mut line = serde_json::to_string(&Versioned {
+                version: SCHEMA_VERSION,
+                notice,
+            })
+            .unwrap_or_else(|err| format!("{{\"kind\":\"error\",\"error\":\"{err}\"}}"));
+            line.push('\n');
+            line
         }
     }
 }
@@ -925,13 +1268,14 @@ pub async fn run(
     );
 
     let mut batch = Vec::new();
-    let mut stdout = std::io::stdout().lock();
+    let mut output = Output::open(&config.events)?;
     let sweep_every = Duration::from_secs(config.identity.sweep_interval_secs);
     let mut sweep = tokio::time::interval(if sweep_every.is_zero() {
         Duration::from_hours(1)
     } else {
         sweep_every
     });
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
@@ -942,21 +1286,18 @@ pub async fn run(
                 if let Err(err) = read {
                     break Err(err.into());
                 }
-                for mut event in batch.drain(..) {
-                    state.discover(&mut event);
-                    if let Event::Net(connection) = &mut event {
-                        connection.domain = state.domains.get(&connection.address).cloned();
-                    }
-                    if let Err(err) = write_event(&mut stdout, config.events.format, &event, &state.registry) {
-                        return Err(DaemonError::Output(err));
-                    }
-                }
-                stdout.flush().map_err(DaemonError::Output)?;
+                output.events(&mut state, &mut batch)?;
             }
             Some(call) = calls.recv() => match call {
+                Call::Admin(AdminRequest::Risk(request), reply) => {
+                    let (answer, written) = state.risk_request(request, output.format);
+                    output.notices.extend(written);
+                    output.flush()?;
+                    let _ = reply.send(answer);
+                }
                 Call::Admin(request, reply) => {
                     if request == AdminRequest::Status {
-                        state.event_counts = (reader.stats().delivered, reader.dropped()?);
+                        state.event_counts = reader.counts()?;
                     }
                     let _ = reply.send(state.handle_admin(request));
                 }
@@ -976,6 +1317,7 @@ pub async fn run(
                     tracing::warn!(%err, "expiring learned addresses");
                 }
             }
+            _ = tick.tick() => output.tick(&mut state, &reader)?,
             _ = sweep.tick(), if !sweep_every.is_zero() => {
                 if let Err(err) = state.sweep() {
                     tracing::warn!(%err, "sweeping stale tags");

@@ -37,12 +37,15 @@ pub struct LoadedObject {
 pub struct LoadOptions {
     /// Capacity of `TASK_AGENT`, the tag map: how many agent processes can be tagged at once.
     pub max_tagged_processes: u32,
+    /// Size of the `EVENTS` ring buffer in bytes: a power of two, at least a page.
+    pub ring_buffer_bytes: u32,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             max_tagged_processes: 65_536,
+            ring_buffer_bytes: 1 << 22,
         }
     }
 }
@@ -63,6 +66,7 @@ pub fn load_with(options: LoadOptions) -> Result<LoadedObject, LoadError> {
         .btf(Some(&btf))
         .override_global(KERNEL_OFFSETS_SYMBOL, &offsets, true)
         .map_max_entries("TASK_AGENT", options.max_tagged_processes)
+        .map_max_entries("EVENTS", options.ring_buffer_bytes)
         .load(OBJECT)
         .map_err(|err| LoadError::Load(Box::new(err)))?;
     Ok(LoadedObject { ebpf, btf, offsets })

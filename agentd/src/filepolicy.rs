@@ -86,6 +86,9 @@ pub struct CompiledFileRule {
     /// `file_access` bits.
     pub access: u32,
     pub action: Action,
+    /// It comes from a file set: what it covers holds secrets (the risk engine's "secret
+    /// read").
+    pub sensitive: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -323,6 +326,7 @@ impl AgentFilesSpec {
                     target,
                     access,
                     action: rule.action,
+                    sensitive: from_set,
                 });
             }
         }

@@ -4,6 +4,7 @@
 //! calls into [`daemon`]. See ARCHITECTURE.md for the data flow.
 
 pub mod api;
+pub mod assess;
 pub mod cgroups;
 pub mod config;
 pub mod daemon;
@@ -16,3 +17,4 @@ pub mod kernel_btf;
 pub mod netpolicy;
 pub mod risk;
 pub mod sensors;
+pub mod sink;

@@ -106,21 +106,13 @@ fn file_rules_are_observed_where_they_cannot_be_enforced() {
     );
 
     // A bad file rule is refused by field, and the rules in force stay.
-    let refused = daemon.apply(&format!(
-        "[[agent]]\nname = \"{agent}\"\n[agent.files]\n\
-         [[agent.files.rule]]\nid = \"typo\"\naction = \"deny\"\nset = \"sensitve\"\n\
-         [[agent.files.rule]]\nid = \"rel\"\naction = \"deny\"\npath = \"secrets\"\n"
-    ));
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        stderr.contains("agent[0].files.rule[0].set: unknown file set \"sensitve\"")
-            && stderr.contains("agent[0].files.rule[1].path: secrets is not an absolute path"),
-        "{stderr}"
-    );
+    refuse_bad_file_rules(&daemon, agent);
     assert_eq!(read(&key), !enforcing, "the rule in force stays");
     wait_until("the rule still reports", || {
-        daemon.events().iter().any(|line| line.contains("no-secrets"))
+        daemon
+            .events()
+            .iter()
+            .any(|line| line.contains("no-secrets"))
     });
 
     if enforcing {
@@ -148,4 +140,19 @@ fn file_rules_are_observed_where_they_cannot_be_enforced() {
         assert_eq!(event["path_source"], "as_passed");
         assert_eq!(event["path"], key.to_str().unwrap());
     }
+}
+
+fn refuse_bad_file_rules(daemon: &Daemon, agent: &str) {
+    let refused = daemon.apply(&format!(
+        "[[agent]]\nname = \"{agent}\"\n[agent.files]\n\
+         [[agent.files.rule]]\nid = \"typo\"\naction = \"deny\"\nset = \"sensitve\"\n\
+         [[agent.files.rule]]\nid = \"rel\"\naction = \"deny\"\npath = \"secrets\"\n"
+    ));
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("agent[0].files.rule[0].set: unknown file set \"sensitve\"")
+            && stderr.contains("agent[0].files.rule[1].path: secrets is not an absolute path"),
+        "{stderr}"
+    );
 }

@@ -6,6 +6,7 @@ mod files;
 mod identity;
 mod kernel_btf;
 mod network;
+mod risk;
 mod run;
 
 use std::path::PathBuf;

@@ -154,6 +154,11 @@ impl Daemon {
         Self::start_configured(policy, "", &format!("upstream = \"{upstream}\"\n"), extra)
     }
 
+    /// Like [`Daemon::start`], with more configuration (whole tables) in `extra`.
+    pub fn start_with_config(policy: &str, extra: &str) -> Self {
+        Self::start_configured(policy, "", "enabled = false\n", extra)
+    }
+
     fn start_configured(
         policy: &str,
         identity_settings: &str,
@@ -267,6 +272,25 @@ impl Daemon {
             .arg(&self.admin)
             .output()
             .expect("running agentd apply")
+    }
+
+    /// `agentd risk show AGENT --json`, as JSON.
+    pub fn risk(&self, agent: &str) -> serde_json::Value {
+        agentd::api::admin(
+            &self.admin,
+            &agentd::api::AdminRequest::Risk(agentd::api::RiskRequest::Show {
+                agent: agent.to_owned(),
+            }),
+        )
+        .expect("asking for the agent's risk")
+    }
+
+    /// Sends a risk request and returns the answer.
+    pub fn risk_request(
+        &self,
+        request: agentd::api::RiskRequest,
+    ) -> Result<serde_json::Value, agentd::api::ClientError> {
+        agentd::api::admin(&self.admin, &agentd::api::AdminRequest::Risk(request))
     }
 
     /// The JSON event lines agentd has printed so far.

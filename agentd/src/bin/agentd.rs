@@ -13,7 +13,9 @@ use std::{
 };
 
 use agentd::{
-    api::{self, AdminRequest, Applied, LaunchTarget, ProcessInfo, Quarantined, Status},
+    api::{
+        self, AdminRequest, Applied, LaunchTarget, ProcessInfo, Quarantined, RiskRequest, Status,
+    },
     config::{Config, OutputFormat},
     daemon::RunOptions,
     identity::policy::IdentityPolicy,
@@ -103,8 +105,19 @@ enum Command {
         #[command(flatten)]
         admin: AdminSocket,
     },
+    /// An agent's risk: its level, its detections and how its level changed; or an admin's
+    /// verdict on it (`confirm`) or on one detection (`dismiss`). See docs/risk.md.
+    ///
+    /// Examples: `agentd risk show coder`, `agentd risk confirm coder --compromised`,
+    /// `agentd risk dismiss 17`
+    Risk {
+        #[command(subcommand)]
+        action: RiskAction,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
     /// Show the daemon's status: agents, rules, tagged processes, lost tags, file enforcement,
-    /// network policy version and quarantined agents.
+    /// network policy version, quarantined agents and event accounting.
     Status {
         #[command(flatten)]
         admin: AdminSocket,
@@ -116,6 +129,28 @@ enum Command {
         #[arg(long, value_name = "PATH", default_value = api::IDENTITY_SOCKET)]
         socket: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum RiskAction {
+    /// The agent's risk level, detections (active, dismissed, decayed) and level changes.
+    Show {
+        agent: String,
+        /// Print JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Confirm the agent compromised (its risk becomes high, and stays high until confirmed
+    /// safe) or safe (its active detections are dismissed and its risk is none).
+    Confirm {
+        agent: String,
+        #[arg(long, conflicts_with = "safe", required_unless_present = "safe")]
+        compromised: bool,
+        #[arg(long)]
+        safe: bool,
+    },
+    /// Dismiss one detection, by the id `risk show` prints: it stops counting.
+    Dismiss { detection: u64 },
 }
 
 fn main() -> ExitCode {
@@ -140,6 +175,7 @@ fn main() -> ExitCode {
         Command::Ps { admin, json } => ps(&admin.socket, json),
         Command::Apply { file, admin } => apply(&admin.socket, &file),
         Command::Status { admin } => status(&admin.socket),
+        Command::Risk { action, admin } => risk(&admin.socket, action),
         Command::Quarantine {
             agent,
             release,
@@ -255,6 +291,80 @@ fn quarantine(socket: &Path, agent: &str, release: bool) -> anyhow::Result<()> {
         "released"
     };
     println!("{}: {state}", done.agent);
+    Ok(())
+}
+
+fn risk(socket: &Path, action: RiskAction) -> anyhow::Result<()> {
+    match action {
+        RiskAction::Show { agent, json } => {
+            let report: serde_json::Value = api::admin(
+                socket,
+                &AdminRequest::Risk(RiskRequest::Show {
+                    agent: agent.clone(),
+                }),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            println!(
+                "{agent}: risk {}{}{}",
+                report["level"].as_str().unwrap_or("?"),
+                if report["compromised"] == true {
+                    ", confirmed compromised"
+                } else {
+                    ""
+                },
+                if report["quarantined"] == true {
+                    ", quarantined"
+                } else {
+                    ""
+                },
+            );
+            let empty = Vec::new();
+            let detections = report["detections"].as_array().unwrap_or(&empty);
+            if detections.is_empty() {
+                println!("no detections");
+            } else {
+                println!(
+                    "{:>6}  {:<8}  {:<10}  {:<24}  SUMMARY",
+                    "ID", "SEVERITY", "STATE", "RULE"
+                );
+            }
+            for record in detections {
+                let detection = &record["detection"];
+                println!(
+                    "{:>6}  {:<8}  {:<10}  {:<24}  {}",
+                    detection["id"],
+                    detection["severity"].as_str().unwrap_or("?"),
+                    record["state"].as_str().unwrap_or("?"),
+                    detection["rule"].as_str().unwrap_or("?"),
+                    detection["summary"].as_str().unwrap_or(""),
+                );
+            }
+        }
+        RiskAction::Confirm {
+            agent,
+            compromised,
+            safe: _,
+        } => {
+            let level: serde_json::Value = api::admin(
+                socket,
+                &AdminRequest::Risk(RiskRequest::Confirm {
+                    agent: agent.clone(),
+                    compromised,
+                }),
+            )?;
+            println!("{agent}: risk {}", level.as_str().unwrap_or("?"));
+        }
+        RiskAction::Dismiss { detection } => {
+            let _: serde_json::Value = api::admin(
+                socket,
+                &AdminRequest::Risk(RiskRequest::Dismiss { detection }),
+            )?;
+            println!("detection {detection} dismissed");
+        }
+    }
     Ok(())
 }
 

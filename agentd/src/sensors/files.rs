@@ -26,6 +26,7 @@ const OPTIONAL_HOOKS: [&str; 5] = [
 const DENY_MAP: &str = "DENY_INODES";
 const RULES_MAP: &str = "FILE_RULES";
 const NAMES_MAP: &str = "FILE_NAMES";
+const QUARANTINE_MAP: &str = "FILE_QUARANTINE";
 
 /// The kernel's active LSMs, comma-separated.
 pub const ACTIVE_LSMS: &str = "/sys/kernel/security/lsm";
@@ -136,6 +137,7 @@ pub struct FileSensor {
     deny: HashMap<aya::maps::MapData, InodeKey, u32>,
     rules: HashMap<aya::maps::MapData, FileRuleKey, FileRule>,
     names: HashMap<aya::maps::MapData, FileNameKey, FileRule>,
+    quarantine: HashMap<aya::maps::MapData, u32, u32>,
     mode: FileMode,
     _lsm_links: Vec<LsmLink>,
     _observer_links: Vec<TracePointLink>,
@@ -158,6 +160,12 @@ impl FileSensor {
             .take_map(NAMES_MAP)
             .ok_or(SensorError::MissingMap { map: NAMES_MAP })?;
         let names = HashMap::try_from(names).map_err(super::map_error(NAMES_MAP))?;
+        let quarantine = ebpf
+            .take_map(QUARANTINE_MAP)
+            .ok_or(SensorError::MissingMap {
+                map: QUARANTINE_MAP,
+            })?;
+        let quarantine = HashMap::try_from(quarantine).map_err(super::map_error(QUARANTINE_MAP))?;
         let mut lsm_links = Vec::new();
         let mut observer_links = Vec::new();
         let mode = if enforce {
@@ -200,6 +208,7 @@ impl FileSensor {
             deny,
             rules,
             names,
+            quarantine,
             mode,
             _lsm_links: lsm_links,
             _observer_links: observer_links,
@@ -219,6 +228,24 @@ impl FileSensor {
     ) -> Result<(), SensorError> {
         super::replace_all(&mut self.rules, objects, RULES_MAP)?;
         super::replace_all(&mut self.names, names, NAMES_MAP)
+    }
+
+    /// Denies (or stops denying) every write of `agent`'s processes, reporting `rule_id`.
+    pub fn set_quarantine(
+        &mut self,
+        agent: u32,
+        rule_id: u32,
+        on: bool,
+    ) -> Result<(), SensorError> {
+        let result = if on {
+            self.quarantine.insert(agent, rule_id, 0)
+        } else {
+            match self.quarantine.remove(&agent) {
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                other => other,
+            }
+        };
+        result.map_err(super::map_error(QUARANTINE_MAP))
     }
 
     /// Denies every open of the file `key` names, reporting `rule_id`.

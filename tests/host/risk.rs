@@ -1,0 +1,249 @@
+//! The risk engine end to end: real tagged processes raise detections, the agent's risk rises,
+//! and at high risk the kernel quarantines it. Also the event pipeline's loss accounting under
+//! load with a deliberately tiny ring buffer.
+
+use std::{fs, net::TcpListener};
+
+use agentd::api::RiskRequest;
+use agentd_tests::{Daemon, launch_cgroup, wait_until};
+
+use crate::helper;
+
+/// JSON lines of `kind` seen so far, added to `seen`.
+fn collect(daemon: &Daemon, seen: &mut Vec<serde_json::Value>) {
+    seen.extend(
+        daemon
+            .events()
+            .iter()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("a JSON line")),
+    );
+}
+
+/// Runs the helper's `net tcp` as `agent` and returns its output line.
+fn connect(daemon: &Daemon, agent: &str, addr: &str, port: u16, count: u32) -> String {
+    let bin = helper();
+    let output = daemon
+        .launch(
+            agent,
+            &[
+                bin.to_str().unwrap(),
+                "net",
+                "tcp",
+                addr,
+                &port.to_string(),
+                &count.to_string(),
+            ],
+        )
+        .output()
+        .expect("running the helper");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+const NO_LEARNING: &str = "[risk]\nlearning_window_secs = 0\n";
+
+/// An agent reads a file a rule names (audit mode: the read goes through on every kernel),
+/// then connects somewhere it never went: `secret_read_then_egress` fires, its risk goes high,
+/// agentd quarantines it, and its next connect fails with EPERM.
+#[test]
+fn secret_read_then_new_egress_raises_high_risk_and_quarantines_in_the_kernel() {
+    let agent = "leaky-agent";
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let secret = dir.path().join("credentials");
+    fs::write(&secret, "token").expect("secret");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().unwrap().port();
+    let daemon = Daemon::start_with_config(
+        &format!(
+            "[[agent]]\nname = \"{agent}\"\n[agent.files]\nmode = \"audit\"\n\
+             [[agent.files.rule]]\nid = \"creds\"\naction = \"deny\"\npath = \"{}\"\naccess = [\"read\"]\n",
+            secret.display()
+        ),
+        NO_LEARNING,
+    );
+    let _launched = launch_cgroup(agent);
+    assert_eq!(daemon.risk(agent)["level"], "none");
+
+    let read = daemon
+        .launch(agent, &["cat", secret.to_str().unwrap()])
+        .output()
+        .expect("cat");
+    assert!(read.status.success(), "audit mode lets the read through");
+    let mut seen = Vec::new();
+    wait_until("the secret read is reported", || {
+        collect(&daemon, &mut seen);
+        seen.iter().any(|e| e["kind"] == "file")
+    });
+    assert_eq!(
+        connect(&daemon, agent, "127.0.0.1", port, 1),
+        "ok=1 eperm=0 other=0"
+    );
+
+    wait_until("the agent is quarantined", || {
+        collect(&daemon, &mut seen);
+        seen.iter().any(|e| e["kind"] == "remediation")
+    });
+    let detection = seen
+        .iter()
+        .find(|e| e["kind"] == "detection" && e["rule"] == "secret_read_then_egress")
+        .unwrap_or_else(|| panic!("a secret_read_then_egress detection: {seen:#?}"));
+    assert_eq!(detection["agent_name"], agent);
+    assert_eq!(detection["severity"], "high");
+    let remediation = seen.iter().find(|e| e["kind"] == "remediation").unwrap();
+    assert_eq!(remediation["action"], "quarantine");
+    assert_eq!(remediation["result"], "done");
+    let latency = remediation["latency_ns"].as_u64().expect("a latency");
+    eprintln!("kernel event to quarantine in force: {latency} ns");
+    assert!(
+        seen.iter()
+            .any(|e| e["kind"] == "risk_change" && e["to"] == "high"),
+        "{seen:#?}"
+    );
+
+    assert_eq!(
+        connect(&daemon, agent, "127.0.0.1", port, 1),
+        "ok=0 eperm=1 other=0",
+        "the next connect fails with EPERM"
+    );
+    let risk = daemon.risk(agent);
+    assert_eq!(risk["level"], "high");
+    assert_eq!(risk["quarantined"], true);
+    assert!(daemon.status().quarantined.contains(&agent.to_owned()));
+
+    // An admin confirms it safe: detections dismissed, risk none; the quarantine is lifted.
+    let level = daemon
+        .risk_request(RiskRequest::Confirm {
+            agent: agent.to_owned(),
+            compromised: false,
+        })
+        .expect("confirm safe");
+    assert_eq!(level, "none");
+    assert_eq!(
+        connect(&daemon, agent, "127.0.0.1", port, 1),
+        "ok=1 eperm=0 other=0"
+    );
+    drop(listener);
+}
+
+/// A burst of denied connects raises `denied_burst` (medium); an admin dismisses it and the
+/// risk falls back; confirming the agent compromised sets high.
+#[test]
+fn denied_burst_raises_medium_risk_and_an_admin_can_dismiss_and_confirm() {
+    let agent = "noisy-agent";
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().unwrap().port();
+    let daemon = Daemon::start_with_config(
+        &format!("[[agent]]\nname = \"{agent}\"\n[agent.network]\ndefault = \"deny\"\n"),
+        "[risk]\n[risk.remediation]\nquarantine = false\n",
+    );
+    let _launched = launch_cgroup(agent);
+    assert_eq!(
+        connect(&daemon, agent, "127.0.0.1", port, 12),
+        "ok=0 eperm=12 other=0"
+    );
+    let mut seen = Vec::new();
+    wait_until("denied_burst fires", || {
+        collect(&daemon, &mut seen);
+        seen.iter()
+            .any(|e| e["kind"] == "detection" && e["rule"] == "denied_burst")
+    });
+    let risk = daemon.risk(agent);
+    assert_eq!(risk["level"], "medium", "{risk:#}");
+    let id = risk["detections"][0]["detection"]["id"].as_u64().unwrap();
+    assert_eq!(risk["detections"][0]["state"], "active");
+
+    daemon
+        .risk_request(RiskRequest::Dismiss { detection: id })
+        .expect("dismiss");
+    let risk = daemon.risk(agent);
+    assert_eq!(risk["level"], "none", "{risk:#}");
+    assert_eq!(risk["detections"][0]["state"], "dismissed");
+    let err = daemon
+        .risk_request(RiskRequest::Dismiss { detection: id })
+        .unwrap_err();
+    assert!(err.to_string().contains("not active"), "{err}");
+
+    let level = daemon
+        .risk_request(RiskRequest::Confirm {
+            agent: agent.to_owned(),
+            compromised: true,
+        })
+        .expect("confirm compromised");
+    assert_eq!(level, "high");
+    let err = daemon
+        .risk_request(RiskRequest::Show {
+            agent: "nobody".to_owned(),
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("unknown agent \"nobody\""),
+        "{err}"
+    );
+    drop(listener);
+}
+
+/// With a one-page ring buffer, a connect storm overflows it. agentd says so (an
+/// `events_lost` notice and status), and nothing is unaccounted for: once the storm is over,
+/// delivered + undecodable + dropped = produced, as the kernel counted them.
+#[test]
+fn tiny_ring_buffer_under_load_reports_drops_and_accounts_for_every_event() {
+    let agent = "storm-agent";
+    let daemon = Daemon::start_with_config(
+        &format!("[[agent]]\nname = \"{agent}\"\n[agent.network]\ndefault = \"deny\"\n"),
+        "[events]\nring_buffer_bytes = 4096\nloss_alert_interval_secs = 1\n\
+         [risk]\n[risk.remediation]\nquarantine = false\n",
+    );
+    let _launched = launch_cgroup(agent);
+    let bin = helper();
+    let output = daemon
+        .launch(
+            agent,
+            &[
+                bin.to_str().unwrap(),
+                "net",
+                "udp-connect",
+                "127.0.0.1",
+                "9",
+                "20000",
+            ],
+        )
+        .output()
+        .expect("storm");
+    assert!(output.status.success());
+
+    let mut status = daemon.status();
+    wait_until("the accounting settles", || {
+        let now = daemon.status();
+        let settled = now.events_produced == status.events_produced
+            && now.events_delivered + now.events_undecodable + now.events_dropped
+                == now.events_produced;
+        status = now;
+        settled
+    });
+    eprintln!(
+        "produced {} delivered {} dropped {} (per CPU {:?})",
+        status.events_produced,
+        status.events_delivered,
+        status.events_dropped,
+        status.events_dropped_per_cpu
+    );
+    assert!(
+        status.events_dropped > 0,
+        "a one-page ring buffer kept up: {status:?}"
+    );
+    assert!(status.events_produced >= 20_000, "{status:?}");
+    assert_eq!(
+        status.events_dropped_per_cpu.iter().sum::<u64>(),
+        status.events_dropped
+    );
+    let mut seen = Vec::new();
+    wait_until("the loss is announced", || {
+        collect(&daemon, &mut seen);
+        seen.iter().any(|e| e["kind"] == "events_lost")
+    });
+    let lost: u64 = seen
+        .iter()
+        .filter(|e| e["kind"] == "events_lost")
+        .map(|e| e["dropped"].as_u64().unwrap())
+        .sum();
+    assert!(lost > 0 && lost <= status.events_dropped);
+}
