@@ -37,6 +37,7 @@ use crate::{
         discovery::{ExecFacts, RuleMatch, UserspaceRules, looks_like_agent},
         policy::{CompiledPolicy, IdentityPolicy, Matcher, PolicyError},
     },
+    lineage::{Ancestor, Lineage},
     netpolicy::{Categories, Mode, layout},
     risk::{
         AgentRisk, DetectionId, Outcome, Remediation, RiskConfig, RiskConfigError, RiskEngine,
@@ -140,6 +141,8 @@ pub struct State {
     /// Numbers of the file rules that protect secrets.
     sensitive_rules: HashSet<u32>,
     risk_config: RiskConfig,
+    /// Parents and programs of agents' processes, for events.
+    lineage: Lineage,
     /// (delivered, dropped) kernel events, refreshed by the event loop before a status answer.
     event_counts: EventCounts,
     /// Names seen in DNS answers → (address, expiry).
@@ -186,6 +189,7 @@ impl State {
             risk,
             sensitive_rules: HashSet::new(),
             risk_config: config.risk.clone(),
+            lineage: Lineage::default(),
             learned: std::collections::HashMap::new(),
             domains: std::collections::HashMap::new(),
         };
@@ -853,6 +857,9 @@ struct JsonLine<'a> {
     /// `threat-intel` for a blocklist hit.
     #[serde(skip_serializing_if = "Option::is_none")]
     alert: Option<&'static str>,
+    /// For agents' processes: the parent, grandparent... nearest first.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    lineage: &'a [Ancestor],
 }
 
 fn write_event(
@@ -860,6 +867,7 @@ fn write_event(
     format: OutputFormat,
     event: &Event,
     registry: &Registry,
+    lineage: &[Ancestor],
 ) -> std::io::Result<()> {
     let tag = event.tag();
     let agent = agent_ref(registry, tag);
@@ -918,6 +926,7 @@ fn write_event(
                 looks_like,
                 rule,
                 alert,
+                lineage,
             };
             serde_json::to_writer(&mut *out, &line)?;
             writeln!(out)
@@ -959,9 +968,20 @@ impl Output {
             if let Event::Net(connection) = &mut event {
                 connection.domain = state.domains.get(&connection.address).cloned();
             }
+            state.lineage.record(&event);
+            let ancestors = match event.tag().agent {
+                0 => Vec::new(),
+                _ => state.lineage.ancestors(event.pid()),
+            };
             self.line.clear();
-            write_event(&mut self.line, self.format, &event, &state.registry)
-                .map_err(DaemonError::Output)?;
+            write_event(
+                &mut self.line,
+                self.format,
+                &event,
+                &state.registry,
+                &ancestors,
+            )
+            .map_err(DaemonError::Output)?;
             self.sink
                 .write_line(&self.line)
                 .map_err(DaemonError::Output)?;
@@ -1380,9 +1400,15 @@ mod tests {
         });
         let event = exec(AgentTag::new(index, TagSource::Launch, 0).inherited());
         let mut out = Vec::new();
-        write_event(&mut out, OutputFormat::Json, &event, &registry).unwrap();
+        let lineage = [Ancestor {
+            pid: 7,
+            exe: "/usr/bin/python3".into(),
+        }];
+        write_event(&mut out, OutputFormat::Json, &event, &registry, &lineage).unwrap();
         let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(line["version"], SCHEMA_VERSION);
+        assert_eq!(line["lineage"][0]["pid"], 7);
+        assert_eq!(line["lineage"][0]["exe"], "/usr/bin/python3");
         assert_eq!(line["kind"], "exec");
         assert_eq!(line["filename"], "/bin/sh");
         assert_eq!(line["agent"]["name"], "coder");
@@ -1399,6 +1425,7 @@ mod tests {
             OutputFormat::Json,
             &exec(AgentTag::NONE),
             &Registry::default(),
+            &[],
         )
         .unwrap();
         let line: serde_json::Value = serde_json::from_slice(&out).unwrap();

@@ -210,6 +210,17 @@ impl Event {
         }
     }
 
+    /// The process the event is about.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        match self {
+            Self::Exec(exec) => exec.pid,
+            Self::Fork(change) | Self::Exit(change) | Self::TagLost(change) => change.pid,
+            Self::Net(connection) => connection.pid,
+            Self::File(decision) => decision.pid,
+        }
+    }
+
     /// Decodes one ring-buffer record.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let header: EventHeader = read_record(bytes)?;

@@ -14,6 +14,7 @@ pub mod events;
 pub mod filepolicy;
 pub mod identity;
 pub mod kernel_btf;
+pub mod lineage;
 pub mod netpolicy;
 pub mod risk;
 pub mod sensors;

@@ -149,6 +149,27 @@ fn denied_burst_raises_medium_risk_and_an_admin_can_dismiss_and_confirm() {
     let risk = daemon.risk(agent);
     assert_eq!(risk["level"], "medium", "{risk:#}");
     let id = risk["detections"][0]["detection"]["id"].as_u64().unwrap();
+
+    // Events carry the process lineage: a connect from a child of a shell names the shell.
+    let bin = helper();
+    let script = format!("{} net tcp 127.0.0.1 {port} 1; true", bin.display());
+    let output = daemon
+        .launch(agent, &["sh", "-c", &script])
+        .output()
+        .expect("sh");
+    assert!(output.status.success());
+    wait_until(
+        "the shell's child's connect is reported with its lineage",
+        || {
+            collect(&daemon, &mut seen);
+            seen.iter().any(|e| {
+                e["kind"] == "net"
+                    && e["lineage"][0]["exe"]
+                        .as_str()
+                        .is_some_and(|exe| exe.ends_with("sh"))
+            })
+        },
+    );
     assert_eq!(risk["detections"][0]["state"], "active");
 
     daemon
