@@ -274,6 +274,11 @@ impl Daemon {
             .expect("running agentd apply")
     }
 
+    /// The daemon's admin socket.
+    pub fn admin_socket(&self) -> &Path {
+        &self.admin
+    }
+
     /// `agentd risk show AGENT --json`, as JSON.
     pub fn risk(&self, agent: &str) -> serde_json::Value {
         agentd::api::admin(

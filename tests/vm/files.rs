@@ -421,3 +421,46 @@ fn sensitive_set_protects_keys_and_dotenv_files_anywhere() {
     assert!(!created.status.success(), "created a new .env");
     let _ = fs::remove_file(&config);
 }
+
+/// A quarantined agent's writes are denied everywhere where BPF LSM is active; its reads are
+/// not; released, it writes again.
+#[test]
+fn quarantine_denies_an_agents_file_writes() {
+    let agent = "quarantined-writer";
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let notes = dir.path().join("notes");
+    fs::write(&notes, "n").expect("notes");
+    let daemon = Daemon::start(&format!("[[agent]]\nname = \"{agent}\"\n"));
+    let _launched = launch_cgroup(agent);
+    let write = |what: &str| {
+        daemon
+            .launch(
+                agent,
+                &["sh", "-c", &format!("echo {what} >> {}", notes.display())],
+            )
+            .output()
+            .expect("sh")
+            .status
+            .success()
+    };
+    assert!(write("before"));
+    let quarantine = |release: bool| {
+        agentd::api::admin::<agentd::api::Quarantined>(
+            daemon.admin_socket(),
+            &agentd::api::AdminRequest::Quarantine {
+                agent: agent.to_owned(),
+                release,
+            },
+        )
+        .expect("quarantine")
+    };
+    quarantine(false);
+    assert!(!write("during"), "a quarantined agent wrote a file");
+    assert!(
+        can_read(&daemon, Some(agent), &notes),
+        "reads are not quarantined"
+    );
+    quarantine(true);
+    assert!(write("after"));
+    assert_eq!(fs::read_to_string(&notes).unwrap(), "nbefore\nafter\n");
+}
