@@ -25,8 +25,11 @@ fn main() -> anyhow::Result<()> {
         descriptors.encode_to_vec(),
     )
     .context("writing the descriptor set")?;
+    // Type names (`prost::Name`) let agentctl find each message's descriptor for JSON output.
+    let mut config = prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
-        .compile_fds(descriptors)
+        .compile_fds_with_config(descriptors, config)
         .context("generating the gRPC code")?;
     Ok(())
 }

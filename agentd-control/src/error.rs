@@ -5,7 +5,7 @@ use tonic::{Code, Status};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad input: names the field (e.g. `agent.sponsors[1]`) and what is wrong with it.
-    #[error("invalid {field}: {reason}")]
+    #[error("field `{field}`: {reason}")]
     InvalidArgument { field: String, reason: String },
     #[error("{kind} {id:?} not found")]
     NotFound { kind: &'static str, id: String },
