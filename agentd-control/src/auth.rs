@@ -107,7 +107,7 @@ mod tests {
     fn auditors_change_nothing() {
         let readers = ["Get", "List", "WhoAmI"];
         for method in Method::ALL {
-            if method.allows(Role::Auditor) {
+            if method.allows(Auditor) {
                 assert!(
                     readers.iter().any(|prefix| method.name().starts_with(prefix)),
                     "auditor may call {method:?}"

@@ -137,7 +137,8 @@ pub fn absolute_path(field: &str, value: &str) -> Result<String> {
     text(field, value, 4096)
 }
 
-/// `host:port`, `cidr` or `cidr:port` (an IP address is a /32 or /128).
+/// `host:port`, an address, `cidr` or `cidr:port`; IPv6 with a port in brackets
+/// (`[2001:db8::/32]:443`).
 pub fn destination(field: &str, value: &str) -> Result<String> {
     let invalid = || {
         Error::invalid(
@@ -148,34 +149,46 @@ pub fn destination(field: &str, value: &str) -> Result<String> {
     if value.is_empty() {
         return Err(Error::invalid(field, "is required"));
     }
-    if value.parse::<std::net::IpAddr>().is_ok() {
-        return Ok(value.to_owned());
-    }
-    let (host, port) = match value.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') || host.starts_with('[') => (host, Some(port)),
-        _ => (value, None),
+    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
+        let (inner, after) = rest.split_once(']').ok_or_else(invalid)?;
+        let port = if after.is_empty() {
+            None
+        } else {
+            Some(after.strip_prefix(':').ok_or_else(invalid)?)
+        };
+        (inner, port)
+    } else if value.matches(':').count() == 1 {
+        let (host, port) = value.split_once(':').ok_or_else(invalid)?;
+        (host, Some(port))
+    } else {
+        (value, None)
     };
     if let Some(port) = port
         && port.parse::<u16>().map_or(true, |p| p == 0)
     {
-        return Err(Error::invalid(field, format!("{port:?} is not a port (1-65535)")));
+        return Err(Error::invalid(
+            field,
+            format!("{port:?} is not a port (1-65535)"),
+        ));
     }
-    let host = host.trim_start_matches('[').trim_end_matches(']');
     if let Some((addr, prefix)) = host.split_once('/') {
         let addr: std::net::IpAddr = addr.parse().map_err(|_| invalid())?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         if prefix.parse::<u8>().map_or(true, |p| p > max) {
-            return Err(Error::invalid(field, format!("/{prefix} is not a prefix length (0-{max})")));
+            return Err(Error::invalid(
+                field,
+                format!("/{prefix} is not a prefix length (0-{max})"),
+            ));
         }
-        return Ok(value.to_owned());
+    } else if host.parse::<std::net::IpAddr>().is_err() {
+        if port.is_none() {
+            return Err(Error::invalid(
+                field,
+                format!("{value:?}: a host name needs a port (host:port)"),
+            ));
+        }
+        hostname(field, host)?;
     }
-    if host.parse::<std::net::IpAddr>().is_ok() {
-        return Ok(value.to_owned());
-    }
-    if port.is_none() {
-        return Err(Error::invalid(field, format!("{value:?}: a host name needs a port (host:port)")));
-    }
-    hostname(field, host)?;
     Ok(value.to_owned())
 }
 
@@ -258,10 +271,10 @@ mod tests {
 
     #[test]
     fn destinations_accept_hosts_with_ports_addresses_and_cidrs() {
-        for ok in ["api.example.com:443", "10.0.0.0/8", "10.0.0.0/8:53", "192.0.2.1", "[2001:db8::]/32:443", "2001:db8::1"] {
+        for ok in ["api.example.com:443", "10.0.0.0/8", "10.0.0.0/8:53", "192.0.2.1", "[2001:db8::/32]:443", "2001:db8::1", "[2001:db8::1]:53"] {
             destination("d", ok).unwrap_or_else(|err| panic!("{ok}: {err}"));
         }
-        for bad in ["api.example.com", "10.0.0.0/33", "host:0", "host:http", "bad host:80", ""] {
+        for bad in ["api.example.com", "10.0.0.0/33", "host:0", "host:http", "bad host:80", "", "[::1", "[::1]x"] {
             assert_eq!(field_of(destination("d", bad).expect_err(bad)), "d");
         }
     }
