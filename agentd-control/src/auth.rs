@@ -81,7 +81,7 @@ methods! {
 }
 
 impl Method {
-    /// Methods that authenticate by something other than a bearer token (EnrollHost: the join
+    /// Methods that authenticate by something other than a bearer token (`EnrollHost`: the join
     /// token).
     pub fn is_public(self) -> bool {
         self == Self::EnrollHost
@@ -109,7 +109,9 @@ mod tests {
         for method in Method::ALL {
             if method.allows(Auditor) {
                 assert!(
-                    readers.iter().any(|prefix| method.name().starts_with(prefix)),
+                    readers
+                        .iter()
+                        .any(|prefix| method.name().starts_with(prefix)),
                     "auditor may call {method:?}"
                 );
             }

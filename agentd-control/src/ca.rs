@@ -4,8 +4,7 @@
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -26,7 +25,8 @@ pub struct CertificateAuthority {
 
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertificateAuthority").finish_non_exhaustive()
+        f.debug_struct("CertificateAuthority")
+            .finish_non_exhaustive()
     }
 }
 
@@ -103,7 +103,12 @@ impl CertificateAuthority {
         &self.cert_pem
     }
 
-    fn leaf_params(common_name: &str, sans: Vec<SanType>, not_before: UnixTime, not_after: UnixTime) -> Result<CertificateParams> {
+    fn leaf_params(
+        common_name: &str,
+        sans: Vec<SanType>,
+        not_before: UnixTime,
+        not_after: UnixTime,
+    ) -> Result<CertificateParams> {
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, common_name);
@@ -120,15 +125,30 @@ impl CertificateAuthority {
 
     /// Signs a host's CSR: the certificate names the host id (CN and a `urn:agentd:host:` URI),
     /// whatever the CSR asked for. Returns the PEM and the serial number.
-    pub fn sign_host_csr(&self, csr_pem: &str, host_id: &str, now: UnixTime) -> Result<(String, String)> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|err| Error::invalid("csr_pem", format!("is not a valid PKCS#10 CSR: {err}")))?;
+    pub fn sign_host_csr(
+        &self,
+        csr_pem: &str,
+        host_id: &str,
+        now: UnixTime,
+    ) -> Result<(String, String)> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|err| {
+            Error::invalid("csr_pem", format!("is not a valid PKCS#10 CSR: {err}"))
+        })?;
         let uri = format!("urn:agentd:host:{host_id}")
             .try_into()
             .map_err(cert_error("host URI"))?;
-        let mut params = Self::leaf_params(host_id, vec![SanType::URI(uri)], now - 60, now + LEAF_LIFETIME_DAYS * DAY)?;
+        let mut params = Self::leaf_params(
+            host_id,
+            vec![SanType::URI(uri)],
+            now - 60,
+            now + LEAF_LIFETIME_DAYS * DAY,
+        )?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let serial = params.serial_number.as_ref().map(|s| hex::encode(s.to_bytes())).unwrap_or_default();
+        let serial = params
+            .serial_number
+            .as_ref()
+            .map(|s| hex::encode(s.to_bytes()))
+            .unwrap_or_default();
         let cert = params
             .signed_by(&csr.public_key, &self.issuer)
             .map_err(cert_error("signing the host certificate"))?;
@@ -137,7 +157,12 @@ impl CertificateAuthority {
 
     /// Issues a client certificate for `common_name` with a fresh key, valid between the given
     /// times (tests use it for expired certificates; hosts normally send a CSR).
-    pub fn issue_client(&self, common_name: &str, not_before: UnixTime, not_after: UnixTime) -> Result<IssuedCertificate> {
+    pub fn issue_client(
+        &self,
+        common_name: &str,
+        not_before: UnixTime,
+        not_after: UnixTime,
+    ) -> Result<IssuedCertificate> {
         let key = KeyPair::generate().map_err(cert_error("generating a key"))?;
         let mut params = Self::leaf_params(common_name, Vec::new(), not_before, not_after)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];

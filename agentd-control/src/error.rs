@@ -57,8 +57,10 @@ impl From<Error> for Status {
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => Code::Unavailable,
-            Error::Database(_) | Error::Migration(_) | Error::Corrupt { .. } => Code::Internal,
-            Error::Certificate(_) => Code::Internal,
+            Error::Database(_)
+            | Error::Migration(_)
+            | Error::Corrupt { .. }
+            | Error::Certificate(_) => Code::Internal,
         };
         if code == Code::Internal || code == Code::Unavailable {
             tracing::error!(error = ?err, "request failed");

@@ -85,6 +85,7 @@ pub struct GovernanceSettings {
 
 impl GovernanceSettings {
     /// The agent's own settings where set, else the blueprint's.
+    #[must_use]
     pub fn inherit(self, blueprint: Self) -> Self {
         let pick = |own: u32, default: u32| if own == 0 { default } else { own };
         Self {
@@ -180,7 +181,10 @@ pub struct Agent {
 
 impl Agent {
     pub fn answers_to(&self, principal: &str) -> bool {
-        self.sponsors.iter().chain(&self.owners).any(|p| p == principal)
+        self.sponsors
+            .iter()
+            .chain(&self.owners)
+            .any(|p| p == principal)
     }
 
     pub fn is_owner(&self, principal: &str) -> bool {

@@ -14,8 +14,7 @@ use crate::{
     error::{Error, Result},
     proto::{
         access_service_server::AccessServiceServer, audit_service_server::AuditServiceServer,
-        auth_service_server::AuthServiceServer,
-        governance_service_server::GovernanceServiceServer,
+        auth_service_server::AuthServiceServer, governance_service_server::GovernanceServiceServer,
         host_service_server::HostServiceServer, registry_service_server::RegistryServiceServer,
     },
     store::Store,
@@ -27,7 +26,7 @@ pub struct ServerOptions {
     /// control-plane CA at start-up, and verify client certificates against the CA. `None`:
     /// plaintext (loopback and tests only).
     pub tls_names: Option<Vec<String>>,
-    /// Run the governance sweep this often; `None`: only on RunSweep.
+    /// Run the governance sweep this often; `None`: only on `RunSweep`.
     pub sweep_interval: Option<Duration>,
 }
 

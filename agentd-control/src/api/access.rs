@@ -1,4 +1,4 @@
-//! AccessService: access packages.
+//! `AccessService`: access packages.
 
 use tonic::{Request, Response, Status};
 
@@ -103,7 +103,9 @@ impl AccessService for ControlPlane {
         &self,
         request: Request<proto::RequestAccessPackageRequest>,
     ) -> Result<Response<proto::RequestAccessPackageResponse>, Status> {
-        let caller = self.authorize(&request, Method::RequestAccessPackage).await?;
+        let caller = self
+            .authorize(&request, Method::RequestAccessPackage)
+            .await?;
         let request = request.into_inner();
         let new = NewAccessPackage {
             agent_id: validate::uuid("agent_id", &request.agent_id)?,
@@ -147,7 +149,9 @@ impl AccessService for ControlPlane {
         &self,
         request: Request<proto::ApproveAccessPackageRequest>,
     ) -> Result<Response<proto::ApproveAccessPackageResponse>, Status> {
-        let caller = self.authorize(&request, Method::ApproveAccessPackage).await?;
+        let caller = self
+            .authorize(&request, Method::ApproveAccessPackage)
+            .await?;
         let id = validate::uuid("id", &request.get_ref().id)?;
         let package = self
             .store
@@ -192,7 +196,9 @@ impl AccessService for ControlPlane {
         &self,
         request: Request<proto::RevokeAccessPackageRequest>,
     ) -> Result<Response<proto::RevokeAccessPackageResponse>, Status> {
-        let caller = self.authorize(&request, Method::RevokeAccessPackage).await?;
+        let caller = self
+            .authorize(&request, Method::RevokeAccessPackage)
+            .await?;
         let id = validate::uuid("id", &request.get_ref().id)?;
         validate::text("reason", &request.get_ref().reason, 512)?;
         let package = self
@@ -227,7 +233,11 @@ impl AccessService for ControlPlane {
         } else {
             Some(validate::uuid("agent_id", &request.agent_id)?)
         };
-        let state = match validate::known_enum::<proto::AccessPackageState>("state", request.state, true)? {
+        let state = match validate::known_enum::<proto::AccessPackageState>(
+            "state",
+            request.state,
+            true,
+        )? {
             None | Some(proto::AccessPackageState::Unspecified) => None,
             Some(proto::AccessPackageState::Pending) => Some(AccessPackageState::Pending),
             Some(proto::AccessPackageState::Approved) => Some(AccessPackageState::Approved),

@@ -1,4 +1,4 @@
-//! AuditService.
+//! `AuditService`.
 
 use tonic::{Request, Response, Status};
 
@@ -37,7 +37,11 @@ impl AuditService for ControlPlane {
         {
             return Err(Error::invalid(
                 "target_type",
-                format!("{:?} is not one of {}", request.target_type, TARGET_TYPES.join(", ")),
+                format!(
+                    "{:?} is not one of {}",
+                    request.target_type,
+                    TARGET_TYPES.join(", ")
+                ),
             )
             .into());
         }

@@ -1,4 +1,4 @@
-//! AuthService: API tokens.
+//! `AuthService`: API tokens.
 
 use tonic::{Request, Response, Status};
 

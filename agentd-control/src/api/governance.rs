@@ -1,4 +1,4 @@
-//! GovernanceService: lifecycle, sponsors and owners, alerts and the sweep.
+//! `GovernanceService`: lifecycle, sponsors and owners, alerts and the sweep.
 
 use tonic::{Request, Response, Status};
 

@@ -1,4 +1,4 @@
-//! HostService: join tokens, enrolment, heartbeats, agent reports and revocation.
+//! `HostService`: join tokens, enrolment, heartbeats, agent reports and revocation.
 
 use tonic::{Request, Response, Status};
 
@@ -83,13 +83,19 @@ impl HostService for ControlPlane {
         let csr = request.csr_pem;
         let (enrolment, certificate_pem) = self
             .store
-            .enroll_host(&audit, &request.join_token, &hostname, &version, |host_id| {
-                if csr.is_empty() {
-                    return Ok((String::new(), None));
-                }
-                let (pem, serial) = ca.sign_host_csr(&csr, host_id, now)?;
-                Ok((pem, Some(serial)))
-            })
+            .enroll_host(
+                &audit,
+                &request.join_token,
+                &hostname,
+                &version,
+                |host_id| {
+                    if csr.is_empty() {
+                        return Ok((String::new(), None));
+                    }
+                    let (pem, serial) = ca.sign_host_csr(&csr, host_id, now)?;
+                    Ok((pem, Some(serial)))
+                },
+            )
             .await?;
         Ok(Response::new(proto::EnrollHostResponse {
             host_id: enrolment.host.id,
@@ -106,7 +112,9 @@ impl HostService for ControlPlane {
         let caller = self.authorize(&request, Method::Heartbeat).await?;
         let version = validate::text("agentd_version", &request.get_ref().agentd_version, 64)?;
         let now = self.now();
-        self.store.heartbeat(&caller.principal, now, &version).await?;
+        self.store
+            .heartbeat(&caller.principal, now, &version)
+            .await?;
         Ok(Response::new(proto::HeartbeatResponse {
             server_time: Some(timestamp(now)),
         }))
@@ -125,7 +133,11 @@ impl HostService for ControlPlane {
             .map(|(index, id)| validate::uuid(&format!("agent_ids[{index}]"), id))
             .collect::<Result<Vec<_>, _>>()?;
         self.store
-            .report_agents(&self.audit(&caller, Method::ReportAgents), &caller.principal, &ids)
+            .report_agents(
+                &self.audit(&caller, Method::ReportAgents),
+                &caller.principal,
+                &ids,
+            )
             .await?;
         Ok(Response::new(proto::ReportAgentsResponse {}))
     }

@@ -64,12 +64,9 @@ impl ControlPlane {
     /// Authenticates the bearer token and checks the role against `method`'s row of the RBAC
     /// matrix.
     async fn authorize<T>(&self, request: &Request<T>, method: Method) -> Result<Caller, Status> {
-        let header = request
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| {
-                Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
-            })?;
+        let header = request.metadata().get("authorization").ok_or_else(|| {
+            Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
+        })?;
         let token = header
             .to_str()
             .ok()

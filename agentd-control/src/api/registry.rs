@@ -1,4 +1,4 @@
-//! RegistryService: blueprints and agents.
+//! `RegistryService`: blueprints and agents.
 
 use tonic::{Request, Response, Status};
 
@@ -115,7 +115,10 @@ fn offline_to_proto(value: OfflineBehavior) -> proto::OfflineBehavior {
 
 const MAX_DAYS: u32 = 36_500;
 
-fn governance(field: &str, settings: Option<&proto::GovernanceSettings>) -> Result<GovernanceSettings> {
+fn governance(
+    field: &str,
+    settings: Option<&proto::GovernanceSettings>,
+) -> Result<GovernanceSettings> {
     let Some(settings) = settings else {
         return Ok(GovernanceSettings::default());
     };
@@ -165,7 +168,10 @@ fn metadata(field: &str, metadata: Option<&proto::AgentMetadata>) -> Result<Agen
         })
         .collect::<Result<_>>()?;
     Ok(AgentMetadata {
-        capabilities: validate::short_list(&format!("{field}.capabilities"), &metadata.capabilities)?,
+        capabilities: validate::short_list(
+            &format!("{field}.capabilities"),
+            &metadata.capabilities,
+        )?,
         tasks: validate::short_list(&format!("{field}.tasks"), &metadata.tasks)?,
         protocols,
         endpoints: metadata
@@ -203,14 +209,19 @@ fn metadata_to_proto(metadata: &AgentMetadata) -> proto::AgentMetadata {
 }
 
 /// Validates a blueprint message into its name, description and spec.
-fn blueprint_from_proto(blueprint: Option<proto::Blueprint>) -> Result<(String, String, BlueprintSpec)> {
+fn blueprint_from_proto(
+    blueprint: Option<proto::Blueprint>,
+) -> Result<(String, String, BlueprintSpec)> {
     let blueprint = required("blueprint", blueprint)?;
     let name = validate::identifier("blueprint.name", &blueprint.name)?;
     let description = validate::text("blueprint.description", &blueprint.description, 1024)?;
     let offline = offline_from_proto("blueprint.offline_behavior", blueprint.offline_behavior)?;
     let spec = BlueprintSpec {
         discovery_rules: discovery_rules("blueprint.discovery_rules", &blueprint.discovery_rules)?,
-        baseline_policy: baseline("blueprint.baseline_policy", blueprint.baseline_policy.as_ref())?,
+        baseline_policy: baseline(
+            "blueprint.baseline_policy",
+            blueprint.baseline_policy.as_ref(),
+        )?,
         attributes: validate::attributes("blueprint.attributes", &blueprint.attributes)?,
         offline_behavior: (offline != OfflineBehavior::Inherit).then_some(offline),
         governance: governance("blueprint.governance", blueprint.governance.as_ref())?,
@@ -242,8 +253,10 @@ pub(super) fn blueprint_to_proto(blueprint: &Blueprint) -> proto::Blueprint {
             protected_paths: spec.baseline_policy.protected_paths.clone(),
         }),
         attributes: spec.attributes.clone().into_iter().collect(),
-        offline_behavior: offline_to_proto(spec.offline_behavior.unwrap_or(OfflineBehavior::LastKnown))
-            .into(),
+        offline_behavior: offline_to_proto(
+            spec.offline_behavior.unwrap_or(OfflineBehavior::LastKnown),
+        )
+        .into(),
         governance: Some(governance_to_proto(spec.governance)),
         create_time: Some(timestamp(blueprint.created_at)),
         update_time: Some(timestamp(blueprint.updated_at)),
@@ -284,10 +297,13 @@ pub(super) fn agent_to_proto(resolved: &ResolvedAgent) -> proto::Agent {
     }
 }
 
-fn new_agent(request: proto::CreateAgentRequest) -> Result<NewAgent> {
+fn new_agent(request: &proto::CreateAgentRequest) -> Result<NewAgent> {
     let sponsors = validate::principals("sponsors", &request.sponsors)?;
     if sponsors.is_empty() {
-        return Err(Error::invalid("sponsors", "at least one sponsor is required"));
+        return Err(Error::invalid(
+            "sponsors",
+            "at least one sponsor is required",
+        ));
     }
     Ok(NewAgent {
         name: validate::identifier("name", &request.name)?,
@@ -302,7 +318,7 @@ fn new_agent(request: proto::CreateAgentRequest) -> Result<NewAgent> {
     })
 }
 
-fn agent_update(request: proto::UpdateAgentRequest) -> Result<AgentUpdate> {
+fn agent_update(request: &proto::UpdateAgentRequest) -> Result<AgentUpdate> {
     Ok(AgentUpdate {
         id: validate::uuid("id", &request.id)?,
         description: validate::text("description", &request.description, 1024)?,
@@ -337,7 +353,12 @@ impl RegistryService for ControlPlane {
         let (name, description, spec) = blueprint_from_proto(request.into_inner().blueprint)?;
         let blueprint = self
             .store
-            .create_blueprint(&self.audit(&caller, Method::CreateBlueprint), name, description, spec)
+            .create_blueprint(
+                &self.audit(&caller, Method::CreateBlueprint),
+                name,
+                description,
+                spec,
+            )
             .await?;
         Ok(Response::new(proto::CreateBlueprintResponse {
             blueprint: Some(blueprint_to_proto(&blueprint)),
@@ -375,7 +396,12 @@ impl RegistryService for ControlPlane {
         let (name, description, spec) = blueprint_from_proto(request.into_inner().blueprint)?;
         let blueprint = self
             .store
-            .update_blueprint(&self.audit(&caller, Method::UpdateBlueprint), &name, description, spec)
+            .update_blueprint(
+                &self.audit(&caller, Method::UpdateBlueprint),
+                &name,
+                description,
+                spec,
+            )
             .await?;
         Ok(Response::new(proto::UpdateBlueprintResponse {
             blueprint: Some(blueprint_to_proto(&blueprint)),
@@ -399,7 +425,7 @@ impl RegistryService for ControlPlane {
         request: Request<proto::CreateAgentRequest>,
     ) -> Result<Response<proto::CreateAgentResponse>, Status> {
         let caller = self.authorize(&request, Method::CreateAgent).await?;
-        let new = new_agent(request.into_inner())?;
+        let new = new_agent(request.get_ref())?;
         let agent = self
             .store
             .create_agent(&self.audit(&caller, Method::CreateAgent), new)
@@ -451,7 +477,7 @@ impl RegistryService for ControlPlane {
         request: Request<proto::UpdateAgentRequest>,
     ) -> Result<Response<proto::UpdateAgentResponse>, Status> {
         let caller = self.authorize(&request, Method::UpdateAgent).await?;
-        let update = agent_update(request.into_inner())?;
+        let update = agent_update(request.get_ref())?;
         if caller.role != crate::model::Role::Admin {
             let current = self.store.get_agent(&update.id).await?;
             if !current.agent.is_owner(&caller.principal) {

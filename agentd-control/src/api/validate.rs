@@ -76,9 +76,15 @@ pub fn principals(field: &str, values: &[String]) -> Result<Vec<String>> {
 /// Free text of at most `max` characters, without control characters other than newlines.
 pub fn text(field: &str, value: &str, max: usize) -> Result<String> {
     if value.chars().count() > max {
-        return Err(Error::invalid(field, format!("is longer than {max} characters")));
+        return Err(Error::invalid(
+            field,
+            format!("is longer than {max} characters"),
+        ));
     }
-    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
         return Err(Error::invalid(field, "contains control characters"));
     }
     Ok(value.to_owned())
@@ -129,7 +135,10 @@ pub fn short_list(field: &str, values: &[String]) -> Result<Vec<String>> {
 
 pub fn absolute_path(field: &str, value: &str) -> Result<String> {
     if !value.starts_with('/') {
-        return Err(Error::invalid(field, format!("{value:?} is not an absolute path")));
+        return Err(Error::invalid(
+            field,
+            format!("{value:?} is not an absolute path"),
+        ));
     }
     if value.split('/').any(|part| part == "..") {
         return Err(Error::invalid(field, "may not contain .."));
@@ -245,7 +254,11 @@ pub fn time(field: &str, value: Option<&Timestamp>) -> Result<Option<UnixTime>> 
 }
 
 /// A proto enum value that must be known and not UNSPECIFIED.
-pub fn known_enum<T: TryFrom<i32>>(field: &str, value: i32, allow_unspecified: bool) -> Result<Option<T>> {
+pub fn known_enum<T: TryFrom<i32>>(
+    field: &str,
+    value: i32,
+    allow_unspecified: bool,
+) -> Result<Option<T>> {
     if value == 0 {
         return if allow_unspecified {
             Ok(None)
@@ -271,10 +284,27 @@ mod tests {
 
     #[test]
     fn destinations_accept_hosts_with_ports_addresses_and_cidrs() {
-        for ok in ["api.example.com:443", "10.0.0.0/8", "10.0.0.0/8:53", "192.0.2.1", "[2001:db8::/32]:443", "2001:db8::1", "[2001:db8::1]:53"] {
+        for ok in [
+            "api.example.com:443",
+            "10.0.0.0/8",
+            "10.0.0.0/8:53",
+            "192.0.2.1",
+            "[2001:db8::/32]:443",
+            "2001:db8::1",
+            "[2001:db8::1]:53",
+        ] {
             destination("d", ok).unwrap_or_else(|err| panic!("{ok}: {err}"));
         }
-        for bad in ["api.example.com", "10.0.0.0/33", "host:0", "host:http", "bad host:80", "", "[::1", "[::1]x"] {
+        for bad in [
+            "api.example.com",
+            "10.0.0.0/33",
+            "host:0",
+            "host:http",
+            "bad host:80",
+            "",
+            "[::1",
+            "[::1]x",
+        ] {
             assert_eq!(field_of(destination("d", bad).expect_err(bad)), "d");
         }
     }
@@ -284,7 +314,10 @@ mod tests {
         identifier("name", "web-agent-1").expect("valid");
         assert_eq!(field_of(identifier("name", "Web").unwrap_err()), "name");
         assert_eq!(field_of(identifier("name", "-x").unwrap_err()), "name");
-        assert_eq!(field_of(identifier("name", &"a".repeat(64)).unwrap_err()), "name");
+        assert_eq!(
+            field_of(identifier("name", &"a".repeat(64)).unwrap_err()),
+            "name"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-/// Exit code for bad configuration (EX_USAGE).
+/// Exit code for bad configuration (`EX_USAGE`).
 const EXIT_CONFIG: u8 = 64;
 
 /// The agentd control plane: the fleet's agent registry, governance, access packages, audit log
@@ -21,8 +21,8 @@ const EXIT_CONFIG: u8 = 64;
 #[derive(Parser)]
 #[command(name = "agentd-control", version)]
 struct Cli {
-    /// Database: sqlite:///path/control.db (default; created if missing, WAL) or
-    /// postgres://user@host/db (several replicas may share one).
+    /// Database: `sqlite:///path/control.db` (default; created if missing, WAL) or
+    /// `postgres://user@host/db` (several replicas may share one).
     #[arg(
         long,
         env = "AGENTD_CONTROL_DATABASE",
@@ -142,7 +142,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 action: "CreateApiToken",
                 now: clock.now(),
             };
-            let (token, secret) = store.create_api_token(&audit, &name, role, &principal).await?;
+            let (token, secret) = store
+                .create_api_token(&audit, &name, role, &principal)
+                .await?;
             eprintln!("created {role} token {} for {principal}", token.id);
             println!("{secret}");
         }

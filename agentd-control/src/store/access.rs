@@ -6,11 +6,12 @@ use super::{AuditContext, Conn, Store, corrupt, from_json, new_id, registry::loa
 use crate::{
     clock::UnixTime,
     error::{Error, Result},
-    model::{AccessPackage, AccessPackageState, AgentState, ApprovalStage, NewAccessPackage, SweepReport},
+    model::{
+        AccessPackage, AccessPackageState, AgentState, ApprovalStage, NewAccessPackage, SweepReport,
+    },
 };
 
-const COLUMNS: &str =
-    "id, agent_id, spec, stages, state, starts_at, expires_at, requested_by, created_at, updated_at";
+const COLUMNS: &str = "id, agent_id, spec, stages, state, starts_at, expires_at, requested_by, created_at, updated_at";
 
 fn from_row(row: &AnyRow) -> Result<AccessPackage> {
     let state: String = row.try_get("state")?;
@@ -30,20 +31,26 @@ fn from_row(row: &AnyRow) -> Result<AccessPackage> {
 }
 
 async fn load(conn: &mut Conn, id: &str) -> Result<AccessPackage> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM access_packages WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            kind: "access package",
-            id: id.to_owned(),
-        })?;
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM access_packages WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| Error::NotFound {
+        kind: "access package",
+        id: id.to_owned(),
+    })?;
     from_row(&row)
 }
 
-/// Writes state, stages and updated_at, provided the state is still `expected` (another
+/// Writes state, stages and `updated_at`, provided the state is still `expected` (another
 /// replica's sweep may have moved it).
-async fn save(conn: &mut Conn, package: &AccessPackage, expected: AccessPackageState) -> Result<()> {
+async fn save(
+    conn: &mut Conn,
+    package: &AccessPackage,
+    expected: AccessPackageState,
+) -> Result<()> {
     let written = sqlx::query(
         "UPDATE access_packages SET stages = $2, state = $3, updated_at = $4 \
          WHERE id = $1 AND state = $5",
@@ -102,12 +109,14 @@ impl Store {
             return Err(Error::invalid("expire_time", "must be in the future"));
         }
         let mut tx = self.begin().await?;
-        let agent = load_agent(&mut tx, &new.agent_id).await.map_err(|err| match err {
-            Error::NotFound { .. } => {
-                Error::invalid("agent_id", format!("no agent has id {:?}", new.agent_id))
-            }
-            other => other,
-        })?;
+        let agent = load_agent(&mut tx, &new.agent_id)
+            .await
+            .map_err(|err| match err {
+                Error::NotFound { .. } => {
+                    Error::invalid("agent_id", format!("no agent has id {:?}", new.agent_id))
+                }
+                other => other,
+            })?;
         if matches!(agent.state, AgentState::Deleted | AgentState::Expired) {
             return Err(Error::FailedPrecondition(format!(
                 "agent {} is {}",
@@ -153,7 +162,13 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         audit
-            .record(&mut tx, "access_package", &package.id, None::<&()>, Some(&package))
+            .record(
+                &mut tx,
+                "access_package",
+                &package.id,
+                None::<&()>,
+                Some(&package),
+            )
             .await?;
         tx.commit().await?;
         Ok(package)
@@ -173,7 +188,13 @@ impl Store {
         package.updated_at = audit.now;
         save(&mut tx, &package, previous.state).await?;
         audit
-            .record(&mut tx, "access_package", id, Some(&previous), Some(&package))
+            .record(
+                &mut tx,
+                "access_package",
+                id,
+                Some(&previous),
+                Some(&package),
+            )
             .await?;
         tx.commit().await?;
         Ok(package)
@@ -192,7 +213,11 @@ impl Store {
             let stage = current_stage(package, approver)?;
             package.stages[stage].approved_by = Some(approver.principal.to_owned());
             package.stages[stage].approved_at = Some(now);
-            if package.stages.iter().all(|stage| stage.approved_by.is_some()) {
+            if package
+                .stages
+                .iter()
+                .all(|stage| stage.approved_by.is_some())
+            {
                 package.state = settled(package, now);
             }
             Ok(())
@@ -214,11 +239,17 @@ impl Store {
         .await
     }
 
-    pub async fn revoke_access_package(&self, audit: &AuditContext, id: &str) -> Result<AccessPackage> {
+    pub async fn revoke_access_package(
+        &self,
+        audit: &AuditContext,
+        id: &str,
+    ) -> Result<AccessPackage> {
         self.change_access_package(audit, id, |package| {
             if !matches!(
                 package.state,
-                AccessPackageState::Pending | AccessPackageState::Approved | AccessPackageState::Active
+                AccessPackageState::Pending
+                    | AccessPackageState::Approved
+                    | AccessPackageState::Active
             ) {
                 return Err(Error::FailedPrecondition(format!(
                     "access package {} is already {}",
@@ -282,7 +313,11 @@ fn current_stage(package: &AccessPackage, approver: Approver<'_>) -> Result<usiz
 
 /// The access-package half of the governance sweep: start what has started, expire (revoke)
 /// what has expired.
-pub(super) async fn sweep(store: &Store, audit: &AuditContext, report: &mut SweepReport) -> Result<()> {
+pub(super) async fn sweep(
+    store: &Store,
+    audit: &AuditContext,
+    report: &mut SweepReport,
+) -> Result<()> {
     let now = audit.now;
     for package in store.list_access_packages(None, None).await? {
         let next = match package.state {

@@ -78,7 +78,13 @@ pub(super) async fn insert_token(
     .execute(&mut *conn)
     .await?;
     audit
-        .record(&mut *conn, "api_token", &token.id, None::<&()>, Some(&token))
+        .record(
+            &mut *conn,
+            "api_token",
+            &token.id,
+            None::<&()>,
+            Some(&token),
+        )
         .await?;
     Ok((token, secret))
 }

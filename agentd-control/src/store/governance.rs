@@ -33,15 +33,13 @@ async fn raise_alert(
             return Ok(false);
         }
     }
-    sqlx::query(
-        "INSERT INTO alerts (kind, agent_id, message, created_at) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(kind.as_str())
-    .bind(agent_id)
-    .bind(message)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query("INSERT INTO alerts (kind, agent_id, message, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(kind.as_str())
+        .bind(agent_id)
+        .bind(message)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
     Ok(true)
 }
 
@@ -57,7 +55,7 @@ fn not_deleted(agent: &Agent) -> Result<()> {
 
 impl Store {
     /// CREATED or DISABLED -> ACTIVE. Enabling counts as a reconfirmation and restarts the
-    /// inactivity clock. An expired agent needs a future expiry first (UpdateAgent).
+    /// inactivity clock. An expired agent needs a future expiry first (`UpdateAgent`).
     pub async fn enable_agent(&self, audit: &AuditContext, id: &str) -> Result<ResolvedAgent> {
         let now = audit.now;
         self.change_agent(audit, id, |agent| {
@@ -241,7 +239,9 @@ impl Store {
     pub async fn sweep(&self, audit: &AuditContext) -> Result<SweepReport> {
         let now = audit.now;
         let mut report = SweepReport::default();
-        let agents = self.list_agents(&super::registry::AgentFilter::default()).await?;
+        let agents = self
+            .list_agents(&super::registry::AgentFilter::default())
+            .await?;
         for resolved in agents {
             let agent = &resolved.agent;
             let settings = resolved.effective_governance;
@@ -252,8 +252,7 @@ impl Store {
             let expired = live && agent.expires_at.is_some_and(|at| at <= now);
             let overdue = agent.state == AgentState::Active
                 && settings.reconfirm_every_days > 0
-                && agent.last_reconfirm_at + i64::from(settings.reconfirm_every_days) * DAY
-                    <= now;
+                && agent.last_reconfirm_at + i64::from(settings.reconfirm_every_days) * DAY <= now;
             let inactive = agent.state == AgentState::Active
                 && settings.inactivity_disable_days > 0
                 && agent.last_active_at.unwrap_or(agent.created_at)
@@ -280,10 +279,7 @@ impl Store {
                 Some((
                     AgentState::Disabled,
                     AlertKind::Inactive,
-                    format!(
-                        "inactive for {} days",
-                        settings.inactivity_disable_days
-                    ),
+                    format!("inactive for {} days", settings.inactivity_disable_days),
                     &mut report.inactive_disabled,
                 ))
             } else {

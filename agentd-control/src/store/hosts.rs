@@ -17,12 +17,11 @@ const HOST_COLUMNS: &str = "id, hostname, agentd_version, enrolled_at, last_hear
 
 async fn host_from_row(conn: &mut Conn, row: &AnyRow) -> Result<Host> {
     let id: String = row.try_get("id")?;
-    let agent_ids = sqlx::query_scalar(
-        "SELECT agent_id FROM host_agents WHERE host_id = $1 ORDER BY agent_id",
-    )
-    .bind(&id)
-    .fetch_all(&mut *conn)
-    .await?;
+    let agent_ids =
+        sqlx::query_scalar("SELECT agent_id FROM host_agents WHERE host_id = $1 ORDER BY agent_id")
+            .bind(&id)
+            .fetch_all(&mut *conn)
+            .await?;
     Ok(Host {
         id,
         hostname: row.try_get("hostname")?,
@@ -156,7 +155,13 @@ impl Store {
             ..previous.clone()
         };
         audit
-            .record(&mut tx, "join_token", &token.id, Some(&previous), Some(&token))
+            .record(
+                &mut tx,
+                "join_token",
+                &token.id,
+                Some(&previous),
+                Some(&token),
+            )
             .await?;
         let host = Host {
             id: host_id,
@@ -182,8 +187,14 @@ impl Store {
         audit
             .record(&mut tx, "host", &host.id, None::<&()>, Some(&host))
             .await?;
-        let (_, host_token) =
-            insert_token(&mut tx, audit, &format!("host {hostname}"), Role::Host, &host.id).await?;
+        let (_, host_token) = insert_token(
+            &mut tx,
+            audit,
+            &format!("host {hostname}"),
+            Role::Host,
+            &host.id,
+        )
+        .await?;
         tx.commit().await?;
         Ok((Enrolment { host, host_token }, issued))
     }

@@ -1,4 +1,4 @@
-//! Storage: one module with domain types at its interface, over SQLite (default) or PostgreSQL
+//! Storage: one module with domain types at its interface, over `SQLite` (default) or `PostgreSQL`
 //! through sqlx's `Any` driver. Every mutation runs in one transaction together with its audit
 //! event, so a change is stored with its audit record or not at all.
 
@@ -29,7 +29,7 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// `sqlite:` URLs select SQLite, `postgres:` and `postgresql:` URLs PostgreSQL.
+    /// `sqlite:` URLs select `SQLite`, `postgres:` and `postgresql:` URLs `PostgreSQL`.
     pub fn from_url(url: &str) -> Result<Self> {
         if url.starts_with("sqlite:") {
             Ok(Self::Sqlite)
@@ -45,7 +45,11 @@ impl Backend {
 
     fn migrations(self) -> &'static [(i64, &'static str, &'static str)] {
         match self {
-            Self::Sqlite => &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))],
+            Self::Sqlite => &[(
+                1,
+                "init",
+                include_str!("../../migrations/sqlite/0001_init.sql"),
+            )],
             Self::Postgres => &[(
                 1,
                 "init",
@@ -62,15 +66,19 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects and applies pending migrations. SQLite files are created if missing and run in
+    /// Connects and applies pending migrations. `SQLite` files are created if missing and run in
     /// WAL mode with `synchronous=FULL`: an acknowledged write survives a crash of the process.
-    /// PostgreSQL migrations take an advisory lock, so replicas may start together.
+    /// `PostgreSQL` migrations take an advisory lock, so replicas may start together.
     pub async fn connect(url: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
         let mut url = url.to_owned();
         if backend == Backend::Sqlite && !url.contains("mode=") {
-            url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+            url.push_str(if url.contains('?') {
+                "&mode=rwc"
+            } else {
+                "?mode=rwc"
+            });
         }
         let options = AnyConnectOptions::from_str(&url)?;
         let pool_options = match backend {

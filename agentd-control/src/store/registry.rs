@@ -2,9 +2,7 @@
 
 use sqlx::{Row as _, any::AnyRow};
 
-use super::{
-    AuditContext, Conn, Store, corrupt, from_json, is_unique_violation, new_id, to_json,
-};
+use super::{AuditContext, Conn, Store, corrupt, from_json, is_unique_violation, new_id, to_json};
 use crate::{
     clock::DAY,
     error::{Error, Result},
@@ -93,24 +91,28 @@ async fn agent_from_row(conn: &mut Conn, row: &AnyRow) -> Result<Agent> {
 }
 
 pub(super) async fn load_agent(conn: &mut Conn, id: &str) -> Result<Agent> {
-    let row = sqlx::query(&format!("SELECT {AGENT_COLUMNS}, revision FROM agents WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            kind: "agent",
-            id: id.to_owned(),
-        })?;
+    let row = sqlx::query(&format!(
+        "SELECT {AGENT_COLUMNS}, revision FROM agents WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| Error::NotFound {
+        kind: "agent",
+        id: id.to_owned(),
+    })?;
     agent_from_row(conn, &row).await
 }
 
 pub(super) async fn resolve(conn: &mut Conn, agent: Agent) -> Result<ResolvedAgent> {
-    let blueprint = load_blueprint(conn, &agent.blueprint).await?.ok_or_else(|| {
-        Error::FailedPrecondition(format!(
-            "agent {} refers to missing blueprint {:?}",
-            agent.id, agent.blueprint
-        ))
-    })?;
+    let blueprint = load_blueprint(conn, &agent.blueprint)
+        .await?
+        .ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "agent {} refers to missing blueprint {:?}",
+                agent.id, agent.blueprint
+            ))
+        })?;
     Ok(ResolvedAgent::resolve(agent, &blueprint.spec))
 }
 
@@ -270,7 +272,13 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         audit
-            .record(&mut tx, "blueprint", name, Some(&previous), Some(&blueprint))
+            .record(
+                &mut tx,
+                "blueprint",
+                name,
+                Some(&previous),
+                Some(&blueprint),
+            )
             .await?;
         tx.commit().await?;
         Ok(blueprint)

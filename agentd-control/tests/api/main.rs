@@ -6,6 +6,15 @@
 //! A backend that was asked for and cannot start is a failure, never a skip. Arguments that are
 //! not flags filter tests by substring, like libtest.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "each test is one scenario, read top to bottom"
+)]
+#![allow(
+    clippy::doc_markdown,
+    reason = "prose names SQLite and PostgreSQL, not code"
+)]
+
 mod cases;
 mod postgres;
 mod rbac;
@@ -86,7 +95,9 @@ fn main() -> ExitCode {
                 }
             },
             other => {
-                println!("test backends::{other} ... FAILED (unknown backend; use sqlite,postgres)");
+                println!(
+                    "test backends::{other} ... FAILED (unknown backend; use sqlite,postgres)"
+                );
                 failed.push(format!("backends::{other}"));
             }
         }
@@ -101,25 +112,22 @@ fn main() -> ExitCode {
                 continue;
             }
             let backend = backend.clone();
-            let outcome = runtime.block_on(async move {
-                tokio::spawn(test(backend)).await
-            });
+            let outcome = runtime.block_on(async move { tokio::spawn(test(backend)).await });
             match outcome {
                 Ok(()) => {
                     println!("test {full} ... ok");
                     passed += 1;
                 }
                 Err(err) => {
-                    let why = err
-                        .try_into_panic()
-                        .ok()
-                        .and_then(|panic| {
-                            panic
-                                .downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                        })
-                        .unwrap_or_else(|| "cancelled".into());
+                    let why =
+                        err.try_into_panic()
+                            .ok()
+                            .and_then(|panic| {
+                                panic.downcast_ref::<String>().cloned().or_else(|| {
+                                    panic.downcast_ref::<&str>().map(|s| (*s).to_owned())
+                                })
+                            })
+                            .unwrap_or_else(|| "cancelled".into());
                     println!("test {full} ... FAILED\n  {why}");
                     failed.push(full);
                 }

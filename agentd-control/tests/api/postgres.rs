@@ -2,12 +2,7 @@
 //! 127.0.0.1 on a free port, stop and delete everything on drop. As root, the server runs as the
 //! `postgres` user (PostgreSQL refuses to run as root).
 
-use std::{
-    net::TcpListener,
-    os::unix::fs::PermissionsExt as _,
-    path::PathBuf,
-    process::Command,
-};
+use std::{net::TcpListener, os::unix::fs::PermissionsExt as _, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, bail};
 
@@ -69,9 +64,15 @@ impl PostgresServer {
         };
         let data = server.data_dir();
         server.run("initdb", |cmd| {
-            cmd.arg("-D")
-                .arg(&data)
-                .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]);
+            cmd.arg("-D").arg(&data).args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]);
         })?;
         let socket_dir = server.dir.path().to_owned();
         let log = server.dir.path().join("postgres.log");

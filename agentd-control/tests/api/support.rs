@@ -8,9 +8,8 @@ use agentd_control::{
     clock::{Clock as _, ManualClock},
     model::Role,
     proto::{
-        self, access_service_client::AccessServiceClient,
-        audit_service_client::AuditServiceClient, auth_service_client::AuthServiceClient,
-        governance_service_client::GovernanceServiceClient,
+        self, access_service_client::AccessServiceClient, audit_service_client::AuditServiceClient,
+        auth_service_client::AuthServiceClient, governance_service_client::GovernanceServiceClient,
         host_service_client::HostServiceClient, registry_service_client::RegistryServiceClient,
     },
     server::{Server, ServerOptions},
@@ -30,7 +29,10 @@ use tonic::{
 pub enum Backend {
     Sqlite,
     /// The admin URL of the shared test server, and a function from database name to URL.
-    Postgres { admin_url: String, base: String },
+    Postgres {
+        admin_url: String,
+        base: String,
+    },
 }
 
 impl Backend {
@@ -93,7 +95,9 @@ pub struct Bearer(Option<MetadataValue<Ascii>>);
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }
@@ -215,10 +219,16 @@ impl Fixture {
 
     /// A second server (a replica) over the same database, with the same clock.
     pub async fn replica_of(primary: &Fixture) -> Fixture {
-        let store = Store::connect(&primary.db.url).await.expect("connecting the replica");
-        let server = Server::new(store.clone(), primary.clock.clone(), ServerOptions::default())
+        let store = Store::connect(&primary.db.url)
             .await
-            .expect("replica");
+            .expect("connecting the replica");
+        let server = Server::new(
+            store.clone(),
+            primary.clock.clone(),
+            ServerOptions::default(),
+        )
+        .await
+        .expect("replica");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("local addr").port();
         let (shutdown, stop) = oneshot::channel::<()>();
@@ -250,7 +260,10 @@ impl Fixture {
     }
 
     /// A channel; over TLS when the fixture has TLS, presenting `identity` if given.
-    pub async fn channel_with(&self, identity: Option<Identity>) -> Result<Channel, tonic::transport::Error> {
+    pub async fn channel_with(
+        &self,
+        identity: Option<Identity>,
+    ) -> Result<Channel, tonic::transport::Error> {
         let endpoint = if let Some(ca) = &self.tls_ca_pem {
             let mut tls = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(ca))
@@ -264,7 +277,10 @@ impl Fixture {
         } else {
             Endpoint::from_shared(format!("http://127.0.0.1:{}", self.port)).expect("url")
         };
-        endpoint.connect_timeout(Duration::from_secs(5)).connect().await
+        endpoint
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
     }
 
     pub async fn as_token(&self, token: &str) -> Clients {
@@ -405,7 +421,9 @@ pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, 
 
 /// A new CA unrelated to the control plane's.
 pub fn foreign_ca() -> CertificateAuthority {
-    CertificateAuthority::generate(real_now()).expect("foreign CA").0
+    CertificateAuthority::generate(real_now())
+        .expect("foreign CA")
+        .0
 }
 
 /// Starts the `agentd-control` binary on 127.0.0.1:0; returns the child and its port (read from
@@ -413,7 +431,15 @@ pub fn foreign_ca() -> CertificateAuthority {
 pub fn spawn_server(bin: &str, database_url: &str) -> (std::process::Child, u16) {
     use std::io::BufRead as _;
     let mut child = std::process::Command::new(bin)
-        .args(["--database", database_url, "serve", "--listen", "127.0.0.1:0", "--sweep-interval", "1h"])
+        .args([
+            "--database",
+            database_url,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--sweep-interval",
+            "1h",
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("starting agentd-control");

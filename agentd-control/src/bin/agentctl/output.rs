@@ -1,6 +1,6 @@
 //! agentctl's output: aligned tables for people, canonical protobuf JSON for programs.
 
-use std::{path::Path, sync::OnceLock};
+use std::{fmt::Write as _, path::Path, sync::OnceLock};
 
 use agentd_control::proto;
 use prost_reflect::{DescriptorPool, DynamicMessage};
@@ -34,12 +34,17 @@ fn to_json<M: prost::Message + prost::Name>(message: &M) -> anyhow::Result<Strin
 }
 
 fn time(ts: Option<&Timestamp>) -> String {
-    ts.map_or_else(|| "-".to_owned(), |ts| agentd_control::api::format_time(ts.seconds))
+    ts.map_or_else(
+        || "-".to_owned(),
+        |ts| agentd_control::api::format_time(ts.seconds),
+    )
 }
 
 /// The lower-case tail of a proto enum name: `AGENT_STATE_ACTIVE` -> `active`.
 fn enum_name(full: &str, prefix: &str) -> String {
-    full.strip_prefix(prefix).unwrap_or(full).to_ascii_lowercase()
+    full.strip_prefix(prefix)
+        .unwrap_or(full)
+        .to_ascii_lowercase()
 }
 
 fn table(headers: &[&str], rows: &[Vec<String>]) {
@@ -55,7 +60,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
             if index + 1 == cells.len() {
                 text.push_str(cell);
             } else {
-                text.push_str(&format!("{cell:<width$}  "));
+                let _ = write!(text, "{cell:<width$}  ");
             }
         }
         println!("{}", text.trim_end());
@@ -90,7 +95,11 @@ impl Printer {
         }
     }
 
-    pub fn done<M: prost::Message + prost::Name>(&self, message: &M, text: &str) -> anyhow::Result<()> {
+    pub fn done<M: prost::Message + prost::Name>(
+        &self,
+        message: &M,
+        text: &str,
+    ) -> anyhow::Result<()> {
         if !self.json(message)? {
             println!("{text}");
         }
@@ -110,8 +119,11 @@ impl Printer {
             .map(|b| {
                 let governance = b.governance.unwrap_or_default();
                 let baseline = b.baseline_policy.clone().unwrap_or_default();
-                let mut attributes: Vec<String> =
-                    b.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let mut attributes: Vec<String> = b
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
                 attributes.sort();
                 vec![
                     b.name.clone(),
@@ -130,13 +142,25 @@ impl Printer {
             })
             .collect();
         table(
-            &["NAME", "RULES", "NETWORK", "ATTRIBUTES", "OFFLINE", "LIFE/RECONFIRM/IDLE DAYS", "DESCRIPTION"],
+            &[
+                "NAME",
+                "RULES",
+                "NETWORK",
+                "ATTRIBUTES",
+                "OFFLINE",
+                "LIFE/RECONFIRM/IDLE DAYS",
+                "DESCRIPTION",
+            ],
             &rows,
         );
         Ok(())
     }
 
-    pub fn agents<M: prost::Message + prost::Name>(&self, message: &M, agents: &[proto::Agent]) -> anyhow::Result<()> {
+    pub fn agents<M: prost::Message + prost::Name>(
+        &self,
+        message: &M,
+        agents: &[proto::Agent],
+    ) -> anyhow::Result<()> {
         if self.json(message)? {
             return Ok(());
         }
@@ -154,7 +178,18 @@ impl Printer {
                 ]
             })
             .collect();
-        table(&["ID", "NAME", "BLUEPRINT", "STATE", "SPONSORS", "OWNERS", "EXPIRES"], &rows);
+        table(
+            &[
+                "ID",
+                "NAME",
+                "BLUEPRINT",
+                "STATE",
+                "SPONSORS",
+                "OWNERS",
+                "EXPIRES",
+            ],
+            &rows,
+        );
         Ok(())
     }
 
@@ -184,7 +219,10 @@ impl Printer {
             vec!["name".into(), a.name.clone()],
             vec!["description".into(), a.description.clone()],
             vec!["blueprint".into(), a.blueprint.clone()],
-            vec!["state".into(), enum_name(a.state().as_str_name(), "AGENT_STATE_")],
+            vec![
+                "state".into(),
+                enum_name(a.state().as_str_name(), "AGENT_STATE_"),
+            ],
             vec!["disabled reason".into(), a.disabled_reason.clone()],
             vec!["sponsors".into(), join(&a.sponsors)],
             vec!["owners".into(), join(&a.owners)],
@@ -193,16 +231,27 @@ impl Printer {
             vec!["tasks".into(), join(&metadata.tasks)],
             vec!["protocols".into(), join(&protocols)],
             vec!["endpoints".into(), join(&metadata.endpoints)],
-            vec!["offline (effective)".into(), enum_name(a.effective_offline_behavior().as_str_name(), "OFFLINE_BEHAVIOR_")],
+            vec![
+                "offline (effective)".into(),
+                enum_name(
+                    a.effective_offline_behavior().as_str_name(),
+                    "OFFLINE_BEHAVIOR_",
+                ),
+            ],
             vec![
                 "governance (own)".into(),
                 format!(
                     "lifetime {}d, reconfirm every {}d, disable after {}d idle (0: blueprint's)",
-                    governance.lifetime_days, governance.reconfirm_every_days, governance.inactivity_disable_days
+                    governance.lifetime_days,
+                    governance.reconfirm_every_days,
+                    governance.inactivity_disable_days
                 ),
             ],
             vec!["expires".into(), time(a.expire_time.as_ref())],
-            vec!["last reconfirmed".into(), time(a.last_reconfirm_time.as_ref())],
+            vec![
+                "last reconfirmed".into(),
+                time(a.last_reconfirm_time.as_ref()),
+            ],
             vec!["last active".into(), time(a.last_active_time.as_ref())],
             vec!["created".into(), time(a.create_time.as_ref())],
             vec!["updated".into(), time(a.update_time.as_ref())],
@@ -257,11 +306,23 @@ impl Printer {
         }
         let rows = vec![
             vec!["expired agents".into(), join(&response.expired_agent_ids)],
-            vec!["disabled (reconfirmation overdue)".into(), join(&response.reconfirmation_disabled_agent_ids)],
-            vec!["disabled (inactive)".into(), join(&response.inactive_disabled_agent_ids)],
+            vec![
+                "disabled (reconfirmation overdue)".into(),
+                join(&response.reconfirmation_disabled_agent_ids),
+            ],
+            vec![
+                "disabled (inactive)".into(),
+                join(&response.inactive_disabled_agent_ids),
+            ],
             vec!["orphaned agents".into(), join(&response.orphaned_agent_ids)],
-            vec!["activated access packages".into(), join(&response.activated_access_package_ids)],
-            vec!["expired access packages".into(), join(&response.expired_access_package_ids)],
+            vec![
+                "activated access packages".into(),
+                join(&response.activated_access_package_ids),
+            ],
+            vec![
+                "expired access packages".into(),
+                join(&response.expired_access_package_ids),
+            ],
         ];
         table(&["CHANGE", "IDS"], &rows);
         Ok(())
@@ -278,7 +339,11 @@ impl Printer {
         let rows: Vec<Vec<String>> = packages
             .iter()
             .map(|p| {
-                let approved = p.stages.iter().filter(|s| !s.approved_by.is_empty()).count();
+                let approved = p
+                    .stages
+                    .iter()
+                    .filter(|s| !s.approved_by.is_empty())
+                    .count();
                 let resources: Vec<String> = p
                     .resources
                     .iter()
@@ -306,7 +371,18 @@ impl Printer {
                 ]
             })
             .collect();
-        table(&["ID", "AGENT", "STATE", "APPROVED", "RESOURCES", "STARTS", "EXPIRES"], &rows);
+        table(
+            &[
+                "ID",
+                "AGENT",
+                "STATE",
+                "APPROVED",
+                "RESOURCES",
+                "STARTS",
+                "EXPIRES",
+            ],
+            &rows,
+        );
         Ok(())
     }
 
@@ -324,11 +400,18 @@ impl Printer {
                     e.actor.clone(),
                     e.action.clone(),
                     format!("{} {}", e.target_type, e.target_id),
-                    if e.previous_json.is_empty() { "-".into() } else { "yes".into() },
+                    if e.previous_json.is_empty() {
+                        "-".into()
+                    } else {
+                        "yes".into()
+                    },
                 ]
             })
             .collect();
-        table(&["SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "PREVIOUS"], &rows);
+        table(
+            &["SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "PREVIOUS"],
+            &rows,
+        );
         Ok(())
     }
 
@@ -357,7 +440,11 @@ impl Printer {
         Ok(())
     }
 
-    pub fn hosts<M: prost::Message + prost::Name>(&self, message: &M, hosts: &[proto::Host]) -> anyhow::Result<()> {
+    pub fn hosts<M: prost::Message + prost::Name>(
+        &self,
+        message: &M,
+        hosts: &[proto::Host],
+    ) -> anyhow::Result<()> {
         if self.json(message)? {
             return Ok(());
         }
@@ -367,14 +454,28 @@ impl Printer {
                 vec![
                     h.id.clone(),
                     h.hostname.clone(),
-                    if h.revoked { "revoked".into() } else { "enrolled".into() },
+                    if h.revoked {
+                        "revoked".into()
+                    } else {
+                        "enrolled".into()
+                    },
                     time(h.last_heartbeat_time.as_ref()),
                     h.agent_ids.len().to_string(),
                     h.agentd_version.clone(),
                 ]
             })
             .collect();
-        table(&["ID", "HOSTNAME", "STATUS", "LAST HEARTBEAT", "AGENTS", "VERSION"], &rows);
+        table(
+            &[
+                "ID",
+                "HOSTNAME",
+                "STATUS",
+                "LAST HEARTBEAT",
+                "AGENTS",
+                "VERSION",
+            ],
+            &rows,
+        );
         Ok(())
     }
 
@@ -395,7 +496,11 @@ impl Printer {
         Ok(())
     }
 
-    pub fn tokens<M: prost::Message + prost::Name>(&self, message: &M, tokens: &[proto::ApiToken]) -> anyhow::Result<()> {
+    pub fn tokens<M: prost::Message + prost::Name>(
+        &self,
+        message: &M,
+        tokens: &[proto::ApiToken],
+    ) -> anyhow::Result<()> {
         if self.json(message)? {
             return Ok(());
         }
@@ -408,11 +513,18 @@ impl Printer {
                     enum_name(t.role().as_str_name(), "ROLE_"),
                     t.principal.clone(),
                     time(t.create_time.as_ref()),
-                    if t.revoked { "revoked".into() } else { "active".into() },
+                    if t.revoked {
+                        "revoked".into()
+                    } else {
+                        "active".into()
+                    },
                 ]
             })
             .collect();
-        table(&["ID", "NAME", "ROLE", "PRINCIPAL", "CREATED", "STATUS"], &rows);
+        table(
+            &["ID", "NAME", "ROLE", "PRINCIPAL", "CREATED", "STATUS"],
+            &rows,
+        );
         Ok(())
     }
 
