@@ -252,11 +252,15 @@ impl Store {
             .bind(audit.now)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("UPDATE agents SET last_active_at = $2 WHERE id = $1")
-                .bind(agent_id)
-                .bind(audit.now)
-                .execute(&mut *tx)
-                .await?;
+            // Bumping the revision makes a concurrent governance sweep re-read the agent
+            // instead of disabling it for an inactivity this report just ended.
+            sqlx::query(
+                "UPDATE agents SET last_active_at = $2, revision = revision + 1 WHERE id = $1",
+            )
+            .bind(agent_id)
+            .bind(audit.now)
+            .execute(&mut *tx)
+            .await?;
         }
         let host = load_host(&mut tx, host_id).await?;
         if host.agent_ids != previous.agent_ids {

@@ -1838,3 +1838,132 @@ pub async fn kill_9_during_writes_loses_no_acknowledged_write(backend: Backend) 
     child.kill().expect("kill");
     child.wait().expect("reap");
 }
+
+/// Runs agentctl against the fixture; returns (success, stdout, stderr).
+async fn agentctl(fixture: &Fixture, token: &str, args: &[&str]) -> (bool, String, String) {
+    let server = format!("http://127.0.0.1:{}", fixture.port);
+    let token = token.to_owned();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
+            .args(&args)
+            .env("AGENTD_SERVER", server)
+            .env("AGENTD_TOKEN", token)
+            .output()
+            .expect("running agentctl");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    })
+    .await
+    .expect("agentctl task")
+}
+
+pub async fn agentctl_drives_the_api_with_table_and_json_output(backend: Backend) {
+    let fixture = Fixture::start(&backend).await;
+    let token = fixture.admin_token.clone();
+    let (ok, out, err) = agentctl(
+        &fixture,
+        &token,
+        &[
+            "blueprint",
+            "create",
+            "coder",
+            "--discover-exe",
+            "/usr/bin/claude",
+            "--attribute",
+            "team=payments",
+            "--network-default",
+            "deny",
+            "--allow",
+            "api.anthropic.com:443",
+            "--reconfirm-every-days",
+            "30",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .next()
+            .is_some_and(|header| header.starts_with("NAME")),
+        "{out}"
+    );
+    assert!(
+        out.contains("coder") && out.contains("team=payments") && out.contains("deny"),
+        "{out}"
+    );
+    let (ok, out, err) = agentctl(
+        &fixture,
+        &token,
+        &[
+            "-o",
+            "json",
+            "agent",
+            "create",
+            "reviewer",
+            "--blueprint",
+            "coder",
+            "--sponsor",
+            "alice@example.com",
+            "--protocol",
+            "mcp",
+            "--expires",
+            "+30d",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).expect("JSON output");
+    let id = created["agent"]["id"]
+        .as_str()
+        .expect("agent id")
+        .to_owned();
+    assert_eq!(created["agent"]["state"], "AGENT_STATE_CREATED");
+    assert_eq!(created["agent"]["effectiveAttributes"]["team"], "payments");
+    assert_eq!(created["agent"]["metadata"]["protocols"][0], "PROTOCOL_MCP");
+    let (ok, out, err) = agentctl(&fixture, &token, &["agent", "enable", &id]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("active"), "{out}");
+    // Bad input: non-zero exit, the code and the field on stderr.
+    let (ok, _, err) = agentctl(
+        &fixture,
+        &token,
+        &[
+            "agent",
+            "create",
+            "Bad",
+            "--blueprint",
+            "coder",
+            "--sponsor",
+            "alice@example.com",
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("InvalidArgument") && err.contains("`name`"),
+        "{err}"
+    );
+    let (ok, out, err) = agentctl(
+        &fixture,
+        &token,
+        &["-o", "json", "audit", "list", "--target-id", &id],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let audit: serde_json::Value = serde_json::from_str(&out).expect("JSON output");
+    let actions: Vec<&str> = audit["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["CreateAgent", "EnableAgent"]);
+    let (ok, _, err) = agentctl(&fixture, "agentd_forged", &["whoami"]).await;
+    assert!(!ok);
+    assert!(err.contains("Unauthenticated"), "{err}");
+    fixture.stop().await;
+}

@@ -61,6 +61,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     cases::mtls_certificate_of_another_host_is_refused,
     cases::two_replicas_share_one_database,
     cases::kill_9_during_writes_loses_no_acknowledged_write,
+    cases::agentctl_drives_the_api_with_table_and_json_output,
 ];
 
 fn main() -> ExitCode {

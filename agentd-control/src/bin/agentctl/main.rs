@@ -1216,3 +1216,82 @@ fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
     file.write_all(contents.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use agentd_control::auth::Method;
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// The agentctl command for each gRPC method.
+    fn command_for(method: Method) -> &'static [&'static str] {
+        match method {
+            Method::CreateBlueprint => &["blueprint", "create"],
+            Method::GetBlueprint => &["blueprint", "get"],
+            Method::ListBlueprints => &["blueprint", "list"],
+            Method::UpdateBlueprint => &["blueprint", "update"],
+            Method::DeleteBlueprint => &["blueprint", "delete"],
+            Method::CreateAgent => &["agent", "create"],
+            Method::GetAgent => &["agent", "get"],
+            Method::ListAgents => &["agent", "list"],
+            Method::UpdateAgent => &["agent", "update"],
+            Method::DeleteAgent => &["agent", "delete"],
+            Method::EnableAgent => &["agent", "enable"],
+            Method::DisableAgent => &["agent", "disable"],
+            Method::ReconfirmAgent => &["agent", "reconfirm"],
+            Method::AddPrincipal => &["principal", "add"],
+            Method::RemovePrincipal => &["principal", "remove"],
+            Method::ListAlerts => &["alert", "list"],
+            Method::RunSweep => &["sweep"],
+            Method::RequestAccessPackage => &["access", "request"],
+            Method::ApproveAccessPackage => &["access", "approve"],
+            Method::DenyAccessPackage => &["access", "deny"],
+            Method::RevokeAccessPackage => &["access", "revoke"],
+            Method::GetAccessPackage => &["access", "get"],
+            Method::ListAccessPackages => &["access", "list"],
+            Method::ListAuditEvents => &["audit", "list"],
+            Method::CreateJoinToken => &["host", "join-token"],
+            Method::EnrollHost => &["host", "enroll"],
+            Method::Heartbeat => &["host", "heartbeat"],
+            Method::ReportAgents => &["host", "report"],
+            Method::GetHost => &["host", "get"],
+            Method::ListHosts => &["host", "list"],
+            Method::RevokeHost => &["host", "revoke"],
+            Method::CreateApiToken => &["token", "create"],
+            Method::ListApiTokens => &["token", "list"],
+            Method::RevokeApiToken => &["token", "revoke"],
+            Method::WhoAmI => &["whoami"],
+        }
+    }
+
+    #[test]
+    fn every_grpc_method_has_a_documented_command() {
+        let cli = Cli::command();
+        for &method in Method::ALL {
+            let mut command = &cli;
+            for name in command_for(method) {
+                command = command.find_subcommand(name).unwrap_or_else(|| {
+                    panic!(
+                        "{method:?}: agentctl has no `{}`",
+                        command_for(method).join(" ")
+                    )
+                });
+            }
+            let about = command
+                .get_about()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            assert!(
+                !about.is_empty(),
+                "{method:?}: `{}` has no help text",
+                command.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
