@@ -136,7 +136,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 RoleArg::Sponsor => Role::Sponsor,
                 RoleArg::Auditor => Role::Auditor,
             };
-            let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+            // Who ran the command, as the audit log's actor.
+            let user = ["SUDO_USER", "USER", "LOGNAME"]
+                .iter()
+                .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+                .unwrap_or_else(|| "local operator".to_owned());
             let audit = AuditContext {
                 actor: format!("{user} (agentd-control create-token)"),
                 action: "CreateApiToken",
