@@ -216,7 +216,7 @@ impl AccessService for ControlPlane {
     ) -> Result<Response<proto::GetAccessPackageResponse>, Status> {
         self.authorize(&request, Method::GetAccessPackage).await?;
         let id = validate::uuid("id", &request.get_ref().id)?;
-        let package = self.store.get_access_package(&id).await?;
+        let package = self.store.get_access_package(&id, self.now()).await?;
         Ok(Response::new(proto::GetAccessPackageResponse {
             access_package: Some(to_proto(&package)),
         }))
@@ -248,7 +248,7 @@ impl AccessService for ControlPlane {
         };
         let packages = self
             .store
-            .list_access_packages(agent_id.as_deref(), state)
+            .list_access_packages(agent_id.as_deref(), state, self.now())
             .await?;
         Ok(Response::new(proto::ListAccessPackagesResponse {
             access_packages: packages.iter().map(to_proto).collect(),

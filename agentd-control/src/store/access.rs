@@ -210,6 +210,12 @@ impl Store {
     ) -> Result<AccessPackage> {
         let now = audit.now;
         self.change_access_package(audit, id, |package| {
+            if package.expires_at <= now {
+                return Err(Error::FailedPrecondition(format!(
+                    "access package {} expired; request a new one",
+                    package.id
+                )));
+            }
             let stage = current_stage(package, approver)?;
             package.stages[stage].approved_by = Some(approver.principal.to_owned());
             package.stages[stage].approved_at = Some(now);
@@ -262,26 +268,50 @@ impl Store {
         .await
     }
 
-    pub async fn get_access_package(&self, id: &str) -> Result<AccessPackage> {
+    /// The package as it stands at `now`: a grant past its expiry reads as expired even before
+    /// the sweep stores (and audits) that.
+    pub async fn get_access_package(&self, id: &str, now: UnixTime) -> Result<AccessPackage> {
         let mut conn = self.pool.acquire().await?;
-        load(&mut conn, id).await
+        Ok(as_of(load(&mut conn, id).await?, now))
     }
 
+    /// Packages as they stand at `now` (see `get_access_package`), filtered by that state.
     pub async fn list_access_packages(
         &self,
         agent_id: Option<&str>,
         state: Option<AccessPackageState>,
+        now: UnixTime,
     ) -> Result<Vec<AccessPackage>> {
+        Ok(self
+            .stored_access_packages(agent_id)
+            .await?
+            .into_iter()
+            .map(|package| as_of(package, now))
+            .filter(|package| state.is_none_or(|state| package.state == state))
+            .collect())
+    }
+
+    /// Packages as stored.
+    async fn stored_access_packages(&self, agent_id: Option<&str>) -> Result<Vec<AccessPackage>> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM access_packages WHERE ($1 = '' OR agent_id = $1) \
-             AND ($2 = '' OR state = $2) ORDER BY created_at, id"
+             ORDER BY created_at, id"
         ))
         .bind(agent_id.unwrap_or_default())
-        .bind(state.map(AccessPackageState::as_str).unwrap_or_default())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(from_row).collect()
     }
+}
+
+/// What the package's state is at `now`, time-driven transitions applied.
+fn as_of(mut package: AccessPackage, now: UnixTime) -> AccessPackage {
+    package.state = match package.state {
+        AccessPackageState::Pending if package.expires_at <= now => AccessPackageState::Expired,
+        AccessPackageState::Approved | AccessPackageState::Active => settled(&package, now),
+        state => state,
+    };
+    package
 }
 
 /// The index of the stage awaiting a decision, if `approver` may decide it.
@@ -319,7 +349,7 @@ pub(super) async fn sweep(
     report: &mut SweepReport,
 ) -> Result<()> {
     let now = audit.now;
-    for package in store.list_access_packages(None, None).await? {
+    for package in store.stored_access_packages(None).await? {
         let next = match package.state {
             AccessPackageState::Pending if package.expires_at <= now => AccessPackageState::Expired,
             AccessPackageState::Approved | AccessPackageState::Active => settled(&package, now),

@@ -1159,6 +1159,19 @@ pub async fn access_packages_pass_approval_stages_and_expire_automatically(backe
         std::slice::from_ref(&package.id)
     );
     fixture.clock.advance(DAY);
+    // At its expiry the package reads as expired at once, before any sweep...
+    let read = admin
+        .access()
+        .get_access_package(proto::GetAccessPackageRequest {
+            id: package.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .access_package
+        .expect("package");
+    assert_eq!(read.state(), proto::AccessPackageState::Expired);
+    // ...and the sweep stores (and audits) the revocation.
     let report = sweep(&admin).await;
     assert_eq!(
         report.expired_access_package_ids,
