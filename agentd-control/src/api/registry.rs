@@ -426,6 +426,9 @@ impl RegistryService for ControlPlane {
     ) -> Result<Response<proto::CreateAgentResponse>, Status> {
         let caller = self.authorize(&request, Method::CreateAgent).await?;
         let new = new_agent(request.get_ref())?;
+        if new.expires_at.is_some_and(|at| at <= self.now()) {
+            return Err(Error::invalid("expire_time", "is not in the future").into());
+        }
         let agent = self
             .store
             .create_agent(&self.audit(&caller, Method::CreateAgent), new)

@@ -135,6 +135,13 @@ pub async fn bad_input_is_invalid_argument_naming_the_field(backend: Backend) {
         Code::InvalidArgument,
         "`governance.lifetime_days`",
     );
+    let mut expired = agent_request("late", "base", &["alice@example.com"]);
+    expired.expire_time = ts(fixture.clock_now());
+    assert_status(
+        registry.create_agent(expired).await,
+        Code::InvalidArgument,
+        "`expire_time`",
+    );
     assert_status(
         registry
             .get_agent(proto::GetAgentRequest {
