@@ -292,6 +292,7 @@ pub(super) fn agent_to_proto(resolved: &ResolvedAgent) -> proto::Agent {
         last_reconfirm_time: Some(timestamp(agent.last_reconfirm_at)),
         last_active_time: optional_timestamp(agent.last_active_at),
         effective_offline_behavior: offline_to_proto(resolved.effective_offline_behavior).into(),
+        offline_behavior: offline_to_proto(agent.offline_behavior).into(),
         create_time: Some(timestamp(agent.created_at)),
         update_time: Some(timestamp(agent.updated_at)),
     }

@@ -1947,6 +1947,50 @@ pub async fn agentctl_drives_the_api_with_table_and_json_output(backend: Backend
     let (ok, out, err) = agentctl(&fixture, &token, &["agent", "enable", &id]).await;
     assert!(ok, "{err}");
     assert!(out.contains("active"), "{out}");
+    // `update` changes only what is given.
+    let (ok, _, err) = agentctl(
+        &fixture,
+        &token,
+        &[
+            "agent",
+            "update",
+            &id,
+            "--description",
+            "reviews code",
+            "--reconfirm-every-days",
+            "7",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = agentctl(
+        &fixture,
+        &token,
+        &["blueprint", "update", "coder", "--offline", "fail-closed"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = agentctl(&fixture, &token, &["-o", "json", "agent", "get", &id]).await;
+    assert!(ok, "{err}");
+    let agent: serde_json::Value = serde_json::from_str(&out).expect("JSON output");
+    assert_eq!(agent["agent"]["description"], "reviews code");
+    assert_eq!(agent["agent"]["governance"]["reconfirmEveryDays"], 7);
+    assert_eq!(
+        agent["agent"]["metadata"]["protocols"][0], "PROTOCOL_MCP",
+        "kept"
+    );
+    assert_eq!(
+        agent["agent"]["expireTime"], created["agent"]["expireTime"],
+        "kept"
+    );
+    assert_eq!(
+        agent["agent"]["effectiveAttributes"]["team"], "payments",
+        "the blueprint kept its attributes"
+    );
+    assert_eq!(
+        agent["agent"]["effectiveOfflineBehavior"],
+        "OFFLINE_BEHAVIOR_FAIL_CLOSED"
+    );
     // Bad input: non-zero exit, the code and the field on stderr.
     let (ok, _, err) = agentctl(
         &fixture,
@@ -1981,7 +2025,7 @@ pub async fn agentctl_drives_the_api_with_table_and_json_output(backend: Backend
         .iter()
         .filter_map(|e| e["action"].as_str())
         .collect();
-    assert_eq!(actions, ["CreateAgent", "EnableAgent"]);
+    assert_eq!(actions, ["CreateAgent", "EnableAgent", "UpdateAgent"]);
     let (ok, _, err) = agentctl(&fixture, "agentd_forged", &["whoami"]).await;
     assert!(!ok);
     assert!(err.contains("Unauthenticated"), "{err}");

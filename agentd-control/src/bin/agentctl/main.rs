@@ -121,6 +121,15 @@ enum NetworkDefault {
     Deny,
 }
 
+impl NetworkDefault {
+    fn proto(self) -> proto::DefaultAction {
+        match self {
+            Self::Allow => proto::DefaultAction::Allow,
+            Self::Deny => proto::DefaultAction::Deny,
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Offline {
     /// Inherit (agents: the blueprint's; blueprints: last-known).
@@ -168,6 +177,132 @@ impl GovernanceArgs {
     }
 }
 
+/// Governance periods to change (unset flags keep the current value; 0 means "not set").
+#[derive(Args)]
+#[allow(
+    clippy::struct_field_names,
+    reason = "the fields are the --...-days flags, named as in the proto"
+)]
+struct GovernanceChanges {
+    /// Days after creation at which it expires.
+    #[arg(long)]
+    lifetime_days: Option<u32>,
+    /// A sponsor must reconfirm at least every this many days.
+    #[arg(long)]
+    reconfirm_every_days: Option<u32>,
+    /// Disable after this many days without a host reporting the agent running.
+    #[arg(long)]
+    inactivity_disable_days: Option<u32>,
+}
+
+impl GovernanceChanges {
+    fn apply(&self, current: Option<proto::GovernanceSettings>) -> proto::GovernanceSettings {
+        let current = current.unwrap_or_default();
+        proto::GovernanceSettings {
+            lifetime_days: self.lifetime_days.unwrap_or(current.lifetime_days),
+            reconfirm_every_days: self
+                .reconfirm_every_days
+                .unwrap_or(current.reconfirm_every_days),
+            inactivity_disable_days: self
+                .inactivity_disable_days
+                .unwrap_or(current.inactivity_disable_days),
+        }
+    }
+}
+
+/// Blueprint settings to change: unset flags keep the current value; a list flag given
+/// replaces that list.
+#[derive(Args)]
+struct BlueprintChanges {
+    name: String,
+    #[arg(long)]
+    description: Option<String>,
+    /// Discovery rules: executable paths (replaces all discovery rules if any --discover-* is given).
+    #[arg(long = "discover-exe", value_name = "PATH")]
+    discover_exe: Vec<String>,
+    /// Discovery rules: process names.
+    #[arg(long = "discover-comm", value_name = "COMM")]
+    discover_comm: Vec<String>,
+    /// Discovery rules: cgroup paths.
+    #[arg(long = "discover-cgroup", value_name = "PATH")]
+    discover_cgroup: Vec<String>,
+    /// Remove every discovery rule.
+    #[arg(long)]
+    clear_discovery: bool,
+    #[arg(long, value_enum)]
+    network_default: Option<NetworkDefault>,
+    /// Baseline allowed destinations (replaces the list).
+    #[arg(long = "allow", value_name = "DESTINATION")]
+    allow: Vec<String>,
+    /// Baseline protected paths (replaces the list).
+    #[arg(long = "protect", value_name = "PATH")]
+    protect: Vec<String>,
+    /// Custom security attributes KEY=VALUE (replaces them all).
+    #[arg(long = "attribute", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    attributes: Vec<(String, String)>,
+    #[arg(long, value_enum)]
+    offline: Option<Offline>,
+    #[command(flatten)]
+    governance: GovernanceChanges,
+}
+
+impl BlueprintChanges {
+    fn apply(self, mut blueprint: proto::Blueprint) -> proto::Blueprint {
+        if let Some(description) = self.description {
+            blueprint.description = description;
+        }
+        let rules = discovery_rules(self.discover_exe, self.discover_comm, self.discover_cgroup);
+        if self.clear_discovery || !rules.is_empty() {
+            blueprint.discovery_rules = rules;
+        }
+        let mut baseline = blueprint.baseline_policy.take().unwrap_or_default();
+        if let Some(action) = self.network_default {
+            baseline.network_default = action.proto().into();
+        }
+        if !self.allow.is_empty() {
+            baseline.allowed_destinations = self.allow;
+        }
+        if !self.protect.is_empty() {
+            baseline.protected_paths = self.protect;
+        }
+        blueprint.baseline_policy = Some(baseline);
+        if !self.attributes.is_empty() {
+            blueprint.attributes = self.attributes.into_iter().collect();
+        }
+        if let Some(offline) = self.offline {
+            blueprint.offline_behavior = offline.proto().into();
+        }
+        blueprint.governance = Some(self.governance.apply(blueprint.governance));
+        blueprint
+    }
+}
+
+fn discovery_rules(
+    exe_paths: Vec<String>,
+    comms: Vec<String>,
+    cgroup_paths: Vec<String>,
+) -> Vec<proto::DiscoveryRule> {
+    exe_paths
+        .into_iter()
+        .map(|exe_path| proto::DiscoveryRule {
+            exe_path,
+            ..Default::default()
+        })
+        .chain(comms.into_iter().map(|comm| proto::DiscoveryRule {
+            comm,
+            ..Default::default()
+        }))
+        .chain(
+            cgroup_paths
+                .into_iter()
+                .map(|cgroup_path| proto::DiscoveryRule {
+                    cgroup_path,
+                    ..Default::default()
+                }),
+        )
+        .collect()
+}
+
 #[derive(Args)]
 struct BlueprintSpec {
     /// Blueprint name: 1 to 63 of a-z, 0-9 and -.
@@ -204,40 +339,13 @@ struct BlueprintSpec {
 
 impl BlueprintSpec {
     fn proto(self) -> proto::Blueprint {
-        let rules = self
-            .discover_exe
-            .into_iter()
-            .map(|exe_path| proto::DiscoveryRule {
-                exe_path,
-                ..Default::default()
-            })
-            .chain(
-                self.discover_comm
-                    .into_iter()
-                    .map(|comm| proto::DiscoveryRule {
-                        comm,
-                        ..Default::default()
-                    }),
-            )
-            .chain(
-                self.discover_cgroup
-                    .into_iter()
-                    .map(|cgroup_path| proto::DiscoveryRule {
-                        cgroup_path,
-                        ..Default::default()
-                    }),
-            )
-            .collect();
+        let rules = discovery_rules(self.discover_exe, self.discover_comm, self.discover_cgroup);
         proto::Blueprint {
             name: self.name,
             description: self.description,
             discovery_rules: rules,
             baseline_policy: Some(proto::BaselinePolicy {
-                network_default: match self.network_default {
-                    NetworkDefault::Allow => proto::DefaultAction::Allow,
-                    NetworkDefault::Deny => proto::DefaultAction::Deny,
-                }
-                .into(),
+                network_default: self.network_default.proto().into(),
                 allowed_destinations: self.allow,
                 protected_paths: self.protect,
             }),
@@ -258,8 +366,8 @@ enum BlueprintCommand {
     Get { name: String },
     /// List blueprints.
     List,
-    /// Replace a blueprint's settings (every setting; unspecified ones reset to defaults).
-    Update(BlueprintSpec),
+    /// Change a blueprint's settings: flags not given keep their current value.
+    Update(BlueprintChanges),
     /// Delete a blueprint no agent uses.
     Delete { name: String },
 }
@@ -372,20 +480,27 @@ enum AgentCommand {
         #[arg(long)]
         principal: Option<String>,
     },
-    /// Replace an agent's description, attributes, metadata and governance settings.
+    /// Change an agent's description, attributes, metadata, governance settings, expiry or
+    /// offline behaviour.
+    ///
+    /// Only what you pass changes: a list flag given (e.g. --capability, --attribute) replaces
+    /// that whole list, flags not given keep their current value.
     Update {
         id: String,
-        #[arg(long, default_value = "")]
-        description: String,
+        #[arg(long)]
+        description: Option<String>,
         #[command(flatten)]
         metadata: AgentMetadataArgs,
         #[command(flatten)]
-        governance: GovernanceArgs,
-        /// Expiry: an RFC 3339 time or +DURATION from now; omit for "never".
-        #[arg(long, value_parser = parse_when)]
+        governance: GovernanceChanges,
+        /// New expiry: an RFC 3339 time or +DURATION from now.
+        #[arg(long, value_parser = parse_when, conflicts_with = "no_expiry")]
         expires: Option<Timestamp>,
-        #[arg(long, value_enum, default_value = "inherit")]
-        offline: Offline,
+        /// Remove the expiry: the agent never expires.
+        #[arg(long)]
+        no_expiry: bool,
+        #[arg(long, value_enum)]
+        offline: Option<Offline>,
     },
     /// Delete an agent (terminal; its record and audit trail stay).
     Delete { id: String },
@@ -773,10 +888,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .into_inner();
                     out.blueprints(&response, &response.blueprints)
                 }
-                BlueprintCommand::Update(spec) => {
+                BlueprintCommand::Update(changes) => {
+                    let current = client
+                        .get_blueprint(proto::GetBlueprintRequest {
+                            name: changes.name.clone(),
+                        })
+                        .await?
+                        .into_inner()
+                        .blueprint
+                        .context("the server returned no blueprint")?;
                     let response = client
                         .update_blueprint(proto::UpdateBlueprintRequest {
-                            blueprint: Some(spec.proto()),
+                            blueprint: Some(changes.apply(current)),
                         })
                         .await?
                         .into_inner();
@@ -991,19 +1114,53 @@ async fn agent(clients: &Clients, out: &Printer, command: AgentCommand) -> anyho
             id,
             description,
             metadata,
-            governance: settings,
+            governance: changes,
             expires,
+            no_expiry,
             offline,
         } => {
+            let current = registry
+                .get_agent(proto::GetAgentRequest { id: id.clone() })
+                .await?
+                .into_inner()
+                .agent
+                .context("the server returned no agent")?;
+            let mut new_metadata = current.metadata.clone().unwrap_or_default();
+            let given = metadata.proto()?;
+            if !given.capabilities.is_empty() {
+                new_metadata.capabilities = given.capabilities;
+            }
+            if !given.tasks.is_empty() {
+                new_metadata.tasks = given.tasks;
+            }
+            if !given.protocols.is_empty() {
+                new_metadata.protocols = given.protocols;
+            }
+            if !given.endpoints.is_empty() {
+                new_metadata.endpoints = given.endpoints;
+            }
+            if metadata.agent_card.is_some() {
+                new_metadata.agent_card_json = given.agent_card_json;
+            }
+            let attributes = if metadata.attributes.is_empty() {
+                current.attributes.clone()
+            } else {
+                metadata.attributes()
+            };
             let response = registry
                 .update_agent(proto::UpdateAgentRequest {
                     id,
-                    description,
-                    attributes: metadata.attributes(),
-                    metadata: Some(metadata.proto()?),
-                    governance: Some(settings.proto()),
-                    expire_time: expires,
-                    offline_behavior: offline.proto().into(),
+                    description: description.unwrap_or(current.description),
+                    attributes,
+                    metadata: Some(new_metadata),
+                    governance: Some(changes.apply(current.governance)),
+                    expire_time: if no_expiry {
+                        None
+                    } else {
+                        expires.or(current.expire_time)
+                    },
+                    offline_behavior: offline
+                        .map_or(current.offline_behavior, |o| o.proto().into()),
                 })
                 .await?
                 .into_inner();
