@@ -344,3 +344,98 @@ pub struct PrincipalRemoval {
     pub reassigned: Vec<String>,
     pub orphaned: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(attributes: &[(&str, &str)], offline: OfflineBehavior) -> Agent {
+        Agent {
+            id: "a".into(),
+            name: "a".into(),
+            description: String::new(),
+            blueprint: "b".into(),
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            metadata: AgentMetadata::default(),
+            sponsors: vec!["s".into()],
+            owners: vec!["o".into()],
+            state: AgentState::Active,
+            disabled_reason: String::new(),
+            governance: GovernanceSettings {
+                lifetime_days: 0,
+                reconfirm_every_days: 7,
+                inactivity_disable_days: 0,
+            },
+            offline_behavior: offline,
+            expires_at: None,
+            last_reconfirm_at: 0,
+            last_active_at: None,
+            created_at: 0,
+            updated_at: 0,
+            revision: 0,
+        }
+    }
+
+    #[test]
+    fn agent_settings_override_the_blueprint_where_set() {
+        let blueprint = BlueprintSpec {
+            attributes: [("team", "payments"), ("tier", "1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            offline_behavior: Some(OfflineBehavior::FailClosed),
+            governance: GovernanceSettings {
+                lifetime_days: 30,
+                reconfirm_every_days: 90,
+                inactivity_disable_days: 14,
+            },
+            ..BlueprintSpec::default()
+        };
+        let resolved = ResolvedAgent::resolve(
+            agent(&[("tier", "0")], OfflineBehavior::Inherit),
+            &blueprint,
+        );
+        assert_eq!(resolved.effective_attributes["team"], "payments");
+        assert_eq!(resolved.effective_attributes["tier"], "0");
+        assert_eq!(
+            resolved.effective_offline_behavior,
+            OfflineBehavior::FailClosed
+        );
+        assert_eq!(
+            resolved.effective_governance,
+            GovernanceSettings {
+                lifetime_days: 30,
+                reconfirm_every_days: 7,
+                inactivity_disable_days: 14,
+            }
+        );
+        let own = ResolvedAgent::resolve(agent(&[], OfflineBehavior::LastKnown), &blueprint);
+        assert_eq!(own.effective_offline_behavior, OfflineBehavior::LastKnown);
+    }
+
+    #[test]
+    fn a_blueprint_without_offline_behaviour_means_last_known() {
+        let resolved = ResolvedAgent::resolve(
+            agent(&[], OfflineBehavior::Inherit),
+            &BlueprintSpec::default(),
+        );
+        assert_eq!(
+            resolved.effective_offline_behavior,
+            OfflineBehavior::LastKnown
+        );
+    }
+
+    #[test]
+    fn stored_enum_texts_round_trip() {
+        for state in AgentState::ALL {
+            assert_eq!(AgentState::parse(state.as_str()), Some(*state));
+        }
+        for role in Role::ALL {
+            assert_eq!(Role::parse(role.as_str()), Some(*role));
+        }
+        assert_eq!(AccessPackageState::parse("granted"), None);
+    }
+}

@@ -379,3 +379,59 @@ pub(super) async fn sweep(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AccessPackageSpec, Resource, ResourceKind};
+
+    fn package(state: AccessPackageState) -> AccessPackage {
+        AccessPackage {
+            id: "p".into(),
+            agent_id: "a".into(),
+            spec: AccessPackageSpec {
+                resources: vec![Resource {
+                    kind: ResourceKind::FilePath,
+                    value: "/srv".into(),
+                }],
+                justification: "j".into(),
+            },
+            stages: Vec::new(),
+            state,
+            starts_at: 100,
+            expires_at: 200,
+            requested_by: "r".into(),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn approved_packages_start_and_expire_on_time() {
+        let approved = package(AccessPackageState::Approved);
+        assert_eq!(
+            as_of(approved.clone(), 99).state,
+            AccessPackageState::Approved
+        );
+        assert_eq!(
+            as_of(approved.clone(), 100).state,
+            AccessPackageState::Active
+        );
+        assert_eq!(as_of(approved, 200).state, AccessPackageState::Expired);
+    }
+
+    #[test]
+    fn pending_packages_expire_and_decided_ones_stay() {
+        assert_eq!(
+            as_of(package(AccessPackageState::Pending), 150).state,
+            AccessPackageState::Pending
+        );
+        assert_eq!(
+            as_of(package(AccessPackageState::Pending), 200).state,
+            AccessPackageState::Expired
+        );
+        for state in [AccessPackageState::Denied, AccessPackageState::Revoked] {
+            assert_eq!(as_of(package(state), 500).state, state);
+        }
+    }
+}
