@@ -172,3 +172,73 @@ fn new_id() -> String {
 fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::Backend;
+
+    /// Table name → column names, from the `CREATE TABLE` statements of a migration.
+    fn tables(sql: &str) -> BTreeMap<String, Vec<String>> {
+        let mut tables = BTreeMap::new();
+        let mut current: Option<(String, Vec<String>)> = None;
+        for line in sql.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("CREATE TABLE ") {
+                let name = rest.split_whitespace().next().expect("table name");
+                current = Some((name.to_owned(), Vec::new()));
+            } else if line.starts_with(");") {
+                if let Some((name, columns)) = current.take() {
+                    tables.insert(name, columns);
+                }
+            } else if let Some((_, columns)) = &mut current {
+                let first = line.split_whitespace().next().unwrap_or_default();
+                let is_column = !first.is_empty()
+                    && !first.starts_with("--")
+                    && first.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    && !matches!(first, "primary" | "unique");
+                if is_column && first != "PRIMARY" {
+                    columns.push(first.to_owned());
+                }
+            }
+        }
+        tables
+    }
+
+    #[test]
+    fn both_backends_migrate_to_the_same_tables_and_columns() {
+        let sqlite = Backend::Sqlite.migrations();
+        let postgres = Backend::Postgres.migrations();
+        assert_eq!(sqlite.len(), postgres.len(), "same number of migrations");
+        for ((v1, d1, s1), (v2, d2, s2)) in sqlite.iter().zip(postgres) {
+            assert_eq!((v1, d1), (v2, d2));
+            let (lite, pg) = (tables(s1), tables(s2));
+            assert!(lite.len() >= 10, "parsed the tables: {lite:?}");
+            assert!(
+                lite["agents"].contains(&"revision".to_owned()),
+                "parsed the columns: {lite:?}"
+            );
+            assert_eq!(
+                lite, pg,
+                "migration {v1} differs between SQLite and PostgreSQL"
+            );
+        }
+    }
+
+    #[test]
+    fn urls_select_the_backend() {
+        assert_eq!(
+            Backend::from_url("sqlite:///x.db").ok(),
+            Some(Backend::Sqlite)
+        );
+        assert_eq!(
+            Backend::from_url("postgres://u@h/d").ok(),
+            Some(Backend::Postgres)
+        );
+        assert_eq!(
+            Backend::from_url("postgresql://u@h/d").ok(),
+            Some(Backend::Postgres)
+        );
+        assert!(Backend::from_url("mysql://u@h/d").is_err());
+    }
+}
