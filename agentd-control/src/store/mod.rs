@@ -72,6 +72,9 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
+        if backend == Backend::Sqlite {
+            create_private_file(url)?;
+        }
         let mut url = url.to_owned();
         if backend == Backend::Sqlite && !url.contains("mode=") {
             url.push_str(if url.contains('?') {
@@ -146,6 +149,31 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Creates a missing SQLite file readable by its owner only (it holds the CA key and token
+/// hashes); SQLite gives its -wal and -shm files the same mode.
+fn create_private_file(url: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = url
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path.starts_with(':') || std::path::Path::new(path).exists() {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .or_else(|err| match err.kind() {
+            std::io::ErrorKind::AlreadyExists => Ok(()),
+            _ => Err(Error::Database(sqlx::Error::Io(err))),
+        })
 }
 
 type Conn = AnyConnection;
