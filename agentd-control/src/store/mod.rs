@@ -151,8 +151,8 @@ impl Store {
     }
 }
 
-/// Creates a missing SQLite file readable by its owner only (it holds the CA key and token
-/// hashes); SQLite gives its -wal and -shm files the same mode.
+/// Creates a missing `SQLite` file readable by its owner only (it holds the CA key and token
+/// hashes); `SQLite` gives its -wal and -shm files the same mode.
 fn create_private_file(url: &str) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let path = url
