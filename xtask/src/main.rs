@@ -78,7 +78,7 @@ impl VmArgs {
 #[derive(Subcommand)]
 enum Task {
     /// Install what the build and tests need (idempotent): Debian packages (qemu-system-x86,
-    /// busybox-static, cpio, binutils), rust-src for nightly, bpf-linker 0.10.3, and the VM
+    /// busybox-static, cpio, binutils, postgresql), rust-src for nightly, bpf-linker 0.10.3, and the VM
     /// kernels, cached under ~/.cache/agentd.
     Setup {
         /// Kernels to fetch for the vm tier.
@@ -101,7 +101,7 @@ enum Task {
     /// Set up, then run test tiers (default: all) and print a summary. Exits non-zero when any
     /// test fails.
     Test {
-        /// Tier to run; repeat to run several. Default: unit, host and vm.
+        /// Tier to run; repeat to run several. Default: unit, control, host and vm.
         #[arg(long = "tier", value_enum)]
         tiers: Vec<Tier>,
         #[command(flatten)]
@@ -195,7 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Task::Test { mut tiers, vm } => {
             if tiers.is_empty() {
-                tiers = vec![Tier::Unit, Tier::Host, Tier::Vm];
+                tiers = vec![Tier::Unit, Tier::Control, Tier::Host, Tier::Vm];
             }
             tiers.sort();
             tiers.dedup();

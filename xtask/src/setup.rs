@@ -15,8 +15,16 @@ pub const NIGHTLY: &str = "nightly";
 /// rustc's own libLLVM. 0.11+ default to an external LLVM 23.
 pub const BPF_LINKER_VERSION: &str = "0.10.3";
 /// Debian packages the tiers need: QEMU for the vm tier, a static busybox and cpio for its
-/// initramfs, binutils to strip test binaries before they go into it.
-const DEB_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "binutils"];
+/// initramfs, binutils to strip test binaries before they go into it, and PostgreSQL for the
+/// control tier (its tests start their own server on loopback; the package's own cluster is
+/// not used).
+const DEB_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "binutils",
+    "postgresql",
+];
 
 #[derive(Debug, Default)]
 pub struct Options {

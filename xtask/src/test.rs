@@ -20,6 +20,9 @@ use crate::{
 pub enum Tier {
     /// `cargo test` of the userspace crates; no privileges.
     Unit,
+    /// The control plane's API tests against SQLite and a PostgreSQL server they start; root
+    /// (PostgreSQL runs as the `postgres` user).
+    Control,
     /// Real eBPF on the running kernel; root.
     Host,
     /// A distribution kernel with BPF LSM under QEMU.
@@ -162,6 +165,21 @@ fn unit() -> anyhow::Result<TierResult> {
     cargo_test("unit", cargo().arg("test"))
 }
 
+fn control() -> anyhow::Result<TierResult> {
+    let mut result = TierResult::new("control");
+    if !crate::is_root() {
+        result.fail("needs root: the tests run PostgreSQL as the postgres user");
+        return Ok(result);
+    }
+    // Both backends: a PostgreSQL that cannot start fails the tier, it is never skipped.
+    cargo_test(
+        "control",
+        cargo()
+            .args(["test", "--package", "agentd-control", "--test", "api"])
+            .env("AGENTD_CONTROL_TEST_BACKENDS", "sqlite,postgres"),
+    )
+}
+
 fn host() -> anyhow::Result<TierResult> {
     let mut result = TierResult::new("host");
     if !crate::is_root() {
@@ -245,6 +263,7 @@ pub fn run(tiers: &[Tier], vm_options: &VmOptions) -> anyhow::Result<bool> {
         println!("== tier {tier:?} ==");
         match tier {
             Tier::Unit => results.push(unit()?),
+            Tier::Control => results.push(control()?),
             Tier::Host => results.push(host()?),
             Tier::Vm => results.extend(vm_tier(vm_options)?),
         }

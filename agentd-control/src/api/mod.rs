@@ -1,0 +1,167 @@
+//! The gRPC services. Only this module knows protobuf: requests are validated into domain types
+//! here (every error names its field), and domain types are converted back for responses.
+
+mod access;
+mod audit;
+mod auth;
+mod governance;
+mod host;
+mod registry;
+mod validate;
+
+use std::{
+    sync::Arc,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use prost_types::Timestamp;
+use tonic::{Request, Status};
+
+use crate::{
+    auth::Method,
+    ca::CertificateAuthority,
+    clock::{Clock, UnixTime},
+    error::Error,
+    model::Role,
+    proto,
+    store::{AuditContext, Store, auth::Caller},
+};
+
+/// The state every service shares: storage, the clock and the CA.
+#[derive(Clone)]
+pub struct ControlPlane {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    ca: Arc<CertificateAuthority>,
+    /// Set when the server runs TLS: host-role calls must then also present the host's client
+    /// certificate (mTLS), issued by the control-plane CA for the same host id.
+    require_host_certificates: bool,
+}
+
+impl ControlPlane {
+    pub fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        ca: Arc<CertificateAuthority>,
+        require_host_certificates: bool,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            ca,
+            require_host_certificates,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn ca(&self) -> &CertificateAuthority {
+        &self.ca
+    }
+
+    /// Authenticates the bearer token and checks the role against `method`'s row of the RBAC
+    /// matrix.
+    async fn authorize<T>(&self, request: &Request<T>, method: Method) -> Result<Caller, Status> {
+        let header = request.metadata().get("authorization").ok_or_else(|| {
+            Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated("the authorization metadata must be `Bearer <token>`")
+            })?;
+        let caller = self.store.authenticate(token.trim()).await?;
+        if !method.allows(caller.role) {
+            return Err(Status::permission_denied(format!(
+                "role {} may not call {}",
+                caller.role,
+                method.path()
+            )));
+        }
+        if caller.role == Role::Host && self.require_host_certificates {
+            check_host_certificate(request, &caller.principal)?;
+        }
+        Ok(caller)
+    }
+
+    fn audit(&self, caller: &Caller, method: Method) -> AuditContext {
+        AuditContext {
+            actor: caller.actor(),
+            action: method.name(),
+            now: self.clock.now(),
+        }
+    }
+
+    fn now(&self) -> UnixTime {
+        self.clock.now()
+    }
+}
+
+/// The verified client certificate (rustls checked its chain to our CA and its validity
+/// period during the handshake) must name the host the token belongs to.
+fn check_host_certificate<T>(request: &Request<T>, host_id: &str) -> Result<(), Status> {
+    let certs = request.peer_certs().unwrap_or_default();
+    let Some(leaf) = certs.first() else {
+        return Err(Status::unauthenticated(
+            "host calls need the host's client certificate (mTLS); none was presented",
+        ));
+    };
+    match crate::ca::host_id_of(leaf) {
+        Some(cn) if cn == host_id => Ok(()),
+        Some(cn) => Err(Status::permission_denied(format!(
+            "the client certificate is for host {cn}, the token for host {host_id}"
+        ))),
+        None => Err(Status::unauthenticated(
+            "the client certificate names no host",
+        )),
+    }
+}
+
+/// Sponsor-role callers act only on agents they sponsor or own; admins on every agent.
+fn ensure_answers_for(caller: &Caller, agent: &crate::model::Agent) -> Result<(), Status> {
+    if caller.role == Role::Admin || agent.answers_to(&caller.principal) {
+        return Ok(());
+    }
+    Err(Status::permission_denied(format!(
+        "{} is neither a sponsor nor an owner of agent {}",
+        caller.principal, agent.id
+    )))
+}
+
+pub fn format_time(at: UnixTime) -> String {
+    u64::try_from(at).map_or_else(
+        |_| at.to_string(),
+        |secs| {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+        },
+    )
+}
+
+fn timestamp(at: UnixTime) -> Timestamp {
+    Timestamp {
+        seconds: at,
+        nanos: 0,
+    }
+}
+
+fn optional_timestamp(at: Option<UnixTime>) -> Option<Timestamp> {
+    at.map(timestamp)
+}
+
+fn role_to_proto(role: Role) -> proto::Role {
+    match role {
+        Role::Admin => proto::Role::Admin,
+        Role::Sponsor => proto::Role::Sponsor,
+        Role::Auditor => proto::Role::Auditor,
+        Role::Host => proto::Role::Host,
+    }
+}
+
+/// `Err` for a message field that must be set.
+fn required<T>(field: &str, value: Option<T>) -> Result<T, Error> {
+    value.ok_or_else(|| Error::invalid(field, "is required"))
+}

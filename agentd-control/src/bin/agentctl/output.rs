@@ -1,0 +1,543 @@
+//! agentctl's output: aligned tables for people, canonical protobuf JSON for programs.
+
+use std::{fmt::Write as _, path::Path, sync::OnceLock};
+
+use agentd_control::proto;
+use prost_reflect::{DescriptorPool, DynamicMessage};
+use prost_types::Timestamp;
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+pub struct Printer {
+    format: Format,
+}
+
+fn pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
+            .expect("the embedded descriptor set is valid")
+    })
+}
+
+/// The canonical proto3 JSON of a response.
+fn to_json<M: prost::Message + prost::Name>(message: &M) -> anyhow::Result<String> {
+    let descriptor = pool()
+        .get_message_by_name(&M::full_name())
+        .ok_or_else(|| anyhow::anyhow!("no descriptor for {}", M::full_name()))?;
+    let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())?;
+    Ok(serde_json::to_string_pretty(&dynamic)?)
+}
+
+fn time(ts: Option<&Timestamp>) -> String {
+    ts.map_or_else(
+        || "-".to_owned(),
+        |ts| agentd_control::api::format_time(ts.seconds),
+    )
+}
+
+/// The lower-case tail of a proto enum name: `AGENT_STATE_ACTIVE` -> `active`.
+fn enum_name(full: &str, prefix: &str) -> String {
+    full.strip_prefix(prefix)
+        .unwrap_or(full)
+        .to_ascii_lowercase()
+}
+
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (index, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+            if index + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:<width$}  ");
+            }
+        }
+        println!("{}", text.trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+fn join(values: &[String]) -> String {
+    if values.is_empty() {
+        "-".to_owned()
+    } else {
+        values.join(",")
+    }
+}
+
+impl Printer {
+    pub fn new(format: Format) -> Self {
+        Self { format }
+    }
+
+    /// Prints JSON and returns true, or returns false for the table path.
+    fn json<M: prost::Message + prost::Name>(&self, message: &M) -> anyhow::Result<bool> {
+        match self.format {
+            Format::Json => {
+                println!("{}", to_json(message)?);
+                Ok(true)
+            }
+            Format::Table => Ok(false),
+        }
+    }
+
+    pub fn done<M: prost::Message + prost::Name>(
+        &self,
+        message: &M,
+        text: &str,
+    ) -> anyhow::Result<()> {
+        if !self.json(message)? {
+            println!("{text}");
+        }
+        Ok(())
+    }
+
+    pub fn blueprints<M: prost::Message + prost::Name>(
+        &self,
+        message: &M,
+        blueprints: &[proto::Blueprint],
+    ) -> anyhow::Result<()> {
+        if self.json(message)? {
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = blueprints
+            .iter()
+            .map(|b| {
+                let governance = b.governance.unwrap_or_default();
+                let baseline = b.baseline_policy.clone().unwrap_or_default();
+                let mut attributes: Vec<String> = b
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                attributes.sort();
+                vec![
+                    b.name.clone(),
+                    b.discovery_rules.len().to_string(),
+                    enum_name(baseline.network_default().as_str_name(), "DEFAULT_ACTION_"),
+                    join(&attributes),
+                    enum_name(b.offline_behavior().as_str_name(), "OFFLINE_BEHAVIOR_"),
+                    format!(
+                        "{}/{}/{}",
+                        governance.lifetime_days,
+                        governance.reconfirm_every_days,
+                        governance.inactivity_disable_days
+                    ),
+                    b.description.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "NAME",
+                "RULES",
+                "NETWORK",
+                "ATTRIBUTES",
+                "OFFLINE",
+                "LIFE/RECONFIRM/IDLE DAYS",
+                "DESCRIPTION",
+            ],
+            &rows,
+        );
+        Ok(())
+    }
+
+    pub fn agents<M: prost::Message + prost::Name>(
+        &self,
+        message: &M,
+        agents: &[proto::Agent],
+    ) -> anyhow::Result<()> {
+        if self.json(message)? {
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = agents
+            .iter()
+            .map(|a| {
+                vec![
+                    a.id.clone(),
+                    a.name.clone(),
+                    a.blueprint.clone(),
+                    enum_name(a.state().as_str_name(), "AGENT_STATE_"),
+                    join(&a.sponsors),
+                    join(&a.owners),
+                    time(a.expire_time.as_ref()),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "ID",
+                "NAME",
+                "BLUEPRINT",
+                "STATE",
+                "SPONSORS",
+                "OWNERS",
+                "EXPIRES",
+            ],
+            &rows,
+        );
+        Ok(())
+    }
+
+    pub fn agent_detail<M: prost::Message + prost::Name>(
+        &self,
+        message: &M,
+        agent: Option<&proto::Agent>,
+    ) -> anyhow::Result<()> {
+        if self.json(message)? {
+            return Ok(());
+        }
+        let Some(a) = agent else { return Ok(()) };
+        let metadata = a.metadata.clone().unwrap_or_default();
+        let governance = a.governance.unwrap_or_default();
+        let mut attributes: Vec<String> = a
+            .effective_attributes
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        attributes.sort();
+        let protocols: Vec<String> = metadata
+            .protocols()
+            .map(|p| enum_name(p.as_str_name(), "PROTOCOL_"))
+            .collect();
+        let rows = vec![
+            vec!["id".into(), a.id.clone()],
+            vec!["name".into(), a.name.clone()],
+            vec!["description".into(), a.description.clone()],
+            vec!["blueprint".into(), a.blueprint.clone()],
+            vec![
+                "state".into(),
+                enum_name(a.state().as_str_name(), "AGENT_STATE_"),
+            ],
+            vec!["disabled reason".into(), a.disabled_reason.clone()],
+            vec!["sponsors".into(), join(&a.sponsors)],
+            vec!["owners".into(), join(&a.owners)],
+            vec!["attributes (effective)".into(), join(&attributes)],
+            vec!["capabilities".into(), join(&metadata.capabilities)],
+            vec!["tasks".into(), join(&metadata.tasks)],
+            vec!["protocols".into(), join(&protocols)],
+            vec!["endpoints".into(), join(&metadata.endpoints)],
+            vec![
+                "offline (effective)".into(),
+                enum_name(
+                    a.effective_offline_behavior().as_str_name(),
+                    "OFFLINE_BEHAVIOR_",
+                ),
+            ],
+            vec![
+                "governance (own)".into(),
+                format!(
+                    "lifetime {}d, reconfirm every {}d, disable after {}d idle (0: blueprint's)",
+                    governance.lifetime_days,
+                    governance.reconfirm_every_days,
+                    governance.inactivity_disable_days
+                ),
+            ],
+            vec!["expires".into(), time(a.expire_time.as_ref())],
+            vec![
+                "last reconfirmed".into(),
+                time(a.last_reconfirm_time.as_ref()),
+            ],
+            vec!["last active".into(), time(a.last_active_time.as_ref())],
+            vec!["created".into(), time(a.create_time.as_ref())],
+            vec!["updated".into(), time(a.update_time.as_ref())],
+        ];
+        table(&["FIELD", "VALUE"], &rows);
+        Ok(())
+    }
+
+    pub fn removal(&self, response: &proto::RemovePrincipalResponse) -> anyhow::Result<()> {
+        if self.json(response)? {
+            return Ok(());
+        }
+        let mut rows = Vec::new();
+        for id in &response.agent_ids {
+            let outcome = if response.reassigned_agent_ids.contains(id) {
+                "reassigned"
+            } else if response.orphaned_agent_ids.contains(id) {
+                "orphaned (alert raised)"
+            } else {
+                "removed"
+            };
+            rows.push(vec![id.clone(), outcome.to_owned()]);
+        }
+        table(&["AGENT", "OUTCOME"], &rows);
+        Ok(())
+    }
+
+    pub fn alerts(&self, response: &proto::ListAlertsResponse) -> anyhow::Result<()> {
+        if self.json(response)? {
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = response
+            .alerts
+            .iter()
+            .map(|a| {
+                vec![
+                    a.id.to_string(),
+                    time(a.create_time.as_ref()),
+                    enum_name(a.kind().as_str_name(), "ALERT_KIND_"),
+                    a.agent_id.clone(),
+                    a.message.clone(),
+                ]
+            })
+            .collect();
+        table(&["ID", "TIME", "KIND", "AGENT", "MESSAGE"], &rows);
+        Ok(())
+    }
+
+    pub fn sweep(&self, response: &proto::RunSweepResponse) -> anyhow::Result<()> {
+        if self.json(response)? {
+            return Ok(());
+        }
+        let rows = vec![
+            vec!["expired agents".into(), join(&response.expired_agent_ids)],
+            vec![
+                "disabled (reconfirmation overdue)".into(),
+                join(&response.reconfirmation_disabled_agent_ids),
+            ],
+            vec![
+                "disabled (inactive)".into(),
+                join(&response.inactive_disabled_agent_ids),
+            ],
+            vec!["orphaned agents".into(), join(&response.orphaned_agent_ids)],
+            vec![
+                "activated access packages".into(),
+                join(&response.activated_access_package_ids),
+            ],
+            vec![
+                "expired access packages".into(),
+                join(&response.expired_access_package_ids),
+            ],
+        ];
+        table(&["CHANGE", "IDS"], &rows);
+        Ok(())
+    }
+
+    pub fn packages<M: prost::Message + prost::Name>(
+        &self,
+        message: &M,
+        packages: &[proto::AccessPackage],
+    ) -> anyhow::Result<()> {
+        if self.json(message)? {
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = packages
+            .iter()
+            .map(|p| {
+                let approved = p
+                    .stages
+                    .iter()
+                    .filter(|s| !s.approved_by.is_empty())
+                    .count();
+                let resources: Vec<String> = p
+                    .resources
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{}={}",
+                            match r.kind() {
+                                proto::ResourceKind::NetworkDestination => "net",
+                                proto::ResourceKind::FilePath => "file",
+                                proto::ResourceKind::McpServer => "mcp",
+                                proto::ResourceKind::Unspecified => "?",
+                            },
+                            r.value
+                        )
+                    })
+                    .collect();
+                vec![
+                    p.id.clone(),
+                    p.agent_id.clone(),
+                    enum_name(p.state().as_str_name(), "ACCESS_PACKAGE_STATE_"),
+                    format!("{approved}/{}", p.stages.len()),
+                    join(&resources),
+                    time(p.start_time.as_ref()),
+                    time(p.expire_time.as_ref()),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "ID",
+                "AGENT",
+                "STATE",
+                "APPROVED",
+                "RESOURCES",
+                "STARTS",
+                "EXPIRES",
+            ],
+            &rows,
+        );
+        Ok(())
+    }
+
+    pub fn audit(&self, response: &proto::ListAuditEventsResponse) -> anyhow::Result<()> {
+        if self.json(response)? {
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = response
+            .events
+            .iter()
+            .map(|e| {
+                vec![
+                    e.sequence.to_string(),
+                    time(e.time.as_ref()),
+                    e.actor.clone(),
+                    e.action.clone(),
+                    format!("{} {}", e.target_type, e.target_id),
+                    if e.previous_json.is_empty() {
+                        "-".into()
+                    } else {
+                        "yes".into()
+                    },
+                ]
+            })
+            .collect();
+        table(
+            &["SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "PREVIOUS"],
+            &rows,
+        );
+        Ok(())
+    }
+
+    pub fn join_token(&self, response: &proto::CreateJoinTokenResponse) -> anyhow::Result<()> {
+        if self.json(response)? {
+            return Ok(());
+        }
+        println!("join token (shown once, single use): {}", response.token);
+        println!("token id: {}", response.token_id);
+        println!("expires: {}", time(response.expire_time.as_ref()));
+        Ok(())
+    }
+
+    pub fn enrolled(&self, response: &proto::EnrollHostResponse, dir: &Path) -> anyhow::Result<()> {
+        if self.json(&proto::EnrollHostResponse {
+            host_token: "<written to host-token>".into(),
+            ..response.clone()
+        })? {
+            return Ok(());
+        }
+        println!("enrolled as host {}", response.host_id);
+        println!(
+            "wrote {0}/host-token, {0}/host.key, {0}/host.crt and {0}/ca.crt",
+            dir.display()
+        );
+        Ok(())
+    }
+
+    pub fn hosts<M: prost::Message + prost::Name>(
+        &self,
+        message: &M,
+        hosts: &[proto::Host],
+    ) -> anyhow::Result<()> {
+        if self.json(message)? {
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = hosts
+            .iter()
+            .map(|h| {
+                vec![
+                    h.id.clone(),
+                    h.hostname.clone(),
+                    if h.revoked {
+                        "revoked".into()
+                    } else {
+                        "enrolled".into()
+                    },
+                    time(h.last_heartbeat_time.as_ref()),
+                    h.agent_ids.len().to_string(),
+                    h.agentd_version.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "ID",
+                "HOSTNAME",
+                "STATUS",
+                "LAST HEARTBEAT",
+                "AGENTS",
+                "VERSION",
+            ],
+            &rows,
+        );
+        Ok(())
+    }
+
+    pub fn created_token(&self, response: &proto::CreateApiTokenResponse) -> anyhow::Result<()> {
+        if self.json(response)? {
+            return Ok(());
+        }
+        if let Some(token) = &response.api_token {
+            println!(
+                "token {} ({}, {}) for {}",
+                token.id,
+                token.name,
+                enum_name(token.role().as_str_name(), "ROLE_"),
+                token.principal
+            );
+        }
+        println!("secret (shown once): {}", response.token);
+        Ok(())
+    }
+
+    pub fn tokens<M: prost::Message + prost::Name>(
+        &self,
+        message: &M,
+        tokens: &[proto::ApiToken],
+    ) -> anyhow::Result<()> {
+        if self.json(message)? {
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = tokens
+            .iter()
+            .map(|t| {
+                vec![
+                    t.id.clone(),
+                    t.name.clone(),
+                    enum_name(t.role().as_str_name(), "ROLE_"),
+                    t.principal.clone(),
+                    time(t.create_time.as_ref()),
+                    if t.revoked {
+                        "revoked".into()
+                    } else {
+                        "active".into()
+                    },
+                ]
+            })
+            .collect();
+        table(
+            &["ID", "NAME", "ROLE", "PRINCIPAL", "CREATED", "STATUS"],
+            &rows,
+        );
+        Ok(())
+    }
+
+    pub fn whoami(&self, response: &proto::WhoAmIResponse) -> anyhow::Result<()> {
+        if self.json(response)? {
+            return Ok(());
+        }
+        println!(
+            "{} ({}), token {}",
+            response.principal,
+            enum_name(response.role().as_str_name(), "ROLE_"),
+            response.token_id
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,183 @@
+//! `agentd-control`: the control-plane server, and the offline commands that bootstrap it.
+
+use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
+
+use agentd_control::{
+    ca::CertificateAuthority,
+    clock::{Clock as _, SystemClock},
+    model::Role,
+    server::{Server, ServerOptions},
+    store::{AuditContext, Store},
+};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for bad configuration (`EX_USAGE`).
+const EXIT_CONFIG: u8 = 64;
+
+/// The agentd control plane: the fleet's agent registry, governance, access packages, audit log
+/// and host enrolment, over gRPC (package agentd.v1). Manage it with `agentctl`.
+#[derive(Parser)]
+#[command(name = "agentd-control", version)]
+struct Cli {
+    /// Database: `sqlite:///path/control.db` (default; created if missing, WAL) or
+    /// `postgres://user@host/db` (several replicas may share one).
+    #[arg(
+        long,
+        env = "AGENTD_CONTROL_DATABASE",
+        default_value = "sqlite:///var/lib/agentd-control/control.db",
+        global = true
+    )]
+    database: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Admin,
+    Sponsor,
+    Auditor,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gRPC API until SIGINT or SIGTERM.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: SocketAddr,
+        /// Serve TLS with a certificate for this name (DNS name or IP; repeatable), issued by
+        /// the control-plane CA, and require host client certificates (mTLS). Without it the
+        /// server speaks plaintext: keep it on loopback.
+        #[arg(long = "tls-name", value_name = "NAME")]
+        tls_names: Vec<String>,
+        /// How often the governance sweep runs, e.g. 5m, 1h.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        sweep_interval: Duration,
+    },
+    /// Create an API token directly in the database (to bootstrap the first admin). Prints the
+    /// secret once.
+    CreateToken {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Who the token acts as, e.g. alice@example.com.
+        #[arg(long)]
+        principal: String,
+    },
+    /// Print the control-plane CA certificate (PEM), creating the CA if needed. Clients verify
+    /// the server with it (`agentctl --ca-cert`).
+    CaCert,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    if let Err(err) = agentd_control::store::Backend::from_url(&cli.database) {
+        eprintln!("error: --database: {err}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(path) = cli.database.strip_prefix("sqlite://")
+        && let Some(dir) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let store = Store::connect(&cli.database)
+        .await
+        .with_context(|| format!("opening the database {}", redact(&cli.database)))?;
+    let clock = Arc::new(SystemClock);
+    match cli.command {
+        Command::Serve {
+            listen,
+            tls_names,
+            sweep_interval,
+        } => {
+            let options = ServerOptions {
+                tls_names: (!tls_names.is_empty()).then_some(tls_names),
+                sweep_interval: Some(sweep_interval),
+            };
+            let server = Server::new(store.clone(), clock, options).await?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            tracing::info!(address = %listener.local_addr()?, database = %redact(&cli.database), "serving agentd.v1");
+            server.serve(listener, shutdown_signal()).await?;
+            store.close().await;
+            tracing::info!("stopped");
+        }
+        Command::CreateToken {
+            name,
+            role,
+            principal,
+        } => {
+            let role = match role {
+                RoleArg::Admin => Role::Admin,
+                RoleArg::Sponsor => Role::Sponsor,
+                RoleArg::Auditor => Role::Auditor,
+            };
+            // Who ran the command, as the audit log's actor.
+            let user = ["SUDO_USER", "USER", "LOGNAME"]
+                .iter()
+                .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+                .unwrap_or_else(|| "local operator".to_owned());
+            let audit = AuditContext {
+                actor: format!("{user} (agentd-control create-token)"),
+                action: "CreateApiToken",
+                now: clock.now(),
+            };
+            let (token, secret) = store
+                .create_api_token(&audit, &name, role, &principal)
+                .await?;
+            eprintln!("created {role} token {} for {principal}", token.id);
+            println!("{secret}");
+        }
+        Command::CaCert => {
+            let ca = CertificateAuthority::load_or_create(&store, clock.now()).await?;
+            print!("{}", ca.cert_pem());
+        }
+    }
+    Ok(())
+}
+
+/// The URL without a password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}://{user}@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down; draining calls");
+}

@@ -1,0 +1,123 @@
+//! The gRPC server: every service on one listener, optional TLS with client certificates, and
+//! the periodic governance sweep.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use crate::{
+    api::ControlPlane,
+    ca::CertificateAuthority,
+    clock::Clock,
+    error::{Error, Result},
+    proto::{
+        access_service_server::AccessServiceServer, audit_service_server::AuditServiceServer,
+        auth_service_server::AuthServiceServer, governance_service_server::GovernanceServiceServer,
+        host_service_server::HostServiceServer, registry_service_server::RegistryServiceServer,
+    },
+    store::Store,
+};
+
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// Serve TLS with a certificate for these names (DNS names or IP addresses), issued by the
+    /// control-plane CA at start-up, and verify client certificates against the CA. `None`:
+    /// plaintext (loopback and tests only).
+    pub tls_names: Option<Vec<String>>,
+    /// Run the governance sweep this often; `None`: only on `RunSweep`.
+    pub sweep_interval: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("configuring TLS")]
+    Tls(#[source] tonic::transport::Error),
+    #[error("serving gRPC")]
+    Transport(#[source] tonic::transport::Error),
+}
+
+pub struct Server {
+    control: ControlPlane,
+    tls: Option<ServerTlsConfig>,
+    sweep_interval: Option<Duration>,
+}
+
+impl Server {
+    /// Loads (or creates) the CA and prepares the services.
+    pub async fn new(store: Store, clock: Arc<dyn Clock>, options: ServerOptions) -> Result<Self> {
+        let ca = CertificateAuthority::load_or_create(&store, clock.now()).await?;
+        let tls = match &options.tls_names {
+            None => None,
+            Some(names) => {
+                if names.is_empty() {
+                    return Err(Error::invalid("tls names", "at least one name is required"));
+                }
+                let issued = ca.issue_server(names, clock.now())?;
+                Some(
+                    ServerTlsConfig::new()
+                        .identity(Identity::from_pem(issued.cert_pem, issued.key_pem))
+                        .client_ca_root(Certificate::from_pem(ca.cert_pem()))
+                        // Admins, sponsors and auditors use bearer tokens over server-side TLS;
+                        // host calls are refused without a client certificate (api::authorize).
+                        .client_auth_optional(true),
+                )
+            }
+        };
+        let control = ControlPlane::new(store, clock, Arc::new(ca), tls.is_some());
+        Ok(Self {
+            control,
+            tls,
+            sweep_interval: options.sweep_interval,
+        })
+    }
+
+    pub fn control(&self) -> &ControlPlane {
+        &self.control
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then drains in-flight calls.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> std::result::Result<(), ServeError> {
+        let control = self.control;
+        let sweeper = self.sweep_interval.map(|every| {
+            let control = control.clone();
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    match control.run_sweep("governance").await {
+                        Ok(report) if report != crate::model::SweepReport::default() => {
+                            tracing::info!(?report, "governance sweep changed state");
+                        }
+                        Ok(_) => {}
+                        Err(err) => tracing::warn!(error = %err, "governance sweep failed"),
+                    }
+                }
+            })
+        });
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
+        }
+        let result = builder
+            .add_service(RegistryServiceServer::new(control.clone()))
+            .add_service(GovernanceServiceServer::new(control.clone()))
+            .add_service(AccessServiceServer::new(control.clone()))
+            .add_service(AuditServiceServer::new(control.clone()))
+            .add_service(HostServiceServer::new(control.clone()))
+            .add_service(AuthServiceServer::new(control.clone()))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await
+            .map_err(ServeError::Transport);
+        if let Some(sweeper) = sweeper {
+            sweeper.abort();
+        }
+        result
+    }
+}

@@ -1,0 +1,360 @@
+//! Hosts: join tokens, enrolment, heartbeats, agent reports, revocation, and the stored CA.
+
+use sqlx::{Row as _, any::AnyRow};
+
+use super::{
+    AuditContext, Conn, Store,
+    auth::{hash_secret, insert_token, new_secret},
+    new_id,
+};
+use crate::{
+    error::{Error, Result},
+    model::{Host, JoinToken, Role},
+};
+
+const HOST_COLUMNS: &str = "id, hostname, agentd_version, enrolled_at, last_heartbeat_at, \
+     revoked_at, revoke_reason";
+
+async fn host_from_row(conn: &mut Conn, row: &AnyRow) -> Result<Host> {
+    let id: String = row.try_get("id")?;
+    let agent_ids =
+        sqlx::query_scalar("SELECT agent_id FROM host_agents WHERE host_id = $1 ORDER BY agent_id")
+            .bind(&id)
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(Host {
+        id,
+        hostname: row.try_get("hostname")?,
+        agentd_version: row.try_get("agentd_version")?,
+        enrolled_at: row.try_get("enrolled_at")?,
+        last_heartbeat_at: row.try_get("last_heartbeat_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        revoke_reason: row.try_get("revoke_reason")?,
+        agent_ids,
+    })
+}
+
+async fn load_host(conn: &mut Conn, id: &str) -> Result<Host> {
+    let row = sqlx::query(&format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            kind: "host",
+            id: id.to_owned(),
+        })?;
+    host_from_row(conn, &row).await
+}
+
+/// What enrolment hands the new host.
+#[derive(Clone, Debug)]
+pub struct Enrolment {
+    pub host: Host,
+    /// Bearer token with the host role (shown once).
+    pub host_token: String,
+}
+
+impl Store {
+    /// Creates a single-use join token valid for `ttl_seconds`; returns it with its secret.
+    pub async fn create_join_token(
+        &self,
+        audit: &AuditContext,
+        ttl_seconds: i64,
+        description: &str,
+    ) -> Result<(JoinToken, String)> {
+        let secret = new_secret("agentd-join");
+        let token = JoinToken {
+            id: new_id(),
+            description: description.to_owned(),
+            created_at: audit.now,
+            expires_at: audit.now + ttl_seconds,
+            used_at: None,
+            used_by: None,
+        };
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO join_tokens (id, token_hash, description, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&token.id)
+        .bind(hash_secret(&secret))
+        .bind(&token.description)
+        .bind(token.created_at)
+        .bind(token.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        audit
+            .record(&mut tx, "join_token", &token.id, None::<&()>, Some(&token))
+            .await?;
+        tx.commit().await?;
+        Ok((token, secret))
+    }
+
+    /// Spends a join token and registers the host. The token is consumed atomically (a
+    /// conditional update), so two replicas cannot both accept it. `issue` runs inside the
+    /// transaction with the new host id (to sign its certificate); if it fails, nothing is
+    /// stored and the token stays unused.
+    pub async fn enroll_host<T>(
+        &self,
+        audit: &AuditContext,
+        join_token: &str,
+        hostname: &str,
+        agentd_version: &str,
+        issue: impl FnOnce(&str) -> Result<(T, Option<String>)> + Send,
+    ) -> Result<(Enrolment, T)> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(
+            "SELECT id, description, created_at, expires_at, used_at, used_by FROM join_tokens \
+             WHERE token_hash = $1",
+        )
+        .bind(hash_secret(join_token))
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::Unauthenticated("join token is not valid".into()))?;
+        let previous = JoinToken {
+            id: row.try_get("id")?,
+            description: row.try_get("description")?,
+            created_at: row.try_get("created_at")?,
+            expires_at: row.try_get("expires_at")?,
+            used_at: row.try_get("used_at")?,
+            used_by: row.try_get("used_by")?,
+        };
+        if let (Some(at), Some(by)) = (previous.used_at, &previous.used_by) {
+            return Err(Error::Unauthenticated(format!(
+                "join token {} was already used (by host {by} at {}); create a new one",
+                previous.id,
+                crate::api::format_time(at)
+            )));
+        }
+        if previous.expires_at <= audit.now {
+            return Err(Error::Unauthenticated(format!(
+                "join token {} expired at {}; create a new one",
+                previous.id,
+                crate::api::format_time(previous.expires_at)
+            )));
+        }
+        let host_id = new_id();
+        let (issued, cert_serial) = issue(&host_id)?;
+        let spent = sqlx::query(
+            "UPDATE join_tokens SET used_at = $2, used_by = $3 WHERE id = $1 AND used_at IS NULL",
+        )
+        .bind(&previous.id)
+        .bind(audit.now)
+        .bind(&host_id)
+        .execute(&mut *tx)
+        .await?;
+        if spent.rows_affected() != 1 {
+            return Err(Error::Unauthenticated(format!(
+                "join token {} was already used",
+                previous.id
+            )));
+        }
+        let token = JoinToken {
+            used_at: Some(audit.now),
+            used_by: Some(host_id.clone()),
+            ..previous.clone()
+        };
+        audit
+            .record(
+                &mut tx,
+                "join_token",
+                &token.id,
+                Some(&previous),
+                Some(&token),
+            )
+            .await?;
+        let host = Host {
+            id: host_id,
+            hostname: hostname.to_owned(),
+            agentd_version: agentd_version.to_owned(),
+            enrolled_at: audit.now,
+            last_heartbeat_at: None,
+            revoked_at: None,
+            revoke_reason: String::new(),
+            agent_ids: Vec::new(),
+        };
+        sqlx::query(
+            "INSERT INTO hosts (id, hostname, agentd_version, enrolled_at, cert_serial) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&host.id)
+        .bind(&host.hostname)
+        .bind(&host.agentd_version)
+        .bind(host.enrolled_at)
+        .bind(cert_serial)
+        .execute(&mut *tx)
+        .await?;
+        audit
+            .record(&mut tx, "host", &host.id, None::<&()>, Some(&host))
+            .await?;
+        let (_, host_token) = insert_token(
+            &mut tx,
+            audit,
+            &format!("host {hostname}"),
+            Role::Host,
+            &host.id,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((Enrolment { host, host_token }, issued))
+    }
+
+    pub async fn heartbeat(&self, host_id: &str, now: i64, agentd_version: &str) -> Result<()> {
+        // Heartbeats are not audited: they change no configuration, only liveness.
+        sqlx::query(
+            "UPDATE hosts SET last_heartbeat_at = $2, \
+             agentd_version = CASE WHEN $3 = '' THEN agentd_version ELSE $3 END \
+             WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(host_id)
+        .bind(now)
+        .bind(agentd_version)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Replaces the host's list of running agents and marks those agents active now (the
+    /// inactivity rule reads that). Unknown agent ids are refused, naming the first.
+    pub async fn report_agents(
+        &self,
+        audit: &AuditContext,
+        host_id: &str,
+        agent_ids: &[String],
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let previous = load_host(&mut tx, host_id).await?;
+        for (index, agent_id) in agent_ids.iter().enumerate() {
+            let known: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM agents WHERE id = $1 AND state <> 'deleted'",
+            )
+            .bind(agent_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if known == 0 {
+                return Err(Error::invalid(
+                    format!("agent_ids[{index}]"),
+                    format!("no registered agent has id {agent_id:?}"),
+                ));
+            }
+        }
+        sqlx::query("DELETE FROM host_agents WHERE host_id = $1")
+            .bind(host_id)
+            .execute(&mut *tx)
+            .await?;
+        for agent_id in agent_ids {
+            sqlx::query(
+                "INSERT INTO host_agents (host_id, agent_id, reported_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(host_id)
+            .bind(agent_id)
+            .bind(audit.now)
+            .execute(&mut *tx)
+            .await?;
+            // Bumping the revision makes a concurrent governance sweep re-read the agent
+            // instead of disabling it for an inactivity this report just ended.
+            sqlx::query(
+                "UPDATE agents SET last_active_at = $2, revision = revision + 1 WHERE id = $1",
+            )
+            .bind(agent_id)
+            .bind(audit.now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let host = load_host(&mut tx, host_id).await?;
+        if host.agent_ids != previous.agent_ids {
+            audit
+                .record(&mut tx, "host", host_id, Some(&previous), Some(&host))
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get_host(&self, id: &str) -> Result<Host> {
+        let mut conn = self.pool.acquire().await?;
+        load_host(&mut conn, id).await
+    }
+
+    pub async fn list_hosts(&self, include_revoked: bool) -> Result<Vec<Host>> {
+        let mut conn = self.pool.acquire().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {HOST_COLUMNS} FROM hosts WHERE $1 = 1 OR revoked_at IS NULL \
+             ORDER BY hostname, id"
+        ))
+        .bind(i64::from(include_revoked))
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut hosts = Vec::with_capacity(rows.len());
+        for row in &rows {
+            hosts.push(host_from_row(&mut conn, row).await?);
+        }
+        Ok(hosts)
+    }
+
+    /// Revokes a host and every token it holds; its next call is refused.
+    pub async fn revoke_host(&self, audit: &AuditContext, id: &str, reason: &str) -> Result<Host> {
+        let mut tx = self.begin().await?;
+        let previous = load_host(&mut tx, id).await?;
+        if previous.revoked_at.is_some() {
+            return Err(Error::FailedPrecondition(format!(
+                "host {id} is already revoked"
+            )));
+        }
+        sqlx::query("UPDATE hosts SET revoked_at = $2, revoke_reason = $3 WHERE id = $1")
+            .bind(id)
+            .bind(audit.now)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $2 WHERE role = 'host' AND principal = $1 \
+             AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .bind(audit.now)
+        .execute(&mut *tx)
+        .await?;
+        let host = load_host(&mut tx, id).await?;
+        audit
+            .record(&mut tx, "host", id, Some(&previous), Some(&host))
+            .await?;
+        tx.commit().await?;
+        Ok(host)
+    }
+
+    /// Whether the host exists and is not revoked (checked on every mTLS call).
+    pub async fn host_is_active(&self, id: &str) -> Result<bool> {
+        let revoked: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT revoked_at FROM hosts WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(matches!(revoked, Some(None)))
+    }
+
+    /// The stored CA (certificate and key PEM), if one was created.
+    pub async fn load_ca(&self) -> Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT cert_pem, key_pem FROM certificate_authority WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| Ok((row.try_get("cert_pem")?, row.try_get("key_pem")?)))
+            .transpose()
+    }
+
+    /// Stores a CA unless another replica stored one first; returns the one stored.
+    pub async fn store_ca(&self, cert_pem: &str, key_pem: &str) -> Result<(String, String)> {
+        sqlx::query(
+            "INSERT INTO certificate_authority (id, cert_pem, key_pem) VALUES (1, $1, $2) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(cert_pem)
+        .bind(key_pem)
+        .execute(&self.pool)
+        .await?;
+        self.load_ca()
+            .await?
+            .ok_or_else(|| Error::Certificate("the CA row vanished after insertion".into()))
+    }
+}

@@ -1,0 +1,157 @@
+//! API tests over real gRPC on loopback, against SQLite and PostgreSQL.
+//!
+//! A custom harness (Cargo.toml: `harness = false`): it starts one PostgreSQL server for the
+//! whole run when `AGENTD_CONTROL_TEST_BACKENDS` includes `postgres` (default: `sqlite`), runs
+//! every test against every backend, tears the server down, and prints libtest's summary line.
+//! A backend that was asked for and cannot start is a failure, never a skip. Arguments that are
+//! not flags filter tests by substring, like libtest.
+
+#![allow(
+    clippy::too_many_lines,
+    reason = "each test is one scenario, read top to bottom"
+)]
+#![allow(
+    clippy::doc_markdown,
+    reason = "prose names SQLite and PostgreSQL, not code"
+)]
+
+mod cases;
+mod postgres;
+mod rbac;
+mod support;
+
+use std::{future::Future, pin::Pin, process::ExitCode, time::Instant};
+
+use support::Backend;
+
+type TestFn = fn(Backend) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+macro_rules! tests {
+    ($($module:ident::$name:ident),+ $(,)?) => {
+        &[$((stringify!($name), |backend| Box::pin($module::$name(backend)))),+]
+    };
+}
+
+const TESTS: &[(&str, TestFn)] = tests![
+    rbac::every_method_with_every_role_is_allowed_or_denied_as_documented,
+    rbac::calls_without_a_valid_token_are_unauthenticated,
+    cases::bad_input_is_invalid_argument_naming_the_field,
+    cases::agents_inherit_blueprint_defaults,
+    cases::creating_an_agent_needs_a_sponsor_and_a_known_blueprint,
+    cases::every_mutation_is_audited_with_the_previous_value,
+    cases::a_mutation_whose_audit_record_fails_stores_nothing,
+    cases::the_audit_log_refuses_updates_and_deletes,
+    cases::sponsors_act_only_on_agents_they_answer_for,
+    cases::lifecycle_transitions_are_enforced,
+    cases::agents_expire_at_their_expiry_time,
+    cases::agents_not_reconfirmed_in_time_are_disabled,
+    cases::inactive_agents_are_disabled_and_host_reports_keep_them_active,
+    cases::removing_the_last_sponsor_orphans_with_an_alert_or_reassigns,
+    cases::access_packages_pass_approval_stages_and_expire_automatically,
+    cases::access_package_stages_are_decided_by_their_approver,
+    cases::join_tokens_are_single_use,
+    cases::expired_join_tokens_are_refused,
+    cases::a_revoked_host_is_cut_off_at_its_next_call,
+    cases::revoked_api_tokens_stop_working,
+    cases::host_reports_show_which_agents_run_where,
+    cases::mtls_host_with_its_certificate_is_accepted,
+    cases::mtls_host_call_without_a_certificate_is_refused,
+    cases::mtls_certificate_from_another_ca_is_refused,
+    cases::mtls_expired_certificate_is_refused,
+    cases::mtls_certificate_of_another_host_is_refused,
+    cases::two_replicas_share_one_database,
+    cases::kill_9_during_writes_loses_no_acknowledged_write,
+    cases::agentctl_drives_the_api_with_table_and_json_output,
+];
+
+fn main() -> ExitCode {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    let wanted = std::env::var("AGENTD_CONTROL_TEST_BACKENDS").unwrap_or_else(|_| "sqlite".into());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut passed = 0u32;
+    let mut failed = Vec::new();
+    let mut filtered = 0u32;
+    let mut backends = Vec::new();
+    let mut postgres = None;
+    for name in wanted.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name {
+            "sqlite" => backends.push(Backend::Sqlite),
+            "postgres" => match postgres::PostgresServer::start() {
+                Ok(server) => {
+                    backends.push(Backend::Postgres {
+                        admin_url: server.admin_url(),
+                        base: server.url_of("").trim_end_matches('/').to_owned(),
+                    });
+                    postgres = Some(server);
+                }
+                Err(err) => {
+                    println!("test postgres::start_server ... FAILED\n  {err:#}");
+                    failed.push("postgres::start_server".to_owned());
+                }
+            },
+            other => {
+                println!(
+                    "test backends::{other} ... FAILED (unknown backend; use sqlite,postgres)"
+                );
+                failed.push(format!("backends::{other}"));
+            }
+        }
+    }
+    let started = Instant::now();
+    println!("\nrunning {} tests", TESTS.len() * backends.len());
+    for backend in &backends {
+        for (name, test) in TESTS {
+            let full = format!("{}::{name}", backend.name());
+            if !filters.is_empty() && !filters.iter().any(|f| full.contains(f.as_str())) {
+                filtered += 1;
+                continue;
+            }
+            let backend = backend.clone();
+            let outcome = runtime.block_on(async move { tokio::spawn(test(backend)).await });
+            match outcome {
+                Ok(()) => {
+                    println!("test {full} ... ok");
+                    passed += 1;
+                }
+                Err(err) => {
+                    let why =
+                        err.try_into_panic()
+                            .ok()
+                            .and_then(|panic| {
+                                panic.downcast_ref::<String>().cloned().or_else(|| {
+                                    panic.downcast_ref::<&str>().map(|s| (*s).to_owned())
+                                })
+                            })
+                            .unwrap_or_else(|| "cancelled".into());
+                    println!("test {full} ... FAILED\n  {why}");
+                    failed.push(full);
+                }
+            }
+        }
+    }
+    drop(runtime);
+    drop(postgres);
+    if !failed.is_empty() {
+        println!("\nfailures:");
+        for name in &failed {
+            println!("    {name}");
+        }
+    }
+    println!(
+        "\ntest result: {}. {passed} passed; {} failed; 0 ignored; 0 measured; {filtered} filtered out; finished in {:.2}s\n",
+        if failed.is_empty() { "ok" } else { "FAILED" },
+        failed.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(101)
+    }
+}
