@@ -18,6 +18,15 @@ pub struct Config {
     pub network: NetworkConfig,
     /// Detections, risk levels and remediation (docs/risk.md).
     pub risk: crate::risk::RiskConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus endpoint.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where to serve `GET /metrics`, e.g. `127.0.0.1:9464`. Unset: no endpoint.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]

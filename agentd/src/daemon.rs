@@ -38,6 +38,7 @@ use crate::{
         policy::{CompiledPolicy, IdentityPolicy, Matcher, PolicyError},
     },
     lineage::{Ancestor, Lineage},
+    metrics,
     netpolicy::{Categories, Mode, layout},
     risk::{
         AgentRisk, DetectionId, Outcome, Remediation, RiskConfig, RiskConfigError, RiskEngine,
@@ -143,6 +144,9 @@ pub struct State {
     risk_config: RiskConfig,
     /// Parents and programs of agents' processes, for events.
     lineage: Lineage,
+    /// (rule, severity) → detections raised, and action → remediations done, for metrics.
+    detection_counts: std::collections::HashMap<(String, String), u64>,
+    remediation_counts: std::collections::HashMap<String, u64>,
     /// (delivered, dropped) kernel events, refreshed by the event loop before a status answer.
     event_counts: EventCounts,
     /// Names seen in DNS answers → (address, expiry).
@@ -190,6 +194,8 @@ impl State {
             sensitive_rules: HashSet::new(),
             risk_config: config.risk.clone(),
             lineage: Lineage::default(),
+            detection_counts: std::collections::HashMap::new(),
+            remediation_counts: std::collections::HashMap::new(),
             learned: std::collections::HashMap::new(),
             domains: std::collections::HashMap::new(),
         };
@@ -646,6 +652,46 @@ impl State {
         })
     }
 
+    /// The figures `/metrics` serves.
+    fn metrics(&self) -> Result<metrics::Snapshot, SensorError> {
+        let level = |level: RiskLevel| match level {
+            RiskLevel::None => 0,
+            RiskLevel::Low => 1,
+            RiskLevel::Medium => 2,
+            RiskLevel::High => 3,
+        };
+        Ok(metrics::Snapshot {
+            events: self.event_counts.clone(),
+            tagged_processes: self.process.tagged()?.len() as u64,
+            tags_lost: self.process.insert_failures()?,
+            agents: self.policy.agents.len() as u64,
+            quarantined_agents: self.net.quarantined()?.len() as u64,
+            file_enforcement: self.file_enforcement == FileEnforcement::Available,
+            network_policy_version: u64::from(self.net_version),
+            detections: self
+                .detection_counts
+                .iter()
+                .map(|(key, value)| (key.clone(), *value))
+                .collect(),
+            remediations: self
+                .remediation_counts
+                .iter()
+                .map(|(key, value)| (key.clone(), *value))
+                .collect(),
+            risk_levels: self
+                .policy
+                .agents
+                .iter()
+                .map(|agent| {
+                    (
+                        agent.agent.name.clone(),
+                        level(self.risk.level(agent.agent.id)),
+                    )
+                })
+                .collect(),
+        })
+    }
+
     /// The agent named `name` in the policy in force.
     fn agent_named(&self, name: &str) -> Result<Agent, String> {
         self.policy
@@ -683,6 +729,13 @@ impl State {
         format: OutputFormat,
     ) {
         for detection in &outcome.detections {
+            *self
+                .detection_counts
+                .entry((
+                    detection.rule.name().to_owned(),
+                    format!("{:?}", detection.severity).to_lowercase(),
+                ))
+                .or_default() += 1;
             let name = self.agent_name(detection.agent);
             notices.push(notice_line(
                 &Notice::Detection {
@@ -715,6 +768,17 @@ impl State {
                 Remediation::Kill { agent } => (agent, self.kill_agent(agent)),
             };
             let latency_ns = trigger_ns.map(|trigger| boottime_ns().saturating_sub(trigger));
+            if result.is_ok() {
+                let action = match remediation {
+                    Remediation::Quarantine { .. } => "quarantine",
+                    Remediation::Release { .. } => "release",
+                    Remediation::Kill { .. } => "kill",
+                };
+                *self
+                    .remediation_counts
+                    .entry(action.to_owned())
+                    .or_default() += 1;
+            }
             let name = self.agent_name(agent);
             if let Err(err) = &result {
                 tracing::error!(agent = name, ?remediation, %err, "remediation failed");
@@ -1102,6 +1166,38 @@ fn notice_line(notice: &Notice<'_>, format: OutputFormat) -> String {
 enum Call {
     Admin(AdminRequest, oneshot::Sender<String>),
     Whoami(Result<Peer, String>, oneshot::Sender<String>),
+    /// A Prometheus scrape: the text exposition.
+    Metrics(oneshot::Sender<String>),
+}
+
+/// Serves `GET /metrics` until the task is aborted.
+async fn serve_metrics(listener: tokio::net::TcpListener, calls: mpsc::Sender<Call>) {
+    async fn scrape(
+        axum::extract::State(calls): axum::extract::State<mpsc::Sender<Call>>,
+    ) -> Result<([(axum::http::header::HeaderName, &'static str); 1], String), axum::http::StatusCode>
+    {
+        let (tx, rx) = oneshot::channel();
+        calls
+            .send(Call::Metrics(tx))
+            .await
+            .map_err(|_| axum::http::StatusCode::SERVICE_UNAVAILABLE)?;
+        let text = rx
+            .await
+            .map_err(|_| axum::http::StatusCode::SERVICE_UNAVAILABLE)?;
+        Ok((
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        ))
+    }
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(scrape))
+        .with_state(calls);
+    if let Err(err) = axum::serve(listener, app).await {
+        tracing::error!(%err, "the metrics endpoint stopped");
+    }
 }
 
 fn bind(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
@@ -1279,6 +1375,19 @@ pub async fn run(
     let (calls_tx, mut calls) = mpsc::channel(64);
     let admin = bind(&config.api.admin_socket, 0o600)?;
     let identity = bind(&config.api.identity_socket, 0o666)?;
+    let metrics_task = match config.metrics.listen {
+        Some(listen) => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|source| DaemonError::Bind {
+                    path: PathBuf::from(listen.to_string()),
+                    source,
+                })?;
+            tracing::info!(%listen, "serving Prometheus metrics at /metrics");
+            Some(tokio::spawn(serve_metrics(listener, calls_tx.clone())))
+        }
+        None => None,
+    };
     let admin_task = tokio::spawn(serve_admin(admin, calls_tx.clone()));
     let identity_task = tokio::spawn(serve_identity(identity, calls_tx));
     tracing::info!(
@@ -1325,6 +1434,10 @@ pub async fn run(
                     let answer = peer.and_then(|peer| state.whoami(&peer));
                     let _ = reply.send(answer.map_or_else(Reply::err, Reply::ok).to_line());
                 }
+                Call::Metrics(reply) => {
+                    state.event_counts = reader.counts()?;
+                    let _ = reply.send(metrics::encode(&state.metrics()?));
+                }
             },
             Some((answer, installed)) = answers.recv() => {
                 if let Err(err) = state.learn(answer) {
@@ -1347,6 +1460,9 @@ pub async fn run(
     };
     admin_task.abort();
     identity_task.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     if let Some(task) = dns_task {
         task.abort();
     }

@@ -15,6 +15,7 @@ pub mod filepolicy;
 pub mod identity;
 pub mod kernel_btf;
 pub mod lineage;
+pub mod metrics;
 pub mod netpolicy;
 pub mod risk;
 pub mod sensors;

@@ -39,6 +39,22 @@ fn connect(daemon: &Daemon, agent: &str, addr: &str, port: u16, count: u32) -> S
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+/// `GET /metrics` on loopback, the body.
+fn scrape(port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
 const NO_LEARNING: &str = "[risk]\nlearning_window_secs = 0\n";
 
 /// An agent reads a file a rule names (audit mode: the read goes through on every kernel),
@@ -131,9 +147,16 @@ fn denied_burst_raises_medium_risk_and_an_admin_can_dismiss_and_confirm() {
     let agent = "noisy-agent";
     let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
     let port = listener.local_addr().unwrap().port();
+    let metrics_port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|free| free.local_addr())
+        .expect("a free port")
+        .port();
     let daemon = Daemon::start_with_config(
         &format!("[[agent]]\nname = \"{agent}\"\n[agent.network]\ndefault = \"deny\"\n"),
-        "[risk]\n[risk.remediation]\nquarantine = false\n",
+        &format!(
+            "[risk]\n[risk.remediation]\nquarantine = false\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+        ),
     );
     let _launched = launch_cgroup(agent);
     assert_eq!(
@@ -148,6 +171,24 @@ fn denied_burst_raises_medium_risk_and_an_admin_can_dismiss_and_confirm() {
     });
     let risk = daemon.risk(agent);
     assert_eq!(risk["level"], "medium", "{risk:#}");
+    // The same figures on the Prometheus endpoint.
+    let metrics = scrape(metrics_port);
+    for line in [
+        "agentd_detections_total{rule=\"denied_burst\",severity=\"medium\"} 1".to_owned(),
+        format!("agentd_agent_risk_level{{agent=\"{agent}\"}} 2"),
+        "agentd_agents 1".to_owned(),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("agentd_events_produced_total ")),
+        "{metrics}"
+    );
     let id = risk["detections"][0]["detection"]["id"].as_u64().unwrap();
 
     // Events carry the process lineage: a connect from a child of a shell names the shell.

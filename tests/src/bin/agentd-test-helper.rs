@@ -62,7 +62,9 @@ fn ask(fd: &str, gofile: &str) -> std::io::Result<()> {
     stream.write_all(b"whoami\n")?;
     let mut answer = String::new();
     BufReader::new(stream).read_line(&mut answer)?;
-    fs::write(format!("{gofile}.reply"), answer)
+    // Written whole, then renamed: the test waits for the name and must never read half of it.
+    fs::write(format!("{gofile}.partial"), answer)?;
+    fs::rename(format!("{gofile}.partial"), format!("{gofile}.reply"))
 }
 
 fn attempt(protocol: &str, target: std::net::SocketAddr) -> std::io::Result<()> {

@@ -1,0 +1,187 @@
+//! Prometheus metrics: the figures `agentd status` shows, plus the risk engine's counters, in
+//! the Prometheus text format. The daemon takes a [`Snapshot`] when scraped; [`encode`] turns
+//! it into the text served at `/metrics`.
+
+use prometheus_client::{
+    encoding::text,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::events::EventCounts;
+
+type Labels = Vec<(String, String)>;
+
+/// What the daemon knows at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub events: EventCounts,
+    pub tagged_processes: u64,
+    pub tags_lost: u64,
+    pub agents: u64,
+    pub quarantined_agents: u64,
+    /// 1 when BPF LSM enforces file rules, 0 when they are only observed.
+    pub file_enforcement: bool,
+    pub network_policy_version: u64,
+    /// (rule, severity) → detections raised.
+    pub detections: Vec<((String, String), u64)>,
+    /// action → remediations carried out.
+    pub remediations: Vec<(String, u64)>,
+    /// agent → risk level (0 none, 1 low, 2 medium, 3 high).
+    pub risk_levels: Vec<(String, u64)>,
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let metric = Counter::<u64>::default();
+    metric.inc_by(value);
+    registry.register(name, help, metric);
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let metric = Gauge::<i64>::default();
+    metric.set(i64::try_from(value).unwrap_or(i64::MAX));
+    registry.register(name, help, metric);
+}
+
+/// The text exposition of `snapshot`.
+pub fn encode(snapshot: &Snapshot) -> String {
+    let mut registry = Registry::with_prefix("agentd");
+    let events = &snapshot.events;
+    counter(
+        &mut registry,
+        "events_produced",
+        "Events the kernel programs tried to send",
+        events.produced,
+    );
+    counter(
+        &mut registry,
+        "events_delivered",
+        "Events read from the ring buffer and decoded",
+        events.delivered,
+    );
+    counter(
+        &mut registry,
+        "events_undecodable",
+        "Events read that did not decode",
+        events.undecodable,
+    );
+    let dropped = Family::<Labels, Counter<u64>>::default();
+    for (cpu, value) in events.dropped_per_cpu.iter().enumerate() {
+        dropped
+            .get_or_create(&vec![("cpu".to_owned(), cpu.to_string())])
+            .inc_by(*value);
+    }
+    registry.register(
+        "events_dropped",
+        "Events the ring buffer had no room for, per CPU",
+        dropped,
+    );
+    gauge(
+        &mut registry,
+        "tagged_processes",
+        "Processes tagged with an agent identity",
+        snapshot.tagged_processes,
+    );
+    counter(
+        &mut registry,
+        "tags_lost",
+        "Processes that could not be tagged because the tag map was full",
+        snapshot.tags_lost,
+    );
+    gauge(
+        &mut registry,
+        "agents",
+        "Agents in the policy in force",
+        snapshot.agents,
+    );
+    gauge(
+        &mut registry,
+        "quarantined_agents",
+        "Agents quarantined in the kernel",
+        snapshot.quarantined_agents,
+    );
+    gauge(
+        &mut registry,
+        "file_enforcement",
+        "1 when BPF LSM enforces file rules, 0 when they are only observed",
+        u64::from(snapshot.file_enforcement),
+    );
+    gauge(
+        &mut registry,
+        "network_policy_version",
+        "The network policy version in force",
+        snapshot.network_policy_version,
+    );
+    let detections = Family::<Labels, Counter<u64>>::default();
+    for ((rule, severity), value) in &snapshot.detections {
+        detections
+            .get_or_create(&vec![
+                ("rule".to_owned(), rule.clone()),
+                ("severity".to_owned(), severity.clone()),
+            ])
+            .inc_by(*value);
+    }
+    registry.register(
+        "detections",
+        "Detections raised by the risk engine",
+        detections,
+    );
+    let remediations = Family::<Labels, Counter<u64>>::default();
+    for (action, value) in &snapshot.remediations {
+        remediations
+            .get_or_create(&vec![("action".to_owned(), action.clone())])
+            .inc_by(*value);
+    }
+    registry.register("remediations", "Remediations carried out", remediations);
+    let risk = Family::<Labels, Gauge<i64>>::default();
+    for (agent, level) in &snapshot.risk_levels {
+        risk.get_or_create(&vec![("agent".to_owned(), agent.clone())])
+            .set(i64::try_from(*level).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "agent_risk_level",
+        "Risk level per agent: 0 none, 1 low, 2 medium, 3 high",
+        risk,
+    );
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = text::encode(&mut out, &registry);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_exposition_has_every_family_with_its_values() {
+        let text = encode(&Snapshot {
+            events: EventCounts {
+                delivered: 90,
+                undecodable: 1,
+                dropped: 9,
+                produced: 100,
+                dropped_per_cpu: vec![4, 5],
+            },
+            tagged_processes: 3,
+            file_enforcement: true,
+            detections: vec![(("denied_burst".into(), "medium".into()), 2)],
+            remediations: vec![("quarantine".into(), 1)],
+            risk_levels: vec![("coder".into(), 2)],
+            ..Snapshot::default()
+        });
+        for line in [
+            "agentd_events_produced_total 100",
+            "agentd_events_delivered_total 90",
+            "agentd_events_dropped_total{cpu=\"1\"} 5",
+            "agentd_tagged_processes 3",
+            "agentd_file_enforcement 1",
+            "agentd_detections_total{rule=\"denied_burst\",severity=\"medium\"} 2",
+            "agentd_remediations_total{action=\"quarantine\"} 1",
+            "agentd_agent_risk_level{agent=\"coder\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
