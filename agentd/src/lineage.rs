@@ -61,9 +61,9 @@ impl Lineage {
         }
     }
 
-    fn insert(&mut self, pid: u32, ppid: u32, exe: String) {
+    fn insert(&mut self, pid: u32, parent: u32, exe: String) {
         if self.processes.len() < MAX_PROCESSES || self.processes.contains_key(&pid) {
-            self.processes.insert(pid, Entry { ppid, exe });
+            self.processes.insert(pid, Entry { ppid: parent, exe });
         }
     }
 
@@ -105,11 +105,11 @@ mod tests {
         AgentTag::new(1, TagSource::Launch, 0)
     }
 
-    fn exec(pid: u32, ppid: u32, filename: &str) -> Event {
+    fn exec(pid: u32, parent: u32, filename: &str) -> Event {
         Event::Exec(Exec {
             ktime_ns: 0,
             pid,
-            ppid: Some(ppid),
+            ppid: Some(parent),
             uid: 0,
             gid: 0,
             cgroup_id: 0,
@@ -125,11 +125,11 @@ mod tests {
         })
     }
 
-    fn change(pid: u32, ppid: Option<u32>) -> ProcessChange {
+    fn change(pid: u32, parent: Option<u32>) -> ProcessChange {
         ProcessChange {
             ktime_ns: 0,
             pid,
-            ppid,
+            ppid: parent,
             exit_code: None,
             tag: tag(),
         }
