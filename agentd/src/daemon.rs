@@ -1170,6 +1170,24 @@ enum Call {
     Metrics(oneshot::Sender<String>),
 }
 
+/// Binds the metrics endpoint, if one is configured, and serves it on a task.
+async fn start_metrics(
+    listen: Option<std::net::SocketAddr>,
+    calls: &mpsc::Sender<Call>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, DaemonError> {
+    let Some(listen) = listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| DaemonError::Bind {
+            path: PathBuf::from(listen.to_string()),
+            source,
+        })?;
+    tracing::info!(%listen, "serving Prometheus metrics at /metrics");
+    Ok(Some(tokio::spawn(serve_metrics(listener, calls.clone()))))
+}
+
 /// Serves `GET /metrics` until the task is aborted.
 async fn serve_metrics(listener: tokio::net::TcpListener, calls: mpsc::Sender<Call>) {
     async fn scrape(
@@ -1375,19 +1393,7 @@ pub async fn run(
     let (calls_tx, mut calls) = mpsc::channel(64);
     let admin = bind(&config.api.admin_socket, 0o600)?;
     let identity = bind(&config.api.identity_socket, 0o666)?;
-    let metrics_task = match config.metrics.listen {
-        Some(listen) => {
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .map_err(|source| DaemonError::Bind {
-                    path: PathBuf::from(listen.to_string()),
-                    source,
-                })?;
-            tracing::info!(%listen, "serving Prometheus metrics at /metrics");
-            Some(tokio::spawn(serve_metrics(listener, calls_tx.clone())))
-        }
-        None => None,
-    };
+    let metrics_task = start_metrics(config.metrics.listen, &calls_tx).await?;
     let admin_task = tokio::spawn(serve_admin(admin, calls_tx.clone()));
     let identity_task = tokio::spawn(serve_identity(identity, calls_tx));
     tracing::info!(

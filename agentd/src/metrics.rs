@@ -112,6 +112,15 @@ pub fn encode(snapshot: &Snapshot) -> String {
         "The network policy version in force",
         snapshot.network_policy_version,
     );
+    register_risk(&mut registry, snapshot);
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = text::encode(&mut out, &registry);
+    out
+}
+
+/// The risk engine's families.
+fn register_risk(registry: &mut Registry, snapshot: &Snapshot) {
     let detections = Family::<Labels, Counter<u64>>::default();
     for ((rule, severity), value) in &snapshot.detections {
         detections
@@ -143,10 +152,6 @@ pub fn encode(snapshot: &Snapshot) -> String {
         "Risk level per agent: 0 none, 1 low, 2 medium, 3 high",
         risk,
     );
-    let mut out = String::new();
-    // Writing into a String cannot fail.
-    let _ = text::encode(&mut out, &registry);
-    out
 }
 
 #[cfg(test)]
