@@ -1170,6 +1170,38 @@ enum Call {
     Metrics(oneshot::Sender<String>),
 }
 
+/// Answers one call from a socket task.
+fn handle_call(
+    call: Call,
+    state: &mut State,
+    reader: &EventReader,
+    output: &mut Output,
+) -> Result<(), DaemonError> {
+    match call {
+        Call::Admin(AdminRequest::Risk(request), reply) => {
+            let (answer, written) = state.risk_request(request, output.format);
+            output.notices.extend(written);
+            output.flush()?;
+            let _ = reply.send(answer);
+        }
+        Call::Admin(request, reply) => {
+            if request == AdminRequest::Status {
+                state.event_counts = reader.counts()?;
+            }
+            let _ = reply.send(state.handle_admin(request));
+        }
+        Call::Whoami(peer, reply) => {
+            let answer = peer.and_then(|peer| state.whoami(&peer));
+            let _ = reply.send(answer.map_or_else(Reply::err, Reply::ok).to_line());
+        }
+        Call::Metrics(reply) => {
+            state.event_counts = reader.counts()?;
+            let _ = reply.send(metrics::encode(&state.metrics()?));
+        }
+    }
+    Ok(())
+}
+
 /// Binds the metrics endpoint, if one is configured, and serves it on a task.
 async fn start_metrics(
     listen: Option<std::net::SocketAddr>,
@@ -1423,28 +1455,7 @@ pub async fn run(
                 }
                 output.events(&mut state, &mut batch)?;
             }
-            Some(call) = calls.recv() => match call {
-                Call::Admin(AdminRequest::Risk(request), reply) => {
-                    let (answer, written) = state.risk_request(request, output.format);
-                    output.notices.extend(written);
-                    output.flush()?;
-                    let _ = reply.send(answer);
-                }
-                Call::Admin(request, reply) => {
-                    if request == AdminRequest::Status {
-                        state.event_counts = reader.counts()?;
-                    }
-                    let _ = reply.send(state.handle_admin(request));
-                }
-                Call::Whoami(peer, reply) => {
-                    let answer = peer.and_then(|peer| state.whoami(&peer));
-                    let _ = reply.send(answer.map_or_else(Reply::err, Reply::ok).to_line());
-                }
-                Call::Metrics(reply) => {
-                    state.event_counts = reader.counts()?;
-                    let _ = reply.send(metrics::encode(&state.metrics()?));
-                }
-            },
+            Some(call) = calls.recv() => handle_call(call, &mut state, &reader, &mut output)?,
             Some((answer, installed)) = answers.recv() => {
                 if let Err(err) = state.learn(answer) {
                     tracing::warn!(%err, "installing addresses from a DNS answer");
@@ -1464,12 +1475,15 @@ pub async fn run(
             }
         }
     };
-    admin_task.abort();
-    identity_task.abort();
-    if let Some(task) = metrics_task {
-        task.abort();
-    }
-    if let Some(task) = dns_task {
+    for task in [
+        Some(admin_task),
+        Some(identity_task),
+        metrics_task,
+        dns_task,
+    ]
+    .into_iter()
+    .flatten()
+    {
         task.abort();
     }
     let _ = std::fs::remove_file(&config.api.admin_socket);
