@@ -335,7 +335,7 @@ fn risk(socket: &Path, action: RiskAction) -> anyhow::Result<()> {
                 let detection = &record["detection"];
                 println!(
                     "{:>6}  {:<8}  {:<10}  {:<24}  {}",
-                    detection["id"],
+                    detection["id"].as_u64().unwrap_or_default(),
                     detection["severity"].as_str().unwrap_or("?"),
                     record["state"].as_str().unwrap_or("?"),
                     detection["rule"].as_str().unwrap_or("?"),
