@@ -23,9 +23,9 @@ use agentd_common::{
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_socket_cookie},
-    macros::{cgroup_sock_addr, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, lpm_trie::Key},
-    programs::SockAddrContext,
+    macros::{cgroup_skb, cgroup_sock_addr, map},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, lpm_trie::Key},
+    programs::{SkBuffContext, SockAddrContext},
 };
 
 use crate::{
@@ -464,10 +464,53 @@ fn check(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
     }
     let decision = decide(tag.agent, &dst);
     report(tgid, tag.agent, &dst, hook, &decision);
+    if decision.allow {
+        remember_socket(ctx, tag.agent);
+    }
     // The verifier must see a return value of exactly 0 or 1. A bool reloaded from the stack
     // is only known to be a byte, so compare an opaque copy and return constants.
     let allowed = core::hint::black_box(u32::from(decision.allow));
     if allowed == 1 { ALLOW } else { DENY }
+}
+
+/// Socket cookie → the agent whose process connected or sent on it, for egress accounting. LRU:
+/// closed sockets age out; 65,536 open agent sockets at once before the oldest is forgotten
+/// (its later bytes are then not counted).
+#[map]
+static SOCK_AGENT: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Agent → bytes its sockets sent, per CPU. 4,096 agents: as many as a policy can name.
+#[map]
+pub static AGENT_EGRESS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// Remembers that an agent's process uses the socket behind `ctx`.
+#[inline(always)]
+fn remember_socket(ctx: &SockAddrContext, agent: u32) {
+    // SAFETY: a plain helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    // A full LRU map evicts; it never fails for lack of room.
+    let _ = SOCK_AGENT.insert(cookie, agent, 0);
+}
+
+/// `cgroup_skb/egress` at the cgroup root: counts the bytes each agent's sockets send. Never
+/// drops a packet.
+#[cgroup_skb(egress)]
+pub fn egress(ctx: SkBuffContext) -> i32 {
+    // SAFETY: a plain helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+    // SAFETY: the value is copied out at once.
+    let Some(agent) = (unsafe { SOCK_AGENT.get(&cookie) }).copied() else {
+        return 1;
+    };
+    let len = u64::from(ctx.len());
+    match AGENT_EGRESS.get_ptr_mut(&agent) {
+        // SAFETY: a per-CPU value: nothing else on this CPU writes it meanwhile.
+        Some(bytes) => unsafe { *bytes += len },
+        None => {
+            let _ = AGENT_EGRESS.insert(&agent, &len, 0);
+        }
+    }
+    1
 }
 
 #[cgroup_sock_addr(connect4)]

@@ -41,8 +41,8 @@ use crate::{
     metrics,
     netpolicy::{Categories, Mode, layout},
     risk::{
-        AgentRisk, DetectionId, Outcome, Remediation, RiskConfig, RiskConfigError, RiskEngine,
-        RiskLevel,
+        self, AgentRisk, DetectionId, Outcome, Remediation, RiskConfig, RiskConfigError,
+        RiskEngine, RiskLevel,
     },
     sensors::{
         SensorError,
@@ -144,6 +144,8 @@ pub struct State {
     risk_config: RiskConfig,
     /// Parents and programs of agents' processes, for events.
     lineage: Lineage,
+    /// Agent number → bytes its sockets had sent at the last tick.
+    egress_seen: std::collections::HashMap<u32, u64>,
     /// (rule, severity) → detections raised, and action → remediations done, for metrics.
     detection_counts: std::collections::HashMap<(String, String), u64>,
     remediation_counts: std::collections::HashMap<String, u64>,
@@ -194,6 +196,7 @@ impl State {
             sensitive_rules: HashSet::new(),
             risk_config: config.risk.clone(),
             lineage: Lineage::default(),
+            egress_seen: std::collections::HashMap::new(),
             detection_counts: std::collections::HashMap::new(),
             remediation_counts: std::collections::HashMap::new(),
             learned: std::collections::HashMap::new(),
@@ -795,6 +798,35 @@ impl State {
         }
     }
 
+    /// Feeds the bytes each agent sent since the last tick to the risk engine.
+    fn assess_egress(&mut self, now_ns: u64, notices: &mut Vec<String>, format: OutputFormat) {
+        let totals = match self.net.egress_bytes() {
+            Ok(totals) => totals,
+            Err(err) => {
+                tracing::warn!(%err, "reading agents' egress bytes");
+                return;
+            }
+        };
+        for (index, total) in totals {
+            let before = self.egress_seen.insert(index, total).unwrap_or(0);
+            let Some(agent) = self.registry.agent(index) else {
+                continue;
+            };
+            if total > before {
+                let outcome = self.risk.observe(&risk::Observation {
+                    agent: agent.id,
+                    ktime_ns: now_ns,
+                    kind: risk::ObservationKind::Egress {
+                        bytes: total - before,
+                    },
+                });
+                if !outcome.is_empty() {
+                    self.conclude(&outcome, None, notices, format);
+                }
+            }
+        }
+    }
+
     /// Kills every process tagged with `agent`.
     fn kill_agent(&mut self, agent: AgentId) -> Result<(), String> {
         let name = self.agent_name(agent);
@@ -1057,7 +1089,9 @@ impl Output {
 
     /// Once a second: risk decay, and the alarm about lost events.
     fn tick(&mut self, state: &mut State, reader: &EventReader) -> Result<(), DaemonError> {
-        let outcome = state.risk.tick(boottime_ns());
+        let now = boottime_ns();
+        state.assess_egress(now, &mut self.notices, self.format);
+        let outcome = state.risk.tick(now);
         if !outcome.is_empty() {
             state.conclude(&outcome, None, &mut self.notices, self.format);
         }

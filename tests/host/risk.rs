@@ -309,3 +309,68 @@ fn tiny_ring_buffer_under_load_reports_drops_and_accounts_for_every_event() {
         .sum();
     assert!(lost > 0 && lost <= status.events_dropped);
 }
+
+/// Bytes an agent's sockets send are counted in the kernel (`cgroup_skb/egress`); past the
+/// absolute limit, `egress_spike` fires.
+#[test]
+fn egress_volume_is_counted_in_the_kernel_and_a_spike_is_detected() {
+    let agent = "uploader";
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().unwrap().port();
+    let sink = std::thread::spawn(move || {
+        use std::io::Read as _;
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received).expect("read");
+        received.len()
+    });
+    let daemon = Daemon::start_with_config(
+        &format!("[[agent]]\nname = \"{agent}\"\n"),
+        "[risk]\n[risk.egress_spike]\nabsolute_bytes = 1048576\nwindow_secs = 60\n\
+         [risk.remediation]\nquarantine = false\n",
+    );
+    let _launched = launch_cgroup(agent);
+    let bin = helper();
+    let output = daemon
+        .launch(
+            agent,
+            &[
+                bin.to_str().unwrap(),
+                "send",
+                "127.0.0.1",
+                &port.to_string(),
+                "4194304",
+            ],
+        )
+        .output()
+        .expect("helper");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "sent=4194304"
+    );
+    assert_eq!(sink.join().unwrap(), 4_194_304);
+    let mut seen = Vec::new();
+    wait_until("egress_spike fires", || {
+        collect(&daemon, &mut seen);
+        seen.iter()
+            .any(|e| e["kind"] == "detection" && e["rule"] == "egress_spike")
+    });
+    let detection = seen
+        .iter()
+        .find(|e| e["kind"] == "detection" && e["rule"] == "egress_spike")
+        .unwrap();
+    assert_eq!(detection["agent_name"], agent);
+    let bytes = observed_bytes(detection);
+    assert!(
+        bytes >= 4_194_304,
+        "the kernel counted {bytes} bytes: {detection}"
+    );
+}
+
+/// The bytes in a detection's egress evidence.
+fn observed_bytes(detection: &serde_json::Value) -> u64 {
+    detection["evidence"]
+        .as_array()
+        .map(|evidence| evidence.iter().filter_map(|o| o["bytes"].as_u64()).sum())
+        .unwrap_or(0)
+}

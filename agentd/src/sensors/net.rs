@@ -16,16 +16,21 @@ use agentd_common::{
 };
 use aya::{
     maps::{
-        Array, HashMap, MapData, MapError,
+        Array, HashMap, MapData, MapError, PerCpuHashMap,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::{CgroupAttachMode, CgroupSockAddr, cgroup_sock_addr::CgroupSockAddrLink},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
+        cgroup_skb::CgroupSkbLink, cgroup_sock_addr::CgroupSockAddrLink,
+    },
 };
 
 use super::{SensorError, attach_error, load_error, map_error, replace_all};
 use crate::{ebpf::LoadedObject, netpolicy::Prefix};
 
 const PROGRAMS: [&str; 5] = ["connect4", "connect6", "sendmsg4", "sendmsg6", "recvmsg4"];
+/// The `cgroup_skb/egress` program that counts agents' bytes.
+const EGRESS: &str = "egress";
 
 /// One generation's content, as the kernel maps hold it.
 #[derive(Clone, Debug, Default)]
@@ -60,10 +65,12 @@ pub struct NetSensor {
     quarantine_v6: LpmTrie<MapData, [u8; 16], u32>,
     dns: Array<MapData, DnsRedirect>,
     learned: HashMap<MapData, LearnedKeyV4, NetRule>,
+    egress: PerCpuHashMap<MapData, u32, u64>,
     generation: u32,
     written: StdHashMap<u32, Written>,
     quarantine_allow: Vec<Prefix>,
     _links: Vec<CgroupSockAddrLink>,
+    _egress_link: Option<CgroupSkbLink>,
 }
 
 fn take<M>(object: &mut LoadedObject, name: &'static str) -> Result<M, SensorError>
@@ -104,10 +111,12 @@ impl NetSensor {
             quarantine_v6: take(object, "NET_QUARANTINE_ALLOW_V6")?,
             dns: take(object, "NET_DNS")?,
             learned: take(object, "NET_LEARNED_V4")?,
+            egress: take(object, "AGENT_EGRESS")?,
             generation: 0,
             written: StdHashMap::new(),
             quarantine_allow: Vec::new(),
             _links: Vec::new(),
+            _egress_link: None,
         };
         let root = std::fs::File::open(cgroup_root).map_err(|source| SensorError::Cgroup {
             path: cgroup_root.to_owned(),
@@ -123,10 +132,29 @@ impl NetSensor {
                 .map_err(attach_error(name))?;
             links.push(program.take_link(link_id).map_err(attach_error(name))?);
         }
+        let program: &mut CgroupSkb = super::program(&mut object.ebpf, EGRESS)?;
+        program.load().map_err(load_error(EGRESS))?;
+        let link_id = program
+            .attach(&root, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+            .map_err(attach_error(EGRESS))?;
+        let egress_link = program.take_link(link_id).map_err(attach_error(EGRESS))?;
         Ok(Self {
             _links: links,
+            _egress_link: Some(egress_link),
             ..sensor
         })
+    }
+
+    /// Bytes each agent's sockets have sent since agentd started, by agent number.
+    pub fn egress_bytes(&self) -> Result<Vec<(u32, u64)>, SensorError> {
+        self.egress
+            .iter()
+            .map(|entry| {
+                entry
+                    .map(|(agent, per_cpu)| (agent, per_cpu.iter().sum()))
+                    .map_err(map_error("AGENT_EGRESS"))
+            })
+            .collect()
     }
 
     fn write(

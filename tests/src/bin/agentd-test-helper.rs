@@ -16,6 +16,8 @@
 //! - `agentd-test-helper open-evasions PATH`: tries to read PATH in ways that dodge a check
 //!   on the name: `openat2`, and an `O_PATH` descriptor reopened through `/proc/self/fd/N`.
 //!   Prints `openat2=ok|eperm|error:... proc-fd=ok|eperm|error:...`.
+//! - `agentd-test-helper send ADDR PORT BYTES`: connects over TCP and sends BYTES bytes; prints
+//!   `sent=N`.
 //! - `agentd-test-helper truncate PATH`: `truncate(2)` to 0 bytes; prints `ok|eperm|error:...`.
 
 use std::{
@@ -202,6 +204,21 @@ fn outcome(ret: i64) -> String {
     failure()
 }
 
+fn send(addr: &str, port: &str, bytes: &str) -> std::io::Result<()> {
+    let bytes: usize = bytes.parse().map_err(std::io::Error::other)?;
+    let port: u16 = port.parse().map_err(std::io::Error::other)?;
+    let mut stream = std::net::TcpStream::connect((addr, port))?;
+    let chunk = vec![0x5a; 64 * 1024];
+    let mut sent = 0;
+    while sent < bytes {
+        let n = chunk.len().min(bytes - sent);
+        stream.write_all(&chunk[..n])?;
+        sent += n;
+    }
+    println!("sent={sent}");
+    Ok(())
+}
+
 fn open_evasions(path: &str) -> std::io::Result<()> {
     let name = std::ffi::CString::new(path).map_err(std::io::Error::other)?;
     // struct open_how { u64 flags; u64 mode; u64 resolve; }
@@ -241,6 +258,7 @@ fn main() -> ExitCode {
         ["net", protocol, addr, port, count, rate] => net(protocol, addr, port, count, Some(rate)),
         ["resolve-connect", server, name, port] => resolve_connect(server, name, port),
         ["open-evasions", path] => open_evasions(path),
+        ["send", addr, port, bytes] => send(addr, port, bytes),
         ["truncate", path] => std::ffi::CString::new(path)
             .map_err(std::io::Error::other)
             .map(|name| {
