@@ -14,6 +14,8 @@ const PROTOS: &[&str] = &[
     "proto/agentd/v1/audit.proto",
     "proto/agentd/v1/host.proto",
     "proto/agentd/v1/auth.proto",
+    "proto/agentd/v1/policy.proto",
+    "proto/agentd/v1/risk.proto",
 ];
 
 fn main() -> anyhow::Result<()> {

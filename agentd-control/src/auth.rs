@@ -71,6 +71,26 @@ methods! {
         GetHost => [Admin, Auditor],
         ListHosts => [Admin, Sponsor, Auditor],
         RevokeHost => [Admin],
+        SetHostLabels => [Admin],
+        WatchDecisions => [Host],
+        AckDecisions => [Host],
+        ReportDetections => [Host],
+    }
+    "PolicyService" {
+        CreatePolicy => [Admin],
+        UpdatePolicy => [Admin],
+        GetPolicy => [Admin, Auditor],
+        ListPolicies => [Admin, Auditor],
+        ListPolicyVersions => [Admin, Auditor],
+        DeletePolicy => [Admin],
+        SetPolicyState => [Admin],
+        WhatIf => [Admin, Auditor],
+    }
+    "RiskService" {
+        GetAgentRisk => [Admin, Sponsor, Auditor],
+        ListDetections => [Admin, Sponsor, Auditor],
+        ConfirmAgentCompromised => [Admin],
+        ConfirmAgentSafe => [Admin],
     }
     "AuthService" {
         CreateApiToken => [Admin],
@@ -105,7 +125,7 @@ mod tests {
 
     #[test]
     fn auditors_change_nothing() {
-        let readers = ["Get", "List", "WhoAmI"];
+        let readers = ["Get", "List", "WhoAmI", "WhatIf"];
         for method in Method::ALL {
             if method.allows(Auditor) {
                 assert!(

@@ -39,7 +39,7 @@ text_enum!(
     /// Lifecycle of an agent.
     AgentState { Created = "created", Active = "active", Disabled = "disabled", Expired = "expired", Deleted = "deleted" }
 );
-text_enum!(OfflineBehavior { Inherit = "inherit", LastKnown = "last_known", FailClosed = "fail_closed" });
+text_enum!(OfflineBehavior { Inherit = "inherit", LastKnown = "last_known", FailClosed = "fail_closed", Baseline = "baseline" });
 text_enum!(DefaultAction { Allow = "allow", Deny = "deny" });
 text_enum!(Protocol { Mcp = "mcp", A2a = "a2a", Http = "http" });
 text_enum!(PrincipalRelation { Sponsor = "sponsor", Owner = "owner" });
@@ -108,7 +108,14 @@ pub struct BlueprintSpec {
     /// `Inherit` is stored as `LastKnown`.
     pub offline_behavior: Option<OfflineBehavior>,
     pub governance: GovernanceSettings,
+    /// How old decisions may grow offline before `FailClosed` blocks and `Baseline` falls back;
+    /// 0: [`DEFAULT_OFFLINE_TTL_SECONDS`].
+    #[serde(default)]
+    pub offline_ttl_seconds: u32,
 }
+
+/// The offline TTL of a blueprint that sets none.
+pub const DEFAULT_OFFLINE_TTL_SECONDS: u32 = 900;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Blueprint {

@@ -25,6 +25,9 @@ fn to_proto(host: Host) -> proto::Host {
         revoked: host.revoked_at.is_some(),
         revoke_time: optional_timestamp(host.revoked_at),
         agentd_version: host.agentd_version,
+        applied_decision_version: 0,
+        applied_time: None,
+        labels: std::collections::HashMap::new(),
     }
 }
 
@@ -182,5 +185,41 @@ impl HostService for ControlPlane {
         Ok(Response::new(proto::RevokeHostResponse {
             host: Some(to_proto(host)),
         }))
+    }
+
+    async fn set_host_labels(
+        &self,
+        request: Request<proto::SetHostLabelsRequest>,
+    ) -> Result<Response<proto::SetHostLabelsResponse>, Status> {
+        self.authorize(&request, Method::SetHostLabels).await?;
+        Err(Status::unimplemented("SetHostLabels: not implemented yet"))
+    }
+
+    type WatchDecisionsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<proto::WatchDecisionsResponse, Status>> + Send>,
+    >;
+
+    async fn watch_decisions(
+        &self,
+        request: Request<proto::WatchDecisionsRequest>,
+    ) -> Result<Response<Self::WatchDecisionsStream>, Status> {
+        self.authorize(&request, Method::WatchDecisions).await?;
+        Err(Status::unimplemented("WatchDecisions: not implemented yet"))
+    }
+
+    async fn ack_decisions(
+        &self,
+        request: Request<proto::AckDecisionsRequest>,
+    ) -> Result<Response<proto::AckDecisionsResponse>, Status> {
+        self.authorize(&request, Method::AckDecisions).await?;
+        Err(Status::unimplemented("AckDecisions: not implemented yet"))
+    }
+
+    async fn report_detections(
+        &self,
+        request: Request<proto::ReportDetectionsRequest>,
+    ) -> Result<Response<proto::ReportDetectionsResponse>, Status> {
+        self.authorize(&request, Method::ReportDetections).await?;
+        Err(Status::unimplemented("ReportDetections: not implemented yet"))
     }
 }

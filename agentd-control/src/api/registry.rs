@@ -101,19 +101,22 @@ fn offline_from_proto(field: &str, value: i32) -> Result<OfflineBehavior> {
             None | Some(proto::OfflineBehavior::Unspecified) => OfflineBehavior::Inherit,
             Some(proto::OfflineBehavior::LastKnown) => OfflineBehavior::LastKnown,
             Some(proto::OfflineBehavior::FailClosed) => OfflineBehavior::FailClosed,
+            Some(proto::OfflineBehavior::Baseline) => OfflineBehavior::Baseline,
         },
     )
 }
 
-fn offline_to_proto(value: OfflineBehavior) -> proto::OfflineBehavior {
+pub(super) fn offline_to_proto(value: OfflineBehavior) -> proto::OfflineBehavior {
     match value {
         OfflineBehavior::Inherit => proto::OfflineBehavior::Unspecified,
         OfflineBehavior::LastKnown => proto::OfflineBehavior::LastKnown,
         OfflineBehavior::FailClosed => proto::OfflineBehavior::FailClosed,
+        OfflineBehavior::Baseline => proto::OfflineBehavior::Baseline,
     }
 }
 
 const MAX_DAYS: u32 = 36_500;
+const MAX_OFFLINE_TTL_SECONDS: u32 = 30 * 24 * 3600;
 
 fn governance(
     field: &str,
@@ -225,6 +228,15 @@ fn blueprint_from_proto(
         attributes: validate::attributes("blueprint.attributes", &blueprint.attributes)?,
         offline_behavior: (offline != OfflineBehavior::Inherit).then_some(offline),
         governance: governance("blueprint.governance", blueprint.governance.as_ref())?,
+        offline_ttl_seconds: match blueprint.offline_ttl_seconds {
+            ttl if ttl > MAX_OFFLINE_TTL_SECONDS => {
+                return Err(Error::invalid(
+                    "blueprint.offline_ttl_seconds",
+                    format!("{ttl} is more than {MAX_OFFLINE_TTL_SECONDS} (30 days)"),
+                ));
+            }
+            ttl => ttl,
+        },
     };
     Ok((name, description, spec))
 }
@@ -260,6 +272,7 @@ pub(super) fn blueprint_to_proto(blueprint: &Blueprint) -> proto::Blueprint {
         governance: Some(governance_to_proto(spec.governance)),
         create_time: Some(timestamp(blueprint.created_at)),
         update_time: Some(timestamp(blueprint.updated_at)),
+        offline_ttl_seconds: spec.offline_ttl_seconds,
     }
 }
 

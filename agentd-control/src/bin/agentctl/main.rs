@@ -134,10 +134,12 @@ impl NetworkDefault {
 enum Offline {
     /// Inherit (agents: the blueprint's; blueprints: last-known).
     Inherit,
-    /// Keep enforcing the last decisions received.
+    /// Keep enforcing the last decisions received, however old (fail-open).
     LastKnown,
-    /// Block the agent's network access until the control plane is back.
+    /// Block the agent (network and file writes) once the decisions are older than the TTL.
     FailClosed,
+    /// Fall back to the blueprint's baseline once the decisions are older than the TTL.
+    Baseline,
 }
 
 impl Offline {
@@ -146,6 +148,7 @@ impl Offline {
             Self::Inherit => proto::OfflineBehavior::Unspecified,
             Self::LastKnown => proto::OfflineBehavior::LastKnown,
             Self::FailClosed => proto::OfflineBehavior::FailClosed,
+            Self::Baseline => proto::OfflineBehavior::Baseline,
         }
     }
 }
@@ -242,6 +245,10 @@ struct BlueprintChanges {
     attributes: Vec<(String, String)>,
     #[arg(long, value_enum)]
     offline: Option<Offline>,
+    /// Seconds decisions may age offline before fail-closed blocks and baseline falls back
+    /// (0: the default, 900).
+    #[arg(long, value_name = "SECONDS")]
+    offline_ttl: Option<u32>,
     #[command(flatten)]
     governance: GovernanceChanges,
 }
@@ -271,6 +278,9 @@ impl BlueprintChanges {
         }
         if let Some(offline) = self.offline {
             blueprint.offline_behavior = offline.proto().into();
+        }
+        if let Some(ttl) = self.offline_ttl {
+            blueprint.offline_ttl_seconds = ttl;
         }
         blueprint.governance = Some(self.governance.apply(blueprint.governance));
         blueprint
@@ -333,6 +343,10 @@ struct BlueprintSpec {
     /// What hosts enforce while they cannot reach the control plane.
     #[arg(long, value_enum, default_value = "last-known")]
     offline: Offline,
+    /// Seconds decisions may age offline before fail-closed blocks and baseline falls back
+    /// (0: the default, 900).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    offline_ttl: u32,
     #[command(flatten)]
     governance: GovernanceArgs,
 }
@@ -354,6 +368,7 @@ impl BlueprintSpec {
             governance: Some(self.governance.proto()),
             create_time: None,
             update_time: None,
+            offline_ttl_seconds: self.offline_ttl,
         }
     }
 }
