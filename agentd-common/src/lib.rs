@@ -644,6 +644,8 @@ impl NetEvent {
     pub const FLAG_DNS: u8 = 1 << 4;
     /// A destination learned from a DNS answer matched a domain rule.
     pub const FLAG_LEARNED: u8 = 1 << 5;
+    /// The agent's Conditional Access decision decided (deny, or would deny in report-only).
+    pub const FLAG_CONDITIONAL_ACCESS: u8 = 1 << 6;
 }
 
 /// Where the kernel steers tagged processes' DNS queries: agentd's resolver.
@@ -667,6 +669,77 @@ pub struct OriginalDestination {
     pub port: u32,
 }
 const _: () = assert!(size_of::<OriginalDestination>() == 8);
+
+/// How many Conditional Access grants the kernel scans for one destination prefix (the
+/// prefix's own and those of every shorter prefix containing it, denials first).
+pub const CA_GRANTS_PER_PREFIX: usize = 8;
+
+/// An agent's Conditional Access decision, as the network hooks apply it after the local policy
+/// allowed a connect: deny wins.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct CaAgent {
+    /// `CaAgent::FLAG_*` bits.
+    pub flags: u32,
+    /// The rule number reported when the allow-list has no grant for a destination.
+    pub rule: u32,
+}
+const _: () = assert!(size_of::<CaAgent>() == 8);
+
+impl CaAgent {
+    /// The agent may reach only its grants (default deny).
+    pub const FLAG_RESTRICTED: u32 = 1 << 0;
+    /// Report-only: what would be denied is reported and allowed.
+    pub const FLAG_REPORT_ONLY: u32 = 1 << 1;
+    /// Blocked: every connect is denied.
+    pub const FLAG_BLOCK: u32 = 1 << 2;
+}
+
+/// One Conditional Access grant or denial: a port range, until an expiry the hook checks.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct CaGrant {
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// A `net_action` value.
+    pub action: u8,
+    pub pad: [u8; 3],
+    /// The rule number reported (the policy or access package it comes from).
+    pub rule: u32,
+    pub pad2: u32,
+    /// `CLOCK_BOOTTIME` nanoseconds from which the entry no longer applies; 0: never expires.
+    pub expires_ns: u64,
+}
+const _: () = assert!(size_of::<CaGrant>() == 24);
+
+/// The Conditional Access entries that apply under one destination prefix, in scan order.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct CaGrantList {
+    pub count: u32,
+    pub pad: u32,
+    pub grants: [CaGrant; CA_GRANTS_PER_PREFIX],
+}
+const _: () = assert!(size_of::<CaGrantList>() == 8 + 24 * CA_GRANTS_PER_PREFIX);
+
+/// Key of `CA_GRANTS_V4`: the agent and an IPv4 prefix (LPM, prefix length counts the agent's
+/// 32 bits).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CaKeyV4 {
+    pub agent: u32,
+    pub addr: [u8; 4],
+}
+const _: () = assert!(size_of::<CaKeyV4>() == 8);
+
+/// Key of `CA_GRANTS_V6`.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CaKeyV6 {
+    pub agent: u32,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<CaKeyV6>() == 20);
 
 /// Key of a destination learned from a DNS answer, for one agent.
 #[repr(C)]
@@ -704,4 +777,8 @@ mod pod {
     unsafe impl aya::Pod for super::FileRuleKey {}
     unsafe impl aya::Pod for super::FileRule {}
     unsafe impl aya::Pod for super::FileNameKey {}
+    unsafe impl aya::Pod for super::CaAgent {}
+    unsafe impl aya::Pod for super::CaGrantList {}
+    unsafe impl aya::Pod for super::CaKeyV4 {}
+    unsafe impl aya::Pod for super::CaKeyV6 {}
 }

@@ -16,13 +16,16 @@
 use core::ptr::{read_volatile, write_volatile};
 
 use agentd_common::{
-    BlockKeyV4, BlockKeyV6, COMM_LEN, DnsRedirect, EventKind, LearnedKeyV4, NET_RULES_PER_PREFIX,
-    NetAgentKey, NetAgentPolicy, NetEvent, NetKeyV4, NetKeyV6, NetRule, NetRuleList,
-    OriginalDestination, Verdict, net_action,
+    BlockKeyV4, BlockKeyV6, CA_GRANTS_PER_PREFIX, COMM_LEN, CaAgent, CaGrantList, CaKeyV4, CaKeyV6,
+    DnsRedirect, EventKind, LearnedKeyV4, NET_RULES_PER_PREFIX, NetAgentKey, NetAgentPolicy,
+    NetEvent, NetKeyV4, NetKeyV6, NetRule, NetRuleList, OriginalDestination, Verdict, net_action,
 };
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_socket_cookie},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_socket_cookie,
+        bpf_ktime_get_boot_ns,
+    },
     macros::{cgroup_skb, cgroup_sock_addr, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, lpm_trie::Key},
     programs::{SkBuffContext, SockAddrContext},
@@ -462,7 +465,12 @@ fn check(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
         report(tgid, tag.agent, &dst, hook, &decision);
         return ALLOW;
     }
-    let decision = decide(tag.agent, &dst);
+    let mut decision = decide(tag.agent, &dst);
+    if decision.allow
+        && let Some(ca) = conditional_access(tag.agent, &dst, decision.version)
+    {
+        decision = ca;
+    }
     report(tgid, tag.agent, &dst, hook, &decision);
     if decision.allow {
         remember_socket(ctx, tag.agent);
@@ -471,6 +479,113 @@ fn check(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
     // is only known to be a byte, so compare an opaque copy and return constants.
     let allowed = core::hint::black_box(u32::from(decision.allow));
     if allowed == 1 { ALLOW } else { DENY }
+}
+
+/// Agent → its Conditional Access decision. 4,096 agents.
+#[map]
+pub static CA_AGENTS: HashMap<u32, CaAgent> = HashMap::with_max_entries(4096, 0);
+
+/// (agent, IPv4 prefix) → Conditional Access grants and denials under it. 16,384 prefixes.
+#[map]
+pub static CA_GRANTS_V4: LpmTrie<CaKeyV4, CaGrantList> = LpmTrie::with_max_entries(16_384, 0);
+
+/// (agent, IPv6 prefix) → Conditional Access grants and denials under it.
+#[map]
+pub static CA_GRANTS_V6: LpmTrie<CaKeyV6, CaGrantList> = LpmTrie::with_max_entries(16_384, 0);
+
+/// (agent, address a DNS answer gave for a granted or denied domain) → its entries. 16,384.
+#[map]
+pub static CA_LEARNED_V4: HashMap<LearnedKeyV4, CaGrantList> = HashMap::with_max_entries(16_384, 0);
+
+/// What a Conditional Access list says about `port` now: 0 nothing, 1 allow, 2 deny; and the
+/// entry's rule. Expired entries are skipped: a lapsed grant stops allowing here, in the hook,
+/// whether or not agentd is running.
+#[inline(always)]
+fn ca_scan(list: *const CaGrantList, port: u16, now: u64, rule: &mut u32) -> u32 {
+    // SAFETY: a valid map value pointer.
+    let count = unsafe { (*list).count } as usize;
+    for i in 0..CA_GRANTS_PER_PREFIX {
+        if i >= count {
+            break;
+        }
+        // SAFETY: `i` is below the array's length.
+        let (lo, hi, action, id, expires) = unsafe {
+            let grant = &(*list).grants[i];
+            (
+                grant.port_lo,
+                grant.port_hi,
+                grant.action,
+                grant.rule,
+                grant.expires_ns,
+            )
+        };
+        if expires != 0 && now >= expires {
+            continue;
+        }
+        if port >= lo && port <= hi {
+            *rule = id;
+            return if action == net_action::DENY { 2 } else { 1 };
+        }
+    }
+    0
+}
+
+/// The agent's Conditional Access decision on a connect its local policy allowed: `None` when
+/// it does not change the verdict.
+#[inline(always)]
+fn conditional_access(agent: u32, dst: &Destination, version: u32) -> Option<Decision> {
+    let ca = CA_AGENTS.get_ptr(agent)?;
+    // SAFETY: a valid map value pointer.
+    let (flags, default_rule) = unsafe { ((*ca).flags, (*ca).rule) };
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let mut rule = default_rule;
+    let mut found = 0u32;
+    if dst.family == 4 {
+        let addr = v4(&dst.addr);
+        if let Some(list) = CA_LEARNED_V4.get_ptr(LearnedKeyV4 { agent, addr }) {
+            found = ca_scan(list, dst.port, now, &mut rule);
+        }
+        if found == 0
+            && let Some(list) = lpm_ptr(&CA_GRANTS_V4, &Key::new(32 + 32, CaKeyV4 { agent, addr }))
+        {
+            found = ca_scan(list, dst.port, now, &mut rule);
+        }
+    } else if let Some(list) = lpm_ptr(
+        &CA_GRANTS_V6,
+        &Key::new(
+            32 + 128,
+            CaKeyV6 {
+                agent,
+                addr: dst.addr,
+            },
+        ),
+    ) {
+        found = ca_scan(list, dst.port, now, &mut rule);
+    }
+    let denied = flags & CaAgent::FLAG_BLOCK != 0
+        || found == 2
+        || (found == 0 && flags & CaAgent::FLAG_RESTRICTED != 0);
+    if !denied {
+        return None;
+    }
+    if found == 0 || flags & CaAgent::FLAG_BLOCK != 0 {
+        rule = default_rule;
+    }
+    if flags & CaAgent::FLAG_REPORT_ONLY != 0 {
+        return Some(Decision {
+            allow: true,
+            flags: NetEvent::FLAG_CONDITIONAL_ACCESS | NetEvent::FLAG_WOULD_DENY,
+            rule,
+            version,
+        });
+    }
+    Some(Decision {
+        allow: false,
+        flags: NetEvent::FLAG_CONDITIONAL_ACCESS,
+        rule,
+        version,
+    })
 }
 
 /// Socket cookie → the agent whose process connected or sent on it, for egress accounting. LRU:

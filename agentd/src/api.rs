@@ -163,6 +163,9 @@ pub struct Status {
     pub tags_lost: u64,
     /// `available`, or why not.
     pub file_enforcement: String,
+    /// The control plane and the Conditional Access decisions in force, when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ControlPlaneStatus>,
     /// How file access is seen: `lsm` (decided in BPF LSM hooks, with any missing hook named),
     /// or `tracepoints` (observed after the fact, never denied).
     pub file_monitoring: String,
@@ -178,6 +181,24 @@ pub struct Status {
     pub events_produced: u64,
     pub events_undecodable: u64,
     pub events_dropped_per_cpu: Vec<u64>,
+}
+
+/// `agentd status`'s view of the control plane.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ControlPlaneStatus {
+    /// The decision stream is open.
+    pub connected: bool,
+    /// Why it is not, when it is not.
+    pub error: Option<String>,
+    /// The decision set in force (0: none yet).
+    pub decision_version: u64,
+    /// Seconds since the control plane issued it.
+    pub decision_age_secs: Option<i64>,
+    /// Seconds since the control plane last confirmed it current; offline behaviours count from
+    /// here.
+    pub confirmed_age_secs: Option<i64>,
+    /// Agents the decisions block (by decision, or offline fail-closed).
+    pub blocked_agents: Vec<String>,
 }
 
 /// The identity document the identity socket returns.

@@ -130,6 +130,20 @@ pub enum Notice<'a> {
         /// `done`, or what went wrong.
         result: String,
     },
+    /// Report-only Conditional Access policies would block or quarantine the agent.
+    WouldBlock {
+        agent_name: &'a str,
+        action: crate::access::Action,
+        policy_ids: &'a [String],
+        decision_version: u64,
+    },
+    /// A Conditional Access decision set came into force (or was refused).
+    Decisions {
+        version: u64,
+        /// `applied`, or why it was refused (the previous set stays in force).
+        result: String,
+        agents: usize,
+    },
     /// The kernel dropped events since the last such notice: agentd did not see everything.
     EventsLost {
         /// Dropped since the previous notice.
@@ -168,6 +182,20 @@ impl Notice<'_> {
                 "REMEDIATION agent={agent_name} {remediation:?} latency_ns={} result={result}",
                 latency_ns.map_or_else(|| "-".to_owned(), |ns| ns.to_string())
             ),
+            Self::WouldBlock {
+                agent_name,
+                action,
+                policy_ids,
+                decision_version,
+            } => format!(
+                "WOULD BLOCK agent={agent_name} action={action:?} report-only policies={} decisions={decision_version}",
+                policy_ids.join(",")
+            ),
+            Self::Decisions {
+                version,
+                result,
+                agents,
+            } => format!("DECISIONS version={version} agents={agents} {result}"),
             Self::EventsLost {
                 dropped,
                 dropped_total,
@@ -190,7 +218,7 @@ impl Notice<'_> {
                 | Remediation::Release { agent }
                 | Remediation::Kill { agent } => *agent,
             }),
-            Self::EventsLost { .. } => None,
+            Self::EventsLost { .. } | Self::WouldBlock { .. } | Self::Decisions { .. } => None,
         }
     }
 }

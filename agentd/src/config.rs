@@ -19,6 +19,39 @@ pub struct Config {
     /// Detections, risk levels and remediation (docs/risk.md).
     pub risk: crate::risk::RiskConfig,
     pub metrics: MetricsConfig,
+    pub control_plane: ControlPlaneConfig,
+}
+
+/// The control plane agentd takes Conditional Access decisions from (docs/conditional-access.md).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlPlaneConfig {
+    /// The control plane's gRPC URL, e.g. `http://127.0.0.1:7443`. Unset: no control plane;
+    /// the local policy alone applies.
+    pub url: Option<String>,
+    /// A single-use join token for the first enrolment.
+    pub join_token: Option<String>,
+    /// Or a file holding it.
+    pub join_token_file: Option<PathBuf>,
+    /// Where the host's credentials and its last decisions are kept.
+    pub state_dir: PathBuf,
+    /// The name the host enrols with. Default: the kernel's host name.
+    pub hostname: Option<String>,
+    /// Seconds between heartbeats.
+    pub heartbeat_secs: u64,
+}
+
+impl Default for ControlPlaneConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            join_token: None,
+            join_token_file: None,
+            state_dir: PathBuf::from("/var/lib/agentd"),
+            hostname: None,
+            heartbeat_secs: 5,
+        }
+    }
 }
 
 /// The Prometheus endpoint.
@@ -192,6 +225,14 @@ impl Config {
             return Err(invalid(
                 "events.ring_buffer_bytes",
                 "must be a power of two of at least 4096 (one page)",
+            ));
+        }
+        if let Some(url) = &config.control_plane.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "control_plane.url",
+                "must be an http:// or https:// URL",
             ));
         }
         if config.events.rotate_bytes < 4096 {

@@ -12,6 +12,7 @@ use std::{
 use agentd_common::{
     AgentTag, DiscoveryMatch, NetAgentPolicy, TagSource, file_name_kind, net_action,
 };
+use agentd_proto::v1 as proto;
 use serde::Serialize;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
@@ -20,13 +21,15 @@ use tokio::{
 };
 
 use crate::{
+    access::{self, Clocks, DecisionSet, Standing},
     api::{
-        self, AdminRequest, AgentRef, Applied, IdentityDocument, LaunchTarget, ProcessInfo,
-        Quarantined, Reply, RiskRequest, Status, TagInfo,
+        self, AdminRequest, AgentRef, Applied, ControlPlaneStatus, IdentityDocument, LaunchTarget,
+        ProcessInfo, Quarantined, Reply, RiskRequest, Status, TagInfo,
     },
     assess::{self, Notice},
     cgroups,
     config::{Config, EventsConfig, OutputFormat},
+    control::{FromControl, ToControl},
     dns::{self, Answer},
     ebpf::{self, LoadError},
     events::{Event, EventCounts, EventReader, ReaderError, SCHEMA_VERSION},
@@ -144,6 +147,8 @@ pub struct State {
     risk_config: RiskConfig,
     /// Parents and programs of agents' processes, for events.
     lineage: Lineage,
+    /// Conditional Access: the decisions in force and the control plane's state.
+    ca: CaHost,
     /// Agent number → bytes its sockets had sent at the last tick.
     egress_seen: std::collections::HashMap<u32, u64>,
     /// (rule, severity) → detections raised, and action → remediations done, for metrics.
@@ -196,6 +201,7 @@ impl State {
             sensitive_rules: HashSet::new(),
             risk_config: config.risk.clone(),
             lineage: Lineage::default(),
+            ca: CaHost::default(),
             egress_seen: std::collections::HashMap::new(),
             detection_counts: std::collections::HashMap::new(),
             remediation_counts: std::collections::HashMap::new(),
@@ -434,7 +440,23 @@ impl State {
             }
         }
         let want: Vec<_> = want.into_iter().collect();
-        self.net.set_learned(&want)
+        self.net.set_learned(&want)?;
+        let answers: std::collections::BTreeMap<String, Vec<[u8; 4]>> = self
+            .learned
+            .iter()
+            .map(|(name, entries)| {
+                let v4 = entries
+                    .iter()
+                    .filter_map(|(address, _)| match address {
+                        std::net::IpAddr::V4(v4) => Some(v4.octets()),
+                        std::net::IpAddr::V6(_) => None,
+                    })
+                    .collect();
+                (name.clone(), v4)
+            })
+            .collect();
+        self.net
+            .set_ca_learned(&access::learned(&self.ca.domains, &answers))
     }
 
     /// The kernel's file rules for `compiled`, and the numbers of those that protect secrets.
@@ -485,9 +507,10 @@ impl State {
             .clone();
         let index = self.registry.intern_agent(&found);
         let rule = self.registry.intern_rule("quarantine");
+        let files_on = on || self.ca.blocked.contains(&index);
         self.net
             .set_quarantine(index, on)
-            .and_then(|()| self.files.set_quarantine(index, rule, on))
+            .and_then(|()| self.files.set_quarantine(index, rule, files_on))
             .map_err(|err| format!("{:#}", anyhow::Error::from(err)))?;
         tracing::warn!(agent, quarantined = on, "quarantine changed");
         Ok(Quarantined {
@@ -616,6 +639,25 @@ impl State {
                 FileEnforcement::Available => "available".to_owned(),
                 FileEnforcement::Unavailable(why) => format!("unavailable: {why}"),
             },
+            control_plane: self.ca.path.as_ref().map(|_| {
+                let now = unix_ms();
+                let set = self.ca.set.as_ref();
+                ControlPlaneStatus {
+                    connected: self.ca.connected,
+                    error: self.ca.last_error.clone(),
+                    decision_version: set.map_or(0, |set| set.version),
+                    decision_age_secs: set.map(|set| now.saturating_sub(set.issued_unix_ms) / 1000),
+                    confirmed_age_secs: set
+                        .map(|set| now.saturating_sub(set.confirmed_unix_ms) / 1000),
+                    blocked_agents: self
+                        .ca
+                        .blocked
+                        .iter()
+                        .filter_map(|index| self.registry.agent(*index))
+                        .map(|agent| agent.name.clone())
+                        .collect(),
+                }
+            }),
             file_monitoring: match self.files.mode() {
                 FileMode::Enforcing { missing } if missing.is_empty() => "lsm".to_owned(),
                 FileMode::Enforcing { missing } => format!(
@@ -653,6 +695,190 @@ impl State {
             tag: tag_info(&self.registry, tag),
             attestation: peer.pinning,
         })
+    }
+
+    /// Puts a Conditional Access decision set in force: kernel tables first (grants before the
+    /// flags that restrict), then file-write blocks, then the set is kept on disk. On any error
+    /// the previous set stays in force and the error is returned. Returns notice lines.
+    fn apply_decisions(
+        &mut self,
+        mut set: DecisionSet,
+        format: OutputFormat,
+    ) -> Result<Vec<String>, String> {
+        let now_ms = unix_ms();
+        let stale_ms = now_ms.saturating_sub(set.confirmed_unix_ms);
+        let standings: Vec<Standing> = set
+            .decisions
+            .iter()
+            .map(|decision| decision.standing(stale_ms))
+            .collect();
+        let clocks = Clocks {
+            unix_ms: now_ms,
+            boot_ns: boottime_ns(),
+        };
+        // Each decision's agent, by id or else by name, unless offline baseline drops it.
+        let indices: Vec<Option<u32>> = set
+            .decisions
+            .iter()
+            .zip(&standings)
+            .map(|(decision, standing)| {
+                if *standing == Standing::Baseline {
+                    return None;
+                }
+                let agent = self.policy.agents.iter().find(|agent| {
+                    agent.agent.id.to_string() == decision.agent_id
+                        || agent.agent.name == decision.agent_name
+                })?;
+                Some(self.registry.intern_agent(&agent.agent))
+            })
+            .collect();
+        let mut index_of = |decision: &access::AgentDecision| {
+            set.decisions
+                .iter()
+                .position(|d| std::ptr::eq(d, decision))
+                .and_then(|i| indices[i])
+        };
+        let blocked = |decision: &access::AgentDecision| {
+            set.decisions
+                .iter()
+                .position(|d| std::ptr::eq(d, decision))
+                .is_some_and(|i| standings[i] == Standing::FailClosed)
+        };
+        let registry = &mut self.registry;
+        let tables = access::tables(
+            &set,
+            &mut index_of,
+            &blocked,
+            &mut |source| registry.intern_rule(source),
+            &self.categories,
+            clocks,
+        )
+        .map_err(|err| err.to_string())?;
+        self.net
+            .set_conditional_access(&tables)
+            .map_err(|err| format!("{:#}", anyhow::Error::from(err)))?;
+        self.ca.domains.clone_from(&tables.domains);
+        if let Err(err) = self.sync_learned() {
+            tracing::warn!(%err, "applying Conditional Access domain grants to learned addresses");
+        }
+        let now_blocked: HashSet<u32> = tables
+            .agents
+            .iter()
+            .filter(|(_, ca)| ca.flags & agentd_common::CaAgent::FLAG_BLOCK != 0)
+            .map(|(index, _)| *index)
+            .collect();
+        self.block_file_writes(&now_blocked)?;
+        self.ca.blocked = now_blocked;
+        self.ca.standings = standings;
+        let notices = if self.ca.applied_version == set.version {
+            Vec::new()
+        } else {
+            decision_notices(&set, tables.agents.len(), format)
+        };
+        self.ca.applied_version = set.version;
+        if set.confirmed_unix_ms == 0 {
+            set.confirmed_unix_ms = now_ms;
+        }
+        if let Some(path) = &self.ca.path
+            && let Err(err) = set.save(path)
+        {
+            tracing::warn!(%err, path = %path.display(), "keeping the decisions on disk");
+        }
+        self.ca.set = Some(set);
+        Ok(notices)
+    }
+
+    /// Denies the file writes of agents the decisions block, and lifts it from those no longer
+    /// blocked unless an admin or the risk engine quarantined them.
+    fn block_file_writes(&mut self, now_blocked: &HashSet<u32>) -> Result<(), String> {
+        let manual: HashSet<u32> = self
+            .net
+            .quarantined()
+            .map_err(|err| err.to_string())?
+            .into_iter()
+            .collect();
+        let rule = self.registry.intern_rule("conditional-access/block");
+        for index in now_blocked.union(&self.ca.blocked) {
+            let on = now_blocked.contains(index) || manual.contains(index);
+            self.files
+                .set_quarantine(*index, rule, on)
+                .map_err(|err| err.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Once a second: re-applies the decisions when an agent's offline standing changed.
+    fn ca_tick(&mut self, format: OutputFormat) -> Vec<String> {
+        let Some(set) = self.ca.set.clone() else {
+            return Vec::new();
+        };
+        let stale_ms = unix_ms().saturating_sub(set.confirmed_unix_ms);
+        let standings: Vec<Standing> = set
+            .decisions
+            .iter()
+            .map(|decision| decision.standing(stale_ms))
+            .collect();
+        if standings == self.ca.standings {
+            return Vec::new();
+        }
+        tracing::warn!(
+            stale_ms,
+            "offline behaviour changed what the decisions enforce"
+        );
+        self.apply_decisions(set, format).unwrap_or_else(|err| {
+            tracing::error!(%err, "re-applying the decisions");
+            Vec::new()
+        })
+    }
+
+    /// What the control plane task reported.
+    fn on_control(&mut self, update: FromControl, format: OutputFormat) -> Vec<String> {
+        match update {
+            FromControl::Decisions(set) => {
+                let version = set.version;
+                match self.apply_decisions(set, format) {
+                    Ok(notices) => {
+                        self.ca.connected = true;
+                        if let Some(tx) = &self.ca.to_control {
+                            let _ = tx.try_send(ToControl::Ack(version));
+                        }
+                        notices
+                    }
+                    Err(err) => {
+                        tracing::error!(version, %err, "refused a decision set; the previous one stays");
+                        vec![notice_line(
+                            &Notice::Decisions {
+                                version,
+                                result: format!("refused: {err}"),
+                                agents: 0,
+                            },
+                            format,
+                        )]
+                    }
+                }
+            }
+            FromControl::Refused(why) => {
+                tracing::error!(%why, "refused a decision set; the previous one stays");
+                Vec::new()
+            }
+            FromControl::Confirmed => {
+                self.ca.connected = true;
+                self.ca.last_error = None;
+                let now = unix_ms();
+                if let Some(set) = &mut self.ca.set {
+                    set.confirmed_unix_ms = now;
+                    if let Some(path) = &self.ca.path {
+                        let _ = set.save(path);
+                    }
+                }
+                self.ca_tick(format)
+            }
+            FromControl::Disconnected(why) => {
+                self.ca.connected = false;
+                self.ca.last_error = Some(why);
+                Vec::new()
+            }
+        }
     }
 
     /// The figures `/metrics` serves.
@@ -732,6 +958,18 @@ impl State {
         format: OutputFormat,
     ) {
         for detection in &outcome.detections {
+            if self.ca.to_control.is_some() {
+                self.ca.pending_detections.push(proto::HostDetection {
+                    agent_id: detection.agent.to_string(),
+                    rule: detection.rule.name().to_owned(),
+                    severity: format!("{:?}", detection.severity).to_lowercase(),
+                    detect_time: Some(prost_types::Timestamp {
+                        seconds: unix_ms() / 1000,
+                        nanos: 0,
+                    }),
+                    summary: detection.summary.clone(),
+                });
+            }
             *self
                 .detection_counts
                 .entry((
@@ -1089,6 +1327,16 @@ impl Output {
 
     /// Once a second: risk decay, and the alarm about lost events.
     fn tick(&mut self, state: &mut State, reader: &EventReader) -> Result<(), DaemonError> {
+        let notices = state.ca_tick(self.format);
+        self.notices.extend(notices);
+        if !state.ca.pending_detections.is_empty()
+            && let Some(tx) = &state.ca.to_control
+        {
+            let detections = std::mem::take(&mut state.ca.pending_detections);
+            if let Err(err) = tx.try_send(ToControl::Detections(detections)) {
+                tracing::warn!(%err, "the control plane task is busy; detections not reported");
+            }
+        }
         let now = boottime_ns();
         state.assess_egress(now, &mut self.notices, self.format);
         let outcome = state.risk.tick(now);
@@ -1129,6 +1377,65 @@ impl Output {
         self.write_notices()?;
         self.sink.flush().map_err(DaemonError::Output)
     }
+}
+
+/// The notices for a decision set coming into force: "would block" for report-only policies
+/// that would block or quarantine an agent, and the set itself.
+fn decision_notices(set: &DecisionSet, agents: usize, format: OutputFormat) -> Vec<String> {
+    let mut notices = Vec::new();
+    for decision in &set.decisions {
+        if let Some(action @ (access::Action::Block | access::Action::Quarantine)) =
+            decision.report_only_action
+        {
+            notices.push(notice_line(
+                &Notice::WouldBlock {
+                    agent_name: &decision.agent_name,
+                    action,
+                    policy_ids: &decision.report_only_policy_ids,
+                    decision_version: set.version,
+                },
+                format,
+            ));
+        }
+    }
+    notices.push(notice_line(
+        &Notice::Decisions {
+            version: set.version,
+            result: "applied".to_owned(),
+            agents,
+        },
+        format,
+    ));
+    notices
+}
+
+/// Conditional Access on this host.
+#[derive(Default)]
+struct CaHost {
+    /// The decision set in force.
+    set: Option<DecisionSet>,
+    /// Where it is kept; `None` when no control plane is configured.
+    path: Option<PathBuf>,
+    connected: bool,
+    last_error: Option<String>,
+    applied_version: u64,
+    /// Domain grants and denials, for learned addresses.
+    domains: Vec<(u32, crate::netpolicy::DomainPattern, agentd_common::CaGrant)>,
+    /// Agents whose decision blocks them now.
+    blocked: HashSet<u32>,
+    /// The offline standing of each decision when last applied.
+    standings: Vec<Standing>,
+    pending_detections: Vec<proto::HostDetection>,
+    to_control: Option<mpsc::Sender<ToControl>>,
+}
+
+/// Unix time in milliseconds.
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
 }
 
 /// Raises the alarm about lost events at most once per interval, with what was lost since the
@@ -1234,6 +1541,55 @@ fn handle_call(
         }
     }
     Ok(())
+}
+
+/// The channel from the control-plane task, a sender kept so that the channel stays open when
+/// there is none, and the task. Before the task starts, the decisions kept on disk are put in
+/// force, so that a restart while the control plane is unreachable enforces them.
+#[allow(
+    clippy::type_complexity,
+    reason = "a one-off tuple of the three things run() keeps"
+)]
+fn start_control(
+    config: &Config,
+    state: &mut State,
+    output: &mut Output,
+) -> (
+    mpsc::Receiver<FromControl>,
+    mpsc::Sender<FromControl>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    let (from_tx, from_rx) = mpsc::channel(16);
+    if config.control_plane.url.is_none() {
+        return (from_rx, from_tx, None);
+    }
+    let path = crate::control::decisions_path(&config.control_plane.state_dir);
+    state.ca.path = Some(path.clone());
+    let mut after_version = 0;
+    match DecisionSet::load(&path) {
+        Ok(Some(kept)) => {
+            after_version = kept.version;
+            tracing::info!(
+                version = kept.version,
+                "enforcing the decisions kept on disk"
+            );
+            match state.apply_decisions(kept, output.format) {
+                Ok(notices) => output.notices.extend(notices),
+                Err(err) => tracing::error!(%err, "the decisions kept on disk cannot be applied"),
+            }
+        }
+        Ok(None) => {}
+        Err(err) => tracing::error!(%err, path = %path.display(), "reading the kept decisions"),
+    }
+    let (to_tx, to_rx) = mpsc::channel(64);
+    state.ca.to_control = Some(to_tx);
+    let task = tokio::spawn(crate::control::run(
+        config.control_plane.clone(),
+        after_version,
+        from_tx.clone(),
+        to_rx,
+    ));
+    (from_rx, from_tx, Some(task))
 }
 
 /// Binds the metrics endpoint, if one is configured, and serves it on a task.
@@ -1451,6 +1807,9 @@ pub async fn run(
 
     let (mut state, mut reader) = State::start(&config, cgroup_root, categories)?;
     state.apply(&policy)?;
+    let mut output = Output::open(&config.events)?;
+    let (mut from_control, _control_tx, control_task) =
+        start_control(&config, &mut state, &mut output);
 
     let (answers_tx, mut answers) = mpsc::channel::<dns::Learned>(256);
     let dns_task = start_dns(&config.dns, &mut state, answers_tx).await?;
@@ -1469,7 +1828,6 @@ pub async fn run(
     );
 
     let mut batch = Vec::new();
-    let mut output = Output::open(&config.events)?;
     let sweep_every = Duration::from_secs(config.identity.sweep_interval_secs);
     let mut sweep = tokio::time::interval(if sweep_every.is_zero() {
         Duration::from_hours(1)
@@ -1490,6 +1848,11 @@ pub async fn run(
                 output.events(&mut state, &mut batch)?;
             }
             Some(call) = calls.recv() => handle_call(call, &mut state, &reader, &mut output)?,
+            Some(update) = from_control.recv() => {
+                let notices = state.on_control(update, output.format);
+                output.notices.extend(notices);
+                output.flush()?;
+            }
             Some((answer, installed)) = answers.recv() => {
                 if let Err(err) = state.learn(answer) {
                     tracing::warn!(%err, "installing addresses from a DNS answer");
@@ -1514,6 +1877,7 @@ pub async fn run(
         Some(identity_task),
         metrics_task,
         dns_task,
+        control_task,
     ]
     .into_iter()
     .flatten()

@@ -125,8 +125,9 @@ pub struct Connection {
     pub verdict: VerdictName,
     /// Audit mode allowed what enforce mode would deny.
     pub would_deny: bool,
-    /// What decided: `rule`, `domain`, `default`, `blocklist`, `quarantine`, or `dns` for a
-    /// query steered to agentd's resolver.
+    /// What decided: `rule`, `domain`, `default`, `blocklist`, `quarantine`,
+    /// `conditional_access` (the agent's decision from the control plane), or `dns` for a query
+    /// steered to agentd's resolver.
     pub decided_by: &'static str,
     /// The name the destination was learned from, when a DNS answer gave it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -327,6 +328,8 @@ impl Event {
         };
         let decided_by = if raw.flags & NetEvent::FLAG_DNS != 0 {
             "dns"
+        } else if raw.flags & NetEvent::FLAG_CONDITIONAL_ACCESS != 0 {
+            "conditional_access"
         } else if raw.flags & NetEvent::FLAG_LEARNED != 0 {
             "domain"
         } else if raw.flags & NetEvent::FLAG_BLOCKLIST != 0 {

@@ -151,7 +151,7 @@ impl Categories {
         Self::parse(SAMPLE_CATEGORIES).expect("the shipped category database parses")
     }
 
-    fn patterns(&self, category: &str) -> Option<&[DomainPattern]> {
+    pub fn patterns(&self, category: &str) -> Option<&[DomainPattern]> {
         self.by_category.get(category).map(Vec::as_slice)
     }
 
@@ -207,7 +207,7 @@ impl Prefix {
     }
 
     /// Whether `self` contains `other` (same family, not longer, same leading bits).
-    fn contains(&self, other: &Self) -> bool {
+    pub fn contains(&self, other: &Self) -> bool {
         if self.is_v6() != other.is_v6() || self.len > other.len {
             return false;
         }
@@ -330,7 +330,7 @@ pub enum DomainPattern {
 }
 
 impl DomainPattern {
-    fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, String> {
         let lower = text.trim_end_matches('.').to_ascii_lowercase();
         let (wildcard, name) = match lower.strip_prefix("*.") {
             Some(rest) => (true, rest.to_owned()),

@@ -1,6 +1,7 @@
 //! The host tier: real eBPF on the running kernel, as root. Run with
 //! `cargo xtask test --tier host`.
 
+mod access;
 mod exec;
 mod files;
 mod identity;

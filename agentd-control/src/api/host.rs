@@ -220,6 +220,8 @@ impl HostService for ControlPlane {
         request: Request<proto::ReportDetectionsRequest>,
     ) -> Result<Response<proto::ReportDetectionsResponse>, Status> {
         self.authorize(&request, Method::ReportDetections).await?;
-        Err(Status::unimplemented("ReportDetections: not implemented yet"))
+        Err(Status::unimplemented(
+            "ReportDetections: not implemented yet",
+        ))
     }
 }

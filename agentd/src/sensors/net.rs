@@ -11,8 +11,8 @@ use std::{
 };
 
 use agentd_common::{
-    BlockKeyV4, BlockKeyV6, DnsRedirect, LearnedKeyV4, NetAgentKey, NetAgentPolicy, NetKeyV4,
-    NetKeyV6, NetRule, NetRuleList,
+    BlockKeyV4, BlockKeyV6, CaAgent, CaGrantList, CaKeyV4, CaKeyV6, DnsRedirect, LearnedKeyV4,
+    NetAgentKey, NetAgentPolicy, NetKeyV4, NetKeyV6, NetRule, NetRuleList,
 };
 use aya::{
     maps::{
@@ -26,7 +26,7 @@ use aya::{
 };
 
 use super::{SensorError, attach_error, load_error, map_error, replace_all};
-use crate::{ebpf::LoadedObject, netpolicy::Prefix};
+use crate::{access::CaTables, ebpf::LoadedObject, netpolicy::Prefix};
 
 const PROGRAMS: [&str; 5] = ["connect4", "connect6", "sendmsg4", "sendmsg6", "recvmsg4"];
 /// The `cgroup_skb/egress` program that counts agents' bytes.
@@ -66,11 +66,24 @@ pub struct NetSensor {
     dns: Array<MapData, DnsRedirect>,
     learned: HashMap<MapData, LearnedKeyV4, NetRule>,
     egress: PerCpuHashMap<MapData, u32, u64>,
+    ca_agents: HashMap<MapData, u32, CaAgent>,
+    ca_v4: LpmTrie<MapData, CaKeyV4, CaGrantList>,
+    ca_v6: LpmTrie<MapData, CaKeyV6, CaGrantList>,
+    ca_learned: HashMap<MapData, LearnedKeyV4, CaGrantList>,
+    /// The LPM keys written for Conditional Access, to remove stale ones.
+    ca_written: CaWritten,
     generation: u32,
     written: StdHashMap<u32, Written>,
     quarantine_allow: Vec<Prefix>,
     _links: Vec<CgroupSockAddrLink>,
     _egress_link: Option<CgroupSkbLink>,
+}
+
+/// The LPM keys (prefix length, key) written for Conditional Access.
+#[derive(Debug, Default)]
+struct CaWritten {
+    v4: Vec<(u8, CaKeyV4)>,
+    v6: Vec<(u8, CaKeyV6)>,
 }
 
 fn take<M>(object: &mut LoadedObject, name: &'static str) -> Result<M, SensorError>
@@ -112,6 +125,11 @@ impl NetSensor {
             dns: take(object, "NET_DNS")?,
             learned: take(object, "NET_LEARNED_V4")?,
             egress: take(object, "AGENT_EGRESS")?,
+            ca_agents: take(object, "CA_AGENTS")?,
+            ca_v4: take(object, "CA_GRANTS_V4")?,
+            ca_v6: take(object, "CA_GRANTS_V6")?,
+            ca_learned: take(object, "CA_LEARNED_V4")?,
+            ca_written: CaWritten::default(),
             generation: 0,
             written: StdHashMap::new(),
             quarantine_allow: Vec::new(),
@@ -143,6 +161,55 @@ impl NetSensor {
             _egress_link: Some(egress_link),
             ..sensor
         })
+    }
+
+    /// Makes the Conditional Access tables exactly `tables`: grants and denials go in before the
+    /// agents' flags, and stale entries come out after, so no connect sees a restriction
+    /// without its grants.
+    pub fn set_conditional_access(&mut self, tables: &CaTables) -> Result<(), SensorError> {
+        for (len, key, list) in &tables.v4 {
+            self.ca_v4
+                .insert(&Key::new(32 + u32::from(*len), *key), list, 0)
+                .map_err(map_error("CA_GRANTS_V4"))?;
+        }
+        for (len, key, list) in &tables.v6 {
+            self.ca_v6
+                .insert(&Key::new(32 + u32::from(*len), *key), list, 0)
+                .map_err(map_error("CA_GRANTS_V6"))?;
+        }
+        replace_all(&mut self.ca_agents, &tables.agents, "CA_AGENTS")?;
+        let v4: Vec<(u8, CaKeyV4)> = tables.v4.iter().map(|(len, key, _)| (*len, *key)).collect();
+        let v6: Vec<(u8, CaKeyV6)> = tables.v6.iter().map(|(len, key, _)| (*len, *key)).collect();
+        let old = std::mem::replace(&mut self.ca_written, CaWritten { v4, v6 });
+        for (len, key) in old
+            .v4
+            .iter()
+            .filter(|old| !self.ca_written.v4.contains(old))
+        {
+            match self.ca_v4.remove(&Key::new(32 + u32::from(*len), *key)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(err) => return Err(map_error("CA_GRANTS_V4")(err)),
+            }
+        }
+        for (len, key) in old
+            .v6
+            .iter()
+            .filter(|old| !self.ca_written.v6.contains(old))
+        {
+            match self.ca_v6.remove(&Key::new(32 + u32::from(*len), *key)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(err) => return Err(map_error("CA_GRANTS_V6")(err)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the Conditional Access entries for learned addresses exactly `want`.
+    pub fn set_ca_learned(
+        &mut self,
+        want: &[(LearnedKeyV4, CaGrantList)],
+    ) -> Result<(), SensorError> {
+        replace_all(&mut self.ca_learned, want, "CA_LEARNED_V4")
     }
 
     /// Bytes each agent's sockets have sent since agentd started, by agent number.

@@ -1,0 +1,219 @@
+//! Conditional Access on the host, without a reachable control plane: decisions kept on disk
+//! are enforced at start, grants lapse in the kernel at their expiry, and the offline
+//! behaviours (fail-closed, baseline) take over after their TTL.
+
+use std::{
+    net::TcpListener,
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use agentd::access::{Action, AgentDecision, DecisionSet, Destination, Grant, Offline};
+use agentd_tests::{Daemon, launch_cgroup, wait_until};
+
+use crate::helper;
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+fn grant(cidr: &str, port: u16, expires_unix_ms: Option<i64>) -> Grant {
+    Grant {
+        destination: Destination::Cidr(cidr.to_owned()),
+        ports: (port, port),
+        expires_unix_ms,
+        source: format!("grant-{cidr}"),
+    }
+}
+
+fn decision(agent: &str, grants: Vec<Grant>, offline: Offline, ttl: u32) -> AgentDecision {
+    AgentDecision {
+        agent_id: agentd::identity::AgentId::from_name(agent).to_string(),
+        agent_name: agent.to_owned(),
+        action: Action::Allow,
+        network_restricted: true,
+        grants,
+        denials: Vec::new(),
+        file_controls: Vec::new(),
+        report_only_action: None,
+        offline,
+        offline_ttl_secs: ttl,
+        risk_level: "none".to_owned(),
+        reasons: vec!["test".to_owned()],
+        policy_ids: Vec::new(),
+        report_only_policy_ids: Vec::new(),
+    }
+}
+
+/// Starts agentd with `decisions` kept in its state directory and a control plane that does not
+/// answer.
+fn start(agent: &str, decisions: &DecisionSet, state: &Path) -> Daemon {
+    decisions
+        .save(&state.join("decisions.json"))
+        .expect("keeping the decisions");
+    Daemon::start_with_config(
+        &format!("[[agent]]\nname = \"{agent}\"\n"),
+        &format!(
+            "[control_plane]\nurl = \"http://127.0.0.1:1\"\nstate_dir = \"{}\"\nheartbeat_secs = 1\n",
+            state.display()
+        ),
+    )
+}
+
+/// `helper net tcp ADDR PORT 1` as `agent`: true when the connect went through.
+fn connects(daemon: &Daemon, agent: &str, addr: &str, port: u16) -> bool {
+    let bin = helper();
+    let output = daemon
+        .launch(
+            agent,
+            &[
+                bin.to_str().unwrap(),
+                "net",
+                "tcp",
+                addr,
+                &port.to_string(),
+                "1",
+            ],
+        )
+        .output()
+        .expect("helper");
+    let said = String::from_utf8_lossy(&output.stdout);
+    match said.trim() {
+        "ok=1 eperm=0 other=0" => true,
+        "ok=0 eperm=1 other=0" => false,
+        other => panic!("helper said {other:?}"),
+    }
+}
+
+#[test]
+fn kept_decisions_are_enforced_offline_and_grants_lapse_in_the_kernel() {
+    let agent = "ca-agent";
+    let state = tempfile::tempdir().expect("state dir");
+    let granted = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let granted_port = granted.local_addr().unwrap().port();
+    let lapsing = TcpListener::bind("127.0.0.2:0").expect("listener on 127.0.0.2");
+    let lapsing_port = lapsing.local_addr().unwrap().port();
+    let other = TcpListener::bind("127.0.0.3:0").expect("listener on 127.0.0.3");
+    let other_port = other.local_addr().unwrap().port();
+    let lapse_at = now_ms() + 4_000;
+    let set = DecisionSet {
+        version: 5,
+        issued_unix_ms: now_ms(),
+        confirmed_unix_ms: now_ms(),
+        decisions: vec![decision(
+            agent,
+            vec![
+                grant("127.0.0.1/32", granted_port, None),
+                grant("127.0.0.2", lapsing_port, Some(lapse_at)),
+            ],
+            Offline::KeepLast,
+            0,
+        )],
+    };
+    let daemon = start(agent, &set, state.path());
+    let _launched = launch_cgroup(agent);
+
+    assert!(
+        connects(&daemon, agent, "127.0.0.1", granted_port),
+        "a grant"
+    );
+    assert!(
+        !connects(&daemon, agent, "127.0.0.3", other_port),
+        "restricted: no grant, no connect"
+    );
+    assert!(
+        connects(&daemon, agent, "127.0.0.2", lapsing_port),
+        "a grant before its expiry"
+    );
+    let status = daemon.status();
+    let control = status.control_plane.expect("control plane status");
+    assert!(!control.connected);
+    assert!(control.error.is_some(), "{control:?}");
+    assert_eq!(control.decision_version, 5);
+
+    // Nothing in userspace acts at the expiry: the kernel checks it on the connect.
+    let wait = lapse_at - now_ms();
+    if wait > 0 {
+        std::thread::sleep(Duration::from_millis(u64::try_from(wait).unwrap() + 200));
+    }
+    assert!(
+        !connects(&daemon, agent, "127.0.0.2", lapsing_port),
+        "the grant lapsed"
+    );
+    assert!(connects(&daemon, agent, "127.0.0.1", granted_port));
+
+    let denied = daemon
+        .events()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|e| e["kind"] == "net" && e["verdict"] == "deny")
+        .expect("a deny event");
+    assert_eq!(denied["decided_by"], "conditional_access", "{denied}");
+}
+
+#[test]
+fn offline_fail_closed_blocks_and_baseline_falls_back_after_the_ttl() {
+    let closed = "closed-agent";
+    let base = "baseline-agent";
+    let state = tempfile::tempdir().expect("state dir");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().unwrap().port();
+    let elsewhere = TcpListener::bind("127.0.0.3:0").expect("listener on 127.0.0.3");
+    let elsewhere_port = elsewhere.local_addr().unwrap().port();
+    let set = DecisionSet {
+        version: 9,
+        issued_unix_ms: now_ms(),
+        confirmed_unix_ms: now_ms(),
+        decisions: vec![
+            decision(
+                closed,
+                vec![grant("127.0.0.1/32", port, None)],
+                Offline::FailClosed,
+                3,
+            ),
+            decision(
+                base,
+                vec![grant("127.0.0.1/32", port, None)],
+                Offline::Baseline,
+                3,
+            ),
+        ],
+    };
+    set.save(&state.path().join("decisions.json"))
+        .expect("keeping the decisions");
+    let daemon = Daemon::start_with_config(
+        &format!("[[agent]]\nname = \"{closed}\"\n[[agent]]\nname = \"{base}\"\n"),
+        &format!(
+            "[control_plane]\nurl = \"http://127.0.0.1:1\"\nstate_dir = \"{}\"\n",
+            state.path().display()
+        ),
+    );
+    let _closed = launch_cgroup(closed);
+    let _base = launch_cgroup(base);
+    assert!(connects(&daemon, closed, "127.0.0.1", port));
+    assert!(
+        !connects(&daemon, base, "127.0.0.3", elsewhere_port),
+        "restricted while fresh"
+    );
+
+    wait_until("the fail-closed agent is blocked", || {
+        daemon
+            .status()
+            .control_plane
+            .is_some_and(|control| control.blocked_agents.contains(&closed.to_owned()))
+    });
+    assert!(
+        !connects(&daemon, closed, "127.0.0.1", port),
+        "fail-closed: even its grant is blocked"
+    );
+    assert!(
+        connects(&daemon, base, "127.0.0.3", elsewhere_port),
+        "baseline: the local policy alone (allow) applies"
+    );
+}
