@@ -1827,6 +1827,10 @@ pub async fn run(
         "process sensor attached; printing events (Ctrl-C to stop)"
     );
 
+    // Under systemd (Type=notify): the sensors are attached and the sockets bound.
+    if let Err(err) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(%err, "telling systemd that agentd is ready");
+    }
     let mut batch = Vec::new();
     let sweep_every = Duration::from_secs(config.identity.sweep_interval_secs);
     let mut sweep = tokio::time::interval(if sweep_every.is_zero() {
@@ -1872,6 +1876,7 @@ pub async fn run(
             }
         }
     };
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     for task in [
         Some(admin_task),
         Some(identity_task),

@@ -6,13 +6,14 @@
 )]
 
 mod cmd;
+mod install;
 mod setup;
 mod test;
 mod vm;
 
 use std::{
     os::unix::process::CommandExt as _,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, ExitCode},
     time::Duration,
 };
@@ -107,6 +108,21 @@ enum Task {
         #[command(flatten)]
         vm: VmArgs,
     },
+    /// Build release binaries and install agentd and its control plane as systemd services:
+    /// /usr/local/sbin/{agentd,agentd-control}, /usr/local/bin/agentctl, the units in
+    /// /etc/systemd/system, /etc/agentd/agentd.toml (kept if present) and the state
+    /// directories. Then `systemctl enable --now agentd`.
+    Install {
+        /// Install under this directory instead of / (for packaging).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// Remove the binaries and units instead (configuration and state stay).
+        #[arg(long)]
+        uninstall: bool,
+        /// With --uninstall: also remove /etc/agentd and the state and log directories.
+        #[arg(long, requires = "uninstall")]
+        purge: bool,
+    },
     /// Lint every crate with clippy, warnings as errors: the userspace crates and the tests on
     /// stable, the eBPF crate on nightly for bpfel-unknown-none.
     Clippy,
@@ -170,6 +186,20 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             setup::run(&setup::Options::default())?;
             let agentd = test::build_agentd(release)?;
             println!("built {}", agentd.display());
+        }
+        Task::Install {
+            root,
+            uninstall,
+            purge,
+        } => {
+            if uninstall {
+                install::uninstall(&root, purge)?;
+            } else {
+                let binaries = test::build_release_binaries(&["agentd", "agentd-control"])?;
+                install::install(&root, &binaries)?;
+                install::verify(&root)?;
+                println!("installed; start with: systemctl enable --now agentd");
+            }
         }
         Task::Run { args } => {
             anyhow::ensure!(

@@ -24,6 +24,8 @@ const DEB_PACKAGES: &[&str] = &[
     "cpio",
     "binutils",
     "postgresql",
+    // systemd-analyze, which checks the units `cargo xtask install` lays down.
+    "systemd",
 ];
 
 #[derive(Debug, Default)]

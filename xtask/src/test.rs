@@ -149,6 +149,15 @@ fn build_executables(args: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>> {
 }
 
 /// Builds the agentd binary (debug) and returns its path.
+/// Builds the binaries of `packages` in release mode: (name, path).
+pub fn build_release_binaries(packages: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut args = vec!["build", "--release", "--bins"];
+    for package in packages {
+        args.extend(["--package", package]);
+    }
+    build_executables(&args)
+}
+
 pub fn build_agentd(release: bool) -> anyhow::Result<PathBuf> {
     let mut args = vec!["build", "--package", "agentd", "--bin", "agentd"];
     if release {

@@ -116,6 +116,15 @@ enum Command {
         #[command(flatten)]
         admin: AdminSocket,
     },
+    /// Check the configuration and the identity policy without starting anything: every
+    /// problem is listed with the key or field at fault, and the exit code is 64 when there is
+    /// one. Cgroups, paths and categories named by the policy are resolved on this host.
+    ///
+    /// Example: `agentd config check --config /etc/agentd/agentd.toml`
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Show the daemon's status: agents, rules, tagged processes, lost tags, file enforcement,
     /// network policy version, quarantined agents and event accounting.
     Status {
@@ -128,6 +137,19 @@ enum Command {
         /// The daemon's identity socket.
         #[arg(long, value_name = "PATH", default_value = api::IDENTITY_SOCKET)]
         socket: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate the configuration file and the identity policy it points at.
+    Check {
+        /// Configuration file (TOML). Default: /etc/agentd/agentd.toml when it exists.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Identity policy file. Default: the drop-ins in `identity.policy_dir`.
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
     },
 }
 
@@ -176,6 +198,9 @@ fn main() -> ExitCode {
         Command::Apply { file, admin } => apply(&admin.socket, &file),
         Command::Status { admin } => status(&admin.socket),
         Command::Risk { action, admin } => risk(&admin.socket, action),
+        Command::Config {
+            action: ConfigAction::Check { config, policy },
+        } => return config_check(config.as_deref(), policy.as_deref()),
         Command::Quarantine {
             agent,
             release,
@@ -197,6 +222,40 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("agentd: {err:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_check(config: Option<&Path>, policy: Option<&Path>) -> ExitCode {
+    let config = match Config::load(config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("invalid configuration: {:#}", anyhow::Error::from(err));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let loaded = match policy {
+        Some(file) => IdentityPolicy::load_file(file),
+        None => IdentityPolicy::load_dir(&config.identity.policy_dir),
+    };
+    let checked = loaded.map_err(anyhow::Error::from).and_then(|policy| {
+        let root = agentd::cgroups::root().context("finding the cgroup v2 root")?;
+        let categories =
+            agentd::daemon::load_categories(config.network.categories_file.as_deref())?;
+        Ok(policy.compile(&root, &categories)?)
+    });
+    match checked {
+        Ok(compiled) => {
+            println!(
+                "ok: configuration valid; policy with {} agents and {} discovery rules",
+                compiled.agents.len(),
+                compiled.rules.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("invalid identity policy: {err:#}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }
