@@ -7,6 +7,7 @@ pub mod ca;
 pub mod clock;
 pub mod error;
 pub mod model;
+pub mod policy;
 pub mod server;
 pub mod store;
 
