@@ -146,7 +146,10 @@ pub struct Selector {
 
 impl Selector {
     pub fn is_empty(&self) -> bool {
-        !self.all && self.agents.is_empty() && self.blueprints.is_empty() && self.attributes.is_empty()
+        !self.all
+            && self.agents.is_empty()
+            && self.blueprints.is_empty()
+            && self.attributes.is_empty()
     }
 }
 
@@ -218,9 +221,7 @@ pub fn parse_document(yaml: &str) -> Result<PolicyDocument> {
 fn yaml_error(err: serde_yaml_ng::Error) -> Error {
     let text = err.to_string();
     match text.split_once(": ") {
-        Some((path, reason))
-            if !path.contains(' ') && !path.is_empty() && path != "." =>
-        {
+        Some((path, reason)) if !path.contains(' ') && !path.is_empty() && path != "." => {
             Error::invalid(path, reason.to_owned())
         }
         _ => Error::invalid("yaml", text),
@@ -228,14 +229,19 @@ fn yaml_error(err: serde_yaml_ng::Error) -> Error {
 }
 
 fn validate(raw: RawPolicy) -> Result<PolicyDocument> {
-    let name = raw.name.ok_or_else(|| Error::invalid("name", "is required"))?;
+    let name = raw
+        .name
+        .ok_or_else(|| Error::invalid("name", "is required"))?;
     let name = identifier("name", &name)?;
     if raw.description.chars().count() > 1024 {
-        return Err(Error::invalid("description", "is longer than 1024 characters"));
+        return Err(Error::invalid(
+            "description",
+            "is longer than 1024 characters",
+        ));
     }
-    let state_text = raw.state.ok_or_else(|| {
-        Error::invalid("state", "is required (enabled, reportOnly or disabled)")
-    })?;
+    let state_text = raw
+        .state
+        .ok_or_else(|| Error::invalid("state", "is required (enabled, reportOnly or disabled)"))?;
     let state = PolicyState::parse(&state_text).ok_or_else(|| {
         Error::invalid(
             "state",
@@ -299,13 +305,19 @@ fn identifier(field: &str, value: &str) -> Result<String> {
 
 fn check_len(field: &str, len: usize) -> Result<()> {
     if len > MAX_LIST {
-        return Err(Error::invalid(field, format!("has more than {MAX_LIST} entries")));
+        return Err(Error::invalid(
+            field,
+            format!("has more than {MAX_LIST} entries"),
+        ));
     }
     Ok(())
 }
 
 fn token(field: &str, value: &str, what: &str) -> Result<String> {
-    if value.is_empty() || value.len() > 256 || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if value.is_empty()
+        || value.len() > 256
+        || value.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(Error::invalid(
             field,
             format!("{value:?} is not {what} (1 to 256 characters, no spaces)"),
@@ -549,7 +561,12 @@ fn controls(raw: RawControls) -> Result<Controls> {
     for (index, rule) in raw.files.into_iter().enumerate() {
         files.push(file_rule(&format!("controls.files[{index}]"), rule)?);
     }
-    if !raw.block && !raw.quarantine && network_allow.is_none() && network_deny.is_empty() && files.is_empty() {
+    if !raw.block
+        && !raw.quarantine
+        && network_allow.is_none()
+        && network_deny.is_empty()
+        && files.is_empty()
+    {
         return Err(Error::invalid(
             "controls",
             "sets no control: use block, quarantine, network or files",
@@ -572,7 +589,10 @@ fn destinations(field: &str, list: Vec<RawDestination>) -> Result<Vec<NetworkGra
         let item = format!("{field}[{index}]");
         let grant = destination(&item, raw)?;
         if !seen.insert((grant.destination.clone(), grant.ports)) {
-            return Err(Error::invalid(item, format!("{} is listed twice", grant.destination)));
+            return Err(Error::invalid(
+                item,
+                format!("{} is listed twice", grant.destination),
+            ));
         }
         out.push(grant);
     }
@@ -663,7 +683,9 @@ fn domain_name(field: &str, value: &str) -> Result<String> {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     if !valid {
         return Err(Error::invalid(
@@ -716,7 +738,12 @@ fn file_rule(field: &str, raw: RawFileRule) -> Result<FileControl> {
                 format!("unknown action {other:?} (allow or deny)"),
             ));
         }
-        None => return Err(Error::invalid(format!("{field}.action"), "is required (allow or deny)")),
+        None => {
+            return Err(Error::invalid(
+                format!("{field}.action"),
+                "is required (allow or deny)",
+            ));
+        }
     };
     Ok(FileControl {
         path,
@@ -779,16 +806,34 @@ controls:
         assert!(doc.include.blueprints.contains("finance"));
         assert_eq!(doc.include.attributes["dept"], vec!["finance", "audit"]);
         assert!(doc.exclude.agents.contains("legacy-bot"));
-        assert_eq!(doc.conditions.risk_levels, vec![RiskLevel::None, RiskLevel::Low]);
+        assert_eq!(
+            doc.conditions.risk_levels,
+            vec![RiskLevel::None, RiskLevel::Low]
+        );
         let window = doc.conditions.time_windows[0];
         assert_eq!(window.days, 0b1_1111);
         assert_eq!((window.start_minute, window.end_minute), (540, 1050));
         assert_eq!(window.offset_seconds, 7200);
         let allow = doc.controls.network_allow.expect("allow-list");
         assert_eq!(allow[0].destination.to_string(), "cidr 10.20.0.0/16");
-        assert_eq!(allow[0].ports, Some(Ports { first: 443, last: 443 }));
-        assert_eq!(allow[1].ports, Some(Ports { first: 8000, last: 8100 }));
-        assert_eq!(doc.controls.network_deny[0].destination, Destination::Category("paste-sites".into()));
+        assert_eq!(
+            allow[0].ports,
+            Some(Ports {
+                first: 443,
+                last: 443
+            })
+        );
+        assert_eq!(
+            allow[1].ports,
+            Some(Ports {
+                first: 8000,
+                last: 8100
+            })
+        );
+        assert_eq!(
+            doc.controls.network_deny[0].destination,
+            Destination::Category("paste-sites".into())
+        );
         assert_eq!(doc.controls.files[0].action, FileAction::Deny);
     }
 
@@ -797,22 +842,57 @@ controls:
         let yaml = GOOD.replace("riskLevels: [none, low]", "riskLevels: [low, critical]");
         let (field, reason) = field_of(&yaml);
         assert_eq!(field, "conditions.riskLevels[1]");
-        assert!(reason.starts_with("unknown risk level \"critical\""), "{reason}");
+        assert!(
+            reason.starts_with("unknown risk level \"critical\""),
+            "{reason}"
+        );
     }
 
     #[test]
     fn bad_fields_are_named_by_path() {
         let cases = [
             ("state: enabled", "state: on", "state"),
-            ("cidr: 10.20.0.0/16", "cidr: 10.20.0.0/33", "controls.network.allow[0].cidr"),
-            ("ports: 443", "ports: 70000", "controls.network.allow[0].ports"),
-            ("ports: 8000-8100", "ports: 8100-8000", "controls.network.allow[1].ports"),
-            ("hours: 09:00-17:30", "hours: 9-5", "conditions.timeWindows[0].hours"),
-            ("timeZone: +02:00", "timeZone: Mars/Olympus", "conditions.timeWindows[0].timeZone"),
-            ("days: [mon, tue", "days: [mon, tew", "conditions.timeWindows[0].days[1]"),
-            ("access: [write]", "access: [delete]", "controls.files[0].access[0]"),
+            (
+                "cidr: 10.20.0.0/16",
+                "cidr: 10.20.0.0/33",
+                "controls.network.allow[0].cidr",
+            ),
+            (
+                "ports: 443",
+                "ports: 70000",
+                "controls.network.allow[0].ports",
+            ),
+            (
+                "ports: 8000-8100",
+                "ports: 8100-8000",
+                "controls.network.allow[1].ports",
+            ),
+            (
+                "hours: 09:00-17:30",
+                "hours: 9-5",
+                "conditions.timeWindows[0].hours",
+            ),
+            (
+                "timeZone: +02:00",
+                "timeZone: Mars/Olympus",
+                "conditions.timeWindows[0].timeZone",
+            ),
+            (
+                "days: [mon, tue",
+                "days: [mon, tew",
+                "conditions.timeWindows[0].days[1]",
+            ),
+            (
+                "access: [write]",
+                "access: [delete]",
+                "controls.files[0].access[0]",
+            ),
             ("action: deny", "action: maybe", "controls.files[0].action"),
-            ("path: /srv/ledger", "path: srv/ledger", "controls.files[0].path"),
+            (
+                "path: /srv/ledger",
+                "path: srv/ledger",
+                "controls.files[0].path",
+            ),
             ("name: finance-egress", "name: Finance Egress", "name"),
         ];
         for (from, to, expected) in cases {
@@ -832,14 +912,18 @@ controls:
 
     #[test]
     fn a_destination_needs_exactly_one_kind() {
-        let yaml = GOOD.replace("- category: paste-sites", "- category: paste-sites\n        domain: x.example");
+        let yaml = GOOD.replace(
+            "- category: paste-sites",
+            "- category: paste-sites\n        domain: x.example",
+        );
         let (field, _) = field_of(&yaml);
         assert_eq!(field, "controls.network.deny[0]");
     }
 
     #[test]
     fn a_policy_must_select_someone_and_control_something() {
-        let yaml = "name: p\nstate: enabled\nassignments:\n  include: {}\ncontrols:\n  block: true\n";
+        let yaml =
+            "name: p\nstate: enabled\nassignments:\n  include: {}\ncontrols:\n  block: true\n";
         assert_eq!(field_of(yaml).0, "assignments.include");
         let yaml = "name: p\nstate: enabled\nassignments:\n  include: {all: true}\ncontrols: {}\n";
         assert_eq!(field_of(yaml).0, "controls");
@@ -862,7 +946,10 @@ controls:
         assert_eq!(wide.to_string(), "10.0.0.0/8");
         let narrow = Cidr::parse("10.1.0.0/16").expect("cidr");
         assert!(wide.contains(&narrow) && !narrow.contains(&wide));
-        assert_eq!(Cidr::parse("192.0.2.1").expect("addr").to_string(), "192.0.2.1/32");
+        assert_eq!(
+            Cidr::parse("192.0.2.1").expect("addr").to_string(),
+            "192.0.2.1/32"
+        );
         assert!(Cidr::parse("0.0.0.0/0").expect("any").contains(&narrow));
         assert!(!wide.contains(&Cidr::parse("2001:db8::/32").expect("v6")));
     }

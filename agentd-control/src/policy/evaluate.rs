@@ -248,13 +248,15 @@ impl Combined {
             self.has_network = true;
         }
         if !controls.network_deny.is_empty() {
-            self.denials.extend(controls.network_deny.iter().map(sourced));
+            self.denials
+                .extend(controls.network_deny.iter().map(sourced));
             self.has_network = true;
         }
-        self.files.extend(controls.files.iter().map(|rule| FileControl {
-            source: id.to_owned(),
-            ..rule.clone()
-        }));
+        self.files
+            .extend(controls.files.iter().map(|rule| FileControl {
+                source: id.to_owned(),
+                ..rule.clone()
+            }));
     }
 
     fn network(&self, package_grants: &[NetworkGrant]) -> NetworkVerdict {
@@ -316,7 +318,10 @@ fn intersect(lists: &[Vec<NetworkGrant>]) -> Vec<NetworkGrant> {
 }
 
 /// Network grants and file allows from active access packages.
-fn package_controls(packages: &[PackageGrant], now: UnixTime) -> (Vec<NetworkGrant>, Vec<FileControl>) {
+fn package_controls(
+    packages: &[PackageGrant],
+    now: UnixTime,
+) -> (Vec<NetworkGrant>, Vec<FileControl>) {
     let mut grants = Vec::new();
     let mut files = Vec::new();
     for package in packages.iter().filter(|p| p.expires_at > now) {
@@ -437,8 +442,8 @@ pub fn evaluate(
     }
     let (package_grants, package_files) = package_controls(facts.packages, facts.now);
     let mut action = enforced.action.unwrap_or(Action::Allow);
-    let mut report_only_action = (!report_only_policy_ids.is_empty())
-        .then(|| would.action.unwrap_or(Action::Allow));
+    let mut report_only_action =
+        (!report_only_policy_ids.is_empty()).then(|| would.action.unwrap_or(Action::Allow));
     if let Some(why) = governance_block(subject) {
         action = action.max(Action::Block);
         report_only_action = report_only_action.map(|a| a.max(Action::Block));
@@ -451,10 +456,7 @@ pub fn evaluate(
     files.sort();
     files.dedup();
     if !package_grants.is_empty() {
-        reasons.push(format!(
-            "{} access-package grant(s)",
-            package_grants.len()
-        ));
+        reasons.push(format!("{} access-package grant(s)", package_grants.len()));
     }
     if subject.risk > RiskLevel::None {
         reasons.push(format!("risk level {}", subject.risk));
@@ -554,26 +556,47 @@ mod tests {
         let decision = decide(&policies, &agent, 0);
         assert_eq!(decision.action, Action::Block);
         assert_eq!(decision.policy_ids, ["a", "b"]);
-        let policies = [policy("a", ALLOW_BANK), policy("b", BLOCK_HIGH), policy("c", quarantine)];
+        let policies = [
+            policy("a", ALLOW_BANK),
+            policy("b", BLOCK_HIGH),
+            policy("c", quarantine),
+        ];
         assert_eq!(decide(&policies, &agent, 0).action, Action::Quarantine);
         agent.risk = RiskLevel::Medium;
         let decision = decide(&policies[..2], &agent, 0);
-        assert_eq!(decision.action, Action::Allow, "the risk condition does not hold");
+        assert_eq!(
+            decision.action,
+            Action::Allow,
+            "the risk condition does not hold"
+        );
         assert_eq!(decision.policy_ids, ["a"]);
     }
 
     #[test]
     fn allow_lists_of_several_policies_intersect() {
         let narrow = "name: narrow\nstate: enabled\nassignments:\n  include: {attributes: {dept: finance}}\ncontrols:\n  network:\n    allow:\n      - cidr: 10.1.0.0/16\n        ports: 400-500\n      - domain: api.bank.example\n      - domain: other.example\n";
-        let decision = decide(&[policy("a", ALLOW_BANK), policy("b", narrow)], &subject(), 0);
+        let decision = decide(
+            &[policy("a", ALLOW_BANK), policy("b", narrow)],
+            &subject(),
+            0,
+        );
         assert!(decision.network.restricted);
         let got: Vec<String> = decision
             .network
             .grants
             .iter()
-            .map(|g| format!("{} {}", g.destination, g.ports.map(|p| p.to_string()).unwrap_or_default()))
+            .map(|g| {
+                format!(
+                    "{} {}",
+                    g.destination,
+                    g.ports.map(|p| p.to_string()).unwrap_or_default()
+                )
+            })
             .collect();
-        assert_eq!(got, ["cidr 10.1.0.0/16 400-500", "domain api.bank.example 443"]);
+        assert_eq!(
+            got,
+            ["cidr 10.1.0.0/16 400-500", "domain api.bank.example 443"]
+        );
     }
 
     #[test]
@@ -582,7 +605,10 @@ mod tests {
         let decision = decide(&[policy("a", ALLOW_BANK), policy("d", deny)], &subject(), 0);
         assert_eq!(decision.network.denials.len(), 1);
         assert_eq!(decision.network.denials[0].source, "d");
-        assert!(decision.network.restricted, "the allow-list still restricts");
+        assert!(
+            decision.network.restricted,
+            "the allow-list still restricts"
+        );
     }
 
     #[test]
@@ -590,14 +616,21 @@ mod tests {
         let mut agent = subject();
         agent.risk = RiskLevel::High;
         let report_only = BLOCK_HIGH.replace("state: enabled", "state: reportOnly");
-        let decision = decide(&[policy("a", ALLOW_BANK), policy("r", &report_only)], &agent, 0);
+        let decision = decide(
+            &[policy("a", ALLOW_BANK), policy("r", &report_only)],
+            &agent,
+            0,
+        );
         assert_eq!(decision.action, Action::Allow);
         assert_eq!(decision.report_only_action, Some(Action::Block));
         assert_eq!(decision.report_only_policy_ids, ["r"]);
         assert!(decision.policy_ids == ["a"]);
         agent.risk = RiskLevel::Low;
         let decision = decide(&[policy("r", &report_only)], &agent, 0);
-        assert_eq!(decision.report_only_action, None, "not applying: nothing to report");
+        assert_eq!(
+            decision.report_only_action, None,
+            "not applying: nothing to report"
+        );
     }
 
     #[test]
@@ -612,8 +645,16 @@ mod tests {
             agent.state = state;
             agent.orphaned = orphaned;
             let decision = decide(&[policy("a", ALLOW_BANK)], &agent, 0);
-            assert_eq!(decision.action, Action::Block, "{state} orphaned={orphaned}");
-            assert!(decision.reasons[0].starts_with("governance:"), "{:?}", decision.reasons);
+            assert_eq!(
+                decision.action,
+                Action::Block,
+                "{state} orphaned={orphaned}"
+            );
+            assert!(
+                decision.reasons[0].starts_with("governance:"),
+                "{:?}",
+                decision.reasons
+            );
         }
     }
 
@@ -622,20 +663,42 @@ mod tests {
         let packages = [PackageGrant {
             package_id: "pkg".into(),
             resources: vec![
-                Resource { kind: ResourceKind::NetworkDestination, value: "api.partner.example:443".into() },
-                Resource { kind: ResourceKind::FilePath, value: "/srv/shared".into() },
+                Resource {
+                    kind: ResourceKind::NetworkDestination,
+                    value: "api.partner.example:443".into(),
+                },
+                Resource {
+                    kind: ResourceKind::FilePath,
+                    value: "/srv/shared".into(),
+                },
             ],
             expires_at: 1_000,
         }];
         let agent = subject();
         let policies = [policy("a", ALLOW_BANK)];
-        let facts = Facts { subject: &agent, host: None, now: 500, packages: &packages };
+        let facts = Facts {
+            subject: &agent,
+            host: None,
+            now: 500,
+            packages: &packages,
+        };
         let decision = evaluate(&policies, &facts, false).0;
-        let grant = decision.network.grants.iter().find(|g| g.source == "pkg").expect("package grant");
-        assert_eq!(grant.destination, Destination::Domain("api.partner.example".into()));
+        let grant = decision
+            .network
+            .grants
+            .iter()
+            .find(|g| g.source == "pkg")
+            .expect("package grant");
+        assert_eq!(
+            grant.destination,
+            Destination::Domain("api.partner.example".into())
+        );
         assert_eq!(grant.expires_at, Some(1_000));
         assert_eq!(decision.files.len(), 1);
-        let facts = Facts { now: 1_000, ..facts };
+        let facts = Facts {
+            now: 1_000,
+            ..facts
+        };
         let decision = evaluate(&policies, &facts, false).0;
         assert!(decision.network.grants.iter().all(|g| g.source != "pkg"));
     }
@@ -645,28 +708,59 @@ mod tests {
         let yaml = "name: office\nstate: enabled\nassignments:\n  include: {all: true}\n  exclude: {blueprints: [ops]}\nconditions:\n  hostLabels: {env: prod}\n  timeWindows:\n    - days: [mon]\n      hours: 22:00-02:00\n      timeZone: UTC\ncontrols:\n  block: true\n";
         let policies = [policy("o", yaml)];
         let agent = subject();
-        let prod = Place { id: "h".into(), hostname: "h1".into(), labels: [("env".to_owned(), "prod".to_owned())].into() };
+        let prod = Place {
+            id: "h".into(),
+            hostname: "h1".into(),
+            labels: [("env".to_owned(), "prod".to_owned())].into(),
+        };
         // 1970-01-05 was a Monday.
         let monday_2300 = 4 * 86_400 + 23 * 3600;
         let tuesday_0100 = 5 * 86_400 + 3600;
         let tuesday_2300 = 5 * 86_400 + 23 * 3600;
         let run = |host: Option<&Place>, now| {
-            let facts = Facts { subject: &agent, host, now, packages: &[] };
+            let facts = Facts {
+                subject: &agent,
+                host,
+                now,
+                packages: &[],
+            };
             evaluate(&policies, &facts, true)
         };
         assert_eq!(run(Some(&prod), monday_2300).0.action, Action::Block);
-        assert_eq!(run(Some(&prod), tuesday_0100).0.action, Action::Block, "wraps past midnight");
+        assert_eq!(
+            run(Some(&prod), tuesday_0100).0.action,
+            Action::Block,
+            "wraps past midnight"
+        );
         let (decision, verdicts) = run(Some(&prod), tuesday_2300);
         assert_eq!(decision.action, Action::Allow);
-        assert!(verdicts[0].reasons.last().expect("reason").contains("outside every time window"));
+        assert!(
+            verdicts[0]
+                .reasons
+                .last()
+                .expect("reason")
+                .contains("outside every time window")
+        );
         let (_, verdicts) = run(None, monday_2300);
-        assert_eq!(verdicts[0].reasons.last().map(String::as_str), Some("host lacks label env=prod"));
+        assert_eq!(
+            verdicts[0].reasons.last().map(String::as_str),
+            Some("host lacks label env=prod")
+        );
         let mut ops = subject();
         ops.blueprint = "ops".into();
-        let facts = Facts { subject: &ops, host: Some(&prod), now: monday_2300, packages: &[] };
+        let facts = Facts {
+            subject: &ops,
+            host: Some(&prod),
+            now: monday_2300,
+            packages: &[],
+        };
         let (decision, verdicts) = evaluate(&policies, &facts, true);
         assert_eq!(decision.action, Action::Allow);
-        assert!(verdicts[0].reasons[0].contains("excluded"), "{:?}", verdicts[0].reasons);
+        assert!(
+            verdicts[0].reasons[0].contains("excluded"),
+            "{:?}",
+            verdicts[0].reasons
+        );
     }
 
     /// The benchmark target is p99 ≤ 50 µs in release builds; debug builds are far slower, so

@@ -6,11 +6,7 @@
 pub mod document;
 pub mod evaluate;
 
-use std::{
-    collections::BTreeMap,
-    fmt,
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -66,7 +62,9 @@ impl fmt::Display for PolicyState {
 }
 
 /// An agent's aggregated risk, ordered from none to high.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RiskLevel {
     #[default]
@@ -201,7 +199,9 @@ impl Cidr {
 fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
     match addr {
         IpAddr::V4(_) if prefix == 0 => IpAddr::V4(0.into()),
-        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & (u32::MAX << (32 - u32::from(prefix)))).into()),
+        IpAddr::V4(v4) => {
+            IpAddr::V4((u32::from(v4) & (u32::MAX << (32 - u32::from(prefix)))).into())
+        }
         IpAddr::V6(_) if prefix == 0 => IpAddr::V6(0.into()),
         IpAddr::V6(v6) => {
             IpAddr::V6((u128::from(v6) & (u128::MAX << (128 - u32::from(prefix)))).into())
