@@ -10,7 +10,8 @@ use agentd_control::{
     proto::{
         self, access_service_client::AccessServiceClient, audit_service_client::AuditServiceClient,
         auth_service_client::AuthServiceClient, governance_service_client::GovernanceServiceClient,
-        host_service_client::HostServiceClient, registry_service_client::RegistryServiceClient,
+        host_service_client::HostServiceClient, policy_service_client::PolicyServiceClient,
+        registry_service_client::RegistryServiceClient, risk_service_client::RiskServiceClient,
     },
     server::{Server, ServerOptions},
     store::{AuditContext, Store},
@@ -137,6 +138,12 @@ impl Clients {
     pub fn auth(&self) -> AuthServiceClient<Authed> {
         AuthServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
     }
+    pub fn policy(&self) -> PolicyServiceClient<Authed> {
+        PolicyServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+    pub fn risk(&self) -> RiskServiceClient<Authed> {
+        RiskServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
 }
 
 pub const DAY: i64 = 86_400;
@@ -172,6 +179,7 @@ impl Fixture {
         let options = ServerOptions {
             tls_names: tls.then(|| vec!["localhost".to_owned()]),
             sweep_interval: None,
+            ..ServerOptions::default()
         };
         let server = Server::new(store.clone(), clock.clone(), options)
             .await
