@@ -580,7 +580,10 @@ pub async fn the_audit_log_refuses_updates_and_deletes(backend: Backend) {
         .fetch_one(&mut raw)
         .await
         .expect("count");
-    assert_eq!(count, 2, "the admin token and the blueprint");
+    assert_eq!(
+        count, 3,
+        "the managed baseline policy, the admin token and the blueprint"
+    );
     fixture.stop().await;
 }
 
