@@ -339,8 +339,8 @@ impl ControlPlane {
         loop {
             tokio::select! {
                 () = tx.closed() => return,
-                changed = changes.changed() => {
-                    if changed.is_err() {
+                woken = changes.changed() => {
+                    if woken.is_err() {
                         return;
                     }
                 }
@@ -369,10 +369,10 @@ impl ControlPlane {
                 }
             }
             match self.current_decision_set(host_id).await {
-                Ok(set) if set.version != sent => {
-                    sent = set.version;
+                Ok(current) if current.version != sent => {
+                    sent = current.version;
                     let message = proto::WatchDecisionsResponse {
-                        decision_set: Some(set),
+                        decision_set: Some(current),
                     };
                     if tx.send(Ok(message)).await.is_err() {
                         return;

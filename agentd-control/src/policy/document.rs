@@ -213,12 +213,13 @@ pub fn parse_document(yaml: &str) -> Result<PolicyDocument> {
             format!("the policy document is larger than {MAX_DOCUMENT_BYTES} bytes"),
         ));
     }
-    let raw: RawPolicy = serde_yaml_ng::from_str(yaml).map_err(yaml_error)?;
+    let raw: RawPolicy = serde_yaml_ng::from_str(yaml).map_err(|err| yaml_error(&err))?;
     validate(raw)
 }
 
-/// serde_yaml_ng reports `path.to.field: message at line L column C`; keep the path as the field.
-fn yaml_error(err: serde_yaml_ng::Error) -> Error {
+/// `serde_yaml_ng` reports `path.to.field: message at line L column C`; keep the path as the
+/// field.
+fn yaml_error(err: &serde_yaml_ng::Error) -> Error {
     let text = err.to_string();
     match text.split_once(": ") {
         Some((path, reason)) if !path.contains(' ') && !path.is_empty() && path != "." => {

@@ -462,6 +462,7 @@ impl Printer {
                     time(h.last_heartbeat_time.as_ref()),
                     h.agent_ids.len().to_string(),
                     h.agentd_version.clone(),
+                    applied(h),
                 ]
             })
             .collect();
@@ -473,6 +474,7 @@ impl Printer {
                 "LAST HEARTBEAT",
                 "AGENTS",
                 "VERSION",
+                "APPLIED DECISIONS",
             ],
             &rows,
         );
@@ -639,7 +641,10 @@ impl Printer {
                 vec![
                     r.agent_id.clone(),
                     r.risk_level.clone(),
-                    enum_name(r.confirmation().as_str_name(), "RISK_CONFIRMATION_"),
+                    match r.confirmation() {
+                        proto::RiskConfirmation::Unspecified => "-".to_owned(),
+                        other => enum_name(other.as_str_name(), "RISK_CONFIRMATION_"),
+                    },
                     r.detection_count.to_string(),
                     join(&r.host_ids),
                 ]
@@ -676,6 +681,23 @@ impl Printer {
         );
         Ok(())
     }
+}
+
+/// `v12 at 2026-11-27T10:00:00Z (35s ago)`, or `-` before the first acknowledgement.
+fn applied(host: &proto::Host) -> String {
+    let Some(at) = host.applied_time else {
+        return "-".to_owned();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let age = u64::try_from(now - at.seconds).unwrap_or(0);
+    format!(
+        "v{} at {} ({} ago)",
+        host.applied_decision_version,
+        time(Some(&at)),
+        humantime::format_duration(std::time::Duration::from_secs(age))
+    )
 }
 
 fn grant_text(grant: &proto::NetworkGrant) -> String {
