@@ -6,9 +6,12 @@ use std::time::Duration;
 use agentd_control::proto::{self, Action, PolicyState};
 use tonic::{Code, Streaming};
 
-use crate::support::{
-    Backend, Clients, Fixture, agent_request, assert_status, blueprint, create_agent,
-    create_blueprint, enroll,
+use crate::{
+    cases::agentctl,
+    support::{
+        Backend, Clients, Fixture, agent_request, assert_status, blueprint, create_agent,
+        create_blueprint, enroll,
+    },
 };
 
 /// How long a watch may take to deliver a new set after a change.
@@ -855,5 +858,104 @@ pub async fn detections_are_validated_by_field(backend: Backend) {
         stored.is_empty(),
         "a refused report stores nothing: {stored:?}"
     );
+    fixture.stop().await;
+}
+
+/// A change made through one replica reaches a watch held by another (which polls the shared
+/// database's change marker), and both replicas issue the same versions.
+pub async fn a_watch_on_one_replica_gets_changes_made_through_another(backend: Backend) {
+    let fixture = Fixture::start(&backend).await;
+    let replica = Fixture::replica_of(&fixture).await;
+    let admin = fixture.admin().await;
+    let (billing, _) = finance_agents(&admin).await;
+    let host = enroll(&fixture, "worker-1", "").await;
+    let on_replica = replica.as_token(&host.host_token).await;
+    let mut stream = watch(&on_replica, 0).await;
+    let first = next_set(&mut stream, PUSH_DEADLINE)
+        .await
+        .expect("first set");
+    assert!(decision(&first, &billing.id).network_denials.is_empty());
+    // The policy is created through the primary: the replica hears of it only by polling.
+    create_policy(&admin, BLOCK_EVIL).await;
+    let pushed = set_where(&mut stream, "the denial made on the other replica", |set| {
+        !decision(set, &billing.id).network_denials.is_empty()
+    })
+    .await;
+    assert!(pushed.version > first.version);
+    // The primary serves the same version for the same content.
+    let on_primary = fixture.as_token(&host.host_token).await;
+    let mut primary_stream = watch(&on_primary, 0).await;
+    let same = next_set(&mut primary_stream, PUSH_DEADLINE)
+        .await
+        .expect("current set");
+    assert_eq!(same.version, pushed.version);
+    drop(stream);
+    drop(primary_stream);
+    replica.stop().await;
+    fixture.stop().await;
+}
+
+/// `agentctl policy apply` creates, then versions, the shipped example documents; what-if
+/// prints the decision; a bad document fails with the field path.
+pub async fn agentctl_applies_policy_files_and_explains_decisions(backend: Backend) {
+    let fixture = Fixture::start(&backend).await;
+    let admin = fixture.admin().await;
+    finance_agents(&admin).await;
+    let token = fixture.admin_token.clone();
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policies");
+    let egress = format!("{examples}/finance-egress.yaml");
+    let office = format!("{examples}/office-hours-block.yaml");
+    for (file, version) in [(&egress, "1"), (&office, "1"), (&egress, "2")] {
+        let (ok, out, err) = agentctl(&fixture, &token, &["policy", "apply", file]).await;
+        assert!(ok, "{file}: {err}");
+        let row = out.lines().nth(1).unwrap_or_default();
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(columns.get(3), Some(&version), "{out}");
+    }
+    let (ok, out, err) = agentctl(
+        &fixture,
+        &token,
+        &[
+            "-o",
+            "json",
+            "policy",
+            "what-if",
+            "billing-bot",
+            "--risk",
+            "low",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let response: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(response["decision"]["action"], "ACTION_ALLOW");
+    assert_eq!(response["decision"]["networkRestricted"], true);
+    assert_eq!(response["riskLevel"], "low");
+    let (ok, out, err) = agentctl(&fixture, &token, &["policy", "what-if", "billing-bot"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("finance-egress          enabled      applies"),
+        "{out}"
+    );
+    let bad = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(
+        bad.path(),
+        std::fs::read_to_string(&egress).expect("example").replace(
+            "riskLevels: [none, low, medium]",
+            "riskLevels: [none, low, critical]",
+        ),
+    )
+    .expect("write");
+    let path = bad.path().to_str().expect("utf-8 path").to_owned();
+    let (ok, _, err) = agentctl(&fixture, &token, &["policy", "apply", &path]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("field `conditions.riskLevels[2]`: unknown risk level \"critical\""),
+        "{err}"
+    );
+    let (ok, out, err) =
+        agentctl(&fixture, &token, &["policy", "versions", "finance-egress"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 3, "a header and two versions: {out}");
     fixture.stop().await;
 }

@@ -70,6 +70,8 @@ const TESTS: &[(&str, TestFn)] = tests![
     conditional_access::a_watch_gets_new_decisions_after_policy_risk_and_package_changes,
     conditional_access::a_watch_resumes_from_its_version_and_acks_show_in_get_host,
     conditional_access::detections_are_validated_by_field,
+    conditional_access::a_watch_on_one_replica_gets_changes_made_through_another,
+    conditional_access::agentctl_applies_policy_files_and_explains_decisions,
 ];
 
 fn main() -> ExitCode {
