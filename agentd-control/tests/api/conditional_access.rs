@@ -959,3 +959,61 @@ pub async fn agentctl_applies_policy_files_and_explains_decisions(backend: Backe
     assert_eq!(out.lines().count(), 3, "a header and two versions: {out}");
     fixture.stop().await;
 }
+
+/// Time alone changes decisions: when an access package's expiry passes, the watch gets a set
+/// without its grant (no write happened; the periodic re-evaluation finds it).
+pub async fn a_watch_drops_a_package_grant_when_its_expiry_passes(backend: Backend) {
+    let fixture = Fixture::start(&backend).await;
+    let admin = fixture.admin().await;
+    let (billing, _) = finance_agents(&admin).await;
+    let package = admin
+        .access()
+        .request_access_package(proto::RequestAccessPackageRequest {
+            agent_id: billing.id.clone(),
+            resources: vec![proto::Resource {
+                kind: proto::ResourceKind::NetworkDestination.into(),
+                value: "10.9.0.0/16:5432".into(),
+            }],
+            justification: "migration window".into(),
+            approvers: vec![],
+            start_time: None,
+            expire_time: Some(prost_types::Timestamp {
+                seconds: fixture.clock_now() + 600,
+                nanos: 0,
+            }),
+        })
+        .await
+        .expect("request")
+        .into_inner()
+        .access_package
+        .expect("package");
+    let host = enroll(&fixture, "worker-1", "").await;
+    let host_clients = fixture.as_token(&host.host_token).await;
+    let mut stream = watch(&host_clients, 0).await;
+    let first = next_set(&mut stream, PUSH_DEADLINE)
+        .await
+        .expect("first set");
+    let grant = decision(&first, &billing.id)
+        .network_grants
+        .iter()
+        .find(|g| g.source == package.id)
+        .expect("the package's grant")
+        .clone();
+    assert_eq!(
+        grant.destination,
+        Some(proto::network_grant::Destination::Cidr(
+            "10.9.0.0/16".into()
+        ))
+    );
+    assert_eq!(grant.ports, "5432");
+    fixture.clock.advance(601);
+    let later = set_where(&mut stream, "the grant gone", |set| {
+        decision(set, &billing.id)
+            .network_grants
+            .iter()
+            .all(|g| g.source != package.id)
+    })
+    .await;
+    assert!(later.version > first.version);
+    fixture.stop().await;
+}

@@ -72,6 +72,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     conditional_access::detections_are_validated_by_field,
     conditional_access::a_watch_on_one_replica_gets_changes_made_through_another,
     conditional_access::agentctl_applies_policy_files_and_explains_decisions,
+    conditional_access::a_watch_drops_a_package_grant_when_its_expiry_passes,
 ];
 
 fn main() -> ExitCode {

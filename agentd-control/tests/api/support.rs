@@ -4,6 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use agentd_control::{
+    api::DecisionOptions,
     ca::CertificateAuthority,
     clock::{Clock as _, ManualClock},
     model::Role,
@@ -179,7 +180,12 @@ impl Fixture {
         let options = ServerOptions {
             tls_names: tls.then(|| vec!["localhost".to_owned()]),
             sweep_interval: None,
-            ..ServerOptions::default()
+            // Re-evaluate every second, so that tests of time-driven changes (grants expiring)
+            // wait at most that long.
+            decisions: DecisionOptions {
+                recheck_interval: Duration::from_secs(1),
+                ..DecisionOptions::default()
+            },
         };
         let server = Server::new(store.clone(), clock.clone(), options)
             .await
