@@ -5,8 +5,11 @@ pub mod api;
 pub mod auth;
 pub mod ca;
 pub mod clock;
+pub mod decisions;
 pub mod error;
 pub mod model;
+pub mod policy;
+pub mod risk;
 pub mod server;
 pub mod store;
 

@@ -47,6 +47,10 @@ text_enum!(AlertKind { Orphaned = "orphaned", ReconfirmationOverdue = "reconfirm
 text_enum!(ResourceKind { NetworkDestination = "network_destination", FilePath = "file_path", McpServer = "mcp_server" });
 text_enum!(AccessPackageState { Pending = "pending", Approved = "approved", Active = "active", Expired = "expired", Denied = "denied", Revoked = "revoked" });
 text_enum!(
+    /// An administrator's verdict on an agent's risk.
+    RiskConfirmation { Compromised = "compromised", Safe = "safe" }
+);
+text_enum!(
     /// What an API token may do: see `auth::Method::roles`.
     Role { Admin = "admin", Sponsor = "sponsor", Auditor = "auditor", Host = "host" }
 );
@@ -331,6 +335,14 @@ pub struct Host {
     pub revoked_at: Option<UnixTime>,
     pub revoke_reason: String,
     pub agent_ids: Vec<String>,
+    /// Labels policies select hosts by.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The last decision version the host acknowledged (0: none); not audited.
+    #[serde(skip)]
+    pub applied_decision_version: i64,
+    #[serde(skip)]
+    pub applied_at: Option<UnixTime>,
 }
 
 /// What one governance sweep changed.
@@ -445,4 +457,48 @@ mod tests {
         }
         assert_eq!(AccessPackageState::parse("granted"), None);
     }
+}
+
+/// A stored Conditional Access policy version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub state: crate::policy::PolicyState,
+    pub version: i64,
+    /// The YAML document as submitted for this version.
+    pub yaml: String,
+    pub managed: bool,
+    pub created_at: UnixTime,
+    /// When this version was stored.
+    pub updated_at: UnixTime,
+    /// Who stored this version.
+    pub updated_by: String,
+}
+
+/// A detection reported by a host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detection {
+    pub id: i64,
+    pub agent_id: String,
+    pub host_id: String,
+    pub rule: String,
+    /// Low, medium or high.
+    pub severity: crate::policy::RiskLevel,
+    pub detected_at: UnixTime,
+    pub received_at: UnixTime,
+    pub summary: String,
+}
+
+/// An administrator's latest confirmation about an agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RiskConfirmationRecord {
+    pub agent_id: String,
+    pub confirmation: RiskConfirmation,
+    pub reason: String,
+    pub confirmed_by: String,
+    pub confirmed_at: UnixTime,
+    /// Detections up to this id are ignored after a confirm-safe.
+    pub last_detection_id: i64,
 }

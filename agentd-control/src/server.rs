@@ -8,14 +8,15 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::{
-    api::ControlPlane,
+    api::{ControlPlane, DecisionOptions},
     ca::CertificateAuthority,
     clock::Clock,
     error::{Error, Result},
     proto::{
         access_service_server::AccessServiceServer, audit_service_server::AuditServiceServer,
         auth_service_server::AuthServiceServer, governance_service_server::GovernanceServiceServer,
-        host_service_server::HostServiceServer, registry_service_server::RegistryServiceServer,
+        host_service_server::HostServiceServer, policy_service_server::PolicyServiceServer,
+        registry_service_server::RegistryServiceServer, risk_service_server::RiskServiceServer,
     },
     store::Store,
 };
@@ -28,6 +29,8 @@ pub struct ServerOptions {
     pub tls_names: Option<Vec<String>>,
     /// Run the governance sweep this often; `None`: only on `RunSweep`.
     pub sweep_interval: Option<Duration>,
+    /// Risk window and the decision watches' polling.
+    pub decisions: DecisionOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,7 @@ impl Server {
     /// Loads (or creates) the CA and prepares the services.
     pub async fn new(store: Store, clock: Arc<dyn Clock>, options: ServerOptions) -> Result<Self> {
         let ca = CertificateAuthority::load_or_create(&store, clock.now()).await?;
+        store.ensure_baseline_policy(clock.now()).await?;
         let tls = match &options.tls_names {
             None => None,
             Some(names) => {
@@ -65,7 +69,8 @@ impl Server {
                 )
             }
         };
-        let control = ControlPlane::new(store, clock, Arc::new(ca), tls.is_some());
+        let control =
+            ControlPlane::new(store, clock, Arc::new(ca), tls.is_some(), options.decisions);
         Ok(Self {
             control,
             tls,
@@ -112,6 +117,8 @@ impl Server {
             .add_service(AuditServiceServer::new(control.clone()))
             .add_service(HostServiceServer::new(control.clone()))
             .add_service(AuthServiceServer::new(control.clone()))
+            .add_service(PolicyServiceServer::new(control.clone()))
+            .add_service(RiskServiceServer::new(control.clone()))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await
             .map_err(ServeError::Transport);

@@ -140,6 +140,7 @@ impl AccessService for ControlPlane {
                 new,
             )
             .await?;
+        self.decisions_changed();
         Ok(Response::new(proto::RequestAccessPackageResponse {
             access_package: Some(to_proto(&package)),
         }))
@@ -164,6 +165,7 @@ impl AccessService for ControlPlane {
                 },
             )
             .await?;
+        self.decisions_changed();
         Ok(Response::new(proto::ApproveAccessPackageResponse {
             access_package: Some(to_proto(&package)),
         }))
@@ -187,6 +189,7 @@ impl AccessService for ControlPlane {
                 },
             )
             .await?;
+        self.decisions_changed();
         Ok(Response::new(proto::DenyAccessPackageResponse {
             access_package: Some(to_proto(&package)),
         }))
@@ -205,6 +208,7 @@ impl AccessService for ControlPlane {
             .store
             .revoke_access_package(&self.audit(&caller, Method::RevokeAccessPackage), &id)
             .await?;
+        self.decisions_changed();
         Ok(Response::new(proto::RevokeAccessPackageResponse {
             access_package: Some(to_proto(&package)),
         }))

@@ -17,6 +17,8 @@ const TARGET_TYPES: &[&str] = &[
     "host",
     "join_token",
     "api_token",
+    "policy",
+    "agent_risk",
 ];
 
 #[tonic::async_trait]

@@ -35,7 +35,11 @@ impl ControlPlane {
             action: Method::RunSweep.name(),
             now: self.now(),
         };
-        self.store.sweep(&audit).await
+        let report = self.store.sweep(&audit).await?;
+        if report != crate::model::SweepReport::default() {
+            self.decisions_changed();
+        }
+        Ok(report)
     }
 }
 
@@ -52,6 +56,7 @@ impl GovernanceService for ControlPlane {
             .store
             .enable_agent(&self.audit(&caller, Method::EnableAgent), &id)
             .await?;
+        self.decisions_changed();
         Ok(Response::new(proto::EnableAgentResponse {
             agent: Some(agent_to_proto(&agent)),
         }))
@@ -70,6 +75,7 @@ impl GovernanceService for ControlPlane {
             .store
             .disable_agent(&self.audit(&caller, Method::DisableAgent), &id, reason)
             .await?;
+        self.decisions_changed();
         Ok(Response::new(proto::DisableAgentResponse {
             agent: Some(agent_to_proto(&agent)),
         }))
@@ -86,6 +92,7 @@ impl GovernanceService for ControlPlane {
             .store
             .reconfirm_agent(&self.audit(&caller, Method::ReconfirmAgent), &id)
             .await?;
+        self.decisions_changed();
         Ok(Response::new(proto::ReconfirmAgentResponse {
             agent: Some(agent_to_proto(&agent)),
         }))
@@ -109,6 +116,7 @@ impl GovernanceService for ControlPlane {
                 &principal,
             )
             .await?;
+        self.decisions_changed();
         Ok(Response::new(proto::AddPrincipalResponse {
             agent: Some(agent_to_proto(&agent)),
         }))
@@ -146,6 +154,7 @@ impl GovernanceService for ControlPlane {
                 reassign_to.as_deref(),
             )
             .await?;
+        self.decisions_changed();
         Ok(Response::new(proto::RemovePrincipalResponse {
             agent_ids: removal.agent_ids,
             reassigned_agent_ids: removal.reassigned,

@@ -1,5 +1,10 @@
-//! `HostService`: join tokens, enrolment, heartbeats, agent reports and revocation.
+//! `HostService`: join tokens, enrolment, heartbeats, agent reports, revocation, labels, and the
+//! Conditional Access loop (decision watches, acknowledgements, detections).
 
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{ControlPlane, optional_timestamp, timestamp, validate};
@@ -7,8 +12,9 @@ use crate::{
     auth::Method,
     error::Error,
     model::Host,
+    policy::RiskLevel,
     proto::{self, host_service_server::HostService},
-    store::AuditContext,
+    store::{AuditContext, risk::NewDetection},
 };
 
 /// Join tokens live at most a week.
@@ -25,9 +31,9 @@ fn to_proto(host: Host) -> proto::Host {
         revoked: host.revoked_at.is_some(),
         revoke_time: optional_timestamp(host.revoked_at),
         agentd_version: host.agentd_version,
-        applied_decision_version: 0,
-        applied_time: None,
-        labels: std::collections::HashMap::new(),
+        applied_decision_version: u64::try_from(host.applied_decision_version).unwrap_or_default(),
+        applied_time: optional_timestamp(host.applied_at),
+        labels: host.labels.into_iter().collect(),
     }
 }
 
@@ -191,11 +197,20 @@ impl HostService for ControlPlane {
         &self,
         request: Request<proto::SetHostLabelsRequest>,
     ) -> Result<Response<proto::SetHostLabelsResponse>, Status> {
-        self.authorize(&request, Method::SetHostLabels).await?;
-        Err(Status::unimplemented("SetHostLabels: not implemented yet"))
+        let caller = self.authorize(&request, Method::SetHostLabels).await?;
+        let id = validate::uuid("id", &request.get_ref().id)?;
+        let labels = validate::attributes("labels", &request.get_ref().labels)?;
+        let host = self
+            .store
+            .set_host_labels(&self.audit(&caller, Method::SetHostLabels), &id, &labels)
+            .await?;
+        self.decisions_changed();
+        Ok(Response::new(proto::SetHostLabelsResponse {
+            host: Some(to_proto(host)),
+        }))
     }
 
-    type WatchDecisionsStream = std::pin::Pin<
+    type WatchDecisionsStream = Pin<
         Box<dyn tokio_stream::Stream<Item = Result<proto::WatchDecisionsResponse, Status>> + Send>,
     >;
 
@@ -203,25 +218,171 @@ impl HostService for ControlPlane {
         &self,
         request: Request<proto::WatchDecisionsRequest>,
     ) -> Result<Response<Self::WatchDecisionsStream>, Status> {
-        self.authorize(&request, Method::WatchDecisions).await?;
-        Err(Status::unimplemented("WatchDecisions: not implemented yet"))
+        let caller = self.authorize(&request, Method::WatchDecisions).await?;
+        let host_id = caller.principal;
+        let after = request.get_ref().after_version;
+        // Errors computing the first set fail the call itself, with their status.
+        let first = self.current_decision_set(&host_id).await?;
+        let (tx, rx) = mpsc::channel(4);
+        let mut sent = after;
+        if first.version != after {
+            sent = first.version;
+            tx.send(Ok(proto::WatchDecisionsResponse {
+                decision_set: Some(first),
+            }))
+            .await
+            .map_err(|_| Status::cancelled("the watch was closed"))?;
+        }
+        let control = self.clone();
+        tokio::spawn(async move { control.watch_loop(&host_id, sent, tx).await });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn ack_decisions(
         &self,
         request: Request<proto::AckDecisionsRequest>,
     ) -> Result<Response<proto::AckDecisionsResponse>, Status> {
-        self.authorize(&request, Method::AckDecisions).await?;
-        Err(Status::unimplemented("AckDecisions: not implemented yet"))
+        let caller = self.authorize(&request, Method::AckDecisions).await?;
+        let version = i64::try_from(request.get_ref().version)
+            .map_err(|_| Error::invalid("version", "is out of range"))?;
+        if version == 0 {
+            return Err(
+                Error::invalid("version", "is required (the applied DecisionSet version)").into(),
+            );
+        }
+        self.store
+            .ack_decisions(&caller.principal, version, self.now())
+            .await?;
+        Ok(Response::new(proto::AckDecisionsResponse {}))
     }
 
     async fn report_detections(
         &self,
         request: Request<proto::ReportDetectionsRequest>,
     ) -> Result<Response<proto::ReportDetectionsResponse>, Status> {
-        self.authorize(&request, Method::ReportDetections).await?;
-        Err(Status::unimplemented(
-            "ReportDetections: not implemented yet",
-        ))
+        let caller = self.authorize(&request, Method::ReportDetections).await?;
+        let detections = &request.get_ref().detections;
+        if detections.is_empty() {
+            return Err(Error::invalid("detections", "at least one is required").into());
+        }
+        if detections.len() > MAX_DETECTIONS_PER_REPORT {
+            return Err(Error::invalid(
+                "detections",
+                format!("at most {MAX_DETECTIONS_PER_REPORT} per report"),
+            )
+            .into());
+        }
+        let mut parsed = Vec::with_capacity(detections.len());
+        for (index, detection) in detections.iter().enumerate() {
+            let field = |name: &str| format!("detections[{index}].{name}");
+            let severity = match RiskLevel::parse(&detection.severity) {
+                Some(level) if level != RiskLevel::None => level,
+                _ => {
+                    return Err(Error::invalid(
+                        field("severity"),
+                        format!(
+                            "unknown severity {:?} (low, medium or high)",
+                            detection.severity
+                        ),
+                    )
+                    .into());
+                }
+            };
+            parsed.push(NewDetection {
+                agent_id: validate::uuid(&field("agent_id"), &detection.agent_id)?,
+                rule: validate::required_text(&field("rule"), &detection.rule, 128)?,
+                severity,
+                detected_at: validate::time(&field("detect_time"), detection.detect_time.as_ref())?,
+                summary: validate::text(&field("summary"), &detection.summary, 1024)?,
+            });
+        }
+        let now = self.now();
+        self.store
+            .insert_detections(&caller.principal, &parsed, now)
+            .await?;
+        self.decisions_changed();
+        let ids: Vec<String> = parsed.iter().map(|d| d.agent_id.clone()).collect();
+        let risks = self.agent_risks(&ids, now).await?;
+        let risk_levels = parsed
+            .iter()
+            .map(|d| {
+                let level = risks.get(&d.agent_id).map_or(RiskLevel::None, |r| r.level);
+                (d.agent_id.clone(), level.as_str().to_owned())
+            })
+            .collect();
+        Ok(Response::new(proto::ReportDetectionsResponse {
+            risk_levels,
+        }))
+    }
+}
+
+/// One report carries at most this many detections.
+const MAX_DETECTIONS_PER_REPORT: usize = 1000;
+
+impl ControlPlane {
+    /// Pushes a new decision set to the host whenever its content changes: woken by this
+    /// replica's changes at once, by other replicas' through the change marker polled every
+    /// `poll_interval`, and by time alone every `recheck_interval`. Ends when the client goes
+    /// away or the host is revoked.
+    async fn watch_loop(
+        &self,
+        host_id: &str,
+        mut sent: u64,
+        tx: mpsc::Sender<Result<proto::WatchDecisionsResponse, Status>>,
+    ) {
+        let options = self.decision_options;
+        let mut changes = self.changes.subscribe();
+        let mut poll = tokio::time::interval(options.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut marker = self.store.change_marker().await.ok();
+        let mut last_evaluation = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                () = tx.closed() => return,
+                woken = changes.changed() => {
+                    if woken.is_err() {
+                        return;
+                    }
+                }
+                _ = poll.tick() => {
+                    let now_marker = self.store.change_marker().await.ok();
+                    if now_marker == marker
+                        && last_evaluation.elapsed() < options.recheck_interval
+                    {
+                        continue;
+                    }
+                    marker = now_marker;
+                }
+            }
+            last_evaluation = tokio::time::Instant::now();
+            match self.store.host_is_active(host_id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = tx
+                        .send(Err(Status::unauthenticated("the host was revoked")))
+                        .await;
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(host_id, error = %err, "decision watch: checking the host");
+                    continue;
+                }
+            }
+            match self.current_decision_set(host_id).await {
+                Ok(current) if current.version != sent => {
+                    sent = current.version;
+                    let message = proto::WatchDecisionsResponse {
+                        decision_set: Some(current),
+                    };
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(host_id, error = %err, "decision watch: evaluating");
+                }
+            }
+        }
     }
 }

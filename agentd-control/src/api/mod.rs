@@ -4,9 +4,12 @@
 mod access;
 mod audit;
 mod auth;
+mod decision;
 mod governance;
 mod host;
+mod policy;
 mod registry;
+mod risk;
 mod validate;
 
 use std::{
@@ -27,6 +30,29 @@ use crate::{
     store::{AuditContext, Store, auth::Caller},
 };
 
+/// How decisions are distributed: see docs/conditional-access.md, "Distribution".
+#[derive(Clone, Copy, Debug)]
+pub struct DecisionOptions {
+    /// Detections count towards an agent's risk for this many seconds.
+    pub risk_window_seconds: i64,
+    /// How often each watch checks for changes this replica was not told about (other
+    /// replicas' writes): a cheap query of the change marker.
+    pub poll_interval: Duration,
+    /// How often each watch re-evaluates even without any change, for what time alone changes
+    /// (time windows, risk leaving the window, access packages expiring).
+    pub recheck_interval: Duration,
+}
+
+impl Default for DecisionOptions {
+    fn default() -> Self {
+        Self {
+            risk_window_seconds: crate::risk::DEFAULT_RISK_WINDOW_SECONDS,
+            poll_interval: Duration::from_secs(1),
+            recheck_interval: Duration::from_secs(10),
+        }
+    }
+}
+
 /// The state every service shares: storage, the clock and the CA.
 #[derive(Clone)]
 pub struct ControlPlane {
@@ -36,6 +62,10 @@ pub struct ControlPlane {
     /// Set when the server runs TLS: host-role calls must then also present the host's client
     /// certificate (mTLS), issued by the control-plane CA for the same host id.
     require_host_certificates: bool,
+    /// Bumped after every change decisions may depend on; every decision watch of this
+    /// replica subscribes.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
+    decision_options: DecisionOptions,
 }
 
 impl ControlPlane {
@@ -44,13 +74,21 @@ impl ControlPlane {
         clock: Arc<dyn Clock>,
         ca: Arc<CertificateAuthority>,
         require_host_certificates: bool,
+        decision_options: DecisionOptions,
     ) -> Self {
         Self {
             store,
             clock,
             ca,
             require_host_certificates,
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
+            decision_options,
         }
+    }
+
+    /// Wakes this replica's decision watches (other replicas notice through polling).
+    pub fn decisions_changed(&self) {
+        self.changes.send_modify(|generation| *generation += 1);
     }
 
     pub fn store(&self) -> &Store {

@@ -374,6 +374,7 @@ impl RegistryService for ControlPlane {
                 spec,
             )
             .await?;
+        self.decisions_changed();
         Ok(Response::new(proto::CreateBlueprintResponse {
             blueprint: Some(blueprint_to_proto(&blueprint)),
         }))
@@ -417,6 +418,7 @@ impl RegistryService for ControlPlane {
                 spec,
             )
             .await?;
+        self.decisions_changed();
         Ok(Response::new(proto::UpdateBlueprintResponse {
             blueprint: Some(blueprint_to_proto(&blueprint)),
         }))
@@ -431,6 +433,7 @@ impl RegistryService for ControlPlane {
         self.store
             .delete_blueprint(&self.audit(&caller, Method::DeleteBlueprint), &name)
             .await?;
+        self.decisions_changed();
         Ok(Response::new(proto::DeleteBlueprintResponse {}))
     }
 
@@ -447,6 +450,7 @@ impl RegistryService for ControlPlane {
             .store
             .create_agent(&self.audit(&caller, Method::CreateAgent), new)
             .await?;
+        self.decisions_changed();
         Ok(Response::new(proto::CreateAgentResponse {
             agent: Some(agent_to_proto(&agent)),
         }))
@@ -508,6 +512,7 @@ impl RegistryService for ControlPlane {
             .store
             .update_agent(&self.audit(&caller, Method::UpdateAgent), update)
             .await?;
+        self.decisions_changed();
         Ok(Response::new(proto::UpdateAgentResponse {
             agent: Some(agent_to_proto(&agent)),
         }))
@@ -525,6 +530,7 @@ impl RegistryService for ControlPlane {
             .store
             .delete_agent(&self.audit(&caller, Method::DeleteAgent), &id)
             .await?;
+        self.decisions_changed();
         Ok(Response::new(proto::DeleteAgentResponse {
             agent: Some(agent_to_proto(&agent)),
         }))

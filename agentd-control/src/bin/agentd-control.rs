@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
 use agentd_control::{
+    api::DecisionOptions,
     ca::CertificateAuthority,
     clock::{Clock as _, SystemClock},
     model::Role,
@@ -56,6 +57,17 @@ enum Command {
         /// How often the governance sweep runs, e.g. 5m, 1h.
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         sweep_interval: Duration,
+        /// How long a host's detection counts towards its agent's risk, e.g. 30m.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        risk_window: Duration,
+        /// How often each decision watch polls the database for changes made by other
+        /// replicas (changes made through this replica are pushed at once).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        decision_poll: Duration,
+        /// How often each decision watch re-evaluates without any change, for time windows,
+        /// risk ageing and expiring grants.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        decision_recheck: Duration,
     },
     /// Create an API token directly in the database (to bootstrap the first admin). Prints the
     /// secret once.
@@ -112,10 +124,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             tls_names,
             sweep_interval,
+            risk_window,
+            decision_poll,
+            decision_recheck,
         } => {
             let options = ServerOptions {
                 tls_names: (!tls_names.is_empty()).then_some(tls_names),
                 sweep_interval: Some(sweep_interval),
+                decisions: DecisionOptions {
+                    risk_window_seconds: i64::try_from(risk_window.as_secs()).unwrap_or(i64::MAX),
+                    poll_interval: decision_poll,
+                    recheck_interval: decision_recheck,
+                },
             };
             let server = Server::new(store.clone(), clock, options).await?;
             let listener = tokio::net::TcpListener::bind(listen)

@@ -5,7 +5,7 @@ use sqlx::{Row as _, any::AnyRow};
 use super::{
     AuditContext, Conn, Store,
     auth::{hash_secret, insert_token, new_secret},
-    new_id,
+    from_json, new_id, to_json,
 };
 use crate::{
     error::{Error, Result},
@@ -13,7 +13,7 @@ use crate::{
 };
 
 const HOST_COLUMNS: &str = "id, hostname, agentd_version, enrolled_at, last_heartbeat_at, \
-     revoked_at, revoke_reason";
+     revoked_at, revoke_reason, labels, applied_decision_version, applied_at";
 
 async fn host_from_row(conn: &mut Conn, row: &AnyRow) -> Result<Host> {
     let id: String = row.try_get("id")?;
@@ -31,6 +31,9 @@ async fn host_from_row(conn: &mut Conn, row: &AnyRow) -> Result<Host> {
         revoked_at: row.try_get("revoked_at")?,
         revoke_reason: row.try_get("revoke_reason")?,
         agent_ids,
+        labels: from_json("host labels", &row.try_get::<String, _>("labels")?)?,
+        applied_decision_version: row.try_get("applied_decision_version")?,
+        applied_at: row.try_get("applied_at")?,
     })
 }
 
@@ -172,6 +175,9 @@ impl Store {
             revoked_at: None,
             revoke_reason: String::new(),
             agent_ids: Vec::new(),
+            labels: std::collections::BTreeMap::new(),
+            applied_decision_version: 0,
+            applied_at: None,
         };
         sqlx::query(
             "INSERT INTO hosts (id, hostname, agentd_version, enrolled_at, cert_serial) \
@@ -270,6 +276,97 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Replaces the host's labels (audited).
+    pub async fn set_host_labels(
+        &self,
+        audit: &AuditContext,
+        id: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Host> {
+        let mut tx = self.begin().await?;
+        let previous = load_host(&mut tx, id).await?;
+        sqlx::query("UPDATE hosts SET labels = $2 WHERE id = $1")
+            .bind(id)
+            .bind(to_json(labels))
+            .execute(&mut *tx)
+            .await?;
+        let host = load_host(&mut tx, id).await?;
+        audit
+            .record(&mut tx, "host", id, Some(&previous), Some(&host))
+            .await?;
+        tx.commit().await?;
+        Ok(host)
+    }
+
+    /// Records the decision version a host applied (not audited: it changes no configuration).
+    pub async fn ack_decisions(&self, host_id: &str, version: i64, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE hosts SET applied_decision_version = $2, applied_at = $3 \
+             WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(host_id)
+        .bind(version)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The version of the host's current decision set: unchanged while `digest` (of its
+    /// content) is, otherwise a new one from the control-plane-wide counter. Returns the
+    /// version and when it was issued.
+    pub async fn settle_decisions(
+        &self,
+        host_id: &str,
+        digest: &str,
+        now: i64,
+    ) -> Result<(i64, i64)> {
+        let mut tx = self.begin().await?;
+        let current =
+            sqlx::query("SELECT version, digest, issued_at FROM host_decisions WHERE host_id = $1")
+                .bind(host_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(row) = &current
+            && row.try_get::<String, _>("digest")? == digest
+        {
+            return Ok((row.try_get("version")?, row.try_get("issued_at")?));
+        }
+        sqlx::query("UPDATE decision_counter SET version = version + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        let version: i64 = sqlx::query_scalar("SELECT version FROM decision_counter WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO host_decisions (host_id, version, digest, issued_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (host_id) DO UPDATE \
+             SET version = excluded.version, digest = excluded.digest, \
+             issued_at = excluded.issued_at",
+        )
+        .bind(host_id)
+        .bind(version)
+        .bind(digest)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((version, now))
+    }
+
+    /// A number that changes whenever anything decisions depend on may have changed: every
+    /// audited mutation and every stored detection. Watchers poll it to see changes made by
+    /// other replicas.
+    pub async fn change_marker(&self) -> Result<(i64, i64)> {
+        let row = sqlx::query(
+            "SELECT (SELECT COALESCE(MAX(sequence), 0) FROM audit_events) AS audit, \
+             (SELECT COALESCE(MAX(id), 0) FROM detections) AS detections",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("audit")?, row.try_get("detections")?))
     }
 
     pub async fn get_host(&self, id: &str) -> Result<Host> {

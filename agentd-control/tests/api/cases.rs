@@ -580,7 +580,10 @@ pub async fn the_audit_log_refuses_updates_and_deletes(backend: Backend) {
         .fetch_one(&mut raw)
         .await
         .expect("count");
-    assert_eq!(count, 2, "the admin token and the blueprint");
+    assert_eq!(
+        count, 3,
+        "the managed baseline policy, the admin token and the blueprint"
+    );
     fixture.stop().await;
 }
 
@@ -1860,7 +1863,7 @@ pub async fn kill_9_during_writes_loses_no_acknowledged_write(backend: Backend) 
 }
 
 /// Runs agentctl against the fixture; returns (success, stdout, stderr).
-async fn agentctl(fixture: &Fixture, token: &str, args: &[&str]) -> (bool, String, String) {
+pub async fn agentctl(fixture: &Fixture, token: &str, args: &[&str]) -> (bool, String, String) {
     let server = format!("http://127.0.0.1:{}", fixture.port);
     let token = token.to_owned();
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();

@@ -16,6 +16,7 @@
 )]
 
 mod cases;
+mod conditional_access;
 mod postgres;
 mod rbac;
 mod support;
@@ -62,6 +63,16 @@ const TESTS: &[(&str, TestFn)] = tests![
     cases::two_replicas_share_one_database,
     cases::kill_9_during_writes_loses_no_acknowledged_write,
     cases::agentctl_drives_the_api_with_table_and_json_output,
+    conditional_access::bad_policies_are_refused_by_field_and_the_policies_in_force_stay,
+    conditional_access::policy_updates_are_versioned_and_audited_and_the_baseline_is_managed,
+    conditional_access::what_if_explains_which_policies_apply_and_the_decision,
+    conditional_access::decisions_carry_package_grants_and_governance_blocks,
+    conditional_access::a_watch_gets_new_decisions_after_policy_risk_and_package_changes,
+    conditional_access::a_watch_resumes_from_its_version_and_acks_show_in_get_host,
+    conditional_access::detections_are_validated_by_field,
+    conditional_access::a_watch_on_one_replica_gets_changes_made_through_another,
+    conditional_access::agentctl_applies_policy_files_and_explains_decisions,
+    conditional_access::a_watch_drops_a_package_grant_when_its_expiry_passes,
 ];
 
 fn main() -> ExitCode {

@@ -57,6 +57,22 @@ const MATRIX: &[(&str, &[&str])] = &[
     ("HostService/GetHost", &[ADMIN, AUDITOR]),
     ("HostService/ListHosts", &[ADMIN, SPONSOR, AUDITOR]),
     ("HostService/RevokeHost", &[ADMIN]),
+    ("HostService/SetHostLabels", &[ADMIN]),
+    ("HostService/WatchDecisions", &[HOST]),
+    ("HostService/AckDecisions", &[HOST]),
+    ("HostService/ReportDetections", &[HOST]),
+    ("PolicyService/CreatePolicy", &[ADMIN]),
+    ("PolicyService/UpdatePolicy", &[ADMIN]),
+    ("PolicyService/GetPolicy", &[ADMIN, AUDITOR]),
+    ("PolicyService/ListPolicies", &[ADMIN, AUDITOR]),
+    ("PolicyService/ListPolicyVersions", &[ADMIN, AUDITOR]),
+    ("PolicyService/DeletePolicy", &[ADMIN]),
+    ("PolicyService/SetPolicyState", &[ADMIN]),
+    ("PolicyService/WhatIf", &[ADMIN, AUDITOR]),
+    ("RiskService/GetAgentRisk", &[ADMIN, SPONSOR, AUDITOR]),
+    ("RiskService/ListDetections", &[ADMIN, SPONSOR, AUDITOR]),
+    ("RiskService/ConfirmAgentCompromised", &[ADMIN]),
+    ("RiskService/ConfirmAgentSafe", &[ADMIN]),
     ("AuthService/CreateApiToken", &[ADMIN]),
     ("AuthService/ListApiTokens", &[ADMIN, AUDITOR]),
     ("AuthService/RevokeApiToken", &[ADMIN]),
@@ -334,6 +350,123 @@ async fn call(method: &str, c: &Clients, o: &Objects) -> Result<(), Status> {
             })
             .await
             .map(drop),
+        "HostService/SetHostLabels" => c
+            .host()
+            .set_host_labels(SetHostLabelsRequest {
+                id: o.host_id.clone(),
+                labels: [("env".to_owned(), "prod".to_owned())].into(),
+            })
+            .await
+            .map(drop),
+        "HostService/WatchDecisions" => c
+            .host()
+            .watch_decisions(WatchDecisionsRequest { after_version: 0 })
+            .await
+            .map(drop),
+        "HostService/AckDecisions" => c
+            .host()
+            .ack_decisions(AckDecisionsRequest { version: 1 })
+            .await
+            .map(drop),
+        "HostService/ReportDetections" => c
+            .host()
+            .report_detections(ReportDetectionsRequest {
+                detections: vec![HostDetection {
+                    agent_id: o.agent_id.clone(),
+                    rule: "rbac".into(),
+                    severity: "low".into(),
+                    detect_time: None,
+                    summary: String::new(),
+                }],
+            })
+            .await
+            .map(drop),
+        "PolicyService/CreatePolicy" => c
+            .policy()
+            .create_policy(CreatePolicyRequest {
+                yaml: policy_yaml(&format!("p-{}", uuid::Uuid::new_v4().simple())),
+            })
+            .await
+            .map(drop),
+        "PolicyService/UpdatePolicy" => c
+            .policy()
+            .update_policy(UpdatePolicyRequest {
+                id: String::new(),
+                yaml: policy_yaml("rbac-policy"),
+            })
+            .await
+            .map(drop),
+        "PolicyService/GetPolicy" => c
+            .policy()
+            .get_policy(GetPolicyRequest {
+                id: "rbac-policy".into(),
+                version: 0,
+            })
+            .await
+            .map(drop),
+        "PolicyService/ListPolicies" => c
+            .policy()
+            .list_policies(ListPoliciesRequest {})
+            .await
+            .map(drop),
+        "PolicyService/ListPolicyVersions" => c
+            .policy()
+            .list_policy_versions(ListPolicyVersionsRequest {
+                id: "rbac-policy".into(),
+            })
+            .await
+            .map(drop),
+        "PolicyService/DeletePolicy" => c
+            .policy()
+            .delete_policy(DeletePolicyRequest {
+                id: "victim-policy".into(),
+            })
+            .await
+            .map(drop),
+        "PolicyService/SetPolicyState" => c
+            .policy()
+            .set_policy_state(SetPolicyStateRequest {
+                id: "rbac-policy".into(),
+                state: PolicyState::ReportOnly.into(),
+            })
+            .await
+            .map(drop),
+        "PolicyService/WhatIf" => c
+            .policy()
+            .what_if(WhatIfRequest {
+                agent: o.agent_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "RiskService/GetAgentRisk" => c
+            .risk()
+            .get_agent_risk(GetAgentRiskRequest {
+                agent_id: o.agent_id.clone(),
+            })
+            .await
+            .map(drop),
+        "RiskService/ListDetections" => c
+            .risk()
+            .list_detections(ListDetectionsRequest::default())
+            .await
+            .map(drop),
+        "RiskService/ConfirmAgentCompromised" => c
+            .risk()
+            .confirm_agent_compromised(ConfirmAgentCompromisedRequest {
+                agent_id: o.agent_id.clone(),
+                reason: "rbac".into(),
+            })
+            .await
+            .map(drop),
+        "RiskService/ConfirmAgentSafe" => c
+            .risk()
+            .confirm_agent_safe(ConfirmAgentSafeRequest {
+                agent_id: o.agent_id.clone(),
+                reason: "rbac".into(),
+            })
+            .await
+            .map(drop),
         "AuthService/CreateApiToken" => c
             .auth()
             .create_api_token(CreateApiTokenRequest {
@@ -360,8 +493,24 @@ async fn call(method: &str, c: &Clients, o: &Objects) -> Result<(), Status> {
     }
 }
 
+/// A minimal valid policy document.
+fn policy_yaml(name: &str) -> String {
+    format!(
+        "name: {name}\nstate: reportOnly\nassignments:\n  include: {{all: true}}\ncontrols:\n  block: true\n"
+    )
+}
+
 async fn objects(fixture: &Fixture) -> Objects {
     let admin = fixture.admin().await;
+    for name in ["rbac-policy", "victim-policy"] {
+        admin
+            .policy()
+            .create_policy(proto::CreatePolicyRequest {
+                yaml: policy_yaml(name),
+            })
+            .await
+            .expect("CreatePolicy");
+    }
     create_blueprint(&admin, blueprint("base")).await;
     create_blueprint(&admin, blueprint("spare")).await;
     let agent = create_agent(

@@ -4,13 +4,15 @@
 use std::{sync::Arc, time::Duration};
 
 use agentd_control::{
+    api::DecisionOptions,
     ca::CertificateAuthority,
     clock::{Clock as _, ManualClock},
     model::Role,
     proto::{
         self, access_service_client::AccessServiceClient, audit_service_client::AuditServiceClient,
         auth_service_client::AuthServiceClient, governance_service_client::GovernanceServiceClient,
-        host_service_client::HostServiceClient, registry_service_client::RegistryServiceClient,
+        host_service_client::HostServiceClient, policy_service_client::PolicyServiceClient,
+        registry_service_client::RegistryServiceClient, risk_service_client::RiskServiceClient,
     },
     server::{Server, ServerOptions},
     store::{AuditContext, Store},
@@ -137,6 +139,12 @@ impl Clients {
     pub fn auth(&self) -> AuthServiceClient<Authed> {
         AuthServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
     }
+    pub fn policy(&self) -> PolicyServiceClient<Authed> {
+        PolicyServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+    pub fn risk(&self) -> RiskServiceClient<Authed> {
+        RiskServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
 }
 
 pub const DAY: i64 = 86_400;
@@ -172,6 +180,12 @@ impl Fixture {
         let options = ServerOptions {
             tls_names: tls.then(|| vec!["localhost".to_owned()]),
             sweep_interval: None,
+            // Re-evaluate every second, so that tests of time-driven changes (grants expiring)
+            // wait at most that long.
+            decisions: DecisionOptions {
+                recheck_interval: Duration::from_secs(1),
+                ..DecisionOptions::default()
+            },
         };
         let server = Server::new(store.clone(), clock.clone(), options)
             .await

@@ -6,6 +6,7 @@
     reason = "doc comments on the CLI types are --help text for users, not rustdoc"
 )]
 
+mod conditional;
 mod output;
 
 use std::{collections::HashMap, path::PathBuf, time::SystemTime};
@@ -13,7 +14,8 @@ use std::{collections::HashMap, path::PathBuf, time::SystemTime};
 use agentd_control::proto::{
     self, access_service_client::AccessServiceClient, audit_service_client::AuditServiceClient,
     auth_service_client::AuthServiceClient, governance_service_client::GovernanceServiceClient,
-    host_service_client::HostServiceClient, registry_service_client::RegistryServiceClient,
+    host_service_client::HostServiceClient, policy_service_client::PolicyServiceClient,
+    registry_service_client::RegistryServiceClient, risk_service_client::RiskServiceClient,
 };
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -111,6 +113,9 @@ enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Conditional Access policies: apply YAML documents, versions, states, what-if.
+    #[command(subcommand)]
+    Policy(conditional::PolicyCommand),
     /// Show the role and principal of the token in use.
     Whoami,
 }
@@ -530,6 +535,8 @@ enum AgentCommand {
     },
     /// Reconfirm that a sponsor still answers for the agent.
     Reconfirm { id: String },
+    #[command(flatten)]
+    Risk(conditional::RiskCommand),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -722,6 +729,8 @@ enum HostCommand {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    #[command(flatten)]
+    Decisions(conditional::HostDecisionCommand),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -850,6 +859,12 @@ impl Clients {
     }
     fn auth(&self) -> AuthServiceClient<Authed> {
         AuthServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+    fn policy(&self) -> PolicyServiceClient<Authed> {
+        PolicyServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+    fn risk(&self) -> RiskServiceClient<Authed> {
+        RiskServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
     }
 }
 
@@ -1007,6 +1022,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             out.audit(&response)
         }
         Command::Host(command) => host(&clients, &out, command).await,
+        Command::Policy(command) => conditional::policy(&clients, &out, command).await,
         Command::Token(command) => {
             let mut client = clients.auth();
             match command {
@@ -1181,6 +1197,7 @@ async fn agent(clients: &Clients, out: &Printer, command: AgentCommand) -> anyho
                 .into_inner();
             out.agents(&response, response.agent.as_slice())
         }
+        AgentCommand::Risk(command) => conditional::risk(clients, out, command).await,
         AgentCommand::Delete { id } => {
             let response = registry
                 .delete_agent(proto::DeleteAgentRequest { id })
@@ -1348,6 +1365,7 @@ async fn host(clients: &Clients, out: &Printer, command: HostCommand) -> anyhow:
                 .into_inner();
             out.done(&response, &format!("reported {count} running agent(s)"))
         }
+        HostCommand::Decisions(command) => conditional::host_decisions(clients, out, command).await,
         HostCommand::Get { id } => {
             let response = client
                 .get_host(proto::GetHostRequest { id })
@@ -1434,6 +1452,22 @@ mod tests {
             Method::ListApiTokens => &["token", "list"],
             Method::RevokeApiToken => &["token", "revoke"],
             Method::WhoAmI => &["whoami"],
+            Method::SetHostLabels => &["host", "labels"],
+            Method::WatchDecisions => &["host", "watch"],
+            Method::AckDecisions => &["host", "ack"],
+            Method::ReportDetections => &["host", "detect"],
+            Method::CreatePolicy => &["policy", "create"],
+            Method::UpdatePolicy => &["policy", "update"],
+            Method::GetPolicy => &["policy", "get"],
+            Method::ListPolicies => &["policy", "list"],
+            Method::ListPolicyVersions => &["policy", "versions"],
+            Method::DeletePolicy => &["policy", "delete"],
+            Method::SetPolicyState => &["policy", "set-state"],
+            Method::WhatIf => &["policy", "what-if"],
+            Method::GetAgentRisk => &["agent", "risk"],
+            Method::ListDetections => &["agent", "detections"],
+            Method::ConfirmAgentCompromised => &["agent", "confirm-compromised"],
+            Method::ConfirmAgentSafe => &["agent", "confirm-safe"],
         }
     }
 

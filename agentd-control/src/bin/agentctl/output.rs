@@ -462,6 +462,7 @@ impl Printer {
                     time(h.last_heartbeat_time.as_ref()),
                     h.agent_ids.len().to_string(),
                     h.agentd_version.clone(),
+                    applied(h),
                 ]
             })
             .collect();
@@ -473,6 +474,7 @@ impl Printer {
                 "LAST HEARTBEAT",
                 "AGENTS",
                 "VERSION",
+                "APPLIED DECISIONS",
             ],
             &rows,
         );
@@ -539,5 +541,220 @@ impl Printer {
             response.token_id
         );
         Ok(())
+    }
+
+    pub fn policies<M: prost::Message + prost::Name>(
+        &self,
+        message: &M,
+        policies: &[proto::Policy],
+    ) -> anyhow::Result<()> {
+        if self.json(message)? {
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = policies
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.id.clone(),
+                    match p.state() {
+                        proto::PolicyState::Enabled => "enabled".to_owned(),
+                        proto::PolicyState::ReportOnly => "reportOnly".to_owned(),
+                        proto::PolicyState::Disabled => "disabled".to_owned(),
+                        proto::PolicyState::Unspecified => "-".to_owned(),
+                    },
+                    p.version.to_string(),
+                    if p.managed { "yes" } else { "no" }.to_owned(),
+                    time(p.update_time.as_ref()),
+                    p.updated_by.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &["NAME", "ID", "STATE", "VERSION", "MANAGED", "UPDATED", "BY"],
+            &rows,
+        );
+        Ok(())
+    }
+
+    pub fn what_if(&self, response: &proto::WhatIfResponse) -> anyhow::Result<()> {
+        if self.json(response)? {
+            return Ok(());
+        }
+        println!(
+            "risk {}, host {}, at {}",
+            response.risk_level,
+            if response.host_id.is_empty() {
+                "(none)"
+            } else {
+                &response.host_id
+            },
+            time(response.eval_time.as_ref())
+        );
+        let rows: Vec<Vec<String>> = response
+            .evaluations
+            .iter()
+            .map(|e| {
+                vec![
+                    e.policy_name.clone(),
+                    enum_name(e.state().as_str_name(), "POLICY_STATE_"),
+                    if e.applies { "applies" } else { "-" }.to_owned(),
+                    e.reasons.join("; "),
+                ]
+            })
+            .collect();
+        table(&["POLICY", "STATE", "APPLIES", "WHY"], &rows);
+        if let Some(decision) = &response.decision {
+            println!();
+            print_decision(decision);
+        }
+        Ok(())
+    }
+
+    pub fn decision_set(&self, set: &proto::DecisionSet) -> anyhow::Result<()> {
+        if self.json(set)? {
+            return Ok(());
+        }
+        println!(
+            "decision set version {} issued {} ({} agents)",
+            set.version,
+            time(set.issue_time.as_ref()),
+            set.decisions.len()
+        );
+        for decision in &set.decisions {
+            print_decision(decision);
+        }
+        Ok(())
+    }
+
+    pub fn risks<M: prost::Message + prost::Name>(
+        &self,
+        message: &M,
+        risks: &[proto::AgentRisk],
+    ) -> anyhow::Result<()> {
+        if self.json(message)? {
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = risks
+            .iter()
+            .map(|r| {
+                vec![
+                    r.agent_id.clone(),
+                    r.risk_level.clone(),
+                    match r.confirmation() {
+                        proto::RiskConfirmation::Unspecified => "-".to_owned(),
+                        other => enum_name(other.as_str_name(), "RISK_CONFIRMATION_"),
+                    },
+                    r.detection_count.to_string(),
+                    join(&r.host_ids),
+                ]
+            })
+            .collect();
+        table(
+            &["AGENT", "RISK", "CONFIRMED", "DETECTIONS", "HOSTS"],
+            &rows,
+        );
+        Ok(())
+    }
+
+    pub fn detections(&self, response: &proto::ListDetectionsResponse) -> anyhow::Result<()> {
+        if self.json(response)? {
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = response
+            .detections
+            .iter()
+            .map(|d| {
+                vec![
+                    time(d.detect_time.as_ref()),
+                    d.agent_id.clone(),
+                    d.host_id.clone(),
+                    d.severity.clone(),
+                    d.rule.clone(),
+                    d.summary.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &["DETECTED", "AGENT", "HOST", "SEVERITY", "RULE", "SUMMARY"],
+            &rows,
+        );
+        Ok(())
+    }
+}
+
+/// `v12 at 2026-11-27T10:00:00Z (35s ago)`, or `-` before the first acknowledgement.
+fn applied(host: &proto::Host) -> String {
+    let Some(at) = host.applied_time else {
+        return "-".to_owned();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let age = u64::try_from(now - at.seconds).unwrap_or(0);
+    format!(
+        "v{} at {} ({} ago)",
+        host.applied_decision_version,
+        time(Some(&at)),
+        humantime::format_duration(std::time::Duration::from_secs(age))
+    )
+}
+
+fn grant_text(grant: &proto::NetworkGrant) -> String {
+    use proto::network_grant::Destination as D;
+    let destination = match &grant.destination {
+        Some(D::Cidr(v)) => format!("cidr {v}"),
+        Some(D::Domain(v)) => format!("domain {v}"),
+        Some(D::Category(v)) => format!("category {v}"),
+        Some(D::McpServer(v)) => format!("mcp {v}"),
+        None => "?".to_owned(),
+    };
+    let mut text = destination;
+    if !grant.ports.is_empty() {
+        let _ = write!(text, " port {}", grant.ports);
+    }
+    if grant.expire_time.is_some() {
+        let _ = write!(text, " until {}", time(grant.expire_time.as_ref()));
+    }
+    text
+}
+
+fn print_decision(d: &proto::AgentDecision) {
+    println!(
+        "{} ({}): {}, risk {}, offline {} (ttl {}s)",
+        d.agent_name,
+        d.agent_id,
+        enum_name(d.action().as_str_name(), "ACTION_"),
+        d.risk_level,
+        enum_name(d.offline_behavior().as_str_name(), "OFFLINE_BEHAVIOR_"),
+        d.offline_ttl_seconds
+    );
+    if d.report_only_action() != proto::Action::Unspecified {
+        println!(
+            "  report-only would: {}",
+            enum_name(d.report_only_action().as_str_name(), "ACTION_")
+        );
+    }
+    if d.network_restricted {
+        let grants: Vec<String> = d.network_grants.iter().map(grant_text).collect();
+        println!("  network: only {}", join(&grants));
+    } else if !d.network_grants.is_empty() {
+        let grants: Vec<String> = d.network_grants.iter().map(grant_text).collect();
+        println!("  network: unrestricted; grants {}", join(&grants));
+    }
+    if !d.network_denials.is_empty() {
+        let denials: Vec<String> = d.network_denials.iter().map(grant_text).collect();
+        println!("  network denied: {}", join(&denials));
+    }
+    for rule in &d.file_controls {
+        println!(
+            "  file {} {} {}",
+            rule.action,
+            rule.access.join(","),
+            rule.path
+        );
+    }
+    for reason in &d.reasons {
+        println!("  - {reason}");
     }
 }

@@ -1,0 +1,106 @@
+//! Decisions to protobuf, and the per-host decision set behind `WatchDecisions`.
+
+use super::{ControlPlane, optional_timestamp, registry::offline_to_proto, timestamp};
+use crate::{
+    decisions::{self, place},
+    error::Result,
+    policy::{Action, Decision, Destination, FileControl, NetworkGrant, NetworkVerdict},
+    proto,
+};
+
+pub(super) fn action_to_proto(action: Action) -> proto::Action {
+    match action {
+        Action::Allow => proto::Action::Allow,
+        Action::Block => proto::Action::Block,
+        Action::Quarantine => proto::Action::Quarantine,
+    }
+}
+
+fn grant_to_proto(grant: &NetworkGrant) -> proto::NetworkGrant {
+    use proto::network_grant::Destination as D;
+    proto::NetworkGrant {
+        destination: Some(match &grant.destination {
+            Destination::Cidr(cidr) => D::Cidr(cidr.to_string()),
+            Destination::Domain(domain) => D::Domain(domain.clone()),
+            Destination::Category(category) => D::Category(category.clone()),
+            Destination::McpServer(url) => D::McpServer(url.clone()),
+        }),
+        ports: grant.ports.map(|p| p.to_string()).unwrap_or_default(),
+        expire_time: optional_timestamp(grant.expires_at),
+        source: grant.source.clone(),
+    }
+}
+
+fn file_to_proto(rule: &FileControl) -> proto::FileControl {
+    proto::FileControl {
+        path: rule.path.clone(),
+        access: rule.access.iter().map(|a| a.as_str().to_owned()).collect(),
+        action: rule.action.as_str().to_owned(),
+        expire_time: optional_timestamp(rule.expires_at),
+        source: rule.source.clone(),
+    }
+}
+
+pub(super) fn decision_to_proto(decision: &Decision) -> proto::AgentDecision {
+    let Decision {
+        agent_id,
+        agent_name,
+        action,
+        network,
+        files,
+        policy_ids,
+        report_only_policy_ids,
+        report_only_action,
+        report_only_network,
+        offline_behavior,
+        offline_ttl_seconds,
+        risk,
+        reasons,
+    } = decision;
+    let grants = |verdict: &NetworkVerdict| verdict.grants.iter().map(grant_to_proto).collect();
+    let denials = |verdict: &NetworkVerdict| verdict.denials.iter().map(grant_to_proto).collect();
+    proto::AgentDecision {
+        agent_id: agent_id.clone(),
+        agent_name: agent_name.clone(),
+        action: action_to_proto(*action).into(),
+        network_restricted: network.restricted,
+        network_grants: grants(network),
+        file_controls: files.iter().map(file_to_proto).collect(),
+        policy_ids: policy_ids.clone(),
+        report_only_policy_ids: report_only_policy_ids.clone(),
+        report_only_action: report_only_action
+            .map_or(proto::Action::Unspecified, action_to_proto)
+            .into(),
+        offline_behavior: offline_to_proto(*offline_behavior).into(),
+        offline_ttl_seconds: *offline_ttl_seconds,
+        risk_level: risk.as_str().to_owned(),
+        reasons: reasons.clone(),
+        network_denials: denials(network),
+        report_only_network_restricted: report_only_network.as_ref().is_some_and(|n| n.restricted),
+        report_only_network_grants: report_only_network.as_ref().map(grants).unwrap_or_default(),
+        report_only_network_denials: report_only_network
+            .as_ref()
+            .map(denials)
+            .unwrap_or_default(),
+    }
+}
+
+impl ControlPlane {
+    /// The calling host's current decision set, with a version that changes only when the
+    /// content does.
+    pub(super) async fn current_decision_set(&self, host_id: &str) -> Result<proto::DecisionSet> {
+        let now = self.now();
+        let host = self.store.get_host(host_id).await?;
+        let inputs =
+            decisions::load_inputs(&self.store, now, self.decision_options.risk_window_seconds)
+                .await?;
+        let decided = inputs.decide_for_host(&place(&host), now);
+        let digest = decisions::digest(&decided);
+        let (version, issued_at) = self.store.settle_decisions(host_id, &digest, now).await?;
+        Ok(proto::DecisionSet {
+            version: u64::try_from(version).unwrap_or_default(),
+            issue_time: Some(timestamp(issued_at)),
+            decisions: decided.iter().map(decision_to_proto).collect(),
+        })
+    }
+}
