@@ -499,7 +499,6 @@ pub fn describe_days(days: u8) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
 
     use super::*;
     use crate::policy::parse_document;
@@ -767,11 +766,10 @@ mod tests {
         );
     }
 
-    /// The benchmark target is p99 ≤ 50 µs (release build, quiet machine). On a shared machine
-    /// the tail is other processes' preemption, so this asserts the median against that bound
-    /// (release; debug builds are far slower and get 5 ms) and prints the distribution.
+    /// One agent's decision over 1,000 policies of every kind is right. How fast it is lives in
+    /// the benchmarks (`cargo xtask bench`), never in a timed test.
     #[test]
-    fn one_agent_over_a_thousand_policies_is_fast() {
+    fn one_agent_over_a_thousand_policies_is_decided() {
         let policies: Vec<ActivePolicy> = (0..1_000)
             .map(|i| {
                 let yaml = match i % 4 {
@@ -784,25 +782,7 @@ mod tests {
             })
             .collect();
         let agent = subject();
-        let mut samples = Vec::with_capacity(200);
-        for _ in 0..200 {
-            let start = Instant::now();
-            let decision = decide(&policies, &agent, 0);
-            samples.push(start.elapsed());
-            assert_eq!(decision.action, Action::Allow);
-        }
-        samples.sort();
-        let p99 = samples[samples.len() * 99 / 100];
-        println!(
-            "one agent over 1,000 policies: min {:?}, median {:?}, p99 {p99:?}",
-            samples[0],
-            samples[samples.len() / 2]
-        );
-        let median = samples[samples.len() / 2];
-        let bound = if cfg!(debug_assertions) { 5_000 } else { 50 };
-        assert!(
-            median.as_micros() <= bound,
-            "median {median:?} over {bound} µs"
-        );
+        let decision = decide(&policies, &agent, 0);
+        assert_eq!(decision.action, Action::Allow);
     }
 }
