@@ -614,15 +614,15 @@ pub fn egress(ctx: SkBuffContext) -> i32 {
     // SAFETY: a plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
     // SAFETY: the value is copied out at once.
-    let Some(agent) = (unsafe { SOCK_AGENT.get(&cookie) }).copied() else {
+    let Some(agent) = (unsafe { SOCK_AGENT.get(cookie) }).copied() else {
         return 1;
     };
     let len = u64::from(ctx.len());
-    match AGENT_EGRESS.get_ptr_mut(&agent) {
+    match AGENT_EGRESS.get_ptr_mut(agent) {
         // SAFETY: a per-CPU value: nothing else on this CPU writes it meanwhile.
         Some(bytes) => unsafe { *bytes += len },
         None => {
-            let _ = AGENT_EGRESS.insert(&agent, &len, 0);
+            let _ = AGENT_EGRESS.insert(agent, len, 0);
         }
     }
     1

@@ -139,7 +139,7 @@ pub enum Notice<'a> {
     },
     /// A Conditional Access decision set came into force (or was refused).
     Decisions {
-        version: u64,
+        decision_version: u64,
         /// `applied`, or why it was refused (the previous set stays in force).
         result: String,
         agents: usize,
@@ -192,10 +192,10 @@ impl Notice<'_> {
                 policy_ids.join(",")
             ),
             Self::Decisions {
-                version,
+                decision_version,
                 result,
                 agents,
-            } => format!("DECISIONS version={version} agents={agents} {result}"),
+            } => format!("DECISIONS version={decision_version} agents={agents} {result}"),
             Self::EventsLost {
                 dropped,
                 dropped_total,

@@ -39,6 +39,8 @@ pub enum ToControl {
     Ack(u64),
     /// Detections to report.
     Detections(Vec<proto::HostDetection>),
+    /// The registered agents (control-plane ids) with processes on this host now.
+    Agents(Vec<String>),
 }
 
 /// The host's credentials, kept in the state directory (mode 0600).
@@ -280,6 +282,12 @@ async fn session(
                         .ack_decisions(authed(proto::AckDecisionsRequest { version }, &token))
                         .await
                         .map_err(call("AckDecisions"))?;
+                }
+                Some(ToControl::Agents(agent_ids)) => {
+                    client
+                        .report_agents(authed(proto::ReportAgentsRequest { agent_ids }, &token))
+                        .await
+                        .map_err(call("ReportAgents"))?;
                 }
                 Some(ToControl::Detections(detections)) => {
                     client

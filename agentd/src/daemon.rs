@@ -807,6 +807,45 @@ impl State {
         Ok(())
     }
 
+    /// Hands the pending detections to the control-plane task.
+    fn send_detections(&mut self) {
+        if self.ca.pending_detections.is_empty() {
+            return;
+        }
+        let Some(tx) = &self.ca.to_control else {
+            return;
+        };
+        let detections = std::mem::take(&mut self.ca.pending_detections);
+        if let Err(err) = tx.try_send(ToControl::Detections(detections)) {
+            tracing::warn!(%err, "the control plane task is busy; detections not reported");
+        }
+    }
+
+    /// Tells the control plane which of its agents run here, when that changed.
+    fn report_agents(&mut self) {
+        let (Some(tx), Some(set)) = (&self.ca.to_control, &self.ca.set) else {
+            return;
+        };
+        let Ok(tagged) = self.process.tagged() else {
+            return;
+        };
+        let running: HashSet<&str> = tagged
+            .iter()
+            .filter_map(|(_, tag)| self.registry.agent(tag.agent))
+            .map(|agent| agent.name.as_str())
+            .collect();
+        let mut ids: Vec<String> = set
+            .decisions
+            .iter()
+            .filter(|decision| running.contains(decision.agent_name.as_str()))
+            .map(|decision| decision.agent_id.clone())
+            .collect();
+        ids.sort();
+        if ids != self.ca.reported_agents && tx.try_send(ToControl::Agents(ids.clone())).is_ok() {
+            self.ca.reported_agents = ids;
+        }
+    }
+
     /// Once a second: re-applies the decisions when an agent's offline standing changed.
     fn ca_tick(&mut self, format: OutputFormat) -> Vec<String> {
         let Some(set) = self.ca.set.clone() else {
@@ -848,7 +887,7 @@ impl State {
                         tracing::error!(version, %err, "refused a decision set; the previous one stays");
                         vec![notice_line(
                             &Notice::Decisions {
-                                version,
+                                decision_version: version,
                                 result: format!("refused: {err}"),
                                 agents: 0,
                             },
@@ -958,9 +997,17 @@ impl State {
         format: OutputFormat,
     ) {
         for detection in &outcome.detections {
-            if self.ca.to_control.is_some() {
+            // The control plane knows the agent by its own id: the one its decisions carry.
+            let name = self.agent_name(detection.agent);
+            let registered = self.ca.set.as_ref().and_then(|set| {
+                set.decisions
+                    .iter()
+                    .find(|decision| decision.agent_name == name)
+                    .map(|decision| decision.agent_id.clone())
+            });
+            if let (Some(agent_id), true) = (registered, self.ca.to_control.is_some()) {
                 self.ca.pending_detections.push(proto::HostDetection {
-                    agent_id: detection.agent.to_string(),
+                    agent_id,
                     rule: detection.rule.name().to_owned(),
                     severity: format!("{:?}", detection.severity).to_lowercase(),
                     detect_time: Some(prost_types::Timestamp {
@@ -986,6 +1033,8 @@ impl State {
                 format,
             ));
         }
+        // Detections go to the control plane at once: its risk loop waits on them.
+        self.send_detections();
         for transition in &outcome.transitions {
             let name = self.agent_name(transition.agent);
             notices.push(notice_line(
@@ -1329,14 +1378,8 @@ impl Output {
     fn tick(&mut self, state: &mut State, reader: &EventReader) -> Result<(), DaemonError> {
         let notices = state.ca_tick(self.format);
         self.notices.extend(notices);
-        if !state.ca.pending_detections.is_empty()
-            && let Some(tx) = &state.ca.to_control
-        {
-            let detections = std::mem::take(&mut state.ca.pending_detections);
-            if let Err(err) = tx.try_send(ToControl::Detections(detections)) {
-                tracing::warn!(%err, "the control plane task is busy; detections not reported");
-            }
-        }
+        state.report_agents();
+        state.send_detections();
         let now = boottime_ns();
         state.assess_egress(now, &mut self.notices, self.format);
         let outcome = state.risk.tick(now);
@@ -1400,7 +1443,7 @@ fn decision_notices(set: &DecisionSet, agents: usize, format: OutputFormat) -> V
     }
     notices.push(notice_line(
         &Notice::Decisions {
-            version: set.version,
+            decision_version: set.version,
             result: "applied".to_owned(),
             agents,
         },
@@ -1427,6 +1470,8 @@ struct CaHost {
     standings: Vec<Standing>,
     pending_detections: Vec<proto::HostDetection>,
     to_control: Option<mpsc::Sender<ToControl>>,
+    /// The control-plane ids of the agents last reported running here.
+    reported_agents: Vec<String>,
 }
 
 /// Unix time in milliseconds.

@@ -369,8 +369,7 @@ fn egress_volume_is_counted_in_the_kernel_and_a_spike_is_detected() {
 
 /// The bytes in a detection's egress evidence.
 fn observed_bytes(detection: &serde_json::Value) -> u64 {
-    detection["evidence"]
-        .as_array()
-        .map(|evidence| evidence.iter().filter_map(|o| o["bytes"].as_u64()).sum())
-        .unwrap_or(0)
+    detection["evidence"].as_array().map_or(0, |evidence| {
+        evidence.iter().filter_map(|o| o["bytes"].as_u64()).sum()
+    })
 }

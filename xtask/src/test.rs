@@ -196,6 +196,13 @@ fn host() -> anyhow::Result<TierResult> {
         return Ok(result);
     }
     let agentd = build_agentd(false)?;
+    let control = build_executables(&["build", "--package", "agentd-control", "--bins"])?;
+    let control_bin = |name: &str| {
+        control
+            .iter()
+            .find_map(|(built, path)| (built == name).then(|| path.clone()))
+            .with_context(|| format!("cargo built no {name} binary"))
+    };
     cargo_test(
         "host",
         cargo()
@@ -205,10 +212,16 @@ fn host() -> anyhow::Result<TierResult> {
                 "agentd-tests",
                 "--test",
                 "host",
+                "--test",
+                "fleet",
+                // Both test binaries run even when the first has a failure.
+                "--no-fail-fast",
                 "--",
                 "--test-threads=1",
             ])
-            .env("AGENTD_BIN", agentd),
+            .env("AGENTD_BIN", agentd)
+            .env("AGENTD_CONTROL_BIN", control_bin("agentd-control")?)
+            .env("AGENTCTL_BIN", control_bin("agentctl")?),
     )
 }
 
