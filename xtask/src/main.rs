@@ -7,18 +7,17 @@
 
 mod cmd;
 mod install;
+mod run;
 mod setup;
 mod test;
 mod vm;
 
 use std::{
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
     time::Duration,
 };
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::{
@@ -91,9 +90,11 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Set up, build and start agentd in the foreground, printing live events. Ctrl-C stops it
-    /// and detaches everything it attached. Needs root. Without `--policy`, it applies
-    /// examples/agents.toml (one agent, `demo`: try `agentd launch --agent demo -- sh`).
+    /// Set up, build and start the whole system in the foreground: a control plane on
+    /// 127.0.0.1:7443 (SQLite under ~/.cache/agentd/run, the demo agent registered) and agentd
+    /// enrolled with it, printing live events. Ctrl-C stops both and detaches everything agentd
+    /// attached. Needs root. Without `--policy`, agentd applies examples/agents.toml (one agent,
+    /// `demo`: try `agentd launch --agent demo -- sh`).
     Run {
         /// Arguments after `--` go to `agentd run`, e.g. `cargo xtask run -- --format json`.
         #[arg(last = true)]
@@ -140,7 +141,7 @@ pub fn is_root() -> bool {
 
 /// Mounts the pseudo file systems agentd reads, where the host has not (this project's
 /// development machines boot without them).
-fn mount_pseudo_filesystems() -> anyhow::Result<()> {
+pub fn mount_pseudo_filesystems() -> anyhow::Result<()> {
     for (fstype, target, probe) in [
         (
             "securityfs",
@@ -206,22 +207,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 is_root(),
                 "agentd loads eBPF programs: run `cargo xtask run` as root"
             );
-            setup::run(&setup::Options::default())?;
-            mount_pseudo_filesystems()?;
-            let agentd = test::build_agentd(true)?;
-            let mut command = Command::new(&agentd);
-            command.arg("run");
-            if !args.iter().any(|arg| arg.starts_with("--policy")) {
-                // The embedded default: one demo agent to launch.
-                command
-                    .arg("--policy")
-                    .arg(test::workspace_root().join("examples/agents.toml"));
-            }
-            command.args(&args);
-            eprintln!("+ {}", cmd::display(&command));
-            // Replace xtask, so that Ctrl-C reaches agentd alone and its exit code is ours.
-            let err = command.exec();
-            return Err(err).with_context(|| format!("starting {}", agentd.display()));
+            let status = run::run(&args)?;
+            return Ok(status.success());
         }
         Task::Test { mut tiers, vm } => {
             if tiers.is_empty() {
