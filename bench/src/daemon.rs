@@ -96,10 +96,17 @@ impl Agentd {
 
     /// Runs an `agentd` subcommand against this daemon and returns its stdout.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.cli_with(args, &[])
+    }
+
+    /// Runs `agentd ARGS --socket ADMIN MORE`: `--socket` belongs to `args`' last command,
+    /// `more` to its subcommand (`agentd risk --socket S confirm AGENT --safe`).
+    pub fn cli_with(&self, args: &[&str], more: &[&str]) -> anyhow::Result<String> {
         let out = Command::new(&self.bin)
             .args(args)
             .arg("--socket")
             .arg(&self.admin)
+            .args(more)
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("running agentd {}", args.join(" ")))?;

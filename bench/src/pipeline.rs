@@ -85,16 +85,18 @@ fn step(ctx: &Context, agentd: &Agentd, rate: u64, secs: u64) -> anyhow::Result<
         )?;
         eperm += report.eperm;
     }
-    // Let the reader drain: wait until delivered stops moving (at most 5 s).
+    // Let the reader drain: until everything produced is accounted for (delivered,
+    // undecodable or dropped), at most 5 s.
     let mut last = agentd.status()?;
     for _ in 0..50 {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = agentd.status()?;
-        if counter(&now, "events_delivered")? == counter(&last, "events_delivered")? {
-            last = now;
+        let accounted = counter(&last, "events_delivered")?
+            + counter(&last, "events_dropped")?
+            + counter(&last, "events_undecodable")?;
+        if accounted >= counter(&last, "events_produced")? {
             break;
         }
-        last = now;
+        std::thread::sleep(Duration::from_millis(100));
+        last = agentd.status()?;
     }
     let elapsed = start.elapsed().as_secs_f64();
     let ticks = agentd.cpu_ticks()? - ticks0;
@@ -104,9 +106,11 @@ fn step(ctx: &Context, agentd: &Agentd, rate: u64, secs: u64) -> anyhow::Result<
     if eperm == 0 {
         bail!("no connect was denied: the generators were not tagged");
     }
-    // The load ran for `secs`; the drain adds agentd time but no events.
+    // The load ran for `secs`. CPU per event counts every tick agentd used from the first
+    // event to the end of the drain.
     let load_secs = secs as f64;
-    let cores = ticks as f64 / ticks_per_second() as f64 / load_secs;
+    let cpu_secs = ticks as f64 / ticks_per_second() as f64;
+    let cores = cpu_secs / load_secs;
     let produced_per_s = produced as f64 / load_secs;
     let step = Step {
         asked_per_s: rate,
@@ -117,7 +121,7 @@ fn step(ctx: &Context, agentd: &Agentd, rate: u64, secs: u64) -> anyhow::Result<
         produced_per_s,
         delivered_ratio: delivered as f64 / produced.max(1) as f64,
         agentd_cores: cores,
-        agentd_cores_per_100k: cores * 100_000.0 / produced_per_s.max(1.0),
+        agentd_cores_per_100k: cpu_secs * 100_000.0 / (produced.max(1) as f64),
     };
     eprintln!("bench: pipeline step {step:?}");
     Ok(step)

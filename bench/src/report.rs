@@ -17,6 +17,8 @@ pub struct RunInfo {
     pub commit: String,
     /// `full` or `smoke`.
     pub mode: String,
+    /// /proc/loadavg when the run started: other work on a shared machine shows here.
+    pub loadavg: String,
 }
 
 impl RunInfo {
@@ -57,6 +59,9 @@ impl RunInfo {
             date,
             commit,
             mode: if smoke { "smoke" } else { "full" }.to_owned(),
+            loadavg: fs::read_to_string("/proc/loadavg")
+                .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default(),
         }
     }
 }
@@ -287,7 +292,12 @@ fn markdown(run: &RunInfo, rows: &[Row]) -> String {
     let _ = writeln!(md, "- machine: {} ({} cores)", run.cpu_model, run.cores);
     let _ = writeln!(md, "- kernel: {}", run.kernel);
     let _ = writeln!(md, "- date: {}", run.date);
-    let _ = writeln!(md, "- commit: {}\n", run.commit);
+    let _ = writeln!(md, "- commit: {}", run.commit);
+    let _ = writeln!(
+        md,
+        "- load average when the run started: {} (other work on the machine adds noise to both sides of each ratio)\n",
+        run.loadavg
+    );
     let _ = writeln!(
         md,
         "| # | benchmark | result | target | status | where it ran |\n|---|---|---|---|---|---|"

@@ -100,7 +100,7 @@ fn measure(ctx: &Context) -> anyhow::Result<Row> {
             .with_context(|| format!("no latency_ns in {notice}"))?;
         histogram.saturating_record(latency.max(1));
         latencies.push(latency);
-        agentd.cli(&["risk", "confirm", AGENT, "--safe"])?;
+        agentd.cli_with(&["risk"], &["confirm", AGENT, "--safe"])?;
     }
     let p = Percentiles::of(&histogram);
     Ok(Row {
