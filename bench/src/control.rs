@@ -91,7 +91,9 @@ fn jitter(seed: u64) -> f64 {
 }
 
 struct Host {
-    client: HostServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>,
+    client: HostServiceClient<
+        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+    >,
 }
 
 #[derive(Clone)]
@@ -223,7 +225,7 @@ async fn measure(ctx: &Context) -> anyhow::Result<Row> {
                 let mut histogram = new_histogram();
                 let mut errors = 0u64;
                 let mut next = start + INTERVAL.mul_f64(jitter(seed));
-                let mut beat = 0u64;
+                let mut beats = 0u64;
                 loop {
                     tokio::time::sleep_until(next.into()).await;
                     if next >= end {
@@ -244,9 +246,9 @@ async fn measure(ctx: &Context) -> anyhow::Result<Row> {
                             errors += 1;
                         }
                     }
-                    beat += 1;
+                    beats += 1;
                     // Every 5 s ± 10%.
-                    next += INTERVAL.mul_f64(0.9 + 0.2 * jitter(seed ^ beat << 20));
+                    next += INTERVAL.mul_f64(0.9 + 0.2 * jitter(seed ^ beats << 20));
                 }
                 (histogram, errors)
             });
@@ -304,8 +306,16 @@ async fn measure(ctx: &Context) -> anyhow::Result<Row> {
         status: Status::from_target(best >= 1_250),
         ran_on: format!(
             "host; agentd-control {} with SQLite, plaintext gRPC on loopback; simulated hosts on {}",
-            if ctx.run.cores >= 2 { "pinned to CPU 1" } else { "unpinned (one core)" },
-            if ctx.run.cores >= 2 { "CPU 0" } else { "the same core" }
+            if ctx.run.cores >= 2 {
+                "pinned to CPU 1"
+            } else {
+                "unpinned (one core)"
+            },
+            if ctx.run.cores >= 2 {
+                "CPU 0"
+            } else {
+                "the same core"
+            }
         ),
         details: json!({
             "interval_secs": INTERVAL.as_secs(),

@@ -62,13 +62,10 @@ impl Agentd {
             admin,
             events,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         loop {
             if let Some(status) = agentd.child.try_wait()? {
-                bail!(
-                    "agentd exited during start-up: {status}\n{}",
-                    agentd.log()
-                );
+                bail!("agentd exited during start-up: {status}\n{}", agentd.log());
             }
             if agentd.status().is_ok() {
                 return Ok(agentd);

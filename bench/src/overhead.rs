@@ -35,7 +35,8 @@ const FILE_RULES: usize = 16;
 /// loops never reach (the allowed path walks the rule layout and falls to the default, allow),
 /// and `FILE_RULES` read-deny rules on files in `protected`, which the open loop never opens.
 pub fn policy(protected: &Path) -> anyhow::Result<String> {
-    let mut policy = format!("[[agent]]\nname = \"{AGENT}\"\n\n[agent.network]\ndefault = \"allow\"\n\n");
+    let mut policy =
+        format!("[[agent]]\nname = \"{AGENT}\"\n\n[agent.network]\ndefault = \"allow\"\n\n");
     for i in 0..NET_RULES {
         let _ = write!(
             policy,
@@ -135,14 +136,10 @@ struct Series {
 impl Series {
     fn add(&mut self, report: WorkerReport) -> anyhow::Result<()> {
         let histogram = report.histogram()?;
-        match &mut self.merged {
-            Some(merged) => merged.add(&histogram).context("merging histograms")?,
-            None => {
-                let mut merged = new_histogram();
-                merged.add(&histogram).context("merging histograms")?;
-                self.merged = Some(merged);
-            }
-        }
+        self.merged
+            .get_or_insert_with(new_histogram)
+            .add(&histogram)
+            .context("merging histograms")?;
         self.rounds.push(report);
         Ok(())
     }
@@ -226,6 +223,7 @@ pub fn run(ctx: &Context, wanted: &[&str]) -> Vec<Row> {
     }
 }
 
+#[expect(clippy::too_many_lines, reason = "one row per arm, each a literal")]
 fn measure(ctx: &Context, wanted: &[&str]) -> anyhow::Result<Vec<Row>> {
     let work = tempfile::tempdir()?;
     let policy = policy(&work.path().join("protected"))?;
@@ -322,8 +320,7 @@ fn measure(ctx: &Context, wanted: &[&str]) -> anyhow::Result<Vec<Row>> {
                 }
             }
             "open" => {
-                let throughput =
-                    results.b_open_tagged.median_rate() / results.a_open.median_rate();
+                let throughput = results.b_open_tagged.median_rate() / results.a_open.median_rate();
                 Row {
                     id: spec.id.into(),
                     name: spec.name.into(),
@@ -379,9 +376,12 @@ fn b_phase(
     let status = agentd.status()?;
     let tagged_connect = run_worker(ctx, Some(&agentd), true, &loops.connect_args())?;
     results.b_connect_tagged.add(tagged_connect)?;
-    results
-        .b_connect_untagged
-        .add(run_worker(ctx, Some(&agentd), false, &loops.connect_args())?)?;
+    results.b_connect_untagged.add(run_worker(
+        ctx,
+        Some(&agentd),
+        false,
+        &loops.connect_args(),
+    )?)?;
     results
         .b_open_tagged
         .add(run_worker(ctx, Some(&agentd), true, &loops.open_args())?)?;
@@ -467,7 +467,14 @@ impl Drop for BpfStats {
     }
 }
 
-#[expect(clippy::cast_precision_loss, reason = "nanoseconds per call as a float")]
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "nanoseconds per call as a float"
+)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one linear measurement and its report"
+)]
 fn program_cost(ctx: &Context, policy: &str, loops: &Loops) -> anyhow::Result<Row> {
     let spec = report::spec("prog-cost");
     let agentd = Agentd::start(&ctx.agentd, policy, "")?;

@@ -148,7 +148,9 @@ fn measure(ctx: &Context) -> anyhow::Result<Row> {
         (&[10_000, 20_000], 2, 3)
     } else {
         (
-            &[25_000, 50_000, 100_000, 150_000, 200_000, 250_000, 300_000, 400_000],
+            &[
+                25_000, 50_000, 100_000, 150_000, 200_000, 250_000, 300_000, 400_000,
+            ],
             10,
             60,
         )
@@ -175,14 +177,17 @@ fn measure(ctx: &Context) -> anyhow::Result<Row> {
     // Hold the best step (or the highest the generators reached) for the full time.
     let hold_rate = best.unwrap_or(rates[0]);
     let hold = step(ctx, &agentd, hold_rate, hold_secs)?;
-    let held = hold.delivered_ratio >= 0.999;
-    let met = held && hold.produced_per_s >= 200_000.0 && hold.agentd_cores_per_100k <= 0.15;
+    let met = hold.delivered_ratio >= 0.999
+        && hold.produced_per_s >= 200_000.0
+        && hold.agentd_cores_per_100k <= 0.15;
     let mut result = format!(
         "{:.0} events/s held {hold_secs} s at delivered/produced {:.4}; agentd {:.3} core per 100k events/s",
         hold.produced_per_s, hold.delivered_ratio, hold.agentd_cores_per_100k
     );
     if generator_limit {
-        result.push_str(" (load generator limit: a higher rate could not be produced on this machine)");
+        result.push_str(
+            " (load generator limit: a higher rate could not be produced on this machine)",
+        );
     }
     Ok(Row {
         id: spec.id.into(),

@@ -28,7 +28,10 @@ impl RunInfo {
             .lines()
             .find_map(|line| line.strip_prefix("model name"))
             .and_then(|rest| rest.split_once(':'))
-            .map_or_else(|| "unknown".to_owned(), |(_, model)| model.trim().to_owned());
+            .map_or_else(
+                || "unknown".to_owned(),
+                |(_, model)| model.trim().to_owned(),
+            );
         let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
         let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
             .map_or_else(|_| "unknown".to_owned(), |k| k.trim().to_owned());
@@ -229,7 +232,7 @@ pub fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 0 {
+    if sorted.len().is_multiple_of(2) {
         f64::midpoint(sorted[mid - 1], sorted[mid])
     } else {
         sorted[mid]

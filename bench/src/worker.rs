@@ -135,13 +135,13 @@ pub fn udp_connect(target: SocketAddr, rate: u64, duration: Duration) -> anyhow:
     let mut done = 0u64;
     loop {
         // Paced in batches of 64: never ahead of `rate` calls per second.
-        if done % 64 == 0 {
+        if done.is_multiple_of(64) {
             let elapsed = start.elapsed();
             if elapsed >= duration {
                 break;
             }
-            if rate > 0 {
-                let due = Duration::from_nanos(done.saturating_mul(1_000_000_000) / rate);
+            if let Some(due) = done.saturating_mul(1_000_000_000).checked_div(rate) {
+                let due = Duration::from_nanos(due);
                 if let Some(wait) = due.checked_sub(elapsed) {
                     std::thread::sleep(wait);
                 }
