@@ -18,20 +18,16 @@ pub struct Options {
 /// Builds the three binaries and returns (agentd, agentd-control, agentd-bench).
 fn build() -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
     let agentd = test::build_agentd(true)?;
-    let mut built = test::build_executables(&[
+    // One cargo invocation, so that both share one feature resolution (two would build the
+    // control plane's dependencies twice).
+    let built = test::build_executables(&[
         "build",
         "--release",
         "--package",
         "agentd-control",
-        "--bin",
-        "agentd-control",
-    ])?;
-    built.extend(test::build_executables(&[
-        "build",
-        "--release",
         "--package",
         "agentd-bench",
-    ])?);
+    ])?;
     let find = |name: &str| {
         built
             .iter()
