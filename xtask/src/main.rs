@@ -5,6 +5,7 @@
     reason = "doc comments on the CLI types are --help text for users, not rustdoc"
 )]
 
+mod bench;
 mod cmd;
 mod install;
 mod run;
@@ -103,7 +104,7 @@ enum Task {
     /// Set up, then run test tiers (default: all) and print a summary. Exits non-zero when any
     /// test fails.
     Test {
-        /// Tier to run; repeat to run several. Default: unit, control, host and vm.
+        /// Tier to run; repeat to run several. Default: unit, control, host, vm and bench.
         #[arg(long = "tier", value_enum)]
         tiers: Vec<Tier>,
         #[command(flatten)]
@@ -127,6 +128,22 @@ enum Task {
     /// Lint every crate with clippy, warnings as errors: the userspace crates and the tests on
     /// stable, the eBPF crate on nightly for bpfel-unknown-none.
     Clippy,
+    /// Run the benchmarks (root) and write BENCHMARKS.md and BENCHMARKS.json at the repository
+    /// root: overhead with ÷ without agentd, program cost, event pipeline, control-plane scale,
+    /// risk to quarantine. See docs/benchmarks.md.
+    Bench {
+        /// Every row briefly, to prove the harness works; writes to target/bench-smoke.
+        #[arg(long)]
+        smoke: bool,
+        /// Only this row (repeatable): connect, untagged, open, prog-cost, pipeline,
+        /// policy-eval, propagation, control-plane, risk-quarantine. Other rows are kept from
+        /// the previous BENCHMARKS.json.
+        #[arg(long = "only", value_name = "ROW")]
+        only: Vec<String>,
+        /// Write the results here instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<std::path::PathBuf>,
+    },
     /// Run the vm tier alone: build an initramfs with the test binaries, boot each kernel with
     /// BPF LSM under QEMU, run the tests inside and report.
     VmTest {
@@ -212,7 +229,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Task::Test { mut tiers, vm } => {
             if tiers.is_empty() {
-                tiers = vec![Tier::Unit, Tier::Control, Tier::Host, Tier::Vm];
+                tiers = vec![Tier::Unit, Tier::Control, Tier::Host, Tier::Vm, Tier::Bench];
             }
             tiers.sort();
             tiers.dedup();
@@ -259,6 +276,19 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                         format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
                     ),
             )?;
+        }
+        Task::Bench {
+            smoke,
+            only,
+            out_dir,
+        } => {
+            setup::run(&setup::Options::default())?;
+            let options = bench::Options {
+                smoke,
+                only,
+                out_dir,
+            };
+            return bench::run(&options, |line| println!("{line}"));
         }
         Task::VmTest { vm } => {
             setup::run(&setup::Options {

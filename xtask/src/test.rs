@@ -27,6 +27,9 @@ pub enum Tier {
     Host,
     /// A distribution kernel with BPF LSM under QEMU.
     Vm,
+    /// A short smoke of every benchmark (`cargo xtask bench --smoke`); root. Fails only when a
+    /// harness breaks, never on a missed target.
+    Bench,
 }
 
 /// The counts of one tier (or one kernel of the vm tier).
@@ -120,7 +123,7 @@ fn cargo_test(name: &str, cmd: &mut Command) -> anyhow::Result<TierResult> {
 }
 
 /// Builds `cargo build`-style targets and returns the executables cargo reports, by target name.
-fn build_executables(args: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>> {
+pub fn build_executables(args: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let mut cmd = cargo();
     cmd.args(args)
         .arg("--message-format=json-render-diagnostics")
@@ -225,6 +228,27 @@ fn host() -> anyhow::Result<TierResult> {
     )
 }
 
+fn bench() -> anyhow::Result<TierResult> {
+    let mut result = TierResult::new("bench");
+    if !crate::is_root() {
+        result.fail("needs root: the benchmarks load eBPF programs");
+        return Ok(result);
+    }
+    let options = crate::bench::Options {
+        smoke: true,
+        only: Vec::new(),
+        out_dir: None,
+    };
+    let success = crate::bench::run(&options, |line| {
+        println!("{line}");
+        result.count(line);
+    })?;
+    if !success && result.failed == 0 {
+        result.fail("agentd-bench failed before any row finished: see the output above");
+    }
+    Ok(result)
+}
+
 /// Options of the vm tier.
 #[derive(Clone, Debug)]
 pub struct VmOptions {
@@ -288,6 +312,7 @@ pub fn run(tiers: &[Tier], vm_options: &VmOptions) -> anyhow::Result<bool> {
             Tier::Control => results.push(control()?),
             Tier::Host => results.push(host()?),
             Tier::Vm => results.extend(vm_tier(vm_options)?),
+            Tier::Bench => results.push(bench()?),
         }
     }
     Ok(summarize(&results))
