@@ -40,11 +40,25 @@ pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
     entry
 }
 
-/// Copies `event` into `EVENTS`, with the same accounting as [`reserve`].
+/// `bpf_ringbuf_*` flags: whether to wake the reader now.
+///
+/// Waking the reader for every record is the single largest cost on a hot hook (a wake-up is
+/// an inter-processor interrupt, a VM exit on a guest): routine records (`QUIET`) let the
+/// reader find them at its next poll, within milliseconds; records that something acts on at
+/// once (denials, rule hits: `URGENT`) wake it.
+pub mod wakeup {
+    /// `BPF_RB_NO_WAKEUP`
+    pub const QUIET: u64 = 1;
+    /// `BPF_RB_FORCE_WAKEUP`
+    pub const URGENT: u64 = 2;
+}
+
+/// Copies `event` into `EVENTS`, with the same accounting as [`reserve`]; `flags` is a
+/// [`wakeup`] value.
 #[inline(always)]
-pub fn output<T: 'static>(event: &T) {
+pub fn output<T: 'static>(event: &T, flags: u64) {
     count(event_stats::PRODUCED);
-    if EVENTS.output::<T>(event, 0).is_err() {
+    if EVENTS.output::<T>(event, flags).is_err() {
         count(event_stats::DROPPED);
     }
 }

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    events::{header, reserve},
+    events::{header, reserve, wakeup},
     kernel::{file_inode_key, offsets, read_field},
     tagging::{cgroup_tag, discovery_tag, set_tag, tag_of},
 };
@@ -126,6 +126,6 @@ fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<(), ()> {
         (*event).args_len = args_len as u32;
         (*event).flags = flags;
     }
-    entry.submit(0);
+    entry.submit(wakeup::QUIET);
     Ok(())
 }

@@ -21,7 +21,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    events::{header, reserve},
+    events::{header, reserve, wakeup},
     kernel::{file_inode_key, inode_key, offsets, read_at, read_field},
     tagging::{cgroup_tag, tag_of},
 };
@@ -740,5 +740,6 @@ fn report<const PATH: u8>(
         (*event).path_len = len as u32;
         (*event).flags = flags;
     }
-    entry.submit(0);
+    // A rule hit: the risk engine acts on it.
+    entry.submit(wakeup::URGENT);
 }

@@ -32,7 +32,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    events::{header, output},
+    events::{header, output, wakeup},
     tagging::tag_of,
 };
 
@@ -385,7 +385,10 @@ fn report(tgid: u32, agent: u32, dst: &Destination, hook: u8, decision: &Decisio
         addr: dst.addr,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     };
-    output(&event);
+    // Denials and would-denials are what the risk engine and an operator act on: wake the
+    // reader. An allowed connect waits for its next poll.
+    let urgent = !decision.allow || decision.flags & NetEvent::FLAG_WOULD_DENY != 0;
+    output(&event, if urgent { wakeup::URGENT } else { wakeup::QUIET });
 }
 
 const IPPROTO_UDP: u8 = 17;

@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    events::{header, output},
+    events::{header, output, wakeup},
     kernel::{offsets, read_field},
 };
 
@@ -89,7 +89,7 @@ fn report(kind: EventKind, pid: u32, ppid: u32, tag: &AgentTag, exit_code: u32) 
         tag: *tag,
         exit_code,
     };
-    output(&event);
+    output(&event, wakeup::QUIET);
 }
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`, in the parent's

@@ -591,8 +591,10 @@ impl Drop for EventReader {
     }
 }
 
-/// How long the reader thread waits on the ring buffer before it looks at its stop flag.
-const POLL_MS: i32 = 100;
+/// How long the reader thread waits on the ring buffer before it looks again. Routine records
+/// do not wake it (the kernel side sends them with `BPF_RB_NO_WAKEUP`), so this bounds their
+/// delivery delay; denials and rule hits wake it at once.
+const POLL_MS: i32 = 2;
 
 /// The reader thread: wait for records, decode a batch, hand it over, until told to stop or
 /// the daemon goes away.
