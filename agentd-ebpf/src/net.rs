@@ -388,7 +388,14 @@ fn report(tgid: u32, agent: u32, dst: &Destination, hook: u8, decision: &Decisio
     // Denials and would-denials are what the risk engine and an operator act on: wake the
     // reader. An allowed connect waits for its next poll.
     let urgent = !decision.allow || decision.flags & NetEvent::FLAG_WOULD_DENY != 0;
-    output(&event, if urgent { wakeup::URGENT } else { wakeup::QUIET });
+    output(
+        &event,
+        if urgent {
+            wakeup::URGENT
+        } else {
+            wakeup::QUIET
+        },
+    );
 }
 
 const IPPROTO_UDP: u8 = 17;
