@@ -142,7 +142,7 @@ enum Task {
         only: Vec<String>,
         /// Write the results here instead.
         #[arg(long, value_name = "DIR")]
-        out_dir: Option<std::path::PathBuf>,
+        out_dir: Option<PathBuf>,
     },
     /// Run the vm tier alone: build an initramfs with the test binaries, boot each kernel with
     /// BPF LSM under QEMU, run the tests inside and report.
