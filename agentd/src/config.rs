@@ -20,6 +20,28 @@ pub struct Config {
     pub risk: crate::risk::RiskConfig,
     pub metrics: MetricsConfig,
     pub control_plane: ControlPlaneConfig,
+    /// Where the kernel objects are pinned, and what a stop leaves behind.
+    pub bpf: BpfConfig,
+}
+
+/// Pinning (docs/operations.md, "Enforcement that survives the daemon").
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BpfConfig {
+    /// The BPF file system directory for agentd's maps and links. Default: `/sys/fs/bpf/agentd`.
+    pub pin_path: PathBuf,
+    /// `keep` (default): a stopped or crashed agentd leaves its programs enforcing, and the next
+    /// one adopts them; only `agentd teardown` removes them. `detach`: a clean stop removes them.
+    pub on_exit: crate::pins::OnExit,
+}
+
+impl Default for BpfConfig {
+    fn default() -> Self {
+        Self {
+            pin_path: PathBuf::from(crate::pins::DEFAULT_ROOT),
+            on_exit: crate::pins::OnExit::Keep,
+        }
+    }
 }
 
 /// The control plane agentd takes Conditional Access decisions from (docs/conditional-access.md).
@@ -209,6 +231,13 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks the values; `path` names where they came from in errors.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let config = self;
         let invalid = |field, reason| ConfigError::Invalid {
             path: path.to_owned(),
             field,
@@ -235,6 +264,9 @@ impl Config {
                 "must be an http:// or https:// URL",
             ));
         }
+        if !config.bpf.pin_path.is_absolute() {
+            return Err(invalid("bpf.pin_path", "must be an absolute path"));
+        }
         if config.events.rotate_bytes < 4096 {
             return Err(invalid("events.rotate_bytes", "must be at least 4096"));
         }
@@ -242,7 +274,7 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Ok(config)
+        Ok(())
     }
 
     /// Reads `path`; with `None`, reads [`DEFAULT_PATH`] if it exists and uses the defaults
@@ -305,6 +337,25 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn bpf_table_is_read_and_validated() {
+        let config = Config::parse(
+            "[bpf]\npin_path = \"/sys/fs/bpf/x\"\non_exit = \"detach\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.bpf.pin_path, Path::new("/sys/fs/bpf/x"));
+        assert_eq!(config.bpf.on_exit, crate::pins::OnExit::Detach);
+        let err = Config::parse("[bpf]\npin_path = \"rel\"\n", Path::new("t.toml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.toml: bpf.pin_path: must be an absolute path"
+        );
+        let err = Config::parse("[bpf]\non_exit = \"linger\"\n", Path::new("t.toml")).unwrap_err();
+        let message = format!("{:#}", anyhow::Error::from(err));
+        assert!(message.contains("on_exit"), "{message}");
     }
 
     #[test]

@@ -43,6 +43,7 @@ use crate::{
     lineage::{Ancestor, Lineage},
     metrics,
     netpolicy::{Categories, Mode, layout},
+    pins::{Links, OnExit, RegistryMap},
     risk::{
         self, AgentRisk, DetectionId, Outcome, Remediation, RiskConfig, RiskConfigError,
         RiskEngine, RiskLevel,
@@ -92,6 +93,8 @@ pub enum DaemonError {
     },
     #[error("the risk configuration")]
     Risk(#[source] RiskConfigError),
+    #[error(transparent)]
+    Pins(#[from] crate::pins::PinError),
 }
 
 /// How a tag reads in events, `ps` and identity documents.
@@ -156,6 +159,11 @@ pub struct State {
     remediation_counts: std::collections::HashMap<String, u64>,
     /// (delivered, dropped) kernel events, refreshed by the event loop before a status answer.
     event_counts: EventCounts,
+    /// The programs' links: adopted from the pins, or attached by this process.
+    links: Links,
+    /// Where the registry of agent and rule numbers is kept across restarts, when pinning.
+    registry_map: Option<RegistryMap>,
+    on_exit: OnExit,
     /// Names seen in DNS answers → (address, expiry).
     learned: std::collections::HashMap<String, Vec<(std::net::IpAddr, std::time::Instant)>>,
     /// The last name each address was learned from, for connection events.
@@ -174,16 +182,39 @@ impl State {
         let mut object = ebpf::load_with(ebpf::LoadOptions {
             max_tagged_processes: config.identity.max_tagged_processes,
             ring_buffer_bytes: config.events.ring_buffer_bytes,
+            pin_root: Some(config.bpf.pin_path.clone()),
         })?;
+        let mut links = match &object.pins {
+            Some(layout) => Links::open(layout)?,
+            None => Links::unpinned(),
+        };
+        let registry_map = object.pins.as_ref().map(RegistryMap::open).transpose()?;
+        let registry = registry_map
+            .as_ref()
+            .map(RegistryMap::load)
+            .transpose()?
+            .unwrap_or_default();
+        if links.adopting() {
+            tracing::info!(
+                pins = %config.bpf.pin_path.display(),
+                "adopting the programs an earlier agentd left attached"
+            );
+        }
         let file_enforcement = files::probe_enforcement(&mut object);
         log_file_enforcement(&file_enforcement);
-        let files =
-            FileSensor::attach(&mut object, file_enforcement == FileEnforcement::Available)?;
-        let process = ProcessSensor::attach(&mut object)?;
-        let net = NetSensor::attach(&mut object, &cgroup_root)?;
+        let files = FileSensor::attach(
+            &mut object,
+            file_enforcement == FileEnforcement::Available,
+            &mut links,
+        )?;
+        let process = ProcessSensor::attach(&mut object, &mut links)?;
+        let net = NetSensor::attach(&mut object, &cgroup_root, &mut links)?;
         let reader = EventReader::new(&mut object)?;
         let state = Self {
-            registry: Registry::default(),
+            registry,
+            links,
+            registry_map,
+            on_exit: config.bpf.on_exit,
             policy: CompiledPolicy::default(),
             userspace_rules: UserspaceRules::default(),
             process,
@@ -244,6 +275,8 @@ impl State {
         let tables = self.net_tables(&compiled, net_version);
         let (file_entries, sensitive_rules) = self.file_rules(&compiled);
         let quarantine_rule = self.registry.intern_rule("quarantine-allow");
+        // The numbers go into the pinned registry before any kernel map holds them.
+        self.persist_registry()?;
 
         self.process.set_cgroups(&cgroup_entries)?;
         let files = &mut self.files;
@@ -301,6 +334,26 @@ impl State {
             "identity policy applied"
         );
         Ok(applied)
+    }
+
+    /// Writes new agent and rule numbers to the pinned registry, so that an agentd adopting the
+    /// kernel maps reads the tags as this one wrote them.
+    fn persist_registry(&mut self) -> Result<(), crate::pins::PinError> {
+        if self.registry.take_changed()
+            && let Some(map) = &mut self.registry_map
+            && let Err(err) = map.save(&self.registry)
+        {
+            // Try again next time.
+            self.registry.mark_changed();
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Makes the programs attached by this process the pinned ones, detaching an earlier
+    /// build's (an upgrade); once the policy is in the maps.
+    pub fn commit_links(&mut self) -> Result<(), crate::pins::PinError> {
+        self.links.commit()
     }
 
     /// Splits the discovery rules into the kernel's (by executable) and userspace's (by hash,
@@ -623,7 +676,16 @@ impl State {
             .into_iter()
             .filter_map(|index| self.registry.agent(index).map(|agent| agent.name.clone()))
             .collect();
+        let pins = self.links.layout().map(|layout| crate::pins::PinStatus {
+            root: layout.root.display().to_string(),
+            layout: layout.layout.clone(),
+            build: layout.build.clone(),
+            adopted: self.links.adopting(),
+            on_exit: Some(self.on_exit),
+            links: self.links.status(),
+        });
         Ok(Status {
+            pins,
             events_delivered: self.event_counts.delivered,
             events_dropped: self.event_counts.dropped,
             events_produced: self.event_counts.produced,
@@ -1376,6 +1438,9 @@ impl Output {
 
     /// Once a second: risk decay, and the alarm about lost events.
     fn tick(&mut self, state: &mut State, reader: &EventReader) -> Result<(), DaemonError> {
+        if let Err(err) = state.persist_registry() {
+            tracing::warn!(err = %anyhow::Error::from(err), "saving agent numbers to the pinned registry");
+        }
         let notices = state.ca_tick(self.format);
         self.notices.extend(notices);
         state.report_agents();
@@ -1855,6 +1920,9 @@ pub async fn run(
     let mut output = Output::open(&config.events)?;
     let (mut from_control, _control_tx, control_task) =
         start_control(&config, &mut state, &mut output);
+    // The local policy and the kept decisions are in the maps: this build's links take over
+    // from an earlier build's (an upgrade), or were adopted as they are.
+    state.commit_links()?;
 
     let (answers_tx, mut answers) = mpsc::channel::<dns::Learned>(256);
     let dns_task = start_dns(&config.dns, &mut state, answers_tx).await?;
@@ -1942,8 +2010,19 @@ pub async fn run(
         undecodable = delivery.undecodable,
         dropped = reader.dropped()?,
         tags_lost = state.process.insert_failures()?,
-        "shutting down; detaching programs"
+        on_exit = ?state.on_exit,
+        "shutting down"
     );
+    if state.on_exit == OnExit::Detach {
+        drop(reader);
+        let links = crate::pins::teardown(&config.bpf.pin_path)?;
+        tracing::info!(links, "detached the programs and removed the pins");
+    } else {
+        tracing::info!(
+            pins = %config.bpf.pin_path.display(),
+            "the programs stay attached; `agentd teardown` removes them"
+        );
+    }
     result
 }
 

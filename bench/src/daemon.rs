@@ -35,10 +35,12 @@ impl Agentd {
             format!(
                 "[events]\nformat = \"json\"\noutput = \"{}\"\n\n\
                  [api]\nadmin_socket = \"{}\"\nidentity_socket = \"{}\"\n\n\
-                 [identity]\nsweep_interval_secs = 0\n\n[dns]\nenabled = false\n\n{extra}",
+                 [identity]\nsweep_interval_secs = 0\n\n[dns]\nenabled = false\n\n\
+                 [bpf]\npin_path = \"/sys/fs/bpf/agentd-bench-{}\"\non_exit = \"detach\"\n\n{extra}",
                 events.display(),
                 admin.display(),
                 dir.path().join("identity.sock").display(),
+                std::process::id(),
             ),
         )?;
         let policy_file = dir.path().join("policy.toml");

@@ -6,7 +6,9 @@ use agentd_tests::{
 #[tokio::test]
 async fn exec_event_reports_child_pid_ppid_filename_and_cgroup() {
     let mut object = load_object();
-    let _sensor = ProcessSensor::attach(&mut object).expect("attaching the process sensor");
+    let mut links = agentd::pins::Links::unpinned();
+    let _sensor =
+        ProcessSensor::attach(&mut object, &mut links).expect("attaching the process sensor");
     let mut reader =
         agentd::events::EventReader::new(&mut object).expect("opening the ring buffer");
 
@@ -49,10 +51,21 @@ fn dropping_the_sensor_and_object_unloads_the_process_programs() {
     // The kernel keeps 15 bytes of a program's name: "sched_process_e" is both exec and exit.
     let count =
         || loaded_program_count("sched_process_exec") + loaded_program_count("sched_process_fork");
-    let before = count();
+    // Programs of an earlier test's agentd are freed by the kernel a moment after it exits:
+    // wait until the count holds still.
+    let mut before = count();
+    let mut still = 0;
+    while still < 5 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let now = count();
+        still = if now == before { still + 1 } else { 0 };
+        before = now;
+    }
     {
         let mut object = load_object();
-        let _sensor = ProcessSensor::attach(&mut object).expect("attaching the process sensor");
+        let mut links = agentd::pins::Links::unpinned();
+        let _sensor =
+            ProcessSensor::attach(&mut object, &mut links).expect("attaching the process sensor");
         assert_eq!(count(), before + 3, "exec, fork and exit are loaded");
     }
     wait_until("the process programs are unloaded after drop", || {

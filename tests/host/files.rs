@@ -13,7 +13,8 @@ use agentd_tests::{Daemon, launch_cgroup, load_object, wait_until};
 #[test]
 fn file_enforcement_probe_agrees_with_a_real_attach() {
     let probed = probe_enforcement(&mut load_object());
-    let attached = FileSensor::attach(&mut load_object(), true);
+    let mut links = agentd::pins::Links::unpinned();
+    let attached = FileSensor::attach(&mut load_object(), true, &mut links);
     match (&probed, &attached) {
         (FileEnforcement::Available, Ok(_)) => {}
         (FileEnforcement::Unavailable(why), Err(_)) => {
@@ -31,7 +32,8 @@ fn file_enforcement_probe_agrees_with_a_real_attach() {
 fn probe_leaves_the_lsm_program_usable_afterwards() {
     let mut object = load_object();
     if probe_enforcement(&mut object) == FileEnforcement::Available {
-        FileSensor::attach(&mut object, true).expect("attaching after a successful probe");
+        FileSensor::attach(&mut object, true, &mut agentd::pins::Links::unpinned())
+            .expect("attaching after a successful probe");
     }
 }
 

@@ -16,8 +16,17 @@ use agentd_tests::{
 fn agentd_run_prints_exec_events_and_detaches_on_sigint() {
     require_root();
     let before = loaded_program_count("sched_process_exec");
+    let pins = agentd_tests::unique_pin_path();
     let mut agentd = Command::new(agentd_bin())
-        .args(["run", "--format", "json"])
+        .args([
+            "run",
+            "--format",
+            "json",
+            "--on-exit",
+            "detach",
+            "--pin-path",
+        ])
+        .arg(&pins)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -79,7 +88,11 @@ fn agentd_run_prints_exec_events_and_detaches_on_sigint() {
         "agentd exited with {}: {stderr}",
         output.status
     );
-    assert!(stderr.contains("detaching programs"), "{stderr}");
+    assert!(
+        stderr.contains("detached the programs and removed the pins"),
+        "{stderr}"
+    );
+    assert!(!pins.exists(), "{} is still there", pins.display());
     wait_until("agentd's exec program is unloaded after it exits", || {
         loaded_program_count("sched_process_exec") == before
     });

@@ -131,9 +131,65 @@ pub fn agentd_bin() -> PathBuf {
 pub struct Daemon {
     child: std::process::Child,
     pub dir: tempfile::TempDir,
+    /// Where this daemon pins its maps and links (its own directory, removed on drop).
+    pub pin_path: PathBuf,
     pub admin: PathBuf,
     pub identity: PathBuf,
     stdout: std::sync::mpsc::Receiver<String>,
+    stdout_tx: std::sync::mpsc::Sender<String>,
+}
+
+/// `agentd run` with the configuration and policy in `dir`.
+fn agentd_command(dir: &Path, env: &[(&str, &str)]) -> std::process::Command {
+    let mut command = std::process::Command::new(agentd_bin());
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(dir.join("agentd.toml"))
+        .arg("--policy")
+        .arg(dir.join("policy.toml"))
+        .args(["--format", "json"])
+        .envs(env.iter().copied());
+    command
+}
+
+/// Starts agentd, forwards its stdout lines to `tx`, and waits until it answers on `admin`.
+fn spawn_agentd(
+    dir: &Path,
+    admin: &Path,
+    tx: &std::sync::mpsc::Sender<String>,
+    env: &[(&str, &str)],
+) -> std::process::Child {
+    let log = dir.join("agentd.log");
+    let mut child = agentd_command(dir, env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .expect("creating the log"),
+        )
+        .spawn()
+        .expect("starting agentd run");
+    let out = child.stdout.take().expect("piped stdout");
+    let tx = tx.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    wait_until("agentd answers on its admin socket", || {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = fs::read_to_string(&log).unwrap_or_default();
+            panic!("agentd exited during start-up: {status}\n{log}");
+        }
+        agentd::api::admin::<agentd::api::Status>(admin, &agentd::api::AdminRequest::Status).is_ok()
+    });
+    child
 }
 
 impl Daemon {
@@ -170,11 +226,30 @@ impl Daemon {
         let admin = dir.path().join("admin.sock");
         let identity = dir.path().join("identity.sock");
         let config = dir.path().join("agentd.toml");
+        // Each daemon pins under its own directory and detaches on a clean stop, unless the
+        // test configures pinning itself.
+        let pin_path = extra
+            .lines()
+            .find_map(|line| {
+                line.trim()
+                    .strip_prefix("pin_path = \"")
+                    .and_then(|rest| rest.strip_suffix('"'))
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(unique_pin_path);
+        let bpf = if extra.contains("[bpf]") {
+            String::new()
+        } else {
+            format!(
+                "[bpf]\npin_path = \"{}\"\non_exit = \"detach\"\n",
+                pin_path.display()
+            )
+        };
         fs::write(
             &config,
             format!(
                 "[api]\nadmin_socket = \"{}\"\nidentity_socket = \"{}\"\n\n\
-                 [identity]\nsweep_interval_secs = 0\n{identity_settings}\n\n[dns]\n{dns_settings}\n{extra}",
+                 [identity]\nsweep_interval_secs = 0\n{identity_settings}\n\n[dns]\n{dns_settings}\n{bpf}{extra}",
                 admin.display(),
                 identity.display()
             ),
@@ -182,42 +257,43 @@ impl Daemon {
         .expect("writing the config");
         let policy_file = dir.path().join("policy.toml");
         fs::write(&policy_file, policy).expect("writing the policy");
-        let mut child = std::process::Command::new(agentd_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .arg("--policy")
-            .arg(&policy_file)
-            .args(["--format", "json"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(fs::File::create(dir.path().join("agentd.log")).expect("creating the log"))
-            .spawn()
-            .expect("starting agentd run");
         let (tx, stdout) = std::sync::mpsc::channel();
-        let out = child.stdout.take().expect("piped stdout");
-        std::thread::spawn(move || {
-            use std::io::BufRead as _;
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        wait_until("agentd answers on its admin socket", || {
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = fs::read_to_string(dir.path().join("agentd.log")).unwrap_or_default();
-                panic!("agentd exited during start-up: {status}\n{log}");
-            }
-            agentd::api::admin::<agentd::api::Status>(&admin, &agentd::api::AdminRequest::Status)
-                .is_ok()
-        });
+        let child = spawn_agentd(dir.path(), &admin, &tx, &[]);
         Self {
             child,
             dir,
+            pin_path,
             admin,
             identity,
             stdout,
+            stdout_tx: tx,
         }
+    }
+
+    /// Kills agentd with SIGKILL (no clean-up of any kind), then starts it again with the same
+    /// configuration and policy, and `env`; waits until it answers.
+    pub fn sigkill_and_restart(&mut self, env: &[(&str, &str)]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_agentd(self.dir.path(), &self.admin, &self.stdout_tx, env);
+    }
+
+    /// SIGKILLs agentd and leaves it dead.
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Runs `agentd run` with this daemon's configuration and policy and `env`, expecting it
+    /// to fail at start-up; returns its exit status and log.
+    pub fn start_failing(&self, env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+        let log = self.dir.path().join("failing.log");
+        let status = agentd_command(self.dir.path(), env)
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(&log).expect("creating the log"))
+            .status()
+            .expect("running agentd");
+        (status, fs::read_to_string(&log).unwrap_or_default())
     }
 
     pub fn try_status(&self) -> Result<agentd::api::Status, agentd::api::ClientError> {
@@ -311,7 +387,20 @@ impl Drop for Daemon {
             unsafe { libc::kill(pid, libc::SIGINT) };
         }
         let _ = self.child.wait();
+        // Whatever the daemon left (a crash, `on_exit = "keep"`) goes with the test.
+        let _ = agentd::pins::teardown(&self.pin_path);
     }
+}
+
+/// A pin directory no other test uses.
+#[must_use]
+pub fn unique_pin_path() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    PathBuf::from(format!(
+        "/sys/fs/bpf/agentd-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ))
 }
 
 /// Reads a pid that a test script wrote to `path`, waiting for the file to appear.

@@ -15,8 +15,9 @@ async fn lsm_file_open_denies_marker_file_with_eperm_and_reports_it() {
         "BPF LSM is not active on this kernel: run this tier through `cargo xtask vm-test`"
     );
     let mut object = load_object();
-    let mut sensor =
-        FileSensor::attach(&mut object, true).expect("attaching the file_open LSM program");
+    let mut links = agentd::pins::Links::unpinned();
+    let mut sensor = FileSensor::attach(&mut object, true, &mut links)
+        .expect("attaching the file_open LSM program");
     let mut reader = EventReader::new(&mut object).expect("opening the ring buffer");
 
     let dir = tempfile::tempdir().expect("temporary directory");

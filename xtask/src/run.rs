@@ -162,7 +162,9 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitStatus> {
     fs::write(
         &config,
         format!(
-            "[control_plane]\nurl = \"http://{LISTEN}\"\n{join}state_dir = \"{}\"\n",
+            "[control_plane]\nurl = \"http://{LISTEN}\"\n{join}state_dir = \"{}\"\n\n\
+             # A demo: Ctrl-C detaches everything (a service keeps enforcing: docs/operations.md).\n\
+             [bpf]\non_exit = \"detach\"\n",
             dir.join("agentd-state").display()
         ),
     )?;

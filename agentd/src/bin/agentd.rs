@@ -47,25 +47,95 @@ struct AdminSocket {
     socket: PathBuf,
 }
 
+/// Settings that override the configuration file: a flag wins over its environment variable,
+/// which wins over the file.
+#[derive(clap::Args, Clone, Debug, Default)]
+struct Overrides {
+    /// Overrides `bpf.pin_path`: where the maps and links are pinned.
+    #[arg(long, value_name = "DIR", env = "AGENTD_PIN_PATH")]
+    pin_path: Option<PathBuf>,
+    /// Overrides `bpf.on_exit`: `keep` leaves the programs enforcing after agentd stops,
+    /// `detach` removes them on a clean stop.
+    #[arg(long, value_name = "WHAT", env = "AGENTD_ON_EXIT", value_parser = ["keep", "detach"])]
+    on_exit: Option<String>,
+    /// Overrides `api.admin_socket`.
+    #[arg(long, value_name = "PATH", env = "AGENTD_ADMIN_SOCKET")]
+    admin_socket: Option<PathBuf>,
+    /// Overrides `control_plane.url`.
+    #[arg(long, value_name = "URL", env = "AGENTD_CONTROL_PLANE_URL")]
+    control_plane_url: Option<String>,
+    /// Overrides `metrics.listen`.
+    #[arg(long, value_name = "ADDR", env = "AGENTD_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
+}
+
+impl Overrides {
+    /// Applies the overrides, then checks the result as the file is checked.
+    fn apply(&self, config: &mut Config) -> Result<(), agentd::config::ConfigError> {
+        let mut any = false;
+        if let Some(path) = &self.pin_path {
+            config.bpf.pin_path.clone_from(path);
+            any = true;
+        }
+        if let Some(on_exit) = &self.on_exit {
+            config.bpf.on_exit = if on_exit == "detach" {
+                agentd::pins::OnExit::Detach
+            } else {
+                agentd::pins::OnExit::Keep
+            };
+        }
+        if let Some(path) = &self.admin_socket {
+            config.api.admin_socket.clone_from(path);
+        }
+        if let Some(url) = &self.control_plane_url {
+            config.control_plane.url = Some(url.clone());
+            any = true;
+        }
+        if let Some(listen) = self.metrics_listen {
+            config.metrics.listen = Some(listen);
+        }
+        if any {
+            config.validate(Path::new("flags and environment"))?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run the host daemon in the foreground: attach the kernel programs, apply the identity
-    /// policy, serve the local API, and print every event on stdout until Ctrl-C or SIGTERM,
-    /// which detach everything.
+    /// Run the host daemon in the foreground: attach the kernel programs (or adopt those an
+    /// earlier agentd left pinned), apply the identity policy, serve the local API, and print
+    /// every event on stdout until Ctrl-C or SIGTERM. With `bpf.on_exit = "keep"` (the default)
+    /// the programs stay attached and keep enforcing after agentd stops; `agentd teardown`
+    /// removes them.
     ///
     /// Example: `sudo agentd run --policy agents.toml --format json`
     Run {
         /// Configuration file (TOML). Default: /etc/agentd/agentd.toml when it exists,
         /// built-in defaults otherwise.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", env = "AGENTD_CONFIG")]
         config: Option<PathBuf>,
         /// Identity policy file (agents and discovery rules). Default: the drop-ins in
         /// `identity.policy_dir` (/etc/agentd/policy.d/*.toml).
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", env = "AGENTD_POLICY")]
         policy: Option<PathBuf>,
         /// How to print events; overrides `events.format` in the config file.
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, env = "AGENTD_FORMAT")]
         format: Option<OutputFormat>,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Detach every agentd program and remove its pins (maps and links under `bpf.pin_path`):
+    /// agents are no longer enforced afterwards. Refuses while an agentd answers on the admin
+    /// socket; stop it first (`systemctl stop agentd`).
+    ///
+    /// Example: `sudo agentd teardown`
+    Teardown {
+        /// Configuration file (TOML), for `bpf.pin_path` and `api.admin_socket`.
+        #[arg(long, value_name = "FILE", env = "AGENTD_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: Overrides,
     },
     /// Run a command as an agent: it starts in the agent's agentd-managed cgroup, so the
     /// kernel tags it and every process it starts with the agent's identity.
@@ -188,7 +258,9 @@ fn main() -> ExitCode {
             config,
             policy,
             format,
-        } => return run(config.as_deref(), policy.as_deref(), format),
+            overrides,
+        } => return run(config.as_deref(), policy.as_deref(), format, &overrides),
+        Command::Teardown { config, overrides } => teardown(config.as_deref(), &overrides),
         Command::Launch {
             agent,
             admin,
@@ -260,8 +332,33 @@ fn config_check(config: Option<&Path>, policy: Option<&Path>) -> ExitCode {
     }
 }
 
-fn run(config: Option<&Path>, policy: Option<&Path>, format: Option<OutputFormat>) -> ExitCode {
-    let mut config = match Config::load(config) {
+fn teardown(config: Option<&Path>, overrides: &Overrides) -> anyhow::Result<()> {
+    let mut config = Config::load(config)?;
+    overrides.apply(&mut config)?;
+    if api::admin::<Status>(&config.api.admin_socket, &AdminRequest::Status).is_ok() {
+        anyhow::bail!(
+            "agentd is running (it answers on {}); stop it first, then tear down",
+            config.api.admin_socket.display()
+        );
+    }
+    let links = agentd::pins::teardown(&config.bpf.pin_path)?;
+    println!(
+        "detached {links} programs and removed the pins under {}",
+        config.bpf.pin_path.display()
+    );
+    Ok(())
+}
+
+fn run(
+    config: Option<&Path>,
+    policy: Option<&Path>,
+    format: Option<OutputFormat>,
+    overrides: &Overrides,
+) -> ExitCode {
+    let mut config = match Config::load(config).and_then(|mut config| {
+        overrides.apply(&mut config)?;
+        Ok(config)
+    }) {
         Ok(config) => config,
         Err(err) => {
             tracing::error!("invalid configuration: {:#}", anyhow::Error::from(err));

@@ -50,6 +50,8 @@ pub struct Registry {
     by_id: HashMap<AgentId, u32>,
     rules: Vec<String>,
     rule_numbers: HashMap<String, u32>,
+    /// Something changed since [`Registry::take_changed`] was last called.
+    changed: bool,
 }
 
 impl Registry {
@@ -57,9 +59,14 @@ impl Registry {
     /// index and takes the new name.
     pub fn intern_agent(&mut self, agent: &Agent) -> u32 {
         if let Some(&index) = self.by_id.get(&agent.id) {
-            self.agents[index as usize - 1].name.clone_from(&agent.name);
+            let known = &mut self.agents[index as usize - 1];
+            if known.name != agent.name {
+                known.name.clone_from(&agent.name);
+                self.changed = true;
+            }
             return index;
         }
+        self.changed = true;
         self.agents.push(agent.clone());
         let index = u32::try_from(self.agents.len()).expect("fewer than 2^32 agents");
         self.by_id.insert(agent.id, index);
@@ -76,10 +83,66 @@ impl Registry {
         if let Some(&number) = self.rule_numbers.get(name) {
             return number;
         }
+        self.changed = true;
         self.rules.push(name.to_owned());
         let number = u32::try_from(self.rules.len()).expect("fewer than 2^32 rules");
         self.rule_numbers.insert(name.to_owned(), number);
         number
+    }
+
+    /// A registry holding the numbers an earlier agentd handed out (from the pinned registry
+    /// map). Numbers never seen are filled with placeholders so that later ones keep theirs.
+    #[must_use]
+    pub fn restore(mut agents: Vec<(u32, Agent)>, mut rules: Vec<(u32, String)>) -> Self {
+        let mut registry = Self::default();
+        agents.sort_by_key(|(number, _)| *number);
+        rules.sort_by_key(|(number, _)| *number);
+        for (number, agent) in agents {
+            if number == 0 {
+                continue;
+            }
+            while registry.agents.len() + 1 < number as usize {
+                registry.agents.push(Agent {
+                    id: AgentId(Uuid::nil()),
+                    name: format!("unknown-{}", registry.agents.len() + 1),
+                });
+            }
+            registry.by_id.insert(agent.id, number);
+            registry.agents.push(agent);
+        }
+        for (number, rule) in rules {
+            if number == 0 {
+                continue;
+            }
+            while registry.rules.len() + 1 < number as usize {
+                registry
+                    .rules
+                    .push(format!("unknown-{}", registry.rules.len() + 1));
+            }
+            registry.rule_numbers.insert(rule.clone(), number);
+            registry.rules.push(rule);
+        }
+        registry
+    }
+
+    /// Whether numbers were handed out or names changed since the last call.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Makes the next [`Registry::take_changed`] say true.
+    pub fn mark_changed(&mut self) {
+        self.changed = true;
+    }
+
+    /// Every agent with its number.
+    pub fn agents(&self) -> impl Iterator<Item = (u32, &Agent)> {
+        (1..).zip(self.agents.iter())
+    }
+
+    /// Every rule with its number.
+    pub fn rules(&self) -> impl Iterator<Item = (u32, &str)> {
+        (1..).zip(self.rules.iter().map(String::as_str))
     }
 
     #[must_use]
@@ -120,6 +183,29 @@ mod tests {
         coder.name = "coder-v2".into();
         assert_eq!(registry.intern_agent(&coder), index);
         assert_eq!(registry.agent(index).unwrap().name, "coder-v2");
+    }
+
+    #[test]
+    fn a_restored_registry_keeps_every_number() {
+        let mut registry = Registry::default();
+        registry.intern_agent(&agent("a"));
+        registry.intern_agent(&agent("b"));
+        registry.intern_rule("r1");
+        let agents: Vec<(u32, Agent)> = registry
+            .agents()
+            .filter(|(number, _)| *number == 2)
+            .map(|(number, agent)| (number, agent.clone()))
+            .collect();
+        let rules = registry
+            .rules()
+            .map(|(number, rule)| (number, rule.to_owned()))
+            .collect();
+        let mut restored = Registry::restore(agents, rules);
+        assert_eq!(restored.intern_agent(&agent("b")), 2);
+        assert_eq!(restored.intern_rule("r1"), 1);
+        // Number 1 was not kept: it stays taken, and a new agent gets 3.
+        assert_eq!(restored.intern_agent(&agent("c")), 3);
+        assert_eq!(restored.intern_agent(&agent("a")), 4);
     }
 
     #[test]

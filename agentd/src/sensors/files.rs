@@ -7,11 +7,11 @@ use std::{fs, os::unix::fs::MetadataExt as _, path::Path};
 use agentd_common::{FileNameKey, FileRule, FileRuleKey, InodeKey};
 use aya::{
     maps::HashMap,
-    programs::{Lsm, TracePoint, lsm::LsmLink, trace_point::TracePointLink},
+    programs::{Lsm, TracePoint},
 };
 
 use super::{SensorError, attach_error, load_error};
-use crate::ebpf::LoadedObject;
+use crate::{ebpf::LoadedObject, pins::Links};
 
 const PROGRAM: &str = "file_open";
 /// Hooks that stop a protected file being moved, removed, linked out of its directory or
@@ -139,14 +139,17 @@ pub struct FileSensor {
     names: HashMap<aya::maps::MapData, FileNameKey, FileRule>,
     quarantine: HashMap<aya::maps::MapData, u32, u32>,
     mode: FileMode,
-    _lsm_links: Vec<LsmLink>,
-    _observer_links: Vec<TracePointLink>,
 }
 
 impl FileSensor {
     /// Attaches the LSM hooks when `enforce` (after [`probe_enforcement`] said they work),
-    /// or the observing tracepoints otherwise.
-    pub fn attach(object: &mut LoadedObject, enforce: bool) -> Result<Self, SensorError> {
+    /// or the observing tracepoints otherwise; when `links` adopted an earlier agentd's
+    /// programs, the mode is the one they were attached in.
+    pub fn attach(
+        object: &mut LoadedObject,
+        enforce: bool,
+        links: &mut Links,
+    ) -> Result<Self, SensorError> {
         let LoadedObject { ebpf, btf, .. } = object;
         let deny = ebpf
             .take_map(DENY_MAP)
@@ -166,9 +169,18 @@ impl FileSensor {
                 map: QUARANTINE_MAP,
             })?;
         let quarantine = HashMap::try_from(quarantine).map_err(super::map_error(QUARANTINE_MAP))?;
-        let mut lsm_links = Vec::new();
-        let mut observer_links = Vec::new();
-        let mode = if enforce {
+        let mode = if links.adopting() {
+            if links.has(PROGRAM) {
+                FileMode::Enforcing {
+                    missing: OPTIONAL_HOOKS
+                        .into_iter()
+                        .filter(|hook| !links.has(hook))
+                        .collect(),
+                }
+            } else {
+                FileMode::Observing
+            }
+        } else if enforce {
             let mut missing = Vec::new();
             for hook in REQUIRED_HOOKS.into_iter().chain(OPTIONAL_HOOKS) {
                 let program: &mut Lsm = super::program(ebpf, hook)?;
@@ -178,7 +190,7 @@ impl FileSensor {
                     .and_then(|()| program.attach().map_err(attach_error(hook)))
                     .and_then(|link_id| program.take_link(link_id).map_err(attach_error(hook)));
                 match attached {
-                    Ok(link) => lsm_links.push(link),
+                    Ok(link) => links.add(hook, link)?,
                     Err(err) if REQUIRED_HOOKS.contains(&hook) => return Err(err),
                     // A kernel without CONFIG_SECURITY_PATH has no path hooks: opens and execs
                     // are still decided, moving files out of protected directories is not.
@@ -200,7 +212,10 @@ impl FileSensor {
                 let link_id = program
                     .attach("syscalls", tracepoint)
                     .map_err(attach_error(name))?;
-                observer_links.push(program.take_link(link_id).map_err(attach_error(name))?);
+                links.add(
+                    name,
+                    program.take_link(link_id).map_err(attach_error(name))?,
+                )?;
             }
             FileMode::Observing
         };
@@ -210,8 +225,6 @@ impl FileSensor {
             names,
             quarantine,
             mode,
-            _lsm_links: lsm_links,
-            _observer_links: observer_links,
         })
     }
 

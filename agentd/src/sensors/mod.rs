@@ -43,6 +43,8 @@ pub enum SensorError {
         #[source]
         source: std::io::Error,
     },
+    #[error("pinning")]
+    Pin(#[from] crate::pins::PinError),
     #[error("map {map}")]
     Map {
         map: &'static str,

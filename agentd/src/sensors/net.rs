@@ -19,14 +19,11 @@ use aya::{
         Array, HashMap, MapData, MapError, PerCpuHashMap,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
-        cgroup_skb::CgroupSkbLink, cgroup_sock_addr::CgroupSockAddrLink,
-    },
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr},
 };
 
 use super::{SensorError, attach_error, load_error, map_error, replace_all};
-use crate::{access::CaTables, ebpf::LoadedObject, netpolicy::Prefix};
+use crate::{access::CaTables, ebpf::LoadedObject, netpolicy::Prefix, pins::Links};
 
 const PROGRAMS: [&str; 5] = ["connect4", "connect6", "sendmsg4", "sendmsg6", "recvmsg4"];
 /// The `cgroup_skb/egress` program that counts agents' bytes.
@@ -75,8 +72,6 @@ pub struct NetSensor {
     generation: u32,
     written: StdHashMap<u32, Written>,
     quarantine_allow: Vec<Prefix>,
-    _links: Vec<CgroupSockAddrLink>,
-    _egress_link: Option<CgroupSkbLink>,
 }
 
 /// The LPM keys (prefix length, key) written for Conditional Access.
@@ -109,10 +104,14 @@ fn v6(prefix: &Prefix) -> [u8; 16] {
 }
 
 impl NetSensor {
-    /// Attaches the four programs to the cgroup v2 root at `cgroup_root`.
-    pub fn attach(object: &mut LoadedObject, cgroup_root: &Path) -> Result<Self, SensorError> {
-        let mut links: Vec<CgroupSockAddrLink> = Vec::new();
-        let sensor = Self {
+    /// Attaches the programs to the cgroup v2 root at `cgroup_root`, unless `links` adopted
+    /// them; then the maps' content is adopted too (the generation in force, what each holds).
+    pub fn attach(
+        object: &mut LoadedObject,
+        cgroup_root: &Path,
+        links: &mut Links,
+    ) -> Result<Self, SensorError> {
+        let mut sensor = Self {
             config: take(object, "NET_CONFIG")?,
             agents: take(object, "NET_AGENTS")?,
             rules_v4: take(object, "NET_RULES_V4")?,
@@ -133,9 +132,11 @@ impl NetSensor {
             generation: 0,
             written: StdHashMap::new(),
             quarantine_allow: Vec::new(),
-            _links: Vec::new(),
-            _egress_link: None,
         };
+        sensor.adopt_content()?;
+        if links.adopting() {
+            return Ok(sensor);
+        }
         let root = std::fs::File::open(cgroup_root).map_err(|source| SensorError::Cgroup {
             path: cgroup_root.to_owned(),
             source,
@@ -148,19 +149,91 @@ impl NetSensor {
             let link_id = program
                 .attach(&root, CgroupAttachMode::Single)
                 .map_err(attach_error(name))?;
-            links.push(program.take_link(link_id).map_err(attach_error(name))?);
+            links.add(
+                name,
+                program.take_link(link_id).map_err(attach_error(name))?,
+            )?;
         }
         let program: &mut CgroupSkb = super::program(&mut object.ebpf, EGRESS)?;
         program.load().map_err(load_error(EGRESS))?;
         let link_id = program
             .attach(&root, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
             .map_err(attach_error(EGRESS))?;
-        let egress_link = program.take_link(link_id).map_err(attach_error(EGRESS))?;
-        Ok(Self {
-            _links: links,
-            _egress_link: Some(egress_link),
-            ..sensor
-        })
+        links.add(
+            EGRESS,
+            program.take_link(link_id).map_err(attach_error(EGRESS))?,
+        )?;
+        Ok(sensor)
+    }
+
+    /// Reads back what an earlier agentd left in pinned maps: the generation in force and the
+    /// keys of each generation (the other one's are removed by the next apply), the Conditional
+    /// Access prefixes and the quarantine exemptions. Fresh maps read back empty.
+    fn adopt_content(&mut self) -> Result<(), SensorError> {
+        self.generation = self.config.get(&0, 0).map_err(map_error("NET_CONFIG"))?;
+        let mut written: StdHashMap<u32, Written> = StdHashMap::new();
+        for key in self.agents.keys() {
+            let key = key.map_err(map_error("NET_AGENTS"))?;
+            written.entry(key.generation).or_default().agents.push(key);
+        }
+        for key in self.rules_v4.keys() {
+            let key = key.map_err(map_error("NET_RULES_V4"))?;
+            written
+                .entry(key.data().generation)
+                .or_default()
+                .v4
+                .push(key);
+        }
+        for key in self.rules_v6.keys() {
+            let key = key.map_err(map_error("NET_RULES_V6"))?;
+            written
+                .entry(key.data().generation)
+                .or_default()
+                .v6
+                .push(key);
+        }
+        for key in self.block_v4.keys() {
+            let key = key.map_err(map_error("NET_BLOCK_V4"))?;
+            written
+                .entry(key.data().generation)
+                .or_default()
+                .block_v4
+                .push(key);
+        }
+        for key in self.block_v6.keys() {
+            let key = key.map_err(map_error("NET_BLOCK_V6"))?;
+            written
+                .entry(key.data().generation)
+                .or_default()
+                .block_v6
+                .push(key);
+        }
+        self.written = written;
+        for key in self.ca_v4.keys() {
+            let key = key.map_err(map_error("CA_GRANTS_V4"))?;
+            let len = u8::try_from(key.prefix_len().saturating_sub(32)).unwrap_or(0);
+            self.ca_written.v4.push((len, key.data()));
+        }
+        for key in self.ca_v6.keys() {
+            let key = key.map_err(map_error("CA_GRANTS_V6"))?;
+            let len = u8::try_from(key.prefix_len().saturating_sub(32)).unwrap_or(0);
+            self.ca_written.v6.push((len, key.data()));
+        }
+        for key in self.quarantine_v4.keys() {
+            let key = key.map_err(map_error("NET_QUARANTINE_ALLOW_V4"))?;
+            self.quarantine_allow.push(Prefix {
+                addr: std::net::IpAddr::from(key.data()),
+                len: u8::try_from(key.prefix_len()).unwrap_or(32),
+            });
+        }
+        for key in self.quarantine_v6.keys() {
+            let key = key.map_err(map_error("NET_QUARANTINE_ALLOW_V6"))?;
+            self.quarantine_allow.push(Prefix {
+                addr: std::net::IpAddr::from(key.data()),
+                len: u8::try_from(key.prefix_len()).unwrap_or(128),
+            });
+        }
+        Ok(())
     }
 
     /// Makes the Conditional Access tables exactly `tables`: grants and denials go in before the

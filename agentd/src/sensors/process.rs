@@ -7,11 +7,11 @@
 use agentd_common::{AgentTag, DiscoveryMatch, InodeKey, tag_stats};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray},
-    programs::{BtfTracePoint, tp_btf::BtfTracePointLink},
+    programs::BtfTracePoint,
 };
 
 use super::{SensorError, attach_error, load_error, map_error, replace_all};
-use crate::ebpf::LoadedObject;
+use crate::{ebpf::LoadedObject, pins::Links};
 
 const PROGRAMS: [&str; 3] = [
     "sched_process_exec",
@@ -30,7 +30,6 @@ pub struct ProcessSensor {
     cgroup_agent: HashMap<MapData, u64, AgentTag>,
     discovery: HashMap<MapData, InodeKey, DiscoveryMatch>,
     stats: PerCpuArray<MapData, u64>,
-    _links: Vec<BtfTracePointLink>,
 }
 
 fn take_map<M>(object: &mut LoadedObject, name: &'static str) -> Result<M, SensorError>
@@ -45,27 +44,32 @@ where
 }
 
 impl ProcessSensor {
-    pub fn attach(object: &mut LoadedObject) -> Result<Self, SensorError> {
+    /// Takes the tag maps and attaches the hooks, unless `links` adopted them.
+    pub fn attach(object: &mut LoadedObject, links: &mut Links) -> Result<Self, SensorError> {
         let task_agent = take_map(object, TASK_AGENT)?;
         let cgroup_agent = take_map(object, CGROUP_AGENT)?;
         let discovery = take_map(object, DISCOVERY_INODES)?;
         let stats = take_map(object, TAG_STATS)?;
         let LoadedObject { ebpf, btf, .. } = object;
-        let mut links = Vec::new();
         // Fork and exit first, so that no process exec'd after the exec hook starts tagging
         // can fork untracked or leave a stale tag.
         for name in [PROGRAMS[1], PROGRAMS[2], PROGRAMS[0]] {
+            if links.adopting() {
+                continue;
+            }
             let program: &mut BtfTracePoint = super::program(ebpf, name)?;
             program.load(name, btf).map_err(load_error(name))?;
             let link_id = program.attach().map_err(attach_error(name))?;
-            links.push(program.take_link(link_id).map_err(attach_error(name))?);
+            links.add(
+                name,
+                program.take_link(link_id).map_err(attach_error(name))?,
+            )?;
         }
         Ok(Self {
             task_agent,
             cgroup_agent,
             discovery,
             stats,
-            _links: links,
         })
     }
 

@@ -130,6 +130,36 @@ fn net(
     Ok(())
 }
 
+/// Connects to `allowed` and `denied` in turn until `stop` exists; prints what each gave.
+fn net_loop(
+    protocol: &str,
+    addr: &str,
+    allowed: &str,
+    denied: &str,
+    stop: &str,
+) -> std::io::Result<()> {
+    let allowed = target(addr, allowed)?;
+    let denied = target(addr, denied)?;
+    let mut counts = [[0u64; 3]; 2];
+    while !PathBuf::from(stop).exists() {
+        for (i, target) in [allowed, denied].into_iter().enumerate() {
+            let slot = match attempt(protocol, target) {
+                Ok(()) => 0,
+                Err(err) if err.raw_os_error() == Some(libc::EPERM) => 1,
+                Err(_) => 2,
+            };
+            counts[i][slot] += 1;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let [a, d] = counts;
+    println!(
+        "allowed_ok={} allowed_eperm={} allowed_other={} denied_ok={} denied_eperm={} denied_other={}",
+        a[0], a[1], a[2], d[0], d[1], d[2]
+    );
+    Ok(())
+}
+
 fn net_until_denied(protocol: &str, addr: &str, port: &str, stop: &str) -> std::io::Result<()> {
     let target = target(addr, port)?;
     let mut ok = 0u64;
@@ -267,6 +297,9 @@ fn main() -> ExitCode {
                 let said = if ret == 0 { "ok".to_owned() } else { failure() };
                 println!("{said}");
             }),
+        ["net-loop", protocol, addr, allowed, denied, stop] => {
+            net_loop(protocol, addr, allowed, denied, stop)
+        }
         ["net-until-denied", protocol, addr, port, stop] => {
             net_until_denied(protocol, addr, port, stop)
         }
