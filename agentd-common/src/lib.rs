@@ -31,6 +31,8 @@ pub enum EventKind {
     TagLost = 5,
     /// [`NetEvent`]: a tagged process connected or sent a datagram.
     Net = 6,
+    /// [`TamperEvent`]: a tagged process tried to stop or tamper with agentd and was denied.
+    Tamper = 7,
 }
 
 impl EventKind {
@@ -44,6 +46,7 @@ impl EventKind {
             4 => Some(Self::Exit),
             5 => Some(Self::TagLost),
             6 => Some(Self::Net),
+            7 => Some(Self::Tamper),
             _ => None,
         }
     }
@@ -750,6 +753,33 @@ pub struct LearnedKeyV4 {
 }
 const _: () = assert!(size_of::<LearnedKeyV4>() == 8);
 
+/// What a tagged process tried against agentd ([`TamperEvent::hook`]).
+pub mod tamper_hook {
+    /// A signal to agentd (`task_kill`); `detail` is the signal number.
+    pub const KILL: u32 = 1;
+    /// ptrace of agentd (`ptrace_access_check`); `detail` is the ptrace mode.
+    pub const PTRACE: u32 = 2;
+    /// The `bpf()` system call (`bpf`): maps, programs, links, pins; `detail` is the command.
+    pub const BPF: u32 = 3;
+}
+
+/// A tagged process tried to stop or tamper with agentd; the kernel denied it.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct TamperEvent {
+    pub header: EventHeader,
+    /// The acting process (tgid).
+    pub pid: u32,
+    /// agentd's tgid for `KILL` and `PTRACE`; 0 for `BPF`.
+    pub target: u32,
+    /// A [`tamper_hook`] value.
+    pub hook: u32,
+    pub detail: u32,
+    pub tag: AgentTag,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<TamperEvent>() == 16 + 16 + 12 + 4);
+
 /// The version of what the kernel maps mean. Bump it when a map keeps its key and value sizes
 /// but changes what the bytes mean: agentd then creates new pinned maps instead of adopting the
 /// old ones (docs/operations.md, "Enforcement that survives the daemon").
@@ -811,4 +841,5 @@ mod pod {
     unsafe impl aya::Pod for super::CaKeyV4 {}
     unsafe impl aya::Pod for super::CaKeyV6 {}
     unsafe impl aya::Pod for super::RegistryEntry {}
+    unsafe impl aya::Pod for super::TamperEvent {}
 }

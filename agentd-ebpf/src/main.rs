@@ -10,6 +10,7 @@ mod exec;
 mod files;
 mod kernel;
 mod net;
+mod protect;
 mod tagging;
 
 #[cfg(not(test))]

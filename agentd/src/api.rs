@@ -181,6 +181,9 @@ pub struct Status {
     pub events_produced: u64,
     pub events_undecodable: u64,
     pub events_dropped_per_cpu: Vec<u64>,
+    /// What protects agentd from the agents it watches (docs/operations.md).
+    #[serde(default)]
+    pub self_protection: String,
     /// The pinned programs and maps (docs/operations.md), when pinning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pins: Option<crate::pins::PinStatus>,

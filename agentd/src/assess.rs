@@ -99,7 +99,9 @@ pub fn observations<S: std::hash::BuildHasher>(
             }
             seen
         }
-        Event::Net(_) | Event::Fork(_) | Event::Exit(_) | Event::TagLost(_) => Vec::new(),
+        Event::Net(_) | Event::Fork(_) | Event::Exit(_) | Event::TagLost(_) | Event::Tamper(_) => {
+            Vec::new()
+        }
     }
 }
 

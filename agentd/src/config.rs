@@ -22,6 +22,9 @@ pub struct Config {
     pub control_plane: ControlPlaneConfig,
     /// Where the kernel objects are pinned, and what a stop leaves behind.
     pub bpf: BpfConfig,
+    /// The file this configuration was read from, if any (agentd protects it from agents).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Pinning (docs/operations.md, "Enforcement that survives the daemon").
@@ -285,7 +288,10 @@ impl Config {
             None => (Path::new(DEFAULT_PATH), false),
         };
         match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text, path),
+            Ok(text) => Self::parse(&text, path).map(|config| Self {
+                source: Some(path.to_owned()),
+                ..config
+            }),
             Err(err) if !required && err.kind() == std::io::ErrorKind::NotFound => {
                 Ok(Self::default())
             }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use agentd_common::{
-    AgentTag, DiscoveryMatch, NetAgentPolicy, TagSource, file_name_kind, net_action,
+    AgentTag, DiscoveryMatch, NetAgentPolicy, TagSource, file_access, file_name_kind, net_action,
 };
 use agentd_proto::v1 as proto;
 use serde::Serialize;
@@ -53,6 +53,7 @@ use crate::{
         files::{self, FileEnforcement, FileMode, FileSensor},
         net::{NetSensor, NetTables},
         process::ProcessSensor,
+        protect::ProtectSensor,
     },
     sink,
 };
@@ -135,6 +136,11 @@ pub struct State {
     net: NetSensor,
     /// Enforcing where BPF LSM works, observing otherwise.
     files: FileSensor,
+    /// Signals, ptrace and `bpf()` from agents, denied where BPF LSM works.
+    protect: ProtectSensor,
+    /// agentd's own files (configuration, state, pins, binary), by kernel object, with the
+    /// access every agent is denied.
+    protected_files: Vec<(agentd_common::InodeKey, u32)>,
     file_entries: FileEntries,
     /// The version of the network policy in force; every connection event carries it.
     net_version: u32,
@@ -209,8 +215,20 @@ impl State {
         )?;
         let process = ProcessSensor::attach(&mut object, &mut links)?;
         let net = NetSensor::attach(&mut object, &cgroup_root, &mut links)?;
+        let mut protect = ProtectSensor::attach(
+            &mut object,
+            file_enforcement == FileEnforcement::Available,
+            &mut links,
+        )?;
+        protect.protect(&[std::process::id()])?;
+        let protected_files = protected_paths(config)
+            .iter()
+            .filter_map(|(path, access)| Some((files::inode_key(path).ok()?, *access)))
+            .collect();
         let reader = EventReader::new(&mut object)?;
         let state = Self {
+            protect,
+            protected_files,
             registry,
             links,
             registry_map,
@@ -334,6 +352,11 @@ impl State {
             "identity policy applied"
         );
         Ok(applied)
+    }
+
+    /// Whether `pid` is a tagged (agent) process.
+    fn is_agent(&self, pid: u32) -> bool {
+        matches!(self.process.tag_of(pid), Ok(Some(tag)) if tag.agent != 0)
     }
 
     /// Writes new agent and rule numbers to the pinned registry, so that an agentd adopting the
@@ -549,6 +572,32 @@ impl State {
                 }
             }
         }
+        // Self-protection: no agent reads or writes agentd's own files. Last, so that it wins
+        // over an agent's rule on the same object.
+        if !self.protected_files.is_empty() {
+            let rule = self.registry.intern_rule("agentd-self-protection");
+            for agent in &compiled.agents {
+                let index = self.registry.intern_agent(&agent.agent);
+                for (inode, access) in &self.protected_files {
+                    let key = agentd_common::FileRuleKey {
+                        agent: index,
+                        pad: 0,
+                        inode: *inode,
+                    };
+                    entries.objects.retain(|(existing, _)| *existing != key);
+                    entries.objects.push((
+                        key,
+                        agentd_common::FileRule {
+                            access: *access,
+                            action: net_action::DENY,
+                            audit: 0,
+                            pad: 0,
+                            rule,
+                        },
+                    ));
+                }
+            }
+        }
         (entries, sensitive)
     }
 
@@ -685,6 +734,14 @@ impl State {
             links: self.links.status(),
         });
         Ok(Status {
+            self_protection: if self.protect.active() {
+                "lsm: agents may not signal or ptrace agentd, use bpf(), or open its files"
+                    .to_owned()
+            } else {
+                "partial: BPF LSM unavailable; the admin socket refuses agents, file rules are \
+                 observed only"
+                    .to_owned()
+            },
             pins,
             events_delivered: self.event_counts.delivered,
             events_dropped: self.event_counts.dropped,
@@ -1615,7 +1672,8 @@ fn notice_line(notice: &Notice<'_>, format: OutputFormat) -> String {
 
 /// A request from a socket task to the state, with where to send the answer line.
 enum Call {
-    Admin(AdminRequest, oneshot::Sender<String>),
+    /// A request on the admin socket, with the caller's pid.
+    Admin(AdminRequest, Option<u32>, oneshot::Sender<String>),
     Whoami(Result<Peer, String>, oneshot::Sender<String>),
     /// A Prometheus scrape: the text exposition.
     Metrics(oneshot::Sender<String>),
@@ -1629,13 +1687,19 @@ fn handle_call(
     output: &mut Output,
 ) -> Result<(), DaemonError> {
     match call {
-        Call::Admin(AdminRequest::Risk(request), reply) => {
+        Call::Admin(_, Some(pid), reply) if state.is_agent(pid) => {
+            // Self-protection: an agent running as root still may not steer agentd.
+            tracing::warn!(pid, "refused an agent's request on the admin socket");
+            let _ = reply
+                .send(Reply::<()>::err("agents may not use the admin socket".to_owned()).to_line());
+        }
+        Call::Admin(AdminRequest::Risk(request), _, reply) => {
             let (answer, written) = state.risk_request(request, output.format);
             output.notices.extend(written);
             output.flush()?;
             let _ = reply.send(answer);
         }
-        Call::Admin(request, reply) => {
+        Call::Admin(request, _, reply) => {
             if request == AdminRequest::Status {
                 state.event_counts = reader.counts()?;
             }
@@ -1807,8 +1871,12 @@ async fn serve_admin(listener: UnixListener, calls: mpsc::Sender<Call>) {
         };
         let calls = calls.clone();
         tokio::spawn(async move {
-            // Defence in depth beside the socket's 0600 mode: root only.
-            let peer_uid = stream.peer_cred().map_or(u32::MAX, |cred| cred.uid());
+            // Defence in depth beside the socket's 0600 mode: root only, and not an agent.
+            let cred = stream.peer_cred().ok();
+            let peer_uid = cred.map_or(u32::MAX, |cred| cred.uid());
+            let peer_pid = cred
+                .and_then(|cred| cred.pid())
+                .and_then(|pid| u32::try_from(pid).ok());
             let Some(line) = read_request(&mut stream).await else {
                 return;
             };
@@ -1817,7 +1885,9 @@ async fn serve_admin(listener: UnixListener, calls: mpsc::Sender<Call>) {
                 return;
             }
             match serde_json::from_str::<AdminRequest>(&line) {
-                Ok(request) => answer(stream, |tx| Call::Admin(request, tx), calls).await,
+                Ok(request) => {
+                    answer(stream, |tx| Call::Admin(request, peer_pid, tx), calls).await;
+                }
                 Err(err) => {
                     refuse(&mut stream, format!("bad request: {err}")).await;
                 }
@@ -1898,6 +1968,28 @@ pub fn load_categories(path: Option<&Path>) -> Result<Categories, DaemonError> {
 }
 
 /// Everything `run` needs from the command line and the config file.
+/// agentd's own files and the access no agent gets to them: its configuration, policy, state
+/// (credentials, kept decisions), pins and event output may be neither read nor written; its
+/// binary may not be written (agents may run `agentd whoami`).
+fn protected_paths(config: &Config) -> Vec<(PathBuf, u32)> {
+    let all = file_access::READ | file_access::WRITE;
+    let mut paths = vec![
+        (config.bpf.pin_path.clone(), all),
+        (config.control_plane.state_dir.clone(), all),
+        (config.identity.policy_dir.clone(), all),
+    ];
+    if let Some(source) = &config.source {
+        paths.push((source.clone(), all));
+    }
+    if config.events.output != Path::new("-") {
+        paths.push((config.events.output.clone(), all));
+    }
+    if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
+        paths.push((exe, file_access::WRITE));
+    }
+    paths
+}
+
 pub struct RunOptions {
     pub config: Config,
     /// The identity policy to apply at start.

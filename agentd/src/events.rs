@@ -70,6 +70,23 @@ pub struct ProcessChange {
     pub tag: AgentTag,
 }
 
+/// A tagged process tried to stop or tamper with agentd; the kernel denied it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Tamper {
+    pub ktime_ns: u64,
+    pub pid: u32,
+    /// `kill`, `ptrace` or `bpf`.
+    pub hook: &'static str,
+    /// agentd's pid, for `kill` and `ptrace`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_pid: Option<u32>,
+    /// The signal (`kill`), the ptrace mode (`ptrace`) or the `bpf()` command (`bpf`).
+    pub detail: u32,
+    pub verdict: VerdictName,
+    #[serde(skip)]
+    pub tag: AgentTag,
+}
+
 /// An LSM hook decided on a file that a rule names.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FileDecision {
@@ -155,6 +172,8 @@ pub enum Event {
     TagLost(ProcessChange),
     /// A tagged process connected or sent a datagram.
     Net(Connection),
+    /// A tagged process tried to signal, ptrace or use `bpf()` against agentd: denied.
+    Tamper(Tamper),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -208,6 +227,7 @@ impl Event {
             Self::Fork(change) | Self::Exit(change) | Self::TagLost(change) => change.tag,
             Self::Net(connection) => connection.tag,
             Self::File(decision) => decision.tag,
+            Self::Tamper(tamper) => tamper.tag,
         }
     }
 
@@ -219,6 +239,7 @@ impl Event {
             Self::Fork(change) | Self::Exit(change) | Self::TagLost(change) => change.pid,
             Self::Net(connection) => connection.pid,
             Self::File(decision) => decision.pid,
+            Self::Tamper(tamper) => tamper.pid,
         }
     }
 
@@ -315,6 +336,24 @@ impl Event {
                 })
             }
             Some(EventKind::Net) => Self::decode_net(bytes),
+            Some(EventKind::Tamper) => {
+                let raw: agentd_common::TamperEvent = read_record(bytes)?;
+                let hook = match raw.hook {
+                    agentd_common::tamper_hook::KILL => "kill",
+                    agentd_common::tamper_hook::PTRACE => "ptrace",
+                    agentd_common::tamper_hook::BPF => "bpf",
+                    _ => "unknown",
+                };
+                Ok(Self::Tamper(Tamper {
+                    ktime_ns: raw.header.ktime_ns,
+                    pid: raw.pid,
+                    hook,
+                    target_pid: (raw.target != 0).then_some(raw.target),
+                    detail: raw.detail,
+                    verdict: VerdictName::Deny,
+                    tag: raw.tag,
+                }))
+            }
             None => Err(DecodeError::UnknownKind(header.kind)),
         }
     }
@@ -403,6 +442,14 @@ impl Event {
                 if c.would_deny { " (would deny)" } else { "" },
                 c.decided_by,
                 c.policy_version
+            ),
+            Self::Tamper(t) => format!(
+                "tamper pid={} hook={} target={} detail={} verdict=deny",
+                t.pid,
+                t.hook,
+                t.target_pid
+                    .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                t.detail
             ),
             Self::File(f) => format!(
                 "file pid={} dev={}:{} ino={} access={} verdict={:?}{} flags={:#o}",

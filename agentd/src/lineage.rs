@@ -57,7 +57,7 @@ impl Lineage {
             Event::Exit(exit) => {
                 self.processes.remove(&exit.pid);
             }
-            Event::File(_) | Event::Net(_) | Event::TagLost(_) => {}
+            Event::File(_) | Event::Net(_) | Event::TagLost(_) | Event::Tamper(_) => {}
         }
     }
 

@@ -7,6 +7,7 @@ mod files;
 mod identity;
 mod kernel_btf;
 mod network;
+mod protect;
 mod restart;
 mod risk;
 mod run;

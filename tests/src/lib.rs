@@ -350,6 +350,12 @@ impl Daemon {
             .expect("running agentd apply")
     }
 
+    /// agentd's pid.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The daemon's admin socket.
     pub fn admin_socket(&self) -> &Path {
         &self.admin

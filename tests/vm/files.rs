@@ -464,3 +464,95 @@ fn quarantine_denies_an_agents_file_writes() {
     assert!(write("after"));
     assert_eq!(fs::read_to_string(&notes).unwrap(), "nbefore\nafter\n");
 }
+
+/// Self-protection (docs/operations.md): a tagged process cannot signal or ptrace agentd, use
+/// `bpf()` on its pins, remove its pins, read its configuration, or use its admin socket; each
+/// kernel denial is reported as a `tamper` event, and agentd is still running afterwards.
+#[test]
+fn agents_cannot_kill_ptrace_or_unpin_agentd() {
+    let agent = "tamperer";
+    let daemon = Daemon::start(&format!("[[agent]]\nname = \"{agent}\"\n"));
+    let _launched = launch_cgroup(agent);
+    let status = daemon.status();
+    assert!(
+        status.self_protection.starts_with("lsm"),
+        "{}",
+        status.self_protection
+    );
+    let pins = status.pins.expect("pins");
+    let pin = std::path::Path::new(&pins.root)
+        .join("links")
+        .join(&pins.build)
+        .join("connect4");
+    assert!(pin.exists(), "{}", pin.display());
+    let pid = daemon.pid().to_string();
+    let config = daemon.dir.path().join("agentd.toml");
+    let bin = helper();
+    let attempt = |as_agent: bool, what: &str, target: &str| {
+        let args = [bin.to_str().expect("UTF-8"), "tamper", what, target];
+        let output = if as_agent {
+            daemon.launch(agent, &args).output()
+        } else {
+            std::process::Command::new(args[0])
+                .args(&args[1..])
+                .output()
+        }
+        .expect("running the helper");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    for (what, target) in [
+        ("kill", pid.as_str()),
+        ("ptrace", pid.as_str()),
+        ("bpf-obj-get", pin.to_str().expect("UTF-8")),
+        ("unlink", pin.to_str().expect("UTF-8")),
+        ("read", config.to_str().expect("UTF-8")),
+    ] {
+        assert_eq!(
+            attempt(true, what, target),
+            "eperm",
+            "an agent's {what} {target}"
+        );
+    }
+    // The same reads by an untagged root process work: the rules are for agents.
+    assert_eq!(
+        attempt(false, "read", config.to_str().expect("UTF-8")),
+        "ok"
+    );
+    assert_eq!(
+        attempt(false, "bpf-obj-get", pin.to_str().expect("UTF-8")),
+        "ok"
+    );
+    assert!(pin.exists(), "the pin is still there");
+    // The admin socket refuses agents even as root.
+    let output = daemon
+        .launch(
+            agent,
+            &[
+                agentd_tests::agentd_bin().to_str().expect("UTF-8"),
+                "status",
+                "--socket",
+                daemon.admin_socket().to_str().expect("UTF-8"),
+            ],
+        )
+        .output()
+        .expect("agentd status as an agent");
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("agents may not use the admin socket"),
+        "{output:?}"
+    );
+    // agentd is alive and reported each kernel denial.
+    daemon.status();
+    let mut hooks = std::collections::BTreeSet::new();
+    wait_until("tamper events for kill, ptrace and bpf", || {
+        for line in daemon.events() {
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if event["kind"] == "tamper" {
+                assert_eq!(event["agent"]["name"], agent, "{event}");
+                assert_eq!(event["verdict"], "deny", "{event}");
+                hooks.insert(event["hook"].as_str().unwrap_or("").to_owned());
+            }
+        }
+        ["bpf", "kill", "ptrace"].iter().all(|h| hooks.contains(*h))
+    });
+}

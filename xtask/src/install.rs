@@ -79,6 +79,15 @@ pub fn install(root: &Path, binaries: &[(String, PathBuf)]) -> anyhow::Result<()
 
 /// Removes what [`install`] laid down; with `purge`, the configuration and state too.
 pub fn uninstall(root: &Path, purge: bool) -> anyhow::Result<()> {
+    // On the running system, detach what the installed agentd left pinned (it keeps enforcing
+    // after a stop by design) before its binary goes.
+    let agentd = root.join(BINARIES[0].1);
+    if root == Path::new("/") && agentd.exists() {
+        let status = std::process::Command::new(&agentd).arg("teardown").status();
+        if !status.is_ok_and(|status| status.success()) {
+            println!("uninstall: `agentd teardown` did not complete; stop agentd and run it first");
+        }
+    }
     let mut paths: Vec<PathBuf> = BINARIES.iter().map(|(_, dest)| root.join(dest)).collect();
     paths.extend(UNITS.iter().map(|unit| root.join(UNIT_DIR).join(unit)));
     for path in paths {

@@ -142,7 +142,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {listen}"))?;
             tracing::info!(address = %listener.local_addr()?, database = %redact(&cli.database), "serving agentd.v1");
+            // Under systemd (Type=notify): migrated, bound, about to serve.
+            if let Err(err) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+                tracing::warn!(%err, "telling systemd that agentd-control is ready");
+            }
             server.serve(listener, shutdown_signal()).await?;
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
             store.close().await;
             tracing::info!("stopped");
         }

@@ -4,6 +4,7 @@
 pub mod files;
 pub mod net;
 pub mod process;
+pub mod protect;
 
 use std::{collections::HashSet, hash::Hash};
 

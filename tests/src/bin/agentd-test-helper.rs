@@ -160,6 +160,73 @@ fn net_loop(
     Ok(())
 }
 
+/// Prints `ok`, `eperm` (EPERM or EACCES) or `error:<what>` for one attempt.
+fn report(result: std::io::Result<()>) {
+    match result {
+        Ok(()) => println!("ok"),
+        Err(err) if matches!(err.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
+            println!("eperm");
+        }
+        Err(err) => println!("error:{err}"),
+    }
+}
+
+/// Tampering attempts against agentd, for the self-protection test.
+fn tamper(what: &str, target: &str) -> std::io::Result<()> {
+    let check = |rc: libc::c_long| {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    let result = match what {
+        "kill" => {
+            let pid: i32 = target.parse().map_err(std::io::Error::other)?;
+            // SAFETY: plain kill(2).
+            check(libc::c_long::from(unsafe {
+                libc::kill(pid, libc::SIGTERM)
+            }))
+        }
+        "ptrace" => {
+            let pid: i32 = target.parse().map_err(std::io::Error::other)?;
+            // SAFETY: PTRACE_SEIZE with no options; detached at once if it worked.
+            let rc = unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) };
+            if rc == 0 {
+                // SAFETY: as above.
+                unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
+            }
+            check(rc)
+        }
+        "unlink" => fs::remove_file(target),
+        "read" => fs::read(target).map(drop),
+        "bpf-obj-get" => {
+            let path = std::ffi::CString::new(target).map_err(std::io::Error::other)?;
+            // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
+            let mut attr = [0u64; 16];
+            attr[0] = path.as_ptr() as u64;
+            const BPF_OBJ_GET: libc::c_long = 7;
+            // SAFETY: bpf(2) with a zeroed attr holding a valid path pointer.
+            let fd = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_OBJ_GET,
+                    attr.as_mut_ptr(),
+                    std::mem::size_of_val(&attr),
+                )
+            };
+            if fd >= 0 {
+                // SAFETY: closing the fd we were given.
+                unsafe { libc::close(i32::try_from(fd).unwrap_or(-1)) };
+            }
+            check(fd)
+        }
+        other => Err(std::io::Error::other(format!("unknown attempt {other}"))),
+    };
+    report(result);
+    Ok(())
+}
+
 fn net_until_denied(protocol: &str, addr: &str, port: &str, stop: &str) -> std::io::Result<()> {
     let target = target(addr, port)?;
     let mut ok = 0u64;
@@ -297,6 +364,7 @@ fn main() -> ExitCode {
                 let said = if ret == 0 { "ok".to_owned() } else { failure() };
                 println!("{said}");
             }),
+        ["tamper", what, target] => tamper(what, target),
         ["net-loop", protocol, addr, allowed, denied, stop] => {
             net_loop(protocol, addr, allowed, denied, stop)
         }
