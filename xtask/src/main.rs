@@ -62,8 +62,11 @@ struct VmArgs {
     #[arg(long, value_enum, default_value = "auto")]
     accel: AccelArg,
     /// Seconds the guest may run (boot and tests) before the run counts as timed out.
-    #[arg(long, value_name = "SECS", default_value_t = 900)]
+    #[arg(long, value_name = "SECS", default_value_t = 1500)]
     timeout: u64,
+    /// Run only the tests whose names contain this (as `cargo test NAME`).
+    #[arg(long, value_name = "NAME")]
+    filter: Option<String>,
 }
 
 impl VmArgs {
@@ -72,6 +75,7 @@ impl VmArgs {
             kernels: self.kernels.clone(),
             accel: self.accel.choice(),
             timeout: Duration::from_secs(self.timeout),
+            filter: self.filter.clone(),
         }
     }
 }

@@ -255,6 +255,8 @@ pub struct VmOptions {
     pub kernels: Vec<KernelSpec>,
     pub accel: Option<Accel>,
     pub timeout: Duration,
+    /// Run only the tests whose names contain this.
+    pub filter: Option<String>,
 }
 
 /// Builds the test binaries, boots each kernel and counts the results printed inside.
@@ -276,6 +278,7 @@ pub fn vm_tier(options: &VmOptions) -> anyhow::Result<Vec<TierResult>> {
         tests,
         agentd: build_agentd(false)?,
         helpers,
+        filter: options.filter.clone(),
     };
     let mut results = Vec::new();
     for kernel in &options.kernels {

@@ -136,6 +136,8 @@ pub struct Payload {
     pub agentd: PathBuf,
     /// Helper programs the tests run, installed as `/bin/<name>`.
     pub helpers: Vec<(String, PathBuf)>,
+    /// Run only the tests whose names contain this (letters, digits, `_` and `:`).
+    pub filter: Option<String>,
 }
 
 const INIT: &str = r#"#!/bin/busybox sh
@@ -154,12 +156,12 @@ ip link set lo up
 echo "AGENTD-VM-BOOTED kernel=$(uname -r) lsm=$(cat /sys/kernel/security/lsm)"
 export AGENTD_BIN=/bin/agentd AGENTD_TEST_HELPER=/bin/agentd-test-helper RUST_BACKTRACE=1 TMPDIR=/tmp
 # Emulated CPUs are slow: the load tests run fewer iterations here (the host tier runs them whole).
-export AGENTD_SWAP_CONNECTS=10000 AGENTD_SWAP_RATE=1000
+export AGENTD_SWAP_CONNECTS=10000 AGENTD_SWAP_RATE=1000 AGENTD_RESTARTS=3
 status=0
 for t in /tests/*; do
     [ -x "$t" ] || continue
     echo "AGENTD-VM-RUN $t"
-    "$t" --test-threads=1 || status=1
+    "$t" --test-threads=1 @FILTER@ || status=1
 done
 if [ "$status" = 0 ]; then echo "AGENTD-VM-RESULT PASS"; else echo "AGENTD-VM-RESULT FAIL"; fi
 poweroff -f
@@ -239,7 +241,14 @@ fn busybox_root(root: &Path, init: &str) -> anyhow::Result<()> {
 /// Builds the test initramfs in `work` and returns its path.
 pub fn build_initramfs(work: &Path, payload: &Payload) -> anyhow::Result<PathBuf> {
     let root = work.join("root");
-    busybox_root(&root, INIT)?;
+    let filter = payload.filter.as_deref().unwrap_or("");
+    anyhow::ensure!(
+        filter
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+        "--filter takes letters, digits, `_` and `:` only"
+    );
+    busybox_root(&root, &INIT.replace("@FILTER@", filter))?;
     for (name, binary) in &payload.tests {
         install_with_libraries(&root, binary, &Path::new("/tests").join(name))?;
     }
