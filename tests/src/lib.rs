@@ -182,14 +182,26 @@ fn spawn_agentd(
             }
         }
     });
-    wait_until("agentd answers on its admin socket", || {
+    // Start-up under emulation (the vm tier) can take far longer than an event.
+    let start_deadline = EVENT_DEADLINE * 4;
+    let deadline = std::time::Instant::now() + start_deadline;
+    loop {
         if let Ok(Some(status)) = child.try_wait() {
             let log = fs::read_to_string(&log).unwrap_or_default();
             panic!("agentd exited during start-up: {status}\n{log}");
         }
-        agentd::api::admin::<agentd::api::Status>(admin, &agentd::api::AdminRequest::Status).is_ok()
-    });
-    child
+        if agentd::api::admin::<agentd::api::Status>(admin, &agentd::api::AdminRequest::Status)
+            .is_ok()
+        {
+            return child;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let log = fs::read_to_string(&log).unwrap_or_default();
+            panic!("agentd did not answer on its admin socket within {start_deadline:?}:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 impl Daemon {
