@@ -42,6 +42,7 @@ fn decision(agent: &str, grants: Vec<Grant>, offline: Offline, ttl: u32) -> Agen
         denials: Vec::new(),
         file_controls: Vec::new(),
         report_only_action: None,
+        report_only_network: None,
         offline,
         offline_ttl_secs: ttl,
         risk_level: "none".to_owned(),
