@@ -351,7 +351,7 @@ impl DecisionSet {
             let report_only_network = (d.report_only_network_restricted
                 || !report_only_grants.is_empty()
                 || !report_only_denials.is_empty())
-            .then(|| ReportOnlyNetwork {
+            .then_some(ReportOnlyNetwork {
                 restricted: d.report_only_network_restricted,
                 grants: report_only_grants,
                 denials: report_only_denials,
@@ -613,46 +613,7 @@ pub fn tables(
                 )),
             }
         }
-        for control in &decision.file_controls {
-            let inode = match resolve(&control.path) {
-                Ok(inode) => inode,
-                Err(err) => {
-                    tables
-                        .missing_paths
-                        .push(format!("{}: {} ({err})", decision.agent_name, control.path));
-                    continue;
-                }
-            };
-            let key = FileRuleKey {
-                agent,
-                pad: 0,
-                inode,
-            };
-            let slot = CaFileControl {
-                present: 1,
-                action: if control.action == "deny" {
-                    net_action::DENY
-                } else {
-                    net_action::ALLOW
-                },
-                pad: 0,
-                rule: rule_of(&format!("conditional-access/{}", control.source)),
-                expires_ns: control.expires_unix_ms.map_or(0, |ms| clocks.boot_ns(ms)),
-            };
-            let at = match tables.files.iter().position(|(k, _)| *k == key) {
-                Some(at) => at,
-                None => {
-                    tables.files.push((key, [CaFileControl::NONE; 3]));
-                    tables.files.len() - 1
-                }
-            };
-            let slots = &mut tables.files[at].1;
-            for (i, current) in slots.iter_mut().enumerate() {
-                if control.bits() & (1 << i) != 0 {
-                    *current = stronger(*current, slot);
-                }
-            }
-        }
+        file_controls(decision, agent, rule_of, resolve, clocks, &mut tables);
         if tables.files.iter().any(|(key, _)| key.agent == agent) {
             flags |= CaAgent::FLAG_FILE_CONTROLS;
         }
@@ -665,6 +626,57 @@ pub fn tables(
         ));
     }
     Ok(tables)
+}
+
+/// Files `decision`'s file controls for kernel agent `agent` into `tables.files`, one slot per
+/// access; paths that do not resolve go to `tables.missing_paths`.
+fn file_controls(
+    decision: &AgentDecision,
+    agent: u32,
+    rule_of: &mut dyn FnMut(&str) -> u32,
+    resolve: &dyn Fn(&str) -> std::io::Result<InodeKey>,
+    clocks: Clocks,
+    tables: &mut CaTables,
+) {
+    for control in &decision.file_controls {
+        let inode = match resolve(&control.path) {
+            Ok(inode) => inode,
+            Err(err) => {
+                tables
+                    .missing_paths
+                    .push(format!("{}: {} ({err})", decision.agent_name, control.path));
+                continue;
+            }
+        };
+        let key = FileRuleKey {
+            agent,
+            pad: 0,
+            inode,
+        };
+        let slot = CaFileControl {
+            present: 1,
+            action: if control.action == "deny" {
+                net_action::DENY
+            } else {
+                net_action::ALLOW
+            },
+            pad: 0,
+            rule: rule_of(&format!("conditional-access/{}", control.source)),
+            expires_ns: control.expires_unix_ms.map_or(0, |ms| clocks.boot_ns(ms)),
+        };
+        let at = if let Some(at) = tables.files.iter().position(|(k, _)| *k == key) {
+            at
+        } else {
+            tables.files.push((key, [CaFileControl::NONE; 3]));
+            tables.files.len() - 1
+        };
+        let slots = &mut tables.files[at].1;
+        for (i, current) in slots.iter_mut().enumerate() {
+            if control.bits() & (1 << i) != 0 {
+                *current = stronger(*current, slot);
+            }
+        }
+    }
 }
 
 /// Of two file controls on the same object and access, the one the kernel keeps: a deny beats

@@ -763,25 +763,7 @@ impl State {
                 "a file control names a path that does not exist here; nothing to protect"
             );
         }
-        // File controls first (they join the local rules' entries), then the network tables;
-        // if the network refuses, the file entries go back: the previous set stays whole.
-        let names = &self.file_entries.names;
-        self.files
-            .set_rules(
-                &access::merge_file_rules(&self.file_entries.objects, &tables.files),
-                names,
-            )
-            .map_err(|err| format!("{:#}", anyhow::Error::from(err)))?;
-        if let Err(err) = self.net.set_conditional_access(&tables) {
-            if let Err(restore) = self.files.set_rules(
-                &access::merge_file_rules(&self.file_entries.objects, &self.ca.files),
-                names,
-            ) {
-                tracing::error!(%restore, "restoring the previous file controls");
-            }
-            return Err(format!("{:#}", anyhow::Error::from(err)));
-        }
-        self.ca.files.clone_from(&tables.files);
+        self.write_ca_tables(&tables)?;
         self.ca.domains.clone_from(&tables.domains);
         if let Err(err) = self.sync_learned() {
             tracing::warn!(%err, "applying Conditional Access domain grants to learned addresses");
@@ -811,6 +793,30 @@ impl State {
         }
         self.ca.set = Some(set);
         Ok(notices)
+    }
+
+    /// Writes a decision set's kernel tables: file controls first (they join the local rules'
+    /// entries), then the network tables; if the network refuses, the file entries go back, so
+    /// the previous set stays whole.
+    fn write_ca_tables(&mut self, tables: &access::CaTables) -> Result<(), String> {
+        let names = &self.file_entries.names;
+        self.files
+            .set_rules(
+                &access::merge_file_rules(&self.file_entries.objects, &tables.files),
+                names,
+            )
+            .map_err(|err| format!("{:#}", anyhow::Error::from(err)))?;
+        if let Err(err) = self.net.set_conditional_access(tables) {
+            if let Err(restore) = self.files.set_rules(
+                &access::merge_file_rules(&self.file_entries.objects, &self.ca.files),
+                names,
+            ) {
+                tracing::error!(%restore, "restoring the previous file controls");
+            }
+            return Err(format!("{:#}", anyhow::Error::from(err)));
+        }
+        self.ca.files.clone_from(&tables.files);
+        Ok(())
     }
 
     /// Denies the file writes of agents the decisions block, and lifts it from those no longer
