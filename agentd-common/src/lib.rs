@@ -279,8 +279,56 @@ pub struct FileRule {
     pub audit: u8,
     pub pad: u16,
     pub rule: u32,
+    pub pad2: u32,
+    /// The agent's Conditional Access decision on this object (its file controls), one slot
+    /// per access: read, write, exec, in the bit order of `file_access`. It is judged after the
+    /// local rule, and deny wins: a decision never widens what the local rules allow.
+    pub decision: [CaFileControl; 3],
 }
-const _: () = assert!(size_of::<FileRule>() == 12);
+const _: () = assert!(size_of::<FileRule>() == 64);
+
+impl FileRule {
+    /// A local rule, with no decision on the object.
+    #[must_use]
+    pub fn local(access: u32, action: u8, audit: bool, rule: u32) -> Self {
+        Self {
+            access,
+            action,
+            audit: u8::from(audit),
+            pad: 0,
+            rule,
+            pad2: 0,
+            decision: [CaFileControl::NONE; 3],
+        }
+    }
+}
+
+/// A Conditional Access decision's control on one access of a file or directory subtree.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct CaFileControl {
+    /// 1: the decision has a control on this access here; 0: it says nothing.
+    pub present: u8,
+    /// A `net_action` value (allow or deny).
+    pub action: u8,
+    pub pad: u16,
+    /// The rule number reported (the policy or access package it comes from).
+    pub rule: u32,
+    /// `CLOCK_BOOTTIME` nanoseconds from which the control no longer applies; 0: never expires.
+    /// The hooks check it: a lapsed control stops applying whether or not agentd runs.
+    pub expires_ns: u64,
+}
+const _: () = assert!(size_of::<CaFileControl>() == 16);
+
+impl CaFileControl {
+    pub const NONE: Self = Self {
+        present: 0,
+        action: 0,
+        pad: 0,
+        rule: 0,
+        expires_ns: 0,
+    };
+}
 
 /// How many directory levels above a file the kernel looks for rules.
 pub const FILE_RULE_DEPTH: usize = 16;
@@ -402,6 +450,8 @@ impl FileEvent {
     pub const FLAG_PATH_NAME_ONLY: u32 = 1 << 3;
     /// `path` did not fit in [`FILE_PATH_LEN`] bytes, or could not be read.
     pub const FLAG_PATH_TRUNCATED: u32 = 1 << 4;
+    /// The agent's Conditional Access decision (a file control) denied, not a local rule.
+    pub const FLAG_CONDITIONAL_ACCESS: u32 = 1 << 5;
 }
 
 /// Byte offsets of kernel struct fields that the programs read, resolved by userspace from the
@@ -692,10 +742,19 @@ const _: () = assert!(size_of::<CaAgent>() == 8);
 impl CaAgent {
     /// The agent may reach only its grants (default deny).
     pub const FLAG_RESTRICTED: u32 = 1 << 0;
-    /// Report-only: what would be denied is reported and allowed.
+    /// Report-only policies have network controls: after the decision allowed a connect, the
+    /// entries flagged [`CaGrant::FLAG_REPORT_ONLY`] (with `FLAG_REPORT_ONLY_RESTRICTED` and
+    /// `FLAG_REPORT_ONLY_BLOCK`) are judged as the decision the agent would have with them
+    /// enabled; what that would deny is reported ("would deny") and allowed.
     pub const FLAG_REPORT_ONLY: u32 = 1 << 1;
     /// Blocked: every connect is denied.
     pub const FLAG_BLOCK: u32 = 1 << 2;
+    /// With report-only policies enabled, the agent could reach only their grants.
+    pub const FLAG_REPORT_ONLY_RESTRICTED: u32 = 1 << 3;
+    /// With report-only policies enabled, the agent would be blocked.
+    pub const FLAG_REPORT_ONLY_BLOCK: u32 = 1 << 4;
+    /// The decision has file controls in `FILE_RULES` (the file hooks judge them).
+    pub const FLAG_FILE_CONTROLS: u32 = 1 << 5;
 }
 
 /// One Conditional Access grant or denial: a port range, until an expiry the hook checks.
@@ -706,7 +765,9 @@ pub struct CaGrant {
     pub port_hi: u16,
     /// A `net_action` value.
     pub action: u8,
-    pub pad: [u8; 3],
+    /// `CaGrant::FLAG_*` bits.
+    pub flags: u8,
+    pub pad: [u8; 2],
     /// The rule number reported (the policy or access package it comes from).
     pub rule: u32,
     pub pad2: u32,
@@ -714,6 +775,12 @@ pub struct CaGrant {
     pub expires_ns: u64,
 }
 const _: () = assert!(size_of::<CaGrant>() == 24);
+
+impl CaGrant {
+    /// The entry belongs to what report-only policies would decide ([`CaAgent::FLAG_REPORT_ONLY`]),
+    /// not to the decision in force.
+    pub const FLAG_REPORT_ONLY: u8 = 1 << 0;
+}
 
 /// The Conditional Access entries that apply under one destination prefix, in scan order.
 #[repr(C)]
@@ -783,7 +850,7 @@ const _: () = assert!(size_of::<TamperEvent>() == 16 + 16 + 12 + 4);
 /// The version of what the kernel maps mean. Bump it when a map keeps its key and value sizes
 /// but changes what the bytes mean: agentd then creates new pinned maps instead of adopting the
 /// old ones (docs/operations.md, "Enforcement that survives the daemon").
-pub const MAP_SCHEMA: u32 = 1;
+pub const MAP_SCHEMA: u32 = 2;
 
 /// Longest name a [`RegistryEntry`] keeps.
 pub const REGISTRY_NAME_LEN: usize = 120;
@@ -835,6 +902,7 @@ mod pod {
     unsafe impl aya::Pod for super::LearnedKeyV4 {}
     unsafe impl aya::Pod for super::FileRuleKey {}
     unsafe impl aya::Pod for super::FileRule {}
+    unsafe impl aya::Pod for super::CaFileControl {}
     unsafe impl aya::Pod for super::FileNameKey {}
     unsafe impl aya::Pod for super::CaAgent {}
     unsafe impl aya::Pod for super::CaGrantList {}

@@ -5,15 +5,15 @@
 //! reported as observed, never enforced.
 
 use agentd_common::{
-    EventKind, FILE_EXTENSION_LEN, FILE_NAME_LEN, FILE_PATH_LEN, FILE_RULE_DEPTH, FileEvent,
-    FileHook, FileNameKey, FileRule, FileRuleKey, InodeKey, KernelOffsets, Verdict, file_access,
-    file_name_kind, net_action,
+    CaAgent, EventKind, FILE_EXTENSION_LEN, FILE_NAME_LEN, FILE_PATH_LEN, FILE_RULE_DEPTH,
+    FileEvent, FileHook, FileNameKey, FileRule, FileRuleKey, InodeKey, KernelOffsets, Verdict,
+    file_access, file_name_kind, net_action,
 };
 use aya_ebpf::{
     bindings::path,
     helpers::{
-        bpf_d_path, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_str_bytes,
+        bpf_d_path, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_str_bytes,
     },
     macros::{lsm, map, tracepoint},
     maps::{HashMap, LruHashMap},
@@ -23,6 +23,7 @@ use aya_ebpf::{
 use crate::{
     events::{header, reserve, wakeup},
     kernel::{file_inode_key, inode_key, offsets, read_at, read_field},
+    net::CA_AGENTS,
     tagging::{cgroup_tag, tag_of},
 };
 
@@ -231,6 +232,84 @@ fn name_rule(
     }
 }
 
+/// The decision's file control on one access (`slot`: 0 read, 1 write, 2 exec) nearest to
+/// `dentry`: the object's own, then its directory's, then upwards. A lapsed control (its expiry
+/// passed at `now`) is as if it were not there. Returns true, with the control's rule, when the
+/// nearest control in force denies.
+#[inline(always)]
+fn decision_denies(
+    offsets: &KernelOffsets,
+    agent: u32,
+    start: *const u8,
+    slot: usize,
+    now: u64,
+    rule: &mut u32,
+) -> bool {
+    let mut dentry = start;
+    for _ in 0..FILE_RULE_DEPTH {
+        let Ok(inode) = read_field::<*const u8>(dentry, offsets.dentry_inode) else {
+            return false;
+        };
+        let Ok(node) = inode_key(offsets, inode) else {
+            return false;
+        };
+        let key = FileRuleKey {
+            agent,
+            pad: 0,
+            inode: node,
+        };
+        if let Some(value) = FILE_RULES.get_ptr(key) {
+            // SAFETY: a valid map value pointer; `slot` is below the array's length.
+            let (present, action, id, expires) = unsafe {
+                let control = &(*value).decision[slot % 3];
+                (
+                    control.present,
+                    control.action,
+                    control.rule,
+                    control.expires_ns,
+                )
+            };
+            if present != 0 && (expires == 0 || now < expires) {
+                *rule = id;
+                return action == net_action::DENY;
+            }
+        }
+        let Ok(parent) = read_field::<*const u8>(dentry, offsets.dentry_parent) else {
+            return false;
+        };
+        if parent == dentry {
+            return false;
+        }
+        dentry = parent;
+    }
+    false
+}
+
+/// Whether the agent's Conditional Access decision denies the access: for each access asked
+/// for, the nearest file control in force decides. Deny wins over the local rules, which are
+/// judged only when the decision does not deny; a decision never widens what they allow.
+#[inline(always)]
+fn decision_verdict(offsets: &KernelOffsets, access: &Access, rule: &mut u32) -> bool {
+    let mut flags = 0u32;
+    if let Some(ca) = CA_AGENTS.get_ptr(access.agent) {
+        // SAFETY: a valid map value pointer.
+        flags = unsafe { (*ca).flags };
+    }
+    if flags & CaAgent::FLAG_FILE_CONTROLS == 0 {
+        return false;
+    }
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // The object itself, or for a creation the directory it is created in.
+    let start = access.walk;
+    (access.access & file_access::READ != 0
+        && decision_denies(offsets, access.agent, start, 0, now, rule))
+        || (access.access & file_access::WRITE != 0
+            && decision_denies(offsets, access.agent, start, 1, now, rule))
+        || (access.access & file_access::EXEC != 0
+            && decision_denies(offsets, access.agent, start, 2, now, rule))
+}
+
 /// The verdict for one access: the nearest rule that covers it decides. The object's own rule,
 /// then rules on its name and extension, then its directory's, then upwards. The walk follows
 /// dentries, so links, renames and bind mounts lead to the same rules. Reports denials, audit
@@ -245,6 +324,11 @@ fn decide<const PATH: u8>(offsets: &KernelOffsets, access: &Access) -> i32 {
         // SAFETY: a valid map value pointer.
         rule = unsafe { *quarantine };
         found = outcome::DENY;
+    }
+    let mut via = 0u32;
+    if found == outcome::NONE && decision_verdict(offsets, access, &mut rule) {
+        found = outcome::DENY;
+        via = FileEvent::FLAG_CONDITIONAL_ACCESS;
     }
     if found == outcome::NONE && access.names_first {
         found = name_rule(
@@ -288,7 +372,7 @@ fn decide<const PATH: u8>(offsets: &KernelOffsets, access: &Access) -> i32 {
         }
     }
     if found == outcome::DENY && !access.observed {
-        report::<PATH>(offsets, access, rule, true, 0);
+        report::<PATH>(offsets, access, rule, true, via);
         -EPERM
     } else if found == outcome::DENY {
         report::<PATH>(
@@ -296,7 +380,7 @@ fn decide<const PATH: u8>(offsets: &KernelOffsets, access: &Access) -> i32 {
             access,
             rule,
             false,
-            FileEvent::FLAG_WOULD_DENY | FileEvent::FLAG_OBSERVED,
+            FileEvent::FLAG_WOULD_DENY | FileEvent::FLAG_OBSERVED | via,
         );
         0
     } else if found == outcome::WOULD_DENY {

@@ -16,9 +16,10 @@
 use core::ptr::{read_volatile, write_volatile};
 
 use agentd_common::{
-    BlockKeyV4, BlockKeyV6, CA_GRANTS_PER_PREFIX, COMM_LEN, CaAgent, CaGrantList, CaKeyV4, CaKeyV6,
-    DnsRedirect, EventKind, LearnedKeyV4, NET_RULES_PER_PREFIX, NetAgentKey, NetAgentPolicy,
-    NetEvent, NetKeyV4, NetKeyV6, NetRule, NetRuleList, OriginalDestination, Verdict, net_action,
+    BlockKeyV4, BlockKeyV6, CA_GRANTS_PER_PREFIX, COMM_LEN, CaAgent, CaGrant, CaGrantList, CaKeyV4,
+    CaKeyV6, DnsRedirect, EventKind, LearnedKeyV4, NET_RULES_PER_PREFIX, NetAgentKey,
+    NetAgentPolicy, NetEvent, NetKeyV4, NetKeyV6, NetRule, NetRuleList, OriginalDestination,
+    Verdict, net_action,
 };
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -508,10 +509,11 @@ pub static CA_GRANTS_V6: LpmTrie<CaKeyV6, CaGrantList> = LpmTrie::with_max_entri
 pub static CA_LEARNED_V4: HashMap<LearnedKeyV4, CaGrantList> = HashMap::with_max_entries(16_384, 0);
 
 /// What a Conditional Access list says about `port` now: 0 nothing, 1 allow, 2 deny; and the
-/// entry's rule. Expired entries are skipped: a lapsed grant stops allowing here, in the hook,
-/// whether or not agentd is running.
+/// entry's rule. Only entries of one layer count: the decision in force (`layer` 0) or what
+/// report-only policies would decide (`CaGrant::FLAG_REPORT_ONLY`). Expired entries are
+/// skipped: a lapsed grant stops allowing here, in the hook, whether or not agentd is running.
 #[inline(always)]
-fn ca_scan(list: *const CaGrantList, port: u16, now: u64, rule: &mut u32) -> u32 {
+fn ca_scan(list: *const CaGrantList, port: u16, now: u64, layer: u8, rule: &mut u32) -> u32 {
     // SAFETY: a valid map value pointer.
     let count = unsafe { (*list).count } as usize;
     for i in 0..CA_GRANTS_PER_PREFIX {
@@ -519,16 +521,20 @@ fn ca_scan(list: *const CaGrantList, port: u16, now: u64, rule: &mut u32) -> u32
             break;
         }
         // SAFETY: `i` is below the array's length.
-        let (lo, hi, action, id, expires) = unsafe {
+        let (lo, hi, action, flags, id, expires) = unsafe {
             let grant = &(*list).grants[i];
             (
                 grant.port_lo,
                 grant.port_hi,
                 grant.action,
+                grant.flags,
                 grant.rule,
                 grant.expires_ns,
             )
         };
+        if flags & CaGrant::FLAG_REPORT_ONLY != layer {
+            continue;
+        }
         if expires != 0 && now >= expires {
             continue;
         }
@@ -540,26 +546,20 @@ fn ca_scan(list: *const CaGrantList, port: u16, now: u64, rule: &mut u32) -> u32
     0
 }
 
-/// The agent's Conditional Access decision on a connect its local policy allowed: `None` when
-/// it does not change the verdict.
+/// What one layer of the agent's Conditional Access entries says about `dst`: addresses learned
+/// from DNS answers first, then prefixes. 0 nothing, 1 allow, 2 deny.
 #[inline(always)]
-fn conditional_access(agent: u32, dst: &Destination, version: u32) -> Option<Decision> {
-    let ca = CA_AGENTS.get_ptr(agent)?;
-    // SAFETY: a valid map value pointer.
-    let (flags, default_rule) = unsafe { ((*ca).flags, (*ca).rule) };
-    // SAFETY: a plain helper call.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let mut rule = default_rule;
+fn ca_lookup(agent: u32, dst: &Destination, now: u64, layer: u8, rule: &mut u32) -> u32 {
     let mut found = 0u32;
     if dst.family == 4 {
         let addr = v4(&dst.addr);
         if let Some(list) = CA_LEARNED_V4.get_ptr(LearnedKeyV4 { agent, addr }) {
-            found = ca_scan(list, dst.port, now, &mut rule);
+            found = ca_scan(list, dst.port, now, layer, rule);
         }
         if found == 0
             && let Some(list) = lpm_ptr(&CA_GRANTS_V4, &Key::new(32 + 32, CaKeyV4 { agent, addr }))
         {
-            found = ca_scan(list, dst.port, now, &mut rule);
+            found = ca_scan(list, dst.port, now, layer, rule);
         }
     } else if let Some(list) = lpm_ptr(
         &CA_GRANTS_V6,
@@ -571,29 +571,55 @@ fn conditional_access(agent: u32, dst: &Destination, version: u32) -> Option<Dec
             },
         ),
     ) {
-        found = ca_scan(list, dst.port, now, &mut rule);
+        found = ca_scan(list, dst.port, now, layer, rule);
     }
+    found
+}
+
+/// The agent's Conditional Access decision on a connect its local policy allowed: `None` when
+/// it does not change the verdict or report anything. Report-only policies are judged only
+/// when the decision in force allows: what they would deny is allowed and reported.
+#[inline(always)]
+fn conditional_access(agent: u32, dst: &Destination, version: u32) -> Option<Decision> {
+    let ca = CA_AGENTS.get_ptr(agent)?;
+    // SAFETY: a valid map value pointer.
+    let (flags, default_rule) = unsafe { ((*ca).flags, (*ca).rule) };
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let mut rule = default_rule;
+    let found = ca_lookup(agent, dst, now, 0, &mut rule);
     let denied = flags & CaAgent::FLAG_BLOCK != 0
         || found == 2
         || (found == 0 && flags & CaAgent::FLAG_RESTRICTED != 0);
-    if !denied {
-        return None;
-    }
-    if found == 0 || flags & CaAgent::FLAG_BLOCK != 0 {
-        rule = default_rule;
-    }
-    if flags & CaAgent::FLAG_REPORT_ONLY != 0 {
+    if denied {
+        if found == 0 || flags & CaAgent::FLAG_BLOCK != 0 {
+            rule = default_rule;
+        }
         return Some(Decision {
-            allow: true,
-            flags: NetEvent::FLAG_CONDITIONAL_ACCESS | NetEvent::FLAG_WOULD_DENY,
+            allow: false,
+            flags: NetEvent::FLAG_CONDITIONAL_ACCESS,
             rule,
             version,
         });
     }
+    if flags & CaAgent::FLAG_REPORT_ONLY == 0 {
+        return None;
+    }
+    let mut would_rule = default_rule;
+    let would = ca_lookup(agent, dst, now, CaGrant::FLAG_REPORT_ONLY, &mut would_rule);
+    let would_deny = flags & CaAgent::FLAG_REPORT_ONLY_BLOCK != 0
+        || would == 2
+        || (would == 0 && flags & CaAgent::FLAG_REPORT_ONLY_RESTRICTED != 0);
+    if !would_deny {
+        return None;
+    }
+    if would == 0 || flags & CaAgent::FLAG_REPORT_ONLY_BLOCK != 0 {
+        would_rule = default_rule;
+    }
     Some(Decision {
-        allow: false,
-        flags: NetEvent::FLAG_CONDITIONAL_ACCESS,
-        rule,
+        allow: true,
+        flags: NetEvent::FLAG_CONDITIONAL_ACCESS | NetEvent::FLAG_WOULD_DENY,
+        rule: would_rule,
         version,
     })
 }

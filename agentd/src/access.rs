@@ -4,11 +4,16 @@
 //! A decision never widens what the local policy allows: the network hooks apply it after the
 //! local verdict, so deny wins. Grants carry their expiry into the kernel, which checks it on
 //! every connect: a lapsed grant stops allowing even when agentd and the control plane are down.
+//! File controls join the agents' local file rules in the same kernel entries, as a second layer
+//! the file hooks judge after the local rule (deny wins), with their expiry checked on the hook.
+//! What report-only policies would do to the network is a second layer of grant entries, flagged
+//! report-only: the hooks report what it would deny and allow it.
 
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use agentd_common::{
-    CA_GRANTS_PER_PREFIX, CaAgent, CaGrant, CaGrantList, CaKeyV4, CaKeyV6, net_action,
+    CA_GRANTS_PER_PREFIX, CaAgent, CaFileControl, CaGrant, CaGrantList, CaKeyV4, CaKeyV6, FileRule,
+    FileRuleKey, InodeKey, file_access, net_action,
 };
 use agentd_proto::v1 as proto;
 use serde::{Deserialize, Serialize};
@@ -59,13 +64,79 @@ pub struct Grant {
     pub source: String,
 }
 
+/// A file control: a file or directory subtree, by path, with the accesses it allows or denies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileControl {
+    /// Absolute; a file or a directory subtree.
     pub path: String,
+    /// Any of `read`, `write`, `exec`.
     pub access: Vec<String>,
+    /// `allow` or `deny`.
     pub action: String,
     pub expires_unix_ms: Option<i64>,
     pub source: String,
+}
+
+impl FileControl {
+    /// Checks the control; `at` names it (e.g. `decisions[3].file_controls[0]`).
+    fn check(&self, at: &str) -> Result<(), DecisionError> {
+        if !self.path.starts_with('/') {
+            return Err(error(
+                format!("{at}.path"),
+                format!("{:?} is not an absolute path", self.path),
+            ));
+        }
+        if self.path.contains('\0') {
+            return Err(error(format!("{at}.path"), "a path cannot contain NUL"));
+        }
+        if self.access.is_empty() {
+            return Err(error(
+                format!("{at}.access"),
+                "name at least one of read, write, exec",
+            ));
+        }
+        for (k, access) in self.access.iter().enumerate() {
+            if access_bit(access).is_none() {
+                return Err(error(
+                    format!("{at}.access[{k}]"),
+                    format!("unknown access {access:?} (read, write or exec)"),
+                ));
+            }
+        }
+        if !matches!(self.action.as_str(), "allow" | "deny") {
+            return Err(error(
+                format!("{at}.action"),
+                format!("unknown action {:?} (allow or deny)", self.action),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `file_access` bits it covers (checked already).
+    fn bits(&self) -> u32 {
+        self.access
+            .iter()
+            .filter_map(|access| access_bit(access))
+            .fold(0, |bits, bit| bits | bit)
+    }
+}
+
+fn access_bit(name: &str) -> Option<u32> {
+    match name {
+        "read" => Some(file_access::READ),
+        "write" => Some(file_access::WRITE),
+        "exec" => Some(file_access::EXEC),
+        _ => None,
+    }
+}
+
+/// What report-only policies would do to the agent's network: the network it would have with
+/// them enabled. Connects this would deny are reported ("would deny") and allowed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportOnlyNetwork {
+    pub restricted: bool,
+    pub grants: Vec<Grant>,
+    pub denials: Vec<Grant>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +150,9 @@ pub struct AgentDecision {
     pub file_controls: Vec<FileControl>,
     /// What report-only policies would do, if any applies.
     pub report_only_action: Option<Action>,
+    /// What report-only policies would do to the network, when one has network controls.
+    #[serde(default)]
+    pub report_only_network: Option<ReportOnlyNetwork>,
     pub offline: Offline,
     pub offline_ttl_secs: u32,
     pub risk_level: String,
@@ -252,20 +326,36 @@ impl DecisionSet {
                 .collect::<Result<Vec<_>, _>>()?;
             let mut file_controls = Vec::new();
             for (j, f) in d.file_controls.iter().enumerate() {
-                if !f.path.starts_with('/') {
-                    return Err(error(
-                        format!("{at}.file_controls[{j}].path"),
-                        format!("{:?} is not an absolute path", f.path),
-                    ));
-                }
-                file_controls.push(FileControl {
+                let control = FileControl {
                     path: f.path.clone(),
                     access: f.access.clone(),
                     action: f.action.clone(),
                     expires_unix_ms: unix_ms(f.expire_time.as_ref()),
                     source: f.source.clone(),
-                });
+                };
+                control.check(&format!("{at}.file_controls[{j}]"))?;
+                file_controls.push(control);
             }
+            let report_only_grants = d
+                .report_only_network_grants
+                .iter()
+                .enumerate()
+                .map(|(j, g)| grant(g, &format!("{at}.report_only_network_grants[{j}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let report_only_denials = d
+                .report_only_network_denials
+                .iter()
+                .enumerate()
+                .map(|(j, g)| grant(g, &format!("{at}.report_only_network_denials[{j}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let report_only_network = (d.report_only_network_restricted
+                || !report_only_grants.is_empty()
+                || !report_only_denials.is_empty())
+            .then_some(ReportOnlyNetwork {
+                restricted: d.report_only_network_restricted,
+                grants: report_only_grants,
+                denials: report_only_denials,
+            });
             let report_only_action = match proto::Action::try_from(d.report_only_action) {
                 Ok(proto::Action::Unspecified) => None,
                 _ => Some(action(
@@ -287,6 +377,7 @@ impl DecisionSet {
                 denials,
                 file_controls,
                 report_only_action,
+                report_only_network,
                 offline,
                 offline_ttl_secs: d.offline_ttl_seconds,
                 risk_level: d.risk_level.clone(),
@@ -360,6 +451,12 @@ pub struct CaTables {
     pub v6: Vec<(u8, CaKeyV6, CaGrantList)>,
     /// Per agent, the domain patterns of its grants and denials, for addresses learned from DNS.
     pub domains: Vec<(u32, DomainPattern, CaGrant)>,
+    /// The file controls, by agent and kernel object: one slot per access (read, write, exec).
+    /// [`merge_file_rules`] puts them into the local rules' entries.
+    pub files: Vec<(FileRuleKey, [CaFileControl; 3])>,
+    /// File controls whose path does not exist on this host (`agent: path`): nothing to protect
+    /// until the decisions are applied again.
+    pub missing_paths: Vec<String>,
 }
 
 /// One entry before layout.
@@ -369,7 +466,7 @@ struct Entry {
     grant: CaGrant,
 }
 
-fn kernel_grant(grant: &Grant, deny: bool, rule: u32, clocks: Clocks) -> CaGrant {
+fn kernel_grant(grant: &Grant, deny: bool, flags: u8, rule: u32, clocks: Clocks) -> CaGrant {
     CaGrant {
         port_lo: grant.ports.0,
         port_hi: grant.ports.1,
@@ -378,7 +475,8 @@ fn kernel_grant(grant: &Grant, deny: bool, rule: u32, clocks: Clocks) -> CaGrant
         } else {
             net_action::ALLOW
         },
-        pad: [0; 3],
+        flags,
+        pad: [0; 2],
         rule,
         pad2: 0,
         expires_ns: grant.expires_unix_ms.map_or(0, |ms| clocks.boot_ns(ms)),
@@ -420,7 +518,8 @@ fn layout(entries: &[Entry], agent: &str) -> Result<Vec<(Prefix, CaGrantList)>, 
                 port_lo: 0,
                 port_hi: 0,
                 action: 0,
-                pad: [0; 3],
+                flags: 0,
+                pad: [0; 2],
                 rule: 0,
                 pad2: 0,
                 expires_ns: 0,
@@ -437,12 +536,14 @@ fn layout(entries: &[Entry], agent: &str) -> Result<Vec<(Prefix, CaGrantList)>, 
 /// What the kernel needs for the decisions in `set` of the agents agentd knows: `index_of`
 /// maps an agent id (or, failing that, name) to its kernel number (none: leave the agent out,
 /// as for an offline baseline), `blocked` says whether to block an agent whatever its decision
-/// (offline fail-closed), `rule_of` maps a source to a rule number.
+/// (offline fail-closed), `rule_of` maps a source to a rule number, and `resolve` finds the
+/// kernel object behind a file control's path.
 pub fn tables(
     set: &DecisionSet,
     index_of: &mut dyn FnMut(&AgentDecision) -> Option<u32>,
     blocked: &dyn Fn(&AgentDecision) -> bool,
     rule_of: &mut dyn FnMut(&str) -> u32,
+    resolve: &dyn Fn(&str) -> std::io::Result<InodeKey>,
     categories: &Categories,
     clocks: Clocks,
 ) -> Result<CaTables, DecisionError> {
@@ -459,23 +560,38 @@ pub fn tables(
         if matches!(decision.action, Action::Block | Action::Quarantine) || blocked(decision) {
             flags |= CaAgent::FLAG_BLOCK;
         }
+        let mut layers = vec![(0, &decision.denials, &decision.grants)];
+        if let Some(would) = &decision.report_only_network {
+            flags |= CaAgent::FLAG_REPORT_ONLY;
+            if would.restricted {
+                flags |= CaAgent::FLAG_REPORT_ONLY_RESTRICTED;
+            }
+            layers.push((CaGrant::FLAG_REPORT_ONLY, &would.denials, &would.grants));
+        }
+        if matches!(
+            decision.report_only_action,
+            Some(Action::Block | Action::Quarantine)
+        ) {
+            flags |= CaAgent::FLAG_REPORT_ONLY | CaAgent::FLAG_REPORT_ONLY_BLOCK;
+        }
         let mut entries: Vec<Entry> = Vec::new();
-        for (deny, grant) in decision
-            .denials
-            .iter()
-            .map(|g| (true, g))
-            .chain(decision.grants.iter().map(|g| (false, g)))
-        {
-            let rule = rule_of(&format!("conditional-access/{}", grant.source));
-            place(
-                grant,
-                kernel_grant(grant, deny, rule, clocks),
-                agent,
-                &decision.agent_name,
-                categories,
-                &mut entries,
-                &mut tables.domains,
-            )?;
+        for (layer, denials, grants) in layers {
+            for (deny, grant) in denials
+                .iter()
+                .map(|g| (true, g))
+                .chain(grants.iter().map(|g| (false, g)))
+            {
+                let rule = rule_of(&format!("conditional-access/{}", grant.source));
+                place(
+                    grant,
+                    kernel_grant(grant, deny, layer, rule, clocks),
+                    agent,
+                    &decision.agent_name,
+                    categories,
+                    &mut entries,
+                    &mut tables.domains,
+                )?;
+            }
         }
         for (prefix, list) in layout(&entries, &decision.agent_name)? {
             match prefix.addr {
@@ -497,6 +613,10 @@ pub fn tables(
                 )),
             }
         }
+        file_controls(decision, agent, rule_of, resolve, clocks, &mut tables);
+        if tables.files.iter().any(|(key, _)| key.agent == agent) {
+            flags |= CaAgent::FLAG_FILE_CONTROLS;
+        }
         tables.agents.push((
             agent,
             CaAgent {
@@ -506,6 +626,106 @@ pub fn tables(
         ));
     }
     Ok(tables)
+}
+
+/// Files `decision`'s file controls for kernel agent `agent` into `tables.files`, one slot per
+/// access; paths that do not resolve go to `tables.missing_paths`.
+fn file_controls(
+    decision: &AgentDecision,
+    agent: u32,
+    rule_of: &mut dyn FnMut(&str) -> u32,
+    resolve: &dyn Fn(&str) -> std::io::Result<InodeKey>,
+    clocks: Clocks,
+    tables: &mut CaTables,
+) {
+    for control in &decision.file_controls {
+        let inode = match resolve(&control.path) {
+            Ok(inode) => inode,
+            Err(err) => {
+                tables
+                    .missing_paths
+                    .push(format!("{}: {} ({err})", decision.agent_name, control.path));
+                continue;
+            }
+        };
+        let key = FileRuleKey {
+            agent,
+            pad: 0,
+            inode,
+        };
+        let slot = CaFileControl {
+            present: 1,
+            action: if control.action == "deny" {
+                net_action::DENY
+            } else {
+                net_action::ALLOW
+            },
+            pad: 0,
+            rule: rule_of(&format!("conditional-access/{}", control.source)),
+            expires_ns: control.expires_unix_ms.map_or(0, |ms| clocks.boot_ns(ms)),
+        };
+        let at = if let Some(at) = tables.files.iter().position(|(k, _)| *k == key) {
+            at
+        } else {
+            tables.files.push((key, [CaFileControl::NONE; 3]));
+            tables.files.len() - 1
+        };
+        let slots = &mut tables.files[at].1;
+        for (i, current) in slots.iter_mut().enumerate() {
+            if control.bits() & (1 << i) != 0 {
+                *current = stronger(*current, slot);
+            }
+        }
+    }
+}
+
+/// Of two file controls on the same object and access, the one the kernel keeps: a deny beats
+/// an allow (also once the deny lapses: the allow is gone), and of two alike the one that lasts
+/// longer.
+fn stronger(a: CaFileControl, b: CaFileControl) -> CaFileControl {
+    if a.present == 0 {
+        return b;
+    }
+    if b.present == 0 {
+        return a;
+    }
+    if a.action != b.action {
+        return if a.action == net_action::DENY { a } else { b };
+    }
+    let lasts = |c: &CaFileControl| {
+        if c.expires_ns == 0 {
+            u64::MAX
+        } else {
+            c.expires_ns
+        }
+    };
+    if lasts(&b) > lasts(&a) { b } else { a }
+}
+
+/// The kernel's file rule entries: the local rules `local` with the decisions' file controls
+/// `controls` joined in. An object both name gets one entry with both layers; the hooks judge
+/// the local rule and the controls separately, and deny wins.
+#[must_use]
+pub fn merge_file_rules(
+    local: &[(FileRuleKey, FileRule)],
+    controls: &[(FileRuleKey, [CaFileControl; 3])],
+) -> Vec<(FileRuleKey, FileRule)> {
+    let mut merged = local.to_vec();
+    let at: std::collections::HashMap<FileRuleKey, usize> = merged
+        .iter()
+        .enumerate()
+        .map(|(i, (key, _))| (*key, i))
+        .collect();
+    for (key, slots) in controls {
+        if let Some(&i) = at.get(key) {
+            merged[i].1.decision = *slots;
+        } else {
+            let mut rule = FileRule::local(0, net_action::ALLOW, false, 0);
+            rule.decision = *slots;
+            merged.push((*key, rule));
+        }
+    }
+    merged
 }
 
 /// Files one grant or denial: prefixes into `entries`, names into `domains`.
@@ -642,6 +862,7 @@ mod tests {
             &mut |_| Some(3),
             &|_| false,
             &mut |_| 9,
+            &|_| Err(std::io::ErrorKind::NotFound.into()),
             &Categories::sample(),
             clocks,
         )
@@ -709,6 +930,7 @@ mod tests {
             &mut |_| Some(1),
             &|_| true,
             &mut |_| 2,
+            &|_| Err(std::io::ErrorKind::NotFound.into()),
             &Categories::sample(),
             Clocks {
                 unix_ms: 0,
@@ -727,5 +949,228 @@ mod tests {
         };
         assert_eq!(clocks.boot_ns(5_000), 1);
         assert_eq!(clocks.boot_ns(10_001), 77 + 1_000_000);
+    }
+
+    fn raw_file(
+        path: &str,
+        access: &[&str],
+        action: &str,
+        expire: Option<i64>,
+    ) -> proto::FileControl {
+        proto::FileControl {
+            path: path.to_owned(),
+            access: access.iter().map(|a| (*a).to_owned()).collect(),
+            action: action.to_owned(),
+            expire_time: expire.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+            source: format!("{action}-{path}"),
+        }
+    }
+
+    fn with_files(files: Vec<proto::FileControl>) -> proto::DecisionSet {
+        let mut raw = raw_set(Vec::new());
+        raw.decisions[0].file_controls = files;
+        raw
+    }
+
+    #[test]
+    fn bad_file_controls_refuse_the_set_by_field() {
+        let cases = [
+            (
+                raw_file("srv/ledger", &["read"], "deny", None),
+                "decisions[0].file_controls[1].path",
+            ),
+            (
+                raw_file("/srv", &[], "deny", None),
+                "decisions[0].file_controls[1].access",
+            ),
+            (
+                raw_file("/srv", &["read", "delete"], "deny", None),
+                "decisions[0].file_controls[1].access[1]",
+            ),
+            (
+                raw_file("/srv", &["read"], "block", None),
+                "decisions[0].file_controls[1].action",
+            ),
+        ];
+        for (bad, field) in cases {
+            let good = raw_file("/srv", &["write"], "deny", None);
+            let err = DecisionSet::from_proto(&with_files(vec![good, bad])).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+        let set = DecisionSet::from_proto(&with_files(vec![raw_file(
+            "/srv",
+            &["read", "exec"],
+            "allow",
+            Some(2_000),
+        )]))
+        .unwrap();
+        assert_eq!(
+            set.decisions[0].file_controls[0].expires_unix_ms,
+            Some(2_000_000)
+        );
+    }
+
+    fn inode(ino: u64) -> InodeKey {
+        InodeKey::new(8, 1, ino)
+    }
+
+    #[test]
+    fn file_controls_merge_per_access_and_join_the_local_rules() {
+        let set = DecisionSet::from_proto(&with_files(vec![
+            // An access package's allow, which expires, and a policy's deny of writes on the
+            // same directory: the deny wins for writes, the allow stays for reads.
+            raw_file("/srv/ledger", &["read", "write"], "allow", Some(1_060)),
+            raw_file("/srv/ledger", &["write"], "deny", None),
+            raw_file("/srv/keys", &["read"], "deny", Some(1_030)),
+            raw_file("/nowhere", &["read"], "deny", None),
+        ]))
+        .unwrap();
+        let clocks = Clocks {
+            unix_ms: 1_000_000,
+            boot_ns: 5_000_000_000,
+        };
+        let resolve = |path: &str| match path {
+            "/srv/ledger" => Ok(inode(10)),
+            "/srv/keys" => Ok(inode(11)),
+            _ => Err(std::io::ErrorKind::NotFound.into()),
+        };
+        let tables = tables(
+            &set,
+            &mut |_| Some(3),
+            &|_| false,
+            &mut |source| if source.contains("deny") { 7 } else { 8 },
+            &resolve,
+            &Categories::sample(),
+            clocks,
+        )
+        .unwrap();
+        assert_ne!(tables.agents[0].1.flags & CaAgent::FLAG_FILE_CONTROLS, 0);
+        assert_eq!(tables.missing_paths.len(), 1, "{:?}", tables.missing_paths);
+        assert!(tables.missing_paths[0].contains("/nowhere"));
+        let ledger = tables
+            .files
+            .iter()
+            .find(|(key, _)| key.inode == inode(10))
+            .unwrap();
+        assert_eq!(ledger.0.agent, 3);
+        let [read, write, exec] = ledger.1;
+        assert_eq!(
+            (read.present, read.action, read.rule),
+            (1, net_action::ALLOW, 8)
+        );
+        assert_eq!(read.expires_ns, 5_000_000_000 + 60_000_000_000);
+        assert_eq!(
+            (write.present, write.action, write.rule),
+            (1, net_action::DENY, 7)
+        );
+        assert_eq!(write.expires_ns, 0, "the deny does not expire");
+        assert_eq!(exec.present, 0);
+        let keys = tables
+            .files
+            .iter()
+            .find(|(key, _)| key.inode == inode(11))
+            .unwrap();
+        assert_eq!(keys.1[0].expires_ns, 5_000_000_000 + 30_000_000_000);
+
+        // The local rules: one on the same directory (audit deny of exec), one elsewhere.
+        let local_key = |ino| FileRuleKey {
+            agent: 3,
+            pad: 0,
+            inode: inode(ino),
+        };
+        let local = vec![
+            (
+                local_key(10),
+                FileRule::local(file_access::EXEC, net_action::DENY, true, 1),
+            ),
+            (
+                local_key(12),
+                FileRule::local(file_access::READ, net_action::DENY, false, 2),
+            ),
+        ];
+        let merged = merge_file_rules(&local, &tables.files);
+        assert_eq!(merged.len(), 3);
+        let entry = |ino| merged.iter().find(|(k, _)| *k == local_key(ino)).unwrap().1;
+        // The local rule is kept as it was, with the decision beside it.
+        assert_eq!(
+            (entry(10).access, entry(10).audit, entry(10).rule),
+            (file_access::EXEC, 1, 1)
+        );
+        assert_eq!(entry(10).decision, ledger.1);
+        assert_eq!(entry(12), local[1].1);
+        // An object only the decision names: no local rule (covers nothing), the controls.
+        assert_eq!(entry(11).access, 0);
+        assert_eq!(entry(11).decision[0].action, net_action::DENY);
+        // Without decisions, the local rules alone.
+        assert_eq!(merge_file_rules(&local, &[]), local);
+    }
+
+    #[test]
+    fn report_only_network_is_a_second_flagged_layer() {
+        let mut raw = raw_set(vec![raw_grant("10.0.0.0/8", "", None)]);
+        raw.decisions[0].report_only_network_restricted = true;
+        raw.decisions[0].report_only_network_grants = vec![raw_grant("10.0.0.0/8", "443", None)];
+        raw.decisions[0].report_only_network_denials = vec![raw_grant("10.9.0.0/16", "", None)];
+        let set = DecisionSet::from_proto(&raw).unwrap();
+        let would = set.decisions[0].report_only_network.as_ref().unwrap();
+        assert!(would.restricted);
+        let clocks = Clocks {
+            unix_ms: 0,
+            boot_ns: 0,
+        };
+        let built = tables(
+            &set,
+            &mut |_| Some(1),
+            &|_| false,
+            &mut |_| 2,
+            &|_| Err(std::io::ErrorKind::NotFound.into()),
+            &Categories::sample(),
+            clocks,
+        )
+        .unwrap();
+        let flags = built.agents[0].1.flags;
+        assert_ne!(flags & CaAgent::FLAG_REPORT_ONLY, 0);
+        assert_ne!(flags & CaAgent::FLAG_REPORT_ONLY_RESTRICTED, 0);
+        assert_eq!(flags & CaAgent::FLAG_REPORT_ONLY_BLOCK, 0);
+        let (_, _, list) = built
+            .v4
+            .iter()
+            .find(|(len, key, _)| *len == 16 && key.addr == [10, 9, 0, 0])
+            .unwrap();
+        let entries: Vec<(u8, u8, u16)> = list.grants[..list.count as usize]
+            .iter()
+            .map(|g| (g.flags, g.action, g.port_lo))
+            .collect();
+        // The enforced denial of 10.1/16 is not under 10.9/16; the report-only denial comes
+        // first, then the /8 grants of both layers.
+        assert!(
+            entries.contains(&(CaGrant::FLAG_REPORT_ONLY, net_action::DENY, 0)),
+            "{entries:?}"
+        );
+        assert!(
+            entries.contains(&(CaGrant::FLAG_REPORT_ONLY, net_action::ALLOW, 443)),
+            "{entries:?}"
+        );
+        assert!(entries.contains(&(0, net_action::ALLOW, 0)), "{entries:?}");
+        assert_eq!(entries[0].1, net_action::DENY);
+
+        // Without report-only network controls: no second layer.
+        let plain = DecisionSet::from_proto(&raw_set(Vec::new())).unwrap();
+        assert_eq!(plain.decisions[0].report_only_network, None);
+        // A report-only block: every connect would be denied.
+        let mut raw = raw_set(Vec::new());
+        raw.decisions[0].report_only_action = proto::Action::Block as i32;
+        let set = DecisionSet::from_proto(&raw).unwrap();
+        let built = tables(
+            &set,
+            &mut |_| Some(1),
+            &|_| false,
+            &mut |_| 2,
+            &|_| Err(std::io::ErrorKind::NotFound.into()),
+            &Categories::sample(),
+            clocks,
+        )
+        .unwrap();
+        assert_ne!(built.agents[0].1.flags & CaAgent::FLAG_REPORT_ONLY_BLOCK, 0);
     }
 }

@@ -263,6 +263,7 @@ mod tests {
             path: "/root/.ssh/id_rsa".into(),
             path_source: "as_passed",
             path_truncated: false,
+            decided_by: "rule",
             tag,
         });
         let seen = observations(&event, &registry, &HashSet::from([rule]));

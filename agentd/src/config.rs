@@ -62,6 +62,10 @@ pub struct ControlPlaneConfig {
     pub state_dir: PathBuf,
     /// The name the host enrols with. Default: the kernel's host name.
     pub hostname: Option<String>,
+    /// The control plane's CA certificate (PEM; `agentd-control ca-cert` prints it). With an
+    /// `https://` URL, agentd verifies the server against it when it enrols; afterwards it
+    /// uses the CA certificate it was given at enrolment, kept with its credentials.
+    pub ca_file: Option<PathBuf>,
     /// Seconds between heartbeats.
     pub heartbeat_secs: u64,
 }
@@ -74,6 +78,7 @@ impl Default for ControlPlaneConfig {
             join_token_file: None,
             state_dir: PathBuf::from("/var/lib/agentd"),
             hostname: None,
+            ca_file: None,
             heartbeat_secs: 5,
         }
     }

@@ -2,6 +2,12 @@
 //! host's Conditional Access decisions that resumes from the last version applied,
 //! acknowledgements, heartbeats and detection reports. It runs as one task; the daemon owns the
 //! kernel and talks to it through two channels.
+//!
+//! At enrolment agentd sends a certificate request and keeps the client certificate the control
+//! plane's CA signs, with its key and the CA certificate, in its credentials (mode 0600). With an
+//! `https://` URL every host call presents that certificate (mTLS) and verifies the server
+//! against that CA; the control plane maps the certificate to the host and refuses host calls
+//! without it.
 
 use std::{
     path::{Path, PathBuf},
@@ -14,7 +20,7 @@ use tokio::sync::mpsc;
 use tonic::{
     Request,
     metadata::MetadataValue,
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
 use crate::{access::DecisionSet, config::ControlPlaneConfig};
@@ -48,10 +54,32 @@ pub enum ToControl {
 struct Credentials {
     host_id: String,
     host_token: String,
+    /// The host's mTLS client certificate, signed by the control plane's CA (PEM); empty for
+    /// credentials kept before agentd sent a certificate request.
+    #[serde(default)]
+    certificate_pem: String,
+    /// Its private key (PEM), generated on this host; it never leaves it.
+    #[serde(default)]
+    key_pem: String,
+    /// The control plane's CA certificate (PEM), as the enrolment returned it.
+    #[serde(default)]
+    ca_certificate_pem: String,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    #[error(
+        "{url} is https: enrolling needs the control plane's CA certificate \
+         (control_plane.ca_file; `agentd-control ca-cert` prints it)"
+    )]
+    NoCaForEnrolment { url: String },
+    #[error(
+        "the credentials in {path} hold no client certificate, which an https control plane \
+         requires: remove the file and enrol again with a new join token"
+    )]
+    NoClientCertificate { path: PathBuf },
+    #[error("creating the certificate request: {0}")]
+    CertificateRequest(String),
     #[error(
         "no credentials in {path} and no join token configured (control_plane.join_token or join_token_file)"
     )]
@@ -103,33 +131,47 @@ fn hostname(config: &ControlPlaneConfig) -> String {
     })
 }
 
-async fn connect(url: &str) -> Result<Channel, ControlError> {
-    let endpoint =
-        Endpoint::from_shared(url.to_owned()).map_err(|source| ControlError::Connect {
-            url: url.to_owned(),
-            source,
-        })?;
+fn connect_error(url: &str) -> impl FnOnce(tonic::transport::Error) -> ControlError {
+    let url = url.to_owned();
+    move |source| ControlError::Connect { url, source }
+}
+
+/// A channel to `url`; with `tls`, over TLS with that configuration.
+async fn connect(url: &str, tls: Option<ClientTlsConfig>) -> Result<Channel, ControlError> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned()).map_err(connect_error(url))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(connect_error(url))?;
+    }
     endpoint
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|source| ControlError::Connect {
-            url: url.to_owned(),
-            source,
-        })
+        .map_err(connect_error(url))
 }
 
-/// The saved credentials, or new ones from enrolling with the join token.
-async fn credentials(
-    config: &ControlPlaneConfig,
-    channel: Channel,
-) -> Result<Credentials, ControlError> {
+fn is_https(url: &str) -> bool {
+    url.starts_with("https://")
+}
+
+fn read_ca_file(config: &ControlPlaneConfig) -> Result<Option<Vec<u8>>, ControlError> {
+    config
+        .ca_file
+        .as_ref()
+        .map(|file| std::fs::read(file).map_err(io(format!("reading {}", file.display()))))
+        .transpose()
+}
+
+/// The saved credentials, if there are any.
+fn saved_credentials(config: &ControlPlaneConfig) -> Option<Credentials> {
+    let bytes = std::fs::read(credentials_path(&config.state_dir)).ok()?;
+    serde_json::from_slice::<Credentials>(&bytes).ok()
+}
+
+/// New credentials from enrolling with the join token: a key generated here, a certificate
+/// request for it, and what the control plane returns. Over https the server is verified
+/// against `control_plane.ca_file`.
+async fn enrol(config: &ControlPlaneConfig, url: &str) -> Result<Credentials, ControlError> {
     let path = credentials_path(&config.state_dir);
-    if let Ok(bytes) = std::fs::read(&path)
-        && let Ok(saved) = serde_json::from_slice::<Credentials>(&bytes)
-    {
-        return Ok(saved);
-    }
     let token = match (&config.join_token, &config.join_token_file) {
         (Some(token), _) => token.clone(),
         (None, Some(file)) => std::fs::read_to_string(file)
@@ -138,11 +180,26 @@ async fn credentials(
             .to_owned(),
         (None, None) => return Err(ControlError::NotEnrolled { path }),
     };
+    let tls = if is_https(url) {
+        let ca = read_ca_file(config)?.ok_or_else(|| ControlError::NoCaForEnrolment {
+            url: url.to_owned(),
+        })?;
+        Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+    } else {
+        None
+    };
+    let channel = connect(url, tls).await?;
+    let key = rcgen::KeyPair::generate()
+        .map_err(|err| ControlError::CertificateRequest(err.to_string()))?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|params| params.serialize_request(&key))
+        .and_then(|csr| csr.pem())
+        .map_err(|err| ControlError::CertificateRequest(err.to_string()))?;
     let enrolled = HostServiceClient::new(channel)
         .enroll_host(proto::EnrollHostRequest {
             join_token: token,
             hostname: hostname(config),
-            csr_pem: String::new(),
+            csr_pem: csr,
             agentd_version: env!("CARGO_PKG_VERSION").to_owned(),
         })
         .await
@@ -151,6 +208,9 @@ async fn credentials(
     let credentials = Credentials {
         host_id: enrolled.host_id,
         host_token: enrolled.host_token,
+        certificate_pem: enrolled.certificate_pem,
+        key_pem: key.serialize_pem(),
+        ca_certificate_pem: enrolled.ca_certificate_pem,
     };
     std::fs::create_dir_all(&config.state_dir)
         .map_err(io(format!("creating {}", config.state_dir.display())))?;
@@ -160,21 +220,47 @@ async fn credentials(
     })?;
     {
         use std::os::unix::fs::OpenOptionsExt as _;
+        let partial = path.with_extension("partial");
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
             .mode(0o600)
-            .open(&path)
-            .map_err(io(format!("writing {}", path.display())))?;
+            .open(&partial)
+            .map_err(io(format!("writing {}", partial.display())))?;
         std::io::Write::write_all(&mut file, &bytes)
-            .map_err(io(format!("writing {}", path.display())))?;
+            .map_err(io(format!("writing {}", partial.display())))?;
+        std::fs::rename(&partial, &path).map_err(io(format!("writing {}", path.display())))?;
     }
     tracing::info!(
         host_id = credentials.host_id,
+        client_certificate = !credentials.certificate_pem.is_empty(),
         "enrolled with the control plane"
     );
     Ok(credentials)
+}
+
+/// The TLS settings of host calls to an https control plane: the host's client certificate
+/// (mTLS), and the server verified against the CA from enrolment (or `control_plane.ca_file`).
+fn host_tls(
+    config: &ControlPlaneConfig,
+    credentials: &Credentials,
+) -> Result<ClientTlsConfig, ControlError> {
+    if credentials.certificate_pem.is_empty() || credentials.key_pem.is_empty() {
+        return Err(ControlError::NoClientCertificate {
+            path: credentials_path(&config.state_dir),
+        });
+    }
+    let ca = match read_ca_file(config)? {
+        Some(ca) => ca,
+        None => credentials.ca_certificate_pem.clone().into_bytes(),
+    };
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(
+            &credentials.certificate_pem,
+            &credentials.key_pem,
+        )))
 }
 
 /// A request carrying the host's bearer token.
@@ -222,8 +308,16 @@ async fn session(
     from_daemon: &mut mpsc::Receiver<ToControl>,
 ) -> Result<(), ControlError> {
     let url = config.url.clone().unwrap_or_default();
-    let channel = connect(&url).await?;
-    let credentials = credentials(config, channel.clone()).await?;
+    let credentials = match saved_credentials(config) {
+        Some(saved) => saved,
+        None => enrol(config, &url).await?,
+    };
+    let tls = if is_https(&url) {
+        Some(host_tls(config, &credentials)?)
+    } else {
+        None
+    };
+    let channel = connect(&url, tls).await?;
     let token: MetadataValue<_> = format!("Bearer {}", credentials.host_token)
         .parse()
         .map_err(|_| ControlError::Io {
@@ -300,5 +394,37 @@ async fn session(
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_from_before_certificates_cannot_call_an_https_control_plane() {
+        let old: Credentials =
+            serde_json::from_str(r#"{"host_id":"h","host_token":"t"}"#).expect("old credentials");
+        let config = ControlPlaneConfig::default();
+        let err = host_tls(&config, &old).unwrap_err();
+        assert!(
+            matches!(err, ControlError::NoClientCertificate { .. }),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn enrolling_over_https_needs_the_ca() {
+        let config = ControlPlaneConfig {
+            url: Some("https://127.0.0.1:1".to_owned()),
+            join_token: Some("token".to_owned()),
+            state_dir: tempfile::tempdir().unwrap().path().to_owned(),
+            ..ControlPlaneConfig::default()
+        };
+        let err = enrol(&config, "https://127.0.0.1:1").await.unwrap_err();
+        assert!(
+            matches!(err, ControlError::NoCaForEnrolment { .. }),
+            "{err}"
+        );
     }
 }

@@ -298,10 +298,11 @@ impl State {
 
         self.process.set_cgroups(&cgroup_entries)?;
         let files = &mut self.files;
+        let objects = access::merge_file_rules(&file_entries.objects, &self.ca.files);
         let rest = self
             .process
             .set_discovery(&kernel_rules)
-            .and_then(|()| files.set_rules(&file_entries.objects, &file_entries.names))
+            .and_then(|()| files.set_rules(&objects, &file_entries.names))
             .and_then(|()| self.net.apply(&tables))
             .and_then(|()| {
                 self.net
@@ -312,8 +313,10 @@ impl State {
             // maps switch generations atomically, so a failed network apply changed nothing.
             self.process.set_cgroups(&self.cgroup_entries)?;
             self.process.set_discovery(&self.discovery_entries)?;
-            self.files
-                .set_rules(&self.file_entries.objects, &self.file_entries.names)?;
+            self.files.set_rules(
+                &access::merge_file_rules(&self.file_entries.objects, &self.ca.files),
+                &self.file_entries.names,
+            )?;
             return Err(err.into());
         }
         self.net_version = net_version;
@@ -543,13 +546,12 @@ impl State {
             let Some(files) = &agent.files else { continue };
             let index = self.registry.intern_agent(&agent.agent);
             for rule in &files.rules {
-                let value = agentd_common::FileRule {
-                    access: rule.access,
-                    action: rule.action.kernel_value(),
-                    audit: u8::from(files.mode == Mode::Audit),
-                    pad: 0,
-                    rule: self.registry.intern_rule(&rule.name),
-                };
+                let value = agentd_common::FileRule::local(
+                    rule.access,
+                    rule.action.kernel_value(),
+                    files.mode == Mode::Audit,
+                    self.registry.intern_rule(&rule.name),
+                );
                 if rule.sensitive {
                     sensitive.insert(value.rule);
                 }
@@ -587,13 +589,7 @@ impl State {
                     entries.objects.retain(|(existing, _)| *existing != key);
                     entries.objects.push((
                         key,
-                        agentd_common::FileRule {
-                            access: *access,
-                            action: net_action::DENY,
-                            audit: 0,
-                            pad: 0,
-                            rule,
-                        },
+                        agentd_common::FileRule::local(*access, net_action::DENY, false, rule),
                     ));
                 }
             }
@@ -869,13 +865,18 @@ impl State {
             &mut index_of,
             &blocked,
             &mut |source| registry.intern_rule(source),
+            &|path| files::inode_key(Path::new(path)),
             &self.categories,
             clocks,
         )
         .map_err(|err| err.to_string())?;
-        self.net
-            .set_conditional_access(&tables)
-            .map_err(|err| format!("{:#}", anyhow::Error::from(err)))?;
+        for missing in &tables.missing_paths {
+            tracing::warn!(
+                control = %missing,
+                "a file control names a path that does not exist here; nothing to protect"
+            );
+        }
+        self.write_ca_tables(&tables)?;
         self.ca.domains.clone_from(&tables.domains);
         if let Err(err) = self.sync_learned() {
             tracing::warn!(%err, "applying Conditional Access domain grants to learned addresses");
@@ -905,6 +906,30 @@ impl State {
         }
         self.ca.set = Some(set);
         Ok(notices)
+    }
+
+    /// Writes a decision set's kernel tables: file controls first (they join the local rules'
+    /// entries), then the network tables; if the network refuses, the file entries go back, so
+    /// the previous set stays whole.
+    fn write_ca_tables(&mut self, tables: &access::CaTables) -> Result<(), String> {
+        let names = &self.file_entries.names;
+        self.files
+            .set_rules(
+                &access::merge_file_rules(&self.file_entries.objects, &tables.files),
+                names,
+            )
+            .map_err(|err| format!("{:#}", anyhow::Error::from(err)))?;
+        if let Err(err) = self.net.set_conditional_access(tables) {
+            if let Err(restore) = self.files.set_rules(
+                &access::merge_file_rules(&self.file_entries.objects, &self.ca.files),
+                names,
+            ) {
+                tracing::error!(%restore, "restoring the previous file controls");
+            }
+            return Err(format!("{:#}", anyhow::Error::from(err)));
+        }
+        self.ca.files.clone_from(&tables.files);
+        Ok(())
     }
 
     /// Denies the file writes of agents the decisions block, and lifts it from those no longer
@@ -1586,6 +1611,11 @@ struct CaHost {
     applied_version: u64,
     /// Domain grants and denials, for learned addresses.
     domains: Vec<(u32, crate::netpolicy::DomainPattern, agentd_common::CaGrant)>,
+    /// The file controls in force, joined with the local file rules in the kernel.
+    files: Vec<(
+        agentd_common::FileRuleKey,
+        [agentd_common::CaFileControl; 3],
+    )>,
     /// Agents whose decision blocks them now.
     blocked: HashSet<u32>,
     /// The offline standing of each decision when last applied.

@@ -115,6 +115,9 @@ pub struct FileDecision {
     /// resolve), or `as_passed` (the string the process gave the syscall; observation only).
     pub path_source: &'static str,
     pub path_truncated: bool,
+    /// What decided: `rule` (the local file rules, quarantine or the deny list) or
+    /// `conditional_access` (a file control of the agent's decision from the control plane).
+    pub decided_by: &'static str,
     /// The agent whose rule decided (none for the global deny list).
     #[serde(skip)]
     pub tag: AgentTag,
@@ -317,6 +320,11 @@ impl Event {
                         "kernel"
                     },
                     path_truncated: raw.flags & FileEvent::FLAG_PATH_TRUNCATED != 0,
+                    decided_by: if raw.flags & FileEvent::FLAG_CONDITIONAL_ACCESS != 0 {
+                        "conditional_access"
+                    } else {
+                        "rule"
+                    },
                     tag: AgentTag::new(raw.agent, TagSource::Launch, 0),
                 }))
             }

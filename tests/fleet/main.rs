@@ -6,7 +6,7 @@
 use std::{
     fs,
     net::{TcpListener, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Output},
     time::Instant,
 };
@@ -31,10 +31,18 @@ struct ControlPlane {
     server: Child,
     url: String,
     token: String,
+    /// With TLS: the control-plane CA certificate.
+    ca_cert: Option<PathBuf>,
 }
 
 impl ControlPlane {
     fn start() -> Self {
+        Self::start_serving(false)
+    }
+
+    /// With `tls`: serves TLS on 127.0.0.1 with a certificate from its CA, and requires host
+    /// calls to present the host's client certificate (mTLS).
+    fn start_serving(tls: bool) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let database = format!("sqlite://{}/control.db", dir.path().display());
         let token = Command::new(bin("AGENTD_CONTROL_BIN"))
@@ -48,9 +56,24 @@ impl ControlPlane {
             .and_then(|free| free.local_addr())
             .expect("a free port")
             .port();
-        let server = Command::new(bin("AGENTD_CONTROL_BIN"))
+        let ca_cert = tls.then(|| {
+            let ca = Command::new(bin("AGENTD_CONTROL_BIN"))
+                .args(["ca-cert", "--database", &database])
+                .output()
+                .expect("agentd-control ca-cert");
+            assert!(ca.status.success(), "{ca:?}");
+            let path = dir.path().join("ca.crt");
+            fs::write(&path, ca.stdout).unwrap();
+            path
+        });
+        let mut serve = Command::new(bin("AGENTD_CONTROL_BIN"));
+        serve
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--database", &database, "--decision-recheck", "1s"])
+            .args(["--database", &database, "--decision-recheck", "1s"]);
+        if tls {
+            serve.args(["--tls-name", "127.0.0.1"]);
+        }
+        let server = serve
             .stderr(fs::File::create(dir.path().join("server.log")).unwrap())
             .spawn()
             .expect("agentd-control serve");
@@ -60,19 +83,33 @@ impl ControlPlane {
         Self {
             dir,
             server,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" }),
             token,
+            ca_cert,
         }
+    }
+
+    /// `agentctl ARGS` with `token` and, when given, a client certificate and key.
+    fn ctl_as(&self, token: &str, client: Option<(&Path, &Path)>, args: &[&str]) -> Output {
+        let mut command = Command::new(bin("AGENTCTL_BIN"));
+        command
+            .args(args)
+            .env("AGENTD_SERVER", &self.url)
+            .env("AGENTD_TOKEN", token);
+        if let Some(ca) = &self.ca_cert {
+            command.env("AGENTD_CA_CERT", ca);
+        }
+        if let Some((cert, key)) = client {
+            command
+                .env("AGENTD_CLIENT_CERT", cert)
+                .env("AGENTD_CLIENT_KEY", key);
+        }
+        command.output().expect("agentctl")
     }
 
     /// `agentctl ARGS` as the admin; fails the test unless it succeeds.
     fn ctl(&self, args: &[&str]) -> Output {
-        let output = Command::new(bin("AGENTCTL_BIN"))
-            .args(args)
-            .env("AGENTD_SERVER", &self.url)
-            .env("AGENTD_TOKEN", &self.token)
-            .output()
-            .expect("agentctl");
+        let output = self.ctl_as(&self.token, None, args);
         assert!(
             output.status.success(),
             "agentctl {args:?}: {}",
@@ -235,7 +272,7 @@ fn risk_loop(
     daemon: &Daemon,
     granted_port: u16,
     fresh_port: u16,
-    secret: &std::path::Path,
+    secret: &Path,
 ) {
     let policies = cp.json(&["policy", "list"]);
     let baseline = policies["policies"]
@@ -272,4 +309,225 @@ fn risk_loop(
         "secret read and new egress to the control plane's block in the kernel: {:?}",
         triggered.elapsed()
     );
+}
+
+/// Registers and enables `agent` (blueprint `fleet`) and returns its id.
+fn register(cp: &ControlPlane, agent: &str) -> String {
+    cp.ctl(&["blueprint", "create", "fleet"]);
+    let created = cp.json(&[
+        "agent",
+        "create",
+        agent,
+        "--blueprint",
+        "fleet",
+        "--sponsor",
+        "alice@example.com",
+    ]);
+    let id = created["agent"]["id"].as_str().unwrap().to_owned();
+    cp.ctl(&["agent", "enable", &id]);
+    id
+}
+
+/// agentd enrolled with `cp` through a new join token, running `agent`, with more
+/// `[control_plane]` settings in `extra`; returns it once its first decisions are in force.
+fn enrolled(cp: &ControlPlane, agent: &str, state: &Path, extra: &str) -> Daemon {
+    let join = cp.json(&["host", "join-token"]);
+    let join = join["token"].as_str().unwrap();
+    let daemon = Daemon::start_with_config(
+        &format!("[[agent]]\nname = \"{agent}\"\n"),
+        &format!(
+            "[control_plane]\nurl = \"{}\"\njoin_token = \"{join}\"\nstate_dir = \"{}\"\nheartbeat_secs = 1\n{extra}",
+            cp.url,
+            state.display()
+        ),
+    );
+    wait_until("the first decisions are in force", || {
+        daemon
+            .status()
+            .control_plane
+            .is_some_and(|control| control.connected && control.decision_version > 0)
+    });
+    daemon
+}
+
+/// Collects the JSON events printed so far into `seen`; true when one matches `pred`.
+fn saw(
+    daemon: &Daemon,
+    seen: &mut Vec<serde_json::Value>,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> bool {
+    seen.extend(
+        daemon
+            .events()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok()),
+    );
+    seen.iter().any(pred)
+}
+
+/// Issue 8's acceptance: "A report-only policy logs 'would block' and allows". A report-only
+/// policy denies a CIDR: the agent's connect goes through and the kernel reports that the policy
+/// would have denied it. An enabled policy's file control reaches the kernel too: enforced where
+/// BPF LSM works, reported as observed would-deny by the open tracepoints where it does not.
+#[test]
+fn a_report_only_policy_logs_would_block_and_allows() {
+    let agent = "report-only-agent";
+    let cp = ControlPlane::start();
+    register(&cp, agent);
+    let watched_port = serve("127.0.0.1:0");
+    let other_port = serve("127.0.0.1:0");
+    let files = tempfile::tempdir().unwrap();
+    let ledger = files.path().join("ledger");
+    fs::write(&ledger, "balance").unwrap();
+    let report_only = cp.dir.path().join("report-only.yaml");
+    fs::write(
+        &report_only,
+        format!(
+            "name: would-deny-loopback\nstate: reportOnly\nassignments:\n  include:\n    agents: [{agent}]\n\
+             controls:\n  network:\n    deny:\n      - cidr: 127.0.0.1/32\n        ports: \"{watched_port}\"\n"
+        ),
+    )
+    .unwrap();
+    let policy = cp.json(&["policy", "apply", report_only.to_str().unwrap()]);
+    let policy_id = policy["policy"]["id"]
+        .as_str()
+        .expect("the policy's id")
+        .to_owned();
+    let file_policy = cp.dir.path().join("files.yaml");
+    fs::write(
+        &file_policy,
+        format!(
+            "name: ledger-files\nstate: enabled\nassignments:\n  include:\n    agents: [{agent}]\n\
+             controls:\n  files:\n    - path: {}\n      access: [read]\n      action: deny\n",
+            ledger.display()
+        ),
+    )
+    .unwrap();
+    cp.ctl(&["policy", "apply", file_policy.to_str().unwrap()]);
+
+    let state = tempfile::tempdir().unwrap();
+    let daemon = enrolled(&cp, agent, state.path(), "");
+    let _launched = launch_cgroup(agent);
+    wait_until("the decision with the file control is in force", || {
+        let status = daemon.status();
+        let control = status.control_plane.unwrap();
+        control.decision_version > 0
+            && fs::read_to_string(state.path().join("decisions.json"))
+                .is_ok_and(|kept| kept.contains("ledger"))
+    });
+
+    assert!(
+        connects(&daemon, agent, "127.0.0.1", watched_port),
+        "report-only: the connect goes through"
+    );
+    assert!(connects(&daemon, agent, "127.0.0.1", other_port));
+    let mut seen = Vec::new();
+    let would = |e: &serde_json::Value| {
+        e["kind"] == "net" && e["would_deny"] == true && e["port"] == watched_port
+    };
+    wait_until("the would-block event", || saw(&daemon, &mut seen, would));
+    let event = seen.iter().find(|e| would(e)).unwrap();
+    eprintln!("would block: {event}");
+    assert_eq!(event["verdict"], "allow", "{event}");
+    assert_eq!(event["decided_by"], "conditional_access", "{event}");
+    assert_eq!(
+        event["rule"],
+        format!("conditional-access/{policy_id}"),
+        "{event}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|e| e["kind"] == "net" && e["port"] == other_port && e["would_deny"] == true),
+        "only the denied destination is reported"
+    );
+
+    let enforced = daemon.status().file_enforcement == "available";
+    let read = daemon
+        .launch(agent, &["cat", ledger.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(read.status.success(), !enforced, "{read:?}");
+    let hit =
+        |e: &serde_json::Value| e["kind"] == "file" && e["decided_by"] == "conditional_access";
+    wait_until("the file control's event", || saw(&daemon, &mut seen, hit));
+    let event = seen.iter().find(|e| hit(e)).unwrap();
+    assert_eq!(event["would_deny"], !enforced, "{event}");
+}
+
+/// mTLS: the control plane serves TLS and requires host client certificates; agentd enrols
+/// (verifying the server against the CA file), then holds its decision watch with the
+/// certificate it was issued. A host call without a certificate, or with another host's, is
+/// refused.
+#[test]
+fn hosts_watch_their_decisions_with_their_client_certificate() {
+    let agent = "mtls-agent";
+    let cp = ControlPlane::start_serving(true);
+    register(&cp, agent);
+    let ca = cp.ca_cert.clone().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let daemon = enrolled(
+        &cp,
+        agent,
+        state.path(),
+        &format!("ca_file = \"{}\"\n", ca.display()),
+    );
+    let version = daemon.status().control_plane.unwrap().decision_version;
+    wait_until("the host's acknowledgement is recorded", || {
+        cp.json(&["host", "list"])["hosts"][0]["appliedDecisionVersion"]
+            .as_str()
+            .and_then(|v| v.parse::<u64>().ok())
+            == Some(version)
+    });
+
+    // The credentials agentd keeps: private, with the certificate the CA signed for this host.
+    let kept = state.path().join("host.json");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            fs::metadata(&kept).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let credentials: serde_json::Value = serde_json::from_slice(&fs::read(&kept).unwrap()).unwrap();
+    let host_id = credentials["host_id"].as_str().unwrap();
+    let host_token = credentials["host_token"].as_str().unwrap();
+    assert!(
+        credentials["certificate_pem"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+
+    // The same host token without a client certificate is refused.
+    let bare = cp.ctl_as(host_token, None, &["host", "heartbeat"]);
+    assert!(!bare.status.success(), "{bare:?}");
+    let said = String::from_utf8_lossy(&bare.stderr);
+    assert!(said.contains("client certificate"), "{said}");
+
+    // Another host's certificate does not name this host.
+    let other = cp.dir.path().join("other-host");
+    let join = cp.json(&["host", "join-token"]);
+    cp.ctl(&[
+        "host",
+        "enroll",
+        "--join-token",
+        join["token"].as_str().unwrap(),
+        "--hostname",
+        "other",
+        "--dir",
+        other.to_str().unwrap(),
+    ]);
+    let (cert, key) = (other.join("host.crt"), other.join("host.key"));
+    let borrowed = cp.ctl_as(host_token, Some((&cert, &key)), &["host", "heartbeat"]);
+    assert!(!borrowed.status.success(), "{borrowed:?}");
+    let said = String::from_utf8_lossy(&borrowed.stderr);
+    assert!(said.contains(host_id), "{said}");
+    // ... and works for the host it names.
+    let own = fs::read_to_string(other.join("host-token")).unwrap();
+    let fine = cp.ctl_as(own.trim(), Some((&cert, &key)), &["host", "heartbeat"]);
+    assert!(fine.status.success(), "{fine:?}");
+
+    // agentd's own watch is still up.
+    assert!(daemon.status().control_plane.unwrap().connected);
 }

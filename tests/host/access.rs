@@ -8,7 +8,9 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use agentd::access::{Action, AgentDecision, DecisionSet, Destination, Grant, Offline};
+use agentd::access::{
+    Action, AgentDecision, DecisionSet, Destination, FileControl, Grant, Offline, ReportOnlyNetwork,
+};
 use agentd_tests::{Daemon, launch_cgroup};
 
 use crate::helper;
@@ -42,6 +44,7 @@ fn decision(agent: &str, grants: Vec<Grant>, offline: Offline, ttl: u32) -> Agen
         denials: Vec::new(),
         file_controls: Vec::new(),
         report_only_action: None,
+        report_only_network: None,
         offline,
         offline_ttl_secs: ttl,
         risk_level: "none".to_owned(),
@@ -222,4 +225,115 @@ fn offline_behaviours_apply_once_the_decisions_are_older_than_their_ttl() {
         !connects(&daemon, kept, "127.0.0.3", elsewhere_port),
         "keep last: still restricted"
     );
+}
+
+/// Collects the JSON events printed so far into `seen` and returns whether one matches.
+fn saw(
+    daemon: &Daemon,
+    seen: &mut Vec<serde_json::Value>,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> bool {
+    seen.extend(
+        daemon
+            .events()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok()),
+    );
+    seen.iter().any(pred)
+}
+
+/// A report-only policy that denies a destination: the connect goes through, and the kernel
+/// reports that the policy would have denied it.
+#[test]
+fn report_only_network_controls_report_would_deny_and_allow() {
+    let agent = "report-only-agent";
+    let state = tempfile::tempdir().expect("state dir");
+    let watched = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let watched_port = watched.local_addr().unwrap().port();
+    let other = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let other_port = other.local_addr().unwrap().port();
+    let mut unrestricted = decision(agent, Vec::new(), Offline::KeepLast, 0);
+    unrestricted.network_restricted = false;
+    unrestricted.report_only_network = Some(ReportOnlyNetwork {
+        restricted: false,
+        grants: Vec::new(),
+        denials: vec![Grant {
+            source: "would-deny-policy".to_owned(),
+            ..grant("127.0.0.1/32", watched_port, None)
+        }],
+    });
+    let set = DecisionSet {
+        version: 3,
+        issued_unix_ms: now_ms(),
+        confirmed_unix_ms: now_ms(),
+        decisions: vec![unrestricted],
+    };
+    let daemon = start(agent, &set, state.path());
+    let _launched = launch_cgroup(agent);
+
+    assert!(
+        connects(&daemon, agent, "127.0.0.1", watched_port),
+        "report-only: allowed"
+    );
+    assert!(connects(&daemon, agent, "127.0.0.1", other_port));
+    let mut seen = Vec::new();
+    let would = |e: &serde_json::Value| {
+        e["kind"] == "net" && e["would_deny"] == true && e["port"] == watched_port
+    };
+    agentd_tests::wait_until("the would-deny event", || saw(&daemon, &mut seen, would));
+    let event = seen.iter().find(|e| would(e)).unwrap();
+    assert_eq!(event["verdict"], "allow", "{event}");
+    assert_eq!(event["decided_by"], "conditional_access", "{event}");
+    assert_eq!(
+        event["rule"], "conditional-access/would-deny-policy",
+        "{event}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|e| e["kind"] == "net" && e["port"] == other_port && e["would_deny"] == true),
+        "only the denied destination is reported"
+    );
+}
+
+/// A decision's file control on this host: enforced where BPF LSM is active (the vm tier checks
+/// that in depth), reported as observed would-deny by the open tracepoints where it is not.
+#[test]
+fn decision_file_controls_are_enforced_or_observed() {
+    let agent = "file-control-agent";
+    let state = tempfile::tempdir().expect("state dir");
+    let files = tempfile::tempdir().expect("files dir");
+    let secret = files.path().join("ledger");
+    std::fs::write(&secret, "balance").unwrap();
+    let mut controlled = decision(agent, Vec::new(), Offline::KeepLast, 0);
+    controlled.network_restricted = false;
+    controlled.file_controls = vec![FileControl {
+        path: secret.display().to_string(),
+        access: vec!["read".to_owned()],
+        action: "deny".to_owned(),
+        expires_unix_ms: None,
+        source: "ledger-policy".to_owned(),
+    }];
+    let set = DecisionSet {
+        version: 4,
+        issued_unix_ms: now_ms(),
+        confirmed_unix_ms: now_ms(),
+        decisions: vec![controlled],
+    };
+    let daemon = start(agent, &set, state.path());
+    let _launched = launch_cgroup(agent);
+    let enforced = daemon.status().file_enforcement == "available";
+    let read = daemon
+        .launch(agent, &["cat", secret.to_str().unwrap()])
+        .output()
+        .expect("cat");
+    assert_eq!(read.status.success(), !enforced, "{read:?}");
+    let mut seen = Vec::new();
+    let hit =
+        |e: &serde_json::Value| e["kind"] == "file" && e["decided_by"] == "conditional_access";
+    agentd_tests::wait_until("the file event", || saw(&daemon, &mut seen, hit));
+    let event = seen.iter().find(|e| hit(e)).unwrap();
+    assert_eq!(event["rule"], "conditional-access/ledger-policy", "{event}");
+    assert_eq!(event["would_deny"], !enforced, "{event}");
+    assert_eq!(event["observed"], !enforced, "{event}");
 }

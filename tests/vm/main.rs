@@ -1,6 +1,7 @@
 //! The vm tier: hooks this machine's kernel refuses (BPF LSM), run inside a distribution kernel
 //! booted by `cargo xtask vm-test`.
 
+mod access;
 mod files;
 mod lsm;
 
