@@ -80,16 +80,13 @@ impl VmArgs {
 #[derive(Subcommand)]
 enum Task {
     /// Install what the build and tests need (idempotent): Debian packages (qemu-system-x86,
-    /// busybox-static, cpio, binutils, postgresql), rust-src for nightly, bpf-linker 0.10.3, and the VM
-    /// kernels, cached under ~/.cache/agentd.
+    /// busybox-static, cpio, binutils, postgresql, systemd, mmdebstrap), rust-src for nightly,
+    /// bpf-linker 0.10.3, the VM kernels and the vm-systemd tier's Debian root file system,
+    /// cached under ~/.cache/agentd.
     Setup {
         /// Kernels to fetch for the vm tier.
         #[arg(long = "kernel", value_name = "KERNEL", default_values = ["6.1", "6.12"])]
         kernels: Vec<KernelSpec>,
-        /// Also install mmdebstrap and build the vm-systemd tier's Debian root file system
-        /// (once; cached under ~/.cache/agentd/vm-systemd).
-        #[arg(long)]
-        vm_systemd: bool,
     },
     /// Build agentd with its embedded eBPF object.
     Build {
@@ -109,8 +106,8 @@ enum Task {
     /// Set up, then run test tiers (default: all) and print a summary. Exits non-zero when any
     /// test fails.
     Test {
-        /// Tier to run; repeat to run several. Default: unit, control, host, vm and bench
-        /// (vm-systemd runs only when named).
+        /// Tier to run; repeat to run several. Default: all of them, in the order unit, control,
+        /// host, vm, vm-systemd, bench.
         #[arg(long = "tier", value_enum)]
         tiers: Vec<Tier>,
         #[command(flatten)]
@@ -206,7 +203,14 @@ fn main() -> ExitCode {
 /// `cargo xtask test`: sets up what the chosen tiers need, then runs them.
 fn test_task(mut tiers: Vec<Tier>, vm: &VmArgs) -> anyhow::Result<bool> {
     if tiers.is_empty() {
-        tiers = vec![Tier::Unit, Tier::Control, Tier::Host, Tier::Vm, Tier::Bench];
+        tiers = vec![
+            Tier::Unit,
+            Tier::Control,
+            Tier::Host,
+            Tier::Vm,
+            Tier::VmSystemd,
+            Tier::Bench,
+        ];
     }
     tiers.sort();
     tiers.dedup();
@@ -229,12 +233,9 @@ fn test_task(mut tiers: Vec<Tier>, vm: &VmArgs) -> anyhow::Result<bool> {
 
 fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
-        Task::Setup {
+        Task::Setup { kernels } => setup::run(&setup::Options {
             kernels,
-            vm_systemd,
-        } => setup::run(&setup::Options {
-            kernels,
-            vm_systemd,
+            vm_systemd: true,
         })?,
         Task::Build { release } => {
             setup::run(&setup::Options::default())?;

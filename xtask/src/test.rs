@@ -27,8 +27,8 @@ pub enum Tier {
     Host,
     /// A distribution kernel with BPF LSM under QEMU.
     Vm,
-    /// agentd and its control plane as systemd services in a Debian userspace under QEMU,
-    /// reporting healthy; root. Not in the default tiers.
+    /// agentd and its control plane as systemd services in a Debian userspace under QEMU
+    /// (6.12, BPF LSM), reporting healthy; root.
     VmSystemd,
     /// A short smoke of every benchmark (`cargo xtask bench --smoke`); root. Fails only when a
     /// harness breaks, never on a missed target.

@@ -354,6 +354,10 @@ impl Report {
     }
 }
 
+fn shown(value: Option<&str>) -> String {
+    value.map_or_else(|| "missing".to_owned(), |value| format!("{value:?}"))
+}
+
 /// What in `agentd status` (JSON) is not healthy; empty when healthy.
 pub fn health_problems(status: &serde_json::Value) -> Vec<String> {
     let mut problems = Vec::new();
@@ -361,11 +365,14 @@ pub fn health_problems(status: &serde_json::Value) -> Vec<String> {
     let number = |key: &str| status.get(key).and_then(serde_json::Value::as_u64);
     match text("file_enforcement") {
         Some("available") => {}
-        other => problems.push(format!("file_enforcement is {other:?}, not \"available\"")),
+        other => problems.push(format!(
+            "file_enforcement is {}, not \"available\"",
+            shown(other)
+        )),
     }
     match text("file_monitoring") {
         Some("lsm") => {}
-        other => problems.push(format!("file_monitoring is {other:?}, not \"lsm\"")),
+        other => problems.push(format!("file_monitoring is {}, not \"lsm\"", shown(other))),
     }
     for key in ["events_dropped", "tags_lost"] {
         match number(key) {
@@ -560,9 +567,7 @@ pub fn tier(options: &VmOptions) -> anyhow::Result<TierResult> {
     }
     let started = Instant::now();
     let Some(base) = cached_rootfs()? else {
-        bail!(
-            "the vm-systemd root file system is not cached: run `cargo xtask setup --vm-systemd`"
-        );
+        bail!("the vm-systemd root file system is not cached: run `cargo xtask setup`");
     };
     let kernel = KernelSpec::Series(KERNEL.to_owned());
     let package = kernel.resolve()?;
