@@ -81,6 +81,7 @@ const BOOTED: &str = "AGENTD-VM-BOOTED";
 const UNIT: &str = "AGENTD-SYSTEMD-UNIT";
 const STATUS: &str = "AGENTD-SYSTEMD-STATUS";
 const CONTROL: &str = "AGENTD-SYSTEMD-CONTROL";
+const ENROLLED: &str = "AGENTD-SYSTEMD-ENROLLED";
 const JOURNAL: &str = "AGENTD-SYSTEMD-JOURNAL";
 const FAILED: &str = "AGENTD-SYSTEMD-FAILED";
 const DONE: &str = "AGENTD-SYSTEMD-DONE";
@@ -296,12 +297,17 @@ pub struct Report {
     pub booted: Option<String>,
     /// Units as they were when their start jobs were over.
     pub started: BTreeMap<String, UnitState>,
+    /// Units after `systemctl restart` (agentd, once enrolled).
+    pub restarted: BTreeMap<String, UnitState>,
     /// Units after `systemctl stop`.
     pub stopped: BTreeMap<String, UnitState>,
     /// `agentd status`.
     pub status: Option<Answer>,
     /// `agentctl agent list` against the control plane.
     pub control: Option<Answer>,
+    /// `agentd status` once agentd, restarted with the control plane configured, is connected
+    /// (or has given up waiting).
+    pub enrolled: Option<Answer>,
     /// (unit, line) from the journal.
     pub journal: Vec<(String, String)>,
     /// Units systemd lists as failed.
@@ -331,12 +337,14 @@ impl Report {
                     let state = UnitState::parse(words.next().unwrap_or(""));
                     match label {
                         "started" => report.started.insert(unit.to_owned(), state),
+                        "restarted" => report.restarted.insert(unit.to_owned(), state),
                         "stopped" => report.stopped.insert(unit.to_owned(), state),
                         _ => None,
                     };
                 }
                 STATUS => report.status = Answer::parse(rest),
                 CONTROL => report.control = Answer::parse(rest),
+                ENROLLED => report.enrolled = Answer::parse(rest),
                 JOURNAL => {
                     let (unit, text) = rest.split_once(' ').unwrap_or((rest, ""));
                     report.journal.push((unit.to_owned(), text.to_owned()));
@@ -412,8 +420,11 @@ fn started<'a>(report: &'a Report, unit: &str) -> Result<&'a UnitState, String> 
         .ok_or_else(|| format!("the guest reported no state for {unit}"))
 }
 
-/// Whether `agentd status` answered, in JSON, with nothing unhealthy.
-fn status_health(status: Option<&Answer>, agentd_active: bool) -> Result<(), String> {
+/// Whether `agentd status` answered, in JSON, with nothing unhealthy; the status when so.
+fn status_health(
+    status: Option<&Answer>,
+    agentd_active: bool,
+) -> Result<serde_json::Value, String> {
     let answer = match status {
         _ if !agentd_active => return Err("agentd.service is not active".to_owned()),
         None => return Err("the guest printed no `agentd status`".to_owned()),
@@ -429,10 +440,29 @@ fn status_health(status: Option<&Answer>, agentd_active: bool) -> Result<(), Str
         .map_err(|err| format!("`agentd status` printed no JSON ({err})"))?;
     let problems = health_problems(&status);
     if problems.is_empty() {
-        Ok(())
+        Ok(status)
     } else {
         Err(problems.join("; "))
     }
+}
+
+/// Whether agentd, restarted with the control plane configured, came back and is healthy and
+/// connected.
+fn enrolled_health(report: &Report) -> Result<(), String> {
+    let state = report.restarted.get("agentd.service").ok_or(
+        "the guest did not enrol agentd (agentd or the control plane was not up)".to_owned(),
+    )?;
+    if !state.running() {
+        return Err(format!(
+            "after the restart, agentd.service is {}",
+            state.describe()
+        ));
+    }
+    let status = status_health(report.enrolled.as_ref(), true)?;
+    if status.get("control_plane").is_none() {
+        return Err("`agentd status` shows no control plane".to_owned());
+    }
+    Ok(())
 }
 
 /// Whether agentd, once stopped, had exited 0 by itself (detaching everything on SIGINT).
@@ -487,7 +517,7 @@ pub fn checks(report: &Report) -> Vec<Check> {
         ),
         check(
             "agentd status reports healthy",
-            status_health(report.status.as_ref(), agentd_active),
+            status_health(report.status.as_ref(), agentd_active).map(drop),
         ),
         check(
             "agentd logs to the journal",
@@ -523,6 +553,10 @@ pub fn checks(report: &Report) -> Vec<Check> {
                     answer.rc, answer.output
                 )),
             },
+        ),
+        check(
+            "agentd restarted, enrolled and connected to the control plane",
+            enrolled_health(report),
         ),
         check(
             "no unit failed",
@@ -665,6 +699,8 @@ mod tests {
 
     const HEALTHY_STATUS: &str = r#"{   "agents": 0,   "rules": 0,   "tagged_processes": 0,   "tags_lost": 0,   "file_enforcement": "available",   "file_monitoring": "lsm",   "network_version": 1,   "quarantined": [],   "events_delivered": 6,   "events_dropped": 0,   "events_produced": 6,   "events_undecodable": 0,   "events_dropped_per_cpu": [     0,     0   ] }"#;
 
+    const ENROLLED_STATUS: &str = r#"{   "agents": 0,   "rules": 0,   "tagged_processes": 0,   "tags_lost": 0,   "file_enforcement": "available",   "control_plane": {     "connected": true,     "error": null,     "decision_version": 1,     "decision_age_secs": 2,     "confirmed_age_secs": 1,     "blocked_agents": []   },   "file_monitoring": "lsm",   "network_version": 1,   "quarantined": [],   "events_delivered": 19,   "events_dropped": 0,   "events_produced": 19,   "events_undecodable": 0,   "events_dropped_per_cpu": [     0,     0   ] }"#;
+
     /// A healthy guest's console, as the check script prints it.
     fn healthy() -> Vec<String> {
         [
@@ -674,6 +710,8 @@ mod tests {
             format!("AGENTD-SYSTEMD-STATUS rc=0 {HEALTHY_STATUS}"),
             "AGENTD-SYSTEMD-UNIT started agentd-control.service Type=exec Result=success NRestarts=0 ExecMainCode=0 ExecMainStatus=0 ActiveState=active SubState=running ".to_owned(),
             "AGENTD-SYSTEMD-CONTROL rc=0 {}".to_owned(),
+            "AGENTD-SYSTEMD-UNIT restarted agentd.service Type=notify Result=success NRestarts=0 ExecMainCode=0 ExecMainStatus=0 ActiveState=active SubState=running ".to_owned(),
+            format!("AGENTD-SYSTEMD-ENROLLED rc=0 {ENROLLED_STATUS}"),
             "AGENTD-SYSTEMD-JOURNAL agentd.service Starting agentd.service - agentd...".to_owned(),
             "AGENTD-SYSTEMD-JOURNAL agentd.service 2026-11-27T12:37:05Z  INFO agentd::daemon: process sensor attached; printing events".to_owned(),
             "AGENTD-SYSTEMD-UNIT stopped agentd.service Type=notify Result=success NRestarts=0 ExecMainCode=1 ExecMainStatus=0 ActiveState=inactive SubState=dead ".to_owned(),
@@ -713,7 +751,7 @@ mod tests {
             "{report:?}"
         );
         assert_eq!(failures(&healthy()), []);
-        assert_eq!(checks(&report).len(), 8);
+        assert_eq!(checks(&report).len(), 9);
     }
 
     #[test]
@@ -725,7 +763,12 @@ mod tests {
         );
         let console: Vec<String> = console
             .into_iter()
-            .filter(|line| !line.starts_with(STATUS) && !line.contains(READY_LOG))
+            .filter(|line| {
+                !line.starts_with(STATUS)
+                    && !line.contains(READY_LOG)
+                    && !line.starts_with(ENROLLED)
+                    && !line.contains(" restarted ")
+            })
             .chain(["AGENTD-SYSTEMD-FAILED agentd.service loaded failed failed agentd".to_owned()])
             .collect();
         let failed = failures(&console);
@@ -736,6 +779,7 @@ mod tests {
                 "agentd.service active after READY=1, never restarted",
                 "agentd status reports healthy",
                 "agentd logs to the journal",
+                "agentd restarted, enrolled and connected to the control plane",
                 "no unit failed",
                 "agentd stops cleanly on SIGINT",
             ]
@@ -806,19 +850,59 @@ mod tests {
 
     #[test]
     fn control_plane_that_does_not_answer_fails() {
+        // The guest then does not enrol agentd either.
+        let without_enrolment: Vec<String> = healthy()
+            .into_iter()
+            .filter(|line| !line.starts_with(ENROLLED) && !line.contains(" restarted "))
+            .collect();
         let console = replace(
-            &healthy(),
+            &without_enrolment,
             CONTROL,
             "AGENTD-SYSTEMD-CONTROL rc=1 error: transport error",
         );
         let failed = failures(&console);
-        assert_eq!(failed.len(), 1);
+        assert_eq!(failed.len(), 2, "{failed:?}");
         assert_eq!(failed[0].0, "the control plane answers");
-        let console: Vec<String> = healthy()
+        assert!(failed[1].1.contains("did not enrol"), "{failed:?}");
+        let console: Vec<String> = without_enrolment
             .into_iter()
             .filter(|line| !line.starts_with(CONTROL))
             .collect();
         assert_eq!(failures(&console)[0].0, "the control plane answers");
+    }
+
+    #[test]
+    fn agentd_that_did_not_connect_to_its_control_plane_fails_the_enrolment_check() {
+        let offline = ENROLLED_STATUS
+            .replace(r#""connected": true"#, r#""connected": false"#)
+            .replace(
+                r#""error": null"#,
+                r#""error": "enrolment refused: join token expired""#,
+            );
+        let console = replace(&healthy(), ENROLLED, &format!("{ENROLLED} rc=0 {offline}"));
+        let failed = failures(&console);
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(
+            failed[0].0,
+            "agentd restarted, enrolled and connected to the control plane"
+        );
+        assert!(failed[0].1.contains("join token expired"), "{failed:?}");
+
+        // Healthy, but without the control plane configured: not enrolled.
+        let console = replace(
+            &healthy(),
+            ENROLLED,
+            &format!("{ENROLLED} rc=0 {HEALTHY_STATUS}"),
+        );
+        assert!(failures(&console)[0].1.contains("no control plane"));
+
+        // agentd did not come back after the restart.
+        let console = replace(
+            &healthy(),
+            "AGENTD-SYSTEMD-UNIT restarted",
+            "AGENTD-SYSTEMD-UNIT restarted agentd.service Type=notify Result=exit-code NRestarts=3 ActiveState=activating SubState=auto-restart",
+        );
+        assert!(failures(&console)[0].1.contains("after the restart"));
     }
 
     #[test]
