@@ -593,12 +593,22 @@ fn record(result: &mut TierResult, checks: &[Check]) {
 }
 
 /// The tier: builds the binaries, prepares the guest, boots it and checks what it reported.
-pub fn tier(options: &VmOptions) -> anyhow::Result<TierResult> {
+/// An error that stops the tier (a build, the guest's preparation) fails it, and the tiers
+/// after it still run.
+pub fn tier(options: &VmOptions) -> TierResult {
     let mut result = TierResult::new(format!("vm-systemd ({KERNEL})"));
     if !crate::is_root() {
         result.fail("needs root: the guest's files must belong to root");
-        return Ok(result);
+        return result;
     }
+    if let Err(err) = run_tier(options, &mut result) {
+        println!("vm-systemd: error: {err:#}");
+        result.fail(format!("{err:#}"));
+    }
+    result
+}
+
+fn run_tier(options: &VmOptions, result: &mut TierResult) -> anyhow::Result<()> {
     let started = Instant::now();
     let Some(base) = cached_rootfs()? else {
         bail!("the vm-systemd root file system is not cached: run `cargo xtask setup`");
@@ -688,9 +698,9 @@ pub fn tier(options: &VmOptions) -> anyhow::Result<TierResult> {
         Outcome::Finished { .. } if !report.done => {
             result.fail("the guest stopped before its check finished: see the console above");
         }
-        Outcome::Finished { .. } => record(&mut result, &checks(&report)),
+        Outcome::Finished { .. } => record(result, &checks(&report)),
     }
-    Ok(result)
+    Ok(())
 }
 
 #[cfg(test)]
