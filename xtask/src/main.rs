@@ -12,6 +12,7 @@ mod run;
 mod setup;
 mod test;
 mod vm;
+mod vm_systemd;
 
 use std::{
     path::{Path, PathBuf},
@@ -83,8 +84,9 @@ impl VmArgs {
 #[derive(Subcommand)]
 enum Task {
     /// Install what the build and tests need (idempotent): Debian packages (qemu-system-x86,
-    /// busybox-static, cpio, binutils, postgresql), rust-src for nightly, bpf-linker 0.10.3, and the VM
-    /// kernels, cached under ~/.cache/agentd.
+    /// busybox-static, cpio, binutils, postgresql, systemd, mmdebstrap), rust-src for nightly,
+    /// bpf-linker 0.10.3, the VM kernels and the vm-systemd tier's Debian root file system,
+    /// cached under ~/.cache/agentd.
     Setup {
         /// Kernels to fetch for the vm tier.
         #[arg(long = "kernel", value_name = "KERNEL", default_values = ["6.1", "6.12"])]
@@ -108,7 +110,8 @@ enum Task {
     /// Set up, then run test tiers (default: all) and print a summary. Exits non-zero when any
     /// test fails.
     Test {
-        /// Tier to run; repeat to run several. Default: unit, control, host, vm and bench.
+        /// Tier to run; repeat to run several. Default: all of them, in the order unit, control,
+        /// host, vm, vm-systemd, bench.
         #[arg(long = "tier", value_enum)]
         tiers: Vec<Tier>,
         #[command(flatten)]
@@ -201,9 +204,43 @@ fn main() -> ExitCode {
     }
 }
 
+/// `cargo xtask test`: sets up what the chosen tiers need, then runs them.
+fn test_task(mut tiers: Vec<Tier>, vm: &VmArgs) -> anyhow::Result<bool> {
+    if tiers.is_empty() {
+        tiers = vec![
+            Tier::Unit,
+            Tier::Control,
+            Tier::Host,
+            Tier::Vm,
+            Tier::VmSystemd,
+            Tier::Bench,
+        ];
+    }
+    tiers.sort();
+    tiers.dedup();
+    let mut kernels = if tiers.contains(&Tier::Vm) {
+        vm.kernels.clone()
+    } else {
+        Vec::new()
+    };
+    let vm_systemd = tiers.contains(&Tier::VmSystemd);
+    let systemd_kernel = KernelSpec::Series(vm_systemd::KERNEL.to_owned());
+    if vm_systemd && !kernels.contains(&systemd_kernel) {
+        kernels.push(systemd_kernel);
+    }
+    setup::run(&setup::Options {
+        kernels,
+        vm_systemd,
+    })?;
+    test::run(&tiers, &vm.options())
+}
+
 fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
-        Task::Setup { kernels } => setup::run(&setup::Options { kernels })?,
+        Task::Setup { kernels } => setup::run(&setup::Options {
+            kernels,
+            vm_systemd: true,
+        })?,
         Task::Build { release } => {
             setup::run(&setup::Options::default())?;
             let agentd = test::build_agentd(release)?;
@@ -231,20 +268,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             let status = run::run(&args)?;
             return Ok(status.success());
         }
-        Task::Test { mut tiers, vm } => {
-            if tiers.is_empty() {
-                tiers = vec![Tier::Unit, Tier::Control, Tier::Host, Tier::Vm, Tier::Bench];
-            }
-            tiers.sort();
-            tiers.dedup();
-            let kernels = if tiers.contains(&Tier::Vm) {
-                vm.kernels.clone()
-            } else {
-                Vec::new()
-            };
-            setup::run(&setup::Options { kernels })?;
-            return test::run(&tiers, &vm.options());
-        }
+        Task::Test { tiers, vm } => return test_task(tiers, &vm),
         Task::Clippy => {
             setup::run(&setup::Options::default())?;
             cmd::run(test::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
@@ -297,6 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Task::VmTest { vm } => {
             setup::run(&setup::Options {
                 kernels: vm.kernels.clone(),
+                vm_systemd: false,
             })?;
             let results = test::vm_tier(&vm.options())?;
             return Ok(test::summarize(&results));

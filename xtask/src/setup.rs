@@ -28,10 +28,15 @@ const DEB_PACKAGES: &[&str] = &[
     "systemd",
 ];
 
+/// What the vm-systemd tier needs on top: mmdebstrap, which builds its Debian root file system.
+const VM_SYSTEMD_PACKAGES: &[&str] = &["mmdebstrap"];
+
 #[derive(Debug, Default)]
 pub struct Options {
     /// Kernels to fetch for the vm tier; none means "skip kernels".
     pub kernels: Vec<KernelSpec>,
+    /// Install mmdebstrap and build (once) the vm-systemd tier's root file system.
+    pub vm_systemd: bool,
 }
 
 /// State shared by the steps: `apt-get update` runs at most once per setup.
@@ -54,8 +59,8 @@ fn deb_installed(package: &str) -> bool {
         .is_ok_and(|status| status.contains("install ok installed"))
 }
 
-fn install_debs(apt: &mut Apt) -> anyhow::Result<()> {
-    let missing: Vec<&str> = DEB_PACKAGES
+fn install_debs(apt: &mut Apt, packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|package| !deb_installed(package))
@@ -63,7 +68,7 @@ fn install_debs(apt: &mut Apt) -> anyhow::Result<()> {
     if missing.is_empty() {
         println!(
             "setup: Debian packages {} already installed",
-            DEB_PACKAGES.join(", ")
+            packages.join(", ")
         );
         return Ok(());
     }
@@ -168,10 +173,14 @@ fn install_kernels(apt: &mut Apt, kernels: &[KernelSpec]) -> anyhow::Result<()> 
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
     let mut apt = Apt { updated: false };
-    install_debs(&mut apt)?;
+    install_debs(&mut apt, DEB_PACKAGES)?;
     install_rust_src()?;
     install_bpf_linker()?;
     install_kernels(&mut apt, &options.kernels)?;
+    if options.vm_systemd {
+        install_debs(&mut apt, VM_SYSTEMD_PACKAGES)?;
+        crate::vm_systemd::ensure_rootfs()?;
+    }
     println!("setup: done");
     Ok(())
 }

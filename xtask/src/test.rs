@@ -27,6 +27,9 @@ pub enum Tier {
     Host,
     /// A distribution kernel with BPF LSM under QEMU.
     Vm,
+    /// agentd and its control plane as systemd services in a Debian userspace under QEMU
+    /// (6.12, BPF LSM), reporting healthy; root.
+    VmSystemd,
     /// A short smoke of every benchmark (`cargo xtask bench --smoke`); root. Fails only when a
     /// harness breaks, never on a missed target.
     Bench,
@@ -43,7 +46,7 @@ pub struct TierResult {
 }
 
 impl TierResult {
-    fn new(name: impl Into<String>) -> Self {
+    pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             ..Self::default()
@@ -69,7 +72,7 @@ impl TierResult {
 
     /// Records a failure that no test counted: it still counts as one failed test, so the
     /// closing line can never read "0 failed" for a tier that did not run.
-    fn fail(&mut self, why: impl Into<String>) {
+    pub fn fail(&mut self, why: impl Into<String>) {
         if self.failed == 0 {
             self.failed = 1;
         }
@@ -315,6 +318,7 @@ pub fn run(tiers: &[Tier], vm_options: &VmOptions) -> anyhow::Result<bool> {
             Tier::Control => results.push(control()?),
             Tier::Host => results.push(host()?),
             Tier::Vm => results.extend(vm_tier(vm_options)?),
+            Tier::VmSystemd => results.push(crate::vm_systemd::tier(vm_options)),
             Tier::Bench => results.push(bench()?),
         }
     }

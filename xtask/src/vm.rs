@@ -214,7 +214,7 @@ fn install_with_libraries(root: &Path, from: &Path, to: &Path) -> anyhow::Result
 }
 
 /// Writes a newc cpio archive of `root` to `archive`.
-fn cpio(root: &Path, archive: &Path) -> anyhow::Result<()> {
+pub fn cpio(root: &Path, archive: &Path) -> anyhow::Result<()> {
     cmd::output(Command::new("sh").arg("-c").arg(format!(
         "cd '{}' && find . -print0 | cpio --null --quiet -o -H newc > '{}'",
         root.display(),
@@ -332,7 +332,8 @@ pub fn boot(
     qemu.args([
         "-m", "2048", "-smp", "2", "-display", "none", "-serial", "stdio",
     ])
-    .args(["-monitor", "none", "-no-reboot", "-kernel"])
+    // No network device: guests talk over loopback only.
+    .args(["-monitor", "none", "-nic", "none", "-no-reboot", "-kernel"])
     .arg(vmlinuz)
     .arg("-initrd")
     .arg(initramfs)
