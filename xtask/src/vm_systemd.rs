@@ -462,6 +462,17 @@ fn enrolled_health(report: &Report) -> Result<(), String> {
     if status.get("control_plane").is_none() {
         return Err("`agentd status` shows no control plane".to_owned());
     }
+    // `systemctl restart` leaves the programs pinned and enforcing; the new agentd adopts them.
+    let adopted = status
+        .get("pins")
+        .and_then(|pins| pins.get("adopted"))
+        .and_then(serde_json::Value::as_bool);
+    if adopted != Some(true) {
+        return Err(format!(
+            "after the restart, agentd did not adopt the pinned programs (pins: {})",
+            status.get("pins").unwrap_or(&serde_json::Value::Null)
+        ));
+    }
     Ok(())
 }
 
@@ -555,7 +566,7 @@ pub fn checks(report: &Report) -> Vec<Check> {
             },
         ),
         check(
-            "agentd restarted, enrolled and connected to the control plane",
+            "agentd restarted, adopted its pinned programs, enrolled and connected to the control plane",
             enrolled_health(report),
         ),
         check(
@@ -707,9 +718,9 @@ fn run_tier(options: &VmOptions, result: &mut TierResult) -> anyhow::Result<()> 
 mod tests {
     use super::*;
 
-    const HEALTHY_STATUS: &str = r#"{   "agents": 0,   "rules": 0,   "tagged_processes": 0,   "tags_lost": 0,   "file_enforcement": "available",   "file_monitoring": "lsm",   "network_version": 1,   "quarantined": [],   "events_delivered": 6,   "events_dropped": 0,   "events_produced": 6,   "events_undecodable": 0,   "events_dropped_per_cpu": [     0,     0   ] }"#;
+    const HEALTHY_STATUS: &str = r#"{   "agents": 0,   "rules": 0,   "tagged_processes": 0,   "tags_lost": 0,   "file_enforcement": "available",   "file_monitoring": "lsm",   "network_version": 1,   "quarantined": [],   "events_delivered": 6,   "events_dropped": 0,   "events_produced": 6,   "events_undecodable": 0,   "events_dropped_per_cpu": [     0,     0   ],   "pins": { "adopted": true } }"#;
 
-    const ENROLLED_STATUS: &str = r#"{   "agents": 0,   "rules": 0,   "tagged_processes": 0,   "tags_lost": 0,   "file_enforcement": "available",   "control_plane": {     "connected": true,     "error": null,     "decision_version": 1,     "decision_age_secs": 2,     "confirmed_age_secs": 1,     "blocked_agents": []   },   "file_monitoring": "lsm",   "network_version": 1,   "quarantined": [],   "events_delivered": 19,   "events_dropped": 0,   "events_produced": 19,   "events_undecodable": 0,   "events_dropped_per_cpu": [     0,     0   ] }"#;
+    const ENROLLED_STATUS: &str = r#"{   "agents": 0,   "rules": 0,   "tagged_processes": 0,   "tags_lost": 0,   "file_enforcement": "available",   "control_plane": {     "connected": true,     "error": null,     "decision_version": 1,     "decision_age_secs": 2,     "confirmed_age_secs": 1,     "blocked_agents": []   },   "file_monitoring": "lsm",   "network_version": 1,   "quarantined": [],   "events_delivered": 19,   "events_dropped": 0,   "events_produced": 19,   "events_undecodable": 0,   "events_dropped_per_cpu": [     0,     0   ],   "pins": { "adopted": true } }"#;
 
     /// A healthy guest's console, as the check script prints it.
     fn healthy() -> Vec<String> {
@@ -789,7 +800,7 @@ mod tests {
                 "agentd.service active after READY=1, never restarted",
                 "agentd status reports healthy",
                 "agentd logs to the journal",
-                "agentd restarted, enrolled and connected to the control plane",
+                "agentd restarted, adopted its pinned programs, enrolled and connected to the control plane",
                 "no unit failed",
                 "agentd stops cleanly on SIGINT",
             ]
@@ -894,7 +905,7 @@ mod tests {
         assert_eq!(failed.len(), 1, "{failed:?}");
         assert_eq!(
             failed[0].0,
-            "agentd restarted, enrolled and connected to the control plane"
+            "agentd restarted, adopted its pinned programs, enrolled and connected to the control plane"
         );
         assert!(failed[0].1.contains("join token expired"), "{failed:?}");
 
