@@ -843,7 +843,7 @@ pub struct TamperEvent {
     pub hook: u32,
     pub detail: u32,
     pub tag: AgentTag,
-    pub _pad: u32,
+    pub pad: u32,
 }
 const _: () = assert!(size_of::<TamperEvent>() == 16 + 16 + 12 + 4);
 
@@ -865,7 +865,7 @@ pub struct RegistryEntry {
     pub id: [u8; 16],
     /// Bytes of `name` in use.
     pub name_len: u32,
-    pub _pad: u32,
+    pub pad: u32,
     pub name: [u8; REGISTRY_NAME_LEN],
 }
 const _: () = assert!(size_of::<RegistryEntry>() == 144);

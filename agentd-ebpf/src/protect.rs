@@ -39,7 +39,7 @@ fn deny(pid: u32, tag: AgentTag, hook: u32, target: u32, detail: u32) -> i32 {
         hook,
         detail,
         tag,
-        _pad: 0,
+        pad: 0,
     };
     output(&event, wakeup::URGENT);
     -EPERM

@@ -185,7 +185,7 @@ impl State {
         categories: Categories,
     ) -> Result<(Self, EventReader), DaemonError> {
         let risk = RiskEngine::new(config.risk.clone()).map_err(DaemonError::Risk)?;
-        let mut object = ebpf::load_with(ebpf::LoadOptions {
+        let mut object = ebpf::load_with(&ebpf::LoadOptions {
             max_tagged_processes: config.identity.max_tagged_processes,
             ring_buffer_bytes: config.events.ring_buffer_bytes,
             pin_root: Some(config.bpf.pin_path.clone()),
@@ -1904,7 +1904,7 @@ async fn serve_admin(listener: UnixListener, calls: mpsc::Sender<Call>) {
             // Defence in depth beside the socket's 0600 mode: root only, and not an agent.
             let cred = stream.peer_cred().ok();
             let peer_uid = cred.map_or(u32::MAX, |cred| cred.uid());
-            let peer_pid = cred
+            let caller_pid = cred
                 .and_then(|cred| cred.pid())
                 .and_then(|pid| u32::try_from(pid).ok());
             let Some(line) = read_request(&mut stream).await else {
@@ -1916,7 +1916,7 @@ async fn serve_admin(listener: UnixListener, calls: mpsc::Sender<Call>) {
             }
             match serde_json::from_str::<AdminRequest>(&line) {
                 Ok(request) => {
-                    answer(stream, |tx| Call::Admin(request, peer_pid, tx), calls).await;
+                    answer(stream, |tx| Call::Admin(request, caller_pid, tx), calls).await;
                 }
                 Err(err) => {
                     refuse(&mut stream, format!("bad request: {err}")).await;
@@ -2080,13 +2080,15 @@ pub async fn run(
             // Shutdown first, every time: a busy event stream must not starve it.
             biased;
             () = &mut shutdown => break Ok(()),
+            // Then calls (apply, quarantine, status): rare and short, they must not wait behind
+            // a busy event stream.
+            Some(call) = calls.recv() => handle_call(call, &mut state, &reader, &mut output)?,
             read = reader.read_batch(&mut batch) => {
                 if let Err(err) = read {
                     break Err(err.into());
                 }
                 output.events(&mut state, &mut batch)?;
             }
-            Some(call) = calls.recv() => handle_call(call, &mut state, &reader, &mut output)?,
             Some(update) = from_control.recv() => {
                 let notices = state.on_control(update, output.format);
                 output.notices.extend(notices);
@@ -2126,6 +2128,12 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(&config.api.admin_socket);
     let _ = std::fs::remove_file(&config.api.identity_socket);
+    finish(&config, &state, reader)?;
+    result
+}
+
+/// Logs the delivery figures, then leaves the programs enforcing or tears them down.
+fn finish(config: &Config, state: &State, reader: EventReader) -> Result<(), DaemonError> {
     let delivery = reader.stats();
     tracing::info!(
         delivered = delivery.delivered,
@@ -2145,7 +2153,7 @@ pub async fn run(
             "the programs stay attached; `agentd teardown` removes them"
         );
     }
-    result
+    Ok(())
 }
 
 #[cfg(test)]

@@ -65,11 +65,11 @@ impl Default for LoadOptions {
 
 /// Resolves the struct offsets for the running kernel and loads the object's maps.
 pub fn load() -> Result<LoadedObject, LoadError> {
-    load_with(LoadOptions::default())
+    load_with(&LoadOptions::default())
 }
 
 /// [`load`] with non-default [`LoadOptions`].
-pub fn load_with(options: LoadOptions) -> Result<LoadedObject, LoadError> {
+pub fn load_with(options: &LoadOptions) -> Result<LoadedObject, LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }

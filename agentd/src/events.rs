@@ -344,24 +344,7 @@ impl Event {
                 })
             }
             Some(EventKind::Net) => Self::decode_net(bytes),
-            Some(EventKind::Tamper) => {
-                let raw: agentd_common::TamperEvent = read_record(bytes)?;
-                let hook = match raw.hook {
-                    agentd_common::tamper_hook::KILL => "kill",
-                    agentd_common::tamper_hook::PTRACE => "ptrace",
-                    agentd_common::tamper_hook::BPF => "bpf",
-                    _ => "unknown",
-                };
-                Ok(Self::Tamper(Tamper {
-                    ktime_ns: raw.header.ktime_ns,
-                    pid: raw.pid,
-                    hook,
-                    target_pid: (raw.target != 0).then_some(raw.target),
-                    detail: raw.detail,
-                    verdict: VerdictName::Deny,
-                    tag: raw.tag,
-                }))
-            }
+            Some(EventKind::Tamper) => Self::decode_tamper(bytes),
             None => Err(DecodeError::UnknownKind(header.kind)),
         }
     }
@@ -416,6 +399,25 @@ impl Event {
             rule_number: raw.rule,
             // The kernel reports only the agent; the tag's source is not needed here.
             tag: AgentTag::new(raw.agent, TagSource::Launch, 0),
+        }))
+    }
+
+    fn decode_tamper(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let raw: agentd_common::TamperEvent = read_record(bytes)?;
+        let hook = match raw.hook {
+            agentd_common::tamper_hook::KILL => "kill",
+            agentd_common::tamper_hook::PTRACE => "ptrace",
+            agentd_common::tamper_hook::BPF => "bpf",
+            _ => "unknown",
+        };
+        Ok(Self::Tamper(Tamper {
+            ktime_ns: raw.header.ktime_ns,
+            pid: raw.pid,
+            hook,
+            target_pid: (raw.target != 0).then_some(raw.target),
+            detail: raw.detail,
+            verdict: VerdictName::Deny,
+            tag: raw.tag,
         }))
     }
 

@@ -427,7 +427,7 @@ pub fn teardown(root: &Path) -> Result<usize, PinError> {
     if links.is_dir() {
         for entry in fs::read_dir(&links).map_err(io_error(&links))? {
             let dir = entry.map_err(io_error(&links))?.path();
-            count += fs::read_dir(&dir).map(Iterator::count).unwrap_or(0);
+            count += fs::read_dir(&dir).map_or(0, Iterator::count);
         }
     }
     remove_tree(root)?;
@@ -470,7 +470,7 @@ impl RegistryMap {
     pub fn load(&self) -> Result<Registry, PinError> {
         let mut agents = Vec::new();
         let mut rules = Vec::new();
-        for entry in self.map.iter() {
+        for entry in &self.map {
             let (key, value) = entry.map_err(|source| PinError::Registry {
                 path: self.path.clone(),
                 source,
@@ -523,7 +523,7 @@ fn entry(id: [u8; 16], name: &str) -> RegistryEntry {
     let mut out = RegistryEntry {
         id,
         name_len: 0,
-        _pad: 0,
+        pad: 0,
         name: [0; REGISTRY_NAME_LEN],
     };
     // Cut at a character boundary.

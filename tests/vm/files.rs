@@ -480,7 +480,7 @@ fn agents_cannot_kill_ptrace_or_unpin_agentd() {
         status.self_protection
     );
     let pins = status.pins.expect("pins");
-    let pin = std::path::Path::new(&pins.root)
+    let pin = Path::new(&pins.root)
         .join("links")
         .join(&pins.build)
         .join("connect4");
@@ -493,9 +493,7 @@ fn agents_cannot_kill_ptrace_or_unpin_agentd() {
         let output = if as_agent {
             daemon.launch(agent, &args).output()
         } else {
-            std::process::Command::new(args[0])
-                .args(&args[1..])
-                .output()
+            Command::new(args[0]).args(&args[1..]).output()
         }
         .expect("running the helper");
         String::from_utf8_lossy(&output.stdout).trim().to_owned()

@@ -83,7 +83,7 @@ pub fn uninstall(root: &Path, purge: bool) -> anyhow::Result<()> {
     // after a stop by design) before its binary goes.
     let agentd = root.join(BINARIES[0].1);
     if root == Path::new("/") && agentd.exists() {
-        let status = std::process::Command::new(&agentd).arg("teardown").status();
+        let status = Command::new(&agentd).arg("teardown").status();
         if !status.is_ok_and(|status| status.success()) {
             println!("uninstall: `agentd teardown` did not complete; stop agentd and run it first");
         }

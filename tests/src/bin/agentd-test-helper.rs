@@ -201,18 +201,18 @@ fn tamper(what: &str, target: &str) -> std::io::Result<()> {
         "unlink" => fs::remove_file(target),
         "read" => fs::read(target).map(drop),
         "bpf-obj-get" => {
+            const BPF_OBJ_GET: libc::c_long = 7;
             let path = std::ffi::CString::new(target).map_err(std::io::Error::other)?;
             // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
             let mut attr = [0u64; 16];
             attr[0] = path.as_ptr() as u64;
-            const BPF_OBJ_GET: libc::c_long = 7;
             // SAFETY: bpf(2) with a zeroed attr holding a valid path pointer.
             let fd = unsafe {
                 libc::syscall(
                     libc::SYS_bpf,
                     BPF_OBJ_GET,
                     attr.as_mut_ptr(),
-                    std::mem::size_of_val(&attr),
+                    size_of_val(&attr),
                 )
             };
             if fd >= 0 {
