@@ -10,6 +10,7 @@ mod control;
 mod daemon;
 mod overhead;
 mod pipeline;
+mod policy_eval;
 mod report;
 mod risk;
 mod worker;
@@ -197,10 +198,16 @@ fn run_all(
         eprintln!("bench: event pipeline");
         rows.push(pipeline::run(&ctx));
     }
-    for id in ["policy-eval", "propagation"] {
-        if wanted(id) {
-            rows.push(Row::not_measured(report::spec(id), &ctx.run, NEEDS_ISSUE_8));
-        }
+    if wanted("policy-eval") {
+        eprintln!("bench: policy evaluation");
+        rows.push(policy_eval::run(&ctx));
+    }
+    if wanted("propagation") {
+        rows.push(Row::not_measured(
+            report::spec("propagation"),
+            &ctx.run,
+            NEEDS_ISSUE_8,
+        ));
     }
     if wanted("control-plane") {
         eprintln!("bench: control plane");
