@@ -222,7 +222,7 @@ impl HostService for ControlPlane {
         let host_id = caller.principal;
         let after = request.get_ref().after_version;
         // Errors computing the first set fail the call itself, with their status.
-        let first = self.current_decision_set(&host_id).await?;
+        let first = self.current_decision_set(&host_id, None).await?;
         let (tx, rx) = mpsc::channel(4);
         let mut sent = after;
         if first.version != after {
@@ -337,14 +337,19 @@ impl ControlPlane {
         let mut marker = self.store.change_marker().await.ok();
         let mut last_evaluation = tokio::time::Instant::now();
         loop {
+            // Woken by this replica's change: inputs loaded after it are enough, and the other
+            // watches share them. Woken by polling: inputs loaded from now on.
+            let fresh_after;
             tokio::select! {
                 () = tx.closed() => return,
                 woken = changes.changed() => {
                     if woken.is_err() {
                         return;
                     }
+                    fresh_after = None;
                 }
                 _ = poll.tick() => {
+                    let polled = tokio::time::Instant::now();
                     let now_marker = self.store.change_marker().await.ok();
                     if now_marker == marker
                         && last_evaluation.elapsed() < options.recheck_interval
@@ -352,6 +357,7 @@ impl ControlPlane {
                         continue;
                     }
                     marker = now_marker;
+                    fresh_after = Some(polled);
                 }
             }
             last_evaluation = tokio::time::Instant::now();
@@ -368,7 +374,7 @@ impl ControlPlane {
                     continue;
                 }
             }
-            match self.current_decision_set(host_id).await {
+            match self.current_decision_set(host_id, fresh_after).await {
                 Ok(current) if current.version != sent => {
                     sent = current.version;
                     let message = proto::WatchDecisionsResponse {

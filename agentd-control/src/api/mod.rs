@@ -66,6 +66,9 @@ pub struct ControlPlane {
     /// replica subscribes.
     changes: Arc<tokio::sync::watch::Sender<u64>>,
     decision_options: DecisionOptions,
+    /// The decision inputs last loaded, shared by every watch that re-evaluates after the same
+    /// change (see `ControlPlane::decision_inputs`).
+    inputs: Arc<tokio::sync::Mutex<Option<decision::CachedInputs>>>,
 }
 
 impl ControlPlane {
@@ -83,6 +86,7 @@ impl ControlPlane {
             require_host_certificates,
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             decision_options,
+            inputs: Arc::new(tokio::sync::Mutex::new(None)),
         }
     }
 
