@@ -69,6 +69,8 @@ pub struct ControlPlane {
     /// The decision inputs last loaded, shared by every watch that re-evaluates after the same
     /// change (see `ControlPlane::decision_inputs`).
     inputs: Arc<tokio::sync::Mutex<Option<decision::CachedInputs>>>,
+    /// Decision versions waiting to be settled, in one transaction per batch.
+    settles: Arc<std::sync::Mutex<decision::SettleQueue>>,
 }
 
 impl ControlPlane {
@@ -87,6 +89,7 @@ impl ControlPlane {
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             decision_options,
             inputs: Arc::new(tokio::sync::Mutex::new(None)),
+            settles: Arc::default(),
         }
     }
 
