@@ -1,17 +1,16 @@
 //! Decisions to protobuf, and the per-host decision set behind `WatchDecisions`.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
-use tokio::{sync::oneshot, time::Instant};
+use tokio::time::Instant;
 
-use super::{ControlPlane, optional_timestamp, registry::offline_to_proto, timestamp};
+use super::{ControlPlane, batch, optional_timestamp, registry::offline_to_proto, timestamp};
 use crate::{
     clock::UnixTime,
     decisions::{self, Inputs, place},
     error::Result,
     policy::{Action, Decision, Destination, FileControl, NetworkGrant, NetworkVerdict},
     proto,
-    store::Store,
 };
 
 pub(super) fn action_to_proto(action: Action) -> proto::Action {
@@ -103,73 +102,34 @@ pub(super) struct CachedInputs {
     inputs: Arc<Inputs>,
 }
 
-/// Hosts whose decision versions wait to be settled. After a change every watch settles its
-/// host's version; one task settles all that are waiting in one transaction, so that a
-/// change reaching many hosts commits (and syncs to disk) a few times instead of once per host.
-#[derive(Default)]
-pub(super) struct SettleQueue {
-    /// Host id, digest, time, and where the version goes (`None`: the batch failed, settle
-    /// alone).
-    pending: Vec<(
-        String,
-        String,
-        UnixTime,
-        oneshot::Sender<Option<(i64, i64)>>,
-    )>,
-    /// Whether a task is settling the queue.
-    draining: bool,
-}
-
-/// Settles everything queued, batch after batch, until the queue is empty.
-async fn drain(store: Store, queue: Arc<Mutex<SettleQueue>>) {
-    loop {
-        let batch = {
-            let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
-            if queue.pending.is_empty() {
-                queue.draining = false;
-                return;
-            }
-            std::mem::take(&mut queue.pending)
-        };
-        let items: Vec<(&str, &str, UnixTime)> = batch
-            .iter()
-            .map(|(host, digest, now, _)| (host.as_str(), digest.as_str(), *now))
-            .collect();
-        match store.settle_decisions_batch(&items).await {
-            Ok(settled) => {
-                for ((.., reply), settled) in batch.into_iter().zip(settled) {
-                    let _ = reply.send(Some(settled));
-                }
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, hosts = batch.len(), "settling decision versions together; settling each alone");
-                for (.., reply) in batch {
-                    let _ = reply.send(None);
-                }
-            }
-        }
-    }
-}
+/// A host's decision version to settle: host id, digest, time.
+pub(super) type Settle = (String, String, UnixTime);
 
 impl ControlPlane {
-    /// [`Store::settle_decisions`] through the batching queue: returns the host's version and
-    /// its issue time.
+    /// [`Store::settle_decisions`], batched with the other hosts' (see [`batch`]): returns the
+    /// host's version and its issue time.
     async fn settle(&self, host_id: &str, digest: &str, now: UnixTime) -> Result<(i64, i64)> {
-        let (reply, settled) = oneshot::channel();
-        let start = {
-            let mut queue = self.settles.lock().unwrap_or_else(PoisonError::into_inner);
-            queue
-                .pending
-                .push((host_id.to_owned(), digest.to_owned(), now, reply));
-            !std::mem::replace(&mut queue.draining, true)
+        let store = self.store.clone();
+        let item = (host_id.to_owned(), digest.to_owned(), now);
+        let write = move |items: Vec<Settle>| {
+            let store = store.clone();
+            async move {
+                let borrowed: Vec<(&str, &str, UnixTime)> = items
+                    .iter()
+                    .map(|(host, digest, now)| (host.as_str(), digest.as_str(), *now))
+                    .collect();
+                store
+                    .settle_decisions_batch(&borrowed)
+                    .await
+                    .inspect_err(|err| {
+                        tracing::warn!(error = %err, hosts = items.len(), "settling decision versions together; settling each alone");
+                    })
+                    .ok()
+            }
         };
-        if start {
-            tokio::spawn(drain(self.store.clone(), Arc::clone(&self.settles)));
-        }
-        match settled.await {
-            Ok(Some(settled)) => Ok(settled),
-            // The batch failed: alone, this host gets its own error, if any.
-            _ => self.store.settle_decisions(host_id, digest, now).await,
+        match batch::submit(&self.settles, item, write).await {
+            Some(settled) => Ok(settled),
+            None => self.store.settle_decisions(host_id, digest, now).await,
         }
     }
 

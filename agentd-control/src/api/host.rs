@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use super::{ControlPlane, optional_timestamp, timestamp, validate};
 use crate::{
     auth::Method,
+    clock::UnixTime,
     error::Error,
     model::Host,
     policy::RiskLevel,
@@ -250,9 +251,7 @@ impl HostService for ControlPlane {
                 Error::invalid("version", "is required (the applied DecisionSet version)").into(),
             );
         }
-        self.store
-            .ack_decisions(&caller.principal, version, self.now())
-            .await?;
+        self.ack(caller.principal, version, self.now()).await?;
         Ok(Response::new(proto::AckDecisionsResponse {}))
     }
 
@@ -313,6 +312,37 @@ impl HostService for ControlPlane {
         Ok(Response::new(proto::ReportDetectionsResponse {
             risk_levels,
         }))
+    }
+}
+
+/// An acknowledgement to record: host id, version, time.
+pub(super) type Ack = (String, i64, UnixTime);
+
+impl ControlPlane {
+    /// [`Store::ack_decisions`], batched with the other hosts' acknowledgements (see
+    /// [`super::batch`]).
+    async fn ack(&self, host_id: String, version: i64, now: UnixTime) -> crate::error::Result<()> {
+        let store = self.store.clone();
+        let write = move |items: Vec<Ack>| {
+            let store = store.clone();
+            async move {
+                store
+                    .ack_decisions_batch(&items)
+                    .await
+                    .inspect_err(|err| {
+                        tracing::warn!(error = %err, hosts = items.len(), "recording acknowledgements together; recording each alone");
+                    })
+                    .ok()
+                    .map(|()| vec![(); items.len()])
+            }
+        };
+        if super::batch::submit(&self.acks, (host_id.clone(), version, now), write)
+            .await
+            .is_some()
+        {
+            return Ok(());
+        }
+        self.store.ack_decisions(&host_id, version, now).await
     }
 }
 

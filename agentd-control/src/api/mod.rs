@@ -4,6 +4,7 @@
 mod access;
 mod audit;
 mod auth;
+mod batch;
 mod decision;
 mod governance;
 mod host;
@@ -70,7 +71,9 @@ pub struct ControlPlane {
     /// change (see `ControlPlane::decision_inputs`).
     inputs: Arc<tokio::sync::Mutex<Option<decision::CachedInputs>>>,
     /// Decision versions waiting to be settled, in one transaction per batch.
-    settles: Arc<std::sync::Mutex<decision::SettleQueue>>,
+    settles: Arc<std::sync::Mutex<batch::Queue<decision::Settle, (i64, i64)>>>,
+    /// Acknowledgements waiting to be recorded, in one transaction per batch.
+    acks: Arc<std::sync::Mutex<batch::Queue<host::Ack, ()>>>,
 }
 
 impl ControlPlane {
@@ -90,6 +93,7 @@ impl ControlPlane {
             decision_options,
             inputs: Arc::new(tokio::sync::Mutex::new(None)),
             settles: Arc::default(),
+            acks: Arc::default(),
         }
     }
 

@@ -314,6 +314,24 @@ impl Store {
         Ok(())
     }
 
+    /// [`Store::ack_decisions`] for several hosts (host id, version, time) in one transaction.
+    pub async fn ack_decisions_batch(&self, items: &[(String, i64, i64)]) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for (host_id, version, now) in items {
+            sqlx::query(
+                "UPDATE hosts SET applied_decision_version = $2, applied_at = $3 \
+                 WHERE id = $1 AND revoked_at IS NULL",
+            )
+            .bind(host_id)
+            .bind(*version)
+            .bind(*now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The version of the host's current decision set: unchanged while `digest` (of its
     /// content) is, otherwise a new one from the control-plane-wide counter. Returns the
     /// version and when it was issued.
