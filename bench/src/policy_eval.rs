@@ -38,10 +38,10 @@ pub fn run(ctx: &Context) -> Row {
 fn estimate(estimates: &serde_json::Value, name: &str) -> serde_json::Value {
     let e = &estimates[name];
     json!({
-        "point_ns": e["point_estimate"].as_f64().map(|v| v.round()),
+        "point_ns": e["point_estimate"].as_f64().map(f64::round),
         "ci95_ns": [
-            e["confidence_interval"]["lower_bound"].as_f64().map(|v| v.round()),
-            e["confidence_interval"]["upper_bound"].as_f64().map(|v| v.round()),
+            e["confidence_interval"]["lower_bound"].as_f64().map(f64::round),
+            e["confidence_interval"]["upper_bound"].as_f64().map(f64::round),
         ],
     })
 }
@@ -114,7 +114,10 @@ fn measure(ctx: &Context) -> anyhow::Result<Row> {
             human_ns(p.p99_ns),
             human_ns(p.max_ns),
             p.count,
-            human_ns(mean.round() as u64)
+            human_ns(
+                Duration::try_from_secs_f64(mean / 1e9)
+                    .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            )
         ),
         status: Status::from_target(p.p99_ns <= TARGET_P99_NS),
         ran_on: "host, in the agentd-bench process (unpinned); the evaluator of agentd-control, release build".to_owned(),

@@ -67,7 +67,7 @@ struct Applied {
     blocked: bool,
     /// When the set arrived, and when it was decoded and its tables built.
     received: Instant,
-    applied: Instant,
+    done: Instant,
 }
 
 /// What the simulated fleet's tasks share with the measurement.
@@ -313,7 +313,7 @@ async fn host_task(
                 host: n,
                 blocked,
                 received,
-                applied,
+                done: applied,
             });
         }
         client
@@ -393,10 +393,10 @@ impl Fleet {
                 }
             };
             self.states[event.host] = Some(event.blocked);
-            if event.blocked == blocked && event.applied >= since {
+            if event.blocked == blocked && event.done >= since {
                 latencies.push((
                     event.received.saturating_duration_since(since),
-                    event.applied - since,
+                    event.done - since,
                 ));
             }
         }
@@ -510,6 +510,16 @@ impl Drop for RealHost {
         let _ = self.probe.kill();
         let _ = self.probe.wait();
     }
+}
+
+#[expect(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "nanoseconds through the f64 median"
+)]
+fn median_ns(values: &[u64]) -> u64 {
+    report::median(&values.iter().map(|&v| v as f64).collect::<Vec<_>>()) as u64
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -636,7 +646,7 @@ fn measure(ctx: &Context) -> anyhow::Result<Row> {
                 human_ns(p.p50_ns),
                 human_ns(p.p99_ns),
                 human_ns(p.max_ns),
-                human_ns(report::median(&real_ns.iter().map(|&n| n as f64).collect::<Vec<_>>()) as u64)
+                human_ns(median_ns(&real_ns))
             );
             steps.push(json!({
                 "hosts": count,
