@@ -410,6 +410,8 @@ impl Fleet {
 /// The real agentd in the fleet and the tagged probe that watches its kernel verdict.
 struct RealHost {
     agentd: Agentd,
+    /// Its state directory (credentials, kept decisions); removed after agentd stops.
+    _state: tempfile::TempDir,
     probe: Child,
     changes: std::sync::mpsc::Receiver<VerdictChange>,
     allowed: bool,
@@ -427,7 +429,7 @@ impl RealHost {
             &format!(
                 "[control_plane]\nurl = \"{url}\"\njoin_token = \"{join}\"\nstate_dir = \"{}\"\nhostname = \"real-agentd\"\n\n\
                  [risk.denied_burst]\nenabled = false\n\n[risk.remediation]\nquarantine = false\n",
-                state.keep().display()
+                state.path().display()
             ),
         )?;
         let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -469,6 +471,7 @@ impl RealHost {
         });
         let mut host = Self {
             agentd,
+            _state: state,
             probe,
             changes,
             allowed: false,
@@ -754,11 +757,7 @@ fn measure(ctx: &Context) -> anyhow::Result<Row> {
         name: spec.name.into(),
         target: spec.target.into(),
         result,
-        status: if ctx.smoke && !met {
-            Status::Miss
-        } else {
-            Status::from_target(met)
-        },
+        status: Status::from_target(met),
         ran_on: format!(
             "host; agentd-control {} with SQLite, plaintext gRPC on loopback; simulated hosts in one process {}; one real agentd (unpinned) enforcing in kernel {}",
             if pinned {
