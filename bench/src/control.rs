@@ -27,7 +27,7 @@ const TARGET_P99: Duration = Duration::from_millis(50);
 
 /// The server process; stopped when dropped. Its graceful shutdown waits for the simulated
 /// hosts' connections, which live on the runtime that is dropping it: SIGKILL, then wait.
-struct Server(Child);
+pub struct Server(pub Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -37,7 +37,7 @@ impl Drop for Server {
 }
 
 /// Pins the calling thread to `cpu`, returning the previous mask.
-fn pin_thread(cpu: usize) -> anyhow::Result<libc::cpu_set_t> {
+pub fn pin_thread(cpu: usize) -> anyhow::Result<libc::cpu_set_t> {
     // SAFETY: plain sched_{get,set}affinity on the calling thread with valid masks.
     unsafe {
         let mut previous: libc::cpu_set_t = std::mem::zeroed();
@@ -53,12 +53,12 @@ fn pin_thread(cpu: usize) -> anyhow::Result<libc::cpu_set_t> {
     }
 }
 
-fn restore_affinity(mask: &libc::cpu_set_t) {
+pub fn restore_affinity(mask: &libc::cpu_set_t) {
     // SAFETY: restoring a mask read by sched_getaffinity.
     unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), mask) };
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -97,7 +97,7 @@ struct Host {
 }
 
 #[derive(Clone)]
-struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, tonic::Status> {
@@ -108,7 +108,7 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
-fn bearer(token: &str) -> anyhow::Result<Bearer> {
+pub fn bearer(token: &str) -> anyhow::Result<Bearer> {
     Ok(Bearer(format!("Bearer {token}").parse()?))
 }
 

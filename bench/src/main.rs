@@ -10,6 +10,8 @@ mod control;
 mod daemon;
 mod overhead;
 mod pipeline;
+mod policy_eval;
+mod propagation;
 mod report;
 mod risk;
 mod worker;
@@ -86,6 +88,15 @@ enum WorkerTask {
         #[arg(long, default_value_t = 1_000)]
         warmup: u64,
     },
+    /// TCP connect + close to ADDR every INTERVAL_US microseconds for SECS seconds, printing a
+    /// JSON line whenever the kernel's verdict (allowed or EPERM) changes.
+    VerdictProbe {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1_000)]
+        interval_us: u64,
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+    },
     /// UDP socket + connect(2) to ADDR, paced to RATE per second (0 = as fast as possible), for
     /// SECS seconds.
     UdpConnect {
@@ -117,8 +128,6 @@ pub struct Context {
     pub smoke: bool,
     pub run: RunInfo,
 }
-
-const NEEDS_ISSUE_8: &str = "needs issue 8 (Conditional Access is not in this branch)";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -155,6 +164,15 @@ fn work(task: WorkerTask) -> anyhow::Result<()> {
             count,
             warmup,
         } => worker::open(&path, count, warmup),
+        WorkerTask::VerdictProbe {
+            addr,
+            interval_us,
+            secs,
+        } => worker::verdict_probe(
+            addr,
+            Duration::from_micros(interval_us),
+            Duration::from_secs(secs),
+        ),
         WorkerTask::UdpConnect { addr, rate, secs } => {
             worker::udp_connect(addr, rate, Duration::from_secs(secs))
         }
@@ -197,10 +215,13 @@ fn run_all(
         eprintln!("bench: event pipeline");
         rows.push(pipeline::run(&ctx));
     }
-    for id in ["policy-eval", "propagation"] {
-        if wanted(id) {
-            rows.push(Row::not_measured(report::spec(id), &ctx.run, NEEDS_ISSUE_8));
-        }
+    if wanted("policy-eval") {
+        eprintln!("bench: policy evaluation");
+        rows.push(policy_eval::run(&ctx));
+    }
+    if wanted("propagation") {
+        eprintln!("bench: decision propagation");
+        rows.push(propagation::run(&ctx));
     }
     if wanted("control-plane") {
         eprintln!("bench: control plane");

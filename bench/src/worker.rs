@@ -155,3 +155,62 @@ pub fn udp_connect(target: SocketAddr, rate: u64, duration: Duration) -> anyhow:
     report.elapsed_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
     print(&report)
 }
+
+/// `CLOCK_MONOTONIC` in nanoseconds: comparable between the processes of one machine.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// What the verdict probe prints when the kernel's verdict on its connect changes.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VerdictChange {
+    /// Whether the connect went through (false: EPERM).
+    pub allowed: bool,
+    /// `CLOCK_MONOTONIC` of the first connect with the new verdict, in nanoseconds.
+    pub monotonic_ns: u64,
+}
+
+/// TCP connect + close to `target` every `interval` for `duration`, printing a
+/// [`VerdictChange`] line at the start and whenever the verdict (allowed or EPERM) changes.
+pub fn verdict_probe(
+    target: SocketAddr,
+    interval: Duration,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut last: Option<bool> = None;
+    while start.elapsed() < duration {
+        let result = TcpStream::connect(target).map(drop);
+        let now = monotonic_ns();
+        let allowed = match &result {
+            Ok(()) => true,
+            Err(err) if err.raw_os_error() == Some(libc::EPERM) => false,
+            // Anything else (a full backlog) says nothing about the verdict.
+            Err(_) => {
+                std::thread::sleep(interval);
+                continue;
+            }
+        };
+        if last != Some(allowed) {
+            last = Some(allowed);
+            let mut out = std::io::stdout().lock();
+            serde_json::to_writer(
+                &mut out,
+                &VerdictChange {
+                    allowed,
+                    monotonic_ns: now,
+                },
+            )?;
+            writeln!(out)?;
+            out.flush()?;
+        }
+        std::thread::sleep(interval);
+    }
+    Ok(())
+}

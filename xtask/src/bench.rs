@@ -17,12 +17,14 @@ pub struct Options {
 
 /// Builds the three binaries and returns (agentd, agentd-control, agentd-bench).
 fn build() -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
-    let agentd = test::build_agentd(true)?;
-    // One cargo invocation, so that both share one feature resolution (two would build the
-    // control plane's dependencies twice).
+    // One cargo invocation, so that all three share one feature resolution: agentd-bench links
+    // agentd's library (row 7 applies decisions with its `access` module), and a second
+    // resolution would build agentd, and its kernel programs, twice.
     let built = test::build_executables(&[
         "build",
         "--release",
+        "--package",
+        "agentd",
         "--package",
         "agentd-control",
         "--package",
@@ -34,7 +36,11 @@ fn build() -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
             .find_map(|(target, path)| (target == name).then(|| path.clone()))
             .with_context(|| format!("cargo built no {name} binary"))
     };
-    Ok((agentd, find("agentd-control")?, find("agentd-bench")?))
+    Ok((
+        find("agentd")?,
+        find("agentd-control")?,
+        find("agentd-bench")?,
+    ))
 }
 
 /// Runs the benchmarks, streaming their output through `on_line`. Returns whether every

@@ -1,8 +1,13 @@
 //! Decisions to protobuf, and the per-host decision set behind `WatchDecisions`.
 
-use super::{ControlPlane, optional_timestamp, registry::offline_to_proto, timestamp};
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::{ControlPlane, batch, optional_timestamp, registry::offline_to_proto, timestamp};
 use crate::{
-    decisions::{self, place},
+    clock::UnixTime,
+    decisions::{self, Inputs, place},
     error::Result,
     policy::{Action, Decision, Destination, FileControl, NetworkGrant, NetworkVerdict},
     proto,
@@ -85,18 +90,97 @@ pub(super) fn decision_to_proto(decision: &Decision) -> proto::AgentDecision {
     }
 }
 
+/// Decision inputs loaded once and shared by the watches that re-evaluate after one change.
+pub(super) struct CachedInputs {
+    /// The change generation read before loading: the inputs reflect every change signalled
+    /// up to it.
+    generation: u64,
+    /// The time they were loaded for (risk windows and access-package expiry depend on it).
+    now: UnixTime,
+    /// When loading started: the inputs reflect every write committed before it.
+    load_started: Instant,
+    inputs: Arc<Inputs>,
+}
+
+/// A host's decision version to settle: host id, digest, time.
+pub(super) type Settle = (String, String, UnixTime);
+
 impl ControlPlane {
+    /// [`Store::settle_decisions`], batched with the other hosts' (see [`batch`]): returns the
+    /// host's version and its issue time.
+    async fn settle(&self, host_id: &str, digest: &str, now: UnixTime) -> Result<(i64, i64)> {
+        let store = self.store.clone();
+        let item = (host_id.to_owned(), digest.to_owned(), now);
+        let write = move |items: Vec<Settle>| {
+            let store = store.clone();
+            async move {
+                let borrowed: Vec<(&str, &str, UnixTime)> = items
+                    .iter()
+                    .map(|(host, digest, now)| (host.as_str(), digest.as_str(), *now))
+                    .collect();
+                store
+                    .settle_decisions_batch(&borrowed)
+                    .await
+                    .inspect_err(|err| {
+                        tracing::warn!(error = %err, hosts = items.len(), "settling decision versions together; settling each alone");
+                    })
+                    .ok()
+            }
+        };
+        match batch::submit(&self.settles, item, write).await {
+            Some(settled) => Ok(settled),
+            None => self.store.settle_decisions(host_id, digest, now).await,
+        }
+    }
+
+    /// The inputs of every host's decisions at `now`. A change on this replica bumps the change
+    /// generation and wakes every watch; they share one load per generation (and second)
+    /// instead of each running the same queries and parsing every policy again. `fresh_after`
+    /// asks for inputs loaded after that instant (a watch woken by polling, for changes made
+    /// through another replica or by time alone), which are then shared likewise.
+    async fn decision_inputs(
+        &self,
+        now: UnixTime,
+        fresh_after: Option<Instant>,
+    ) -> Result<Arc<Inputs>> {
+        let generation = *self.changes.borrow();
+        let usable = |cached: &CachedInputs| {
+            cached.generation == generation
+                && cached.now == now
+                && fresh_after.is_none_or(|after| cached.load_started >= after)
+        };
+        // Held while loading: the watches woken by one change wait for one load.
+        let mut cache = self.inputs.lock().await;
+        if let Some(cached) = cache.as_ref().filter(|cached| usable(cached)) {
+            return Ok(Arc::clone(&cached.inputs));
+        }
+        let load_started = Instant::now();
+        let inputs = Arc::new(
+            decisions::load_inputs(&self.store, now, self.decision_options.risk_window_seconds)
+                .await?,
+        );
+        *cache = Some(CachedInputs {
+            generation,
+            now,
+            load_started,
+            inputs: Arc::clone(&inputs),
+        });
+        Ok(inputs)
+    }
+
     /// The calling host's current decision set, with a version that changes only when the
-    /// content does.
-    pub(super) async fn current_decision_set(&self, host_id: &str) -> Result<proto::DecisionSet> {
+    /// content does. `fresh_after`: see [`ControlPlane::decision_inputs`].
+    pub(super) async fn current_decision_set(
+        &self,
+        host_id: &str,
+        fresh_after: Option<Instant>,
+    ) -> Result<proto::DecisionSet> {
         let now = self.now();
         let host = self.store.get_host(host_id).await?;
-        let inputs =
-            decisions::load_inputs(&self.store, now, self.decision_options.risk_window_seconds)
-                .await?;
+        let inputs = self.decision_inputs(now, fresh_after).await?;
         let decided = inputs.decide_for_host(&place(&host), now);
         let digest = decisions::digest(&decided);
-        let (version, issued_at) = self.store.settle_decisions(host_id, &digest, now).await?;
+        let (version, issued_at) = self.settle(host_id, &digest, now).await?;
         Ok(proto::DecisionSet {
             version: u64::try_from(version).unwrap_or_default(),
             issue_time: Some(timestamp(issued_at)),

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use super::{ControlPlane, optional_timestamp, timestamp, validate};
 use crate::{
     auth::Method,
+    clock::UnixTime,
     error::Error,
     model::Host,
     policy::RiskLevel,
@@ -222,7 +223,7 @@ impl HostService for ControlPlane {
         let host_id = caller.principal;
         let after = request.get_ref().after_version;
         // Errors computing the first set fail the call itself, with their status.
-        let first = self.current_decision_set(&host_id).await?;
+        let first = self.current_decision_set(&host_id, None).await?;
         let (tx, rx) = mpsc::channel(4);
         let mut sent = after;
         if first.version != after {
@@ -250,9 +251,7 @@ impl HostService for ControlPlane {
                 Error::invalid("version", "is required (the applied DecisionSet version)").into(),
             );
         }
-        self.store
-            .ack_decisions(&caller.principal, version, self.now())
-            .await?;
+        self.ack(caller.principal, version, self.now()).await?;
         Ok(Response::new(proto::AckDecisionsResponse {}))
     }
 
@@ -316,6 +315,37 @@ impl HostService for ControlPlane {
     }
 }
 
+/// An acknowledgement to record: host id, version, time.
+pub(super) type Ack = (String, i64, UnixTime);
+
+impl ControlPlane {
+    /// [`Store::ack_decisions`], batched with the other hosts' acknowledgements (see
+    /// [`super::batch`]).
+    async fn ack(&self, host_id: String, version: i64, now: UnixTime) -> crate::error::Result<()> {
+        let store = self.store.clone();
+        let write = move |items: Vec<Ack>| {
+            let store = store.clone();
+            async move {
+                store
+                    .ack_decisions_batch(&items)
+                    .await
+                    .inspect_err(|err| {
+                        tracing::warn!(error = %err, hosts = items.len(), "recording acknowledgements together; recording each alone");
+                    })
+                    .ok()
+                    .map(|()| vec![(); items.len()])
+            }
+        };
+        if super::batch::submit(&self.acks, (host_id.clone(), version, now), write)
+            .await
+            .is_some()
+        {
+            return Ok(());
+        }
+        self.store.ack_decisions(&host_id, version, now).await
+    }
+}
+
 /// One report carries at most this many detections.
 const MAX_DETECTIONS_PER_REPORT: usize = 1000;
 
@@ -337,14 +367,19 @@ impl ControlPlane {
         let mut marker = self.store.change_marker().await.ok();
         let mut last_evaluation = tokio::time::Instant::now();
         loop {
+            // Woken by this replica's change: inputs loaded after it are enough, and the other
+            // watches share them. Woken by polling: inputs loaded from now on.
+            let fresh_after;
             tokio::select! {
                 () = tx.closed() => return,
                 woken = changes.changed() => {
                     if woken.is_err() {
                         return;
                     }
+                    fresh_after = None;
                 }
                 _ = poll.tick() => {
+                    let polled = tokio::time::Instant::now();
                     let now_marker = self.store.change_marker().await.ok();
                     if now_marker == marker
                         && last_evaluation.elapsed() < options.recheck_interval
@@ -352,6 +387,7 @@ impl ControlPlane {
                         continue;
                     }
                     marker = now_marker;
+                    fresh_after = Some(polled);
                 }
             }
             last_evaluation = tokio::time::Instant::now();
@@ -368,7 +404,7 @@ impl ControlPlane {
                     continue;
                 }
             }
-            match self.current_decision_set(host_id).await {
+            match self.current_decision_set(host_id, fresh_after).await {
                 Ok(current) if current.version != sent => {
                     sent = current.version;
                     let message = proto::WatchDecisionsResponse {

@@ -4,6 +4,7 @@
 mod access;
 mod audit;
 mod auth;
+mod batch;
 mod decision;
 mod governance;
 mod host;
@@ -66,6 +67,13 @@ pub struct ControlPlane {
     /// replica subscribes.
     changes: Arc<tokio::sync::watch::Sender<u64>>,
     decision_options: DecisionOptions,
+    /// The decision inputs last loaded, shared by every watch that re-evaluates after the same
+    /// change (see `ControlPlane::decision_inputs`).
+    inputs: Arc<tokio::sync::Mutex<Option<decision::CachedInputs>>>,
+    /// Decision versions waiting to be settled, in one transaction per batch.
+    settles: Arc<std::sync::Mutex<batch::Queue<decision::Settle, (i64, i64)>>>,
+    /// Acknowledgements waiting to be recorded, in one transaction per batch.
+    acks: Arc<std::sync::Mutex<batch::Queue<host::Ack, ()>>>,
 }
 
 impl ControlPlane {
@@ -83,6 +91,9 @@ impl ControlPlane {
             require_host_certificates,
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             decision_options,
+            inputs: Arc::new(tokio::sync::Mutex::new(None)),
+            settles: Arc::default(),
+            acks: Arc::default(),
         }
     }
 

@@ -221,19 +221,42 @@ fn join<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
     items.map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
 }
 
-/// Accumulates the controls of applying policies.
+/// Accumulates the controls of applying policies. It borrows them from the policies: only what
+/// ends up in the decision is copied, once, in [`Combined::network`] and [`Combined::files`].
 #[derive(Default)]
-struct Combined {
+struct Combined<'a> {
     action: Option<Action>,
-    /// One allow-list per restricting policy.
-    allow_lists: Vec<Vec<NetworkGrant>>,
-    denials: Vec<NetworkGrant>,
-    files: Vec<FileControl>,
-    has_network: bool,
+    /// One allow-list per restricting policy, with the policy's id.
+    allow_lists: Vec<(&'a str, &'a [NetworkGrant])>,
+    denials: Vec<(&'a str, &'a NetworkGrant)>,
+    files: Vec<(&'a str, &'a FileControl)>,
 }
 
-impl Combined {
-    fn add(&mut self, id: &str, doc: &PolicyDocument) {
+/// A grant or rule of a policy, as the decision carries it: its source is the policy's id.
+fn sourced<T: Clone + Sourced>(id: &str, item: &T) -> T {
+    let mut owned = item.clone();
+    owned.set_source(id);
+    owned
+}
+
+trait Sourced {
+    fn set_source(&mut self, id: &str);
+}
+
+impl Sourced for NetworkGrant {
+    fn set_source(&mut self, id: &str) {
+        id.clone_into(&mut self.source);
+    }
+}
+
+impl Sourced for FileControl {
+    fn set_source(&mut self, id: &str) {
+        id.clone_into(&mut self.source);
+    }
+}
+
+impl<'a> Combined<'a> {
+    fn add(&mut self, id: &'a str, doc: &'a PolicyDocument) {
         let controls = &doc.controls;
         let action = if controls.quarantine {
             Action::Quarantine
@@ -243,54 +266,54 @@ impl Combined {
             Action::Allow
         };
         self.action = Some(self.action.map_or(action, |a| a.max(action)));
-        let sourced = |grant: &NetworkGrant| NetworkGrant {
-            source: id.to_owned(),
-            ..grant.clone()
-        };
         if let Some(allow) = &controls.network_allow {
-            self.allow_lists.push(allow.iter().map(sourced).collect());
-            self.has_network = true;
+            self.allow_lists.push((id, allow));
         }
-        if !controls.network_deny.is_empty() {
-            self.denials
-                .extend(controls.network_deny.iter().map(sourced));
-            self.has_network = true;
-        }
+        self.denials
+            .extend(controls.network_deny.iter().map(|grant| (id, grant)));
         self.files
-            .extend(controls.files.iter().map(|rule| FileControl {
-                source: id.to_owned(),
-                ..rule.clone()
-            }));
+            .extend(controls.files.iter().map(|rule| (id, rule)));
     }
 
     fn network(&self, package_grants: &[NetworkGrant]) -> NetworkVerdict {
         let restricted = !self.allow_lists.is_empty();
         let mut grants = intersect(&self.allow_lists);
         grants.extend(package_grants.iter().cloned());
+        // Sorted and deduplicated as the sourced grants would be (their derived order, with
+        // the policy id as the source), before copying them.
         let mut denials = self.denials.clone();
-        denials.sort();
-        denials.dedup();
+        let key =
+            |(id, g): &(&'a str, &'a NetworkGrant)| (&g.destination, g.ports, g.expires_at, *id);
+        denials.sort_by(|a, b| key(a).cmp(&key(b)));
+        denials.dedup_by(|a, b| key(a) == key(b));
         NetworkVerdict {
             restricted,
             grants,
-            denials,
+            denials: denials.iter().map(|(id, g)| sourced(id, *g)).collect(),
         }
+    }
+
+    fn files(&self) -> Vec<FileControl> {
+        self.files
+            .iter()
+            .map(|(id, rule)| sourced(id, *rule))
+            .collect()
     }
 }
 
-/// The destinations every list allows (see the module docs).
-fn intersect(lists: &[Vec<NetworkGrant>]) -> Vec<NetworkGrant> {
-    let Some((first, rest)) = lists.split_first() else {
+/// The destinations every list allows (see the module docs), with their policy as the source.
+fn intersect(lists: &[(&str, &[NetworkGrant])]) -> Vec<NetworkGrant> {
+    let Some(((id, first), rest)) = lists.split_first() else {
         return Vec::new();
     };
     if rest.is_empty() {
-        return first.clone();
+        return first.iter().map(|grant| sourced(id, grant)).collect();
     }
     let mut out: Vec<NetworkGrant> = Vec::new();
-    for (index, list) in lists.iter().enumerate() {
-        'candidate: for candidate in list {
+    for (index, (id, list)) in lists.iter().enumerate() {
+        'candidate: for candidate in *list {
             let mut ports = candidate.ports;
-            for (other_index, other) in lists.iter().enumerate() {
+            for (other_index, (_, other)) in lists.iter().enumerate() {
                 if other_index == index {
                     continue;
                 }
@@ -306,14 +329,12 @@ fn intersect(lists: &[Vec<NetworkGrant>]) -> Vec<NetworkGrant> {
                     None => continue 'candidate,
                 }
             }
-            let kept = NetworkGrant {
-                ports,
-                ..candidate.clone()
-            };
             if !out
                 .iter()
-                .any(|o| o.destination == kept.destination && o.ports == kept.ports)
+                .any(|o| o.destination == candidate.destination && o.ports == ports)
             {
+                let mut kept = sourced(id, candidate);
+                kept.ports = ports;
                 out.push(kept);
             }
         }
@@ -455,7 +476,7 @@ pub fn evaluate(
     }
     let network = enforced.network(&package_grants);
     let report_only_network = report_only_network.then(|| would.network(&package_grants));
-    let mut files = enforced.files;
+    let mut files = enforced.files();
     files.extend(package_files);
     files.sort();
     files.dedup();

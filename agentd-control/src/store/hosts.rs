@@ -314,6 +314,24 @@ impl Store {
         Ok(())
     }
 
+    /// [`Store::ack_decisions`] for several hosts (host id, version, time) in one transaction.
+    pub async fn ack_decisions_batch(&self, items: &[(String, i64, i64)]) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for (host_id, version, now) in items {
+            sqlx::query(
+                "UPDATE hosts SET applied_decision_version = $2, applied_at = $3 \
+                 WHERE id = $1 AND revoked_at IS NULL",
+            )
+            .bind(host_id)
+            .bind(*version)
+            .bind(*now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The version of the host's current decision set: unchanged while `digest` (of its
     /// content) is, otherwise a new one from the control-plane-wide counter. Returns the
     /// version and when it was issued.
@@ -324,36 +342,24 @@ impl Store {
         now: i64,
     ) -> Result<(i64, i64)> {
         let mut tx = self.begin().await?;
-        let current =
-            sqlx::query("SELECT version, digest, issued_at FROM host_decisions WHERE host_id = $1")
-                .bind(host_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some(row) = &current
-            && row.try_get::<String, _>("digest")? == digest
-        {
-            return Ok((row.try_get("version")?, row.try_get("issued_at")?));
-        }
-        sqlx::query("UPDATE decision_counter SET version = version + 1 WHERE id = 1")
-            .execute(&mut *tx)
-            .await?;
-        let version: i64 = sqlx::query_scalar("SELECT version FROM decision_counter WHERE id = 1")
-            .fetch_one(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO host_decisions (host_id, version, digest, issued_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (host_id) DO UPDATE \
-             SET version = excluded.version, digest = excluded.digest, \
-             issued_at = excluded.issued_at",
-        )
-        .bind(host_id)
-        .bind(version)
-        .bind(digest)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        let settled = settle_in(&mut tx, host_id, digest, now).await?;
         tx.commit().await?;
-        Ok((version, now))
+        Ok(settled)
+    }
+
+    /// [`Store::settle_decisions`] for several hosts (host id, digest, time) in one
+    /// transaction: one commit, and so one sync to disk, for all of them.
+    pub async fn settle_decisions_batch(
+        &self,
+        items: &[(&str, &str, i64)],
+    ) -> Result<Vec<(i64, i64)>> {
+        let mut tx = self.begin().await?;
+        let mut settled = Vec::with_capacity(items.len());
+        for (host_id, digest, now) in items {
+            settled.push(settle_in(&mut tx, host_id, digest, *now).await?);
+        }
+        tx.commit().await?;
+        Ok(settled)
     }
 
     /// A number that changes whenever anything decisions depend on may have changed: every
@@ -454,4 +460,42 @@ impl Store {
             .await?
             .ok_or_else(|| Error::Certificate("the CA row vanished after insertion".into()))
     }
+}
+
+/// Settles one host's decision version inside `tx` (see [`Store::settle_decisions`]).
+async fn settle_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    host_id: &str,
+    digest: &str,
+    now: i64,
+) -> Result<(i64, i64)> {
+    let current =
+        sqlx::query("SELECT version, digest, issued_at FROM host_decisions WHERE host_id = $1")
+            .bind(host_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    if let Some(row) = &current
+        && row.try_get::<String, _>("digest")? == digest
+    {
+        return Ok((row.try_get("version")?, row.try_get("issued_at")?));
+    }
+    sqlx::query("UPDATE decision_counter SET version = version + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    let version: i64 = sqlx::query_scalar("SELECT version FROM decision_counter WHERE id = 1")
+        .fetch_one(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO host_decisions (host_id, version, digest, issued_at) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (host_id) DO UPDATE \
+         SET version = excluded.version, digest = excluded.digest, \
+         issued_at = excluded.issued_at",
+    )
+    .bind(host_id)
+    .bind(version)
+    .bind(digest)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok((version, now))
 }
