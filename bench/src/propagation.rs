@@ -295,6 +295,8 @@ async fn host_task(
                 let next = u32::try_from(rules.len()).unwrap_or(u32::MAX);
                 *rules.entry(source.to_owned()).or_insert(next)
             },
+            // File controls resolve paths on the host, as agentd does.
+            &|path| agentd::sensors::files::inode_key(std::path::Path::new(path)),
             &categories,
             clocks,
         )
