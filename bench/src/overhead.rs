@@ -394,11 +394,23 @@ fn b_phase(
         .to_owned())
 }
 
-/// Name, `run_time_ns` and `run_cnt` of every program the process `pid` has attached (the
-/// programs its link descriptors name), by program id.
-fn prog_stats(pid: u32) -> anyhow::Result<BTreeMap<u32, (String, u64, u64)>> {
+/// Name, `run_time_ns` and `run_cnt` of every program `agentd` has attached, by program id:
+/// the ids its pinned links name (`agentd status`, `pins.links`), and any link descriptors it
+/// still holds.
+fn prog_stats(agentd: &Agentd) -> anyhow::Result<BTreeMap<u32, (String, u64, u64)>> {
     let mut ids = std::collections::BTreeSet::new();
-    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+    let status = agentd.status()?;
+    if let Some(links) = status["pins"]["links"].as_array() {
+        for link in links {
+            if let Some(id) = link["program_id"]
+                .as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+            {
+                ids.insert(id);
+            }
+        }
+    }
+    for entry in fs::read_dir(format!("/proc/{}/fdinfo", agentd.pid()))? {
         let Ok(text) = fs::read_to_string(entry?.path()) else {
             continue;
         };
@@ -489,10 +501,10 @@ fn program_cost(ctx: &Context, policy: &str, loops: &Loops) -> anyhow::Result<Ro
     let mut snapshots = Vec::new();
     {
         let _stats = BpfStats::enable()?;
-        snapshots.push(prog_stats(agentd.pid())?);
+        snapshots.push(prog_stats(&agentd)?);
         for (_, tagged, args) in &phases {
             run_worker(ctx, Some(&agentd), *tagged, args)?;
-            snapshots.push(prog_stats(agentd.pid())?);
+            snapshots.push(prog_stats(&agentd)?);
         }
     }
     let restored = fs::read_to_string(BPF_STATS).unwrap_or_default();
