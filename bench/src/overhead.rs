@@ -399,8 +399,8 @@ fn b_phase(
 /// still holds.
 fn prog_stats(agentd: &Agentd) -> anyhow::Result<BTreeMap<u32, (String, u64, u64)>> {
     let mut ids = std::collections::BTreeSet::new();
-    let status = agentd.status()?;
-    if let Some(links) = status["pins"]["links"].as_array() {
+    let reported = agentd.status()?;
+    if let Some(links) = reported["pins"]["links"].as_array() {
         for link in links {
             if let Some(id) = link["program_id"]
                 .as_u64()
