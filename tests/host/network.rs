@@ -48,7 +48,7 @@ fn attempts(
 }
 
 /// A `name=N` counter from the helper's output.
-fn counter(stdout: &str, name: &str) -> u64 {
+pub(crate) fn counter(stdout: &str, name: &str) -> u64 {
     stdout
         .split_whitespace()
         .find_map(|word| word.strip_prefix(&format!("{name}=")))

@@ -6,7 +6,7 @@ use std::{net::TcpListener, path::Path, process::Command};
 use agentd::pins::LinkStatus;
 use agentd_tests::{Daemon, agentd_bin, launch_cgroup, unique_pin_path};
 
-use crate::helper;
+use crate::{helper, network::counter};
 
 /// A policy for `agent`: deny by default, TCP to 127.0.0.1:`allowed` allowed.
 fn policy(agent: &str, allowed: u16) -> String {
@@ -44,15 +44,6 @@ fn links(daemon: &Daemon) -> (bool, String, Vec<LinkStatus>) {
     (pins.adopted, pins.build, pins.links)
 }
 
-/// A `name=N` counter from the helper's output.
-fn counter(stdout: &str, name: &str) -> u64 {
-    stdout
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix(&format!("{name}=")))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("helper printed {stdout:?}"))
-}
-
 /// A tagged agent connects in a loop to an allowed and a denied port while agentd is killed with
 /// SIGKILL and restarted 20 times: no connection to the denied port succeeds, the allowed one
 /// keeps working, and every restart adopts the same pinned links.
@@ -80,24 +71,7 @@ fn enforcement_survives_twenty_sigkills_and_the_pinned_links_stay_the_same() {
     assert_eq!(pinned.len(), first.len());
 
     let stop = daemon.dir.path().join("stop");
-    let bin = helper();
-    let looping = daemon
-        .launch(
-            agent,
-            &[
-                bin.to_str().expect("UTF-8 path"),
-                "net-loop",
-                "tcp",
-                "127.0.0.1",
-                &ports[0].to_string(),
-                &ports[1].to_string(),
-                stop.to_str().expect("UTF-8 path"),
-            ],
-        )
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting the agent's loop");
-    daemon.wait_tagged(looping.id(), agent);
+    let looping = start_loop(&daemon, agent, ports, &stop);
 
     // 20 on a host; fewer under emulation (the vm tier sets AGENTD_RESTARTS).
     let restarts: u32 = std::env::var("AGENTD_RESTARTS")
@@ -127,10 +101,9 @@ fn enforcement_survives_twenty_sigkills_and_the_pinned_links_stay_the_same() {
     assert_eq!(still.len(), pinned.len());
 }
 
-/// Runs the helper's loop as `agent` for a moment and returns its output.
-fn probe(daemon: &Daemon, agent: &str, ports: [u16; 2]) -> String {
-    let stop = daemon.dir.path().join("probe-stop");
-    let _ = std::fs::remove_file(&stop);
+/// Starts the helper's loop as `agent` (connecting to `ports[0]`, then `ports[1]`, until
+/// `stop` exists) and waits until agentd has tagged it.
+fn start_loop(daemon: &Daemon, agent: &str, ports: [u16; 2], stop: &Path) -> std::process::Child {
     let bin = helper();
     let child = daemon
         .launch(
@@ -147,8 +120,16 @@ fn probe(daemon: &Daemon, agent: &str, ports: [u16; 2]) -> String {
         )
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .expect("starting the probe");
+        .expect("starting the agent's loop");
     daemon.wait_tagged(child.id(), agent);
+    child
+}
+
+/// Runs the helper's loop as `agent` for a moment and returns its output.
+fn probe(daemon: &Daemon, agent: &str, ports: [u16; 2]) -> String {
+    let stop = daemon.dir.path().join("probe-stop");
+    let _ = std::fs::remove_file(&stop);
+    let child = start_loop(daemon, agent, ports, &stop);
     std::thread::sleep(std::time::Duration::from_millis(300));
     std::fs::write(&stop, "").expect("stopping the probe");
     let output = child.wait_with_output().expect("the probe's output");
@@ -232,24 +213,7 @@ fn a_failing_upgrade_leaves_the_old_programs_enforcing_and_a_good_one_replaces_t
     // A tagged loop, started while the programs enforce, reaches the denied port only once
     // they are detached.
     let stop = daemon.dir.path().join("teardown-stop");
-    let bin = helper();
-    let looping = daemon
-        .launch(
-            agent,
-            &[
-                bin.to_str().expect("UTF-8 path"),
-                "net-loop",
-                "tcp",
-                "127.0.0.1",
-                &ports[0].to_string(),
-                &ports[1].to_string(),
-                stop.to_str().expect("UTF-8 path"),
-            ],
-        )
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting the agent's loop");
-    daemon.wait_tagged(looping.id(), agent);
+    let looping = start_loop(&daemon, agent, ports, &stop);
     std::thread::sleep(std::time::Duration::from_millis(300));
     daemon.sigkill();
     let done = teardown();

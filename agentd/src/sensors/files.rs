@@ -150,25 +150,11 @@ impl FileSensor {
         enforce: bool,
         links: &mut Links,
     ) -> Result<Self, SensorError> {
+        let deny = super::take_map(object, DENY_MAP)?;
+        let rules = super::take_map(object, RULES_MAP)?;
+        let names = super::take_map(object, NAMES_MAP)?;
+        let quarantine = super::take_map(object, QUARANTINE_MAP)?;
         let LoadedObject { ebpf, btf, .. } = object;
-        let deny = ebpf
-            .take_map(DENY_MAP)
-            .ok_or(SensorError::MissingMap { map: DENY_MAP })?;
-        let deny = HashMap::try_from(deny).map_err(super::map_error(DENY_MAP))?;
-        let rules = ebpf
-            .take_map(RULES_MAP)
-            .ok_or(SensorError::MissingMap { map: RULES_MAP })?;
-        let rules = HashMap::try_from(rules).map_err(super::map_error(RULES_MAP))?;
-        let names = ebpf
-            .take_map(NAMES_MAP)
-            .ok_or(SensorError::MissingMap { map: NAMES_MAP })?;
-        let names = HashMap::try_from(names).map_err(super::map_error(NAMES_MAP))?;
-        let quarantine = ebpf
-            .take_map(QUARANTINE_MAP)
-            .ok_or(SensorError::MissingMap {
-                map: QUARANTINE_MAP,
-            })?;
-        let quarantine = HashMap::try_from(quarantine).map_err(super::map_error(QUARANTINE_MAP))?;
         let mode = if links.adopting() {
             if links.has(PROGRAM) {
                 FileMode::Enforcing {

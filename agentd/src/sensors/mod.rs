@@ -54,6 +54,18 @@ pub enum SensorError {
     },
 }
 
+/// Takes map `name` out of the object as a map of type `M`.
+fn take_map<M>(object: &mut crate::ebpf::LoadedObject, name: &'static str) -> Result<M, SensorError>
+where
+    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = object
+        .ebpf
+        .take_map(name)
+        .ok_or(SensorError::MissingMap { map: name })?;
+    M::try_from(map).map_err(map_error(name))
+}
+
 /// Finds `name` in the object and checks that it is a program of type `P`.
 fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, SensorError>
 where

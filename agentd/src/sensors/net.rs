@@ -22,7 +22,7 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr},
 };
 
-use super::{SensorError, attach_error, load_error, map_error, replace_all};
+use super::{SensorError, attach_error, load_error, map_error, replace_all, take_map};
 use crate::{access::CaTables, ebpf::LoadedObject, netpolicy::Prefix, pins::Links};
 
 const PROGRAMS: [&str; 5] = ["connect4", "connect6", "sendmsg4", "sendmsg6", "recvmsg4"];
@@ -81,17 +81,6 @@ struct CaWritten {
     v6: Vec<(u8, CaKeyV6)>,
 }
 
-fn take<M>(object: &mut LoadedObject, name: &'static str) -> Result<M, SensorError>
-where
-    M: TryFrom<aya::maps::Map, Error = MapError>,
-{
-    let map = object
-        .ebpf
-        .take_map(name)
-        .ok_or(SensorError::MissingMap { map: name })?;
-    M::try_from(map).map_err(map_error(name))
-}
-
 fn v4(prefix: &Prefix) -> [u8; 4] {
     let octets = prefix.octets();
     [octets[0], octets[1], octets[2], octets[3]]
@@ -112,22 +101,22 @@ impl NetSensor {
         links: &mut Links,
     ) -> Result<Self, SensorError> {
         let mut sensor = Self {
-            config: take(object, "NET_CONFIG")?,
-            agents: take(object, "NET_AGENTS")?,
-            rules_v4: take(object, "NET_RULES_V4")?,
-            rules_v6: take(object, "NET_RULES_V6")?,
-            block_v4: take(object, "NET_BLOCK_V4")?,
-            block_v6: take(object, "NET_BLOCK_V6")?,
-            quarantine: take(object, "NET_QUARANTINE")?,
-            quarantine_v4: take(object, "NET_QUARANTINE_ALLOW_V4")?,
-            quarantine_v6: take(object, "NET_QUARANTINE_ALLOW_V6")?,
-            dns: take(object, "NET_DNS")?,
-            learned: take(object, "NET_LEARNED_V4")?,
-            egress: take(object, "AGENT_EGRESS")?,
-            ca_agents: take(object, "CA_AGENTS")?,
-            ca_v4: take(object, "CA_GRANTS_V4")?,
-            ca_v6: take(object, "CA_GRANTS_V6")?,
-            ca_learned: take(object, "CA_LEARNED_V4")?,
+            config: take_map(object, "NET_CONFIG")?,
+            agents: take_map(object, "NET_AGENTS")?,
+            rules_v4: take_map(object, "NET_RULES_V4")?,
+            rules_v6: take_map(object, "NET_RULES_V6")?,
+            block_v4: take_map(object, "NET_BLOCK_V4")?,
+            block_v6: take_map(object, "NET_BLOCK_V6")?,
+            quarantine: take_map(object, "NET_QUARANTINE")?,
+            quarantine_v4: take_map(object, "NET_QUARANTINE_ALLOW_V4")?,
+            quarantine_v6: take_map(object, "NET_QUARANTINE_ALLOW_V6")?,
+            dns: take_map(object, "NET_DNS")?,
+            learned: take_map(object, "NET_LEARNED_V4")?,
+            egress: take_map(object, "AGENT_EGRESS")?,
+            ca_agents: take_map(object, "CA_AGENTS")?,
+            ca_v4: take_map(object, "CA_GRANTS_V4")?,
+            ca_v6: take_map(object, "CA_GRANTS_V6")?,
+            ca_learned: take_map(object, "CA_LEARNED_V4")?,
             ca_written: CaWritten::default(),
             generation: 0,
             written: StdHashMap::new(),

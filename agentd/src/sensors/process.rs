@@ -10,7 +10,7 @@ use aya::{
     programs::BtfTracePoint,
 };
 
-use super::{SensorError, attach_error, load_error, map_error, replace_all};
+use super::{SensorError, attach_error, load_error, map_error, replace_all, take_map};
 use crate::{ebpf::LoadedObject, pins::Links};
 
 const PROGRAMS: [&str; 3] = [
@@ -30,17 +30,6 @@ pub struct ProcessSensor {
     cgroup_agent: HashMap<MapData, u64, AgentTag>,
     discovery: HashMap<MapData, InodeKey, DiscoveryMatch>,
     stats: PerCpuArray<MapData, u64>,
-}
-
-fn take_map<M>(object: &mut LoadedObject, name: &'static str) -> Result<M, SensorError>
-where
-    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = object
-        .ebpf
-        .take_map(name)
-        .ok_or(SensorError::MissingMap { map: name })?;
-    M::try_from(map).map_err(|source| SensorError::Map { map: name, source })
 }
 
 impl ProcessSensor {

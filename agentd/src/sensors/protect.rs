@@ -7,7 +7,7 @@ use aya::{
     programs::Lsm,
 };
 
-use super::{SensorError, attach_error, load_error, map_error, replace_all};
+use super::{SensorError, attach_error, load_error, replace_all, take_map};
 use crate::{ebpf::LoadedObject, pins::Links};
 
 const PROGRAMS: [&str; 3] = ["task_kill", "ptrace_access_check", "bpf"];
@@ -26,11 +26,7 @@ impl ProtectSensor {
         enforce: bool,
         links: &mut Links,
     ) -> Result<Self, SensorError> {
-        let map = object
-            .ebpf
-            .take_map(PROTECTED)
-            .ok_or(SensorError::MissingMap { map: PROTECTED })?;
-        let protected = HashMap::try_from(map).map_err(map_error(PROTECTED))?;
+        let protected = take_map(object, PROTECTED)?;
         let active = if links.adopting() {
             PROGRAMS.iter().all(|name| links.has(name))
         } else if enforce {
