@@ -1,6 +1,6 @@
 use agentd::{events::Event, sensors::process::ProcessSensor};
 use agentd_tests::{
-    load_object, loaded_program_count, own_cgroup_id, unique_executable, wait_for_event, wait_until,
+    load_object, loaded_program_ids, own_cgroup_id, unique_executable, wait_for_event, wait_until,
 };
 
 #[tokio::test]
@@ -49,26 +49,23 @@ async fn exec_event_reports_child_pid_ppid_filename_and_cgroup() {
 #[test]
 fn dropping_the_sensor_and_object_unloads_the_process_programs() {
     // The kernel keeps 15 bytes of a program's name: "sched_process_e" is both exec and exit.
-    let count =
-        || loaded_program_count("sched_process_exec") + loaded_program_count("sched_process_fork");
-    // Programs of an earlier test's agentd are freed by the kernel a moment after it exits:
-    // wait until the count holds still.
-    let mut before = count();
-    let mut still = 0;
-    while still < 5 {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let now = count();
-        still = if now == before { still + 1 } else { 0 };
-        before = now;
-    }
-    {
+    let ids = || {
+        let mut ids = loaded_program_ids("sched_process_exec");
+        ids.extend(loaded_program_ids("sched_process_fork"));
+        ids
+    };
+    let ours: Vec<u32> = {
+        let before = ids();
         let mut object = load_object();
         let mut links = agentd::pins::Links::unpinned();
         let _sensor =
             ProcessSensor::attach(&mut object, &mut links).expect("attaching the process sensor");
-        assert_eq!(count(), before + 3, "exec, fork and exit are loaded");
-    }
+        let ours: Vec<u32> = ids().difference(&before).copied().collect();
+        assert_eq!(ours.len(), 3, "exec, fork and exit are loaded: {ours:?}");
+        ours
+    };
     wait_until("the process programs are unloaded after drop", || {
-        count() == before
+        let loaded = ids();
+        ours.iter().all(|id| !loaded.contains(id))
     });
 }

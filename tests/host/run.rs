@@ -9,13 +9,13 @@ use std::{
 };
 
 use agentd_tests::{
-    EVENT_DEADLINE, agentd_bin, loaded_program_count, require_root, unique_executable, wait_until,
+    EVENT_DEADLINE, agentd_bin, loaded_program_ids, require_root, unique_executable, wait_until,
 };
 
 #[test]
 fn agentd_run_prints_exec_events_and_detaches_on_sigint() {
     require_root();
-    let before = loaded_program_count("sched_process_exec");
+    let before = loaded_program_ids("sched_process_exec");
     let pins = agentd_tests::unique_pin_path();
     let mut agentd = Command::new(agentd_bin())
         .args([
@@ -73,6 +73,12 @@ fn agentd_run_prints_exec_events_and_detaches_on_sigint() {
     };
     assert!(line.contains("\"kind\":\"exec\""), "{line}");
     assert!(line.contains("\"version\":1"), "{line}");
+    // The programs this agentd loaded: those that were not there before it started.
+    let ours: Vec<u32> = loaded_program_ids("sched_process_exec")
+        .difference(&before)
+        .copied()
+        .collect();
+    assert!(!ours.is_empty(), "agentd run loaded no exec program");
 
     let pid = i32::try_from(agentd.id()).expect("pid fits i32");
     // SAFETY: signalling our own child by pid.
@@ -94,6 +100,7 @@ fn agentd_run_prints_exec_events_and_detaches_on_sigint() {
     );
     assert!(!pins.exists(), "{} is still there", pins.display());
     wait_until("agentd's exec program is unloaded after it exits", || {
-        loaded_program_count("sched_process_exec") == before
+        let loaded = loaded_program_ids("sched_process_exec");
+        ours.iter().all(|id| !loaded.contains(id))
     });
 }

@@ -96,13 +96,17 @@ pub fn cgroup2_mount() -> PathBuf {
     agentd::cgroups::root().expect("finding the cgroup v2 mount")
 }
 
-/// How many programs named `name` (truncated to the kernel's 15 bytes) are loaded.
-pub fn loaded_program_count(name: &str) -> usize {
+/// The ids of the loaded programs named `name` (truncated to the kernel's 15 bytes, so
+/// `sched_process_exec` also finds `sched_process_exit`). Tests compare id sets, not counts: the
+/// kernel frees an earlier test's programs asynchronously, so a count taken before can shrink
+/// while the test runs.
+pub fn loaded_program_ids(name: &str) -> std::collections::BTreeSet<u32> {
     let name = &name.as_bytes()[..name.len().min(15)];
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter(|program| program.name() == name)
-        .count()
+        .map(|program| program.id())
+        .collect()
 }
 
 /// Polls `done` until it holds, failing after [`EVENT_DEADLINE`]. The kernel frees programs and
