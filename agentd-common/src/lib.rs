@@ -701,6 +701,57 @@ impl NetEvent {
     pub const FLAG_CONDITIONAL_ACCESS: u8 = 1 << 6;
 }
 
+/// What the network hooks' verdict cache depends on (`NET_CACHE[0]`).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetCacheConfig {
+    /// Bumped by agentd after every change to a map a network verdict reads (policy generation,
+    /// blocklist, quarantine, learned destinations, Conditional Access): verdicts cached under
+    /// an older epoch are never read again.
+    pub epoch: u32,
+    /// Allowed calls to a destination already reported are reported again only after this
+    /// many milliseconds; 0 reports every one. Denials and would-denials are always reported.
+    pub allowed_report_interval_ms: u32,
+}
+const _: () = assert!(size_of::<NetCacheConfig>() == 8);
+
+/// A key of the network verdict cache: one agent's calls to one destination through one hook,
+/// under one [`NetCacheConfig::epoch`].
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct NetVerdictKey {
+    pub epoch: u32,
+    pub agent: u32,
+    /// IPv4 in the first 4 bytes, the rest zero; or IPv6.
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u8,
+    pub protocol: u8,
+    /// `NetEvent::HOOK_*`.
+    pub hook: u8,
+    pub pad: [u8; 3],
+}
+const _: () = assert!(size_of::<NetVerdictKey>() == 32);
+
+/// A cached network verdict, as the hook decided it, and when it was last reported.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct NetVerdict {
+    /// `CLOCK_BOOTTIME` nanoseconds at which the verdict must be decided again (the soonest
+    /// expiry of a Conditional Access entry it rests on); 0: not before the epoch changes.
+    pub valid_until_ns: u64,
+    /// `CLOCK_BOOTTIME` nanoseconds of the last event reported for this key.
+    pub reported_ns: u64,
+    pub rule: u32,
+    pub version: u32,
+    /// 1: allowed.
+    pub allow: u8,
+    /// `NetEvent::FLAG_*` bits.
+    pub flags: u8,
+    pub pad: [u8; 6],
+}
+const _: () = assert!(size_of::<NetVerdict>() == 32);
+
 /// Where the kernel steers tagged processes' DNS queries: agentd's resolver.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -898,6 +949,9 @@ mod pod {
     unsafe impl aya::Pod for super::NetAgentPolicy {}
     unsafe impl aya::Pod for super::NetEvent {}
     unsafe impl aya::Pod for super::DnsRedirect {}
+    unsafe impl aya::Pod for super::NetCacheConfig {}
+    unsafe impl aya::Pod for super::NetVerdictKey {}
+    unsafe impl aya::Pod for super::NetVerdict {}
     unsafe impl aya::Pod for super::OriginalDestination {}
     unsafe impl aya::Pod for super::LearnedKeyV4 {}
     unsafe impl aya::Pod for super::FileRuleKey {}

@@ -92,12 +92,25 @@ pub struct MetricsConfig {
     pub listen: Option<std::net::SocketAddr>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkConfig {
     /// The web category database (`DOMAIN CATEGORY` lines, docs/network.md). Default: the
     /// sample that ships inside agentd.
     pub categories_file: Option<PathBuf>,
+    /// An agent's allowed connects (and datagrams) to a destination it was already reported
+    /// reaching are reported again at most once per this many milliseconds; 0 reports every
+    /// one. Denials and would-denials are always reported. Default: 1000.
+    pub allowed_report_interval_ms: u32,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            categories_file: None,
+            allowed_report_interval_ms: 1_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

@@ -214,7 +214,8 @@ impl State {
             &mut links,
         )?;
         let process = ProcessSensor::attach(&mut object, &mut links)?;
-        let net = NetSensor::attach(&mut object, &cgroup_root, &mut links)?;
+        let mut net = NetSensor::attach(&mut object, &cgroup_root, &mut links)?;
+        net.set_allowed_report_interval(config.network.allowed_report_interval_ms)?;
         let mut protect = ProtectSensor::attach(
             &mut object,
             file_enforcement == FileEnforcement::Available,

@@ -4,6 +4,7 @@
 use std::{
     net::{TcpListener, UdpSocket},
     process::Command,
+    time::Duration,
 };
 
 use agentd_tests::{Daemon, boottime_ns, launch_cgroup, wait_until};
@@ -166,10 +167,13 @@ fn allowed_connect_succeeds_and_denied_fails_with_eperm_for_tcp_udp_v4_v6() {
             "{proto} {addr} denied port"
         );
     }
+    // Every denied attempt is reported; repeated allowed ones to the same destination once per
+    // second (`network.allowed_report_interval_ms`), so at least once each.
     let mut events = Vec::new();
     wait_until("connection events are printed", || {
         connections(&daemon, &mut events);
-        events.len() >= 24
+        events.iter().filter(|e| e["verdict"] == "deny").count() >= 12
+            && events.iter().filter(|e| e["verdict"] == "allow").count() >= 4
     });
     let denied = events
         .iter()
@@ -213,6 +217,77 @@ fn audit_mode_allows_and_reports_would_deny() {
         assert_eq!(event["verdict"], "allow", "{event}");
         assert_eq!(event["would_deny"], true, "{event}");
     }
+}
+
+/// The kernel caches each verdict: repeated allowed connects to one destination are reported
+/// once per `allowed_report_interval_ms`, denials every time, and a new policy (a new cache
+/// epoch) decides and reports afresh.
+#[test]
+fn repeated_allowed_connects_are_reported_once_per_interval_and_denials_every_time() {
+    let agent = "repeat-agent";
+    let servers = servers();
+    let policy = policy_for(agent, "enforce", &servers);
+    let daemon =
+        Daemon::start_with_config(&policy, "[network]\nallowed_report_interval_ms = 600000\n");
+    let _launched = launch_cgroup(agent);
+    let (allowed_port, denied_port) = servers.ports[0];
+    assert_eq!(
+        attempts(&daemon, Some(agent), "tcp", "127.0.0.1", allowed_port, 5),
+        (5, 0, 0)
+    );
+    assert_eq!(
+        attempts(&daemon, Some(agent), "tcp", "127.0.0.1", denied_port, 5),
+        (0, 5, 0)
+    );
+    let mut events = Vec::new();
+    let on = |events: &[serde_json::Value], port: u16| {
+        events
+            .iter()
+            .filter(|e| e["port"] == port)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    wait_until(
+        "the denials and the first allowed connect are printed",
+        || {
+            connections(&daemon, &mut events);
+            on(&events, denied_port).len() >= 5 && !on(&events, allowed_port).is_empty()
+        },
+    );
+    // Give any further (wrong) reports time to arrive.
+    std::thread::sleep(Duration::from_millis(500));
+    connections(&daemon, &mut events);
+    let allowed = on(&events, allowed_port);
+    assert_eq!(allowed.len(), 1, "{allowed:?}");
+    assert_eq!(allowed[0]["verdict"], "allow");
+    assert_eq!(on(&events, denied_port).len(), 5);
+
+    // The same rules again, as a new version: the cached verdicts are of the old epoch.
+    let output = daemon.apply(&policy);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        attempts(&daemon, Some(agent), "tcp", "127.0.0.1", allowed_port, 3),
+        (3, 0, 0)
+    );
+    wait_until(
+        "the allowed connect under the new version is printed",
+        || {
+            connections(&daemon, &mut events);
+            on(&events, allowed_port).len() >= 2
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    connections(&daemon, &mut events);
+    let allowed = on(&events, allowed_port);
+    assert_eq!(allowed.len(), 2, "{allowed:?}");
+    assert_ne!(
+        allowed[0]["policy_version"], allowed[1]["policy_version"],
+        "{allowed:?}"
+    );
 }
 
 #[test]
@@ -291,9 +366,11 @@ fn quarantine_takes_effect_on_the_next_connect() {
         .spawn()
         .expect("the connecting agent");
     let mut events = Vec::new();
+    // The first connect is reported (repeats only once a second). Quarantine at once: the
+    // listener never accepts, so once its backlog is full the loop's connects would stall.
     wait_until("the agent connects", || {
         connections(&daemon, &mut events);
-        events.len() >= 3
+        !events.is_empty()
     });
     let output = Command::new(agentd_tests::agentd_bin())
         .args(["quarantine", agent, "--socket"])
@@ -346,7 +423,12 @@ fn policy_swap_under_load_gives_no_wrong_verdicts() {
             "[[agent]]\nname = \"{agent}\"\n[agent.network]\ndefault = \"allow\"\n[[agent.network.rule]]\nid = \"the-port\"\naction = \"{action}\"\ncidr = \"127.0.0.1/32\"\nports = \"{port}\"\n"
         )
     };
-    let daemon = Daemon::start(&policy("allow"));
+    // Every allowed call is reported too, so that each one's verdict can be checked: this is
+    // also the test that a policy swap leaves no cached verdict of the old policy in use.
+    let daemon = Daemon::start_with_config(
+        &policy("allow"),
+        "[network]\nallowed_report_interval_ms = 0\n",
+    );
     let _launched = launch_cgroup(agent);
     drop(listener);
     let connects: u32 = std::env::var("AGENTD_SWAP_CONNECTS")

@@ -4,6 +4,10 @@
 //! A new policy is written into the generation not in force, then `NET_CONFIG[0]` is switched
 //! to it in one map update, then the old generation's entries are removed. Each kernel call
 //! reads the generation once, so it sees either the whole old policy or the whole new one.
+//!
+//! The hooks cache their verdicts under an epoch (`NET_CACHE[0]`): every method that changes a
+//! map a verdict reads bumps it when done, whether or not it succeeded, so that no call is
+//! decided from a cached verdict older than the change.
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
@@ -12,7 +16,7 @@ use std::{
 
 use agentd_common::{
     BlockKeyV4, BlockKeyV6, CaAgent, CaGrantList, CaKeyV4, CaKeyV6, DnsRedirect, LearnedKeyV4,
-    NetAgentKey, NetAgentPolicy, NetKeyV4, NetKeyV6, NetRule, NetRuleList,
+    NetAgentKey, NetAgentPolicy, NetCacheConfig, NetKeyV4, NetKeyV6, NetRule, NetRuleList,
 };
 use aya::{
     maps::{
@@ -52,6 +56,8 @@ struct Written {
 
 pub struct NetSensor {
     config: Array<MapData, u32>,
+    cache: Array<MapData, NetCacheConfig>,
+    cache_config: NetCacheConfig,
     agents: HashMap<MapData, NetAgentKey, NetAgentPolicy>,
     rules_v4: LpmTrie<MapData, NetKeyV4, NetRuleList>,
     rules_v6: LpmTrie<MapData, NetKeyV6, NetRuleList>,
@@ -102,6 +108,8 @@ impl NetSensor {
     ) -> Result<Self, SensorError> {
         let mut sensor = Self {
             config: take_map(object, "NET_CONFIG")?,
+            cache: take_map(object, "NET_CACHE")?,
+            cache_config: NetCacheConfig::default(),
             agents: take_map(object, "NET_AGENTS")?,
             rules_v4: take_map(object, "NET_RULES_V4")?,
             rules_v6: take_map(object, "NET_RULES_V6")?,
@@ -155,11 +163,72 @@ impl NetSensor {
         Ok(sensor)
     }
 
+    /// Makes the Conditional Access tables exactly `tables`: grants and denials go in before the
+    /// agents' flags, and stale entries come out after, so no connect sees a restriction
+    /// without its grants.
+    pub fn set_conditional_access(&mut self, tables: &CaTables) -> Result<(), SensorError> {
+        let result = self.write_conditional_access(tables);
+        self.invalidate(result)
+    }
+
+    /// Makes the Conditional Access entries for learned addresses exactly `want`.
+    pub fn set_ca_learned(
+        &mut self,
+        want: &[(LearnedKeyV4, CaGrantList)],
+    ) -> Result<(), SensorError> {
+        let result = self.write_ca_learned(want);
+        self.invalidate(result)
+    }
+
+    /// Makes `tables` the policy in force, atomically. On failure the policy in force is
+    /// untouched and the half-written generation is removed.
+    pub fn apply(&mut self, tables: &NetTables) -> Result<(), SensorError> {
+        let result = self.write_policy(tables);
+        self.invalidate(result)
+    }
+
+    /// Makes the destinations learned from DNS answers exactly `want`.
+    pub fn set_learned(&mut self, want: &[(LearnedKeyV4, NetRule)]) -> Result<(), SensorError> {
+        let result = self.write_learned(want);
+        self.invalidate(result)
+    }
+
+    /// Quarantines `agent` (or releases it): effective on its next connect or sendmsg.
+    pub fn set_quarantine(&mut self, agent: u32, on: bool) -> Result<(), SensorError> {
+        let result = self.write_quarantine(agent, on);
+        self.invalidate(result)
+    }
+
+    /// Replaces the destinations quarantined agents may reach; `rule` is reported on a match.
+    pub fn set_quarantine_allow(&mut self, allow: &[Prefix], rule: u32) -> Result<(), SensorError> {
+        let result = self.write_quarantine_allow(allow, rule);
+        self.invalidate(result)
+    }
+
+    /// Reports allowed calls to a destination already reported at most once per `interval_ms`
+    /// (0: every call). Denials and would-denials are always reported.
+    pub fn set_allowed_report_interval(&mut self, interval_ms: u32) -> Result<(), SensorError> {
+        self.cache_config.allowed_report_interval_ms = interval_ms;
+        self.invalidate(Ok(()))
+    }
+
+    /// Bumps the verdict cache's epoch after a change (whether or not it succeeded: a failed
+    /// change may have written part of itself), then returns the change's result.
+    fn invalidate(&mut self, result: Result<(), SensorError>) -> Result<(), SensorError> {
+        self.cache_config.epoch = self.cache_config.epoch.wrapping_add(1);
+        let bumped = self
+            .cache
+            .set(0, self.cache_config, 0)
+            .map_err(map_error("NET_CACHE"));
+        result.and(bumped)
+    }
+
     /// Reads back what an earlier agentd left in pinned maps: the generation in force and the
     /// keys of each generation (the other one's are removed by the next apply), the Conditional
     /// Access prefixes and the quarantine exemptions. Fresh maps read back empty.
     fn adopt_content(&mut self) -> Result<(), SensorError> {
         self.generation = self.config.get(&0, 0).map_err(map_error("NET_CONFIG"))?;
+        self.cache_config = self.cache.get(&0, 0).map_err(map_error("NET_CACHE"))?;
         let mut written: StdHashMap<u32, Written> = StdHashMap::new();
         for key in self.agents.keys() {
             let key = key.map_err(map_error("NET_AGENTS"))?;
@@ -225,10 +294,7 @@ impl NetSensor {
         Ok(())
     }
 
-    /// Makes the Conditional Access tables exactly `tables`: grants and denials go in before the
-    /// agents' flags, and stale entries come out after, so no connect sees a restriction
-    /// without its grants.
-    pub fn set_conditional_access(&mut self, tables: &CaTables) -> Result<(), SensorError> {
+    fn write_conditional_access(&mut self, tables: &CaTables) -> Result<(), SensorError> {
         for (len, key, list) in &tables.v4 {
             self.ca_v4
                 .insert(&Key::new(32 + u32::from(*len), *key), list, 0)
@@ -266,8 +332,7 @@ impl NetSensor {
         Ok(())
     }
 
-    /// Makes the Conditional Access entries for learned addresses exactly `want`.
-    pub fn set_ca_learned(
+    fn write_ca_learned(
         &mut self,
         want: &[(LearnedKeyV4, CaGrantList)],
     ) -> Result<(), SensorError> {
@@ -392,9 +457,7 @@ impl NetSensor {
         }
     }
 
-    /// Makes `tables` the policy in force, atomically. On failure the policy in force is
-    /// untouched and the half-written generation is removed.
-    pub fn apply(&mut self, tables: &NetTables) -> Result<(), SensorError> {
+    fn write_policy(&mut self, tables: &NetTables) -> Result<(), SensorError> {
         let next = 1 - self.generation;
         // Leftovers of a failed earlier apply.
         if let Some(stale) = self.written.remove(&next) {
@@ -441,13 +504,11 @@ impl NetSensor {
         self.dns.set(0, redirect, 0).map_err(map_error("NET_DNS"))
     }
 
-    /// Makes the destinations learned from DNS answers exactly `want`.
-    pub fn set_learned(&mut self, want: &[(LearnedKeyV4, NetRule)]) -> Result<(), SensorError> {
+    fn write_learned(&mut self, want: &[(LearnedKeyV4, NetRule)]) -> Result<(), SensorError> {
         replace_all(&mut self.learned, want, "NET_LEARNED_V4")
     }
 
-    /// Quarantines `agent` (or releases it): effective on its next connect or sendmsg.
-    pub fn set_quarantine(&mut self, agent: u32, on: bool) -> Result<(), SensorError> {
+    fn write_quarantine(&mut self, agent: u32, on: bool) -> Result<(), SensorError> {
         if on {
             self.quarantine
                 .insert(agent, 1, 0)
@@ -467,8 +528,7 @@ impl NetSensor {
             .map_err(map_error("NET_QUARANTINE"))
     }
 
-    /// Replaces the destinations quarantined agents may reach; `rule` is reported on a match.
-    pub fn set_quarantine_allow(&mut self, allow: &[Prefix], rule: u32) -> Result<(), SensorError> {
+    fn write_quarantine_allow(&mut self, allow: &[Prefix], rule: u32) -> Result<(), SensorError> {
         for prefix in allow {
             let len = u32::from(prefix.len);
             if prefix.is_v6() {
