@@ -58,11 +58,17 @@ enum Task {
         /// a missed target is not a failure).
         #[arg(long)]
         smoke: bool,
-        /// Run only this row (repeatable): connect, untagged, open, prog-cost, pipeline,
-        /// policy-eval, propagation, control-plane, risk-quarantine. Rows not run are kept from
-        /// an earlier BENCHMARKS.json in the output directory.
+        /// Run only this row (repeatable): connect, untagged, open, prog-cost, open-lsm and
+        /// prog-cost-lsm (from --lsm-rows), pipeline, policy-eval, propagation, control-plane,
+        /// risk-quarantine. Rows not run are kept from an earlier BENCHMARKS.json in the output
+        /// directory.
         #[arg(long = "only", value_name = "ROW", value_parser = row_id)]
         only: Vec<String>,
+        /// A BENCHMARKS.json that this program wrote in a QEMU guest with BPF LSM (`cargo xtask
+        /// bench` boots one, since this host refuses BPF LSM): its open and prog-cost rows
+        /// become the rows open-lsm and prog-cost-lsm.
+        #[arg(long, value_name = "FILE")]
+        lsm_rows: Option<PathBuf>,
     },
     /// One measured loop, printing a JSON report (used by `run`; runs tagged or untagged).
     #[command(subcommand)]
@@ -140,7 +146,16 @@ fn main() -> ExitCode {
             repo,
             smoke,
             only,
-        } => run_all(&agentd, &control, &out_dir, &repo, smoke, &only),
+            lsm_rows,
+        } => run_all(
+            &agentd,
+            &control,
+            &out_dir,
+            &repo,
+            smoke,
+            &only,
+            lsm_rows.as_deref(),
+        ),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -187,6 +202,7 @@ fn run_all(
     repo: &Path,
     smoke: bool,
     only: &[String],
+    lsm_rows: Option<&Path>,
 ) -> anyhow::Result<bool> {
     // SAFETY: geteuid has no preconditions.
     anyhow::ensure!(
@@ -210,6 +226,13 @@ fn run_all(
         .collect();
     if !overhead_rows.is_empty() {
         rows.extend(overhead::run(&ctx, &overhead_rows));
+    }
+    if let Some(path) = lsm_rows {
+        rows.extend(
+            report::lsm_rows(path, &ctx.run)
+                .into_iter()
+                .filter(|row| wanted(&row.id)),
+        );
     }
     if wanted("pipeline") {
         eprintln!("bench: event pipeline");

@@ -331,9 +331,15 @@ fn measure(ctx: &Context, wanted: &[&str]) -> anyhow::Result<Vec<Row>> {
                         results.b_open_tagged.median_rate()
                     ),
                     status: Status::from_target(throughput >= 0.97),
-                    ran_on: format!(
-                        "{where_host}, file monitoring: {file_monitoring} (BPF LSM programs are refused by this kernel; the LSM path runs only in the vm tier)"
-                    ),
+                    ran_on: if file_monitoring == "lsm" {
+                        format!(
+                            "{where_host}, file monitoring: lsm (opens decided by lsm/file_open)"
+                        )
+                    } else {
+                        format!(
+                            "{where_host}, file monitoring: {file_monitoring} (BPF LSM programs are refused by this kernel; row open-lsm measures the LSM path in a guest)"
+                        )
+                    },
                     details: json!({
                         "rounds": rounds,
                         "opens_per_round": loops.open_count,

@@ -194,6 +194,16 @@ pub const ROWS: &[RowSpec] = &[
         name: "risk to quarantine",
         target: "p99 ≤ 10 ms",
     },
+    RowSpec {
+        id: "open-lsm",
+        name: "open() on a non-matching path (tagged), BPF LSM in a guest",
+        target: "throughput ≥ 0.97 of baseline",
+    },
+    RowSpec {
+        id: "prog-cost-lsm",
+        name: "cost per program invocation, BPF LSM in a guest",
+        target: "connect4 ≤ 100 ns, file_open ≤ 150 ns",
+    },
 ];
 
 pub fn spec(id: &str) -> &'static RowSpec {
@@ -261,6 +271,44 @@ pub fn previous_rows(path: &Path) -> Vec<Row> {
         .and_then(|text| serde_json::from_str::<Document>(&text).ok())
         .map(|doc| doc.rows)
         .unwrap_or_default()
+}
+
+/// The `open` and `prog-cost` rows that agentd-bench measured in a QEMU guest whose kernel has
+/// BPF LSM (`cargo xtask bench` boots it and saves the guest's BENCHMARKS.json at `path`), as
+/// the rows `open-lsm` and `prog-cost-lsm` of this run.
+pub fn lsm_rows(path: &Path, run: &RunInfo) -> Vec<Row> {
+    let document = fs::read_to_string(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|text| serde_json::from_str::<Document>(&text).map_err(anyhow::Error::from))
+        .with_context(|| format!("reading the guest's results from {}", path.display()));
+    [("open", "open-lsm"), ("prog-cost", "prog-cost-lsm")]
+        .into_iter()
+        .map(|(measured, id)| {
+            let spec = spec(id);
+            let document = match &document {
+                Ok(document) => document,
+                Err(err) => return Row::error(spec, run, err),
+            };
+            let Some(row) = document.rows.iter().find(|row| row.id == measured) else {
+                return Row::error(
+                    spec,
+                    run,
+                    &anyhow::anyhow!("the guest's results have no {measured} row"),
+                );
+            };
+            Row {
+                id: spec.id.to_owned(),
+                name: spec.name.to_owned(),
+                target: spec.target.to_owned(),
+                ran_on: format!(
+                    "QEMU guest on this machine (2 vCPUs), Debian kernel {} with BPF LSM: {}",
+                    document.run.kernel, row.ran_on
+                ),
+                run: run.clone(),
+                ..row.clone()
+            }
+        })
+        .collect()
 }
 
 #[derive(Serialize, Deserialize)]

@@ -1,11 +1,19 @@
 //! `cargo xtask bench`: builds agentd, agentd-control and agentd-bench in release mode and runs
 //! `agentd-bench run`, which writes BENCHMARKS.md and BENCHMARKS.json (docs/benchmarks.md).
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 
-use crate::{cmd, test};
+use crate::{
+    cmd, test,
+    vm::{self, KernelSpec, Payload},
+};
 
 pub struct Options {
     pub smoke: bool,
@@ -60,6 +68,11 @@ pub fn run(options: &Options, mut on_line: impl FnMut(&str)) -> anyhow::Result<b
             root.clone()
         }
     });
+    let lsm_rows = if wants_lsm_rows(&options.only) {
+        Some(lsm_rows(options, &agentd, &control, &bench, &mut on_line)?)
+    } else {
+        None
+    };
     let mut command = Command::new(bench);
     command
         .arg("run")
@@ -71,6 +84,9 @@ pub fn run(options: &Options, mut on_line: impl FnMut(&str)) -> anyhow::Result<b
         .arg(&out_dir)
         .arg("--repo")
         .arg(&root);
+    if let Some(rows) = &lsm_rows {
+        command.arg("--lsm-rows").arg(rows);
+    }
     if options.smoke {
         command.arg("--smoke");
     }
@@ -78,4 +94,85 @@ pub fn run(options: &Options, mut on_line: impl FnMut(&str)) -> anyhow::Result<b
         command.args(["--only", row]);
     }
     cmd::stream(&mut command, |line| on_line(line))
+}
+
+/// The rows measured in a QEMU guest, because this host's kernel refuses BPF LSM programs.
+const LSM_ROWS: [&str; 2] = ["open-lsm", "prog-cost-lsm"];
+
+/// The guest kernel of the LSM rows: the vm-systemd tier's, with BPF LSM on the command line.
+pub const LSM_KERNEL: &str = "6.12";
+
+fn wants_lsm_rows(only: &[String]) -> bool {
+    only.is_empty() || only.iter().any(|row| LSM_ROWS.contains(&row.as_str()))
+}
+
+/// What the guest runs: agentd-bench's `open` and `prog-cost` rows, its BENCHMARKS.json
+/// printed between markers, then the result marker.
+const LSM_SCRIPT: &str = r#"mkdir -p /tmp/bench
+if /bin/agentd-bench run --agentd /bin/agentd --control /bin/agentd-control --out-dir /tmp/bench --repo / --only open --only prog-cost @SMOKE@; then
+    echo AGENTD-BENCH-JSON-BEGIN
+    cat /tmp/bench/BENCHMARKS.json
+    echo AGENTD-BENCH-JSON-END
+    echo "@PASS@"
+else
+    echo "@FAIL@"
+fi
+"#;
+
+/// Boots the LSM kernel with agentd, agentd-control and agentd-bench, runs the `open` and
+/// `prog-cost` rows there and returns the file holding the guest's BENCHMARKS.json.
+fn lsm_rows(
+    options: &Options,
+    agentd: &Path,
+    control: &Path,
+    bench: &Path,
+    on_line: &mut impl FnMut(&str),
+) -> anyhow::Result<PathBuf> {
+    let kernel: KernelSpec = LSM_KERNEL.parse().map_err(anyhow::Error::msg)?;
+    // Fetches the kernel once (a no-op when cached).
+    crate::setup::run(&crate::setup::Options {
+        kernels: vec![kernel.clone()],
+        vm_systemd: false,
+    })?;
+    let payload = Payload {
+        tests: Vec::new(),
+        agentd: agentd.to_owned(),
+        helpers: vec![
+            ("agentd-bench".to_owned(), bench.to_owned()),
+            ("agentd-control".to_owned(), control.to_owned()),
+        ],
+        filter: None,
+        script: Some(
+            LSM_SCRIPT
+                .replace("@SMOKE@", if options.smoke { "--smoke" } else { "" })
+                .replace("@PASS@", vm::RESULT_PASS)
+                .replace("@FAIL@", vm::RESULT_FAIL),
+        ),
+    };
+    on_line(&format!(
+        "bench: rows {} in a QEMU guest (kernel {LSM_KERNEL}, BPF LSM)",
+        LSM_ROWS.join(", ")
+    ));
+    let timeout = Duration::from_mins(if options.smoke { 10 } else { 30 });
+    let run = vm::run_tests(&kernel, &payload, None, timeout, |line| {
+        on_line(&format!("bench-vm| {line}"));
+    })?;
+    let out = test::workspace_root().join("target/bench-lsm.json");
+    let json: Vec<&str> = run
+        .console
+        .iter()
+        .skip_while(|line| !line.contains("AGENTD-BENCH-JSON-BEGIN"))
+        .skip(1)
+        .take_while(|line| !line.contains("AGENTD-BENCH-JSON-END"))
+        .map(String::as_str)
+        .collect();
+    // An empty file when the guest printed nothing: agentd-bench then reports the rows' error.
+    fs::write(&out, json.join("\n")).with_context(|| format!("writing {}", out.display()))?;
+    if run.outcome != (vm::Outcome::Finished { passed: true }) {
+        on_line(&format!(
+            "bench: the guest did not finish the LSM rows: {:?}",
+            run.outcome
+        ));
+    }
+    Ok(out)
 }

@@ -142,9 +142,10 @@ enum Task {
         /// Every row briefly, to prove the harness works; writes to target/bench-smoke.
         #[arg(long)]
         smoke: bool,
-        /// Only this row (repeatable): connect, untagged, open, prog-cost, pipeline,
-        /// policy-eval, propagation, control-plane, risk-quarantine. Other rows are kept from
-        /// the previous BENCHMARKS.json.
+        /// Only this row (repeatable): connect, untagged, open, prog-cost, open-lsm,
+        /// prog-cost-lsm (these two run in a QEMU guest with BPF LSM), pipeline, policy-eval,
+        /// propagation, control-plane, risk-quarantine. Other rows are kept from the previous
+        /// BENCHMARKS.json.
         #[arg(long = "only", value_name = "ROW")]
         only: Vec<String>,
         /// Write the results here instead.

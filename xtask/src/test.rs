@@ -282,6 +282,7 @@ pub fn vm_tier(options: &VmOptions) -> anyhow::Result<Vec<TierResult>> {
         agentd: build_agentd(false)?,
         helpers,
         filter: options.filter.clone(),
+        script: None,
     };
     let mut results = Vec::new();
     for kernel in &options.kernels {

@@ -138,6 +138,9 @@ pub struct Payload {
     pub helpers: Vec<(String, PathBuf)>,
     /// Run only the tests whose names contain this (letters, digits, `_` and `:`).
     pub filter: Option<String>,
+    /// A shell script to run instead of the tests; it prints [`RESULT_PASS`] or
+    /// [`RESULT_FAIL`] itself.
+    pub script: Option<String>,
 }
 
 const INIT: &str = r#"#!/bin/busybox sh
@@ -157,14 +160,18 @@ echo "AGENTD-VM-BOOTED kernel=$(uname -r) lsm=$(cat /sys/kernel/security/lsm)"
 export AGENTD_BIN=/bin/agentd AGENTD_TEST_HELPER=/bin/agentd-test-helper RUST_BACKTRACE=1 TMPDIR=/tmp
 # Emulated CPUs are slow: the load tests run fewer iterations here (the host tier runs them whole).
 export AGENTD_SWAP_CONNECTS=10000 AGENTD_SWAP_RATE=1000 AGENTD_RESTARTS=3
-status=0
+@BODY@
+poweroff -f
+"#;
+
+/// What the guest runs by default: every test binary, then the result marker.
+const TESTS: &str = r#"status=0
 for t in /tests/*; do
     [ -x "$t" ] || continue
     echo "AGENTD-VM-RUN $t"
     "$t" --test-threads=1 @FILTER@ || status=1
 done
 if [ "$status" = 0 ]; then echo "AGENTD-VM-RESULT PASS"; else echo "AGENTD-VM-RESULT FAIL"; fi
-poweroff -f
 "#;
 
 /// Used by the KVM probe: boots and powers off at once.
@@ -248,7 +255,11 @@ pub fn build_initramfs(work: &Path, payload: &Payload) -> anyhow::Result<PathBuf
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
         "--filter takes letters, digits, `_` and `:` only"
     );
-    busybox_root(&root, &INIT.replace("@FILTER@", filter))?;
+    let body = payload
+        .script
+        .clone()
+        .unwrap_or_else(|| TESTS.replace("@FILTER@", filter));
+    busybox_root(&root, &INIT.replace("@BODY@", &body))?;
     for (name, binary) in &payload.tests {
         install_with_libraries(&root, binary, &Path::new("/tests").join(name))?;
     }
@@ -286,8 +297,8 @@ pub struct Run {
 }
 
 const BOOTED: &str = "AGENTD-VM-BOOTED";
-const RESULT_PASS: &str = "AGENTD-VM-RESULT PASS";
-const RESULT_FAIL: &str = "AGENTD-VM-RESULT FAIL";
+pub const RESULT_PASS: &str = "AGENTD-VM-RESULT PASS";
+pub const RESULT_FAIL: &str = "AGENTD-VM-RESULT FAIL";
 
 /// How a run ended when QEMU exited by itself, from what the console showed.
 fn exited(console: &[String]) -> Outcome {
