@@ -15,7 +15,7 @@ use crate::{
     model::{AccessPackageState, DEFAULT_OFFLINE_TTL_SECONDS, Host, ResolvedAgent},
     policy::{
         ActivePolicy, Decision, PolicyVerdict, RiskLevel,
-        evaluate::{Facts, PackageGrant, Place, Subject, evaluate},
+        evaluate::{Facts, PackageGrant, Place, PolicySet, Subject, evaluate},
     },
     risk::{AgentRisk, aggregate},
     store::{Store, registry::AgentFilter},
@@ -24,7 +24,8 @@ use crate::{
 /// Everything decisions depend on except the host and the time, loaded once per evaluation
 /// round and shared by every host evaluated in it.
 pub struct Inputs {
-    pub policies: Vec<ActivePolicy>,
+    /// Indexed once per load (see [`PolicySet`]), for every host and agent evaluated.
+    pub policies: PolicySet,
     pub subjects: Vec<Subject>,
     pub packages: HashMap<String, Vec<PackageGrant>>,
     pub risks: HashMap<String, AgentRisk>,
@@ -129,7 +130,7 @@ pub async fn load_inputs(store: &Store, now: UnixTime, risk_window: i64) -> Resu
     }
     Ok(Inputs {
         host_conditions: HostConditions::of(&policies),
-        policies,
+        policies: PolicySet::new(policies),
         subjects,
         packages,
         risks,
@@ -267,7 +268,7 @@ mod tests {
         };
         Inputs {
             host_conditions: HostConditions::of(&policies),
-            policies,
+            policies: PolicySet::new(policies),
             subjects: vec![subject],
             packages: HashMap::new(),
             risks: HashMap::new(),
