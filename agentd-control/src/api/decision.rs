@@ -76,15 +76,18 @@ pub(super) fn decision_to_proto(decision: &Decision) -> proto::AgentDecision {
         network_restricted: network.restricted,
         network_grants: grants(network),
         file_controls: files.iter().map(file_to_proto).collect(),
-        policy_ids: policy_ids.clone(),
-        report_only_policy_ids: report_only_policy_ids.clone(),
+        policy_ids: policy_ids.iter().map(ToString::to_string).collect(),
+        report_only_policy_ids: report_only_policy_ids
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         report_only_action: report_only_action
             .map_or(proto::Action::Unspecified, action_to_proto)
             .into(),
         offline_behavior: offline_to_proto(*offline_behavior).into(),
         offline_ttl_seconds: *offline_ttl_seconds,
         risk_level: risk.as_str().to_owned(),
-        reasons: reasons.clone(),
+        reasons: reasons.iter().map(ToString::to_string).collect(),
         network_denials: denials(network),
         report_only_network_restricted: report_only_network.as_ref().is_some_and(|n| n.restricted),
         report_only_network_grants: report_only_network.as_ref().map(grants).unwrap_or_default(),

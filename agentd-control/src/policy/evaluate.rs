@@ -17,7 +17,10 @@
 //! - Report-only policies change nothing enforced: they yield `report_only_action` and the
 //!   network the agent would have with them enabled.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use super::{
     Action, ActivePolicy, Cidr, Decision, Destination, FileAccess, FileAction, FileControl,
@@ -76,8 +79,9 @@ pub struct Facts<'a> {
 #[derive(Clone, Debug, Default)]
 pub struct PolicySet {
     policies: Vec<ActivePolicy>,
-    /// Per policy: the reason a decision gives when it applies (by its state).
-    applies: Vec<String>,
+    /// Per policy: its id, and the reason a decision gives when it applies (by its state).
+    ids: Vec<Arc<str>>,
+    applies: Vec<Arc<str>>,
     /// Enabled and report-only policies that include all agents.
     everyone: Vec<usize>,
     /// ... that name agents (ids or names), by name.
@@ -92,17 +96,19 @@ pub struct PolicySet {
 impl PolicySet {
     pub fn new(policies: Vec<ActivePolicy>) -> Self {
         let mut set = Self {
+            ids: Vec::with_capacity(policies.len()),
             applies: Vec::with_capacity(policies.len()),
             ..Self::default()
         };
         for (index, policy) in policies.iter().enumerate() {
             let doc = &policy.document;
-            set.applies.push(match policy.state {
+            set.ids.push(Arc::from(policy.id.as_str()));
+            set.applies.push(Arc::from(match policy.state {
                 PolicyState::ReportOnly => format!("report-only policy {} would apply", doc.name),
                 PolicyState::Enabled | PolicyState::Disabled => {
                     format!("policy {} applies", doc.name)
                 }
-            });
+            }));
             if policy.state == PolicyState::Disabled {
                 continue;
             }
@@ -137,20 +143,26 @@ impl PolicySet {
     /// The indices of the policies that may select `subject`, in policy order, without
     /// duplicates: every policy whose include selector picks the subject is among them.
     fn candidates(&self, subject: &Subject) -> Vec<usize> {
-        let mut found = self.everyone.clone();
-        let mut add = |list: Option<&Vec<usize>>| {
-            if let Some(list) = list {
-                found.extend_from_slice(list);
-            }
-        };
-        add(self.by_agent.get(&subject.id));
-        add(self.by_agent.get(&subject.name));
-        add(self.by_blueprint.get(&subject.blueprint));
-        for (key, value) in &subject.attributes {
-            add(self
-                .by_attribute
+        let mut lists: Vec<&[usize]> = vec![&self.everyone];
+        lists.extend(
+            [
+                self.by_agent.get(&subject.id),
+                self.by_agent.get(&subject.name),
+                self.by_blueprint.get(&subject.blueprint),
+            ]
+            .into_iter()
+            .flatten()
+            .map(Vec::as_slice),
+        );
+        lists.extend(subject.attributes.iter().filter_map(|(key, value)| {
+            self.by_attribute
                 .get(key)
-                .and_then(|by_value| by_value.get(value)));
+                .and_then(|by_value| by_value.get(value))
+                .map(Vec::as_slice)
+        }));
+        let mut found = Vec::with_capacity(lists.iter().map(|list| list.len()).sum());
+        for list in lists {
+            found.extend_from_slice(list);
         }
         found.sort_unstable();
         found.dedup();
@@ -527,7 +539,8 @@ pub fn evaluate(
     let mut would = Combined::default();
     let mut policy_ids = Vec::new();
     let mut report_only_policy_ids = Vec::new();
-    let mut reasons = Vec::new();
+    // Each applying policy adds a reason, and a few more may come: one allocation, mostly.
+    let mut reasons = Vec::with_capacity(32);
     let mut verdicts = Vec::new();
     let mut report_only_network = false;
     // What-if explains every policy; a decision needs only those that may select the agent.
@@ -545,14 +558,14 @@ pub fn evaluate(
             match policy.state {
                 PolicyState::Enabled => {
                     enforced.add(&policy.id, doc);
-                    policy_ids.push(policy.id.clone());
-                    reasons.push(set.applies[index].clone());
+                    policy_ids.push(Arc::clone(&set.ids[index]));
+                    reasons.push(Arc::clone(&set.applies[index]));
                 }
                 PolicyState::ReportOnly => {
-                    report_only_policy_ids.push(policy.id.clone());
+                    report_only_policy_ids.push(Arc::clone(&set.ids[index]));
                     report_only_network |= doc.controls.network_allow.is_some()
                         || !doc.controls.network_deny.is_empty();
-                    reasons.push(set.applies[index].clone());
+                    reasons.push(Arc::clone(&set.applies[index]));
                 }
                 PolicyState::Disabled => {}
             }
@@ -574,7 +587,7 @@ pub fn evaluate(
     if let Some(why) = governance_block(subject) {
         action = action.max(Action::Block);
         report_only_action = report_only_action.map(|a| a.max(Action::Block));
-        reasons.insert(0, why);
+        reasons.insert(0, Arc::from(why));
     }
     let network = enforced.network(&package_grants);
     let report_only_network = report_only_network.then(|| would.network(&package_grants));
@@ -583,10 +596,13 @@ pub fn evaluate(
     files.sort();
     files.dedup();
     if !package_grants.is_empty() {
-        reasons.push(format!("{} access-package grant(s)", package_grants.len()));
+        reasons.push(Arc::from(format!(
+            "{} access-package grant(s)",
+            package_grants.len()
+        )));
     }
     if subject.risk > RiskLevel::None {
-        reasons.push(format!("risk level {}", subject.risk));
+        reasons.push(Arc::from(format!("risk level {}", subject.risk)));
     }
     let decision = Decision {
         agent_id: subject.id.clone(),
@@ -681,7 +697,7 @@ mod tests {
         let policies = [policy("a", ALLOW_BANK), policy("b", BLOCK_HIGH)];
         let decision = decide(&policies, &agent, 0);
         assert_eq!(decision.action, Action::Block);
-        assert_eq!(decision.policy_ids, ["a", "b"]);
+        assert_eq!(decision.policy_ids, [Arc::from("a"), Arc::from("b")]);
         let policies = [
             policy("a", ALLOW_BANK),
             policy("b", BLOCK_HIGH),
@@ -695,7 +711,7 @@ mod tests {
             Action::Allow,
             "the risk condition does not hold"
         );
-        assert_eq!(decision.policy_ids, ["a"]);
+        assert_eq!(decision.policy_ids, [Arc::from("a")]);
     }
 
     #[test]
@@ -749,8 +765,8 @@ mod tests {
         );
         assert_eq!(decision.action, Action::Allow);
         assert_eq!(decision.report_only_action, Some(Action::Block));
-        assert_eq!(decision.report_only_policy_ids, ["r"]);
-        assert!(decision.policy_ids == ["a"]);
+        assert_eq!(decision.report_only_policy_ids, [Arc::from("r")]);
+        assert!(decision.policy_ids == [Arc::from("a")]);
         agent.risk = RiskLevel::Low;
         let decision = decide(&[policy("r", &report_only)], &agent, 0);
         assert_eq!(
