@@ -13,7 +13,7 @@ use agentd_control::{
     model::{AgentState, OfflineBehavior},
     policy::{
         ActivePolicy, Decision, RiskLevel,
-        evaluate::{Facts, Place, Subject, evaluate},
+        evaluate::{Facts, Place, PolicySet, Subject, evaluate},
         parse_document,
     },
 };
@@ -181,9 +181,10 @@ pub fn host() -> Place {
 /// Wednesday 2026-11-25 10:30 UTC: inside the office-hours windows.
 pub const NOW: UnixTime = 1_795_602_600;
 
-/// What row 6 evaluates: the policies, a few agents and one host.
+/// What row 6 evaluates: the policies, a few agents and one host. The policies are prepared
+/// for evaluation (indexed) once, as agentd-control does when it loads them.
 pub struct Fixture {
-    pub policies: Vec<ActivePolicy>,
+    pub policies: PolicySet,
     pub subjects: Vec<Subject>,
     pub host: Place,
     pub now: UnixTime,
@@ -193,7 +194,7 @@ impl Fixture {
     /// `policies` policies and `agents` agents.
     pub fn new(policies: usize, agents: usize) -> Self {
         Self {
-            policies: self::policies(policies),
+            policies: PolicySet::new(self::policies(policies)),
             subjects: (0..agents).map(subject).collect(),
             host: host(),
             now: NOW,

@@ -1,6 +1,9 @@
 //! Decisions to protobuf, and the per-host decision set behind `WatchDecisions`.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use tokio::time::Instant;
 
@@ -8,8 +11,10 @@ use super::{ControlPlane, batch, optional_timestamp, registry::offline_to_proto,
 use crate::{
     clock::UnixTime,
     decisions::{self, Inputs, place},
-    error::Result,
-    policy::{Action, Decision, Destination, FileControl, NetworkGrant, NetworkVerdict},
+    error::{Error, Result},
+    policy::{
+        Action, Decision, Destination, FileControl, NetworkGrant, NetworkVerdict, evaluate::Place,
+    },
     proto,
 };
 
@@ -71,15 +76,18 @@ pub(super) fn decision_to_proto(decision: &Decision) -> proto::AgentDecision {
         network_restricted: network.restricted,
         network_grants: grants(network),
         file_controls: files.iter().map(file_to_proto).collect(),
-        policy_ids: policy_ids.clone(),
-        report_only_policy_ids: report_only_policy_ids.clone(),
+        policy_ids: policy_ids.iter().map(ToString::to_string).collect(),
+        report_only_policy_ids: report_only_policy_ids
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         report_only_action: report_only_action
             .map_or(proto::Action::Unspecified, action_to_proto)
             .into(),
         offline_behavior: offline_to_proto(*offline_behavior).into(),
         offline_ttl_seconds: *offline_ttl_seconds,
         risk_level: risk.as_str().to_owned(),
-        reasons: reasons.clone(),
+        reasons: reasons.iter().map(ToString::to_string).collect(),
         network_denials: denials(network),
         report_only_network_restricted: report_only_network.as_ref().is_some_and(|n| n.restricted),
         report_only_network_grants: report_only_network.as_ref().map(grants).unwrap_or_default(),
@@ -99,7 +107,46 @@ pub(super) struct CachedInputs {
     now: UnixTime,
     /// When loading started: the inputs reflect every write committed before it.
     load_started: Instant,
-    inputs: Arc<Inputs>,
+    inputs: Arc<Loaded>,
+}
+
+/// Inputs, and the decision sets evaluated from them so far: one per distinct
+/// [`HostKey`](decisions::HostKey) and time, shared by every host with that key. They live
+/// and go with the inputs, so a change (which loads new inputs) never sees an older set.
+pub(super) struct Loaded {
+    inputs: Inputs,
+    sets: Mutex<HashMap<(decisions::HostKey, UnixTime), Arc<SharedSet>>>,
+}
+
+/// A decision set's content, evaluated, digested and converted to protobuf once.
+struct SharedSet {
+    digest: String,
+    decisions: Vec<proto::AgentDecision>,
+}
+
+impl Loaded {
+    fn new(inputs: Inputs) -> Self {
+        Self {
+            inputs,
+            sets: Mutex::default(),
+        }
+    }
+
+    /// The decision set of a host with these facts at `now`, evaluated on first use.
+    fn set_for(&self, host: &Place, now: UnixTime) -> Arc<SharedSet> {
+        let key = (self.inputs.host_key(host), now);
+        let sets = || self.sets.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(set) = sets().get(&key) {
+            return Arc::clone(set);
+        }
+        // Evaluated without the lock: two hosts racing for the same key evaluate the same set.
+        let decided = self.inputs.decide_for_host(host, now);
+        let set = Arc::new(SharedSet {
+            digest: decisions::digest(&decided),
+            decisions: decided.iter().map(decision_to_proto).collect(),
+        });
+        Arc::clone(sets().entry(key).or_insert(set))
+    }
 }
 
 /// A host's decision version to settle: host id, digest, time.
@@ -135,14 +182,15 @@ impl ControlPlane {
 
     /// The inputs of every host's decisions at `now`. A change on this replica bumps the change
     /// generation and wakes every watch; they share one load per generation (and second)
-    /// instead of each running the same queries and parsing every policy again. `fresh_after`
-    /// asks for inputs loaded after that instant (a watch woken by polling, for changes made
-    /// through another replica or by time alone), which are then shared likewise.
+    /// instead of each running the same queries and parsing every policy again, and the
+    /// decision sets evaluated from it. `fresh_after` asks for inputs loaded after that instant
+    /// (a watch woken by polling, for changes made through another replica or by time alone),
+    /// which are then shared likewise.
     async fn decision_inputs(
         &self,
         now: UnixTime,
         fresh_after: Option<Instant>,
-    ) -> Result<Arc<Inputs>> {
+    ) -> Result<Arc<Loaded>> {
         let generation = *self.changes.borrow();
         let usable = |cached: &CachedInputs| {
             cached.generation == generation
@@ -155,10 +203,10 @@ impl ControlPlane {
             return Ok(Arc::clone(&cached.inputs));
         }
         let load_started = Instant::now();
-        let inputs = Arc::new(
+        let inputs = Arc::new(Loaded::new(
             decisions::load_inputs(&self.store, now, self.decision_options.risk_window_seconds)
                 .await?,
-        );
+        ));
         *cache = Some(CachedInputs {
             generation,
             now,
@@ -169,22 +217,35 @@ impl ControlPlane {
     }
 
     /// The calling host's current decision set, with a version that changes only when the
-    /// content does. `fresh_after`: see [`ControlPlane::decision_inputs`].
+    /// content does; `None` when the host is revoked or gone. `fresh_after`: see
+    /// [`ControlPlane::decision_inputs`].
     pub(super) async fn current_decision_set(
         &self,
         host_id: &str,
         fresh_after: Option<Instant>,
-    ) -> Result<proto::DecisionSet> {
+    ) -> Result<Option<proto::DecisionSet>> {
         let now = self.now();
-        let host = self.store.get_host(host_id).await?;
-        let inputs = self.decision_inputs(now, fresh_after).await?;
-        let decided = inputs.decide_for_host(&place(&host), now);
-        let digest = decisions::digest(&decided);
-        let (version, issued_at) = self.settle(host_id, &digest, now).await?;
-        Ok(proto::DecisionSet {
+        let loaded = self.decision_inputs(now, fresh_after).await?;
+        // The inputs hold every host that was active when they were loaded (revoking a host
+        // signals a change, so they are reloaded); a host enrolled since is read alone.
+        let enrolled;
+        let host = match loaded.inputs.hosts.get(host_id) {
+            Some(host) => host,
+            None => match self.store.get_host(host_id).await {
+                Ok(host) if host.revoked_at.is_none() => {
+                    enrolled = place(&host);
+                    &enrolled
+                }
+                Ok(_) | Err(Error::NotFound { .. }) => return Ok(None),
+                Err(err) => return Err(err),
+            },
+        };
+        let set = loaded.set_for(host, now);
+        let (version, issued_at) = self.settle(host_id, &set.digest, now).await?;
+        Ok(Some(proto::DecisionSet {
             version: u64::try_from(version).unwrap_or_default(),
             issue_time: Some(timestamp(issued_at)),
-            decisions: decided.iter().map(decision_to_proto).collect(),
-        })
+            decisions: set.decisions.clone(),
+        }))
     }
 }

@@ -189,6 +189,8 @@ impl HostService for ControlPlane {
             .store
             .revoke_host(&self.audit(&caller, Method::RevokeHost), &id, &reason)
             .await?;
+        // Wakes the watches: the host's own finds itself gone from the new inputs and ends.
+        self.decisions_changed();
         Ok(Response::new(proto::RevokeHostResponse {
             host: Some(to_proto(host)),
         }))
@@ -223,7 +225,10 @@ impl HostService for ControlPlane {
         let host_id = caller.principal;
         let after = request.get_ref().after_version;
         // Errors computing the first set fail the call itself, with their status.
-        let first = self.current_decision_set(&host_id, None).await?;
+        let first = self
+            .current_decision_set(&host_id, None)
+            .await?
+            .ok_or_else(|| Status::unauthenticated("the host was revoked"))?;
         let (tx, rx) = mpsc::channel(4);
         let mut sent = after;
         if first.version != after {
@@ -391,21 +396,16 @@ impl ControlPlane {
                 }
             }
             last_evaluation = tokio::time::Instant::now();
-            match self.store.host_is_active(host_id).await {
-                Ok(true) => {}
-                Ok(false) => {
+            // Whether the host is still active comes with its decisions: the inputs of one
+            // change hold every active host (see `current_decision_set`).
+            match self.current_decision_set(host_id, fresh_after).await {
+                Ok(None) => {
                     let _ = tx
                         .send(Err(Status::unauthenticated("the host was revoked")))
                         .await;
                     return;
                 }
-                Err(err) => {
-                    tracing::warn!(host_id, error = %err, "decision watch: checking the host");
-                    continue;
-                }
-            }
-            match self.current_decision_set(host_id, fresh_after).await {
-                Ok(current) if current.version != sent => {
+                Ok(Some(current)) if current.version != sent => {
                     sent = current.version;
                     let message = proto::WatchDecisionsResponse {
                         decision_set: Some(current),

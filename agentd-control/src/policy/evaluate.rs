@@ -17,7 +17,10 @@
 //! - Report-only policies change nothing enforced: they yield `report_only_action` and the
 //!   network the agent would have with them enabled.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use super::{
     Action, ActivePolicy, Cidr, Decision, Destination, FileAccess, FileAction, FileControl,
@@ -67,6 +70,110 @@ pub struct Facts<'a> {
     pub host: Option<&'a Place>,
     pub now: UnixTime,
     pub packages: &'a [PackageGrant],
+}
+
+/// Policies prepared for evaluation once, when they are loaded: indexed by what their include
+/// selectors name, so that deciding for one agent checks only the policies that may select it
+/// (a policy the index does not offer cannot apply: its include selector does not pick the
+/// agent, or it is disabled), with the reason each adds to a decision written beforehand.
+#[derive(Clone, Debug, Default)]
+pub struct PolicySet {
+    policies: Vec<ActivePolicy>,
+    /// Per policy: its id, and the reason a decision gives when it applies (by its state).
+    ids: Vec<Arc<str>>,
+    applies: Vec<Arc<str>>,
+    /// Enabled and report-only policies that include all agents.
+    everyone: Vec<usize>,
+    /// ... that name agents (ids or names), by name.
+    by_agent: HashMap<String, Vec<usize>>,
+    /// ... that name blueprints, by blueprint.
+    by_blueprint: HashMap<String, Vec<usize>>,
+    /// ... that filter on attributes, by the first key of the filter and each of its values
+    /// (an agent they select has that key with one of these values).
+    by_attribute: HashMap<String, HashMap<String, Vec<usize>>>,
+}
+
+impl PolicySet {
+    pub fn new(policies: Vec<ActivePolicy>) -> Self {
+        let mut set = Self {
+            ids: Vec::with_capacity(policies.len()),
+            applies: Vec::with_capacity(policies.len()),
+            ..Self::default()
+        };
+        for (index, policy) in policies.iter().enumerate() {
+            let doc = &policy.document;
+            set.ids.push(Arc::from(policy.id.as_str()));
+            set.applies.push(Arc::from(match policy.state {
+                PolicyState::ReportOnly => format!("report-only policy {} would apply", doc.name),
+                PolicyState::Enabled | PolicyState::Disabled => {
+                    format!("policy {} applies", doc.name)
+                }
+            }));
+            if policy.state == PolicyState::Disabled {
+                continue;
+            }
+            let include = &doc.include;
+            if include.all {
+                set.everyone.push(index);
+            }
+            for agent in &include.agents {
+                set.by_agent.entry(agent.clone()).or_default().push(index);
+            }
+            for blueprint in &include.blueprints {
+                set.by_blueprint
+                    .entry(blueprint.clone())
+                    .or_default()
+                    .push(index);
+            }
+            if let Some((key, values)) = include.attributes.iter().next() {
+                let by_value = set.by_attribute.entry(key.clone()).or_default();
+                for value in values {
+                    by_value.entry(value.clone()).or_default().push(index);
+                }
+            }
+        }
+        set.policies = policies;
+        set
+    }
+
+    pub fn policies(&self) -> &[ActivePolicy] {
+        &self.policies
+    }
+
+    /// The indices of the policies that may select `subject`, in policy order, without
+    /// duplicates: every policy whose include selector picks the subject is among them.
+    fn candidates(&self, subject: &Subject) -> Vec<usize> {
+        let mut lists: Vec<&[usize]> = vec![&self.everyone];
+        lists.extend(
+            [
+                self.by_agent.get(&subject.id),
+                self.by_agent.get(&subject.name),
+                self.by_blueprint.get(&subject.blueprint),
+            ]
+            .into_iter()
+            .flatten()
+            .map(Vec::as_slice),
+        );
+        lists.extend(subject.attributes.iter().filter_map(|(key, value)| {
+            self.by_attribute
+                .get(key)
+                .and_then(|by_value| by_value.get(value))
+                .map(Vec::as_slice)
+        }));
+        let mut found = Vec::with_capacity(lists.iter().map(|list| list.len()).sum());
+        for list in lists {
+            found.extend_from_slice(list);
+        }
+        found.sort_unstable();
+        found.dedup();
+        found
+    }
+}
+
+impl From<Vec<ActivePolicy>> for PolicySet {
+    fn from(policies: Vec<ActivePolicy>) -> Self {
+        Self::new(policies)
+    }
 }
 
 /// Whether a policy applies, with the reasons (why, or the first reason why not).
@@ -423,7 +530,7 @@ fn governance_block(subject: &Subject) -> Option<String> {
 /// Evaluates every policy for the agent; returns the decision and, when `explain`, one verdict
 /// per policy (in the order given).
 pub fn evaluate(
-    policies: &[ActivePolicy],
+    set: &PolicySet,
     facts: &Facts<'_>,
     explain: bool,
 ) -> (Decision, Vec<PolicyVerdict>) {
@@ -432,10 +539,18 @@ pub fn evaluate(
     let mut would = Combined::default();
     let mut policy_ids = Vec::new();
     let mut report_only_policy_ids = Vec::new();
-    let mut reasons = Vec::new();
+    // Each applying policy adds a reason, and a few more may come: one allocation, mostly.
+    let mut reasons = Vec::with_capacity(32);
     let mut verdicts = Vec::new();
     let mut report_only_network = false;
-    for policy in policies {
+    // What-if explains every policy; a decision needs only those that may select the agent.
+    let considered = if explain {
+        (0..set.policies.len()).collect()
+    } else {
+        set.candidates(subject)
+    };
+    for index in considered {
+        let policy = &set.policies[index];
         let (applies, why) = check(policy, facts, explain);
         if applies {
             let doc = &policy.document;
@@ -443,14 +558,14 @@ pub fn evaluate(
             match policy.state {
                 PolicyState::Enabled => {
                     enforced.add(&policy.id, doc);
-                    policy_ids.push(policy.id.clone());
-                    reasons.push(format!("policy {} applies", doc.name));
+                    policy_ids.push(Arc::clone(&set.ids[index]));
+                    reasons.push(Arc::clone(&set.applies[index]));
                 }
                 PolicyState::ReportOnly => {
-                    report_only_policy_ids.push(policy.id.clone());
+                    report_only_policy_ids.push(Arc::clone(&set.ids[index]));
                     report_only_network |= doc.controls.network_allow.is_some()
                         || !doc.controls.network_deny.is_empty();
-                    reasons.push(format!("report-only policy {} would apply", doc.name));
+                    reasons.push(Arc::clone(&set.applies[index]));
                 }
                 PolicyState::Disabled => {}
             }
@@ -472,7 +587,7 @@ pub fn evaluate(
     if let Some(why) = governance_block(subject) {
         action = action.max(Action::Block);
         report_only_action = report_only_action.map(|a| a.max(Action::Block));
-        reasons.insert(0, why);
+        reasons.insert(0, Arc::from(why));
     }
     let network = enforced.network(&package_grants);
     let report_only_network = report_only_network.then(|| would.network(&package_grants));
@@ -481,10 +596,13 @@ pub fn evaluate(
     files.sort();
     files.dedup();
     if !package_grants.is_empty() {
-        reasons.push(format!("{} access-package grant(s)", package_grants.len()));
+        reasons.push(Arc::from(format!(
+            "{} access-package grant(s)",
+            package_grants.len()
+        )));
     }
     if subject.risk > RiskLevel::None {
-        reasons.push(format!("risk level {}", subject.risk));
+        reasons.push(Arc::from(format!("risk level {}", subject.risk)));
     }
     let decision = Decision {
         agent_id: subject.id.clone(),
@@ -555,7 +673,7 @@ mod tests {
             now,
             packages: &[],
         };
-        evaluate(policies, &facts, false).0
+        evaluate(&PolicySet::new(policies.to_vec()), &facts, false).0
     }
 
     const ALLOW_BANK: &str = "name: bank\nstate: enabled\nassignments:\n  include: {blueprints: [finance]}\ncontrols:\n  network:\n    allow:\n      - cidr: 10.0.0.0/8\n      - domain: '*.bank.example'\n        ports: 443\n";
@@ -579,7 +697,7 @@ mod tests {
         let policies = [policy("a", ALLOW_BANK), policy("b", BLOCK_HIGH)];
         let decision = decide(&policies, &agent, 0);
         assert_eq!(decision.action, Action::Block);
-        assert_eq!(decision.policy_ids, ["a", "b"]);
+        assert_eq!(decision.policy_ids, [Arc::from("a"), Arc::from("b")]);
         let policies = [
             policy("a", ALLOW_BANK),
             policy("b", BLOCK_HIGH),
@@ -593,7 +711,7 @@ mod tests {
             Action::Allow,
             "the risk condition does not hold"
         );
-        assert_eq!(decision.policy_ids, ["a"]);
+        assert_eq!(decision.policy_ids, [Arc::from("a")]);
     }
 
     #[test]
@@ -647,8 +765,8 @@ mod tests {
         );
         assert_eq!(decision.action, Action::Allow);
         assert_eq!(decision.report_only_action, Some(Action::Block));
-        assert_eq!(decision.report_only_policy_ids, ["r"]);
-        assert!(decision.policy_ids == ["a"]);
+        assert_eq!(decision.report_only_policy_ids, [Arc::from("r")]);
+        assert!(decision.policy_ids == [Arc::from("a")]);
         agent.risk = RiskLevel::Low;
         let decision = decide(&[policy("r", &report_only)], &agent, 0);
         assert_eq!(
@@ -706,7 +824,7 @@ mod tests {
             now: 500,
             packages: &packages,
         };
-        let decision = evaluate(&policies, &facts, false).0;
+        let decision = evaluate(&PolicySet::new(policies.to_vec()), &facts, false).0;
         let grant = decision
             .network
             .grants
@@ -723,7 +841,7 @@ mod tests {
             now: 1_000,
             ..facts
         };
-        let decision = evaluate(&policies, &facts, false).0;
+        let decision = evaluate(&PolicySet::new(policies.to_vec()), &facts, false).0;
         assert!(decision.network.grants.iter().all(|g| g.source != "pkg"));
     }
 
@@ -748,7 +866,7 @@ mod tests {
                 now,
                 packages: &[],
             };
-            evaluate(&policies, &facts, true)
+            evaluate(&PolicySet::new(policies.to_vec()), &facts, true)
         };
         assert_eq!(run(Some(&prod), monday_2300).0.action, Action::Block);
         assert_eq!(
@@ -778,13 +896,69 @@ mod tests {
             now: monday_2300,
             packages: &[],
         };
-        let (decision, verdicts) = evaluate(&policies, &facts, true);
+        let (decision, verdicts) = evaluate(&PolicySet::new(policies.to_vec()), &facts, true);
         assert_eq!(decision.action, Action::Allow);
         assert!(
             verdicts[0].reasons[0].contains("excluded"),
             "{:?}",
             verdicts[0].reasons
         );
+    }
+
+    /// The index offers every policy that may select an agent: a decision from it equals the
+    /// one from walking every policy (what-if's walk), for agents named by id or name, by
+    /// blueprint, by attribute filters of one or more keys, with exclusions and in every state.
+    #[test]
+    fn the_index_decides_as_walking_every_policy_does() {
+        let include = |i: usize| match i % 8 {
+            0 => "{all: true}".to_owned(),
+            1 => format!("{{agents: [agent-{}, other-{i}]}}", i % 6),
+            2 => format!("{{agents: [00000000-0000-4000-8000-00000000000{}]}}", i % 6),
+            3 => format!("{{blueprints: [bp-{}, bp-x]}}", i % 3),
+            4 => format!("{{attributes: {{dept: [d{}, dx]}}}}", i % 4),
+            5 => format!(
+                "{{attributes: {{dept: d{}, tier: [\"{}\"]}}}}",
+                i % 4,
+                i % 3
+            ),
+            6 => format!("{{attributes: {{tier: \"{}\", zone: [z1]}}}}", i % 3),
+            _ => format!("{{agents: [agent-{}], blueprints: [bp-{}]}}", i % 5, i % 2),
+        };
+        let policies: Vec<ActivePolicy> = (0..400)
+            .map(|i| {
+                let state = ["enabled", "reportOnly", "disabled"][i % 3];
+                let yaml = format!(
+                    "name: p{i}\nstate: {state}\nassignments:\n  include: {}\n  exclude: {{agents: [agent-{}]}}\ncontrols:\n  network:\n    deny:\n      - domain: d{i}.example\n  block: {}\n",
+                    include(i),
+                    i % 7,
+                    i % 5 == 0
+                );
+                policy(&format!("p{i}"), &yaml)
+            })
+            .collect();
+        let set = PolicySet::new(policies);
+        for n in 0..6 {
+            let mut agent = subject();
+            agent.id = format!("00000000-0000-4000-8000-00000000000{n}");
+            agent.name = format!("agent-{n}");
+            agent.blueprint = format!("bp-{}", n % 3);
+            agent.attributes = [
+                ("dept".to_owned(), format!("d{}", n % 4)),
+                ("tier".to_owned(), (n % 3).to_string()),
+                ("zone".to_owned(), format!("z{}", n % 2)),
+            ]
+            .into();
+            let facts = Facts {
+                subject: &agent,
+                host: None,
+                now: 0,
+                packages: &[],
+            };
+            let indexed = evaluate(&set, &facts, false).0;
+            let walked = evaluate(&set, &facts, true).0;
+            assert!(!indexed.policy_ids.is_empty(), "agent {n}");
+            assert_eq!(indexed, walked, "agent {n}");
+        }
     }
 
     /// One agent's decision over 1,000 policies of every kind is right. How fast it is lives in

@@ -6,7 +6,7 @@
 pub mod document;
 pub mod evaluate;
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -329,8 +329,10 @@ pub struct Decision {
     pub action: Action,
     pub network: NetworkVerdict,
     pub files: Vec<FileControl>,
-    pub policy_ids: Vec<String>,
-    pub report_only_policy_ids: Vec<String>,
+    /// Shared with the [`evaluate::PolicySet`] they come from (as are most reasons): a
+    /// decision copies no string for them.
+    pub policy_ids: Vec<Arc<str>>,
+    pub report_only_policy_ids: Vec<Arc<str>>,
     /// `None` when no report-only policy applies.
     pub report_only_action: Option<Action>,
     /// What the network would be with the report-only policies enabled; `None` when no
@@ -339,7 +341,7 @@ pub struct Decision {
     pub offline_behavior: OfflineBehavior,
     pub offline_ttl_seconds: u32,
     pub risk: RiskLevel,
-    pub reasons: Vec<String>,
+    pub reasons: Vec<Arc<str>>,
 }
 
 /// One policy's verdict for one agent, for what-if.

@@ -1017,3 +1017,105 @@ pub async fn a_watch_drops_a_package_grant_when_its_expiry_passes(backend: Backe
     assert!(later.version > first.version);
     fixture.stop().await;
 }
+
+/// Hosts that no policy can tell apart share one evaluated decision set (each with its own
+/// version); hosts whose named labels or names differ get their own, and a change gives every
+/// host a set evaluated from the new inputs, never a shared one from before it.
+pub async fn hosts_share_decisions_only_when_no_policy_tells_them_apart(backend: Backend) {
+    let fixture = Fixture::start(&backend).await;
+    let admin = fixture.admin().await;
+    let (billing, _) = finance_agents(&admin).await;
+    let prod_block = create_policy(
+        &admin,
+        "name: prod-block\nstate: enabled\nassignments:\n  include:\n    blueprints: [finance]\nconditions:\n  hostLabels:\n    env: prod\ncontrols:\n  block: true\n",
+    )
+    .await;
+    create_policy(
+        &admin,
+        "name: named-host\nstate: enabled\nassignments:\n  include:\n    all: true\nconditions:\n  hosts: [worker-named]\ncontrols:\n  network:\n    deny:\n      - domain: evil.example\n",
+    )
+    .await;
+    let labels = [
+        ("prod-1", "prod", "a"),
+        ("prod-2", "prod", "b"),
+        ("dev-1", "dev", "a"),
+        ("worker-named", "dev", "a"),
+    ];
+    let mut hosts = Vec::new();
+    for (hostname, env, zone) in labels {
+        let host = enroll(&fixture, hostname, "").await;
+        admin
+            .host()
+            .set_host_labels(proto::SetHostLabelsRequest {
+                id: host.host_id.clone(),
+                // `zone` is named by no policy: it does not split the hosts.
+                labels: [
+                    ("env".to_owned(), env.to_owned()),
+                    ("zone".to_owned(), zone.to_owned()),
+                ]
+                .into(),
+            })
+            .await
+            .expect("SetHostLabels");
+        let clients = fixture.as_token(&host.host_token).await;
+        hosts.push(watch(&clients, 0).await);
+    }
+    let blocked =
+        |set: &proto::DecisionSet| decision(set, &billing.id).action == Action::Block as i32;
+    let denied = |set: &proto::DecisionSet| !decision(set, &billing.id).network_denials.is_empty();
+    let prod_1 = set_where(&mut hosts[0], "the block on prod-1", blocked).await;
+    let prod_2 = set_where(&mut hosts[1], "the block on prod-2", blocked).await;
+    let dev = set_where(&mut hosts[2], "no block on dev-1", |s| !blocked(s)).await;
+    let named = set_where(&mut hosts[3], "the denial on worker-named", denied).await;
+    assert_eq!(
+        prod_1.decisions, prod_2.decisions,
+        "prod-1 and prod-2 share"
+    );
+    assert_ne!(
+        prod_1.version, prod_2.version,
+        "each host has its own version"
+    );
+    assert!(
+        !denied(&prod_1) && !denied(&dev),
+        "only worker-named is named"
+    );
+    assert!(!blocked(&named), "worker-named is not in prod");
+    assert_ne!(dev.decisions, named.decisions);
+
+    // A change: every host gets a set from the new inputs.
+    set_state(&admin, &prod_block.id, PolicyState::Disabled).await;
+    for (index, host) in hosts.iter_mut().take(2).enumerate() {
+        let set = set_where(host, "the block lifted", |s| !blocked(s)).await;
+        assert_eq!(
+            set.decisions, dev.decisions,
+            "host {index} now decides as dev-1"
+        );
+    }
+    // A host's own change: dev-1 moves to prod, where the re-enabled policy blocks.
+    admin
+        .host()
+        .set_host_labels(proto::SetHostLabelsRequest {
+            id: {
+                let hosts = admin
+                    .host()
+                    .list_hosts(proto::ListHostsRequest::default())
+                    .await
+                    .expect("ListHosts")
+                    .into_inner()
+                    .hosts;
+                hosts
+                    .into_iter()
+                    .find(|h| h.hostname == "dev-1")
+                    .expect("dev-1")
+                    .id
+            },
+            labels: [("env".to_owned(), "prod".to_owned())].into(),
+        })
+        .await
+        .expect("SetHostLabels");
+    set_state(&admin, &prod_block.id, PolicyState::Enabled).await;
+    for host in hosts.iter_mut().take(3) {
+        set_where(host, "the block again", blocked).await;
+    }
+    fixture.stop().await;
+}

@@ -73,6 +73,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     conditional_access::a_watch_on_one_replica_gets_changes_made_through_another,
     conditional_access::agentctl_applies_policy_files_and_explains_decisions,
     conditional_access::a_watch_drops_a_package_grant_when_its_expiry_passes,
+    conditional_access::hosts_share_decisions_only_when_no_policy_tells_them_apart,
 ];
 
 fn main() -> ExitCode {
