@@ -381,7 +381,9 @@ fn decide(agent: u32, dst: &Destination) -> Decision {
     }
 }
 
-fn report(tgid: u32, agent: u32, dst: &Destination, hook: u8, decision: &Decision) {
+// Inlined: a BPF function takes at most five arguments.
+#[inline(always)]
+fn report(tgid: u32, agent: u32, dst: &Destination, hook: u8, decision: &Decision, first: bool) {
     let event = NetEvent {
         header: header(EventKind::Net),
         pid: tgid,
@@ -402,9 +404,9 @@ fn report(tgid: u32, agent: u32, dst: &Destination, hook: u8, decision: &Decisio
         addr: dst.addr,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     };
-    // Denials and would-denials are what the risk engine and an operator act on: wake the
-    // reader. An allowed connect waits for its next poll.
-    let urgent = !decision.allow || decision.flags & NetEvent::FLAG_WOULD_DENY != 0;
+    // Denials, would-denials and a first call to a destination are what the risk engine and
+    // an operator act on: wake the reader. A repeated allowed call waits for its next poll.
+    let urgent = first || !decision.allow || decision.flags & NetEvent::FLAG_WOULD_DENY != 0;
     output(
         &event,
         if urgent {
@@ -489,7 +491,7 @@ fn check(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
             rule: 0,
             version: 0,
         };
-        report(tgid, tag.agent, &dst, hook, &decision);
+        report(tgid, tag.agent, &dst, hook, &decision, false);
         return ALLOW;
     }
     let mut epoch = 0u32;
@@ -516,7 +518,7 @@ fn check(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
     let decision = match cached(&key, now, u64::from(interval_ms) * 1_000_000) {
         Some((decision, report_it)) => {
             if report_it {
-                report(tgid, tag.agent, &dst, hook, &decision);
+                report(tgid, tag.agent, &dst, hook, &decision, false);
             }
             decision
         }
@@ -540,7 +542,9 @@ fn check(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
             };
             // A full LRU map evicts; a failed insert only means deciding again next time.
             let _ = NET_VERDICTS.insert(key, verdict, 0);
-            report(tgid, tag.agent, &dst, hook, &decision);
+            // The first call to a destination under this policy: what the risk engine looks
+            // for (a destination new to the agent), so the reader is woken for it.
+            report(tgid, tag.agent, &dst, hook, &decision, true);
             decision
         }
     };

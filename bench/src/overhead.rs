@@ -65,6 +65,14 @@ pub fn policy(protected: &Path) -> anyhow::Result<String> {
 /// backlog.
 fn start_listener() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
+    // A deeper accept queue (the kernel caps it at net.core.somaxconn): on two busy cores this
+    // thread can go unscheduled for milliseconds, and with a short queue the connects meanwhile
+    // overflowed it (ListenOverflows in nstat); each dropped SYN cost its connect a one-second
+    // retransmission.
+    // SAFETY: listen(2) again on a listening socket only changes its backlog.
+    if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4096) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
     let addr = listener.local_addr()?;
     std::thread::spawn(move || {
         for stream in listener.incoming() {
