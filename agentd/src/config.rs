@@ -383,6 +383,26 @@ mod tests {
     }
 
     #[test]
+    fn allowed_report_interval_defaults_to_a_second_and_names_its_key_when_bad() {
+        assert_eq!(Config::default().network.allowed_report_interval_ms, 1_000);
+        let config = Config::parse(
+            "[network]\nallowed_report_interval_ms = 0\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.network.allowed_report_interval_ms, 0);
+        let err = Config::parse(
+            "[network]\nallowed_report_interval_ms = -1\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{:#}", anyhow::Error::from(err)).contains("allowed_report_interval_ms"),
+            "the error names the key"
+        );
+    }
+
+    #[test]
     fn format_is_read() {
         let config = Config::parse("[events]\nformat = \"json\"\n", Path::new("t.toml")).unwrap();
         assert_eq!(config.events.format, OutputFormat::Json);
