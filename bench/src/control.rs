@@ -14,7 +14,11 @@ use agentd_control::proto::{
 use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
 use serde_json::json;
-use tonic::{Request, metadata::MetadataValue, transport::Endpoint};
+use tonic::{
+    Request,
+    metadata::MetadataValue,
+    transport::{Channel, Endpoint},
+};
 
 use crate::{
     Context,
@@ -25,14 +29,82 @@ use crate::{
 const INTERVAL: Duration = Duration::from_secs(5);
 const TARGET_P99: Duration = Duration::from_millis(50);
 
-/// The server process; stopped when dropped. Its graceful shutdown waits for the simulated
-/// hosts' connections, which live on the runtime that is dropping it: SIGKILL, then wait.
-pub struct Server(pub Child);
+/// `agentd-control serve` on a fresh SQLite database in a temporary directory (its log
+/// beside it), plaintext gRPC on a free loopback port, pinned by `taskset` to CPU 1 when there
+/// are two cores or more. Stopped when dropped: its graceful shutdown waits for the simulated
+/// hosts' connections, which live on the runtime that is dropping it, so SIGKILL, then wait.
+pub struct Server {
+    child: Child,
+    /// An admin's API token, made with `create-token` before the server started.
+    pub admin_token: String,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    pub endpoint: Endpoint,
+    /// Whether the server runs pinned to CPU 1.
+    pub pinned: bool,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start(ctx: &Context) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let database = format!("sqlite://{}/control.db", dir.path().display());
+        let out = Command::new(&ctx.control)
+            .args(["--database", &database, "create-token", "--name", "bench"])
+            .args(["--role", "admin", "--principal", "bench@localhost"])
+            .stderr(Stdio::null())
+            .output()
+            .context("agentd-control create-token")?;
+        anyhow::ensure!(out.status.success(), "agentd-control create-token failed");
+        let admin_token = String::from_utf8(out.stdout)?.trim().to_owned();
+        let port = free_port()?;
+        let pinned = ctx.run.cores >= 2;
+        let mut command = if pinned {
+            let mut command = Command::new("taskset");
+            command.args(["-c", "1"]).arg(&ctx.control);
+            command
+        } else {
+            Command::new(&ctx.control)
+        };
+        command
+            .args(["--database", &database, "serve", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--sweep-interval", "1h"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("control.log"))?);
+        let child = command.spawn().context("starting agentd-control serve")?;
+        let url = format!("http://127.0.0.1:{port}");
+        let endpoint = Endpoint::from_shared(url.clone())?;
+        Ok(Self {
+            child,
+            admin_token,
+            url,
+            endpoint,
+            pinned,
+            _dir: dir,
+        })
+    }
+
+    /// A connection, once the server listens (it has 30 s).
+    pub async fn connect(&self) -> anyhow::Result<Channel> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.endpoint.connect().await {
+                Ok(channel) => return Ok(channel),
+                Err(err) if Instant::now() > deadline => {
+                    bail!("agentd-control did not listen: {err}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -58,7 +130,7 @@ pub fn restore_affinity(mask: &libc::cpu_set_t) {
     unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), mask) };
 }
 
-pub fn free_port() -> anyhow::Result<u16> {
+fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -91,9 +163,7 @@ fn jitter(seed: u64) -> f64 {
 }
 
 struct Host {
-    client: HostServiceClient<
-        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
-    >,
+    client: HostServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>,
 }
 
 #[derive(Clone)]
@@ -115,47 +185,10 @@ pub fn bearer(token: &str) -> anyhow::Result<Bearer> {
 #[expect(clippy::too_many_lines, reason = "one linear procedure")]
 async fn measure(ctx: &Context) -> anyhow::Result<Row> {
     let spec = report::spec("control-plane");
-    let dir = tempfile::tempdir()?;
-    let database = format!("sqlite://{}/control.db", dir.path().display());
-    let out = Command::new(&ctx.control)
-        .args(["--database", &database, "create-token", "--name", "bench"])
-        .args(["--role", "admin", "--principal", "bench@localhost"])
-        .stderr(Stdio::null())
-        .output()
-        .context("agentd-control create-token")?;
-    anyhow::ensure!(out.status.success(), "agentd-control create-token failed");
-    let admin_token = String::from_utf8(out.stdout)?.trim().to_owned();
-    let port = free_port()?;
-    let mut command = if ctx.run.cores >= 2 {
-        let mut command = Command::new("taskset");
-        command.args(["-c", "1"]).arg(&ctx.control);
-        command
-    } else {
-        Command::new(&ctx.control)
-    };
-    command
-        .args(["--database", &database, "serve", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["--sweep-interval", "1h"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("control.log"))?);
-    let _server = Server(command.spawn().context("starting agentd-control serve")?);
-    let url = format!("http://127.0.0.1:{port}");
-    let endpoint = Endpoint::from_shared(url.clone())?;
-    let admin_channel = {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match endpoint.connect().await {
-                Ok(channel) => break channel,
-                Err(err) if Instant::now() > deadline => {
-                    bail!("agentd-control did not listen: {err}")
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    };
-    let admin = HostServiceClient::with_interceptor(admin_channel, bearer(&admin_token)?);
+    let server = Server::start(ctx)?;
+    let endpoint = server.endpoint.clone();
+    let admin =
+        HostServiceClient::with_interceptor(server.connect().await?, bearer(&server.admin_token)?);
 
     let (counts, measure_secs, warmup_secs): (&[usize], u64, u64) = if ctx.smoke {
         (&[50], 10, 5)

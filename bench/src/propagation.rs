@@ -20,7 +20,7 @@ use std::{
     hint::black_box,
     io::BufRead as _,
     net::TcpListener,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -42,7 +42,7 @@ use tonic::{
 
 use crate::{
     Context,
-    control::{Bearer, Server, bearer, free_port, pin_thread, restore_affinity},
+    control::{Bearer, Server, bearer, pin_thread, restore_affinity},
     daemon::{AGENT, Agentd},
     report::{self, Percentiles, Row, Status, human_ns},
     worker::{VerdictChange, monotonic_ns, new_histogram},
@@ -547,47 +547,11 @@ fn measure(ctx: &Context) -> anyhow::Result<Row> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let dir = tempfile::tempdir()?;
-    let database = format!("sqlite://{}/control.db", dir.path().display());
-    let out = Command::new(&ctx.control)
-        .args(["--database", &database, "create-token", "--name", "bench"])
-        .args(["--role", "admin", "--principal", "bench@localhost"])
-        .stderr(Stdio::null())
-        .output()
-        .context("agentd-control create-token")?;
-    anyhow::ensure!(out.status.success(), "agentd-control create-token failed");
-    let admin_token = String::from_utf8(out.stdout)?.trim().to_owned();
-    let port = free_port()?;
-    let pinned = ctx.run.cores >= 2;
-    let mut command = if pinned {
-        let mut command = Command::new("taskset");
-        command.args(["-c", "1"]).arg(&ctx.control);
-        command
-    } else {
-        Command::new(&ctx.control)
-    };
-    command
-        .args(["--database", &database, "serve", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["--sweep-interval", "1h"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("control.log"))?);
-    let _server = Server(command.spawn().context("starting agentd-control serve")?);
-    let url = format!("http://127.0.0.1:{port}");
-    let endpoint = Endpoint::from_shared(url.clone())?;
+    let server = Server::start(ctx)?;
+    let (pinned, url, endpoint) = (server.pinned, server.url.clone(), server.endpoint.clone());
     let (mut admin, agent_id) = runtime.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let channel = loop {
-            match endpoint.connect().await {
-                Ok(channel) => break channel,
-                Err(err) if Instant::now() > deadline => {
-                    bail!("agentd-control did not listen: {err}")
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        };
-        let mut admin = Admin::new(&channel, &admin_token)?;
+        let channel = server.connect().await?;
+        let mut admin = Admin::new(&channel, &server.admin_token)?;
         let agent_id = populate(&mut admin).await?;
         anyhow::Ok((admin, agent_id))
     })?;
