@@ -100,10 +100,19 @@ pub fn run(options: &Options, mut on_line: impl FnMut(&str)) -> anyhow::Result<b
 const LSM_ROWS: [&str; 2] = ["open-lsm", "prog-cost-lsm"];
 
 /// The guest kernel of the LSM rows: the vm-systemd tier's, with BPF LSM on the command line.
-pub const LSM_KERNEL: &str = "6.12";
+const LSM_KERNEL: &str = crate::vm_systemd::KERNEL;
 
 fn wants_lsm_rows(only: &[String]) -> bool {
     only.is_empty() || only.iter().any(|row| LSM_ROWS.contains(&row.as_str()))
+}
+
+/// The kernels a bench run of the rows `only` (all when empty) boots, for setup to fetch.
+pub fn kernels(only: &[String]) -> Vec<KernelSpec> {
+    if wants_lsm_rows(only) {
+        vec![KernelSpec::Series(LSM_KERNEL.to_owned())]
+    } else {
+        Vec::new()
+    }
 }
 
 /// What the guest runs: agentd-bench's `open` and `prog-cost` rows, its BENCHMARKS.json
@@ -128,12 +137,8 @@ fn lsm_rows(
     bench: &Path,
     on_line: &mut impl FnMut(&str),
 ) -> anyhow::Result<PathBuf> {
-    let kernel: KernelSpec = LSM_KERNEL.parse().map_err(anyhow::Error::msg)?;
-    // Fetches the kernel once (a no-op when cached).
-    crate::setup::run(&crate::setup::Options {
-        kernels: vec![kernel.clone()],
-        vm_systemd: false,
-    })?;
+    // Fetched by setup (see [`kernels`]).
+    let kernel = KernelSpec::Series(LSM_KERNEL.to_owned());
     let payload = Payload {
         tests: Vec::new(),
         agentd: agentd.to_owned(),

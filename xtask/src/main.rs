@@ -229,6 +229,14 @@ fn test_task(mut tiers: Vec<Tier>, vm: &VmArgs) -> anyhow::Result<bool> {
     if vm_systemd && !kernels.contains(&systemd_kernel) {
         kernels.push(systemd_kernel);
     }
+    if tiers.contains(&Tier::Bench) {
+        // The bench smoke runs every row, the BPF LSM rows in a guest.
+        for kernel in bench::kernels(&[]) {
+            if !kernels.contains(&kernel) {
+                kernels.push(kernel);
+            }
+        }
+    }
     setup::run(&setup::Options {
         kernels,
         vm_systemd,
@@ -311,7 +319,10 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             only,
             out_dir,
         } => {
-            setup::run(&setup::Options::default())?;
+            setup::run(&setup::Options {
+                kernels: bench::kernels(&only),
+                vm_systemd: false,
+            })?;
             let options = bench::Options {
                 smoke,
                 only,
