@@ -549,7 +549,7 @@ fn check(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
         }
     };
     if decision.allow {
-        remember_socket(ctx, tag.agent);
+        remember_socket(ctx, tag.agent, hook);
     }
     // The verifier must see a return value of exactly 0 or 1. A bool reloaded from the stack
     // is only known to be a byte, so compare an opaque copy and return constants.
@@ -767,13 +767,14 @@ static SOCK_AGENT: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65_536, 0
 #[map]
 pub static AGENT_EGRESS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(4096, 0);
 
-/// Remembers that an agent's process uses the socket behind `ctx`.
+/// Remembers that an agent's process uses the socket behind `ctx`. A connect is nearly always
+/// a socket's first call, so only a datagram (`hook`) looks for the socket first.
 #[inline(always)]
-fn remember_socket(ctx: &SockAddrContext, agent: u32) {
+fn remember_socket(ctx: &SockAddrContext, agent: u32, hook: u8) {
     // SAFETY: a plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     // SAFETY: the value is copied out at once.
-    if unsafe { SOCK_AGENT.get(cookie) }.copied() == Some(agent) {
+    if hook == NetEvent::HOOK_SENDMSG && unsafe { SOCK_AGENT.get(cookie) }.copied() == Some(agent) {
         return;
     }
     // A full LRU map evicts; it never fails for lack of room.
