@@ -35,6 +35,7 @@ fn main() -> anyhow::Result<()> {
     let root_dir = manifest_path
         .parent()
         .ok_or_else(|| anyhow!("{manifest_path} has no parent directory"))?;
+    share_ebpf_target_dir()?;
     aya_build::build_ebpf(
         [aya_build::Package {
             name: EBPF_PACKAGE,
@@ -43,4 +44,36 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::Nightly,
     )
+}
+
+/// aya-build builds the eBPF crate in a cargo target directory inside `OUT_DIR`, which is new
+/// for every variant of this build script's run (debug and release, `cargo test` and `cargo
+/// build` of different package sets): each would rebuild `core` and the programs from scratch
+/// (about 90 s here). Pointing that directory at one shared `<target>/agentd-ebpf` makes every
+/// variant after the first a no-op build of an unchanged object; cargo's own lock serializes
+/// concurrent builds in it.
+fn share_ebpf_target_dir() -> anyhow::Result<()> {
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
+    // OUT_DIR is <target>/<profile>/build/agentd-<hash>/out (or with a target triple in
+    // between): the target directory is the ancestor that holds `CACHEDIR.TAG`.
+    let Some(target_dir) = out_dir
+        .ancestors()
+        .find(|dir| dir.join("CACHEDIR.TAG").is_file())
+    else {
+        return Ok(());
+    };
+    let shared = target_dir.join("agentd-ebpf");
+    let link = out_dir.join("aya-build").join("target").join(EBPF_PACKAGE);
+    if fs::read_link(&link).is_ok_and(|to| to == shared) {
+        return Ok(());
+    }
+    fs::create_dir_all(&shared).with_context(|| format!("creating {}", shared.display()))?;
+    let parent = link.parent().context("the link has a parent")?;
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    if link.is_dir() && !link.is_symlink() {
+        fs::remove_dir_all(&link).with_context(|| format!("removing {}", link.display()))?;
+    }
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&shared, &link)
+        .with_context(|| format!("linking {} to {}", link.display(), shared.display()))
 }

@@ -187,6 +187,44 @@ pub struct Status {
     /// The pinned programs and maps (docs/operations.md), when pinning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pins: Option<crate::pins::PinStatus>,
+    /// `healthy` when every sensor does all it can on this kernel, `degraded` when one could
+    /// not attach (each one's reason is in `sensors`).
+    #[serde(default)]
+    pub health: String,
+    /// Each sensor (hook family) and each pseudo file system it needs, with its state.
+    #[serde(default)]
+    pub sensors: Vec<SensorHealth>,
+    /// Event lines and notices the output could not write (a closed stdout, a full disk).
+    #[serde(default)]
+    pub output_errors: u64,
+}
+
+/// One sensor's state in `agentd status` and the health endpoint.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SensorHealth {
+    /// `process`, `network`, `files`, `self_protection`, `dns`, or a pseudo file system
+    /// (`securityfs`, `tracefs`, `bpf`).
+    pub name: String,
+    /// `active`; `limited` (doing all this kernel allows, e.g. observing files without BPF
+    /// LSM); `unavailable` (could not attach: nothing of it runs); `disabled` (by configuration).
+    pub state: String,
+    /// What it does or why not, in words for the operator.
+    pub detail: String,
+}
+
+impl SensorHealth {
+    pub fn new(name: &str, state: &str, detail: impl Into<String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            state: state.to_owned(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Whether this sensor is not doing what it could.
+    pub fn degraded(&self) -> bool {
+        self.state == "unavailable"
+    }
 }
 
 /// `agentd status`'s view of the control plane.

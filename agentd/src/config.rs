@@ -36,6 +36,11 @@ pub struct BpfConfig {
     /// `keep` (default): a stopped or crashed agentd leaves its programs enforcing, and the next
     /// one adopts them; only `agentd teardown` removes them. `detach`: a clean stop removes them.
     pub on_exit: crate::pins::OnExit,
+    /// `true` (default): at start-up agentd mounts the pseudo file systems it reads and that are
+    /// absent (securityfs at /sys/kernel/security, tracefs at /sys/kernel/tracing, a BPF file
+    /// system under `pin_path`), and says so in its log. `false`: it mounts nothing, and each
+    /// sensor that needs a missing one is reported unavailable (docs/operations.md).
+    pub mount_filesystems: bool,
 }
 
 impl Default for BpfConfig {
@@ -43,6 +48,7 @@ impl Default for BpfConfig {
         Self {
             pin_path: PathBuf::from(crate::pins::DEFAULT_ROOT),
             on_exit: crate::pins::OnExit::Keep,
+            mount_filesystems: true,
         }
     }
 }

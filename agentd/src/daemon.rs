@@ -174,6 +174,11 @@ pub struct State {
     learned: std::collections::HashMap<String, Vec<(std::net::IpAddr, std::time::Instant)>>,
     /// The last name each address was learned from, for connection events.
     domains: std::collections::HashMap<std::net::IpAddr, String>,
+    /// The pseudo file systems found or mounted at start-up.
+    mounts: crate::pseudofs::Mounts,
+    dns_enabled: bool,
+    /// Writes the event output refused so far (`Output::errors`), for status and metrics.
+    output_errors: u64,
 }
 
 impl State {
@@ -183,6 +188,7 @@ impl State {
         config: &Config,
         cgroup_root: PathBuf,
         categories: Categories,
+        mounts: crate::pseudofs::Mounts,
     ) -> Result<(Self, EventReader), DaemonError> {
         let risk = RiskEngine::new(config.risk.clone()).map_err(DaemonError::Risk)?;
         let mut object = ebpf::load_with(&ebpf::LoadOptions {
@@ -257,6 +263,9 @@ impl State {
             remediation_counts: std::collections::HashMap::new(),
             learned: std::collections::HashMap::new(),
             domains: std::collections::HashMap::new(),
+            mounts,
+            dns_enabled: config.dns.enabled,
+            output_errors: 0,
         };
         Ok((state, reader))
     }
@@ -730,6 +739,7 @@ impl State {
             on_exit: Some(self.on_exit),
             links: self.links.status(),
         });
+        let sensors = self.sensor_health();
         Ok(Status {
             self_protection: if self.protect.active() {
                 "lsm: agents may not signal or ptrace agentd, use bpf(), or open its files"
@@ -783,7 +793,26 @@ impl State {
                 FileMode::Observing => {
                     "tracepoints: opens that break a rule are reported, not denied".to_owned()
                 }
+                FileMode::Unavailable(why) => format!("none: {why}"),
             },
+            health: crate::health::summary(&sensors).to_owned(),
+            sensors,
+            output_errors: self.output_errors,
+        })
+    }
+
+    /// Each sensor's state (docs/operations.md, "Health").
+    fn sensor_health(&self) -> Vec<api::SensorHealth> {
+        let lsm_unavailable = match &self.file_enforcement {
+            FileEnforcement::Available => None,
+            FileEnforcement::Unavailable(why) => Some(why.as_str()),
+        };
+        crate::health::sensors(&crate::health::Inputs {
+            files: self.files.mode(),
+            self_protection: self.protect.active(),
+            lsm_unavailable,
+            dns: self.dns_enabled,
+            mounts: &self.mounts,
         })
     }
 
@@ -1102,6 +1131,12 @@ impl State {
                     )
                 })
                 .collect(),
+            sensors: self
+                .sensor_health()
+                .into_iter()
+                .map(|sensor| (sensor.name, sensor.state))
+                .collect(),
+            output_errors: self.output_errors,
         })
     }
 
@@ -1470,6 +1505,10 @@ struct Output {
     /// Notice lines waiting for the next flush.
     notices: Vec<String>,
     losses: LossAlarm,
+    /// Writes that failed (a closed stdout, a full disk): counted and logged, never fatal, so
+    /// that agentd keeps enforcing and reaches its exit path.
+    errors: u64,
+    last_error_logged: Option<std::time::Instant>,
 }
 
 impl Output {
@@ -1486,7 +1525,26 @@ impl Output {
             line: Vec::new(),
             notices: Vec::new(),
             losses: LossAlarm::new(Duration::from_secs(config.loss_alert_interval_secs)),
+            errors: 0,
+            last_error_logged: None,
         })
+    }
+
+    /// Counts a failed write and logs it (at most once every ten seconds, with the count).
+    fn failed(&mut self, err: &std::io::Error) {
+        self.errors += 1;
+        let now = std::time::Instant::now();
+        if self
+            .last_error_logged
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10))
+        {
+            self.last_error_logged = Some(now);
+            tracing::error!(
+                %err,
+                failed_writes = self.errors,
+                "the event output cannot be written; agentd goes on enforcing"
+            );
+        }
     }
 
     /// Enriches, writes and assesses a batch of kernel events.
@@ -1502,21 +1560,25 @@ impl Output {
                 _ => state.lineage.ancestors(event.pid()),
             };
             self.line.clear();
-            write_event(
+            let written = write_event(
                 &mut self.line,
                 self.format,
                 &event,
                 &state.registry,
                 &ancestors,
             )
-            .map_err(DaemonError::Output)?;
-            self.sink
-                .write_line(&self.line)
-                .map_err(DaemonError::Output)?;
+            .and_then(|()| self.sink.write_line(&self.line));
+            if let Err(err) = written {
+                self.failed(&err);
+            }
             state.assess(&event, &mut self.notices, self.format);
-            self.write_notices()?;
+            self.write_notices();
         }
-        self.sink.flush().map_err(DaemonError::Output)
+        if let Err(err) = self.sink.flush() {
+            self.failed(&err);
+        }
+        state.output_errors = self.errors;
+        Ok(())
     }
 
     /// Once a second: risk decay, and the alarm about lost events.
@@ -1552,21 +1614,25 @@ impl Output {
                 self.format,
             ));
         }
+        state.output_errors = self.errors;
         self.flush()
     }
 
-    fn write_notices(&mut self) -> Result<(), DaemonError> {
-        for notice in self.notices.drain(..) {
-            self.sink
-                .write_line(notice.as_bytes())
-                .map_err(DaemonError::Output)?;
+    fn write_notices(&mut self) {
+        let notices = std::mem::take(&mut self.notices);
+        for notice in notices {
+            if let Err(err) = self.sink.write_line(notice.as_bytes()) {
+                self.failed(&err);
+            }
         }
-        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), DaemonError> {
-        self.write_notices()?;
-        self.sink.flush().map_err(DaemonError::Output)
+        self.write_notices();
+        if let Err(err) = self.sink.flush() {
+            self.failed(&err);
+        }
+        Ok(())
     }
 }
 
@@ -1708,6 +1774,8 @@ enum Call {
     Whoami(Result<Peer, String>, oneshot::Sender<String>),
     /// A Prometheus scrape: the text exposition.
     Metrics(oneshot::Sender<String>),
+    /// `GET /healthz`: whether every sensor runs, and each one's state, as JSON.
+    Health(oneshot::Sender<(bool, String)>),
 }
 
 /// Answers one call from a socket task.
@@ -1743,6 +1811,12 @@ fn handle_call(
         Call::Metrics(reply) => {
             state.event_counts = reader.counts()?;
             let _ = reply.send(metrics::encode(&state.metrics()?));
+        }
+        Call::Health(reply) => {
+            let sensors = state.sensor_health();
+            let health = crate::health::summary(&sensors);
+            let body = serde_json::json!({ "health": health, "sensors": sensors });
+            let _ = reply.send((health == "healthy", body.to_string()));
         }
     }
     Ok(())
@@ -1837,8 +1911,36 @@ async fn serve_metrics(listener: tokio::net::TcpListener, calls: mpsc::Sender<Ca
             text,
         ))
     }
+    async fn healthz(
+        axum::extract::State(calls): axum::extract::State<mpsc::Sender<Call>>,
+    ) -> (
+        axum::http::StatusCode,
+        [(axum::http::header::HeaderName, &'static str); 1],
+        String,
+    ) {
+        let (tx, rx) = oneshot::channel();
+        let answer = match calls.send(Call::Health(tx)).await {
+            Ok(()) => rx.await.ok(),
+            Err(_) => None,
+        };
+        let (status, body) = match answer {
+            // Degraded is still 200: agentd enforces what it can, and a probe that restarts it
+            // would not bring a missing hook back. The body says which sensor and why.
+            Some((_, body)) => (axum::http::StatusCode::OK, body),
+            None => (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"health":"stopping"}"#.to_owned(),
+            ),
+        };
+        (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+    }
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(scrape))
+        .route("/healthz", axum::routing::get(healthz))
         .with_state(calls);
     if let Err(err) = axum::serve(listener, app).await {
         tracing::error!(%err, "the metrics endpoint stopped");
@@ -2038,23 +2140,54 @@ pub async fn run(
     // Refuse a bad policy before anything is loaded.
     policy.compile(&cgroup_root, &categories)?;
 
-    let (mut state, mut reader) = State::start(&config, cgroup_root, categories)?;
-    state.apply(&policy)?;
-    let mut output = Output::open(&config.events)?;
-    let (mut from_control, _control_tx, control_task) =
-        start_control(&config, &mut state, &mut output);
-    // The local policy and the kept decisions are in the maps: this build's links take over
-    // from an earlier build's (an upgrade), or were adopted as they are.
-    state.commit_links()?;
+    let mounts = crate::pseudofs::prepare(&config.bpf.pin_path, config.bpf.mount_filesystems);
+    // Whatever a failed start-up pins is removed again; an earlier agentd's pins stay.
+    let pins_before = crate::pins::Snapshot::take(&config.bpf.pin_path);
+    let (mut state, mut reader) = State::start(&config, cgroup_root, categories, mounts)
+        .inspect_err(|_| pins_before.restore())?;
+    let (mut output, mut from_control, _control_tx, control_task) = match async {
+        state.apply(&policy)?;
+        let mut output = Output::open(&config.events)?;
+        let (from_control, control_tx, control_task) =
+            start_control(&config, &mut state, &mut output);
+        // The local policy and the kept decisions are in the maps: this build's links take
+        // over from an earlier build's (an upgrade), or were adopted as they are.
+        state.commit_links()?;
+        Ok::<_, DaemonError>((output, from_control, control_tx, control_task))
+    }
+    .await
+    {
+        Ok(started) => started,
+        Err(err) => {
+            drop(state);
+            drop(reader);
+            pins_before.restore();
+            return Err(err);
+        }
+    };
 
     let (answers_tx, mut answers) = mpsc::channel::<dns::Learned>(256);
-    let dns_task = start_dns(&config.dns, &mut state, answers_tx).await?;
-    let mut expiry = tokio::time::interval(Duration::from_secs(1));
-
     let (calls_tx, mut calls) = mpsc::channel(64);
-    let admin = bind(&config.api.admin_socket, 0o600)?;
-    let identity = bind(&config.api.identity_socket, 0o666)?;
-    let metrics_task = start_metrics(config.metrics.listen, &calls_tx).await?;
+    let served = async {
+        let dns_task = start_dns(&config.dns, &mut state, answers_tx).await?;
+        let admin = bind(&config.api.admin_socket, 0o600)?;
+        let identity = bind(&config.api.identity_socket, 0o666)?;
+        let metrics_task = start_metrics(config.metrics.listen, &calls_tx).await?;
+        Ok::<_, DaemonError>((dns_task, admin, identity, metrics_task))
+    }
+    .await;
+    let (dns_task, admin, identity, metrics_task) = match served {
+        Ok(served) => served,
+        Err(err) => {
+            if let Some(task) = control_task {
+                task.abort();
+            }
+            // The policy is in force and the links are committed: leave as a stop would.
+            finish(&config, &state, reader)?;
+            return Err(err);
+        }
+    };
+    let mut expiry = tokio::time::interval(Duration::from_secs(1));
     let admin_task = tokio::spawn(serve_admin(admin, calls_tx.clone()));
     let identity_task = tokio::spawn(serve_identity(identity, calls_tx));
     tracing::info!(
@@ -2083,17 +2216,26 @@ pub async fn run(
             () = &mut shutdown => break Ok(()),
             // Then calls (apply, quarantine, status): rare and short, they must not wait behind
             // a busy event stream.
-            Some(call) = calls.recv() => handle_call(call, &mut state, &reader, &mut output)?,
+            Some(call) = calls.recv() => {
+                // Errors leave the loop by `break`, never `?`: the exit path below must run.
+                if let Err(err) = handle_call(call, &mut state, &reader, &mut output) {
+                    break Err(err);
+                }
+            }
             read = reader.read_batch(&mut batch) => {
                 if let Err(err) = read {
                     break Err(err.into());
                 }
-                output.events(&mut state, &mut batch)?;
+                if let Err(err) = output.events(&mut state, &mut batch) {
+                    break Err(err);
+                }
             }
             Some(update) = from_control.recv() => {
                 let notices = state.on_control(update, output.format);
                 output.notices.extend(notices);
-                output.flush()?;
+                if let Err(err) = output.flush() {
+                    break Err(err);
+                }
             }
             Some((answer, installed)) = answers.recv() => {
                 if let Err(err) = state.learn(answer) {
@@ -2106,7 +2248,11 @@ pub async fn run(
                     tracing::warn!(%err, "expiring learned addresses");
                 }
             }
-            _ = tick.tick() => output.tick(&mut state, &reader)?,
+            _ = tick.tick() => {
+                if let Err(err) = output.tick(&mut state, &reader) {
+                    break Err(err);
+                }
+            }
             _ = sweep.tick(), if !sweep_every.is_zero() => {
                 if let Err(err) = state.sweep() {
                     tracing::warn!(%err, "sweeping stale tags");
@@ -2129,8 +2275,8 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(&config.api.admin_socket);
     let _ = std::fs::remove_file(&config.api.identity_socket);
-    finish(&config, &state, reader)?;
-    result
+    let finished = finish(&config, &state, reader);
+    result.and(finished)
 }
 
 /// Logs the delivery figures, then leaves the programs enforcing or tears them down.

@@ -29,6 +29,10 @@ pub struct Snapshot {
     pub remediations: Vec<(String, u64)>,
     /// agent → risk level (0 none, 1 low, 2 medium, 3 high).
     pub risk_levels: Vec<(String, u64)>,
+    /// sensor → its state (`active`, `limited`, `unavailable`, `disabled`).
+    pub sensors: Vec<(String, String)>,
+    /// Event lines and notices that the output could not write (a closed stdout, a full disk).
+    pub output_errors: u64,
 }
 
 fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
@@ -112,6 +116,26 @@ pub fn encode(snapshot: &Snapshot) -> String {
         "The network policy version in force",
         snapshot.network_policy_version,
     );
+    let sensors = Family::<Labels, Gauge<i64>>::default();
+    for (sensor, state) in &snapshot.sensors {
+        sensors
+            .get_or_create(&vec![
+                ("sensor".to_owned(), sensor.clone()),
+                ("state".to_owned(), state.clone()),
+            ])
+            .set(1);
+    }
+    registry.register(
+        "sensor_state",
+        "1 for each sensor's state: active, limited, unavailable or disabled",
+        sensors,
+    );
+    counter(
+        &mut registry,
+        "output_errors",
+        "Event lines and notices the output could not write",
+        snapshot.output_errors,
+    );
     register_risk(&mut registry, snapshot);
     let mut out = String::new();
     // Writing into a String cannot fail.
@@ -173,6 +197,8 @@ mod tests {
             detections: vec![(("denied_burst".into(), "medium".into()), 2)],
             remediations: vec![("quarantine".into(), 1)],
             risk_levels: vec![("coder".into(), 2)],
+            sensors: vec![("files".into(), "unavailable".into())],
+            output_errors: 4,
             ..Snapshot::default()
         });
         for line in [
@@ -184,6 +210,8 @@ mod tests {
             "agentd_detections_total{rule=\"denied_burst\",severity=\"medium\"} 2",
             "agentd_remediations_total{action=\"quarantine\"} 1",
             "agentd_agent_risk_level{agent=\"coder\"} 2",
+            "agentd_sensor_state{sensor=\"files\",state=\"unavailable\"} 1",
+            "agentd_output_errors_total 4",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }

@@ -193,7 +193,7 @@ impl PinLayout {
     pub fn prepare(&self) -> Result<(), PinError> {
         let dir = self.maps_dir();
         fs::create_dir_all(&dir).map_err(io_error(&dir))?;
-        if !is_bpf_fs(&dir).map_err(io_error(&dir))? {
+        if !crate::pseudofs::on_bpf_fs(&dir) {
             return Err(PinError::NotBpfFs { path: dir });
         }
         Ok(())
@@ -207,22 +207,6 @@ pub fn fault_injection() -> Option<String> {
     std::env::var("AGENTD_FAULT_INJECTION")
         .ok()
         .filter(|v| !v.is_empty())
-}
-
-fn is_bpf_fs(path: &Path) -> io::Result<bool> {
-    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: statfs(2) on a NUL-terminated path into a zeroed struct we own.
-    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    #[allow(
-        clippy::useless_conversion,
-        reason = "f_type's type differs between libcs"
-    )]
-    Ok(i64::from(stat.f_type) == BPF_FS_MAGIC)
 }
 
 /// A pinned link as `agentd status` shows it.
@@ -416,6 +400,58 @@ pub fn remove_tree(path: &Path) -> Result<(), PinError> {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(err) => Err(io_error(path)(err)),
+    }
+}
+
+/// What was pinned under a root before a start-up, so that a start-up that fails removes what
+/// it pinned itself (new map layouts, new builds' links) and nothing an earlier agentd left.
+#[derive(Debug)]
+pub struct Snapshot {
+    root: PathBuf,
+    /// None: the root did not exist.
+    entries: Option<Vec<PathBuf>>,
+}
+
+impl Snapshot {
+    fn entries(root: &Path) -> Vec<PathBuf> {
+        ["maps", "links"]
+            .iter()
+            .filter_map(|dir| fs::read_dir(root.join(dir)).ok())
+            .flatten()
+            .filter_map(|entry| Some(entry.ok()?.path()))
+            .collect()
+    }
+
+    #[must_use]
+    pub fn take(root: &Path) -> Self {
+        Self {
+            root: root.to_owned(),
+            entries: root.exists().then(|| Self::entries(root)),
+        }
+    }
+
+    /// Removes what was pinned since [`Snapshot::take`]. Failures are logged: this runs on a
+    /// start-up that has already failed.
+    pub fn restore(&self) {
+        let removed = match &self.entries {
+            None => remove_tree(&self.root).map(|()| vec![self.root.clone()]),
+            Some(before) => Self::entries(&self.root)
+                .into_iter()
+                .filter(|path| !before.contains(path))
+                .map(|path| remove_tree(&path).map(|()| path))
+                .collect(),
+        };
+        match removed {
+            Ok(paths) if !paths.is_empty() => tracing::info!(
+                removed = ?paths,
+                "start-up failed: removed the pins it had made"
+            ),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(
+                err = %anyhow::Error::from(err),
+                "start-up failed and its pins could not all be removed"
+            ),
+        }
     }
 }
 

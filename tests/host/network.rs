@@ -13,7 +13,7 @@ use crate::helper;
 
 /// Runs `helper net PROTO ADDR PORT COUNT` as `agent` (or untagged with `None`) and returns
 /// (ok, eperm, other).
-fn attempts(
+pub(crate) fn attempts(
     daemon: &Daemon,
     agent: Option<&str>,
     proto: &str,
@@ -81,7 +81,7 @@ fn check_verdicts(
 }
 
 /// The JSON connection events agentd printed, parsed.
-fn connections(daemon: &Daemon, seen: &mut Vec<serde_json::Value>) {
+pub(crate) fn connections(daemon: &Daemon, seen: &mut Vec<serde_json::Value>) {
     seen.extend(
         daemon
             .events()

@@ -104,3 +104,113 @@ fn agentd_run_prints_exec_events_and_detaches_on_sigint() {
         ours.iter().all(|id| !loaded.contains(id))
     });
 }
+
+/// The reader of agentd's stdout goes away (as when `cargo xtask run | tee` is interrupted):
+/// agentd counts the failed writes, keeps enforcing, and still takes its exit path on SIGINT.
+#[test]
+fn a_closed_output_is_survived_and_agentd_still_detaches_on_sigint() {
+    require_root();
+    let pins = agentd_tests::unique_pin_path();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let admin = dir.path().join("admin.sock");
+    std::fs::write(
+        dir.path().join("agentd.toml"),
+        format!(
+            "[api]\nadmin_socket = \"{}\"\nidentity_socket = \"{}\"\n[dns]\nenabled = false\n",
+            admin.display(),
+            dir.path().join("identity.sock").display()
+        ),
+    )
+    .expect("writing the config");
+    let mut agentd = Command::new(agentd_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(dir.path().join("agentd.toml"))
+        .args(["--format", "json", "--on-exit", "detach", "--pin-path"])
+        .arg(&pins)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting agentd run");
+    wait_until("agentd answers on its admin socket", || {
+        agentd::api::admin::<agentd::api::Status>(&admin, &agentd::api::AdminRequest::Status)
+            .is_ok()
+    });
+    // Close the only reader of agentd's stdout.
+    drop(agentd.stdout.take());
+    let (_exe_dir, program) = unique_executable("/bin/true".as_ref(), "agentd-closed-output");
+    let mut status = None;
+    wait_until("agentd counts writes to its closed output", || {
+        // Each exec is an event agentd tries to write.
+        let _ = Command::new(&program).status();
+        status =
+            agentd::api::admin::<agentd::api::Status>(&admin, &agentd::api::AdminRequest::Status)
+                .ok();
+        status
+            .as_ref()
+            .is_some_and(|status| status.output_errors > 0)
+    });
+    assert!(
+        agentd.try_wait().expect("polling agentd").is_none(),
+        "agentd died when its output closed"
+    );
+    let pid = i32::try_from(agentd.id()).expect("pid fits i32");
+    // SAFETY: signalling our own child by pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let output = agentd.wait_with_output().expect("waiting for agentd");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "agentd exited with {}: {stderr}",
+        output.status
+    );
+    assert!(
+        stderr.contains("the event output cannot be written; agentd goes on enforcing"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("detached the programs and removed the pins"),
+        "{stderr}"
+    );
+    assert!(!pins.exists(), "{} is still there", pins.display());
+}
+
+/// A start-up that fails after its maps were created and pinned removes those pins again.
+#[test]
+fn a_failed_start_up_leaves_nothing_pinned() {
+    require_root();
+    let pins = agentd_tests::unique_pin_path();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    std::fs::write(
+        dir.path().join("agentd.toml"),
+        format!(
+            "[api]\nadmin_socket = \"{}\"\nidentity_socket = \"{}\"\n[dns]\nenabled = false\n",
+            dir.path().join("admin.sock").display(),
+            dir.path().join("identity.sock").display()
+        ),
+    )
+    .expect("writing the config");
+    let output = Command::new(agentd_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(dir.path().join("agentd.toml"))
+        .args(["--pin-path"])
+        .arg(&pins)
+        // connect4 fails to attach, after every map is created and pinned.
+        .env("AGENTD_FAULT_INJECTION", "attach:connect4")
+        .output()
+        .expect("running agentd");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("connect4"), "{stderr}");
+    assert!(
+        stderr.contains("start-up failed: removed the pins it had made"),
+        "{stderr}"
+    );
+    assert!(
+        !pins.exists(),
+        "{} is left behind: {:?}",
+        pins.display(),
+        std::fs::read_dir(&pins).map(|dir| dir.count())
+    );
+}

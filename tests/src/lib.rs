@@ -141,10 +141,14 @@ pub struct Daemon {
     pub identity: PathBuf,
     stdout: std::sync::mpsc::Receiver<String>,
     stdout_tx: std::sync::mpsc::Sender<String>,
+    /// Mount points unmounted in agentd's own private mount namespace (empty: none of its own).
+    unmounted: Vec<PathBuf>,
 }
 
-/// `agentd run` with the configuration and policy in `dir`.
-fn agentd_command(dir: &Path, env: &[(&str, &str)]) -> std::process::Command {
+/// `agentd run` with the configuration and policy in `dir`; with `unmount`, in a private mount
+/// namespace of its own where those mount points are unmounted first, as on a newly booted
+/// machine that has not mounted them.
+fn agentd_command(dir: &Path, env: &[(&str, &str)], unmount: &[PathBuf]) -> std::process::Command {
     let mut command = std::process::Command::new(agentd_bin());
     command
         .arg("run")
@@ -154,6 +158,38 @@ fn agentd_command(dir: &Path, env: &[(&str, &str)]) -> std::process::Command {
         .arg(dir.join("policy.toml"))
         .args(["--format", "json"])
         .envs(env.iter().copied());
+    if !unmount.is_empty() {
+        let targets: Vec<std::ffi::CString> = unmount
+            .iter()
+            .map(|path| std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap())
+            .collect();
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: only async-signal-safe calls (unshare, mount, umount2) between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Nothing done here may reach the host's mounts.
+                let root = c"/";
+                if libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                for target in &targets {
+                    // Unmount every layer: a file system mounted twice stays visible otherwise.
+                    while libc::umount2(target.as_ptr(), libc::MNT_DETACH) == 0 {}
+                }
+                Ok(())
+            });
+        }
+    }
     command
 }
 
@@ -163,9 +199,10 @@ fn spawn_agentd(
     admin: &Path,
     tx: &std::sync::mpsc::Sender<String>,
     env: &[(&str, &str)],
+    unmount: &[PathBuf],
 ) -> std::process::Child {
     let log = dir.join("agentd.log");
-    let mut child = agentd_command(dir, env)
+    let mut child = agentd_command(dir, env, unmount)
         .stdout(std::process::Stdio::piped())
         .stderr(
             fs::OpenOptions::new()
@@ -231,11 +268,28 @@ impl Daemon {
         Self::start_configured(policy, "", "enabled = false\n", extra)
     }
 
+    /// Like [`Daemon::start_with_config`], in a private mount namespace where `unmount` (for
+    /// example tracefs and securityfs) are not mounted.
+    pub fn start_without_mounts(policy: &str, extra: &str, unmount: &[&str]) -> Self {
+        let unmount: Vec<PathBuf> = unmount.iter().map(PathBuf::from).collect();
+        Self::start_in(policy, "", "enabled = false\n", extra, unmount)
+    }
+
     fn start_configured(
         policy: &str,
         identity_settings: &str,
         dns_settings: &str,
         extra: &str,
+    ) -> Self {
+        Self::start_in(policy, identity_settings, dns_settings, extra, Vec::new())
+    }
+
+    fn start_in(
+        policy: &str,
+        identity_settings: &str,
+        dns_settings: &str,
+        extra: &str,
+        unmounted: Vec<PathBuf>,
     ) -> Self {
         require_root();
         let dir = tempfile::tempdir().expect("temporary directory");
@@ -274,7 +328,7 @@ impl Daemon {
         let policy_file = dir.path().join("policy.toml");
         fs::write(&policy_file, policy).expect("writing the policy");
         let (tx, stdout) = std::sync::mpsc::channel();
-        let child = spawn_agentd(dir.path(), &admin, &tx, &[]);
+        let child = spawn_agentd(dir.path(), &admin, &tx, &[], &unmounted);
         Self {
             child,
             dir,
@@ -283,6 +337,7 @@ impl Daemon {
             identity,
             stdout,
             stdout_tx: tx,
+            unmounted,
         }
     }
 
@@ -291,7 +346,13 @@ impl Daemon {
     pub fn sigkill_and_restart(&mut self, env: &[(&str, &str)]) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn_agentd(self.dir.path(), &self.admin, &self.stdout_tx, env);
+        self.child = spawn_agentd(
+            self.dir.path(),
+            &self.admin,
+            &self.stdout_tx,
+            env,
+            &self.unmounted,
+        );
     }
 
     /// SIGKILLs agentd and leaves it dead.
@@ -304,7 +365,7 @@ impl Daemon {
     /// to fail at start-up; returns its exit status and log.
     pub fn start_failing(&self, env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
         let log = self.dir.path().join("failing.log");
-        let status = agentd_command(self.dir.path(), env)
+        let status = agentd_command(self.dir.path(), env, &self.unmounted)
             .stdout(std::process::Stdio::null())
             .stderr(fs::File::create(&log).expect("creating the log"))
             .status()
@@ -375,6 +436,11 @@ impl Daemon {
     /// The daemon's admin socket.
     pub fn admin_socket(&self) -> &Path {
         &self.admin
+    }
+
+    /// What agentd has logged so far (its stderr).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("agentd.log")).unwrap_or_default()
     }
 
     /// `agentd risk show AGENT --json`, as JSON.

@@ -58,7 +58,7 @@ pub fn run(options: &Options, mut on_line: impl FnMut(&str)) -> anyhow::Result<b
         crate::is_root(),
         "the benchmarks load eBPF programs: run `cargo xtask bench` as root"
     );
-    crate::mount_pseudo_filesystems()?;
+    crate::pseudofs::mount()?;
     let (agentd, control, bench) = build()?;
     let root = test::workspace_root();
     let out_dir = options.out_dir.clone().unwrap_or_else(|| {

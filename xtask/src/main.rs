@@ -8,6 +8,7 @@
 mod bench;
 mod cmd;
 mod install;
+mod pseudofs;
 mod run;
 mod setup;
 mod test;
@@ -15,7 +16,7 @@ mod vm;
 mod vm_systemd;
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, ExitCode},
     time::Duration,
 };
@@ -164,36 +165,6 @@ pub fn is_root() -> bool {
     cmd::output(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0")
 }
 
-/// Mounts the pseudo file systems agentd reads, where the host has not (this project's
-/// development machines boot without them).
-pub fn mount_pseudo_filesystems() -> anyhow::Result<()> {
-    for (fstype, target, probe) in [
-        (
-            "securityfs",
-            "/sys/kernel/security",
-            "/sys/kernel/security/lsm",
-        ),
-        ("bpf", "/sys/fs/bpf", ""),
-        (
-            "tracefs",
-            "/sys/kernel/tracing",
-            "/sys/kernel/tracing/events",
-        ),
-    ] {
-        let mounted = if probe.is_empty() {
-            std::fs::read_to_string("/proc/self/mounts")?
-                .lines()
-                .any(|line| line.split_whitespace().nth(1) == Some(target))
-        } else {
-            Path::new(probe).exists()
-        };
-        if !mounted {
-            cmd::run(Command::new("mount").args(["-t", fstype, fstype, target]))?;
-        }
-    }
-    Ok(())
-}
-
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(true) => ExitCode::SUCCESS,
@@ -241,6 +212,15 @@ fn test_task(mut tiers: Vec<Tier>, vm: &VmArgs) -> anyhow::Result<bool> {
         kernels,
         vm_systemd,
     })?;
+    if tiers
+        .iter()
+        .any(|tier| matches!(tier, Tier::Host | Tier::Bench))
+        && is_root()
+    {
+        // The same step as `run` and `bench`: a newly booted machine has no tracefs or
+        // securityfs mounted.
+        pseudofs::mount()?;
+    }
     test::run(&tiers, &vm.options())
 }
 

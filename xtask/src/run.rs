@@ -108,7 +108,7 @@ fn register_demo(ctl: &Path, token: &str) -> anyhow::Result<()> {
 /// Sets up, builds and runs the control plane and agentd until agentd exits.
 pub fn run(args: &[String]) -> anyhow::Result<ExitStatus> {
     setup::run(&setup::Options::default())?;
-    crate::mount_pseudo_filesystems()?;
+    crate::pseudofs::mount()?;
     let built = test::build_release_binaries(&["agentd", "agentd-control"])?;
     let (agentd, control, ctl) = (
         binary(&built, "agentd")?,

@@ -129,6 +129,57 @@ pub enum FileMode {
     Enforcing { missing: Vec<&'static str> },
     /// Syscall tracepoints report opens that break a rule, after the fact. Nothing is enforced.
     Observing,
+    /// Neither: BPF LSM is not active and the tracepoints could not be attached (why, in words
+    /// for the operator). The other sensors still enforce.
+    Unavailable(String),
+}
+
+/// Attaches the open tracepoints, all or none: a file observer that sees `openat` but not
+/// `openat2` would be a blind spot that reads as coverage. A kernel or mount that refuses them
+/// (tracefs absent, tracepoints not built in) leaves the sensor [`FileMode::Unavailable`];
+/// the network and process sensors do not need them.
+fn attach_observers(ebpf: &mut aya::Ebpf, links: &mut Links) -> Result<FileMode, SensorError> {
+    let mut attached = Vec::new();
+    let mut failure = None;
+    for (name, tracepoint) in OBSERVERS {
+        let program: &mut TracePoint = super::program(ebpf, name)?;
+        let link = program
+            .load()
+            .map_err(load_error(name))
+            .and_then(|()| {
+                program
+                    .attach("syscalls", tracepoint)
+                    .map_err(attach_error(name))
+            })
+            .and_then(|link_id| program.take_link(link_id).map_err(attach_error(name)));
+        match link {
+            Ok(link) => attached.push((name, link)),
+            Err(err) => {
+                failure = Some(format!("{:#}", anyhow::Error::from(err)));
+                break;
+            }
+        }
+    }
+    if let Some(why) = failure {
+        // Dropping the links detaches the observers that did attach.
+        drop(attached);
+        let tracefs = if crate::pseudofs::is_on(
+            Path::new(crate::pseudofs::TRACEFS),
+            crate::pseudofs::TRACEFS_MAGIC,
+        ) {
+            ""
+        } else {
+            "; tracefs is not mounted at /sys/kernel/tracing"
+        };
+        return Ok(FileMode::Unavailable(format!(
+            "no BPF LSM and the open tracepoints could not be attached ({why}{tracefs}): file \
+             rules are neither enforced nor observed"
+        )));
+    }
+    for (name, link) in attached {
+        links.add(name, link)?;
+    }
+    Ok(FileMode::Observing)
 }
 
 /// The agents' file rules in the kernel, and the programs that apply them: BPF LSM hooks where
@@ -163,8 +214,14 @@ impl FileSensor {
                         .filter(|hook| !links.has(hook))
                         .collect(),
                 }
-            } else {
+            } else if links.has(OBSERVERS[0].0) {
                 FileMode::Observing
+            } else {
+                FileMode::Unavailable(
+                    "the adopted programs include no file hooks (the agentd that attached them \
+                     could not attach the open tracepoints)"
+                        .to_owned(),
+                )
             }
         } else if enforce {
             let mut missing = Vec::new();
@@ -192,18 +249,7 @@ impl FileSensor {
             }
             FileMode::Enforcing { missing }
         } else {
-            for (name, tracepoint) in OBSERVERS {
-                let program: &mut TracePoint = super::program(ebpf, name)?;
-                program.load().map_err(load_error(name))?;
-                let link_id = program
-                    .attach("syscalls", tracepoint)
-                    .map_err(attach_error(name))?;
-                links.add(
-                    name,
-                    program.take_link(link_id).map_err(attach_error(name))?,
-                )?;
-            }
-            FileMode::Observing
+            attach_observers(ebpf, links)?
         };
         Ok(Self {
             deny,

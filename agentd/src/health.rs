@@ -1,0 +1,164 @@
+//! What each sensor does on this host, for `agentd status`, `/healthz` and metrics. A missing
+//! optional hook degrades honestly: it is named here with its reason, and the other sensors go
+//! on enforcing.
+
+use crate::{
+    api::SensorHealth,
+    pseudofs::{Mounts, Outcome},
+    sensors::files::FileMode,
+};
+
+/// What the daemon knows about its sensors.
+pub struct Inputs<'a> {
+    pub files: &'a FileMode,
+    pub self_protection: bool,
+    /// Why BPF LSM is not used, when it is not.
+    pub lsm_unavailable: Option<&'a str>,
+    pub dns: bool,
+    pub mounts: &'a Mounts,
+}
+
+/// One entry per sensor and per pseudo file system.
+pub fn sensors(inputs: &Inputs<'_>) -> Vec<SensorHealth> {
+    let mut out = vec![
+        SensorHealth::new(
+            "process",
+            "active",
+            "exec, fork and exit tracepoints tag agents' processes",
+        ),
+        SensorHealth::new(
+            "network",
+            "active",
+            "cgroup connect, sendmsg and egress hooks decide agents' traffic",
+        ),
+    ];
+    out.push(match inputs.files {
+        FileMode::Enforcing { missing } if missing.is_empty() => SensorHealth::new(
+            "files",
+            "active",
+            "BPF LSM hooks decide agents' file access",
+        ),
+        FileMode::Enforcing { missing } => SensorHealth::new(
+            "files",
+            "limited",
+            format!(
+                "BPF LSM decides opens and execs; this kernel lacks {}",
+                missing.join(", ")
+            ),
+        ),
+        FileMode::Observing => SensorHealth::new(
+            "files",
+            "limited",
+            format!(
+                "opens that break a rule are reported by syscall tracepoints, not denied ({})",
+                inputs.lsm_unavailable.unwrap_or("BPF LSM unavailable")
+            ),
+        ),
+        FileMode::Unavailable(why) => SensorHealth::new("files", "unavailable", why.clone()),
+    });
+    out.push(if inputs.self_protection {
+        SensorHealth::new(
+            "self_protection",
+            "active",
+            "agents may not signal or ptrace agentd, use bpf(), or open its files",
+        )
+    } else {
+        SensorHealth::new(
+            "self_protection",
+            "limited",
+            "BPF LSM unavailable: the admin socket refuses agents; signals, ptrace and bpf() \
+             are not denied",
+        )
+    });
+    out.push(if inputs.dns {
+        SensorHealth::new(
+            "dns",
+            "active",
+            "agents' DNS queries go through agentd's resolver",
+        )
+    } else {
+        SensorHealth::new(
+            "dns",
+            "disabled",
+            "[dns] enabled = false: domain rules match no address",
+        )
+    });
+    for fs in inputs.mounts.all() {
+        let state = match fs.outcome {
+            Outcome::Present | Outcome::Mounted => "active",
+            Outcome::Absent => "disabled",
+            Outcome::Failed(_) => "unavailable",
+        };
+        out.push(SensorHealth::new(fs.fstype, state, fs.to_string()));
+    }
+    out
+}
+
+/// `healthy` or `degraded`.
+pub fn summary(sensors: &[SensorHealth]) -> &'static str {
+    if sensors.iter().any(SensorHealth::degraded) {
+        "degraded"
+    } else {
+        "healthy"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::pseudofs::PseudoFs;
+
+    fn mounts(tracefs: Outcome) -> Mounts {
+        let fs = |fstype, outcome| PseudoFs {
+            fstype,
+            target: PathBuf::from("/x"),
+            outcome,
+        };
+        Mounts {
+            securityfs: fs("securityfs", Outcome::Present),
+            tracefs: fs("tracefs", tracefs),
+            bpffs: fs("bpf", Outcome::Mounted),
+        }
+    }
+
+    #[test]
+    fn a_file_sensor_that_could_not_attach_degrades_health_and_says_why() {
+        let mounts = mounts(Outcome::Failed("mounting it failed: EPERM".to_owned()));
+        let files = FileMode::Unavailable("tracefs not found".to_owned());
+        let sensors = sensors(&Inputs {
+            files: &files,
+            self_protection: false,
+            lsm_unavailable: Some("BPF LSM is not active"),
+            dns: true,
+            mounts: &mounts,
+        });
+        assert_eq!(summary(&sensors), "degraded");
+        let files = sensors.iter().find(|s| s.name == "files").unwrap();
+        assert_eq!(
+            (files.state.as_str(), files.detail.as_str()),
+            ("unavailable", "tracefs not found")
+        );
+        let network = sensors.iter().find(|s| s.name == "network").unwrap();
+        assert_eq!(network.state, "active");
+        let tracefs = sensors.iter().find(|s| s.name == "tracefs").unwrap();
+        assert_eq!(tracefs.state, "unavailable");
+    }
+
+    #[test]
+    fn observing_without_bpf_lsm_is_limited_not_degraded() {
+        let mounts = mounts(Outcome::Mounted);
+        let sensors = sensors(&Inputs {
+            files: &FileMode::Observing,
+            self_protection: false,
+            lsm_unavailable: Some("BPF LSM is not active"),
+            dns: false,
+            mounts: &mounts,
+        });
+        assert_eq!(summary(&sensors), "healthy");
+        let files = sensors.iter().find(|s| s.name == "files").unwrap();
+        assert_eq!(files.state, "limited");
+        assert!(files.detail.contains("BPF LSM is not active"));
+    }
+}
