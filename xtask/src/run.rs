@@ -109,7 +109,9 @@ fn register_demo(ctl: &Path, token: &str) -> anyhow::Result<()> {
 pub fn run(args: &[String]) -> anyhow::Result<ExitStatus> {
     setup::run(&setup::Options::default())?;
     crate::pseudofs::mount()?;
-    let built = test::build_release_binaries(&["agentd", "agentd-control"])?;
+    // The debug build the test tiers use: `cargo xtask run` after `cargo xtask test` builds
+    // nothing again.
+    let built = test::build_binaries(&["agentd", "agentd-control"], false)?;
     let (agentd, control, ctl) = (
         binary(&built, "agentd")?,
         binary(&built, "agentd-control")?,

@@ -154,22 +154,31 @@ pub fn build_executables(args: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>
     Ok(executables)
 }
 
-/// Builds the agentd binary (debug) and returns its path.
 /// Builds the binaries of `packages` in release mode: (name, path).
 pub fn build_release_binaries(packages: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let mut args = vec!["build", "--release", "--bins"];
+    build_binaries(packages, true)
+}
+
+/// Builds the binaries of `packages`: (name, path). Cargo resolves features per selection of
+/// packages, so every task that needs agentd selects the same ones (`agentd` and
+/// `agentd-control`): the debug build one tier made is the one the next task (`run`, another
+/// tier) finds up to date.
+pub fn build_binaries(packages: &[&str], release: bool) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut args = vec!["build", "--bins"];
+    if release {
+        args.push("--release");
+    }
     for package in packages {
         args.extend(["--package", package]);
     }
     build_executables(&args)
 }
 
+/// Builds the agentd binary and returns its path.
+
 pub fn build_agentd(release: bool) -> anyhow::Result<PathBuf> {
-    let mut args = vec!["build", "--package", "agentd", "--bin", "agentd"];
-    if release {
-        args.push("--release");
-    }
-    build_executables(&args)?
+    // The same selection as every other task's build, so that the build is shared.
+    build_binaries(&["agentd", "agentd-control"], release)?
         .into_iter()
         .find_map(|(name, path)| (name == "agentd").then_some(path))
         .context("cargo built no agentd binary")
@@ -201,10 +210,9 @@ fn host() -> anyhow::Result<TierResult> {
         result.fail("needs root: real eBPF programs are loaded into the running kernel");
         return Ok(result);
     }
-    let agentd = build_agentd(false)?;
-    let control = build_executables(&["build", "--package", "agentd-control", "--bins"])?;
-    let control_bin = |name: &str| {
-        control
+    let built = build_binaries(&["agentd", "agentd-control"], false)?;
+    let binary = |name: &str| {
+        built
             .iter()
             .find_map(|(built, path)| (built == name).then(|| path.clone()))
             .with_context(|| format!("cargo built no {name} binary"))
@@ -225,9 +233,9 @@ fn host() -> anyhow::Result<TierResult> {
                 "--",
                 "--test-threads=1",
             ])
-            .env("AGENTD_BIN", agentd)
-            .env("AGENTD_CONTROL_BIN", control_bin("agentd-control")?)
-            .env("AGENTCTL_BIN", control_bin("agentctl")?),
+            .env("AGENTD_BIN", binary("agentd")?)
+            .env("AGENTD_CONTROL_BIN", binary("agentd-control")?)
+            .env("AGENTCTL_BIN", binary("agentctl")?),
     )
 }
 
