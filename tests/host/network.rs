@@ -13,7 +13,7 @@ use crate::helper;
 
 /// Runs `helper net PROTO ADDR PORT COUNT` as `agent` (or untagged with `None`) and returns
 /// (ok, eperm, other).
-fn attempts(
+pub(crate) fn attempts(
     daemon: &Daemon,
     agent: Option<&str>,
     proto: &str,
