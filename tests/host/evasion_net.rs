@@ -324,3 +324,29 @@ fn source_routes_are_refused_to_tagged_processes() {
         assert_eq!(event["decided_by"], "source_route", "{event}");
     }
 }
+
+/// A source route in a datagram's control message is not seen by the call hook, which decides
+/// the final address; the packet leaves for the first hop, which the egress check judges.
+#[test]
+fn datagram_rerouted_by_a_control_message_is_dropped_at_egress() {
+    let agent = "reroute-agent";
+    let allowed = UdpSocket::bind("127.0.0.1:0").expect("a port");
+    let port = allowed.local_addr().unwrap().port();
+    let policy = agent_policy(
+        agent,
+        "[[agent.network.rule]]\nid = \"no-hop\"\naction = \"deny\"\ncidr = \"127.0.0.7/32\"\n",
+    );
+    let daemon = Daemon::start(&policy);
+    let _launched = launch_cgroup(agent);
+    let port_text = port.to_string();
+    let args = ["lsrr-cmsg", "127.0.0.1", port_text.as_str(), "127.0.0.7"];
+    assert_eq!(evade(&daemon, Some(agent), &args), "eperm");
+    assert_eq!(evade(&daemon, None, &args), "ok", "untagged");
+    let mut seen = Vec::new();
+    let event = net_event(&daemon, &mut seen, "the egress deny event", |e| {
+        e["hook"] == "egress" && e["address"] == "127.0.0.7"
+    });
+    assert_eq!(event["verdict"], "deny", "{event}");
+    assert_eq!(event["rule"], "reroute-agent/no-hop", "{event}");
+    assert_eq!(event["port"], port, "{event}");
+}

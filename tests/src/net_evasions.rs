@@ -7,6 +7,8 @@
 //! - `evade ping ADDR`: an ICMP echo request from a ping socket (`SOCK_DGRAM`, ICMP/ICMPv6);
 //!   `ok` once the reply arrives, `dropped` when the send succeeded but no reply came within a
 //!   second (the kernel does not pass an IPv6 ping's drop on to the caller).
+//! - `evade lsrr-cmsg ADDR PORT HOP`: a UDP datagram to ADDR:PORT whose control message
+//!   (`IP_RETOPTS`) carries a loose source route through HOP, so that it leaves for HOP.
 //! - `evade source-route v4|v6`: sets a source route on a UDP socket (`IP_OPTIONS` with a loose
 //!   source route through 127.0.0.9, or an IPv6 segment routing header through `::1`).
 
@@ -158,6 +160,51 @@ fn source_route(family: &str) -> std::io::Result<String> {
     Ok(said(i64::from(ret)))
 }
 
+/// sendmsg(2) of a datagram to `target` with a loose source route through `hop` in its control
+/// message.
+fn lsrr_cmsg(target: std::net::SocketAddrV4, hop: std::net::Ipv4Addr) -> String {
+    use std::os::fd::AsRawFd as _;
+    let fd = match socket(libc::AF_INET, libc::SOCK_DGRAM, 0) {
+        Ok(fd) => fd,
+        Err(word) => return word,
+    };
+    // SAFETY: all-zero is a valid sockaddr_in.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sin.sin_family = family(libc::AF_INET);
+    sin.sin_port = target.port().to_be();
+    sin.sin_addr.s_addr = u32::from_ne_bytes(target.ip().octets());
+    let hop = hop.octets();
+    // LSRR, length 7, pointer 4, the hop; end of options.
+    let options = [0x83, 7, 4, hop[0], hop[1], hop[2], hop[3], 0u8];
+    let mut payload = *b"agentd";
+    let mut iov = libc::iovec {
+        iov_base: payload.as_mut_ptr().cast(),
+        iov_len: payload.len(),
+    };
+    // Room for one control message, aligned as the kernel reads it.
+    let mut control = [0u64; 8];
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(8) } as usize;
+    // SAFETY: all-zero is a valid msghdr; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&raw mut sin).cast();
+    msg.msg_namelen = len_of::<libc::sockaddr_in>();
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: `control` holds `space` bytes, enough for one header and 8 bytes of data.
+    let ret = unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        (*cmsg).cmsg_level = libc::IPPROTO_IP;
+        (*cmsg).cmsg_type = libc::IP_RETOPTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(8) as usize;
+        std::ptr::copy_nonoverlapping(options.as_ptr(), libc::CMSG_DATA(cmsg), options.len());
+        libc::sendmsg(fd.as_raw_fd(), &raw const msg, 0)
+    };
+    said(ret as i64)
+}
+
 /// Runs one `evade` case and prints its outcome.
 pub fn evade(args: &[&str]) -> std::io::Result<()> {
     let number = |text: &str| text.parse::<i32>().map_err(std::io::Error::other);
@@ -195,6 +242,12 @@ pub fn evade(args: &[&str]) -> std::io::Result<()> {
             }
         }
         ["source-route", family] => source_route(family)?,
+        ["lsrr-cmsg", addr, port, hop] => {
+            let addr = addr.parse().map_err(std::io::Error::other)?;
+            let port: u16 = port.parse().map_err(std::io::Error::other)?;
+            let hop = hop.parse().map_err(std::io::Error::other)?;
+            lsrr_cmsg(std::net::SocketAddrV4::new(addr, port), hop)
+        }
         _ => {
             return Err(std::io::Error::other(
                 "usage: evade socket|udplite|ping|source-route",
