@@ -831,14 +831,20 @@ mod tests {
         assert_eq!(raw.protocol, "raw");
         assert_eq!(raw.address_form, None);
         let route = decode(net_record(NetEvent::HOOK_SETSOCKOPT, 0, 0, 4));
-        assert_eq!((route.hook, route.decided_by), ("setsockopt", "source_route"));
+        assert_eq!(
+            (route.hook, route.decided_by),
+            ("setsockopt", "source_route")
+        );
         let packet = decode(net_record(
             NetEvent::HOOK_EGRESS,
             NetEvent::FORM_AS_NAMED,
             58,
             6,
         ));
-        assert_eq!((packet.hook, packet.protocol.as_str()), ("egress", "icmpv6"));
+        assert_eq!(
+            (packet.hook, packet.protocol.as_str()),
+            ("egress", "icmpv6")
+        );
         let json = serde_json::to_value(Event::Net(mapped)).unwrap();
         assert_eq!(json["address_form"], "v4_mapped");
         let json = serde_json::to_value(Event::Net(packet)).unwrap();
