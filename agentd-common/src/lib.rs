@@ -648,7 +648,9 @@ pub struct NetAgentPolicy {
     pub default_action: u8,
     /// 1: audit mode (report "would deny", allow).
     pub audit: u8,
-    pub pad: u16,
+    /// A `net_action` value for the raw sockets (`SOCK_RAW`) its processes create.
+    pub raw_sockets: u8,
+    pub pad: u8,
 }
 const _: () = assert!(size_of::<NetAgentPolicy>() == 8);
 
@@ -672,7 +674,8 @@ pub struct NetEvent {
     pub port: u16,
     /// `NetEvent::HOOK_*`.
     pub hook: u8,
-    pub pad: u8,
+    /// `NetEvent::FORM_*`: how the destination was read from what the process named.
+    pub form: u8,
     /// The rule that decided; 0 for the default action, quarantine and blocklist hits name
     /// their list entry's rule number.
     pub rule: u32,
@@ -685,6 +688,20 @@ const _: () = assert!(size_of::<NetEvent>() == 16 + 12 + 8 + 4 + 16 + COMM_LEN);
 impl NetEvent {
     pub const HOOK_CONNECT: u8 = 1;
     pub const HOOK_SENDMSG: u8 = 2;
+    /// `cgroup/sock_create`: a raw socket was created (`port` and `addr` are 0).
+    pub const HOOK_SOCKET: u8 = 3;
+    /// `cgroup/setsockopt`: a source route was set on a socket (`addr` is 0).
+    pub const HOOK_SETSOCKOPT: u8 = 4;
+    /// `cgroup_skb/egress`: a packet of an agent's socket, to a destination no allowed call
+    /// named (reported at most once per report interval and destination).
+    pub const HOOK_EGRESS: u8 = 5;
+    /// The address is the one the process named.
+    pub const FORM_AS_NAMED: u8 = 0;
+    /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), decided and reported as IPv4.
+    pub const FORM_V4_MAPPED: u8 = 1;
+    /// `0.0.0.0` or `::`, which the kernel connects to the local host: decided and reported as
+    /// `127.0.0.1` or `::1`.
+    pub const FORM_UNSPECIFIED: u8 = 2;
     /// Audit mode turned a deny into an allow.
     pub const FLAG_WOULD_DENY: u8 = 1 << 0;
     /// The global blocklist matched.
@@ -700,6 +717,23 @@ impl NetEvent {
     /// The agent's Conditional Access decision decided (deny, or would deny in report-only).
     pub const FLAG_CONDITIONAL_ACCESS: u8 = 1 << 6;
 }
+
+/// What the kernel remembers of an agent's socket (`SOCK_AGENT`, by socket cookie): its agent
+/// and the destination the last allowed connect or sendmsg named, so that the egress check
+/// lets a packet to that destination through at once and decides any other.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct SocketAgent {
+    pub agent: u32,
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// 4 or 6; 0: no destination yet (a ping or raw socket recorded at creation).
+    pub family: u8,
+    pub pad: u8,
+    /// IPv4 in the first 4 bytes, the rest zero; or IPv6.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<SocketAgent>() == 24);
 
 /// What the network hooks' verdict cache depends on (`NET_CACHE[0]`).
 #[repr(C)]
@@ -901,7 +935,7 @@ const _: () = assert!(size_of::<TamperEvent>() == 16 + 16 + 12 + 4);
 /// The version of what the kernel maps mean. Bump it when a map keeps its key and value sizes
 /// but changes what the bytes mean: agentd then creates new pinned maps instead of adopting the
 /// old ones (docs/operations.md, "Enforcement that survives the daemon").
-pub const MAP_SCHEMA: u32 = 2;
+pub const MAP_SCHEMA: u32 = 3;
 
 /// Longest name a [`RegistryEntry`] keeps.
 pub const REGISTRY_NAME_LEN: usize = 120;

@@ -10,6 +10,8 @@ mod exec;
 mod files;
 mod kernel;
 mod net;
+mod net_packet;
+mod net_sockets;
 mod protect;
 mod tagging;
 

@@ -33,13 +33,14 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_socket_cookie,
         bpf_ktime_get_boot_ns,
     },
-    macros::{cgroup_skb, cgroup_sock_addr, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, lpm_trie::Key},
-    programs::{SkBuffContext, SockAddrContext},
+    macros::{cgroup_sock_addr, map},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, lpm_trie::Key},
+    programs::SockAddrContext,
 };
 
 use crate::{
     events::{header, output, wakeup},
+    net_packet::remember_socket,
     tagging::tag_of,
 };
 
@@ -108,12 +109,32 @@ pub static NET_VERDICTS: LruHashMap<NetVerdictKey, NetVerdict> =
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 
-/// A destination, with the address in both shapes the maps need.
-struct Destination {
-    family: u8,
-    addr: [u8; 16],
-    port: u16,
-    protocol: u8,
+/// A destination as the kernel will reach it (see [`destination_v6`] for the address forms
+/// decided as another), with the address in both shapes the maps need.
+pub(crate) struct Destination {
+    pub(crate) family: u8,
+    pub(crate) addr: [u8; 16],
+    pub(crate) port: u16,
+    /// The socket's protocol, as reported.
+    pub(crate) protocol: u8,
+    /// A `NetEvent::FORM_*` value: how the named address was read.
+    pub(crate) form: u8,
+}
+
+pub(crate) const IPPROTO_ICMP: u8 = 1;
+pub(crate) const IPPROTO_ICMPV6: u8 = 58;
+pub(crate) const IPPROTO_UDPLITE: u8 = 136;
+
+impl Destination {
+    /// The protocol that rules and learned entries compare: UDP-Lite is UDP, ICMPv6 is ICMP.
+    #[inline(always)]
+    fn rule_protocol(&self) -> u8 {
+        match self.protocol {
+            IPPROTO_UDPLITE => IPPROTO_UDP,
+            IPPROTO_ICMPV6 => IPPROTO_ICMP,
+            other => other,
+        }
+    }
 }
 
 // Context fields are read with volatile loads, one field per load: the verifier accepts a
@@ -135,17 +156,33 @@ fn destination_v4(ctx: &SockAddrContext) -> Destination {
     let sa: *const bpf_sock_addr = ctx.sock_addr;
     // SAFETY: as above.
     let ip = unsafe { read_volatile(&raw const (*sa).user_ip4) };
-    let mut addr = [0u8; 16];
-    addr[..4].copy_from_slice(&ip.to_ne_bytes());
     let (port, protocol) = port_and_protocol(sa);
+    v4_destination(ip, port, protocol, NetEvent::FORM_AS_NAMED)
+}
+
+/// An IPv4 destination; `0.0.0.0`, which the kernel connects to the local host, is decided as
+/// `127.0.0.1`.
+#[inline(always)]
+fn v4_destination(ip: u32, port: u16, protocol: u8, form: u8) -> Destination {
+    let mut addr = [0u8; 16];
+    let mut form = form;
+    if ip == 0 {
+        addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        form = NetEvent::FORM_UNSPECIFIED;
+    } else {
+        addr[..4].copy_from_slice(&ip.to_ne_bytes());
+    }
     Destination {
         family: 4,
         addr,
         port,
         protocol,
+        form,
     }
 }
 
+/// An IPv6 destination. An IPv4-mapped one (`::ffff:a.b.c.d`, which an AF_INET6 socket sends
+/// as IPv4) is decided as the IPv4 address, and `::` (the local host) as `::1`.
 #[inline(always)]
 fn destination_v6(ctx: &SockAddrContext) -> Destination {
     let sa: *const bpf_sock_addr = ctx.sock_addr;
@@ -158,17 +195,27 @@ fn destination_v6(ctx: &SockAddrContext) -> Destination {
             read_volatile(&raw const (*sa).user_ip6[3]),
         ]
     };
-    let mut addr = [0u8; 16];
-    addr[..4].copy_from_slice(&words[0].to_ne_bytes());
-    addr[4..8].copy_from_slice(&words[1].to_ne_bytes());
-    addr[8..12].copy_from_slice(&words[2].to_ne_bytes());
-    addr[12..].copy_from_slice(&words[3].to_ne_bytes());
     let (port, protocol) = port_and_protocol(sa);
+    if words[0] == 0 && words[1] == 0 && words[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]) {
+        return v4_destination(words[3], port, protocol, NetEvent::FORM_V4_MAPPED);
+    }
+    let mut addr = [0u8; 16];
+    let mut form = NetEvent::FORM_AS_NAMED;
+    if words[0] == 0 && words[1] == 0 && words[2] == 0 && words[3] == 0 {
+        addr[15] = 1;
+        form = NetEvent::FORM_UNSPECIFIED;
+    } else {
+        addr[..4].copy_from_slice(&words[0].to_ne_bytes());
+        addr[4..8].copy_from_slice(&words[1].to_ne_bytes());
+        addr[8..12].copy_from_slice(&words[2].to_ne_bytes());
+        addr[12..].copy_from_slice(&words[3].to_ne_bytes());
+    }
     Destination {
         family: 6,
         addr,
         port,
         protocol,
+        form,
     }
 }
 
@@ -177,8 +224,8 @@ fn v4(addr: &[u8; 16]) -> [u8; 4] {
 }
 
 /// The verdict for a tagged process's call, and what to report.
-struct Decision {
-    allow: bool,
+pub(crate) struct Decision {
+    pub(crate) allow: bool,
     flags: u8,
     rule: u32,
     version: u32,
@@ -193,6 +240,7 @@ fn lpm_ptr<K, V>(map: &LpmTrie<K, V>, key: &Key<K>) -> Option<*const V> {
 // Lookups copy out plain integers into initialised locals rather than moving `Option`s of
 // structs around: the verifier rejects reads of registers that a `None` path left unset.
 fn decide(agent: u32, dst: &Destination) -> Decision {
+    let rule_protocol = dst.rule_protocol();
     let mut generation = 0u32;
     if let Some(value) = NET_CONFIG.get_ptr(0) {
         // SAFETY: a valid map value pointer.
@@ -290,7 +338,7 @@ fn decide(agent: u32, dst: &Destination) -> Decision {
                 (*learned).rule,
             )
         };
-        if dst.port >= lo && dst.port <= hi && (protocol == 0 || protocol == dst.protocol) {
+        if dst.port >= lo && dst.port <= hi && (protocol == 0 || protocol == rule_protocol) {
             let deny = action == net_action::DENY;
             if deny && audit != 0 {
                 let flags = NetEvent::FLAG_LEARNED | NetEvent::FLAG_WOULD_DENY;
@@ -354,7 +402,7 @@ fn decide(agent: u32, dst: &Destination) -> Decision {
             let candidate = unsafe { &(*list).rules[i] };
             if dst.port >= candidate.port_lo
                 && dst.port <= candidate.port_hi
-                && (candidate.protocol == 0 || candidate.protocol == dst.protocol)
+                && (candidate.protocol == 0 || candidate.protocol == rule_protocol)
             {
                 action = candidate.action;
                 rule = candidate.rule;
@@ -383,7 +431,14 @@ fn decide(agent: u32, dst: &Destination) -> Decision {
 
 // Inlined: a BPF function takes at most five arguments.
 #[inline(always)]
-fn report(tgid: u32, agent: u32, dst: &Destination, hook: u8, decision: &Decision, first: bool) {
+pub(crate) fn report(
+    tgid: u32,
+    agent: u32,
+    dst: &Destination,
+    hook: u8,
+    decision: &Decision,
+    first: bool,
+) {
     let event = NetEvent {
         header: header(EventKind::Net),
         pid: tgid,
@@ -399,7 +454,7 @@ fn report(tgid: u32, agent: u32, dst: &Destination, hook: u8, decision: &Decisio
         protocol: dst.protocol,
         port: dst.port,
         hook,
-        pad: 0,
+        form: dst.form,
         rule: decision.rule,
         addr: dst.addr,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
@@ -417,7 +472,7 @@ fn report(tgid: u32, agent: u32, dst: &Destination, hook: u8, decision: &Decisio
     );
 }
 
-const IPPROTO_UDP: u8 = 17;
+pub(crate) const IPPROTO_UDP: u8 = 17;
 
 /// Sends a tagged process's DNS query to agentd's resolver, remembering where it was going.
 /// Returns false when steering is off.
@@ -484,7 +539,13 @@ fn check(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
     } else {
         destination_v6(ctx)
     };
-    if family == 4 && dst.port == 53 && dst.protocol == IPPROTO_UDP && steer_dns(ctx) {
+    // Only a query an AF_INET socket names can be steered (`steer_dns` rewrites `user_ip4`).
+    if family == 4
+        && dst.form == NetEvent::FORM_AS_NAMED
+        && dst.port == 53
+        && dst.protocol == IPPROTO_UDP
+        && steer_dns(ctx)
+    {
         let decision = Decision {
             allow: true,
             flags: NetEvent::FLAG_DNS,
@@ -494,6 +555,30 @@ fn check(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
         report(tgid, tag.agent, &dst, hook, &decision, false);
         return ALLOW;
     }
+    let (decision, reported) = judge(tag.agent, &dst, hook);
+    if let Some(first) = reported {
+        report(tgid, tag.agent, &dst, hook, &decision, first);
+    }
+    if decision.allow {
+        // SAFETY: a plain helper call on the program's own context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        remember_socket(cookie, tag.agent, &dst, hook);
+    }
+    // The verifier must see a return value of exactly 0 or 1. A bool reloaded from the stack
+    // is only known to be a byte, so compare an opaque copy and return constants.
+    let allowed = core::hint::black_box(u32::from(decision.allow));
+    if allowed == 1 { ALLOW } else { DENY }
+}
+
+/// How often the egress check reports packets it denies to one destination, at least.
+const EGRESS_DENY_REPORT_NS: u64 = 1_000_000_000;
+
+/// An agent's verdict on `dst` through `hook`: from the cache, or decided (and cached), and
+/// whether to report it (`Some(first)`: `first` for a verdict just decided). The call hooks
+/// report every denial; the egress check (`HOOK_EGRESS`) a denial once per report interval
+/// (at least a second) and destination, not once per packet.
+#[inline(always)]
+pub(crate) fn judge(agent: u32, dst: &Destination, hook: u8) -> (Decision, Option<bool>) {
     let mut epoch = 0u32;
     let mut interval_ms = 0u32;
     if let Some(config) = NET_CACHE.get_ptr(0) {
@@ -505,7 +590,7 @@ fn check(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
     }
     let key = NetVerdictKey {
         epoch,
-        agent: tag.agent,
+        agent,
         addr: dst.addr,
         port: dst.port,
         family: dst.family,
@@ -515,53 +600,48 @@ fn check(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
     };
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let decision = match cached(&key, now, u64::from(interval_ms) * 1_000_000) {
-        Some((decision, report_it)) => {
-            if report_it {
-                report(tgid, tag.agent, &dst, hook, &decision, false);
-            }
-            decision
-        }
-        None => {
-            let mut valid_until = 0u64;
-            let mut decision = decide(tag.agent, &dst);
-            if decision.allow
-                && let Some(ca) =
-                    conditional_access(tag.agent, &dst, decision.version, now, &mut valid_until)
-            {
-                decision = ca;
-            }
-            let verdict = NetVerdict {
-                valid_until_ns: valid_until,
-                reported_ns: now,
-                rule: decision.rule,
-                version: decision.version,
-                allow: u8::from(decision.allow),
-                flags: decision.flags,
-                pad: [0; 6],
-            };
-            // A full LRU map evicts; a failed insert only means deciding again next time.
-            let _ = NET_VERDICTS.insert(key, verdict, 0);
-            // The first call to a destination under this policy: what the risk engine looks
-            // for (a destination new to the agent), so the reader is woken for it.
-            report(tgid, tag.agent, &dst, hook, &decision, true);
-            decision
-        }
+    let interval_ns = u64::from(interval_ms) * 1_000_000;
+    let deny_interval_ns = if hook == NetEvent::HOOK_EGRESS {
+        interval_ns.max(EGRESS_DENY_REPORT_NS)
+    } else {
+        0
     };
-    if decision.allow {
-        remember_socket(ctx, tag.agent, hook);
+    if let Some((decision, report_it)) = cached(&key, now, interval_ns, deny_interval_ns) {
+        return (decision, if report_it { Some(false) } else { None });
     }
-    // The verifier must see a return value of exactly 0 or 1. A bool reloaded from the stack
-    // is only known to be a byte, so compare an opaque copy and return constants.
-    let allowed = core::hint::black_box(u32::from(decision.allow));
-    if allowed == 1 { ALLOW } else { DENY }
+    let mut valid_until = 0u64;
+    let mut decision = decide(agent, dst);
+    if decision.allow
+        && let Some(ca) = conditional_access(agent, dst, decision.version, now, &mut valid_until)
+    {
+        decision = ca;
+    }
+    let verdict = NetVerdict {
+        valid_until_ns: valid_until,
+        reported_ns: now,
+        rule: decision.rule,
+        version: decision.version,
+        allow: u8::from(decision.allow),
+        flags: decision.flags,
+        pad: [0; 6],
+    };
+    // A full LRU map evicts; a failed insert only means deciding again next time.
+    let _ = NET_VERDICTS.insert(key, verdict, 0);
+    // The first call to a destination under this policy: what the risk engine looks for (a
+    // destination new to the agent), so the reader is woken for it.
+    (decision, Some(true))
 }
 
 /// The cached verdict for `key` if it still holds at `now`, and whether to report this call:
-/// always for a denial or would-denial, for an allowed call when the last report is at least
-/// `interval_ns` old (its time is then updated).
+/// a denial or would-denial when the last report is at least `deny_interval_ns` old (0:
+/// always), an allowed call when it is at least `interval_ns` old (its time is then updated).
 #[inline(always)]
-fn cached(key: &NetVerdictKey, now: u64, interval_ns: u64) -> Option<(Decision, bool)> {
+fn cached(
+    key: &NetVerdictKey,
+    now: u64,
+    interval_ns: u64,
+    deny_interval_ns: u64,
+) -> Option<(Decision, bool)> {
     let entry = NET_VERDICTS.get_ptr_mut(key)?;
     // SAFETY: a valid map value pointer; the fields are copied out at once.
     let (valid_until, reported, allow, flags, rule, version) = unsafe {
@@ -584,7 +664,12 @@ fn cached(key: &NetVerdictKey, now: u64, interval_ns: u64) -> Option<(Decision, 
         version,
     };
     let routine = decision.allow && flags & NetEvent::FLAG_WOULD_DENY == 0;
-    let report_it = !routine || now.wrapping_sub(reported) >= interval_ns;
+    let elapsed = now.wrapping_sub(reported);
+    let report_it = if routine {
+        elapsed >= interval_ns
+    } else {
+        elapsed >= deny_interval_ns
+    };
     if report_it {
         // SAFETY: as above. Two CPUs racing here both report, which is harmless.
         unsafe { (*entry).reported_ns = now };
@@ -752,54 +837,6 @@ fn conditional_access(
         rule: would_rule,
         version,
     })
-}
-
-/// Socket cookie → the agent whose process connected or sent on it, for egress accounting. LRU:
-/// closed sockets age out; 65,536 open agent sockets at once before the oldest is forgotten
-/// (its later bytes are then not counted). The insert is the costliest step of a tagged
-/// connect (about 360 ns of its 660 in benchmark row 4 here; socket storage measured dearer, a
-/// plain hash map 220 ns but nothing would remove closed sockets), so a socket already
-/// recorded for the same agent (datagrams sent again and again) is not written again.
-#[map]
-static SOCK_AGENT: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65_536, 0);
-
-/// Agent → bytes its sockets sent, per CPU. 4,096 agents: as many as a policy can name.
-#[map]
-pub static AGENT_EGRESS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(4096, 0);
-
-/// Remembers that an agent's process uses the socket behind `ctx`. A connect is nearly always
-/// a socket's first call, so only a datagram (`hook`) looks for the socket first.
-#[inline(always)]
-fn remember_socket(ctx: &SockAddrContext, agent: u32, hook: u8) {
-    // SAFETY: a plain helper call on the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    // SAFETY: the value is copied out at once.
-    if hook == NetEvent::HOOK_SENDMSG && unsafe { SOCK_AGENT.get(cookie) }.copied() == Some(agent) {
-        return;
-    }
-    // A full LRU map evicts; it never fails for lack of room.
-    let _ = SOCK_AGENT.insert(cookie, agent, 0);
-}
-
-/// `cgroup_skb/egress` at the cgroup root: counts the bytes each agent's sockets send. Never
-/// drops a packet.
-#[cgroup_skb(egress)]
-pub fn egress(ctx: SkBuffContext) -> i32 {
-    // SAFETY: a plain helper call on the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
-    // SAFETY: the value is copied out at once.
-    let Some(agent) = (unsafe { SOCK_AGENT.get(cookie) }).copied() else {
-        return 1;
-    };
-    let len = u64::from(ctx.len());
-    match AGENT_EGRESS.get_ptr_mut(agent) {
-        // SAFETY: a per-CPU value: nothing else on this CPU writes it meanwhile.
-        Some(bytes) => unsafe { *bytes += len },
-        None => {
-            let _ = AGENT_EGRESS.insert(agent, len, 0);
-        }
-    }
-    1
 }
 
 #[cgroup_sock_addr(connect4)]

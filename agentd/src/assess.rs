@@ -301,6 +301,7 @@ mod tests {
                 verdict: VerdictName::Deny,
                 would_deny: false,
                 decided_by,
+                address_form: None,
                 domain: None,
                 policy_version: 1,
                 rule_number: 0,

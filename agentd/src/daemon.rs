@@ -445,6 +445,7 @@ impl State {
                     version,
                     default_action: network.default.kernel_value(),
                     audit: u8::from(network.mode == Mode::Audit),
+                    raw_sockets: network.raw_sockets.kernel_value(),
                     pad: 0,
                 },
             ));

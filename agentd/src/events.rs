@@ -136,9 +136,11 @@ pub struct Connection {
     pub ktime_ns: u64,
     pub pid: u32,
     pub comm: String,
-    /// `connect` or `sendmsg`.
+    /// `connect`, `sendmsg`, `socket` (a raw socket's creation: no address or port),
+    /// `setsockopt` (a source route set on a socket: no address) or `egress` (a packet to a
+    /// destination no allowed call of its socket named).
     pub hook: &'static str,
-    /// `tcp`, `udp`, or the protocol number.
+    /// `tcp`, `udp`, `udplite`, `icmp`, `icmpv6`, `raw`, or the protocol number.
     pub protocol: String,
     pub address: IpAddr,
     pub port: u16,
@@ -146,9 +148,15 @@ pub struct Connection {
     /// Audit mode allowed what enforce mode would deny.
     pub would_deny: bool,
     /// What decided: `rule`, `domain`, `default`, `blocklist`, `quarantine`,
-    /// `conditional_access` (the agent's decision from the control plane), or `dns` for a query
-    /// steered to agentd's resolver.
+    /// `conditional_access` (the agent's decision from the control plane), `dns` for a query
+    /// steered to agentd's resolver, `raw_sockets` (the agent's `raw_sockets` setting) or
+    /// `source_route` (source routing is refused to agents).
     pub decided_by: &'static str,
+    /// How `address` was read from what the process named, when not as named: `v4_mapped`
+    /// (`::ffff:a.b.c.d`, decided as IPv4) or `unspecified` (`0.0.0.0`/`::`, decided as the
+    /// loopback address the kernel connects it to).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address_form: Option<&'static str>,
     /// The name the destination was learned from, when a DNS answer gave it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
@@ -356,7 +364,11 @@ impl Event {
         } else {
             IpAddr::from([raw.addr[0], raw.addr[1], raw.addr[2], raw.addr[3]])
         };
-        let decided_by = if raw.flags & NetEvent::FLAG_DNS != 0 {
+        let decided_by = if raw.hook == NetEvent::HOOK_SOCKET {
+            "raw_sockets"
+        } else if raw.hook == NetEvent::HOOK_SETSOCKOPT {
+            "source_route"
+        } else if raw.flags & NetEvent::FLAG_DNS != 0 {
             "dns"
         } else if raw.flags & NetEvent::FLAG_CONDITIONAL_ACCESS != 0 {
             "conditional_access"
@@ -375,14 +387,20 @@ impl Event {
             ktime_ns: raw.header.ktime_ns,
             pid: raw.pid,
             comm: kernel_str(&raw.comm),
-            hook: if raw.hook == NetEvent::HOOK_SENDMSG {
-                "sendmsg"
-            } else {
-                "connect"
+            hook: match raw.hook {
+                NetEvent::HOOK_SENDMSG => "sendmsg",
+                NetEvent::HOOK_SOCKET => "socket",
+                NetEvent::HOOK_SETSOCKOPT => "setsockopt",
+                NetEvent::HOOK_EGRESS => "egress",
+                _ => "connect",
             },
             protocol: match raw.protocol {
+                1 => "icmp".to_owned(),
                 6 => "tcp".to_owned(),
                 17 => "udp".to_owned(),
+                58 => "icmpv6".to_owned(),
+                136 => "udplite".to_owned(),
+                255 => "raw".to_owned(),
                 other => other.to_string(),
             },
             address,
@@ -394,6 +412,11 @@ impl Event {
             },
             would_deny: raw.flags & NetEvent::FLAG_WOULD_DENY != 0,
             decided_by,
+            address_form: match raw.form {
+                NetEvent::FORM_V4_MAPPED => Some("v4_mapped"),
+                NetEvent::FORM_UNSPECIFIED => Some("unspecified"),
+                _ => None,
+            },
             domain: None,
             policy_version: raw.version,
             rule_number: raw.rule,
@@ -760,6 +783,72 @@ mod tests {
         assert_eq!((exec.exe_dev, exec.exe_ino), ((8 << 20) | 1, 77));
         assert_eq!(exec.tag.agent, 2);
         assert_eq!(exec.tag.flags, AgentTag::FLAG_INHERITED);
+    }
+
+    fn net_record(hook: u8, form: u8, protocol: u8, family: u8) -> NetEvent {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&[127, 0, 0, 3]);
+        NetEvent {
+            header: EventHeader {
+                kind: EventKind::Net as u32,
+                cpu: 0,
+                ktime_ns: 5,
+            },
+            pid: 9,
+            agent: 1,
+            version: 2,
+            verdict: Verdict::Deny as u8,
+            flags: 0,
+            family,
+            protocol,
+            port: 80,
+            hook,
+            form,
+            rule: 3,
+            addr,
+            comm: [0; COMM_LEN],
+        }
+    }
+
+    #[test]
+    fn net_records_name_the_new_hooks_protocols_and_address_forms() {
+        let decode = |raw: NetEvent| match Event::decode(&bytes_of(&raw)).unwrap() {
+            Event::Net(connection) => connection,
+            other => panic!("expected a net event, got {other:?}"),
+        };
+        let mapped = decode(net_record(
+            NetEvent::HOOK_CONNECT,
+            NetEvent::FORM_V4_MAPPED,
+            136,
+            4,
+        ));
+        assert_eq!(mapped.address.to_string(), "127.0.0.3");
+        assert_eq!(mapped.address_form, Some("v4_mapped"));
+        assert_eq!(mapped.protocol, "udplite");
+        assert_eq!(mapped.decided_by, "rule");
+        let raw = decode(net_record(NetEvent::HOOK_SOCKET, 0, 255, 6));
+        assert_eq!((raw.hook, raw.decided_by), ("socket", "raw_sockets"));
+        assert_eq!(raw.protocol, "raw");
+        assert_eq!(raw.address_form, None);
+        let route = decode(net_record(NetEvent::HOOK_SETSOCKOPT, 0, 0, 4));
+        assert_eq!(
+            (route.hook, route.decided_by),
+            ("setsockopt", "source_route")
+        );
+        let packet = decode(net_record(
+            NetEvent::HOOK_EGRESS,
+            NetEvent::FORM_AS_NAMED,
+            58,
+            6,
+        ));
+        assert_eq!(
+            (packet.hook, packet.protocol.as_str()),
+            ("egress", "icmpv6")
+        );
+        let json = serde_json::to_value(Event::Net(mapped)).unwrap();
+        assert_eq!(json["address_form"], "v4_mapped");
+        let json = serde_json::to_value(Event::Net(packet)).unwrap();
+        assert!(json.get("address_form").is_none(), "{json}");
     }
 
     #[test]

@@ -38,14 +38,19 @@ pub enum Protocol {
     #[default]
     Any,
     Tcp,
+    /// UDP and UDP-Lite.
     Udp,
+    /// ICMP and `ICMPv6` (ping sockets).
+    Icmp,
 }
 
 impl Protocol {
-    /// The protocol number the kernel compares, 0 for any.
+    /// The protocol number the kernel compares, 0 for any. The kernel compares UDP-Lite as UDP
+    /// and `ICMPv6` as ICMP.
     pub fn kernel_number(self) -> u8 {
         match self {
             Self::Any => 0,
+            Self::Icmp => 1,
             Self::Tcp => 6,
             Self::Udp => 17,
         }
@@ -61,8 +66,32 @@ pub struct AgentNetworkSpec {
     pub default: Action,
     #[serde(default)]
     pub mode: Mode,
+    /// Whether its processes may create raw sockets (`SOCK_RAW`, IPv4 and IPv6), which no
+    /// destination rule can judge. Default: deny.
+    #[serde(default)]
+    pub raw_sockets: RawSockets,
     #[serde(default, rename = "rule")]
     pub rules: Vec<NetRuleSpec>,
+}
+
+/// `raw_sockets`: raw sockets carry whatever packets their process builds, so no rule on
+/// destinations can judge them; they are allowed or denied as a whole.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawSockets {
+    Allow,
+    #[default]
+    Deny,
+}
+
+impl RawSockets {
+    /// The kernel's `net_action` value.
+    pub fn kernel_value(self) -> u8 {
+        match self {
+            Self::Allow => net_action::ALLOW,
+            Self::Deny => net_action::DENY,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -307,6 +336,7 @@ pub struct CompiledNetRule {
 pub struct CompiledAgentNetwork {
     pub default: Action,
     pub mode: Mode,
+    pub raw_sockets: RawSockets,
     pub rules: Vec<CompiledNetRule>,
     pub domains: Vec<DomainRule>,
 }
@@ -402,7 +432,8 @@ impl AgentNetworkSpec {
                 error(problem.field, problem.reason);
             }
             let ports = match rule.ports.as_deref().map(parse_ports) {
-                None => (1, u16::MAX),
+                // Every port, and none: ICMP datagrams name port 0.
+                None => (0, u16::MAX),
                 Some(Ok(ports)) => ports,
                 Some(Err(reason)) => {
                     error(format!("{at}.ports"), reason);
@@ -485,6 +516,7 @@ impl AgentNetworkSpec {
         CompiledAgentNetwork {
             default: self.default,
             mode: self.mode,
+            raw_sockets: self.raw_sockets,
             rules,
             domains,
         }
@@ -692,6 +724,21 @@ mod tests {
         );
         let err = toml::from_str::<AgentNetworkSpec>("default = \"block\"").unwrap_err();
         assert!(err.to_string().contains("block"), "{err}");
+        let err = toml::from_str::<AgentNetworkSpec>("raw_sockets = \"maybe\"").unwrap_err();
+        assert!(err.to_string().contains("raw_sockets"), "{err}");
+        assert!(err.to_string().contains("`allow` or `deny`"), "{err}");
+    }
+
+    #[test]
+    fn raw_sockets_default_to_deny_and_icmp_is_a_rule_protocol() {
+        assert_eq!(spec("").raw_sockets, RawSockets::Deny);
+        assert_eq!(
+            spec("raw_sockets = \"allow\"").raw_sockets.kernel_value(),
+            net_action::ALLOW
+        );
+        let network =
+            compile("[[rule]]\nid = \"ping\"\naction = \"deny\"\nprotocol = \"icmp\"\n").unwrap();
+        assert_eq!(network.rules[0].protocol.kernel_number(), 1);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod access;
 mod boot;
+mod evasion_net;
 mod exec;
 mod files;
 mod identity;

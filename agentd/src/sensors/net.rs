@@ -23,7 +23,10 @@ use aya::{
         Array, HashMap, MapData, MapError, PerCpuHashMap,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
+        CgroupSockopt, cgroup_sockopt::CgroupSockoptLink,
+    },
 };
 
 use super::{SensorError, attach_error, load_error, map_error, replace_all, take_map};
@@ -32,6 +35,23 @@ use crate::{access::CaTables, ebpf::LoadedObject, netpolicy::Prefix, pins::Links
 const PROGRAMS: [&str; 5] = ["connect4", "connect6", "sendmsg4", "sendmsg6", "recvmsg4"];
 /// The `cgroup_skb/egress` program that counts agents' bytes.
 const EGRESS: &str = "egress";
+/// The `cgroup/sock_create` program that decides raw sockets.
+const SOCK_CREATE: &str = "sock_create";
+/// The `cgroup/setsockopt` program that refuses source routes.
+const SETSOCKOPT: &str = "setsockopt";
+
+/// Loads and attaches the `cgroup/setsockopt` program at the cgroup root `root`.
+fn attach_setsockopt(
+    object: &mut LoadedObject,
+    root: &std::fs::File,
+) -> Result<CgroupSockoptLink, SensorError> {
+    let program: &mut CgroupSockopt = super::program(&mut object.ebpf, SETSOCKOPT)?;
+    program.load().map_err(load_error(SETSOCKOPT))?;
+    let link_id = program
+        .attach(root, CgroupAttachMode::Single)
+        .map_err(attach_error(SETSOCKOPT))?;
+    program.take_link(link_id).map_err(attach_error(SETSOCKOPT))
+}
 
 /// One generation's content, as the kernel maps hold it.
 #[derive(Clone, Debug, Default)]
@@ -78,6 +98,9 @@ pub struct NetSensor {
     generation: u32,
     written: StdHashMap<u32, Written>,
     quarantine_allow: Vec<Prefix>,
+    /// The `cgroup/setsockopt` link: aya cannot pin it, so it lives (and refuses source
+    /// routes) while this process runs, and every start attaches it afresh.
+    setsockopt: Option<CgroupSockoptLink>,
 }
 
 /// The LPM keys (prefix length, key) written for Conditional Access.
@@ -129,15 +152,17 @@ impl NetSensor {
             generation: 0,
             written: StdHashMap::new(),
             quarantine_allow: Vec::new(),
+            setsockopt: None,
         };
         sensor.adopt_content()?;
-        if links.adopting() {
-            return Ok(sensor);
-        }
         let root = std::fs::File::open(cgroup_root).map_err(|source| SensorError::Cgroup {
             path: cgroup_root.to_owned(),
             source,
         })?;
+        sensor.setsockopt = Some(attach_setsockopt(object, &root)?);
+        if links.adopting() {
+            return Ok(sensor);
+        }
         for name in PROGRAMS {
             let program: &mut CgroupSockAddr = super::program(&mut object.ebpf, name)?;
             program.load().map_err(load_error(name))?;
@@ -159,6 +184,17 @@ impl NetSensor {
         links.add(
             EGRESS,
             program.take_link(link_id).map_err(attach_error(EGRESS))?,
+        )?;
+        let program: &mut CgroupSock = super::program(&mut object.ebpf, SOCK_CREATE)?;
+        program.load().map_err(load_error(SOCK_CREATE))?;
+        let link_id = program
+            .attach(&root, CgroupAttachMode::Single)
+            .map_err(attach_error(SOCK_CREATE))?;
+        links.add(
+            SOCK_CREATE,
+            program
+                .take_link(link_id)
+                .map_err(attach_error(SOCK_CREATE))?,
         )?;
         Ok(sensor)
     }

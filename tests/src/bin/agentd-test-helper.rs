@@ -19,6 +19,11 @@
 //! - `agentd-test-helper send ADDR PORT BYTES`: connects over TCP and sends BYTES bytes; prints
 //!   `sent=N`.
 //! - `agentd-test-helper truncate PATH`: `truncate(2)` to 0 bytes; prints `ok|eperm|error:...`.
+//! - `agentd-test-helper evade ...`: network calls that dodge destination rules; see
+//!   `tests/src/net_evasions.rs`.
+
+#[path = "../net_evasions.rs"]
+mod net_evasions;
 
 use std::{
     fs,
@@ -365,6 +370,7 @@ fn main() -> ExitCode {
                 println!("{said}");
             }),
         ["tamper", what, target] => tamper(what, target),
+        ["evade", ref rest @ ..] => net_evasions::evade(rest),
         ["net-loop", protocol, addr, allowed, denied, stop] => {
             net_loop(protocol, addr, allowed, denied, stop)
         }
