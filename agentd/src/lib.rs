@@ -19,6 +19,7 @@ pub mod kernel_btf;
 pub mod lineage;
 pub mod metrics;
 pub mod netpolicy;
+pub mod pidfd;
 pub mod pins;
 pub mod risk;
 pub mod sensors;

@@ -11,6 +11,7 @@ mod protect;
 mod restart;
 mod risk;
 mod run;
+mod tags;
 
 use std::path::PathBuf;
 

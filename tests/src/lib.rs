@@ -141,11 +141,20 @@ pub struct Daemon {
     pub identity: PathBuf,
     stdout: std::sync::mpsc::Receiver<String>,
     stdout_tx: std::sync::mpsc::Sender<String>,
+    /// A command that agentd runs under (its arguments end with agentd's path), or empty.
+    wrapper: Vec<String>,
 }
 
-/// `agentd run` with the configuration and policy in `dir`.
-fn agentd_command(dir: &Path, env: &[(&str, &str)]) -> std::process::Command {
-    let mut command = std::process::Command::new(agentd_bin());
+/// `agentd run` with the configuration and policy in `dir`, under `wrapper` if not empty.
+fn agentd_command(dir: &Path, env: &[(&str, &str)], wrapper: &[String]) -> std::process::Command {
+    let mut command = match wrapper {
+        [] => std::process::Command::new(agentd_bin()),
+        [program, args @ ..] => {
+            let mut command = std::process::Command::new(program);
+            command.args(args).arg(agentd_bin());
+            command
+        }
+    };
     command
         .arg("run")
         .arg("--config")
@@ -163,9 +172,10 @@ fn spawn_agentd(
     admin: &Path,
     tx: &std::sync::mpsc::Sender<String>,
     env: &[(&str, &str)],
+    wrapper: &[String],
 ) -> std::process::Child {
     let log = dir.join("agentd.log");
-    let mut child = agentd_command(dir, env)
+    let mut child = agentd_command(dir, env, wrapper)
         .stdout(std::process::Stdio::piped())
         .stderr(
             fs::OpenOptions::new()
@@ -217,18 +227,31 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with more `[identity]` settings.
     pub fn start_with(policy: &str, identity_settings: &str) -> Self {
-        Self::start_configured(policy, identity_settings, "enabled = false\n", "")
+        Self::start_configured(policy, identity_settings, "enabled = false\n", "", &[])
+    }
+
+    /// Like [`Daemon::start_with`], with agentd started as the last argument of `wrapper`
+    /// (for example a shell that first changes agentd's mount namespace).
+    pub fn start_wrapped(policy: &str, identity_settings: &str, wrapper: &[&str]) -> Self {
+        let wrapper: Vec<String> = wrapper.iter().map(|arg| (*arg).to_owned()).collect();
+        Self::start_configured(policy, identity_settings, "enabled = false\n", "", &wrapper)
     }
 
     /// Like [`Daemon::start`], with agents' DNS steered through agentd to `upstream`, and more
     /// configuration (whole tables) in `extra`.
     pub fn start_with_dns(policy: &str, upstream: &str, extra: &str) -> Self {
-        Self::start_configured(policy, "", &format!("upstream = \"{upstream}\"\n"), extra)
+        Self::start_configured(
+            policy,
+            "",
+            &format!("upstream = \"{upstream}\"\n"),
+            extra,
+            &[],
+        )
     }
 
     /// Like [`Daemon::start`], with more configuration (whole tables) in `extra`.
     pub fn start_with_config(policy: &str, extra: &str) -> Self {
-        Self::start_configured(policy, "", "enabled = false\n", extra)
+        Self::start_configured(policy, "", "enabled = false\n", extra, &[])
     }
 
     fn start_configured(
@@ -236,6 +259,7 @@ impl Daemon {
         identity_settings: &str,
         dns_settings: &str,
         extra: &str,
+        wrapper: &[String],
     ) -> Self {
         require_root();
         let dir = tempfile::tempdir().expect("temporary directory");
@@ -265,16 +289,22 @@ impl Daemon {
             &config,
             format!(
                 "[api]\nadmin_socket = \"{}\"\nidentity_socket = \"{}\"\n\n\
-                 [identity]\nsweep_interval_secs = 0\n{identity_settings}\n\n[dns]\n{dns_settings}\n{bpf}{extra}",
+                 [identity]\n{sweep}{identity_settings}\n\n[dns]\n{dns_settings}\n{bpf}{extra}",
                 admin.display(),
-                identity.display()
+                identity.display(),
+                // Off unless the test sets it.
+                sweep = if identity_settings.contains("sweep_interval_secs") {
+                    ""
+                } else {
+                    "sweep_interval_secs = 0\n"
+                },
             ),
         )
         .expect("writing the config");
         let policy_file = dir.path().join("policy.toml");
         fs::write(&policy_file, policy).expect("writing the policy");
         let (tx, stdout) = std::sync::mpsc::channel();
-        let child = spawn_agentd(dir.path(), &admin, &tx, &[]);
+        let child = spawn_agentd(dir.path(), &admin, &tx, &[], wrapper);
         Self {
             child,
             dir,
@@ -283,6 +313,7 @@ impl Daemon {
             identity,
             stdout,
             stdout_tx: tx,
+            wrapper: wrapper.to_vec(),
         }
     }
 
@@ -291,7 +322,13 @@ impl Daemon {
     pub fn sigkill_and_restart(&mut self, env: &[(&str, &str)]) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn_agentd(self.dir.path(), &self.admin, &self.stdout_tx, env);
+        self.child = spawn_agentd(
+            self.dir.path(),
+            &self.admin,
+            &self.stdout_tx,
+            env,
+            &self.wrapper,
+        );
     }
 
     /// SIGKILLs agentd and leaves it dead.
@@ -304,7 +341,7 @@ impl Daemon {
     /// to fail at start-up; returns its exit status and log.
     pub fn start_failing(&self, env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
         let log = self.dir.path().join("failing.log");
-        let status = agentd_command(self.dir.path(), env)
+        let status = agentd_command(self.dir.path(), env, &self.wrapper)
             .stdout(std::process::Stdio::null())
             .stderr(fs::File::create(&log).expect("creating the log"))
             .status()

@@ -4,9 +4,11 @@
 //! `CGROUP_AGENT`, `DISCOVERY_INODES`, `TAG_STATS`). It is the only writer of those maps from
 //! userspace. Dropping it detaches the hooks.
 
+use std::os::fd::AsFd as _;
+
 use agentd_common::{AgentTag, DiscoveryMatch, InodeKey, tag_stats};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{HashMap, IterableMap as _, Map, MapData, PerCpuArray},
     programs::BtfTracePoint,
 };
 
@@ -24,6 +26,40 @@ const DISCOVERY_INODES: &str = "DISCOVERY_INODES";
 const TAG_STATS: &str = "TAG_STATS";
 /// Map update flag: only insert a key that is not there yet.
 const BPF_NOEXIST: u64 = 1;
+
+/// Who carries which tag: the one question about `TASK_AGENT` that the callers of local
+/// sockets need answered.
+pub trait TagLookup {
+    fn tag_of(&self, pid: u32) -> Result<Option<AgentTag>, SensorError>;
+}
+
+/// Reads `TASK_AGENT` and never writes it ([`ProcessSensor::reader`]).
+pub struct TagReader {
+    task_agent: HashMap<MapData, u32, AgentTag>,
+}
+
+impl TagLookup for TagReader {
+    fn tag_of(&self, pid: u32) -> Result<Option<AgentTag>, SensorError> {
+        lookup(&self.task_agent, pid)
+    }
+}
+
+impl TagLookup for ProcessSensor {
+    fn tag_of(&self, pid: u32) -> Result<Option<AgentTag>, SensorError> {
+        Self::tag_of(self, pid)
+    }
+}
+
+fn lookup(
+    map: &HashMap<MapData, u32, AgentTag>,
+    pid: u32,
+) -> Result<Option<AgentTag>, SensorError> {
+    match map.get(&pid, 0) {
+        Ok(tag) => Ok(Some(tag)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(err) => Err(map_error(TASK_AGENT)(err)),
+    }
+}
 
 pub struct ProcessSensor {
     task_agent: HashMap<MapData, u32, AgentTag>,
@@ -93,11 +129,27 @@ impl ProcessSensor {
     }
 
     pub fn tag_of(&self, pid: u32) -> Result<Option<AgentTag>, SensorError> {
-        match self.task_agent.get(&pid, 0) {
-            Ok(tag) => Ok(Some(tag)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(err) => Err(map_error(TASK_AGENT)(err)),
-        }
+        lookup(&self.task_agent, pid)
+    }
+
+    /// A read-only handle on the tag map for a task that must check tags without a round trip
+    /// through the daemon's state (the admin socket, at accept).
+    pub fn reader(&self) -> Result<TagReader, SensorError> {
+        let fd = self
+            .task_agent
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|io_error| {
+                map_error(TASK_AGENT)(aya::maps::MapError::from(aya::sys::SyscallError {
+                    call: "dup",
+                    io_error,
+                }))
+            })?;
+        let data = MapData::from_fd(fd).map_err(map_error(TASK_AGENT))?;
+        let task_agent = HashMap::try_from(Map::HashMap(data)).map_err(map_error(TASK_AGENT))?;
+        Ok(TagReader { task_agent })
     }
 
     /// Every tagged process.
@@ -106,6 +158,22 @@ impl ProcessSensor {
             .iter()
             .collect::<Result<_, _>>()
             .map_err(map_error(TASK_AGENT))
+    }
+
+    /// Removes the tags of processes that the kernel says are gone (`pidfd_open` answers
+    /// `ESRCH`); returns how many. The exit hook is the authority and removes a tag when the
+    /// last thread exits; this backstop only catches a tag that userspace set on a process that
+    /// exited at the same moment. It never trusts `/proc`, which a root agent can hide itself
+    /// from: a live process keeps its tag whatever agentd's view of `/proc` shows.
+    pub fn sweep(&mut self) -> Result<usize, SensorError> {
+        let mut removed = 0;
+        for (pid, _) in self.tagged()? {
+            if crate::pidfd::known_gone(pid) {
+                self.forget(pid)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Removes the tag of a process that no longer exists.
