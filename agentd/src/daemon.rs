@@ -187,7 +187,11 @@ impl State {
     ) -> Result<(Self, EventReader), DaemonError> {
         let risk = RiskEngine::new(config.risk.clone()).map_err(DaemonError::Risk)?;
         let mut object = ebpf::load_with(&ebpf::LoadOptions {
-            max_tagged_processes: config.identity.max_tagged_processes,
+            max_tagged_processes: config
+                .identity
+                .max_tagged_processes
+                .unwrap_or_else(ebpf::running_kernel_tag_capacity),
+            max_processes_per_agent: config.identity.max_processes_per_agent,
             ring_buffer_bytes: config.events.ring_buffer_bytes,
             pin_root: Some(config.bpf.pin_path.clone()),
         })?;
@@ -214,7 +218,11 @@ impl State {
             file_enforcement == FileEnforcement::Available,
             &mut links,
         )?;
-        let process = ProcessSensor::attach(&mut object, &mut links)?;
+        let process = ProcessSensor::attach(
+            &mut object,
+            file_enforcement == FileEnforcement::Available,
+            &mut links,
+        )?;
         let mut net = NetSensor::attach(&mut object, &cgroup_root, &mut links)?;
         net.set_allowed_report_interval(config.network.allowed_report_interval_ms)?;
         let mut protect = ProtectSensor::attach(
@@ -631,6 +639,39 @@ impl State {
             for child in children(pid) {
                 pending.push((child, tag.inherited()));
             }
+        }
+    }
+
+    /// A process the kernel could not tag (`TagLost`) must not run as nobody's: agentd tags it
+    /// from userspace; if that fails too, it kills the process; either way it quarantines the
+    /// agent (docs/identity.md, "When a tag cannot be stored").
+    fn fail_closed(&mut self, event: &Event) {
+        let Event::TagLost(lost) = event else { return };
+        let Some(name) = self
+            .registry
+            .agent(lost.tag.agent)
+            .map(|agent| agent.name.clone())
+        else {
+            return;
+        };
+        match self.process.tag(lost.pid, lost.tag) {
+            Ok(_) => {
+                tracing::error!(pid = lost.pid, agent = %name, "the kernel could not tag a process; tagged it from userspace")
+            }
+            Err(err) => {
+                let killed = crate::pidfd::kill_if_started_by(lost.pid, lost.ktime_ns);
+                tracing::error!(pid = lost.pid, agent = %name, %err, ?killed, "a process of an agent cannot be tagged: killed it");
+            }
+        }
+        if self
+            .net
+            .quarantined()
+            .is_ok_and(|quarantined| quarantined.contains(&lost.tag.agent))
+        {
+            return;
+        }
+        if let Err(err) = self.quarantine(&name, true) {
+            tracing::error!(agent = %name, %err, "quarantining an agent whose process could not be tagged");
         }
     }
 
@@ -1488,6 +1529,7 @@ impl Output {
     fn events(&mut self, state: &mut State, batch: &mut Vec<Event>) -> Result<(), DaemonError> {
         for mut event in batch.drain(..) {
             state.discover(&mut event);
+            state.fail_closed(&event);
             if let Event::Net(connection) = &mut event {
                 connection.domain = state.domains.get(&connection.address).cloned();
             }

@@ -46,6 +46,36 @@ pub fn known_gone(pid: u32) -> bool {
     matches!(open(pid), Err(err) if err.raw_os_error() == Some(libc::ESRCH))
 }
 
+/// Sends `SIGKILL` to process `pid` if it is the process that existed at `boottime_ns`
+/// (`CLOCK_BOOTTIME`, as kernel events carry it): its start time, read after its pidfd was
+/// opened, is not later than that. Returns whether it was killed. A process that started later
+/// holds a reused pid and is left alone.
+pub fn kill_if_started_by(pid: u32, boottime_ns: u64) -> io::Result<bool> {
+    let pidfd = open(pid)?;
+    let started = crate::identity::attest::start_ticks(pid)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    // One tick of slack: start times are rounded down to ticks.
+    if started.saturating_mul(1_000_000_000) / hz.max(1) > boottime_ns {
+        return Ok(false);
+    }
+    // SAFETY: plain syscall on a pidfd we own.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(true)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +90,21 @@ mod tests {
         assert!(
             !alive(&pidfd),
             "a reaped child is not alive through its pidfd"
+        );
+    }
+
+    #[test]
+    fn kill_spares_a_process_that_started_after_the_event() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert!(!kill_if_started_by(child.id(), 0).unwrap());
+        assert!(kill_if_started_by(child.id(), u64::MAX / 2).unwrap());
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
         );
     }
 

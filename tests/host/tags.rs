@@ -212,3 +212,73 @@ fn admin_connection_of_a_process_that_exited_is_refused() {
     assert!(error.contains("has exited"), "{answer}");
     assert_eq!(daemon.status().agents, before.agents, "the policy changed");
 }
+
+/// An agent (`forking-agent`) denied 127.0.0.1:`port`, capped at `cap` live processes.
+fn capped_agent(port: u16) -> String {
+    format!(
+        "[[agent]]\nname = \"forking-agent\"\n[agent.network]\ndefault = \"allow\"\n\
+         [[agent.network.rule]]\nid = \"no-local\"\naction = \"deny\"\ncidr = \"127.0.0.1/32\"\nports = \"{port}\"\n"
+    )
+}
+
+#[test]
+fn agent_past_its_process_cap_keeps_every_child_tagged_and_denied_and_is_reported() {
+    let agent = "forking-agent";
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a listener");
+    let port = listener.local_addr().expect("local address").port();
+    let daemon = Daemon::start_with(&capped_agent(port), "max_processes_per_agent = 8\n");
+    assert!(
+        daemon.status().file_enforcement != "available",
+        "this test is for kernels without BPF LSM (the vm tier covers refusal)"
+    );
+    let _launched = launch_cgroup(agent);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let pids = dir.path().join("pids");
+    // The shell and 12 sleeps: 13 live processes against a cap of 8, then one more that
+    // connects. No command substitution: every fork is one of these.
+    let script = format!(
+        "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 60 > /dev/null 2>&1 & echo $! >> {pids}; done; \
+         exec {helper} net tcp 127.0.0.1 {port} 1",
+        pids = pids.display(),
+        helper = helper().display(),
+    );
+    let output = daemon
+        .launch(agent, &["sh", "-c", &script])
+        .output()
+        .expect("running the agent");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let children: Vec<u32> = fs::read_to_string(&pids)
+        .expect("reading the pids")
+        .lines()
+        .map(|line| line.parse().expect("a pid"))
+        .collect();
+    assert_eq!(children.len(), 12, "every fork succeeded without BPF LSM");
+    for child in &children {
+        daemon.wait_tagged(*child, agent);
+    }
+    // The process past the cap is still the agent's: its connect is denied.
+    assert!(
+        stdout.contains("ok=0 eperm=1 other=0"),
+        "the capped agent's connect was not denied: {stdout}"
+    );
+    let mut capped = Vec::new();
+    wait_until("tag_cap events are printed", || {
+        capped.extend(
+            daemon
+                .events()
+                .into_iter()
+                .filter(|line| line.contains("\"kind\":\"tag_cap\"")),
+        );
+        capped.len() >= 5
+    });
+    for line in &capped {
+        assert!(
+            line.contains(agent) && line.contains("\"refused\":false"),
+            "{line}"
+        );
+    }
+    for child in children {
+        agentd_tests::kill(child);
+    }
+    drop(listener);
+}
