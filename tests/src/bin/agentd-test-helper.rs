@@ -20,6 +20,8 @@
 //!   `sent=N`.
 //! - `agentd-test-helper pass-fd SOCKET TO`: connects to SOCKET, sends that connection to the
 //!   process listening on the Unix socket TO (`SCM_RIGHTS`), and exits.
+//! - `agentd-test-helper fork COUNT`: forks COUNT children that wait to be killed; prints
+//!   `forked=N refused=N errno=E` (the last fork error, 0 if none), then kills and reaps them.
 //! - `agentd-test-helper truncate PATH`: `truncate(2)` to 0 bytes; prints `ok|eperm|error:...`.
 
 use std::{
@@ -83,6 +85,35 @@ fn pass_fd(socket: &str, to: &str) -> std::io::Result<()> {
     // SAFETY: `message` points at live buffers.
     if unsafe { libc::sendmsg(courier.as_raw_fd(), &raw const message, 0) } < 0 {
         return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn fork(count: &str) -> std::io::Result<()> {
+    let count: u32 = count.parse().map_err(std::io::Error::other)?;
+    let (mut children, mut refused, mut errno) = (Vec::new(), 0, 0);
+    for _ in 0..count {
+        // SAFETY: the child only calls async-signal-safe functions (pause, _exit).
+        match unsafe { libc::fork() } {
+            0 => loop {
+                // SAFETY: waits for the parent's SIGKILL.
+                unsafe { libc::pause() };
+            },
+            -1 => {
+                refused += 1;
+                errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            }
+            child => children.push(child),
+        }
+    }
+    println!("forked={} refused={refused} errno={errno}", children.len());
+    std::io::stdout().flush()?;
+    for child in children {
+        // SAFETY: signalling and reaping our own children.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
     }
     Ok(())
 }
@@ -390,6 +421,7 @@ fn main() -> ExitCode {
         ["handover", socket, gofile] => handover(socket, gofile),
         ["ask", fd, gofile] => ask(fd, gofile),
         ["pass-fd", socket, to] => pass_fd(socket, to),
+        ["fork", count] => fork(count),
         ["net", protocol, addr, port, count] => net(protocol, addr, port, count, None),
         ["net", protocol, addr, port, count, rate] => net(protocol, addr, port, count, Some(rate)),
         ["resolve-connect", server, name, port] => resolve_connect(server, name, port),
