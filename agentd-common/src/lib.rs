@@ -33,6 +33,9 @@ pub enum EventKind {
     Net = 6,
     /// [`TamperEvent`]: a tagged process tried to stop or tamper with agentd and was denied.
     Tamper = 7,
+    /// [`ProcessEvent`]: a tagged process created a process while its agent was at its cap on
+    /// live processes: refused with `EAGAIN` where BPF LSM runs, else tagged and reported.
+    TagCap = 8,
 }
 
 impl EventKind {
@@ -47,6 +50,7 @@ impl EventKind {
             5 => Some(Self::TagLost),
             6 => Some(Self::Net),
             7 => Some(Self::Tamper),
+            8 => Some(Self::TagCap),
             _ => None,
         }
     }
@@ -194,18 +198,33 @@ pub struct ProcessEvent {
     /// For `Fork`, the parent's tgid; otherwise 0.
     pub ppid: u32,
     pub tag: AgentTag,
-    /// For `Exit`, the process's exit code as `wait(2)` encodes it; otherwise 0.
+    /// For `Exit`, the process's exit code as `wait(2)` encodes it; for `TagCap`, the errno the
+    /// new process was refused with (`EAGAIN`), or 0 when it was created and tagged; otherwise 0.
     pub exit_code: u32,
 }
 const _: () = assert!(size_of::<ProcessEvent>() == 16 + 8 + 12 + 4);
 
 /// Slots of the per-CPU `TAG_STATS` counters.
 pub mod tag_stats {
-    /// A process should have been tagged but the `TASK_AGENT` insert failed (map full).
+    /// A process should have been tagged but the `TASK_AGENT` insert failed (map full, or no
+    /// memory for a new entry).
     pub const INSERT_FAILED: u32 = 0;
+    /// A process was created and tagged while its agent was at its cap (no BPF LSM to refuse).
+    pub const OVER_CAP: u32 = 1;
+    /// A new process of an agent at its cap was refused with `EAGAIN` (BPF LSM `task_alloc`).
+    pub const REFUSED: u32 = 2;
     /// Number of slots.
-    pub const LEN: u32 = 1;
+    pub const LEN: u32 = 3;
 }
+
+/// How many agents the per-agent counters (`AGENT_PROCS`, `AGENT_PROCS_USER`) have slots for,
+/// the same bound as the network quarantine map. An agent index beyond it counts as being at
+/// its cap: it can never mean "unlimited".
+pub const MAX_AGENTS: u32 = 4_096;
+
+/// The symbol name of the per-agent cap on live tagged processes (a `u32` global written at
+/// load; 0 would mean no cap, which agentd never writes).
+pub const TAG_CAP_SYMBOL: &str = "MAX_PROCESSES_PER_AGENT";
 
 /// Slots of the per-CPU `EVENT_STATS` array.
 pub mod event_stats {

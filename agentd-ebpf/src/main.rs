@@ -4,6 +4,13 @@
 
 #![no_std]
 #![no_main]
+// Atomic adds on map values (`tagging::add_live`): the BPF target has no compare-and-swap, so
+// `core::sync::atomic`'s `fetch_add` is not offered, but the instruction exists.
+#![feature(core_intrinsics)]
+#![allow(
+    internal_features,
+    reason = "core_intrinsics, for the atomic add above"
+)]
 
 mod events;
 mod exec;

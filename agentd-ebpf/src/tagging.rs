@@ -6,14 +6,17 @@
 //! hash or a script). Children inherit their parent's tag at fork, so the tag survives exec,
 //! setsid, double forks and leaving the cgroup. It is removed when the last thread exits.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use agentd_common::{
-    AgentTag, DiscoveryMatch, EventKind, InodeKey, ProcessEvent, TagSource, tag_stats,
+    AgentTag, DiscoveryMatch, EventKind, InodeKey, MAX_AGENTS, ProcessEvent, TagSource, tag_stats,
 };
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
-    macros::{btf_tracepoint, map},
-    maps::{HashMap, PerCpuArray},
-    programs::BtfTracePointContext,
+    macros::{btf_tracepoint, lsm, map},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::{BtfTracePointContext, LsmContext},
 };
 
 use crate::{
@@ -21,12 +24,30 @@ use crate::{
     kernel::{offsets, read_field},
 };
 
-/// tgid → tag of every tagged process. 65,536 live agent processes per host is the design
-/// limit (pid_max is larger); an insert that fails is counted in `TAG_STATS` and reported as a
-/// `TagLost` event, never dropped silently. Preallocated, so inserts on the fork path do not
-/// allocate.
+/// tgid → tag of every tagged process. agentd sizes it at load to the most processes the
+/// running kernel can have at once (`min(pid_max, threads-max)`, docs/identity.md), so that it
+/// cannot fill while those limits hold; not preallocated (allowed for tracing programs from
+/// Linux 6.1), so memory is spent per live entry. An insert that still fails (no memory, or a
+/// limit raised after load) is counted in `TAG_STATS` and reported as a `TagLost` event, on
+/// which agentd quarantines the agent.
 #[map]
-pub static TASK_AGENT: HashMap<u32, AgentTag> = HashMap::with_max_entries(65_536, 0);
+pub static TASK_AGENT: HashMap<u32, AgentTag> =
+    HashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
+
+/// Agent index → live tagged processes the kernel counted (tagged at fork or exec, untagged at
+/// exit), updated atomically. One slot per agent index the network maps can name.
+#[map]
+pub static AGENT_PROCS: Array<u64> = Array::with_max_entries(MAX_AGENTS, 0);
+
+/// Agent index → processes userspace tagged, less those it untagged (the sweep). Written only
+/// by agentd; the live count is the wrapping sum of both arrays.
+#[map]
+pub static AGENT_PROCS_USER: Array<u64> = Array::with_max_entries(MAX_AGENTS, 0);
+
+/// Written by agentd at load (`identity.max_processes_per_agent`): the most live processes one
+/// agent may have tagged. 0, the compiled-in value, would mean no cap; agentd never loads it.
+#[unsafe(no_mangle)]
+static MAX_PROCESSES_PER_AGENT: u32 = 0;
 
 /// cgroup v2 id → tag for processes in that cgroup: agentd-managed launch cgroups and cgroups
 /// named in agent registrations. 4,096 is far above the agents one host runs.
@@ -65,19 +86,50 @@ pub fn discovery_tag(exe: &InodeKey) -> Option<AgentTag> {
     Some(AgentTag::new(found.agent, TagSource::Discovery, found.rule))
 }
 
-/// Records `tag` for `tgid`. A failed insert (map full) is counted and reported: the process
-/// must not go untagged silently.
+/// Records `tag` for `tgid` and counts it for its agent. A failed insert is counted and
+/// reported: the process must not go untagged silently.
 #[inline(always)]
 pub fn set_tag(tgid: u32, tag: &AgentTag) -> bool {
     if TASK_AGENT.insert(tgid, tag, 0).is_ok() {
+        add_live(tag.agent, 1);
         return true;
     }
-    if let Some(slot) = TAG_STATS.get_ptr_mut(tag_stats::INSERT_FAILED) {
+    count(tag_stats::INSERT_FAILED);
+    report(EventKind::TagLost, tgid, 0, tag, 0);
+    false
+}
+
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(slot) = TAG_STATS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot.
         unsafe { *slot += 1 };
     }
-    report(EventKind::TagLost, tgid, 0, tag, 0);
-    false
+}
+
+/// Adds `delta` (wrapping: `u64::MAX` is -1) to `agent`'s live count.
+#[inline(always)]
+fn add_live(agent: u32, delta: u64) {
+    if let Some(slot) = AGENT_PROCS.get_ptr_mut(agent) {
+        // SAFETY: the slot is a live, aligned u64 in the map's memory. The result is unused,
+        // so this compiles to a plain atomic add (`BPF_ATOMIC | BPF_ADD`).
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, delta) };
+    }
+}
+
+/// Whether `agent` has as many live tagged processes as its cap allows. An agent index without
+/// a slot is at its cap.
+#[inline(always)]
+fn at_cap(agent: u32) -> bool {
+    // SAFETY: reading a plain static that the loader rewrote (see `kernel::offsets`).
+    let cap = unsafe { core::ptr::read_volatile(&raw const MAX_PROCESSES_PER_AGENT) };
+    if cap == 0 {
+        return false;
+    }
+    let (Some(kernel), Some(user)) = (AGENT_PROCS.get(agent), AGENT_PROCS_USER.get(agent)) else {
+        return true;
+    };
+    kernel.wrapping_add(*user) >= u64::from(cap)
 }
 
 #[inline(always)]
@@ -122,10 +174,52 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), ()> {
     };
     let tag = tag.inherited();
     let child = child_tgid.cast_unsigned();
+    // Without BPF LSM (`task_alloc` below) the process exists already: it is tagged all the
+    // same, never left unrestricted, and reported.
+    let over_cap = at_cap(tag.agent);
     if set_tag(child, &tag) {
         report(EventKind::Fork, child, parent, &tag, 0);
+        if over_cap {
+            count(tag_stats::OVER_CAP);
+            report(EventKind::TagCap, child, parent, &tag, 0);
+        }
     }
     Ok(())
+}
+
+/// `clone(2)`'s flag for a new thread of the same process.
+const CLONE_THREAD: u64 = 0x0001_0000;
+const EAGAIN: i32 = 11;
+
+/// `security_task_alloc(struct task_struct *task, unsigned long clone_flags)`, in the parent's
+/// context before the child gets a pid. A new process (not a thread) of a tagged parent whose
+/// agent is at its cap is refused with `EAGAIN`, as `RLIMIT_NPROC` refuses it.
+#[lsm(hook = "task_alloc")]
+pub fn task_alloc(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    let clone_flags: u64 = ctx.arg(1);
+    if clone_flags & CLONE_THREAD != 0 {
+        return 0;
+    }
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(tag) = tag_of(parent).or_else(cgroup_tag) else {
+        return 0;
+    };
+    if !at_cap(tag.agent) {
+        return 0;
+    }
+    count(tag_stats::REFUSED);
+    report(
+        EventKind::TagCap,
+        parent,
+        parent,
+        &tag,
+        EAGAIN.cast_unsigned(),
+    );
+    -EAGAIN
 }
 
 /// `sched_process_exit(struct task_struct *p, ...)`, once per exiting thread. The kernel has
@@ -151,8 +245,11 @@ fn try_exit(ctx: &BtfTracePointContext) -> Result<(), ()> {
         return Ok(());
     }
     let exit_code = read_field::<i32>(task, offsets.task_exit_code).unwrap_or(0);
-    // Remove first: a lost event must not leave a stale tag behind.
-    let _ = TASK_AGENT.remove(tgid);
+    // Remove first: a lost event must not leave a stale tag behind. Only the remover counts
+    // the exit, so a race with agentd's sweep cannot count it twice.
+    if TASK_AGENT.remove(tgid).is_ok() {
+        add_live(tag.agent, u64::MAX);
+    }
     report(EventKind::Exit, tgid, 0, &tag, exit_code.cast_unsigned());
     Ok(())
 }

@@ -99,9 +99,12 @@ pub fn observations<S: std::hash::BuildHasher>(
             }
             seen
         }
-        Event::Net(_) | Event::Fork(_) | Event::Exit(_) | Event::TagLost(_) | Event::Tamper(_) => {
-            Vec::new()
-        }
+        Event::Net(_)
+        | Event::Fork(_)
+        | Event::Exit(_)
+        | Event::TagLost(_)
+        | Event::TagCap(_)
+        | Event::Tamper(_) => Vec::new(),
     }
 }
 

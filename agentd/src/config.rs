@@ -166,8 +166,14 @@ pub struct IdentityConfig {
     /// Default: `/etc/agentd/policy.d`. A missing directory means no agents.
     pub policy_dir: PathBuf,
     /// How many agent processes the kernel can tag at once (the `TASK_AGENT` map's size).
-    /// Default: 65536. Tags that do not fit are counted and reported, never dropped silently.
-    pub max_tagged_processes: u32,
+    /// Default: unset, which sizes the map from the running kernel (`min(pid_max, threads-max)`)
+    /// so that it cannot fill. A smaller value is a hard limit: a tag that does not fit is
+    /// counted, reported, and its agent quarantined.
+    pub max_tagged_processes: Option<u32>,
+    /// The most live processes one agent may have tagged at once. Default: 4096. Past it, a new
+    /// process of the agent is refused with `EAGAIN` where BPF LSM runs, and otherwise tagged
+    /// all the same and reported (`tag_cap`). Keeps one agent from filling the tag map.
+    pub max_processes_per_agent: u32,
     /// Seconds between sweeps that remove tags of processes that no longer exist; 0 turns the
     /// sweep off. Default: 10. The exit hook removes tags as processes exit; the sweep is a
     /// backstop for tags set from userspace on a process that exited at the same moment.
@@ -178,7 +184,8 @@ impl Default for IdentityConfig {
     fn default() -> Self {
         Self {
             policy_dir: PathBuf::from("/etc/agentd/policy.d"),
-            max_tagged_processes: 65_536,
+            max_tagged_processes: None,
+            max_processes_per_agent: 4_096,
             sweep_interval_secs: 10,
         }
     }
@@ -270,10 +277,17 @@ impl Config {
             field,
             reason,
         };
-        if config.identity.max_tagged_processes == 0 {
+        if config.identity.max_tagged_processes == Some(0) {
             return Err(invalid(
                 "identity.max_tagged_processes",
                 "must be at least 1",
+            ));
+        }
+        let per_agent = config.identity.max_processes_per_agent;
+        if per_agent == 0 || per_agent > crate::ebpf::PID_MAX_LIMIT {
+            return Err(invalid(
+                "identity.max_processes_per_agent",
+                "must be between 1 and 4194304 (Linux's most pids)",
             ));
         }
         let ring = config.events.ring_buffer_bytes;
@@ -412,6 +426,31 @@ mod tests {
     fn format_is_read() {
         let config = Config::parse("[events]\nformat = \"json\"\n", Path::new("t.toml")).unwrap();
         assert_eq!(config.events.format, OutputFormat::Json);
+    }
+
+    #[test]
+    fn per_agent_process_cap_is_validated_by_field() {
+        for bad in ["0", "4194305"] {
+            let err = Config::parse(
+                &format!("[identity]\nmax_processes_per_agent = {bad}\n"),
+                Path::new("t.toml"),
+            )
+            .unwrap_err();
+            let message = format!("{:#}", anyhow::Error::from(err));
+            assert!(
+                message.contains("identity.max_processes_per_agent")
+                    && message.contains("between 1 and 4194304"),
+                "{bad}: {message}"
+            );
+        }
+        let config = Config::parse(
+            "[identity]\nmax_processes_per_agent = 8\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.identity.max_processes_per_agent, 8);
+        assert_eq!(Config::default().identity.max_processes_per_agent, 4_096);
+        assert_eq!(Config::default().identity.max_tagged_processes, None);
     }
 
     #[test]

@@ -37,6 +37,7 @@ use crate::{
     identity::{
         Agent, AgentId, Registry,
         attest::{Peer, boottime_ticks},
+        caller::AdminCaller,
         discovery::{ExecFacts, RuleMatch, UserspaceRules, looks_like_agent},
         policy::{CompiledPolicy, IdentityPolicy, Matcher, PolicyError},
     },
@@ -52,7 +53,7 @@ use crate::{
         SensorError,
         files::{self, FileEnforcement, FileMode, FileSensor},
         net::{NetSensor, NetTables},
-        process::ProcessSensor,
+        process::{ProcessSensor, TagReader},
         protect::ProtectSensor,
     },
     sink,
@@ -192,7 +193,11 @@ impl State {
     ) -> Result<(Self, EventReader), DaemonError> {
         let risk = RiskEngine::new(config.risk.clone()).map_err(DaemonError::Risk)?;
         let mut object = ebpf::load_with(&ebpf::LoadOptions {
-            max_tagged_processes: config.identity.max_tagged_processes,
+            max_tagged_processes: config
+                .identity
+                .max_tagged_processes
+                .unwrap_or_else(ebpf::running_kernel_tag_capacity),
+            max_processes_per_agent: config.identity.max_processes_per_agent,
             ring_buffer_bytes: config.events.ring_buffer_bytes,
             pin_root: Some(config.bpf.pin_path.clone()),
         })?;
@@ -219,7 +224,11 @@ impl State {
             file_enforcement == FileEnforcement::Available,
             &mut links,
         )?;
-        let process = ProcessSensor::attach(&mut object, &mut links)?;
+        let process = ProcessSensor::attach(
+            &mut object,
+            file_enforcement == FileEnforcement::Available,
+            &mut links,
+        )?;
         let mut net = NetSensor::attach(&mut object, &cgroup_root, &mut links)?;
         net.set_allowed_report_interval(config.network.allowed_report_interval_ms)?;
         let mut protect = ProtectSensor::attach(
@@ -365,11 +374,6 @@ impl State {
             "identity policy applied"
         );
         Ok(applied)
-    }
-
-    /// Whether `pid` is a tagged (agent) process.
-    fn is_agent(&self, pid: u32) -> bool {
-        matches!(self.process.tag_of(pid), Ok(Some(tag)) if tag.agent != 0)
     }
 
     /// Writes new agent and rule numbers to the pinned registry, so that an agentd adopting the
@@ -648,6 +652,39 @@ impl State {
         }
     }
 
+    /// A process the kernel could not tag (`TagLost`) must not run as nobody's: agentd tags it
+    /// from userspace; if that fails too, it kills the process; either way it quarantines the
+    /// agent (docs/identity.md, "When a tag cannot be stored").
+    fn fail_closed(&mut self, event: &Event) {
+        let Event::TagLost(lost) = event else { return };
+        let Some(name) = self
+            .registry
+            .agent(lost.tag.agent)
+            .map(|agent| agent.name.clone())
+        else {
+            return;
+        };
+        match self.process.tag(lost.pid, lost.tag) {
+            Ok(_) => {
+                tracing::error!(pid = lost.pid, agent = %name, "the kernel could not tag a process; tagged it from userspace")
+            }
+            Err(err) => {
+                let killed = crate::pidfd::kill_if_started_by(lost.pid, lost.ktime_ns);
+                tracing::error!(pid = lost.pid, agent = %name, %err, ?killed, "a process of an agent cannot be tagged: killed it");
+            }
+        }
+        if self
+            .net
+            .quarantined()
+            .is_ok_and(|quarantined| quarantined.contains(&lost.tag.agent))
+        {
+            return;
+        }
+        if let Err(err) = self.quarantine(&name, true) {
+            tracing::error!(agent = %name, %err, "quarantining an agent whose process could not be tagged");
+        }
+    }
+
     /// Userspace discovery for an exec that the kernel left untagged.
     fn discover(&mut self, event: &mut Event) {
         let Event::Exec(exec) = event else { return };
@@ -672,10 +709,9 @@ impl State {
     }
 
     fn sweep(&mut self) -> Result<(), SensorError> {
-        for (pid, _) in self.process.tagged()? {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                self.process.forget(pid)?;
-            }
+        let removed = self.process.sweep()?;
+        if removed > 0 {
+            tracing::info!(removed, "removed the tags of processes that are gone");
         }
         Ok(())
     }
@@ -1552,6 +1588,7 @@ impl Output {
     fn events(&mut self, state: &mut State, batch: &mut Vec<Event>) -> Result<(), DaemonError> {
         for mut event in batch.drain(..) {
             state.discover(&mut event);
+            state.fail_closed(&event);
             if let Event::Net(connection) = &mut event {
                 connection.domain = state.domains.get(&connection.address).cloned();
             }
@@ -1770,8 +1807,8 @@ fn notice_line(notice: &Notice<'_>, format: OutputFormat) -> String {
 
 /// A request from a socket task to the state, with where to send the answer line.
 enum Call {
-    /// A request on the admin socket, with the caller's pid.
-    Admin(AdminRequest, Option<u32>, oneshot::Sender<String>),
+    /// A request on the admin socket, with the caller admitted at accept.
+    Admin(AdminRequest, AdminCaller, oneshot::Sender<String>),
     Whoami(Result<Peer, String>, oneshot::Sender<String>),
     /// A Prometheus scrape: the text exposition.
     Metrics(oneshot::Sender<String>),
@@ -1787,11 +1824,10 @@ fn handle_call(
     output: &mut Output,
 ) -> Result<(), DaemonError> {
     match call {
-        Call::Admin(_, Some(pid), reply) if state.is_agent(pid) => {
+        Call::Admin(_, caller, reply) if let Err(refusal) = caller.recheck(&state.process) => {
             // Self-protection: an agent running as root still may not steer agentd.
-            tracing::warn!(pid, "refused an agent's request on the admin socket");
-            let _ = reply
-                .send(Reply::<()>::err("agents may not use the admin socket".to_owned()).to_line());
+            tracing::warn!(pid = caller.pid(), %refusal, "refused a request on the admin socket");
+            let _ = reply.send(Reply::<()>::err(refusal.to_string()).to_line());
         }
         Call::Admin(AdminRequest::Risk(request), _, reply) => {
             let (answer, written) = state.risk_request(request, output.format);
@@ -1998,29 +2034,31 @@ async fn refuse(stream: &mut UnixStream, error: String) {
     let _ = stream.write_all(line.as_bytes()).await;
 }
 
-async fn serve_admin(listener: UnixListener, calls: mpsc::Sender<Call>) {
+async fn serve_admin(listener: UnixListener, calls: mpsc::Sender<Call>, tags: TagReader) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
         };
+        let accepted_at = boottime_ticks();
+        // Defence in depth beside the socket's 0600 mode: the process that connected, pinned
+        // now, must be root and not an agent (see `identity::caller`).
+        let caller = AdminCaller::admit(Peer::of(&stream, accepted_at), &tags);
         let calls = calls.clone();
         tokio::spawn(async move {
-            // Defence in depth beside the socket's 0600 mode: root only, and not an agent.
-            let cred = stream.peer_cred().ok();
-            let peer_uid = cred.map_or(u32::MAX, |cred| cred.uid());
-            let caller_pid = cred
-                .and_then(|cred| cred.pid())
-                .and_then(|pid| u32::try_from(pid).ok());
             let Some(line) = read_request(&mut stream).await else {
                 return;
             };
-            if peer_uid != 0 {
-                refuse(&mut stream, "the admin socket is for root only".to_owned()).await;
-                return;
-            }
+            let caller = match caller {
+                Ok(caller) => caller,
+                Err(refusal) => {
+                    tracing::warn!(%refusal, "refused a connection to the admin socket");
+                    refuse(&mut stream, refusal.to_string()).await;
+                    return;
+                }
+            };
             match serde_json::from_str::<AdminRequest>(&line) {
                 Ok(request) => {
-                    answer(stream, |tx| Call::Admin(request, caller_pid, tx), calls).await;
+                    answer(stream, |tx| Call::Admin(request, caller, tx), calls).await;
                 }
                 Err(err) => {
                     refuse(&mut stream, format!("bad request: {err}")).await;
@@ -2189,7 +2227,11 @@ pub async fn run(
         }
     };
     let mut expiry = tokio::time::interval(Duration::from_secs(1));
-    let admin_task = tokio::spawn(serve_admin(admin, calls_tx.clone()));
+    let admin_task = tokio::spawn(serve_admin(
+        admin,
+        calls_tx.clone(),
+        state.process.reader()?,
+    ));
     let identity_task = tokio::spawn(serve_identity(identity, calls_tx));
     tracing::info!(
         admin = %config.api.admin_socket.display(),

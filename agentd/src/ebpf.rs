@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use agentd_common::{KERNEL_OFFSETS_SYMBOL, KernelOffsets};
+use agentd_common::{KERNEL_OFFSETS_SYMBOL, KernelOffsets, TAG_CAP_SYMBOL};
 use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::{
@@ -45,7 +45,10 @@ pub struct LoadedObject {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Capacity of `TASK_AGENT`, the tag map: how many agent processes can be tagged at once.
+    /// See [`tag_capacity`].
     pub max_tagged_processes: u32,
+    /// The most live tagged processes one agent may have (`identity.max_processes_per_agent`).
+    pub max_processes_per_agent: u32,
     /// Size of the `EVENTS` ring buffer in bytes: a power of two, at least a page.
     pub ring_buffer_bytes: u32,
     /// Pin the maps under this BPF file system directory, reusing those an earlier agentd of
@@ -57,10 +60,37 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             max_tagged_processes: 65_536,
+            max_processes_per_agent: 4_096,
             ring_buffer_bytes: 1 << 22,
             pin_root: None,
         }
     }
+}
+
+/// Linux's ceiling on pids (`PID_MAX_LIMIT` on 64-bit): no process can have a larger tgid.
+pub const PID_MAX_LIMIT: u32 = 4_194_304;
+
+/// The size of `TASK_AGENT` that makes a full tag map impossible while the kernel's limits
+/// hold: no more processes can exist at once than `kernel.pid_max` (tgids are at most that)
+/// nor than `kernel.threads-max` (every process has a thread; `fork` fails with `EAGAIN` past
+/// it). Both are read from `sysctl` (the `/proc/sys` texts given here); one that cannot be
+/// read does not bound. At least 1,024, at most [`PID_MAX_LIMIT`]. docs/identity.md gives the
+/// memory this costs.
+#[must_use]
+pub fn tag_capacity(pid_max: Option<&str>, threads_max: Option<&str>) -> u32 {
+    let parse = |text: Option<&str>| text.and_then(|text| text.trim().parse::<u32>().ok());
+    [parse(pid_max), parse(threads_max)]
+        .into_iter()
+        .flatten()
+        .fold(PID_MAX_LIMIT, u32::min)
+        .max(1_024)
+}
+
+/// [`tag_capacity`] for the running kernel.
+#[must_use]
+pub fn running_kernel_tag_capacity() -> u32 {
+    let read = |name: &str| std::fs::read_to_string(format!("/proc/sys/kernel/{name}")).ok();
+    tag_capacity(read("pid_max").as_deref(), read("threads-max").as_deref())
 }
 
 /// Resolves the struct offsets for the running kernel and loads the object's maps.
@@ -82,7 +112,11 @@ pub fn load_with(options: &LoadOptions) -> Result<LoadedObject, LoadError> {
     let pins = options
         .pin_root
         .as_deref()
-        .map(|root| PinLayout::new(root, OBJECT, &max_entries, &format!("{offsets:?}")))
+        .map(|root| {
+            // What is written into the programs: another cap is another build.
+            let written = format!("{offsets:?} cap={}", options.max_processes_per_agent);
+            PinLayout::new(root, OBJECT, &max_entries, &written)
+        })
         .transpose()?;
     let mut map_paths: Vec<(String, PathBuf)> = Vec::new();
     if let Some(pins) = &pins {
@@ -94,7 +128,8 @@ pub fn load_with(options: &LoadOptions) -> Result<LoadedObject, LoadError> {
     let mut loader = EbpfLoader::new();
     loader
         .btf(Some(&btf))
-        .override_global(KERNEL_OFFSETS_SYMBOL, &offsets, true);
+        .override_global(KERNEL_OFFSETS_SYMBOL, &offsets, true)
+        .override_global(TAG_CAP_SYMBOL, &options.max_processes_per_agent, true);
     for (name, max) in max_entries {
         loader.map_max_entries(name, max);
     }
@@ -110,4 +145,22 @@ pub fn load_with(options: &LoadOptions) -> Result<LoadedObject, LoadError> {
         offsets,
         pins,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_capacity_is_the_smaller_kernel_limit() {
+        assert_eq!(tag_capacity(Some("32768\n"), Some("192729\n")), 32_768);
+        assert_eq!(tag_capacity(Some("4194304\n"), Some("192729\n")), 192_729);
+        assert_eq!(tag_capacity(None, Some("100000")), 100_000);
+        assert_eq!(tag_capacity(Some("garbage"), None), PID_MAX_LIMIT);
+        assert_eq!(
+            tag_capacity(Some("4194304"), Some("1073741823")),
+            PID_MAX_LIMIT
+        );
+        assert_eq!(tag_capacity(Some("300"), Some("300")), 1_024);
+    }
 }

@@ -70,6 +70,20 @@ pub struct ProcessChange {
     pub tag: AgentTag,
 }
 
+/// A tagged process created a process while its agent was at its cap on live processes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TagCap {
+    pub ktime_ns: u64,
+    /// The new process (tagged), or the parent when the new process was refused.
+    pub pid: u32,
+    /// The process that forked.
+    pub ppid: u32,
+    /// The fork failed with `EAGAIN` (BPF LSM); otherwise the new process exists and is tagged.
+    pub refused: bool,
+    #[serde(skip)]
+    pub tag: AgentTag,
+}
+
 /// A tagged process tried to stop or tamper with agentd; the kernel denied it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Tamper {
@@ -181,6 +195,8 @@ pub enum Event {
     Exit(ProcessChange),
     /// A process should have been tagged, but the kernel's tag map was full.
     TagLost(ProcessChange),
+    /// A process of an agent at its cap on live processes: refused, or tagged and reported.
+    TagCap(TagCap),
     /// A tagged process connected or sent a datagram.
     Net(Connection),
     /// A tagged process tried to signal, ptrace or use `bpf()` against agentd: denied.
@@ -236,6 +252,7 @@ impl Event {
         match self {
             Self::Exec(exec) => exec.tag,
             Self::Fork(change) | Self::Exit(change) | Self::TagLost(change) => change.tag,
+            Self::TagCap(cap) => cap.tag,
             Self::Net(connection) => connection.tag,
             Self::File(decision) => decision.tag,
             Self::Tamper(tamper) => tamper.tag,
@@ -248,6 +265,7 @@ impl Event {
         match self {
             Self::Exec(exec) => exec.pid,
             Self::Fork(change) | Self::Exit(change) | Self::TagLost(change) => change.pid,
+            Self::TagCap(cap) => cap.pid,
             Self::Net(connection) => connection.pid,
             Self::File(decision) => decision.pid,
             Self::Tamper(tamper) => tamper.pid,
@@ -351,6 +369,7 @@ impl Event {
                     _ => Self::TagLost(change),
                 })
             }
+            Some(EventKind::TagCap) => Self::decode_tag_cap(bytes),
             Some(EventKind::Net) => Self::decode_net(bytes),
             Some(EventKind::Tamper) => Self::decode_tamper(bytes),
             None => Err(DecodeError::UnknownKind(header.kind)),
@@ -425,6 +444,17 @@ impl Event {
         }))
     }
 
+    fn decode_tag_cap(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let raw: ProcessEvent = read_record(bytes)?;
+        Ok(Self::TagCap(TagCap {
+            ktime_ns: raw.header.ktime_ns,
+            pid: raw.pid,
+            ppid: raw.ppid,
+            refused: raw.exit_code != 0,
+            tag: raw.tag,
+        }))
+    }
+
     fn decode_tamper(bytes: &[u8]) -> Result<Self, DecodeError> {
         let raw: agentd_common::TamperEvent = read_record(bytes)?;
         let hook = match raw.hook {
@@ -460,6 +490,16 @@ impl Event {
             Self::Fork(p) => format!("fork pid={} ppid={}", p.pid, p.ppid.unwrap_or(0)),
             Self::Exit(p) => format!("exit pid={} status={}", p.pid, p.exit_code.unwrap_or(0)),
             Self::TagLost(p) => format!("tag-lost pid={} (agent tag map full)", p.pid),
+            Self::TagCap(c) => format!(
+                "tag-cap pid={} ppid={} (agent at its process cap: {})",
+                c.pid,
+                c.ppid,
+                if c.refused {
+                    "fork refused with EAGAIN"
+                } else {
+                    "tagged"
+                }
+            ),
             Self::Net(c) => format!(
                 "{} pid={} comm={:?} {} {}:{}{} verdict={:?}{} by={} policy={}",
                 c.hook,
@@ -849,6 +889,29 @@ mod tests {
         assert_eq!(json["address_form"], "v4_mapped");
         let json = serde_json::to_value(Event::Net(packet)).unwrap();
         assert!(json.get("address_form").is_none(), "{json}");
+    }
+
+    #[test]
+    fn tag_cap_events_say_whether_the_fork_was_refused() {
+        for (errno, refused) in [(11, true), (0, false)] {
+            let raw = ProcessEvent {
+                header: EventHeader {
+                    kind: EventKind::TagCap as u32,
+                    cpu: 0,
+                    ktime_ns: 9,
+                },
+                pid: 42,
+                ppid: 41,
+                tag: AgentTag::new(3, TagSource::Launch, 0),
+                exit_code: errno,
+            };
+            let event = Event::decode(&bytes_of(&raw)).unwrap();
+            assert_eq!((event.pid(), event.tag().agent), (42, 3));
+            let json = serde_json::to_value(&event).unwrap();
+            assert_eq!(json["kind"], "tag_cap");
+            assert_eq!(json["ppid"], 41);
+            assert_eq!(json["refused"], refused);
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod kernel_btf;
 pub mod lineage;
 pub mod metrics;
 pub mod netpolicy;
+pub mod pidfd;
 pub mod pins;
 pub mod pseudofs;
 pub mod risk;

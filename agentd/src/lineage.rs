@@ -57,7 +57,11 @@ impl Lineage {
             Event::Exit(exit) => {
                 self.processes.remove(&exit.pid);
             }
-            Event::File(_) | Event::Net(_) | Event::TagLost(_) | Event::Tamper(_) => {}
+            Event::File(_)
+            | Event::Net(_)
+            | Event::TagLost(_)
+            | Event::TagCap(_)
+            | Event::Tamper(_) => {}
         }
     }
 

@@ -7,8 +7,8 @@ use agentd_tests::{
 async fn exec_event_reports_child_pid_ppid_filename_and_cgroup() {
     let mut object = load_object();
     let mut links = agentd::pins::Links::unpinned();
-    let _sensor =
-        ProcessSensor::attach(&mut object, &mut links).expect("attaching the process sensor");
+    let _sensor = ProcessSensor::attach(&mut object, false, &mut links)
+        .expect("attaching the process sensor");
     let mut reader =
         agentd::events::EventReader::new(&mut object).expect("opening the ring buffer");
 
@@ -58,8 +58,8 @@ fn dropping_the_sensor_and_object_unloads_the_process_programs() {
         let before = ids();
         let mut object = load_object();
         let mut links = agentd::pins::Links::unpinned();
-        let _sensor =
-            ProcessSensor::attach(&mut object, &mut links).expect("attaching the process sensor");
+        let _sensor = ProcessSensor::attach(&mut object, false, &mut links)
+            .expect("attaching the process sensor");
         let ours: Vec<u32> = ids().difference(&before).copied().collect();
         assert_eq!(ours.len(), 3, "exec, fork and exit are loaded: {ours:?}");
         ours

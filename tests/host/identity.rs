@@ -373,12 +373,14 @@ fn bad_policy_is_refused_by_field_and_rules_in_force_stay() {
 }
 
 #[test]
-fn full_tag_map_is_counted_and_reported() {
+fn full_tag_map_is_counted_reported_and_quarantines_the_agent() {
     let agent = "crowd-agent";
     let daemon = Daemon::start_with(&agent_policy(agent), "max_tagged_processes = 4\n");
     let _launched = launch_cgroup(agent);
     let status = daemon
         .launch(agent, &["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do sleep 5 & done; sleep 1; kill $(jobs -p) 2>/dev/null; wait"])
+        // agentd kills what it cannot tag; the shell's report of that is not the test's.
+        .stderr(Stdio::null())
         .status()
         .expect("running the crowd");
     assert!(status.success() || status.code().is_some());
@@ -395,6 +397,10 @@ fn full_tag_map_is_counted_and_reported() {
         !lost.is_empty()
     });
     assert!(lost[0].contains(agent), "{}", lost[0]);
+    // Fail closed: the agent whose process could not be tagged is quarantined.
+    wait_until("the agent is quarantined", || {
+        daemon.status().quarantined.iter().any(|name| name == agent)
+    });
 }
 
 #[test]

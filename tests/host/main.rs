@@ -13,6 +13,7 @@ mod protect;
 mod restart;
 mod risk;
 mod run;
+mod tags;
 
 use std::path::PathBuf;
 

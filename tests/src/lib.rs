@@ -141,15 +141,31 @@ pub struct Daemon {
     pub identity: PathBuf,
     stdout: std::sync::mpsc::Receiver<String>,
     stdout_tx: std::sync::mpsc::Sender<String>,
-    /// Mount points unmounted in agentd's own private mount namespace (empty: none of its own).
-    unmounted: Vec<PathBuf>,
+    /// How agentd is started: under a wrapper command, in a mount namespace of its own.
+    launch: Launch,
 }
 
-/// `agentd run` with the configuration and policy in `dir`; with `unmount`, in a private mount
-/// namespace of its own where those mount points are unmounted first, as on a newly booted
-/// machine that has not mounted them.
-fn agentd_command(dir: &Path, env: &[(&str, &str)], unmount: &[PathBuf]) -> std::process::Command {
-    let mut command = std::process::Command::new(agentd_bin());
+/// How a test's agentd is started.
+#[derive(Clone, Debug, Default)]
+struct Launch {
+    /// A command that agentd runs under (its arguments end with agentd's path), or empty.
+    wrapper: Vec<String>,
+    /// Mount points unmounted in agentd's own private mount namespace (empty: none of its own).
+    unmount: Vec<PathBuf>,
+}
+
+/// `agentd run` with the configuration and policy in `dir`, under `launch.wrapper` if not
+/// empty; with `launch.unmount`, in a private mount namespace of its own where those mount
+/// points are unmounted first, as on a newly booted machine that has not mounted them.
+fn agentd_command(dir: &Path, env: &[(&str, &str)], launch: &Launch) -> std::process::Command {
+    let mut command = match launch.wrapper.as_slice() {
+        [] => std::process::Command::new(agentd_bin()),
+        [program, args @ ..] => {
+            let mut command = std::process::Command::new(program);
+            command.args(args).arg(agentd_bin());
+            command
+        }
+    };
     command
         .arg("run")
         .arg("--config")
@@ -158,8 +174,9 @@ fn agentd_command(dir: &Path, env: &[(&str, &str)], unmount: &[PathBuf]) -> std:
         .arg(dir.join("policy.toml"))
         .args(["--format", "json"])
         .envs(env.iter().copied());
-    if !unmount.is_empty() {
-        let targets: Vec<std::ffi::CString> = unmount
+    if !launch.unmount.is_empty() {
+        let targets: Vec<std::ffi::CString> = launch
+            .unmount
             .iter()
             .map(|path| std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap())
             .collect();
@@ -199,10 +216,10 @@ fn spawn_agentd(
     admin: &Path,
     tx: &std::sync::mpsc::Sender<String>,
     env: &[(&str, &str)],
-    unmount: &[PathBuf],
+    launch: &Launch,
 ) -> std::process::Child {
     let log = dir.join("agentd.log");
-    let mut child = agentd_command(dir, env, unmount)
+    let mut child = agentd_command(dir, env, launch)
         .stdout(std::process::Stdio::piped())
         .stderr(
             fs::OpenOptions::new()
@@ -257,6 +274,16 @@ impl Daemon {
         Self::start_configured(policy, identity_settings, "enabled = false\n", "")
     }
 
+    /// Like [`Daemon::start_with`], with agentd started as the last argument of `wrapper`
+    /// (for example a shell that first changes agentd's mount namespace).
+    pub fn start_wrapped(policy: &str, identity_settings: &str, wrapper: &[&str]) -> Self {
+        let launch = Launch {
+            wrapper: wrapper.iter().map(|arg| (*arg).to_owned()).collect(),
+            unmount: Vec::new(),
+        };
+        Self::start_in(policy, identity_settings, "enabled = false\n", "", launch)
+    }
+
     /// Like [`Daemon::start`], with agents' DNS steered through agentd to `upstream`, and more
     /// configuration (whole tables) in `extra`.
     pub fn start_with_dns(policy: &str, upstream: &str, extra: &str) -> Self {
@@ -271,8 +298,11 @@ impl Daemon {
     /// Like [`Daemon::start_with_config`], in a private mount namespace where `unmount` (for
     /// example tracefs and securityfs) are not mounted.
     pub fn start_without_mounts(policy: &str, extra: &str, unmount: &[&str]) -> Self {
-        let unmount: Vec<PathBuf> = unmount.iter().map(PathBuf::from).collect();
-        Self::start_in(policy, "", "enabled = false\n", extra, unmount)
+        let launch = Launch {
+            wrapper: Vec::new(),
+            unmount: unmount.iter().map(PathBuf::from).collect(),
+        };
+        Self::start_in(policy, "", "enabled = false\n", extra, launch)
     }
 
     fn start_configured(
@@ -281,7 +311,13 @@ impl Daemon {
         dns_settings: &str,
         extra: &str,
     ) -> Self {
-        Self::start_in(policy, identity_settings, dns_settings, extra, Vec::new())
+        Self::start_in(
+            policy,
+            identity_settings,
+            dns_settings,
+            extra,
+            Launch::default(),
+        )
     }
 
     fn start_in(
@@ -289,7 +325,7 @@ impl Daemon {
         identity_settings: &str,
         dns_settings: &str,
         extra: &str,
-        unmounted: Vec<PathBuf>,
+        launch: Launch,
     ) -> Self {
         require_root();
         let dir = tempfile::tempdir().expect("temporary directory");
@@ -319,16 +355,22 @@ impl Daemon {
             &config,
             format!(
                 "[api]\nadmin_socket = \"{}\"\nidentity_socket = \"{}\"\n\n\
-                 [identity]\nsweep_interval_secs = 0\n{identity_settings}\n\n[dns]\n{dns_settings}\n{bpf}{extra}",
+                 [identity]\n{sweep}{identity_settings}\n\n[dns]\n{dns_settings}\n{bpf}{extra}",
                 admin.display(),
-                identity.display()
+                identity.display(),
+                // Off unless the test sets it.
+                sweep = if identity_settings.contains("sweep_interval_secs") {
+                    ""
+                } else {
+                    "sweep_interval_secs = 0\n"
+                },
             ),
         )
         .expect("writing the config");
         let policy_file = dir.path().join("policy.toml");
         fs::write(&policy_file, policy).expect("writing the policy");
         let (tx, stdout) = std::sync::mpsc::channel();
-        let child = spawn_agentd(dir.path(), &admin, &tx, &[], &unmounted);
+        let child = spawn_agentd(dir.path(), &admin, &tx, &[], &launch);
         Self {
             child,
             dir,
@@ -337,7 +379,7 @@ impl Daemon {
             identity,
             stdout,
             stdout_tx: tx,
-            unmounted,
+            launch,
         }
     }
 
@@ -351,7 +393,7 @@ impl Daemon {
             &self.admin,
             &self.stdout_tx,
             env,
-            &self.unmounted,
+            &self.launch,
         );
     }
 
@@ -365,7 +407,7 @@ impl Daemon {
     /// to fail at start-up; returns its exit status and log.
     pub fn start_failing(&self, env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
         let log = self.dir.path().join("failing.log");
-        let status = agentd_command(self.dir.path(), env, &self.unmounted)
+        let status = agentd_command(self.dir.path(), env, &self.launch)
             .stdout(std::process::Stdio::null())
             .stderr(fs::File::create(&log).expect("creating the log"))
             .status()

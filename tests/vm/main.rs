@@ -4,6 +4,7 @@
 mod access;
 mod files;
 mod lsm;
+mod tags;
 
 fn helper() -> std::path::PathBuf {
     agentd_tests::test_helper(env!("CARGO_BIN_EXE_agentd-test-helper"))

@@ -97,18 +97,6 @@ pub fn start_ticks(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("malformed stat"))
 }
 
-fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
-    // SAFETY: plain syscall; a non-negative return is a new fd that we own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = RawFd::try_from(fd).map_err(io::Error::other)?;
-    // SAFETY: the kernel just returned this fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 impl Peer {
     /// Identifies and pins the process at the other end of `socket`. `accepted_at` is
     /// [`boottime_ticks`] taken when the connection was accepted.
@@ -133,7 +121,7 @@ impl Peer {
                 pidfd,
             }
         } else {
-            let pidfd = pidfd_open(pid).map_err(|source| {
+            let pidfd = crate::pidfd::open(pid).map_err(|source| {
                 if source.raw_os_error() == Some(libc::ESRCH) {
                     AttestError::PeerGone
                 } else {
@@ -160,17 +148,7 @@ impl Peer {
     /// Whether the pinned process is still alive (and so still owns `pid`).
     #[must_use]
     pub fn alive(&self) -> bool {
-        // SAFETY: signal 0 only checks; the pidfd is ours.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                0,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        rc == 0
+        crate::pidfd::alive(&self.pidfd)
     }
 }
 

@@ -2,6 +2,7 @@
 //! the kernel's tag maps.
 
 pub mod attest;
+pub mod caller;
 pub mod discovery;
 pub mod policy;
 

@@ -18,6 +18,10 @@
 //!   Prints `openat2=ok|eperm|error:... proc-fd=ok|eperm|error:...`.
 //! - `agentd-test-helper send ADDR PORT BYTES`: connects over TCP and sends BYTES bytes; prints
 //!   `sent=N`.
+//! - `agentd-test-helper pass-fd SOCKET TO`: connects to SOCKET, sends that connection to the
+//!   process listening on the Unix socket TO (`SCM_RIGHTS`), and exits.
+//! - `agentd-test-helper fork COUNT`: forks COUNT children that wait to be killed; prints
+//!   `forked=N refused=N errno=E` (the last fork error, 0 if none), then kills and reaps them.
 //! - `agentd-test-helper truncate PATH`: `truncate(2)` to 0 bytes; prints `ok|eperm|error:...`.
 //! - `agentd-test-helper evade ...`: network calls that dodge destination rules; see
 //!   `tests/src/net_evasions.rs`.
@@ -52,6 +56,71 @@ fn handover(socket: &str, gofile: &str) -> std::io::Result<()> {
         .spawn()?;
     println!("connector={} asker={}", std::process::id(), asker.id());
     std::io::stdout().flush()
+}
+
+fn pass_fd(socket: &str, to: &str) -> std::io::Result<()> {
+    let connection = UnixStream::connect(socket)?;
+    let courier = UnixStream::connect(to)?;
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let fd_len = u32::try_from(size_of::<i32>()).expect("small");
+    // SAFETY: pure arithmetic on a length.
+    let space = unsafe { libc::CMSG_SPACE(fd_len) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: an all-zero msghdr is valid; its pointers are set below.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &raw mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = space;
+    // SAFETY: the control buffer has room for one header and one descriptor.
+    unsafe {
+        let header = libc::CMSG_FIRSTHDR(&raw const message);
+        (*header).cmsg_level = libc::SOL_SOCKET;
+        (*header).cmsg_type = libc::SCM_RIGHTS;
+        (*header).cmsg_len = libc::CMSG_LEN(fd_len) as usize;
+        std::ptr::write_unaligned(
+            libc::CMSG_DATA(header).cast::<i32>(),
+            connection.as_raw_fd(),
+        );
+    }
+    // SAFETY: `message` points at live buffers.
+    if unsafe { libc::sendmsg(courier.as_raw_fd(), &raw const message, 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn fork(count: &str) -> std::io::Result<()> {
+    let count: u32 = count.parse().map_err(std::io::Error::other)?;
+    let (mut children, mut refused, mut errno) = (Vec::new(), 0, 0);
+    for _ in 0..count {
+        // SAFETY: the child only calls async-signal-safe functions (pause, _exit).
+        match unsafe { libc::fork() } {
+            0 => loop {
+                // SAFETY: waits for the parent's SIGKILL.
+                unsafe { libc::pause() };
+            },
+            -1 => {
+                refused += 1;
+                errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            }
+            child => children.push(child),
+        }
+    }
+    println!("forked={} refused={refused} errno={errno}", children.len());
+    std::io::stdout().flush()?;
+    for child in children {
+        // SAFETY: signalling and reaping our own children.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+    }
+    Ok(())
 }
 
 fn ask(fd: &str, gofile: &str) -> std::io::Result<()> {
@@ -356,6 +425,8 @@ fn main() -> ExitCode {
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[1..] {
         ["handover", socket, gofile] => handover(socket, gofile),
         ["ask", fd, gofile] => ask(fd, gofile),
+        ["pass-fd", socket, to] => pass_fd(socket, to),
+        ["fork", count] => fork(count),
         ["net", protocol, addr, port, count] => net(protocol, addr, port, count, None),
         ["net", protocol, addr, port, count, rate] => net(protocol, addr, port, count, Some(rate)),
         ["resolve-connect", server, name, port] => resolve_connect(server, name, port),
