@@ -123,6 +123,9 @@ pub struct DnsConfig {
     pub listen: std::net::SocketAddrV4,
     /// Where it forwards queries. Default: the first `nameserver` of /etc/resolv.conf.
     pub upstream: Option<std::net::SocketAddr>,
+    /// The answer to a query for a name no rule of the agent can allow (under `default =
+    /// "deny"`), which is never forwarded: `nxdomain` (default) or `refused`.
+    pub unallowed_names: crate::dns::UnallowedAnswer,
 }
 
 impl Default for DnsConfig {
@@ -131,6 +134,7 @@ impl Default for DnsConfig {
             enabled: true,
             listen: std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 15_353),
             upstream: None,
+            unallowed_names: crate::dns::UnallowedAnswer::default(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! `cargo xtask test --tier host`.
 
 mod access;
+mod evasion_dns;
 mod exec;
 mod files;
 mod identity;
