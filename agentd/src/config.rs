@@ -407,6 +407,29 @@ mod tests {
     }
 
     #[test]
+    fn unallowed_names_defaults_to_nxdomain_and_names_its_key_when_bad() {
+        use crate::dns::UnallowedAnswer;
+        assert_eq!(
+            Config::default().dns.unallowed_names,
+            UnallowedAnswer::Nxdomain
+        );
+        let config = Config::parse(
+            "[dns]\nunallowed_names = \"refused\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.dns.unallowed_names, UnallowedAnswer::Refused);
+        let err = Config::parse(
+            "[dns]\nunallowed_names = \"servfail\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err();
+        let err = format!("{:#}", anyhow::Error::from(err));
+        assert!(err.contains("unallowed_names"), "{err}");
+        assert!(err.contains("nxdomain"), "{err}");
+    }
+
+    #[test]
     fn format_is_read() {
         let config = Config::parse("[events]\nformat = \"json\"\n", Path::new("t.toml")).unwrap();
         assert_eq!(config.events.format, OutputFormat::Json);

@@ -487,3 +487,50 @@ fn dns_over_tcp_and_ipv6_is_refused_with_an_event() {
             >= 3
     });
 }
+
+#[test]
+fn the_log_names_a_domain_only_for_the_agent_that_looked_it_up() {
+    let (asker, other) = ("dns-log-asker", "dns-log-other");
+    let (_listeners, ports) = listeners(&["127.0.0.3:0"]);
+    let server = upstream(
+        vec![("allowed.test", vec![Rec::A("allowed.test", [127, 0, 0, 3])])],
+        None,
+    );
+    let policy = format!(
+        "{}{}",
+        default_deny_allowing(asker, "allowed.test", ""),
+        default_deny_allowing(other, "allowed.test", "")
+    );
+    let daemon = start(&policy, &server, "");
+    let _asker = launch_cgroup(asker);
+    let _other = launch_cgroup(other);
+    assert_eq!(
+        ask(&daemon, asker, "allowed.test", "a"),
+        "rcode=0 answers=127.0.0.3"
+    );
+    // The answer is the upstream's word for the name, so it applies to the other agent's rule
+    // too; but only the agent that asked has a lookup to name in its log.
+    assert_eq!(
+        attempts(&daemon, Some(other), "tcp", "127.0.0.3", ports[0], 1),
+        (1, 0, 0)
+    );
+    assert_eq!(
+        attempts(&daemon, Some(asker), "tcp", "127.0.0.3", ports[0], 1),
+        (1, 0, 0)
+    );
+    let mut events = Vec::new();
+    let by = |events: &[serde_json::Value], agent: &str| {
+        events
+            .iter()
+            .find(|e| e["address"] == "127.0.0.3" && e["agent"]["name"] == agent)
+            .cloned()
+    };
+    wait_until("both agents' connection events", || {
+        connections(&daemon, &mut events);
+        by(&events, asker).is_some() && by(&events, other).is_some()
+    });
+    let (mine, theirs) = (by(&events, asker).unwrap(), by(&events, other).unwrap());
+    assert_eq!(mine["domain"], "allowed.test");
+    assert_eq!(theirs["decided_by"], "domain");
+    assert!(theirs.get("domain").is_none(), "{theirs}");
+}
