@@ -449,6 +449,7 @@ fn report(tgid: u32, agent: u32, dst: &Destination, hook: u8, decision: &Decisio
     );
 }
 
+const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 
 /// What DNS steering does with a call: nothing (decided by the rules), steered, or refused.
@@ -456,10 +457,10 @@ const DNS_NONE: u32 = 0;
 const DNS_STEERED: u32 = 1;
 const DNS_REFUSED: u32 = 2;
 
-/// Sends a tagged process's IPv4 UDP DNS query (to port 53, or to agentd's resolver itself) to
-/// agentd's resolver, remembering where it was going and for which agent. DNS that cannot be
-/// steered (TCP, IPv6, another protocol to port 53) is refused while steering is on, so that
-/// every lookup of an agent goes through the resolver.
+/// Sends a tagged process's IPv4 DNS query, a UDP datagram or a TCP connect (to port 53, or to
+/// agentd's resolver itself), to agentd's resolver, remembering where it was going and for
+/// which agent. DNS that cannot be steered (IPv6, another protocol to port 53) is refused while
+/// steering is on, so that every lookup of an agent goes through the resolver.
 #[inline(always)]
 fn steer_dns(ctx: &SockAddrContext, dst: &Destination, agent: u32) -> u32 {
     let Some(redirect) = NET_DNS.get_ptr(0) else {
@@ -486,7 +487,8 @@ fn steer_dns(ctx: &SockAddrContext, dst: &Destination, agent: u32) -> u32 {
     if dst.port != 53 && !to_resolver {
         return DNS_NONE;
     }
-    if dst.family != 4 || dst.protocol != IPPROTO_UDP {
+    // UDP datagrams and TCP connects; the resolver listens for both on the same address.
+    if dst.family != 4 || (dst.protocol != IPPROTO_UDP && dst.protocol != IPPROTO_TCP) {
         return DNS_REFUSED;
     }
     let original = OriginalDestination {

@@ -138,17 +138,26 @@ pub(super) async fn start_dns(
         tracing::warn!("no DNS upstream (set dns.upstream): domain rules cannot learn addresses");
         return Ok(None);
     };
+    let bind_error = |source| DaemonError::Bind {
+        path: PathBuf::from(config.listen.to_string()),
+        source,
+    };
     let listener = tokio::net::UdpSocket::bind(config.listen)
         .await
-        .map_err(|source| DaemonError::Bind {
-            path: PathBuf::from(config.listen.to_string()),
-            source,
-        })?;
+        .map_err(bind_error)?;
+    let tcp = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(bind_error)?;
     state.net.set_dns_redirect(Some(config.listen))?;
-    tracing::info!(listen = %config.listen, %upstream, "agents' DNS goes through agentd");
+    tracing::info!(listen = %config.listen, %upstream, "agents' DNS (UDP and TCP) goes through agentd");
     let settings = dns::Settings {
         upstream,
         unallowed: config.unallowed_names,
     };
-    Ok(Some(tokio::spawn(dns::serve(listener, settings, requests))))
+    Ok(Some(tokio::spawn(async move {
+        tokio::join!(
+            dns::serve(listener, settings, requests.clone()),
+            dns::serve_tcp(tcp, settings, requests),
+        );
+    })))
 }

@@ -1,5 +1,5 @@
-//! agentd's DNS resolver for agents. The kernel steers tagged processes' DNS queries (UDP port
-//! 53, IPv4) here and records, per socket, the agent that sent them. For each query the
+//! agentd's DNS resolver for agents. The kernel steers tagged processes' DNS queries (UDP and
+//! TCP to port 53, IPv4) here and records, per socket, the agent that sent them. For each query the
 //! resolver asks the kernel which socket it came from ([`peer`]), has the daemon judge it for
 //! that agent ([`admission`]), and either answers it itself or forwards it upstream through a
 //! client that believes only the upstream ([`upstream`]). The addresses on the question's CNAME
@@ -89,25 +89,34 @@ pub fn upstream_from_resolv_conf(text: &str) -> Option<SocketAddr> {
         .map(|ip| SocketAddr::new(ip, 53))
 }
 
-/// What the agent gets for one query, or `None` to send nothing.
+/// How a query reached the resolver, and so how it is forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// What the agent gets for one query, or `None` to send nothing. `cookie` is the kernel's
+/// answer to which socket sent it.
 async fn resolve(
-    local: SocketAddr,
     message: &[u8],
-    client: SocketAddr,
+    cookie: std::io::Result<Option<u64>>,
+    transport: Transport,
     settings: Settings,
     daemon: &mpsc::Sender<Request>,
 ) -> Option<Vec<u8>> {
     // Not a DNS query: dropped, never forwarded.
     let Some(query) = wire::parse_query(message) else {
-        tracing::debug!(%client, "dropping a datagram that is not a DNS query");
+        tracing::debug!("dropping a message that is not a DNS query");
         return None;
     };
     let reply = |rcode| Some(wire::local_reply(message, &query, rcode));
-    let cookie = match peer::udp_cookie(local, client) {
+    let cookie = match cookie {
         Ok(Some(cookie)) => cookie,
+        // The sender is gone: nobody to answer.
         Ok(None) => return None,
         Err(err) => {
-            tracing::warn!(%err, %client, "finding the socket of a DNS query");
+            tracing::warn!(%err, "finding the socket of a DNS query");
             return reply(Rcode::ServFail);
         }
     };
@@ -126,7 +135,7 @@ async fn resolve(
         Ok(Admission::Unallowed) => return reply(settings.unallowed.rcode()),
         Err(_) => return reply(Rcode::ServFail),
     };
-    forward(message, &query, agent, settings, daemon).await
+    forward(message, &query, agent, transport, settings, daemon).await
 }
 
 /// Forwards an admitted query and returns the answer once its addresses are installed, or
@@ -135,12 +144,20 @@ async fn forward(
     message: &[u8],
     query: &Query,
     agent: u32,
+    transport: Transport,
     settings: Settings,
     daemon: &mpsc::Sender<Request>,
 ) -> Option<Vec<u8>> {
     let servfail = || Some(wire::local_reply(message, query, Rcode::ServFail));
-    let answer = match upstream::exchange(settings.upstream, message, query, UPSTREAM_TIMEOUT).await
-    {
+    let exchanged = match transport {
+        Transport::Udp => {
+            upstream::exchange(settings.upstream, message, query, UPSTREAM_TIMEOUT).await
+        }
+        Transport::Tcp => {
+            upstream::exchange_tcp(settings.upstream, message, query, UPSTREAM_TIMEOUT).await
+        }
+    };
+    let answer = match exchanged {
         Ok(answer) => answer,
         Err(err) => {
             tracing::debug!(%err, upstream = %settings.upstream, "forwarding a DNS query");
@@ -190,10 +207,52 @@ pub async fn serve(listener: UdpSocket, settings: Settings, daemon: mpsc::Sender
         let (listener, daemon, message) =
             (listener.clone(), daemon.clone(), buffer[..len].to_vec());
         tokio::spawn(async move {
-            if let Some(reply) = resolve(local, &message, client, settings, &daemon).await
+            let cookie = peer::udp_cookie(local, client);
+            if let Some(reply) = resolve(&message, cookie, Transport::Udp, settings, &daemon).await
                 && let Err(err) = listener.send_to(&reply, client).await
             {
                 tracing::debug!(%err, %client, "answering a DNS query");
+            }
+        });
+    }
+}
+
+/// How long a DNS-over-TCP connection may stay idle between queries.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// Serves DNS over TCP (length-prefixed messages, one query at a time per connection) on
+/// `listener` until the task is dropped.
+pub async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    settings: Settings,
+    daemon: mpsc::Sender<Request>,
+) {
+    let Ok(local) = listener.local_addr() else {
+        tracing::error!("the DNS listener has no address");
+        return;
+    };
+    loop {
+        let Ok((mut stream, client)) = listener.accept().await else {
+            continue;
+        };
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            loop {
+                let read = upstream::read_framed(&mut stream);
+                let Ok(Ok(message)) = tokio::time::timeout(TCP_IDLE, read).await else {
+                    return;
+                };
+                let cookie = peer::tcp_cookie(local, client);
+                let Some(reply) =
+                    resolve(&message, cookie, Transport::Tcp, settings, &daemon).await
+                else {
+                    // Not DNS, or nobody to answer: the connection ends.
+                    return;
+                };
+                if let Err(err) = upstream::write_framed(&mut stream, &reply).await {
+                    tracing::debug!(%err, %client, "answering a DNS query over TCP");
+                    return;
+                }
             }
         });
     }

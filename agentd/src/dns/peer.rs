@@ -1,8 +1,9 @@
 //! Which socket asked: the kernel's own answer through `NETLINK_SOCK_DIAG`. The resolver knows a
 //! query's source address and port; the kernel finds the UDP socket that a datagram from the
-//! resolver to that address would reach (the socket the answer goes to) and gives its cookie,
-//! the same number `bpf_get_socket_cookie` gave the steering hook, which recorded the agent
-//! under it in `DNS_ORIGINAL`.
+//! resolver to that address would reach (the socket the answer goes to), or the TCP socket at
+//! the other end of the resolver's connection, and gives its cookie, the same number
+//! `bpf_get_socket_cookie` gave the steering hook, which recorded the agent under it in
+//! `DNS_ORIGINAL`.
 //!
 //! A map keyed by source port, written by the hooks, cannot serve: `connect4` runs before a
 //! socket has a port, and a connected socket's later sends pass no `sock_addr` hook.
@@ -63,7 +64,20 @@ fn octets(ip: IpAddr) -> [u8; 16] {
 /// The cookie of the UDP socket at `peer` that a datagram from `local` would reach, or `None`
 /// when there is none (it closed).
 pub fn udp_cookie(local: SocketAddr, peer: SocketAddr) -> io::Result<Option<u64>> {
-    if local.is_ipv4() != peer.is_ipv4() {
+    // For UDP the kernel looks the socket up as the receiver of a datagram from `src` to `dst`
+    // ("src and dst are swapped for historical reasons").
+    lookup(libc::IPPROTO_UDP, local, peer)
+}
+
+/// The cookie of the TCP socket at `peer` connected to `local`, or `None` when there is none.
+pub fn tcp_cookie(local: SocketAddr, peer: SocketAddr) -> io::Result<Option<u64>> {
+    // For TCP, `src` is the socket's own end.
+    lookup(libc::IPPROTO_TCP, peer, local)
+}
+
+/// Asks `SOCK_DIAG_BY_FAMILY` for the one socket `(src, dst)` names.
+fn lookup(protocol: i32, src: SocketAddr, dst: SocketAddr) -> io::Result<Option<u64>> {
+    if src.is_ipv4() != dst.is_ipv4() {
         return Ok(None);
     }
     // SAFETY: a plain socket(2) call; the descriptor is owned at once.
@@ -84,21 +98,19 @@ pub fn udp_cookie(local: SocketAddr, peer: SocketAddr) -> io::Result<Option<u64>
         kind: SOCK_DIAG_BY_FAMILY,
         flags: NLM_F_REQUEST,
         seq: 1,
-        family: u8::try_from(if peer.is_ipv4() {
+        family: u8::try_from(if dst.is_ipv4() {
             libc::AF_INET
         } else {
             libc::AF_INET6
         })
         .expect("a small constant"),
-        protocol: u8::try_from(libc::IPPROTO_UDP).expect("a small constant"),
+        protocol: u8::try_from(protocol).expect("a small constant"),
         states: !0,
-        // For UDP the kernel looks the socket up as the receiver of a datagram from `src` to
-        // `dst` (its source: "src and dst are swapped for historical reasons").
         id: SockId {
-            sport: local.port().to_be_bytes(),
-            dport: peer.port().to_be_bytes(),
-            src: octets(local.ip()),
-            dst: octets(peer.ip()),
+            sport: src.port().to_be_bytes(),
+            dport: dst.port().to_be_bytes(),
+            src: octets(src.ip()),
+            dst: octets(dst.ip()),
             interface: 0,
             cookie: [NO_COOKIE, NO_COOKIE],
         },
@@ -162,11 +174,14 @@ fn parse_reply(reply: &[u8]) -> io::Result<Option<u64>> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::UdpSocket;
+    use std::{
+        net::{TcpListener, TcpStream, UdpSocket},
+        os::fd::AsRawFd,
+    };
 
     use super::*;
 
-    fn own_cookie(socket: &UdpSocket) -> u64 {
+    fn own_cookie(socket: &impl AsRawFd) -> u64 {
         let mut cookie = 0u64;
         let mut len = u32::try_from(size_of::<u64>()).unwrap();
         // SAFETY: SO_COOKIE writes a u64 into the buffer given.
@@ -211,5 +226,16 @@ mod tests {
         let (_, from) = resolver.recv_from(&mut buffer).unwrap();
         let cookie = udp_cookie(resolver.local_addr().unwrap(), from).unwrap();
         assert_eq!(cookie, Some(own_cookie(&client)));
+    }
+
+    #[test]
+    fn the_kernel_names_the_tcp_socket_at_the_other_end() {
+        let resolver = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = resolver.local_addr().unwrap();
+        let client = TcpStream::connect(local).unwrap();
+        let (_accepted, from) = resolver.accept().unwrap();
+        assert_eq!(tcp_cookie(local, from).unwrap(), Some(own_cookie(&client)));
+        let gone: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(tcp_cookie(local, gone).unwrap(), None);
     }
 }

@@ -1,11 +1,16 @@
 //! The resolver's upstream client. Each forwarded query gets its own socket, so a random source
 //! port chosen by the kernel, `connect`ed to the upstream, so the kernel drops datagrams from
 //! any other sender, and a random id. A datagram is taken as the reply only if its id and
-//! question match the query's; anything else is ignored until the timeout.
+//! question match the query's; anything else is ignored until the timeout. Over TCP (for the
+//! agents' own DNS over TCP) the connection is the upstream's alone, and the id and question are
+//! matched the same way.
 
 use std::{io, net::SocketAddr, time::Duration};
 
-use tokio::net::UdpSocket;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpStream, UdpSocket},
+};
 
 use super::wire::{self, Query};
 
@@ -51,6 +56,48 @@ pub async fn exchange(
                 return Ok(wire::with_id(&reply[..len], query.id));
             }
             tracing::debug!(%upstream, "ignoring a datagram that does not answer the query");
+        }
+    };
+    tokio::time::timeout(timeout, wait)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "upstream DNS timed out"))?
+}
+
+/// Writes one length-prefixed DNS message (RFC 1035 §4.2.2).
+pub async fn write_framed(stream: &mut TcpStream, message: &[u8]) -> io::Result<()> {
+    let len = u16::try_from(message.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a DNS message over 64 KiB"))?;
+    let mut framed = Vec::with_capacity(message.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    stream.write_all(&framed).await
+}
+
+/// Reads one length-prefixed DNS message.
+pub async fn read_framed(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let len = stream.read_u16().await?;
+    let mut message = vec![0; usize::from(len)];
+    stream.read_exact(&mut message).await?;
+    Ok(message)
+}
+
+/// As [`exchange`], over TCP.
+pub async fn exchange_tcp(
+    upstream: SocketAddr,
+    message: &[u8],
+    query: &Query,
+    timeout: Duration,
+) -> io::Result<Vec<u8>> {
+    let wait = async {
+        let mut stream = TcpStream::connect(upstream).await?;
+        let id = random_id()?;
+        write_framed(&mut stream, &wire::with_id(message, id)).await?;
+        loop {
+            let reply = read_framed(&mut stream).await?;
+            if wire::answers(&reply, id, &query.question) {
+                return Ok(wire::with_id(&reply, query.id));
+            }
+            tracing::debug!(%upstream, "ignoring a message that does not answer the query");
         }
     };
     tokio::time::timeout(timeout, wait)
@@ -174,5 +221,39 @@ mod tests {
     fn ids_are_random() {
         let ids: std::collections::HashSet<u16> = (0..64).map(|_| random_id().unwrap()).collect();
         assert!(ids.len() > 32, "{ids:?}");
+    }
+
+    #[tokio::test]
+    async fn over_tcp_a_reply_to_another_question_is_ignored() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = listener.local_addr().unwrap();
+        let done = std::thread::spawn(move || {
+            use std::io::{Read as _, Write as _};
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut len = [0u8; 2];
+            stream.read_exact(&mut len).unwrap();
+            let mut asked = vec![0; usize::from(u16::from_be_bytes(len))];
+            stream.read_exact(&mut asked).unwrap();
+            let id = u16::from_be_bytes([asked[0], asked[1]]);
+            let wrong = reply(
+                &query(id, "other.test", 1),
+                &[Rr::A("@", [169, 254, 169, 254], 60)],
+            );
+            let good = reply(&asked, &[Rr::A("@", [127, 0, 0, 3], 60)]);
+            for message in [wrong, good] {
+                let len = u16::try_from(message.len()).unwrap().to_be_bytes();
+                stream.write_all(&len).unwrap();
+                stream.write_all(&message).unwrap();
+            }
+            id
+        });
+        let message = query(0x5a5a, "allowed.test", 1);
+        let parsed = parse_query(&message).unwrap();
+        let got = exchange_tcp(server, &message, &parsed, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(addresses(&got), [("127.0.0.3".parse().unwrap(), 60)]);
+        assert_eq!(&got[..2], &[0x5a, 0x5a]);
+        assert_ne!(done.join().unwrap(), 0x5a5a);
     }
 }

@@ -13,7 +13,8 @@
 //!   `resolved=IP from=ADDR ok|eperm|error`.
 //! - `agentd-test-helper dns-ask SERVER NAME a|aaaa`: asks the DNS server at SERVER:53 (UDP)
 //!   once; prints `rcode=N answers=IP,IP` (the A and AAAA records), `timeout` or `eperm`. NAME
-//!   `-` sends bytes that are not DNS instead.
+//!   `-` sends bytes that are not DNS instead. `dns-ask-tcp SERVER NAME` asks for NAME's A
+//!   records over TCP (SERVER:53), printing the same.
 //! - `agentd-test-helper net-until-denied tcp ADDR PORT STOPFILE`: connects every 5 ms until a
 //!   connect fails with EPERM (printing `ok=N denied`), or until STOPFILE exists.
 //! - `agentd-test-helper open-evasions PATH`: tries to read PATH in ways that dodge a check
@@ -346,6 +347,52 @@ fn dns_ask(server: &str, name: &str, qtype: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+fn dns_ask_tcp(server: &str, name: &str) -> std::io::Result<()> {
+    use std::io::Read as _;
+
+    use simple_dns::{CLASS, Name, Packet, Question, TYPE, rdata::RData};
+    let server: std::net::IpAddr = server.parse().map_err(std::io::Error::other)?;
+    let mut query = Packet::new_query(0x7c7c);
+    query.questions.push(Question::new(
+        Name::new(name).map_err(std::io::Error::other)?,
+        TYPE::A.into(),
+        CLASS::IN.into(),
+        false,
+    ));
+    let bytes = query.build_bytes_vec().map_err(std::io::Error::other)?;
+    let mut stream = match std::net::TcpStream::connect((server, 53)) {
+        Ok(stream) => stream,
+        Err(err) if err.raw_os_error() == Some(libc::EPERM) => {
+            println!("eperm");
+            return Ok(());
+        }
+        Err(err) => return Err(err),
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let len = u16::try_from(bytes.len()).map_err(std::io::Error::other)?;
+    stream.write_all(&len.to_be_bytes())?;
+    stream.write_all(&bytes)?;
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len)?;
+    let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut reply)?;
+    let packet = Packet::parse(&reply).map_err(std::io::Error::other)?;
+    let answers: Vec<String> = packet
+        .answers
+        .iter()
+        .filter_map(|record| match &record.rdata {
+            RData::A(a) => Some(std::net::Ipv4Addr::from(a.address).to_string()),
+            _ => None,
+        })
+        .collect();
+    println!(
+        "rcode={} answers={}",
+        packet.rcode() as u8,
+        answers.join(",")
+    );
+    Ok(())
+}
+
 /// `eperm` or the error, for the last failed syscall.
 fn failure() -> String {
     let err = std::io::Error::last_os_error();
@@ -419,6 +466,7 @@ fn main() -> ExitCode {
         ["net", protocol, addr, port, count, rate] => net(protocol, addr, port, count, Some(rate)),
         ["resolve-connect", server, name, port] => resolve_connect(server, name, port),
         ["dns-ask", server, name, qtype] => dns_ask(server, name, qtype),
+        ["dns-ask-tcp", server, name] => dns_ask_tcp(server, name),
         ["open-evasions", path] => open_evasions(path),
         ["send", addr, port, bytes] => send(addr, port, bytes),
         ["truncate", path] => std::ffi::CString::new(path)
