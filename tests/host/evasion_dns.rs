@@ -162,13 +162,19 @@ impl Upstream {
     }
 }
 
-/// A free UDP port on 127.0.0.1 for this daemon's resolver: other daemons on the machine may
+/// A free port on 127.0.0.1 for this daemon's resolver: other daemons on the machine may
 /// hold the default one.
 fn free_resolver_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|socket| socket.local_addr())
-        .expect("a free port")
-        .port()
+    // Free for both UDP and TCP (the resolver listens on both).
+    loop {
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .and_then(|socket| socket.local_addr())
+            .expect("a free port")
+            .port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn start(policy: &str, upstream: &Upstream, dns: &str) -> Daemon {

@@ -60,8 +60,10 @@ impl State {
         else {
             return Admission::Refuse;
         };
-        // A quarantine that cannot be read counts as in force.
-        let quarantined = self.net.is_quarantined(agent).unwrap_or(true);
+        // A quarantine that cannot be read counts as in force; an agent Conditional Access
+        // blocks is cut off as a quarantined one is.
+        let quarantined =
+            self.net.is_quarantined(agent).unwrap_or(true) || self.ca.blocked.contains(&agent);
         admission::admit(agent, compiled.network.as_ref(), quarantined, name)
     }
 
@@ -145,9 +147,15 @@ pub(super) async fn start_dns(
     let listener = tokio::net::UdpSocket::bind(config.listen)
         .await
         .map_err(bind_error)?;
-    let tcp = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(bind_error)?;
+    // Without the TCP side, the agents' DNS over TCP, still steered here, is refused by the
+    // kernel (ECONNREFUSED): nothing goes past the resolver.
+    let tcp = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(tcp) => Some(tcp),
+        Err(err) => {
+            tracing::warn!(%err, listen = %config.listen, "agents' DNS over TCP will fail: cannot listen for it");
+            None
+        }
+    };
     state.net.set_dns_redirect(Some(config.listen))?;
     tracing::info!(listen = %config.listen, %upstream, "agents' DNS (UDP and TCP) goes through agentd");
     let settings = dns::Settings {
@@ -155,9 +163,12 @@ pub(super) async fn start_dns(
         unallowed: config.unallowed_names,
     };
     Ok(Some(tokio::spawn(async move {
-        tokio::join!(
-            dns::serve(listener, settings, requests.clone()),
-            dns::serve_tcp(tcp, settings, requests),
-        );
+        let udp = dns::serve(listener, settings, requests.clone());
+        match tcp {
+            Some(tcp) => {
+                tokio::join!(udp, dns::serve_tcp(tcp, settings, requests));
+            }
+            None => udp.await,
+        }
     })))
 }
