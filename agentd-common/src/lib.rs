@@ -818,14 +818,17 @@ pub struct DnsRedirect {
 }
 const _: () = assert!(size_of::<DnsRedirect>() == 12);
 
-/// A DNS query's original destination, kept per socket so replies can be shown as from it.
+/// A DNS query's original destination, kept per socket so replies can be shown as from it, and
+/// the agent whose process steered it (agentd's resolver judges the query by that agent).
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct OriginalDestination {
     pub ip4: u32,
     pub port: u32,
+    pub agent: u32,
+    pub pad: u32,
 }
-const _: () = assert!(size_of::<OriginalDestination>() == 8);
+const _: () = assert!(size_of::<OriginalDestination>() == 16);
 
 /// How many Conditional Access grants the kernel scans for one destination prefix (the
 /// prefix's own and those of every shorter prefix containing it, denials first).
@@ -924,6 +927,15 @@ pub struct LearnedKeyV4 {
 }
 const _: () = assert!(size_of::<LearnedKeyV4>() == 8);
 
+/// Key of an IPv6 destination learned from a DNS answer (AAAA), for one agent.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LearnedKeyV6 {
+    pub agent: u32,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<LearnedKeyV6>() == 20);
+
 /// What a tagged process tried against agentd ([`TamperEvent::hook`]).
 pub mod tamper_hook {
     /// A signal to agentd (`task_kill`); `detail` is the signal number.
@@ -1007,6 +1019,7 @@ mod pod {
     unsafe impl aya::Pod for super::NetVerdict {}
     unsafe impl aya::Pod for super::OriginalDestination {}
     unsafe impl aya::Pod for super::LearnedKeyV4 {}
+    unsafe impl aya::Pod for super::LearnedKeyV6 {}
     unsafe impl aya::Pod for super::FileRuleKey {}
     unsafe impl aya::Pod for super::FileRule {}
     unsafe impl aya::Pod for super::CaFileControl {}

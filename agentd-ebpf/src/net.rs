@@ -23,7 +23,7 @@ use core::ptr::{read_volatile, write_volatile};
 
 use agentd_common::{
     BlockKeyV4, BlockKeyV6, CA_GRANTS_PER_PREFIX, COMM_LEN, CaAgent, CaGrant, CaGrantList, CaKeyV4,
-    CaKeyV6, DnsRedirect, EventKind, LearnedKeyV4, NET_RULES_PER_PREFIX, NetAgentKey,
+    CaKeyV6, DnsRedirect, EventKind, LearnedKeyV4, LearnedKeyV6, NET_RULES_PER_PREFIX, NetAgentKey,
     NetAgentPolicy, NetCacheConfig, NetEvent, NetKeyV4, NetKeyV6, NetRule, NetRuleList, NetVerdict,
     NetVerdictKey, OriginalDestination, Verdict, net_action,
 };
@@ -95,6 +95,11 @@ pub static DNS_ORIGINAL: LruHashMap<u64, OriginalDestination> =
 /// Written by agentd's resolver as answers arrive and removed when their TTL runs out.
 #[map]
 pub static NET_LEARNED_V4: HashMap<LearnedKeyV4, NetRule> = HashMap::with_max_entries(16_384, 0);
+
+/// (agent, IPv6 address) → the domain rule that a DNS answer (AAAA) made apply to it; sized and
+/// written as `NET_LEARNED_V4`.
+#[map]
+pub static NET_LEARNED_V6: HashMap<LearnedKeyV6, NetRule> = HashMap::with_max_entries(16_384, 0);
 
 /// Slot 0: the verdict cache's epoch and the report interval for allowed calls.
 #[map]
@@ -237,6 +242,23 @@ fn lpm_ptr<K, V>(map: &LpmTrie<K, V>, key: &Key<K>) -> Option<*const V> {
     map.get(key).map(core::ptr::from_ref)
 }
 
+/// The rule a DNS answer made apply to `dst` for `agent`, or null.
+#[inline(always)]
+fn learned_rule(agent: u32, dst: &Destination) -> *const NetRule {
+    let entry = if dst.family == 4 {
+        NET_LEARNED_V4.get_ptr(LearnedKeyV4 {
+            agent,
+            addr: v4(&dst.addr),
+        })
+    } else {
+        NET_LEARNED_V6.get_ptr(LearnedKeyV6 {
+            agent,
+            addr: dst.addr,
+        })
+    };
+    entry.unwrap_or(core::ptr::null())
+}
+
 // Lookups copy out plain integers into initialised locals rather than moving `Option`s of
 // structs around: the verifier rejects reads of registers that a `None` path left unset.
 fn decide(agent: u32, dst: &Destination) -> Decision {
@@ -321,14 +343,14 @@ fn decide(agent: u32, dst: &Destination) -> Decision {
         };
     }
 
-    // A destination a DNS answer taught for one of the agent's domain rules: most specific.
-    if dst.family == 4
-        && let Some(learned) = NET_LEARNED_V4.get_ptr(LearnedKeyV4 {
-            agent,
-            addr: v4(&dst.addr),
-        })
-    {
-        // SAFETY: a valid map value pointer.
+    // A destination a DNS answer taught for one of the agent's domain rules. Its deny wins at
+    // once; its allow is kept until the prefix rules are read, since an explicit prefix deny
+    // (the `no-metadata` rule against a rebinding answer) beats it.
+    let learned = learned_rule(agent, dst);
+    let mut learned_allow = 0u32;
+    let mut learned_number = 0u32;
+    if !learned.is_null() {
+        // SAFETY: a valid map value pointer; the fields are copied out at once.
         let (lo, hi, protocol, action, rule) = unsafe {
             (
                 (*learned).port_lo,
@@ -338,23 +360,24 @@ fn decide(agent: u32, dst: &Destination) -> Decision {
                 (*learned).rule,
             )
         };
-        if dst.port >= lo && dst.port <= hi && (protocol == 0 || protocol == rule_protocol) {
-            let deny = action == net_action::DENY;
-            if deny && audit != 0 {
-                let flags = NetEvent::FLAG_LEARNED | NetEvent::FLAG_WOULD_DENY;
-                return Decision {
-                    allow: true,
-                    flags,
-                    rule,
-                    version,
-                };
-            }
+        let matches =
+            dst.port >= lo && dst.port <= hi && (protocol == 0 || protocol == rule_protocol);
+        if matches && action == net_action::DENY {
+            let flags = if audit != 0 {
+                NetEvent::FLAG_LEARNED | NetEvent::FLAG_WOULD_DENY
+            } else {
+                NetEvent::FLAG_LEARNED
+            };
             return Decision {
-                allow: !deny,
-                flags: NetEvent::FLAG_LEARNED,
+                allow: audit != 0,
+                flags,
                 rule,
                 version,
             };
+        }
+        if matches {
+            learned_allow = 1;
+            learned_number = rule;
         }
     }
 
@@ -412,6 +435,15 @@ fn decide(agent: u32, dst: &Destination) -> Decision {
         }
     }
     let deny = action == net_action::DENY;
+    // A learned allow decides unless a prefix rule of the agent denies this destination.
+    if learned_allow != 0 && !(deny && flags == 0) {
+        return Decision {
+            allow: true,
+            flags: NetEvent::FLAG_LEARNED,
+            rule: learned_number,
+            version,
+        };
+    }
     if deny && audit != 0 {
         flags |= NetEvent::FLAG_WOULD_DENY;
         return Decision {
@@ -472,34 +504,66 @@ pub(crate) fn report(
     );
 }
 
+const IPPROTO_TCP: u8 = 6;
 pub(crate) const IPPROTO_UDP: u8 = 17;
 
-/// Sends a tagged process's DNS query to agentd's resolver, remembering where it was going.
-/// Returns false when steering is off.
+/// What DNS steering does with a call: nothing (decided by the rules), steered, or refused.
+const DNS_NONE: u32 = 0;
+const DNS_STEERED: u32 = 1;
+const DNS_REFUSED: u32 = 2;
+
+/// Sends a tagged process's IPv4 DNS query, a UDP datagram or a TCP connect (to port 53, or to
+/// agentd's resolver itself), to agentd's resolver, remembering where it was going and for
+/// which agent. DNS that cannot be steered (IPv6, another protocol to port 53) is refused while
+/// steering is on, so that every lookup of an agent goes through the resolver. `family` is the
+/// hook's (the socket's): only an AF_INET socket's `user_ip4` can be rewritten, so DNS to a
+/// v4-mapped address on an AF_INET6 socket is refused, not steered.
 #[inline(always)]
-fn steer_dns(ctx: &SockAddrContext) -> bool {
+fn steer_dns(ctx: &SockAddrContext, family: u8, dst: &Destination, agent: u32) -> u32 {
     let Some(redirect) = NET_DNS.get_ptr(0) else {
-        return false;
+        return DNS_NONE;
     };
     // SAFETY: a valid map value pointer.
     let (enabled, ip4, port) = unsafe { ((*redirect).enabled, (*redirect).ip4, (*redirect).port) };
     if enabled == 0 {
-        return false;
+        return DNS_NONE;
     }
     let sa = ctx.sock_addr;
-    // SAFETY: context fields with constant offsets; `user_ip4` and `user_port` are writable in
-    // connect4 and sendmsg4.
+    // SAFETY: context fields with constant offsets.
+    let (user_ip4, user_port) = if family == 4 {
+        unsafe {
+            (
+                read_volatile(&raw const (*sa).user_ip4),
+                read_volatile(&raw const (*sa).user_port),
+            )
+        }
+    } else {
+        (0, 0)
+    };
+    let to_resolver = family == 4 && user_ip4 == ip4 && user_port == port;
+    if dst.port != 53 && !to_resolver {
+        return DNS_NONE;
+    }
+    // UDP datagrams and TCP connects; the resolver listens for both on the same address.
+    if family != 4 || (dst.protocol != IPPROTO_UDP && dst.protocol != IPPROTO_TCP) {
+        return DNS_REFUSED;
+    }
+    let original = OriginalDestination {
+        ip4: user_ip4,
+        port: user_port,
+        agent,
+        pad: 0,
+    };
+    // SAFETY: a helper call on the program's own context; `user_ip4` and `user_port` are
+    // writable in connect4 and sendmsg4.
     unsafe {
-        let original = OriginalDestination {
-            ip4: read_volatile(&raw const (*sa).user_ip4),
-            port: read_volatile(&raw const (*sa).user_port),
-        };
         let cookie = bpf_get_socket_cookie(ctx.sock_addr.cast());
+        // Without this entry the resolver does not know the agent and refuses the query.
         let _ = DNS_ORIGINAL.insert(cookie, original, 0);
         write_volatile(&raw mut (*sa).user_ip4, ip4);
         write_volatile(&raw mut (*sa).user_port, port);
     }
-    true
+    DNS_STEERED
 }
 
 /// `recvmsg4`: a reply from agentd's resolver on a socket whose query was steered is shown as
@@ -539,21 +603,16 @@ fn check(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
     } else {
         destination_v6(ctx)
     };
-    // Only a query an AF_INET socket names can be steered (`steer_dns` rewrites `user_ip4`).
-    if family == 4
-        && dst.form == NetEvent::FORM_AS_NAMED
-        && dst.port == 53
-        && dst.protocol == IPPROTO_UDP
-        && steer_dns(ctx)
-    {
+    let steering = steer_dns(ctx, family, &dst, tag.agent);
+    if steering != DNS_NONE {
         let decision = Decision {
-            allow: true,
+            allow: steering == DNS_STEERED,
             flags: NetEvent::FLAG_DNS,
             rule: 0,
             version: 0,
         };
         report(tgid, tag.agent, &dst, hook, &decision, false);
-        return ALLOW;
+        return if steering == DNS_STEERED { ALLOW } else { DENY };
     }
     let (decision, reported) = judge(tag.agent, &dst, hook);
     if let Some(first) = reported {

@@ -129,6 +129,9 @@ pub struct DnsConfig {
     pub listen: std::net::SocketAddrV4,
     /// Where it forwards queries. Default: the first `nameserver` of /etc/resolv.conf.
     pub upstream: Option<std::net::SocketAddr>,
+    /// The answer to a query for a name no rule of the agent can allow (under `default =
+    /// "deny"`), which is never forwarded: `nxdomain` (default) or `refused`.
+    pub unallowed_names: crate::dns::UnallowedAnswer,
 }
 
 impl Default for DnsConfig {
@@ -137,6 +140,7 @@ impl Default for DnsConfig {
             enabled: true,
             listen: std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 15_353),
             upstream: None,
+            unallowed_names: crate::dns::UnallowedAnswer::default(),
         }
     }
 }
@@ -420,6 +424,29 @@ mod tests {
             format!("{:#}", anyhow::Error::from(err)).contains("allowed_report_interval_ms"),
             "the error names the key"
         );
+    }
+
+    #[test]
+    fn unallowed_names_defaults_to_nxdomain_and_names_its_key_when_bad() {
+        use crate::dns::UnallowedAnswer;
+        assert_eq!(
+            Config::default().dns.unallowed_names,
+            UnallowedAnswer::Nxdomain
+        );
+        let config = Config::parse(
+            "[dns]\nunallowed_names = \"refused\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.dns.unallowed_names, UnallowedAnswer::Refused);
+        let err = Config::parse(
+            "[dns]\nunallowed_names = \"servfail\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err();
+        let err = format!("{:#}", anyhow::Error::from(err));
+        assert!(err.contains("unallowed_names"), "{err}");
+        assert!(err.contains("nxdomain"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `agentd run`: load the kernel programs, attach the sensors, apply the identity policy, serve
 //! the local API, and print events until shut down.
 
+mod resolver;
+
 use std::{
     collections::HashSet,
     future::Future,
@@ -30,7 +32,7 @@ use crate::{
     cgroups,
     config::{Config, EventsConfig, OutputFormat},
     control::{FromControl, ToControl},
-    dns::{self, Answer},
+    dns,
     ebpf::{self, LoadError},
     events::{Event, EventCounts, EventReader, ReaderError, SCHEMA_VERSION},
     filepolicy::FileTarget,
@@ -171,10 +173,8 @@ pub struct State {
     /// Where the registry of agent and rule numbers is kept across restarts, when pinning.
     registry_map: Option<RegistryMap>,
     on_exit: OnExit,
-    /// Names seen in DNS answers → (address, expiry).
-    learned: std::collections::HashMap<String, Vec<(std::net::IpAddr, std::time::Instant)>>,
-    /// The last name each address was learned from, for connection events.
-    domains: std::collections::HashMap<std::net::IpAddr, String>,
+    /// What DNS answers taught (`resolver`).
+    learned: dns::learned::LearnedNames,
     /// The pseudo file systems found or mounted at start-up.
     mounts: crate::pseudofs::Mounts,
     dns_enabled: bool,
@@ -270,8 +270,7 @@ impl State {
             egress_seen: std::collections::HashMap::new(),
             detection_counts: std::collections::HashMap::new(),
             remediation_counts: std::collections::HashMap::new(),
-            learned: std::collections::HashMap::new(),
-            domains: std::collections::HashMap::new(),
+            learned: dns::learned::LearnedNames::default(),
             mounts,
             dns_enabled: config.dns.enabled,
             output_errors: 0,
@@ -462,95 +461,6 @@ impl State {
             tables.blocklist.push((*prefix, rule));
         }
         tables
-    }
-
-    /// Records a DNS answer and makes the domain rules that match it apply to its addresses.
-    fn learn(&mut self, answer: Answer) -> Result<(), SensorError> {
-        let now = std::time::Instant::now();
-        let name = answer.name.trim_end_matches('.').to_ascii_lowercase();
-        let entries = self.learned.entry(name.clone()).or_default();
-        for (address, ttl) in answer.addresses {
-            // At least a second, so that the agent can use an answer with TTL 0 once.
-            let expiry = now + Duration::from_secs(u64::from(ttl.max(1)));
-            entries.retain(|(known, _)| *known != address);
-            entries.push((address, expiry));
-            self.domains.insert(address, name.clone());
-        }
-        self.sync_learned()
-    }
-
-    /// Makes the kernel's learned destinations match the unexpired answers and the domain rules
-    /// in force. Where rules of one agent disagree on an address, deny wins.
-    fn sync_learned(&mut self) -> Result<(), SensorError> {
-        let now = std::time::Instant::now();
-        for entries in self.learned.values_mut() {
-            entries.retain(|(_, expiry)| *expiry > now);
-        }
-        self.learned.retain(|_, entries| !entries.is_empty());
-        let mut want: std::collections::HashMap<
-            agentd_common::LearnedKeyV4,
-            agentd_common::NetRule,
-        > = std::collections::HashMap::new();
-        let agents: Vec<_> = self
-            .policy
-            .agents
-            .iter()
-            .filter_map(|agent| {
-                Some((agent.agent.clone(), agent.network.as_ref()?.domains.clone()))
-            })
-            .collect();
-        for (agent, rules) in agents {
-            let index = self.registry.intern_agent(&agent);
-            for rule in rules {
-                let number = self.registry.intern_rule(&rule.name);
-                for (name, entries) in &self.learned {
-                    if !rule.pattern.matches(name) {
-                        continue;
-                    }
-                    for (address, _) in entries {
-                        let std::net::IpAddr::V4(v4) = address else {
-                            continue;
-                        };
-                        let key = agentd_common::LearnedKeyV4 {
-                            agent: index,
-                            addr: v4.octets(),
-                        };
-                        let entry = agentd_common::NetRule {
-                            port_lo: rule.ports.0,
-                            port_hi: rule.ports.1,
-                            protocol: rule.protocol.kernel_number(),
-                            action: rule.action.kernel_value(),
-                            pad: 0,
-                            rule: number,
-                        };
-                        let keep = want
-                            .get(&key)
-                            .is_some_and(|old| old.action == net_action::DENY);
-                        if !keep {
-                            want.insert(key, entry);
-                        }
-                    }
-                }
-            }
-        }
-        let want: Vec<_> = want.into_iter().collect();
-        self.net.set_learned(&want)?;
-        let answers: std::collections::BTreeMap<String, Vec<[u8; 4]>> = self
-            .learned
-            .iter()
-            .map(|(name, entries)| {
-                let v4 = entries
-                    .iter()
-                    .filter_map(|(address, _)| match address {
-                        std::net::IpAddr::V4(v4) => Some(v4.octets()),
-                        std::net::IpAddr::V6(_) => None,
-                    })
-                    .collect();
-                (name.clone(), v4)
-            })
-            .collect();
-        self.net
-            .set_ca_learned(&access::learned(&self.ca.domains, &answers))
     }
 
     /// The kernel's file rules for `compiled`, and the numbers of those that protect secrets.
@@ -1586,11 +1496,15 @@ impl Output {
 
     /// Enriches, writes and assesses a batch of kernel events.
     fn events(&mut self, state: &mut State, batch: &mut Vec<Event>) -> Result<(), DaemonError> {
+        let now = std::time::Instant::now();
         for mut event in batch.drain(..) {
             state.discover(&mut event);
             state.fail_closed(&event);
             if let Event::Net(connection) = &mut event {
-                connection.domain = state.domains.get(&connection.address).cloned();
+                connection.domain = state
+                    .learned
+                    .domain(connection.tag.agent, connection.address, now)
+                    .map(str::to_owned);
             }
             state.lineage.record(&event);
             let ancestors = match event.tag().agent {
@@ -2096,36 +2010,6 @@ fn log_file_enforcement(status: &FileEnforcement) {
     }
 }
 
-/// Starts agentd's resolver and steers agents' DNS to it, if DNS is enabled and an upstream is
-/// known.
-async fn start_dns(
-    config: &crate::config::DnsConfig,
-    state: &mut State,
-    answers: mpsc::Sender<dns::Learned>,
-) -> Result<Option<tokio::task::JoinHandle<()>>, DaemonError> {
-    if !config.enabled {
-        return Ok(None);
-    }
-    let upstream = config.upstream.or_else(|| {
-        std::fs::read_to_string("/etc/resolv.conf")
-            .ok()
-            .and_then(|text| dns::upstream_from_resolv_conf(&text))
-    });
-    let Some(upstream) = upstream else {
-        tracing::warn!("no DNS upstream (set dns.upstream): domain rules cannot learn addresses");
-        return Ok(None);
-    };
-    let listener = tokio::net::UdpSocket::bind(config.listen)
-        .await
-        .map_err(|source| DaemonError::Bind {
-            path: PathBuf::from(config.listen.to_string()),
-            source,
-        })?;
-    state.net.set_dns_redirect(Some(config.listen))?;
-    tracing::info!(listen = %config.listen, %upstream, "agents' DNS goes through agentd");
-    Ok(Some(tokio::spawn(dns::serve(listener, upstream, answers))))
-}
-
 /// The category database from `path`, or the shipped sample.
 pub fn load_categories(path: Option<&Path>) -> Result<Categories, DaemonError> {
     let Some(path) = path else {
@@ -2205,10 +2089,10 @@ pub async fn run(
         }
     };
 
-    let (answers_tx, mut answers) = mpsc::channel::<dns::Learned>(256);
+    let (dns_tx, mut dns_requests) = mpsc::channel::<dns::Request>(256);
     let (calls_tx, mut calls) = mpsc::channel(64);
     let served = async {
-        let dns_task = start_dns(&config.dns, &mut state, answers_tx).await?;
+        let dns_task = resolver::start_dns(&config.dns, &mut state, dns_tx).await?;
         let admin = bind(&config.api.admin_socket, 0o600)?;
         let identity = bind(&config.api.identity_socket, 0o666)?;
         let metrics_task = start_metrics(config.metrics.listen, &calls_tx).await?;
@@ -2280,12 +2164,7 @@ pub async fn run(
                     break Err(err);
                 }
             }
-            Some((answer, installed)) = answers.recv() => {
-                if let Err(err) = state.learn(answer) {
-                    tracing::warn!(%err, "installing addresses from a DNS answer");
-                }
-                let _ = installed.send(());
-            }
+            Some(request) = dns_requests.recv() => state.on_dns(request),
             _ = expiry.tick(), if !state.learned.is_empty() => {
                 if let Err(err) = state.sync_learned() {
                     tracing::warn!(%err, "expiring learned addresses");

@@ -3,6 +3,7 @@
 
 mod access;
 mod boot;
+mod evasion_dns;
 mod evasion_net;
 mod exec;
 mod files;

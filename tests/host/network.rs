@@ -659,10 +659,15 @@ fn dns_rule_allows_the_resolved_address_and_nothing_else() {
         allowed.contains("resolved=127.0.0.3 from=127.0.0.2:53 ok"),
         "{allowed}"
     );
-    let other = run("other.test", others[0]);
-    assert!(
-        other.contains("resolved=127.0.0.4 from=127.0.0.2:53 eperm"),
-        "{other}"
+    // A name no rule allows is not even resolved (evasion_dns.rs), and its address, used
+    // literally, is denied.
+    assert_eq!(
+        crate::evasion_dns::ask(&daemon, agent, "other.test", "a"),
+        "rcode=3 answers="
+    );
+    assert_eq!(
+        attempts(&daemon, Some(agent), "tcp", "127.0.0.4", others[0], 1),
+        (0, 1, 0)
     );
     assert_eq!(
         attempts(&daemon, Some(agent), "tcp", "127.0.0.5", others[1], 1),
@@ -695,6 +700,8 @@ fn dns_rule_allows_the_resolved_address_and_nothing_else() {
 
 #[test]
 fn category_and_named_destination_rules_apply() {
+    // Default allow: under default deny a name only a deny rule matches is not resolved at
+    // all, and this test is about the deny rule applying to its address.
     let agent = "category-agent";
     let (server, _listeners, ports) = dns_fixture();
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -706,7 +713,7 @@ fn category_and_named_destination_rules_apply() {
     .expect("categories");
     let daemon = Daemon::start_with_dns(
         &format!(
-            "[[agent]]\nname = \"{agent}\"\n[agent.network]\ndefault = \"deny\"\n\
+            "[[agent]]\nname = \"{agent}\"\n[agent.network]\ndefault = \"allow\"\n\
              [[agent.network.rule]]\nid = \"ai\"\naction = \"allow\"\ncategory = \"ai-apis\"\n\
              [[agent.network.rule]]\nid = \"no-sharing\"\naction = \"deny\"\ncategory = \"file-sharing\"\n\
              [[agent.network.rule]]\nid = \"mcp\"\naction = \"allow\"\ndestination = \"files-mcp\"\n\

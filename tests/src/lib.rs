@@ -290,6 +290,16 @@ impl Daemon {
         Self::start_configured(policy, "", &format!("upstream = \"{upstream}\"\n"), extra)
     }
 
+    /// Like [`Daemon::start_with_dns`], with more `[dns]` settings (lines) in `dns`.
+    pub fn start_with_dns_settings(policy: &str, upstream: &str, dns: &str, extra: &str) -> Self {
+        Self::start_configured(
+            policy,
+            "",
+            &format!("upstream = \"{upstream}\"\n{dns}"),
+            extra,
+        )
+    }
+
     /// Like [`Daemon::start`], with more configuration (whole tables) in `extra`.
     pub fn start_with_config(policy: &str, extra: &str) -> Self {
         Self::start_configured(policy, "", "enabled = false\n", extra)

@@ -58,6 +58,11 @@ pub struct Registry {
 impl Registry {
     /// The index of `agent`, assigning the next one on first sight. A renamed agent keeps its
     /// index and takes the new name.
+    /// The index of `agent`, if it has one.
+    pub fn agent_index(&self, agent: &Agent) -> Option<u32> {
+        self.by_id.get(&agent.id).copied()
+    }
+
     pub fn intern_agent(&mut self, agent: &Agent) -> u32 {
         if let Some(&index) = self.by_id.get(&agent.id) {
             let known = &mut self.agents[index as usize - 1];

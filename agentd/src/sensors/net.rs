@@ -16,7 +16,8 @@ use std::{
 
 use agentd_common::{
     BlockKeyV4, BlockKeyV6, CaAgent, CaGrantList, CaKeyV4, CaKeyV6, DnsRedirect, LearnedKeyV4,
-    NetAgentKey, NetAgentPolicy, NetCacheConfig, NetKeyV4, NetKeyV6, NetRule, NetRuleList,
+    LearnedKeyV6, NetAgentKey, NetAgentPolicy, NetCacheConfig, NetKeyV4, NetKeyV6, NetRule,
+    NetRuleList, OriginalDestination,
 };
 use aya::{
     maps::{
@@ -88,6 +89,9 @@ pub struct NetSensor {
     quarantine_v6: LpmTrie<MapData, [u8; 16], u32>,
     dns: Array<MapData, DnsRedirect>,
     learned: HashMap<MapData, LearnedKeyV4, NetRule>,
+    learned_v6: HashMap<MapData, LearnedKeyV6, NetRule>,
+    /// Read only: which agent steered a DNS query through a socket.
+    dns_original: HashMap<MapData, u64, OriginalDestination>,
     egress: PerCpuHashMap<MapData, u32, u64>,
     ca_agents: HashMap<MapData, u32, CaAgent>,
     ca_v4: LpmTrie<MapData, CaKeyV4, CaGrantList>,
@@ -143,6 +147,8 @@ impl NetSensor {
             quarantine_v6: take_map(object, "NET_QUARANTINE_ALLOW_V6")?,
             dns: take_map(object, "NET_DNS")?,
             learned: take_map(object, "NET_LEARNED_V4")?,
+            learned_v6: take_map(object, "NET_LEARNED_V6")?,
+            dns_original: take_map(object, "DNS_ORIGINAL")?,
             egress: take_map(object, "AGENT_EGRESS")?,
             ca_agents: take_map(object, "CA_AGENTS")?,
             ca_v4: take_map(object, "CA_GRANTS_V4")?,
@@ -223,10 +229,34 @@ impl NetSensor {
         self.invalidate(result)
     }
 
-    /// Makes the destinations learned from DNS answers exactly `want`.
-    pub fn set_learned(&mut self, want: &[(LearnedKeyV4, NetRule)]) -> Result<(), SensorError> {
-        let result = self.write_learned(want);
+    /// Makes the destinations learned from DNS answers exactly `v4` and `v6`. An error (a full
+    /// map) leaves the failed map as it was.
+    pub fn set_learned(
+        &mut self,
+        v4: &[(LearnedKeyV4, NetRule)],
+        v6: &[(LearnedKeyV6, NetRule)],
+    ) -> Result<(), SensorError> {
+        let result = replace_all(&mut self.learned, v4, "NET_LEARNED_V4")
+            .and_then(|()| replace_all(&mut self.learned_v6, v6, "NET_LEARNED_V6"));
         self.invalidate(result)
+    }
+
+    /// The agent whose process steered a DNS query through the socket `cookie`, if any.
+    pub fn dns_asker(&self, cookie: u64) -> Result<Option<u32>, SensorError> {
+        match self.dns_original.get(&cookie, 0) {
+            Ok(original) => Ok(Some(original.agent)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(err) => Err(map_error("DNS_ORIGINAL")(err)),
+        }
+    }
+
+    /// Whether `agent` is quarantined.
+    pub fn is_quarantined(&self, agent: u32) -> Result<bool, SensorError> {
+        match self.quarantine.get(&agent, 0) {
+            Ok(_) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(err) => Err(map_error("NET_QUARANTINE")(err)),
+        }
     }
 
     /// Quarantines `agent` (or releases it): effective on its next connect or sendmsg.
@@ -538,10 +568,6 @@ impl NetSensor {
             },
         );
         self.dns.set(0, redirect, 0).map_err(map_error("NET_DNS"))
-    }
-
-    fn write_learned(&mut self, want: &[(LearnedKeyV4, NetRule)]) -> Result<(), SensorError> {
-        replace_all(&mut self.learned, want, "NET_LEARNED_V4")
     }
 
     fn write_quarantine(&mut self, agent: u32, on: bool) -> Result<(), SensorError> {

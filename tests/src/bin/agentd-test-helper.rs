@@ -11,6 +11,10 @@
 //! - `agentd-test-helper resolve-connect SERVER NAME PORT`: asks the DNS server at SERVER:53 for
 //!   NAME's A record, then connects to the answer on PORT over TCP; prints
 //!   `resolved=IP from=ADDR ok|eperm|error`.
+//! - `agentd-test-helper dns-ask SERVER NAME a|aaaa`: asks the DNS server at SERVER:53 (UDP)
+//!   once; prints `rcode=N answers=IP,IP` (the A and AAAA records), `timeout` or `eperm`. NAME
+//!   `-` sends bytes that are not DNS instead. `dns-ask-tcp SERVER NAME` asks for NAME's A
+//!   records over TCP (SERVER:53), printing the same.
 //! - `agentd-test-helper net-until-denied tcp ADDR PORT STOPFILE`: connects every 5 ms until a
 //!   connect fails with EPERM (printing `ok=N denied`), or until STOPFILE exists.
 //! - `agentd-test-helper open-evasions PATH`: tries to read PATH in ways that dodge a check
@@ -356,6 +360,113 @@ fn resolve_connect(server: &str, name: &str, port: &str) -> std::io::Result<()> 
     Ok(())
 }
 
+fn dns_ask(server: &str, name: &str, qtype: &str) -> std::io::Result<()> {
+    use simple_dns::{CLASS, Name, Packet, Question, TYPE, rdata::RData};
+    let server: std::net::IpAddr = server.parse().map_err(std::io::Error::other)?;
+    let qtype = match qtype {
+        "a" => TYPE::A,
+        "aaaa" => TYPE::AAAA,
+        other => return Err(std::io::Error::other(format!("unknown type {other}"))),
+    };
+    let bytes = if name == "-" {
+        b"GET / HTTP/1.1\r\nHost: tunnel\r\n\r\n".to_vec()
+    } else {
+        let mut query = Packet::new_query(0x6b6b);
+        query.questions.push(Question::new(
+            Name::new(name).map_err(std::io::Error::other)?,
+            qtype.into(),
+            CLASS::IN.into(),
+            false,
+        ));
+        query.build_bytes_vec().map_err(std::io::Error::other)?
+    };
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+    if let Err(err) = socket.send_to(&bytes, (server, 53)) {
+        if err.raw_os_error() == Some(libc::EPERM) {
+            println!("eperm");
+            return Ok(());
+        }
+        return Err(err);
+    }
+    let mut reply = [0u8; 1500];
+    let len = match socket.recv(&mut reply) {
+        Ok(len) => len,
+        Err(err)
+            if matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            println!("timeout");
+            return Ok(());
+        }
+        Err(err) => return Err(err),
+    };
+    let packet = Packet::parse(&reply[..len]).map_err(std::io::Error::other)?;
+    let answers: Vec<String> = packet
+        .answers
+        .iter()
+        .filter_map(|record| match &record.rdata {
+            RData::A(a) => Some(std::net::Ipv4Addr::from(a.address).to_string()),
+            RData::AAAA(a) => Some(std::net::Ipv6Addr::from(a.address).to_string()),
+            _ => None,
+        })
+        .collect();
+    println!(
+        "rcode={} answers={}",
+        packet.rcode() as u8,
+        answers.join(",")
+    );
+    Ok(())
+}
+
+fn dns_ask_tcp(server: &str, name: &str) -> std::io::Result<()> {
+    use std::io::Read as _;
+
+    use simple_dns::{CLASS, Name, Packet, Question, TYPE, rdata::RData};
+    let server: std::net::IpAddr = server.parse().map_err(std::io::Error::other)?;
+    let mut query = Packet::new_query(0x7c7c);
+    query.questions.push(Question::new(
+        Name::new(name).map_err(std::io::Error::other)?,
+        TYPE::A.into(),
+        CLASS::IN.into(),
+        false,
+    ));
+    let bytes = query.build_bytes_vec().map_err(std::io::Error::other)?;
+    let mut stream = match std::net::TcpStream::connect((server, 53)) {
+        Ok(stream) => stream,
+        Err(err) if err.raw_os_error() == Some(libc::EPERM) => {
+            println!("eperm");
+            return Ok(());
+        }
+        Err(err) => return Err(err),
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let len = u16::try_from(bytes.len()).map_err(std::io::Error::other)?;
+    stream.write_all(&len.to_be_bytes())?;
+    stream.write_all(&bytes)?;
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len)?;
+    let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut reply)?;
+    let packet = Packet::parse(&reply).map_err(std::io::Error::other)?;
+    let answers: Vec<String> = packet
+        .answers
+        .iter()
+        .filter_map(|record| match &record.rdata {
+            RData::A(a) => Some(std::net::Ipv4Addr::from(a.address).to_string()),
+            _ => None,
+        })
+        .collect();
+    println!(
+        "rcode={} answers={}",
+        packet.rcode() as u8,
+        answers.join(",")
+    );
+    Ok(())
+}
+
 /// `eperm` or the error, for the last failed syscall.
 fn failure() -> String {
     let err = std::io::Error::last_os_error();
@@ -430,6 +541,8 @@ fn main() -> ExitCode {
         ["net", protocol, addr, port, count] => net(protocol, addr, port, count, None),
         ["net", protocol, addr, port, count, rate] => net(protocol, addr, port, count, Some(rate)),
         ["resolve-connect", server, name, port] => resolve_connect(server, name, port),
+        ["dns-ask", server, name, qtype] => dns_ask(server, name, qtype),
+        ["dns-ask-tcp", server, name] => dns_ask_tcp(server, name),
         ["open-evasions", path] => open_evasions(path),
         ["send", addr, port, bytes] => send(addr, port, bytes),
         ["truncate", path] => std::ffi::CString::new(path)
