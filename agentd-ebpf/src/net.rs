@@ -471,6 +471,23 @@ pub(crate) fn report(
     decision: &Decision,
     first: bool,
 ) {
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    report_as(tgid, comm, agent, dst, hook, decision, first);
+}
+
+/// [`report`] with the process named by the caller: `cgroup_skb` programs may not call the
+/// current-task helpers on every kernel (6.1 refuses `bpf_get_current_pid_tgid` there), and a
+/// packet may be sent outside the context of the process that owns its socket.
+#[inline(always)]
+pub(crate) fn report_as(
+    tgid: u32,
+    comm: [u8; COMM_LEN],
+    agent: u32,
+    dst: &Destination,
+    hook: u8,
+    decision: &Decision,
+    first: bool,
+) {
     let event = NetEvent {
         header: header(EventKind::Net),
         pid: tgid,
@@ -489,7 +506,7 @@ pub(crate) fn report(
         form: dst.form,
         rule: decision.rule,
         addr: dst.addr,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        comm,
     };
     // Denials, would-denials and a first call to a destination are what the risk engine and
     // an operator act on: wake the reader. A repeated allowed call waits for its next poll.

@@ -22,6 +22,8 @@ const DEB_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    // xz, for the guest kernel modules that newer Debian kernels ship compressed.
+    "xz-utils",
     "binutils",
     "postgresql",
     // systemd-analyze, which checks the units `cargo xtask install` lays down.

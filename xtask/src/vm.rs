@@ -82,8 +82,19 @@ fn kernel_cache(package: &str) -> anyhow::Result<PathBuf> {
     Ok(setup::cache_dir()?.join("kernels").join(package))
 }
 
-/// The cached vmlinuz of `package`, if it was fetched before.
+/// Kernel modules the guest loads at boot, in load order: socket diagnostics, through which
+/// agentd's resolver finds the socket (and so the agent) a query came from. Debian builds them
+/// as modules; a guest without them would refuse every agent's DNS query.
+const GUEST_MODULES: [&str; 3] = ["inet_diag", "tcp_diag", "udp_diag"];
+/// Written in a kernel's cache directory once its vmlinuz and modules are extracted: a cache
+/// from before the modules were kept is fetched again.
+const CACHE_COMPLETE: &str = "modules-v1";
+
+/// The cached vmlinuz of `package`, if it was fetched before (with its modules).
 pub fn cached_vmlinuz(package: &str) -> anyhow::Result<Option<PathBuf>> {
+    if !kernel_cache(package)?.join(CACHE_COMPLETE).exists() {
+        return Ok(None);
+    }
     let boot = kernel_cache(package)?.join("boot");
     let Ok(entries) = fs::read_dir(&boot) else {
         return Ok(None);
@@ -116,11 +127,20 @@ pub fn fetch_kernel(package: &str) -> anyhow::Result<PathBuf> {
     let parent = dest.parent().context("cache path has a parent")?;
     fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let staging = tempfile::tempdir_in(parent)?;
+    let modules: String = GUEST_MODULES
+        .iter()
+        .map(|name| format!(" './lib/modules/*/kernel/net/ipv4/{name}.ko*'"))
+        .collect();
+    // A kernel with a module built in has no file for it: tar's "not found" is not an error
+    // here, a missing vmlinuz is (checked below).
     cmd::run(Command::new("sh").arg("-c").arg(format!(
-        "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' --wildcards './boot/vmlinuz-*'",
+        "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' --wildcards './boot/vmlinuz-*'{modules} \
+         || test -n \"$(ls '{}'/boot/vmlinuz-* 2>/dev/null)\"",
         deb.display(),
+        staging.path().display(),
         staging.path().display()
     )))?;
+    fs::write(staging.path().join(CACHE_COMPLETE), "")?;
     // Move into place only when complete, so an interrupted fetch is never taken as cached.
     let _ = fs::remove_dir_all(&dest);
     fs::rename(staging.keep(), &dest)
@@ -155,7 +175,7 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t securityfs securityfs /sys/kernel/security
-ip link set lo up
+@MODULES@ip link set lo up
 echo "AGENTD-VM-BOOTED kernel=$(uname -r) lsm=$(cat /sys/kernel/security/lsm)"
 export AGENTD_BIN=/bin/agentd AGENTD_TEST_HELPER=/bin/agentd-test-helper RUST_BACKTRACE=1 TMPDIR=/tmp
 # Emulated CPUs are slow: the load tests run fewer iterations here (the host tier runs them whole).
@@ -245,8 +265,69 @@ fn busybox_root(root: &Path, init: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cached modules of `package` that the guest loads, in load order, as (name, file).
+fn cached_modules(package: &str) -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
+    let lib = kernel_cache(package)?.join("lib/modules");
+    let Ok(versions) = fs::read_dir(&lib) else {
+        return Ok(Vec::new());
+    };
+    let dirs: Vec<PathBuf> = versions
+        .filter_map(Result::ok)
+        .map(|entry| entry.path().join("kernel/net/ipv4"))
+        .collect();
+    Ok(GUEST_MODULES
+        .iter()
+        .filter_map(|name| {
+            dirs.iter()
+                .filter_map(|dir| fs::read_dir(dir).ok())
+                .flatten()
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .find(|path| {
+                    path.file_name()
+                        .and_then(|file| file.to_str())
+                        .is_some_and(|file| file.starts_with(&format!("{name}.ko")))
+                })
+                .map(|path| (*name, path))
+        })
+        .collect())
+}
+
+/// Puts `modules` in the guest's `/modules` (decompressed: busybox's insmod reads plain `.ko`)
+/// and returns the init lines that load them.
+fn install_modules(root: &Path, modules: &[(&str, PathBuf)]) -> anyhow::Result<String> {
+    let dir = root.join("modules");
+    fs::create_dir_all(&dir)?;
+    let mut lines = String::new();
+    for (name, file) in modules {
+        let dest = dir.join(format!("{name}.ko"));
+        let decompress = match file.extension().and_then(|ext| ext.to_str()) {
+            Some("xz") => Some("xz"),
+            Some("zst") => Some("zstd"),
+            Some("gz") => Some("gzip"),
+            _ => None,
+        };
+        match decompress {
+            Some(tool) => cmd::run(Command::new("sh").arg("-c").arg(format!(
+                "{tool} -dc '{}' > '{}'",
+                file.display(),
+                dest.display()
+            )))?,
+            None => {
+                fs::copy(file, &dest).with_context(|| format!("copying {}", file.display()))?;
+            }
+        }
+        lines.push_str(&format!("insmod /modules/{name}.ko\n"));
+    }
+    Ok(lines)
+}
+
 /// Builds the test initramfs in `work` and returns its path.
-pub fn build_initramfs(work: &Path, payload: &Payload) -> anyhow::Result<PathBuf> {
+pub fn build_initramfs(
+    work: &Path,
+    payload: &Payload,
+    modules: &[(&str, PathBuf)],
+) -> anyhow::Result<PathBuf> {
     let root = work.join("root");
     let filter = payload.filter.as_deref().unwrap_or("");
     anyhow::ensure!(
@@ -259,7 +340,11 @@ pub fn build_initramfs(work: &Path, payload: &Payload) -> anyhow::Result<PathBuf
         .script
         .clone()
         .unwrap_or_else(|| TESTS.replace("@FILTER@", filter));
-    busybox_root(&root, &INIT.replace("@BODY@", &body))?;
+    let insmod = install_modules(&root, modules)?;
+    busybox_root(
+        &root,
+        &INIT.replace("@MODULES@", &insmod).replace("@BODY@", &body),
+    )?;
     for (name, binary) in &payload.tests {
         install_with_libraries(&root, binary, &Path::new("/tests").join(name))?;
     }
@@ -461,7 +546,7 @@ pub fn run_tests(
         None => choose_accel(&vmlinuz, &package)?,
     };
     let work = tempfile::tempdir()?;
-    let initramfs = build_initramfs(work.path(), payload)?;
+    let initramfs = build_initramfs(work.path(), payload, &cached_modules(&package)?)?;
     println!(
         "vm: booting {package} ({accel:?}) with {}",
         initramfs.display()
