@@ -429,10 +429,12 @@ fn decide(agent: u32, dst: &Destination) -> Decision {
     }
 }
 
-// Inlined: a BPF function takes at most five arguments.
+// Inlined: a BPF function takes at most five arguments. `tgid` is `None` where the program
+// may not ask for the current task (cgroup_skb on 6.1 has neither `bpf_get_current_pid_tgid`
+// nor `bpf_get_current_comm`): the event then carries pid 0 and no comm.
 #[inline(always)]
 pub(crate) fn report(
-    tgid: u32,
+    tgid: Option<u32>,
     agent: u32,
     dst: &Destination,
     hook: u8,
@@ -441,7 +443,7 @@ pub(crate) fn report(
 ) {
     let event = NetEvent {
         header: header(EventKind::Net),
-        pid: tgid,
+        pid: tgid.unwrap_or(0),
         agent,
         version: decision.version,
         verdict: if decision.allow {
@@ -457,7 +459,10 @@ pub(crate) fn report(
         form: dst.form,
         rule: decision.rule,
         addr: dst.addr,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        comm: match tgid {
+            Some(_) => bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            None => [0; COMM_LEN],
+        },
     };
     // Denials, would-denials and a first call to a destination are what the risk engine and
     // an operator act on: wake the reader. A repeated allowed call waits for its next poll.
@@ -552,12 +557,12 @@ fn check(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
             rule: 0,
             version: 0,
         };
-        report(tgid, tag.agent, &dst, hook, &decision, false);
+        report(Some(tgid), tag.agent, &dst, hook, &decision, false);
         return ALLOW;
     }
     let (decision, reported) = judge(tag.agent, &dst, hook);
     if let Some(first) = reported {
-        report(tgid, tag.agent, &dst, hook, &decision, first);
+        report(Some(tgid), tag.agent, &dst, hook, &decision, first);
     }
     if decision.allow {
         // SAFETY: a plain helper call on the program's own context.

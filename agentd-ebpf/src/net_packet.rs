@@ -14,7 +14,7 @@
 
 use agentd_common::{NetEvent, SocketAgent};
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie},
+    helpers::bpf_get_socket_cookie,
     macros::{cgroup_skb, map},
     maps::{LruHashMap, PerCpuHashMap},
     programs::SkBuffContext,
@@ -180,8 +180,8 @@ pub fn egress(ctx: SkBuffContext) -> i32 {
     {
         let (decision, reported) = judge(agent, &dst, NetEvent::HOOK_EGRESS);
         if let Some(first) = reported {
-            let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-            report(tgid, agent, &dst, NetEvent::HOOK_EGRESS, &decision, first);
+            // No task: a packet is not always sent from its process's context.
+            report(None, agent, &dst, NetEvent::HOOK_EGRESS, &decision, first);
         }
         if !decision.allow {
             return 0;
