@@ -10,6 +10,7 @@ mod exec;
 mod files;
 mod kernel;
 mod net;
+mod net_access;
 mod net_packet;
 mod net_sockets;
 mod protect;
