@@ -23,7 +23,7 @@ use aya_ebpf::{
 use crate::{
     events::{header, reserve, wakeup},
     kernel::{file_inode_key, inode_key, offsets, read_at, read_field},
-    net::CA_AGENTS,
+    net_access::CA_AGENTS,
     tagging::{cgroup_tag, tag_of},
 };
 

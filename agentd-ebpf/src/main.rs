@@ -17,6 +17,7 @@ mod exec;
 mod files;
 mod kernel;
 mod net;
+mod net_access;
 mod net_packet;
 mod net_sockets;
 mod protect;

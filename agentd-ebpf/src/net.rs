@@ -22,10 +22,9 @@
 use core::ptr::{read_volatile, write_volatile};
 
 use agentd_common::{
-    BlockKeyV4, BlockKeyV6, CA_GRANTS_PER_PREFIX, COMM_LEN, CaAgent, CaGrant, CaGrantList, CaKeyV4,
-    CaKeyV6, DnsRedirect, EventKind, LearnedKeyV4, LearnedKeyV6, NET_RULES_PER_PREFIX, NetAgentKey,
-    NetAgentPolicy, NetCacheConfig, NetEvent, NetKeyV4, NetKeyV6, NetRule, NetRuleList, NetVerdict,
-    NetVerdictKey, OriginalDestination, Verdict, net_action,
+    BlockKeyV4, BlockKeyV6, COMM_LEN, DnsRedirect, EventKind, LearnedKeyV4, LearnedKeyV6, NET_RULES_PER_PREFIX,
+    NetAgentKey, NetAgentPolicy, NetCacheConfig, NetEvent, NetKeyV4, NetKeyV6, NetRule,
+    NetRuleList, NetVerdict, NetVerdictKey, OriginalDestination, Verdict, net_action,
 };
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -40,6 +39,7 @@ use aya_ebpf::{
 
 use crate::{
     events::{header, output, wakeup},
+    net_access::conditional_access,
     net_packet::remember_socket,
     tagging::tag_of,
 };
@@ -224,21 +224,21 @@ fn destination_v6(ctx: &SockAddrContext) -> Destination {
     }
 }
 
-fn v4(addr: &[u8; 16]) -> [u8; 4] {
+pub(crate) fn v4(addr: &[u8; 16]) -> [u8; 4] {
     [addr[0], addr[1], addr[2], addr[3]]
 }
 
 /// The verdict for a tagged process's call, and what to report.
 pub(crate) struct Decision {
     pub(crate) allow: bool,
-    flags: u8,
-    rule: u32,
-    version: u32,
+    pub(crate) flags: u8,
+    pub(crate) rule: u32,
+    pub(crate) version: u32,
 }
 
 /// A longest-prefix lookup as a raw pointer, null-free in its `Some`.
 #[inline(always)]
-fn lpm_ptr<K, V>(map: &LpmTrie<K, V>, key: &Key<K>) -> Option<*const V> {
+pub(crate) fn lpm_ptr<K, V>(map: &LpmTrie<K, V>, key: &Key<K>) -> Option<*const V> {
     map.get(key).map(core::ptr::from_ref)
 }
 
@@ -461,27 +461,12 @@ fn decide(agent: u32, dst: &Destination) -> Decision {
     }
 }
 
-// Inlined: a BPF function takes at most five arguments.
+// Inlined: a BPF function takes at most five arguments. `tgid` is `None` where the program
+// may not ask for the current task (cgroup_skb on 6.1 has neither `bpf_get_current_pid_tgid`
+// nor `bpf_get_current_comm`): the event then carries pid 0 and no comm.
 #[inline(always)]
 pub(crate) fn report(
-    tgid: u32,
-    agent: u32,
-    dst: &Destination,
-    hook: u8,
-    decision: &Decision,
-    first: bool,
-) {
-    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-    report_as(tgid, comm, agent, dst, hook, decision, first);
-}
-
-/// [`report`] with the process named by the caller: `cgroup_skb` programs may not call the
-/// current-task helpers on every kernel (6.1 refuses `bpf_get_current_pid_tgid` there), and a
-/// packet may be sent outside the context of the process that owns its socket.
-#[inline(always)]
-pub(crate) fn report_as(
-    tgid: u32,
-    comm: [u8; COMM_LEN],
+    tgid: Option<u32>,
     agent: u32,
     dst: &Destination,
     hook: u8,
@@ -490,7 +475,7 @@ pub(crate) fn report_as(
 ) {
     let event = NetEvent {
         header: header(EventKind::Net),
-        pid: tgid,
+        pid: tgid.unwrap_or(0),
         agent,
         version: decision.version,
         verdict: if decision.allow {
@@ -506,7 +491,10 @@ pub(crate) fn report_as(
         form: dst.form,
         rule: decision.rule,
         addr: dst.addr,
-        comm,
+        comm: match tgid {
+            Some(_) => bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            None => [0; COMM_LEN],
+        },
     };
     // Denials, would-denials and a first call to a destination are what the risk engine and
     // an operator act on: wake the reader. A repeated allowed call waits for its next poll.
@@ -628,12 +616,12 @@ fn check(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
             rule: 0,
             version: 0,
         };
-        report(tgid, tag.agent, &dst, hook, &decision, false);
+        report(Some(tgid), tag.agent, &dst, hook, &decision, false);
         return if steering == DNS_STEERED { ALLOW } else { DENY };
     }
     let (decision, reported) = judge(tag.agent, &dst, hook);
     if let Some(first) = reported {
-        report(tgid, tag.agent, &dst, hook, &decision, first);
+        report(Some(tgid), tag.agent, &dst, hook, &decision, first);
     }
     if decision.allow {
         // SAFETY: a plain helper call on the program's own context.
@@ -751,168 +739,6 @@ fn cached(
         unsafe { (*entry).reported_ns = now };
     }
     Some((decision, report_it))
-}
-
-/// Agent → its Conditional Access decision. 4,096 agents.
-#[map]
-pub static CA_AGENTS: HashMap<u32, CaAgent> = HashMap::with_max_entries(4096, 0);
-
-/// (agent, IPv4 prefix) → Conditional Access grants and denials under it. 16,384 prefixes.
-#[map]
-pub static CA_GRANTS_V4: LpmTrie<CaKeyV4, CaGrantList> = LpmTrie::with_max_entries(16_384, 0);
-
-/// (agent, IPv6 prefix) → Conditional Access grants and denials under it.
-#[map]
-pub static CA_GRANTS_V6: LpmTrie<CaKeyV6, CaGrantList> = LpmTrie::with_max_entries(16_384, 0);
-
-/// (agent, address a DNS answer gave for a granted or denied domain) → its entries. 16,384.
-#[map]
-pub static CA_LEARNED_V4: HashMap<LearnedKeyV4, CaGrantList> = HashMap::with_max_entries(16_384, 0);
-
-/// What a Conditional Access list says about `port` now: 0 nothing, 1 allow, 2 deny; and the
-/// entry's rule. Only entries of one layer count: the decision in force (`layer` 0) or what
-/// report-only policies would decide (`CaGrant::FLAG_REPORT_ONLY`). Expired entries are
-/// skipped: a lapsed grant stops allowing here, in the hook, whether or not agentd is running.
-/// The matching entry's expiry lowers `until`, so a cached verdict lapses with it.
-#[inline(always)]
-fn ca_scan(
-    list: *const CaGrantList,
-    port: u16,
-    now: u64,
-    layer: u8,
-    rule: &mut u32,
-    until: &mut u64,
-) -> u32 {
-    // SAFETY: a valid map value pointer.
-    let count = unsafe { (*list).count } as usize;
-    for i in 0..CA_GRANTS_PER_PREFIX {
-        if i >= count {
-            break;
-        }
-        // SAFETY: `i` is below the array's length.
-        let (lo, hi, action, flags, id, expires) = unsafe {
-            let grant = &(*list).grants[i];
-            (
-                grant.port_lo,
-                grant.port_hi,
-                grant.action,
-                grant.flags,
-                grant.rule,
-                grant.expires_ns,
-            )
-        };
-        if flags & CaGrant::FLAG_REPORT_ONLY != layer {
-            continue;
-        }
-        if expires != 0 && now >= expires {
-            continue;
-        }
-        if port >= lo && port <= hi {
-            *rule = id;
-            if expires != 0 && (*until == 0 || expires < *until) {
-                *until = expires;
-            }
-            return if action == net_action::DENY { 2 } else { 1 };
-        }
-    }
-    0
-}
-
-/// What one layer of the agent's Conditional Access entries says about `dst`: addresses learned
-/// from DNS answers first, then prefixes. 0 nothing, 1 allow, 2 deny.
-#[inline(always)]
-fn ca_lookup(
-    agent: u32,
-    dst: &Destination,
-    now: u64,
-    layer: u8,
-    rule: &mut u32,
-    until: &mut u64,
-) -> u32 {
-    let mut found = 0u32;
-    if dst.family == 4 {
-        let addr = v4(&dst.addr);
-        if let Some(list) = CA_LEARNED_V4.get_ptr(LearnedKeyV4 { agent, addr }) {
-            found = ca_scan(list, dst.port, now, layer, rule, until);
-        }
-        if found == 0
-            && let Some(list) = lpm_ptr(&CA_GRANTS_V4, &Key::new(32 + 32, CaKeyV4 { agent, addr }))
-        {
-            found = ca_scan(list, dst.port, now, layer, rule, until);
-        }
-    } else if let Some(list) = lpm_ptr(
-        &CA_GRANTS_V6,
-        &Key::new(
-            32 + 128,
-            CaKeyV6 {
-                agent,
-                addr: dst.addr,
-            },
-        ),
-    ) {
-        found = ca_scan(list, dst.port, now, layer, rule, until);
-    }
-    found
-}
-
-/// The agent's Conditional Access decision on a connect its local policy allowed: `None` when
-/// it does not change the verdict or report anything. Report-only policies are judged only
-/// when the decision in force allows: what they would deny is allowed and reported. `until`
-/// becomes the soonest expiry of the entries the answer rests on.
-#[inline(always)]
-fn conditional_access(
-    agent: u32,
-    dst: &Destination,
-    version: u32,
-    now: u64,
-    until: &mut u64,
-) -> Option<Decision> {
-    let ca = CA_AGENTS.get_ptr(agent)?;
-    // SAFETY: a valid map value pointer.
-    let (flags, default_rule) = unsafe { ((*ca).flags, (*ca).rule) };
-    let mut rule = default_rule;
-    let found = ca_lookup(agent, dst, now, 0, &mut rule, until);
-    let denied = flags & CaAgent::FLAG_BLOCK != 0
-        || found == 2
-        || (found == 0 && flags & CaAgent::FLAG_RESTRICTED != 0);
-    if denied {
-        if found == 0 || flags & CaAgent::FLAG_BLOCK != 0 {
-            rule = default_rule;
-        }
-        return Some(Decision {
-            allow: false,
-            flags: NetEvent::FLAG_CONDITIONAL_ACCESS,
-            rule,
-            version,
-        });
-    }
-    if flags & CaAgent::FLAG_REPORT_ONLY == 0 {
-        return None;
-    }
-    let mut would_rule = default_rule;
-    let would = ca_lookup(
-        agent,
-        dst,
-        now,
-        CaGrant::FLAG_REPORT_ONLY,
-        &mut would_rule,
-        until,
-    );
-    let would_deny = flags & CaAgent::FLAG_REPORT_ONLY_BLOCK != 0
-        || would == 2
-        || (would == 0 && flags & CaAgent::FLAG_REPORT_ONLY_RESTRICTED != 0);
-    if !would_deny {
-        return None;
-    }
-    if would == 0 || flags & CaAgent::FLAG_REPORT_ONLY_BLOCK != 0 {
-        would_rule = default_rule;
-    }
-    Some(Decision {
-        allow: true,
-        flags: NetEvent::FLAG_CONDITIONAL_ACCESS | NetEvent::FLAG_WOULD_DENY,
-        rule: would_rule,
-        version,
-    })
 }
 
 #[cgroup_sock_addr(connect4)]

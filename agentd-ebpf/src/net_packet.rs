@@ -12,7 +12,7 @@
 //! sending call with EPERM. Denials are reported at most once per report interval and
 //! destination. The check also counts each agent's bytes (`AGENT_EGRESS`).
 
-use agentd_common::{COMM_LEN, NetEvent, SocketAgent};
+use agentd_common::{NetEvent, SocketAgent};
 use aya_ebpf::{
     helpers::bpf_get_socket_cookie,
     macros::{cgroup_skb, map},
@@ -20,7 +20,7 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 
-use crate::net::{Destination, IPPROTO_UDP, IPPROTO_UDPLITE, NET_DNS, judge, report_as};
+use crate::net::{Destination, IPPROTO_UDP, IPPROTO_UDPLITE, NET_DNS, judge, report};
 
 const IPPROTO_TCP: u8 = 6;
 /// IPv6 fragment header: the transport header of a fragment is not where it would be.
@@ -180,17 +180,8 @@ pub fn egress(ctx: SkBuffContext) -> i32 {
     {
         let (decision, reported) = judge(agent, &dst, NetEvent::HOOK_EGRESS);
         if let Some(first) = reported {
-            // No pid or command: the packet's process is not the current task's to ask
-            // (and 6.1 refuses the helpers here); the socket's agent is what is known.
-            report_as(
-                0,
-                [0; COMM_LEN],
-                agent,
-                &dst,
-                NetEvent::HOOK_EGRESS,
-                &decision,
-                first,
-            );
+            // No task: a packet is not always sent from its process's context.
+            report(None, agent, &dst, NetEvent::HOOK_EGRESS, &decision, first);
         }
         if !decision.allow {
             return 0;
