@@ -505,6 +505,53 @@ fn a_rebinding_answer_cannot_open_a_cidr_the_policy_denies() {
     assert_eq!(allowed["decided_by"], "domain");
 }
 
+#[test]
+fn a_domain_rule_that_says_so_overrides_a_cidr_deny() {
+    let agent = "dns-override";
+    let (_listeners, ports) = listeners(&["127.0.0.6:0"]);
+    let server = upstream(
+        vec![(
+            "internal.test",
+            vec![Rec::A("internal.test", [127, 0, 0, 6])],
+        )],
+        None,
+    );
+    let policy = format!(
+        "[[agent]]\nname = \"{agent}\"\n[agent.network]\ndefault = \"deny\"\n\
+         [[agent.network.rule]]\nid = \"internal\"\naction = \"allow\"\ndomain = \"internal.test\"\n\
+         override_cidr_deny = true\n\
+         [[agent.network.rule]]\nid = \"no-internal\"\naction = \"deny\"\ncidr = \"127.0.0.0/29\"\n"
+    );
+    let daemon = start(&policy, &server, "");
+    let _launched = launch_cgroup(agent);
+    assert_eq!(
+        attempts(&daemon, Some(agent), "tcp", "127.0.0.6", ports[0], 1),
+        (0, 1, 0),
+        "the CIDR deny holds before the lookup"
+    );
+    assert_eq!(
+        ask(&daemon, agent, "internal.test", "a"),
+        "rcode=0 answers=127.0.0.6"
+    );
+    assert_eq!(
+        attempts(&daemon, Some(agent), "tcp", "127.0.0.6", ports[0], 1),
+        (1, 0, 0)
+    );
+    let mut events = Vec::new();
+    let mut allowed = None;
+    wait_until("the allowed connect's event", || {
+        connections(&daemon, &mut events);
+        allowed = events
+            .iter()
+            .find(|e| e["address"] == "127.0.0.6" && e["verdict"] == "allow")
+            .cloned();
+        allowed.is_some()
+    });
+    let allowed = allowed.unwrap();
+    assert_eq!(allowed["decided_by"], "domain");
+    assert_eq!(allowed["rule"], format!("{agent}/internal"));
+}
+
 /// Runs `helper dns-ask-tcp 127.0.0.2 NAME` as `agent`; returns its output line.
 fn ask_tcp(daemon: &Daemon, agent: &str, name: &str) -> String {
     let bin = helper();
