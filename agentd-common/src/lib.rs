@@ -927,6 +927,30 @@ pub struct LearnedKeyV4 {
 }
 const _: () = assert!(size_of::<LearnedKeyV4>() == 8);
 
+/// What a DNS answer made apply to a learned destination (`NET_LEARNED_V4`, `NET_LEARNED_V6`):
+/// the domain rule's ports, protocol and action, and whether its allow also holds against a
+/// prefix deny of the agent ([`LearnedRule::FLAG_OVERRIDES_PREFIX_DENY`]).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct LearnedRule {
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// `IPPROTO_TCP`, `IPPROTO_UDP`, or 0 for any.
+    pub protocol: u8,
+    /// A `net_action` value.
+    pub action: u8,
+    pub flags: u16,
+    /// The domain rule's number.
+    pub rule: u32,
+}
+const _: () = assert!(size_of::<LearnedRule>() == 12);
+
+impl LearnedRule {
+    /// The rule says `override_cidr_deny = true`: its allow beats a prefix deny. Without it a
+    /// prefix deny of the agent wins over the learned allow (DNS rebinding).
+    pub const FLAG_OVERRIDES_PREFIX_DENY: u16 = 1 << 0;
+}
+
 /// Key of an IPv6 destination learned from a DNS answer (AAAA), for one agent.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -1020,6 +1044,7 @@ mod pod {
     unsafe impl aya::Pod for super::OriginalDestination {}
     unsafe impl aya::Pod for super::LearnedKeyV4 {}
     unsafe impl aya::Pod for super::LearnedKeyV6 {}
+    unsafe impl aya::Pod for super::LearnedRule {}
     unsafe impl aya::Pod for super::FileRuleKey {}
     unsafe impl aya::Pod for super::FileRule {}
     unsafe impl aya::Pod for super::CaFileControl {}

@@ -22,9 +22,10 @@
 use core::ptr::{read_volatile, write_volatile};
 
 use agentd_common::{
-    BlockKeyV4, BlockKeyV6, COMM_LEN, DnsRedirect, EventKind, LearnedKeyV4, LearnedKeyV6, NET_RULES_PER_PREFIX,
-    NetAgentKey, NetAgentPolicy, NetCacheConfig, NetEvent, NetKeyV4, NetKeyV6, NetRule,
-    NetRuleList, NetVerdict, NetVerdictKey, OriginalDestination, Verdict, net_action,
+    BlockKeyV4, BlockKeyV6, COMM_LEN, DnsRedirect, EventKind, LearnedKeyV4, LearnedKeyV6,
+    LearnedRule, NET_RULES_PER_PREFIX, NetAgentKey, NetAgentPolicy, NetCacheConfig, NetEvent,
+    NetKeyV4, NetKeyV6, NetRuleList, NetVerdict, NetVerdictKey, OriginalDestination, Verdict,
+    net_action,
 };
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -94,12 +95,14 @@ pub static DNS_ORIGINAL: LruHashMap<u64, OriginalDestination> =
 /// (agent, IPv4 address) → the domain rule that a DNS answer made apply to that address.
 /// Written by agentd's resolver as answers arrive and removed when their TTL runs out.
 #[map]
-pub static NET_LEARNED_V4: HashMap<LearnedKeyV4, NetRule> = HashMap::with_max_entries(16_384, 0);
+pub static NET_LEARNED_V4: HashMap<LearnedKeyV4, LearnedRule> =
+    HashMap::with_max_entries(16_384, 0);
 
 /// (agent, IPv6 address) → the domain rule that a DNS answer (AAAA) made apply to it; sized and
 /// written as `NET_LEARNED_V4`.
 #[map]
-pub static NET_LEARNED_V6: HashMap<LearnedKeyV6, NetRule> = HashMap::with_max_entries(16_384, 0);
+pub static NET_LEARNED_V6: HashMap<LearnedKeyV6, LearnedRule> =
+    HashMap::with_max_entries(16_384, 0);
 
 /// Slot 0: the verdict cache's epoch and the report interval for allowed calls.
 #[map]
@@ -244,7 +247,7 @@ pub(crate) fn lpm_ptr<K, V>(map: &LpmTrie<K, V>, key: &Key<K>) -> Option<*const 
 
 /// The rule a DNS answer made apply to `dst` for `agent`, or null.
 #[inline(always)]
-fn learned_rule(agent: u32, dst: &Destination) -> *const NetRule {
+fn learned_rule(agent: u32, dst: &Destination) -> *const LearnedRule {
     let entry = if dst.family == 4 {
         NET_LEARNED_V4.get_ptr(LearnedKeyV4 {
             agent,
@@ -345,18 +348,20 @@ fn decide(agent: u32, dst: &Destination) -> Decision {
 
     // A destination a DNS answer taught for one of the agent's domain rules. Its deny wins at
     // once; its allow is kept until the prefix rules are read, since an explicit prefix deny
-    // (the `no-metadata` rule against a rebinding answer) beats it.
+    // (the `no-metadata` rule against a rebinding answer) beats it, unless the domain rule
+    // says `override_cidr_deny`.
     let learned = learned_rule(agent, dst);
     let mut learned_allow = 0u32;
     let mut learned_number = 0u32;
     if !learned.is_null() {
         // SAFETY: a valid map value pointer; the fields are copied out at once.
-        let (lo, hi, protocol, action, rule) = unsafe {
+        let (lo, hi, protocol, action, learned_flags, rule) = unsafe {
             (
                 (*learned).port_lo,
                 (*learned).port_hi,
                 (*learned).protocol,
                 (*learned).action,
+                (*learned).flags,
                 (*learned).rule,
             )
         };
@@ -371,6 +376,15 @@ fn decide(agent: u32, dst: &Destination) -> Decision {
             return Decision {
                 allow: audit != 0,
                 flags,
+                rule,
+                version,
+            };
+        }
+        // A rule that says so allows even where a prefix rule denies.
+        if matches && learned_flags & LearnedRule::FLAG_OVERRIDES_PREFIX_DENY != 0 {
+            return Decision {
+                allow: true,
+                flags: NetEvent::FLAG_LEARNED,
                 rule,
                 version,
             };

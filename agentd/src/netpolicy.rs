@@ -112,6 +112,11 @@ pub struct NetRuleSpec {
     pub ports: Option<String>,
     #[serde(default)]
     pub protocol: Protocol,
+    /// On an allow rule by name (`domain`, `category`, `destination`): its learned addresses
+    /// are allowed even where a CIDR deny rule of the agent covers them. Default: false, so
+    /// that a CIDR deny holds against a DNS answer pointing into it (rebinding).
+    #[serde(default)]
+    pub override_cidr_deny: bool,
 }
 
 /// The top-level `[network]` table.
@@ -341,6 +346,17 @@ pub struct CompiledAgentNetwork {
     pub domains: Vec<DomainRule>,
 }
 
+/// `override_cidr_deny` is only for an allow rule by name.
+fn check_override(rule: &NetRuleSpec, at: &str) -> Option<FieldError> {
+    let by_name = rule.domain.is_some() || rule.category.is_some() || rule.destination.is_some();
+    (rule.override_cidr_deny && (rule.action != Action::Allow || !by_name)).then(|| FieldError {
+        field: format!("{at}.override_cidr_deny"),
+        reason:
+            "only an allow rule by `domain`, `category` or `destination` can override a CIDR deny"
+                .to_owned(),
+    })
+}
+
 /// A rule by domain name, applied to addresses learned from DNS answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DomainRule {
@@ -350,6 +366,8 @@ pub struct DomainRule {
     pub ports: (u16, u16),
     pub protocol: Protocol,
     pub action: Action,
+    /// The allow beats a CIDR deny of the agent (`override_cidr_deny`).
+    pub override_cidr_deny: bool,
 }
 
 /// `example.com` (exactly) or `*.example.com` (any name below it).
@@ -453,12 +471,16 @@ impl AgentNetworkSpec {
                 );
                 continue;
             }
+            if let Some(problem) = check_override(rule, &at) {
+                error(problem.field, problem.reason);
+            }
             let domain_rule = |pattern: DomainPattern| DomainRule {
                 name: format!("{agent}/{}", rule.id),
                 pattern,
                 ports,
                 protocol: rule.protocol,
                 action: rule.action,
+                override_cidr_deny: rule.override_cidr_deny,
             };
             if let Some(domain) = &rule.domain {
                 match DomainPattern::parse(domain) {
@@ -685,6 +707,39 @@ mod tests {
                 .unwrap_err()
                 .contains("not an IP")
         );
+    }
+
+    #[test]
+    fn override_cidr_deny_is_only_for_allow_rules_by_name() {
+        let compiled = compile(
+            r#"
+            [[rule]]
+            id = "api"
+            action = "allow"
+            domain = "api.internal.test"
+            override_cidr_deny = true
+            "#,
+        )
+        .unwrap();
+        assert!(compiled.domains[0].override_cidr_deny);
+        let errors = compile(
+            r#"
+            [[rule]]
+            id = "net"
+            action = "allow"
+            cidr = "10.0.0.0/8"
+            override_cidr_deny = true
+            [[rule]]
+            id = "deny"
+            action = "deny"
+            domain = "x.test"
+            override_cidr_deny = true
+            "#,
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("agent[0].network.rule[0].override_cidr_deny"));
+        assert!(errors[1].starts_with("agent[0].network.rule[1].override_cidr_deny"));
     }
 
     #[test]

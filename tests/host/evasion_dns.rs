@@ -243,6 +243,9 @@ fn default_deny_allowing(agent: &str, domain: &str, more: &str) -> String {
 
 #[test]
 fn a_spoofed_reply_from_another_socket_is_neither_delivered_nor_learned() {
+    if !agentd_tests::sock_diag_available() {
+        return;
+    }
     let agent = "dns-spoofed";
     let (_listeners, ports) = listeners(&["127.0.0.3:0", "127.0.0.6:0"]);
     let server = upstream(
@@ -279,6 +282,9 @@ fn a_spoofed_reply_from_another_socket_is_neither_delivered_nor_learned() {
 
 #[test]
 fn only_addresses_on_the_questions_cname_chain_are_learned() {
+    if !agentd_tests::sock_diag_available() {
+        return;
+    }
     let agent = "dns-chain";
     let (_listeners, ports) = listeners(&["127.0.0.3:0", "127.0.0.6:0"]);
     let server = upstream(
@@ -316,6 +322,9 @@ fn only_addresses_on_the_questions_cname_chain_are_learned() {
 
 #[test]
 fn aaaa_answers_are_learned_and_enforced_for_allow_and_deny() {
+    if !agentd_tests::sock_diag_available() {
+        return;
+    }
     let (allowing, denying) = ("dns-v6-allow", "dns-v6-deny");
     let (_listeners, ports) = listeners(&["[::1]:0"]);
     let port = ports[0];
@@ -388,6 +397,9 @@ fn aaaa_answers_are_learned_and_enforced_for_allow_and_deny() {
 
 #[test]
 fn names_no_rule_allows_are_answered_locally_and_never_forwarded() {
+    if !agentd_tests::sock_diag_available() {
+        return;
+    }
     let agent = "dns-unallowed";
     let server = upstream(
         vec![("allowed.test", vec![Rec::A("allowed.test", [127, 0, 0, 3])])],
@@ -432,6 +444,9 @@ fn names_no_rule_allows_are_answered_locally_and_never_forwarded() {
 
 #[test]
 fn a_quarantined_agents_queries_are_refused_and_not_forwarded() {
+    if !agentd_tests::sock_diag_available() {
+        return;
+    }
     let agent = "dns-quarantined";
     let server = upstream(
         vec![("allowed.test", vec![Rec::A("allowed.test", [127, 0, 0, 3])])],
@@ -462,6 +477,9 @@ fn a_quarantined_agents_queries_are_refused_and_not_forwarded() {
 
 #[test]
 fn a_rebinding_answer_cannot_open_a_cidr_the_policy_denies() {
+    if !agentd_tests::sock_diag_available() {
+        return;
+    }
     let agent = "dns-rebinding";
     let (_listeners, ports) = listeners(&["127.0.0.6:0", "127.0.0.3:0"]);
     // 127.0.0.6 stands for 169.254.169.254: the docs' `no-metadata` rule, and an allowed
@@ -505,6 +523,56 @@ fn a_rebinding_answer_cannot_open_a_cidr_the_policy_denies() {
     assert_eq!(allowed["decided_by"], "domain");
 }
 
+#[test]
+fn a_domain_rule_that_says_so_overrides_a_cidr_deny() {
+    if !agentd_tests::sock_diag_available() {
+        return;
+    }
+    let agent = "dns-override";
+    let (_listeners, ports) = listeners(&["127.0.0.6:0"]);
+    let server = upstream(
+        vec![(
+            "internal.test",
+            vec![Rec::A("internal.test", [127, 0, 0, 6])],
+        )],
+        None,
+    );
+    let policy = format!(
+        "[[agent]]\nname = \"{agent}\"\n[agent.network]\ndefault = \"deny\"\n\
+         [[agent.network.rule]]\nid = \"internal\"\naction = \"allow\"\ndomain = \"internal.test\"\n\
+         override_cidr_deny = true\n\
+         [[agent.network.rule]]\nid = \"no-internal\"\naction = \"deny\"\ncidr = \"127.0.0.0/29\"\n"
+    );
+    let daemon = start(&policy, &server, "");
+    let _launched = launch_cgroup(agent);
+    assert_eq!(
+        attempts(&daemon, Some(agent), "tcp", "127.0.0.6", ports[0], 1),
+        (0, 1, 0),
+        "the CIDR deny holds before the lookup"
+    );
+    assert_eq!(
+        ask(&daemon, agent, "internal.test", "a"),
+        "rcode=0 answers=127.0.0.6"
+    );
+    assert_eq!(
+        attempts(&daemon, Some(agent), "tcp", "127.0.0.6", ports[0], 1),
+        (1, 0, 0)
+    );
+    let mut events = Vec::new();
+    let mut allowed = None;
+    wait_until("the allowed connect's event", || {
+        connections(&daemon, &mut events);
+        allowed = events
+            .iter()
+            .find(|e| e["address"] == "127.0.0.6" && e["verdict"] == "allow")
+            .cloned();
+        allowed.is_some()
+    });
+    let allowed = allowed.unwrap();
+    assert_eq!(allowed["decided_by"], "domain");
+    assert_eq!(allowed["rule"], format!("{agent}/internal"));
+}
+
 /// Runs `helper dns-ask-tcp 127.0.0.2 NAME` as `agent`; returns its output line.
 fn ask_tcp(daemon: &Daemon, agent: &str, name: &str) -> String {
     let bin = helper();
@@ -526,6 +594,9 @@ fn ask_tcp(daemon: &Daemon, agent: &str, name: &str) -> String {
 
 #[test]
 fn dns_over_tcp_is_steered_and_judged_like_udp() {
+    if !agentd_tests::sock_diag_available() {
+        return;
+    }
     let agent = "dns-tcp";
     let (_listeners, ports) = listeners(&["127.0.0.3:0"]);
     let server = upstream(
@@ -601,6 +672,9 @@ fn dns_to_ipv6_servers_is_refused_with_an_event() {
 
 #[test]
 fn the_log_names_a_domain_only_for_the_agent_that_looked_it_up() {
+    if !agentd_tests::sock_diag_available() {
+        return;
+    }
     let (asker, other) = ("dns-log-asker", "dns-log-other");
     let (_listeners, ports) = listeners(&["127.0.0.3:0"]);
     let server = upstream(

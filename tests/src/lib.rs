@@ -583,6 +583,19 @@ pub fn launch_cgroup(agent: &str) -> CgroupGuard {
     CgroupGuard(agentd::cgroups::launch_dir(&cgroup2_mount(), agent))
 }
 
+/// Whether the kernel names a socket through `NETLINK_SOCK_DIAG`, which agentd's resolver needs
+/// to tell which agent asks (where `inet_diag`, `udp_diag` and `tcp_diag` are modules that
+/// cannot be loaded, as in the vm tier's initramfs, it cannot). Prints why not.
+pub fn sock_diag_available() -> bool {
+    match agentd::dns::peer::probe() {
+        Ok(()) => true,
+        Err(err) => {
+            println!("skipped: {err}");
+            false
+        }
+    }
+}
+
 /// A policy with one agent and nothing else.
 pub fn agent_policy(name: &str) -> String {
     format!("[[agent]]\nname = \"{name}\"\n")

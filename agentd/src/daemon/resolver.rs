@@ -158,9 +158,19 @@ pub(super) async fn start_dns(
     };
     state.net.set_dns_redirect(Some(config.listen))?;
     tracing::info!(listen = %config.listen, %upstream, "agents' DNS (UDP and TCP) goes through agentd");
+    // Fail closed: a resolver that cannot tell which agent asks refuses every query rather
+    // than forward what quarantine or the query filter would stop.
+    let identify = match dns::peer::probe() {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::error!(%err, "agentd's resolver cannot tell which agent asks: agents' DNS queries are REFUSED");
+            false
+        }
+    };
     let settings = dns::Settings {
         upstream,
         unallowed: config.unallowed_names,
+        identify,
     };
     Ok(Some(tokio::spawn(async move {
         let udp = dns::serve(listener, settings, requests.clone());

@@ -67,6 +67,7 @@ mod tests {
                     ports: (1, 65_535),
                     protocol: Protocol::Any,
                     action: *action,
+                    override_cidr_deny: false,
                 })
                 .collect(),
         }

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agentd_common::{LearnedKeyV4, LearnedKeyV6, NetRule, net_action};
+use agentd_common::{LearnedKeyV4, LearnedKeyV6, LearnedRule, net_action};
 
 use crate::netpolicy::DomainRule;
 
@@ -24,7 +24,10 @@ pub struct Answer {
 }
 
 /// The kernel's learned destinations: `NET_LEARNED_V4` and `NET_LEARNED_V6` entries.
-pub type KernelEntries = (Vec<(LearnedKeyV4, NetRule)>, Vec<(LearnedKeyV6, NetRule)>);
+pub type KernelEntries = (
+    Vec<(LearnedKeyV4, LearnedRule)>,
+    Vec<(LearnedKeyV6, LearnedRule)>,
+);
 
 /// One agent's domain rules with their numbers, as the kernel names them.
 pub struct AgentRules<'a> {
@@ -33,7 +36,7 @@ pub struct AgentRules<'a> {
 }
 
 /// Inserts `entry` under `key` unless a deny is there already: deny wins.
-fn keep<K: std::hash::Hash + Eq>(map: &mut HashMap<K, NetRule>, key: K, entry: NetRule) {
+fn keep<K: std::hash::Hash + Eq>(map: &mut HashMap<K, LearnedRule>, key: K, entry: LearnedRule) {
     let denied = map
         .get(&key)
         .is_some_and(|old| old.action == net_action::DENY);
@@ -89,16 +92,20 @@ impl LearnedNames {
     /// The kernel entries the learned names and `agents`' domain rules make. Where rules of
     /// one agent disagree on an address, deny wins.
     pub fn kernel_entries(&self, agents: &[AgentRules<'_>]) -> KernelEntries {
-        let mut v4: HashMap<LearnedKeyV4, NetRule> = HashMap::new();
-        let mut v6: HashMap<LearnedKeyV6, NetRule> = HashMap::new();
+        let mut v4: HashMap<LearnedKeyV4, LearnedRule> = HashMap::new();
+        let mut v6: HashMap<LearnedKeyV6, LearnedRule> = HashMap::new();
         for AgentRules { agent, rules } in agents {
             for (rule, number) in rules {
-                let entry = NetRule {
+                let entry = LearnedRule {
                     port_lo: rule.ports.0,
                     port_hi: rule.ports.1,
                     protocol: rule.protocol.kernel_number(),
                     action: rule.action.kernel_value(),
-                    pad: 0,
+                    flags: if rule.override_cidr_deny {
+                        LearnedRule::FLAG_OVERRIDES_PREFIX_DENY
+                    } else {
+                        0
+                    },
                     rule: *number,
                 };
                 for (name, entries) in &self.by_name {
@@ -159,6 +166,7 @@ mod tests {
             ports: (443, 443),
             protocol: Protocol::Tcp,
             action,
+            override_cidr_deny: action == Action::Allow && pattern.starts_with("override."),
         }
     }
 
@@ -191,6 +199,19 @@ mod tests {
             "fd00::3".parse::<std::net::Ipv6Addr>().unwrap().octets()
         );
         assert_eq!((v6[0].1.action, v6[0].1.rule), (net_action::ALLOW, 10));
+        assert_eq!(v6[0].1.flags, 0);
+    }
+
+    #[test]
+    fn a_rule_that_overrides_cidr_denies_says_so_to_the_kernel() {
+        let mut learned = LearnedNames::default();
+        learned.record(1, &answer("override.test", &["127.0.0.6"]), Instant::now());
+        let allow = rule("override.test", Action::Allow);
+        let (v4, _) = learned.kernel_entries(&[AgentRules {
+            agent: 1,
+            rules: vec![(&allow, 3)],
+        }]);
+        assert_eq!(v4[0].1.flags, LearnedRule::FLAG_OVERRIDES_PREFIX_DENY);
     }
 
     #[test]

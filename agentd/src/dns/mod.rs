@@ -73,6 +73,9 @@ impl UnallowedAnswer {
 pub struct Settings {
     pub upstream: SocketAddr,
     pub unallowed: UnallowedAnswer,
+    /// Whether the kernel can name a query's socket ([`peer::probe`]). Without it no query
+    /// can be judged for its agent, and every one is refused.
+    pub identify: bool,
 }
 
 /// How long an upstream server may take to answer, and the daemon to install an answer.
@@ -111,6 +114,9 @@ async fn resolve(
         return None;
     };
     let reply = |rcode| Some(wire::local_reply(message, &query, rcode));
+    if !settings.identify {
+        return reply(Rcode::Refused);
+    }
     let cookie = match cookie {
         Ok(Some(cookie)) => cookie,
         // The sender is gone: nobody to answer.
@@ -289,6 +295,7 @@ mod tests {
         let settings = Settings {
             upstream: upstream(),
             unallowed: UnallowedAnswer::Nxdomain,
+            identify: true,
         };
         tokio::spawn(serve(listener, settings, tx));
         tokio::spawn(async move {

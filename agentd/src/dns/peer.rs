@@ -75,6 +75,31 @@ pub fn tcp_cookie(local: SocketAddr, peer: SocketAddr) -> io::Result<Option<u64>
     lookup(libc::IPPROTO_TCP, peer, local)
 }
 
+/// Whether the kernel answers these lookups for UDP and TCP: a pair of loopback sockets of each
+/// must be found. Where `inet_diag`, `udp_diag` or `tcp_diag` is a module that cannot be
+/// loaded, the kernel finds nothing.
+pub fn probe() -> io::Result<()> {
+    let missing = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "NETLINK_SOCK_DIAG finds no {what} socket (are inet_diag, udp_diag and tcp_diag loaded?)"
+            ),
+        )
+    };
+    let server = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let client = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    if udp_cookie(server.local_addr()?, client.local_addr()?)?.is_none() {
+        return Err(missing("UDP"));
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let stream = std::net::TcpStream::connect(listener.local_addr()?)?;
+    if tcp_cookie(listener.local_addr()?, stream.local_addr()?)?.is_none() {
+        return Err(missing("TCP"));
+    }
+    Ok(())
+}
+
 /// Asks `SOCK_DIAG_BY_FAMILY` for the one socket `(src, dst)` names.
 fn lookup(protocol: i32, src: SocketAddr, dst: SocketAddr) -> io::Result<Option<u64>> {
     if src.is_ipv4() != dst.is_ipv4() {
@@ -237,5 +262,10 @@ mod tests {
         assert_eq!(tcp_cookie(local, from).unwrap(), Some(own_cookie(&client)));
         let gone: SocketAddr = "127.0.0.1:9".parse().unwrap();
         assert_eq!(tcp_cookie(local, gone).unwrap(), None);
+    }
+
+    #[test]
+    fn the_probe_passes_where_lookups_work() {
+        probe().unwrap();
     }
 }

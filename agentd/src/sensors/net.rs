@@ -16,7 +16,7 @@ use std::{
 
 use agentd_common::{
     BlockKeyV4, BlockKeyV6, CaAgent, CaGrantList, CaKeyV4, CaKeyV6, DnsRedirect, LearnedKeyV4,
-    LearnedKeyV6, NetAgentKey, NetAgentPolicy, NetCacheConfig, NetKeyV4, NetKeyV6, NetRule,
+    LearnedKeyV6, LearnedRule, NetAgentKey, NetAgentPolicy, NetCacheConfig, NetKeyV4, NetKeyV6,
     NetRuleList, OriginalDestination,
 };
 use aya::{
@@ -88,8 +88,8 @@ pub struct NetSensor {
     quarantine_v4: LpmTrie<MapData, [u8; 4], u32>,
     quarantine_v6: LpmTrie<MapData, [u8; 16], u32>,
     dns: Array<MapData, DnsRedirect>,
-    learned: HashMap<MapData, LearnedKeyV4, NetRule>,
-    learned_v6: HashMap<MapData, LearnedKeyV6, NetRule>,
+    learned: HashMap<MapData, LearnedKeyV4, LearnedRule>,
+    learned_v6: HashMap<MapData, LearnedKeyV6, LearnedRule>,
     /// Read only: which agent steered a DNS query through a socket.
     dns_original: HashMap<MapData, u64, OriginalDestination>,
     egress: PerCpuHashMap<MapData, u32, u64>,
@@ -233,8 +233,8 @@ impl NetSensor {
     /// map) leaves the failed map as it was.
     pub fn set_learned(
         &mut self,
-        v4: &[(LearnedKeyV4, NetRule)],
-        v6: &[(LearnedKeyV6, NetRule)],
+        v4: &[(LearnedKeyV4, LearnedRule)],
+        v6: &[(LearnedKeyV6, LearnedRule)],
     ) -> Result<(), SensorError> {
         let result = replace_all(&mut self.learned, v4, "NET_LEARNED_V4")
             .and_then(|()| replace_all(&mut self.learned_v6, v6, "NET_LEARNED_V6"));
