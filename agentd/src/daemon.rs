@@ -656,11 +656,12 @@ impl State {
         };
         match self.process.tag(lost.pid, lost.tag) {
             Ok(_) => {
-                tracing::error!(pid = lost.pid, agent = %name, "the kernel could not tag a process; tagged it from userspace")
+                tracing::error!(pid = lost.pid, agent = %name, "the kernel could not tag a process; tagged it from userspace");
             }
             Err(err) => {
+                // Ok(true): killed; Ok(false): the pid is another process's by now.
                 let killed = crate::pidfd::kill_if_started_by(lost.pid, lost.ktime_ns);
-                tracing::error!(pid = lost.pid, agent = %name, %err, ?killed, "a process of an agent cannot be tagged: killed it");
+                tracing::error!(pid = lost.pid, agent = %name, %err, ?killed, "a process of an agent cannot be tagged; killing it");
             }
         }
         if self

@@ -16,7 +16,10 @@ fn fork_past_the_agent_process_cap_fails_with_eagain_and_is_reported() {
     let _launched = launch_cgroup(agent);
     // The helper itself is one live process: three forks fit under the cap of four.
     let output = daemon
-        .launch(agent, &[helper().to_str().expect("a UTF-8 path"), "fork", "6"])
+        .launch(
+            agent,
+            &[helper().to_str().expect("a UTF-8 path"), "fork", "6"],
+        )
         .output()
         .expect("running the agent");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -35,7 +38,10 @@ fn fork_past_the_agent_process_cap_fails_with_eagain_and_is_reported() {
     assert!(refused[0].contains(agent), "{}", refused[0]);
     // Its processes gone, the agent may fork again.
     let output = daemon
-        .launch(agent, &[helper().to_str().expect("a UTF-8 path"), "fork", "3"])
+        .launch(
+            agent,
+            &[helper().to_str().expect("a UTF-8 path"), "fork", "3"],
+        )
         .output()
         .expect("running the agent again");
     let stdout = String::from_utf8_lossy(&output.stdout);
