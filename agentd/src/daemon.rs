@@ -788,6 +788,8 @@ impl State {
             rules: self.policy.rules.len(),
             tagged_processes: self.process.tagged()?.len(),
             tags_lost: self.process.insert_failures()?,
+            tags_over_cap: self.process.over_cap()?.0,
+            forks_refused_over_cap: self.process.over_cap()?.1,
             file_enforcement: match &self.file_enforcement {
                 FileEnforcement::Available => "available".to_owned(),
                 FileEnforcement::Unavailable(why) => format!("unavailable: {why}"),
@@ -1114,6 +1116,7 @@ impl State {
             events: self.event_counts.clone(),
             tagged_processes: self.process.tagged()?.len() as u64,
             tags_lost: self.process.insert_failures()?,
+            tags_over_cap: self.process.over_cap()?,
             agents: self.policy.agents.len() as u64,
             quarantined_agents: self.net.quarantined()?.len() as u64,
             file_enforcement: self.file_enforcement == FileEnforcement::Available,

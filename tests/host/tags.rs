@@ -286,6 +286,11 @@ fn agent_past_its_process_cap_keeps_every_child_tagged_and_denied_and_is_reporte
             "{line}"
         );
     }
+    let status = daemon.status();
+    assert!(
+        status.tags_over_cap >= 5 && status.forks_refused_over_cap == 0,
+        "{status:?}"
+    );
     for child in children {
         agentd_tests::kill(child);
     }
