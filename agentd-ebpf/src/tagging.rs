@@ -90,7 +90,13 @@ pub fn discovery_tag(exe: &InodeKey) -> Option<AgentTag> {
 /// reported: the process must not go untagged silently.
 #[inline(always)]
 pub fn set_tag(tgid: u32, tag: &AgentTag) -> bool {
+    // A tag already there (a stale one under a reused pid, at fork) is replaced: its agent
+    // loses the count.
+    let replaced = tag_of(tgid);
     if TASK_AGENT.insert(tgid, tag, 0).is_ok() {
+        if let Some(old) = replaced {
+            add_live(old.agent, u64::MAX);
+        }
         add_live(tag.agent, 1);
         return true;
     }

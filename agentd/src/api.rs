@@ -161,6 +161,12 @@ pub struct Status {
     pub tagged_processes: usize,
     /// Tags the kernel could not record because its map was full.
     pub tags_lost: u64,
+    /// New processes of agents at their process cap: created and tagged (no BPF LSM), and
+    /// refused with `EAGAIN` (BPF LSM).
+    #[serde(default)]
+    pub tags_over_cap: u64,
+    #[serde(default)]
+    pub forks_refused_over_cap: u64,
     /// `available`, or why not.
     pub file_enforcement: String,
     /// The control plane and the Conditional Access decisions in force, when one is configured.

@@ -576,11 +576,12 @@ impl State {
         };
         match self.process.tag(lost.pid, lost.tag) {
             Ok(_) => {
-                tracing::error!(pid = lost.pid, agent = %name, "the kernel could not tag a process; tagged it from userspace")
+                tracing::error!(pid = lost.pid, agent = %name, "the kernel could not tag a process; tagged it from userspace");
             }
             Err(err) => {
+                // Ok(true): killed; Ok(false): the pid is another process's by now.
                 let killed = crate::pidfd::kill_if_started_by(lost.pid, lost.ktime_ns);
-                tracing::error!(pid = lost.pid, agent = %name, %err, ?killed, "a process of an agent cannot be tagged: killed it");
+                tracing::error!(pid = lost.pid, agent = %name, %err, ?killed, "a process of an agent cannot be tagged; killing it");
             }
         }
         if self
@@ -708,6 +709,8 @@ impl State {
             rules: self.policy.rules.len(),
             tagged_processes: self.process.tagged()?.len(),
             tags_lost: self.process.insert_failures()?,
+            tags_over_cap: self.process.over_cap()?.0,
+            forks_refused_over_cap: self.process.over_cap()?.1,
             file_enforcement: match &self.file_enforcement {
                 FileEnforcement::Available => "available".to_owned(),
                 FileEnforcement::Unavailable(why) => format!("unavailable: {why}"),
@@ -1053,6 +1056,7 @@ impl State {
             events: self.event_counts.clone(),
             tagged_processes: self.process.tagged()?.len() as u64,
             tags_lost: self.process.insert_failures()?,
+            tags_over_cap: self.process.over_cap()?,
             agents: self.policy.agents.len() as u64,
             quarantined_agents: self.net.quarantined()?.len() as u64,
             file_enforcement: self.file_enforcement == FileEnforcement::Available,

@@ -18,6 +18,8 @@ pub struct Snapshot {
     pub events: EventCounts,
     pub tagged_processes: u64,
     pub tags_lost: u64,
+    /// New processes of agents at their cap: (tagged anyway, refused with `EAGAIN`).
+    pub tags_over_cap: (u64, u64),
     pub agents: u64,
     pub quarantined_agents: u64,
     /// 1 when BPF LSM enforces file rules, 0 when they are only observed.
@@ -91,6 +93,18 @@ pub fn encode(snapshot: &Snapshot) -> String {
         "tags_lost",
         "Processes that could not be tagged because the tag map was full",
         snapshot.tags_lost,
+    );
+    counter(
+        &mut registry,
+        "tags_over_cap",
+        "New processes of agents at their process cap that were tagged (no BPF LSM to refuse them)",
+        snapshot.tags_over_cap.0,
+    );
+    counter(
+        &mut registry,
+        "forks_refused_over_cap",
+        "New processes of agents at their process cap refused with EAGAIN (BPF LSM)",
+        snapshot.tags_over_cap.1,
     );
     gauge(
         &mut registry,

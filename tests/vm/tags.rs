@@ -36,6 +36,8 @@ fn fork_past_the_agent_process_cap_fails_with_eagain_and_is_reported() {
         refused.len() >= 3
     });
     assert!(refused[0].contains(agent), "{}", refused[0]);
+    let status = daemon.status();
+    assert!(status.forks_refused_over_cap >= 3, "{status:?}");
     // Its processes gone, the agent may fork again.
     let output = daemon
         .launch(

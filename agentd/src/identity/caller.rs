@@ -15,8 +15,9 @@ use crate::sensors::{SensorError, process::TagLookup};
 /// Why a connection to the admin socket is not served.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
-    #[error("could not pin the connecting process")]
-    Unpinned(#[source] AttestError),
+    /// Also a process that exited before it could be pinned: "has exited" is in the text.
+    #[error("could not pin the connecting process: {0}")]
+    Unpinned(AttestError),
     #[error(
         "the process that opened this connection (pid {pid}) has exited: a connection is \
          served only while the process that opened it lives"
@@ -39,10 +40,7 @@ pub struct AdminCaller {
 impl AdminCaller {
     /// Judges a connection at accept: `peer` is [`Peer::of`] the accepted stream.
     pub fn admit(peer: Result<Peer, AttestError>, tags: &impl TagLookup) -> Result<Self, Refusal> {
-        let peer = peer.map_err(|err| match err {
-            AttestError::PeerGone => Refusal::Exited { pid: 0 },
-            err => Refusal::Unpinned(err),
-        })?;
+        let peer = peer.map_err(Refusal::Unpinned)?;
         let caller = Self { peer };
         caller.check(tags)?;
         Ok(caller)

@@ -26,6 +26,10 @@
 //!   process listening on the Unix socket TO (`SCM_RIGHTS`), and exits.
 //! - `agentd-test-helper fork COUNT`: forks COUNT children that wait to be killed; prints
 //!   `forked=N refused=N errno=E` (the last fork error, 0 if none), then kills and reaps them.
+//! - `agentd-test-helper as-nobody PROG ARGS...`: execs PROG as uid and gid 65534, no groups.
+//! - `agentd-test-helper without-ptrace PROG ARGS...`: execs PROG with `CAP_SYS_PTRACE` dropped
+//!   from the bounding set (so that root's exec does not get it). For kernels' userlands whose
+//!   `setpriv` cannot do either (busybox, in the vm tier).
 //! - `agentd-test-helper truncate PATH`: `truncate(2)` to 0 bytes; prints `ok|eperm|error:...`.
 //! - `agentd-test-helper evade ...`: network calls that dodge destination rules; see
 //!   `tests/src/net_evasions.rs`.
@@ -125,6 +129,40 @@ fn fork(count: &str) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Execs `args` (program first) after `prepare`; returns only on failure.
+fn exec_after(args: &[&str], prepare: impl FnOnce() -> i32) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let [program, rest @ ..] = args else {
+        return Err(std::io::Error::other("no program to run"));
+    };
+    if prepare() != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Err(Command::new(program).args(rest).exec())
+}
+
+fn as_nobody(args: &[&str]) -> std::io::Result<()> {
+    exec_after(args, || {
+        // SAFETY: plain credential syscalls, groups first while still privileged.
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(65_534) != 0 {
+                return -1;
+            }
+            libc::setuid(65_534)
+        }
+    })
+}
+
+/// `CAP_SYS_PTRACE` from `linux/capability.h`.
+const CAP_SYS_PTRACE: libc::c_ulong = 19;
+
+fn without_ptrace(args: &[&str]) -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    exec_after(args, || unsafe {
+        libc::prctl(libc::PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0)
+    })
 }
 
 fn ask(fd: &str, gofile: &str) -> std::io::Result<()> {
@@ -538,6 +576,8 @@ fn main() -> ExitCode {
         ["ask", fd, gofile] => ask(fd, gofile),
         ["pass-fd", socket, to] => pass_fd(socket, to),
         ["fork", count] => fork(count),
+        ["as-nobody", ref rest @ ..] => as_nobody(rest),
+        ["without-ptrace", ref rest @ ..] => without_ptrace(rest),
         ["net", protocol, addr, port, count] => net(protocol, addr, port, count, None),
         ["net", protocol, addr, port, count, rate] => net(protocol, addr, port, count, Some(rate)),
         ["resolve-connect", server, name, port] => resolve_connect(server, name, port),
