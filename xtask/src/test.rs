@@ -296,15 +296,26 @@ pub fn vm_tier(options: &VmOptions) -> anyhow::Result<Vec<TierResult>> {
     // (one test at a time, agentd's start-up and the verifier single-threaded), so a second
     // guest uses the other core instead of waiting. Console lines carry the kernel's name.
     let runs: Vec<anyhow::Result<vm::Run>> = std::thread::scope(|scope| {
+        let count = options.kernels.len();
         let handles: Vec<_> = options
             .kernels
             .iter()
-            .map(|kernel| {
+            .enumerate()
+            .map(|(index, kernel)| {
                 let payload = &payload;
+                // The host tests are shared out among the guests (each runs on one guest
+                // kernel, and all of them on the host's in the host tier); the vm tests run
+                // whole on every kernel.
+                let shard = Some(vm::Shard { index, count });
                 scope.spawn(move || {
-                    vm::run_tests(kernel, payload, options.accel, options.timeout, |line| {
-                        println!("vm {kernel}| {line}");
-                    })
+                    vm::run_tests(
+                        kernel,
+                        payload,
+                        shard,
+                        options.accel,
+                        options.timeout,
+                        |line| println!("vm {kernel}| {line}"),
+                    )
                 })
             })
             .collect();
