@@ -130,6 +130,16 @@ pub fn encode(snapshot: &Snapshot) -> String {
         "The network policy version in force",
         snapshot.network_policy_version,
     );
+    register_health(&mut registry, snapshot);
+    register_risk(&mut registry, snapshot);
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = text::encode(&mut out, &registry);
+    out
+}
+
+/// Each sensor's state and the output's failed writes.
+fn register_health(registry: &mut Registry, snapshot: &Snapshot) {
     let sensors = Family::<Labels, Gauge<i64>>::default();
     for (sensor, state) in &snapshot.sensors {
         sensors
@@ -145,16 +155,11 @@ pub fn encode(snapshot: &Snapshot) -> String {
         sensors,
     );
     counter(
-        &mut registry,
+        registry,
         "output_errors",
         "Event lines and notices the output could not write",
         snapshot.output_errors,
     );
-    register_risk(&mut registry, snapshot);
-    let mut out = String::new();
-    // Writing into a String cannot fail.
-    let _ = text::encode(&mut out, &registry);
-    out
 }
 
 /// The risk engine's families.

@@ -433,6 +433,10 @@ pub struct CompiledGlobalNetwork {
 
 impl AgentNetworkSpec {
     /// Validates the table at `at` (e.g. `agent[0].network`) for agent `agent`.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one pass over the table's fields, each checked where it is read"
+    )]
     pub fn compile(
         &self,
         agent: &str,

@@ -211,6 +211,6 @@ fn a_failed_start_up_leaves_nothing_pinned() {
         !pins.exists(),
         "{} is left behind: {:?}",
         pins.display(),
-        std::fs::read_dir(&pins).map(|dir| dir.count())
+        std::fs::read_dir(&pins).map(Iterator::count)
     );
 }

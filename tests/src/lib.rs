@@ -180,10 +180,9 @@ fn agentd_command(dir: &Path, env: &[(&str, &str)], launch: &Launch) -> std::pro
             .iter()
             .map(|path| std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap())
             .collect();
-        use std::os::unix::process::CommandExt as _;
         // SAFETY: only async-signal-safe calls (unshare, mount, umount2) between fork and exec.
         unsafe {
-            command.pre_exec(move || {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
                 if libc::unshare(libc::CLONE_NEWNS) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }

@@ -175,7 +175,6 @@ pub fn build_binaries(packages: &[&str], release: bool) -> anyhow::Result<Vec<(S
 }
 
 /// Builds the agentd binary and returns its path.
-
 pub fn build_agentd(release: bool) -> anyhow::Result<PathBuf> {
     // The same selection as every other task's build, so that the build is shared.
     build_binaries(&["agentd", "agentd-control"], release)?

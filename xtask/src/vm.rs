@@ -8,7 +8,8 @@
 //! and tests that failed.
 
 use std::{
-    fmt, fs,
+    fmt::{self, Write as _},
+    fs,
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -127,10 +128,10 @@ pub fn fetch_kernel(package: &str) -> anyhow::Result<PathBuf> {
     let parent = dest.parent().context("cache path has a parent")?;
     fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let staging = tempfile::tempdir_in(parent)?;
-    let modules: String = GUEST_MODULES
-        .iter()
-        .map(|name| format!(" './lib/modules/*/kernel/net/ipv4/{name}.ko*'"))
-        .collect();
+    let modules = GUEST_MODULES.iter().fold(String::new(), |mut out, name| {
+        let _ = write!(out, " './lib/modules/*/kernel/net/ipv4/{name}.ko*'");
+        out
+    });
     // A kernel with a module built in has no file for it: tar's "not found" is not an error
     // here, a missing vmlinuz is (checked below).
     cmd::run(Command::new("sh").arg("-c").arg(format!(
@@ -323,7 +324,7 @@ fn install_modules(root: &Path, modules: &[(&str, PathBuf)]) -> anyhow::Result<S
                 fs::copy(file, &dest).with_context(|| format!("copying {}", file.display()))?;
             }
         }
-        lines.push_str(&format!("insmod /modules/{name}.ko\n"));
+        let _ = writeln!(lines, "insmod /modules/{name}.ko");
     }
     Ok(lines)
 }

@@ -70,6 +70,7 @@ mod tests {
                     override_cidr_deny: false,
                 })
                 .collect(),
+            raw_sockets: crate::netpolicy::RawSockets::default(),
         }
     }
 
