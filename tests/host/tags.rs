@@ -7,7 +7,10 @@ use std::{
     net::TcpListener,
     os::{
         fd::{AsRawFd as _, FromRawFd as _},
-        unix::net::{UnixListener, UnixStream},
+        unix::{
+            fs::PermissionsExt as _,
+            net::{UnixListener, UnixStream},
+        },
     },
     process::{Command, Stdio},
 };
@@ -84,6 +87,14 @@ fn sweep_keeps_the_tag_of_a_live_process_hidden_from_agentds_proc() {
         CgroupGuard(cgroup2_mount().join(format!("agentd-test-hide-{}", std::process::id())));
     fs::create_dir_all(&escape.0).expect("creating the escape cgroup");
     let dir = tempfile::tempdir().expect("temporary directory");
+    // The agent runs as nobody: the go file and the helper it execs must be reachable for it,
+    // wherever the tests were built (a CI clone may sit under a directory only root enters).
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
+        .expect("opening the directory to nobody");
+    let nobody_helper = dir.path().join("agentd-test-helper");
+    fs::copy(helper(), &nobody_helper).expect("copying the helper");
+    fs::set_permissions(&nobody_helper, fs::Permissions::from_mode(0o755))
+        .expect("making the helper executable");
     let go = dir.path().join("go");
     // Leaves the launch cgroup (so that only its tag makes it the agent's), becomes another
     // user (hidden from agentd's /proc), waits for several sweeps, then connects.
@@ -92,7 +103,7 @@ fn sweep_keeps_the_tag_of_a_live_process_hidden_from_agentds_proc() {
          'while [ ! -e {go} ]; do sleep 0.1; done; exec {helper} net tcp 127.0.0.1 {port} 5'",
         procs = escape.0.join("cgroup.procs").display(),
         go = go.display(),
-        helper = helper().display(),
+        helper = nobody_helper.display(),
     );
     let victim = daemon
         .launch(agent, &["sh", "-c", &script])
