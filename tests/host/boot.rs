@@ -36,6 +36,15 @@ fn sensor<'a>(status: &'a agentd::api::Status, name: &str) -> &'a agentd::api::S
         .unwrap_or_else(|| panic!("no {name} in {:#?}", status.sensors))
 }
 
+/// Two listeners on loopback, kept open by the caller: (listeners, allowed port, denied port).
+fn listeners() -> ([TcpListener; 2], u16, u16) {
+    let bind = || TcpListener::bind("127.0.0.1:0").expect("a listener");
+    let listeners = [bind(), bind()];
+    let port = |listener: &TcpListener| listener.local_addr().expect("local address").port();
+    let (allowed, denied) = (port(&listeners[0]), port(&listeners[1]));
+    (listeners, allowed, denied)
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -85,14 +94,7 @@ fn assert_network_enforced(daemon: &Daemon, agent: &str, allowed: u16, denied: u
 
 #[test]
 fn agentd_mounts_tracefs_and_securityfs_that_the_machine_booted_without() {
-    let (allowed, denied) = (
-        TcpListener::bind("127.0.0.1:0").unwrap(),
-        TcpListener::bind("127.0.0.1:0").unwrap(),
-    );
-    let (allowed_port, denied_port) = (
-        allowed.local_addr().unwrap().port(),
-        denied.local_addr().unwrap().port(),
-    );
+    let (_listeners, allowed_port, denied_port) = listeners();
     let metrics = free_port();
     let daemon = Daemon::start_without_mounts(
         &policy("boot-mounts", allowed_port),
@@ -128,14 +130,7 @@ fn agentd_mounts_tracefs_and_securityfs_that_the_machine_booted_without() {
 
 #[test]
 fn told_not_to_mount_agentd_reports_the_file_sensor_unavailable_and_still_enforces_the_network() {
-    let (allowed, denied) = (
-        TcpListener::bind("127.0.0.1:0").unwrap(),
-        TcpListener::bind("127.0.0.1:0").unwrap(),
-    );
-    let (allowed_port, denied_port) = (
-        allowed.local_addr().unwrap().port(),
-        denied.local_addr().unwrap().port(),
-    );
+    let (_listeners, allowed_port, denied_port) = listeners();
     let metrics = free_port();
     let daemon = Daemon::start_without_mounts(
         &policy("boot-degraded", allowed_port),

@@ -105,6 +105,21 @@ fn agentd_run_prints_exec_events_and_detaches_on_sigint() {
     });
 }
 
+/// Writes `dir/agentd.toml`: the sockets in `dir`, no DNS steering. Returns the admin socket.
+fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let admin = dir.join("admin.sock");
+    std::fs::write(
+        dir.join("agentd.toml"),
+        format!(
+            "[api]\nadmin_socket = \"{}\"\nidentity_socket = \"{}\"\n[dns]\nenabled = false\n",
+            admin.display(),
+            dir.join("identity.sock").display()
+        ),
+    )
+    .expect("writing the config");
+    admin
+}
+
 /// The reader of agentd's stdout goes away (as when `cargo xtask run | tee` is interrupted):
 /// agentd counts the failed writes, keeps enforcing, and still takes its exit path on SIGINT.
 #[test]
@@ -112,16 +127,7 @@ fn a_closed_output_is_survived_and_agentd_still_detaches_on_sigint() {
     require_root();
     let pins = agentd_tests::unique_pin_path();
     let dir = tempfile::tempdir().expect("temporary directory");
-    let admin = dir.path().join("admin.sock");
-    std::fs::write(
-        dir.path().join("agentd.toml"),
-        format!(
-            "[api]\nadmin_socket = \"{}\"\nidentity_socket = \"{}\"\n[dns]\nenabled = false\n",
-            admin.display(),
-            dir.path().join("identity.sock").display()
-        ),
-    )
-    .expect("writing the config");
+    let admin = write_config(dir.path());
     let mut agentd = Command::new(agentd_bin())
         .arg("run")
         .arg("--config")
@@ -181,15 +187,7 @@ fn a_failed_start_up_leaves_nothing_pinned() {
     require_root();
     let pins = agentd_tests::unique_pin_path();
     let dir = tempfile::tempdir().expect("temporary directory");
-    std::fs::write(
-        dir.path().join("agentd.toml"),
-        format!(
-            "[api]\nadmin_socket = \"{}\"\nidentity_socket = \"{}\"\n[dns]\nenabled = false\n",
-            dir.path().join("admin.sock").display(),
-            dir.path().join("identity.sock").display()
-        ),
-    )
-    .expect("writing the config");
+    write_config(dir.path());
     let output = Command::new(agentd_bin())
         .arg("run")
         .arg("--config")
