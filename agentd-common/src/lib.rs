@@ -226,6 +226,9 @@ pub const MAX_AGENTS: u32 = 4_096;
 /// load; 0 would mean no cap, which agentd never writes).
 pub const TAG_CAP_SYMBOL: &str = "MAX_PROCESSES_PER_AGENT";
 
+/// The global holding `network.max_sockets_per_agent`, written by agentd at load.
+pub const SOCKET_CAP_SYMBOL: &str = "MAX_SOCKETS_PER_AGENT";
+
 /// Slots of the per-CPU `EVENT_STATS` array.
 pub mod event_stats {
     /// Events that found the ring buffer full.
@@ -667,11 +670,30 @@ pub struct NetAgentPolicy {
     pub default_action: u8,
     /// 1: audit mode (report "would deny", allow).
     pub audit: u8,
-    /// A `net_action` value for the raw sockets (`SOCK_RAW`) its processes create.
+    /// A `net_action` value for the raw sockets (`SOCK_RAW`) and packet sockets (`AF_PACKET`)
+    /// its processes create.
     pub raw_sockets: u8,
     pub pad: u8,
+    /// Bit `n` set: its processes may create sockets of address family `n` (`AF_*`), besides
+    /// those always allowed ([`socket_family::ALWAYS`]) and `AF_PACKET` (`raw_sockets`).
+    pub socket_families: u64,
 }
-const _: () = assert!(size_of::<NetAgentPolicy>() == 8);
+const _: () = assert!(size_of::<NetAgentPolicy>() == 16);
+
+/// Socket address families, as the BPF LSM `socket_create` hook sees them.
+pub mod socket_family {
+    pub const UNIX: u32 = 1;
+    pub const INET: u32 = 2;
+    pub const INET6: u32 = 10;
+    pub const NETLINK: u32 = 16;
+    pub const PACKET: u32 = 17;
+    pub const ALG: u32 = 38;
+    /// One past the largest family a `socket_families` bit can name (Linux's `AF_MAX` is 46).
+    pub const LIMIT: u32 = 64;
+    /// Families every agent's processes may create: local (unix, netlink, the kernel's crypto
+    /// API) or decided by the address hooks (inet, inet6).
+    pub const ALWAYS: u64 = 1 << UNIX | 1 << INET | 1 << INET6 | 1 << NETLINK | 1 << ALG;
+}
 
 /// A tagged process's connect or datagram, and what the kernel decided.
 #[repr(C)]
@@ -714,6 +736,10 @@ impl NetEvent {
     /// `cgroup_skb/egress`: a packet of an agent's socket, to a destination no allowed call
     /// named (reported at most once per report interval and destination).
     pub const HOOK_EGRESS: u8 = 5;
+    /// BPF LSM `socket_create`: a socket of a family no address hook sees (`AF_PACKET`,
+    /// `AF_VSOCK`, ...). `port` holds the family (`AF_*`), `protocol` the socket protocol's low
+    /// byte, `addr` is 0.
+    pub const HOOK_FAMILY: u8 = 6;
     /// The address is the one the process named.
     pub const FORM_AS_NAMED: u8 = 0;
     /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), decided and reported as IPv4.
@@ -735,6 +761,9 @@ impl NetEvent {
     pub const FLAG_LEARNED: u8 = 1 << 5;
     /// The agent's Conditional Access decision decided (deny, or would deny in report-only).
     pub const FLAG_CONDITIONAL_ACCESS: u8 = 1 << 6;
+    /// The call was allowed, but its socket could not be recorded for the egress check (its
+    /// agent at `network.max_sockets_per_agent`, or `SOCK_AGENT` full): denied, fail closed.
+    pub const FLAG_UNTRACKED: u8 = 1 << 7;
 }
 
 /// What the kernel remembers of an agent's socket (`SOCK_AGENT`, by socket cookie): its agent

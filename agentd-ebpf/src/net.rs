@@ -633,14 +633,19 @@ fn check(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
         report(Some(tgid), tag.agent, &dst, hook, &decision, false);
         return if steering == DNS_STEERED { ALLOW } else { DENY };
     }
-    let (decision, reported) = judge(tag.agent, &dst, hook);
-    if let Some(first) = reported {
-        report(Some(tgid), tag.agent, &dst, hook, &decision, first);
-    }
+    let (mut decision, mut reported) = judge(tag.agent, &dst, hook);
     if decision.allow {
         // SAFETY: a plain helper call on the program's own context.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-        remember_socket(cookie, tag.agent, &dst, hook);
+        if !remember_socket(cookie, tag.agent, &dst) {
+            // Its packets could not be checked: fail closed, and say why.
+            decision.allow = false;
+            decision.flags |= NetEvent::FLAG_UNTRACKED;
+            reported = Some(false);
+        }
+    }
+    if let Some(first) = reported {
+        report(Some(tgid), tag.agent, &dst, hook, &decision, first);
     }
     // The verifier must see a return value of exactly 0 or 1. A bool reloaded from the stack
     // is only known to be a byte, so compare an opaque copy and return constants.

@@ -12,12 +12,15 @@
 //! sending call with EPERM. Denials are reported at most once per report interval and
 //! destination. The check also counts each agent's bytes (`AGENT_EGRESS`).
 
-use agentd_common::{NetEvent, SocketAgent};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use agentd_common::{MAX_AGENTS, NetEvent, SocketAgent};
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::bpf_get_socket_cookie,
-    macros::{cgroup_skb, map},
-    maps::{LruHashMap, PerCpuHashMap},
-    programs::SkBuffContext,
+    macros::{cgroup_skb, cgroup_sock, map},
+    maps::{Array, HashMap, PerCpuHashMap},
+    programs::{SkBuffContext, SockContext},
 };
 
 use crate::net::{Destination, IPPROTO_UDP, IPPROTO_UDPLITE, NET_DNS, judge, report};
@@ -27,14 +30,23 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_FRAGMENT: u8 = 44;
 
 /// Socket cookie → the agent whose process uses it, and the destination its last allowed call
-/// named. LRU: closed sockets age out; 65,536 open agent sockets at once before the oldest is
-/// forgotten (its later packets are then neither counted nor checked). The insert is the
-/// costliest step of a tagged connect (about 360 ns of its 660 in benchmark row 4 here; socket
-/// storage measured dearer, a plain hash map 220 ns but nothing would remove closed sockets),
-/// so a socket already recorded with the same agent and destination (datagrams sent again and
-/// again) is not written again.
+/// named. A plain hash map, preallocated (the cheapest insert: an LRU map's cost about 360 ns
+/// of a tagged connect's 660, socket storage more): `sock_release` removes a socket's entry
+/// when it closes, so nothing is ever evicted behind the check's back. 65,536 open agent
+/// sockets at once; each agent may hold at most `network.max_sockets_per_agent` of them, so
+/// that one agent cannot fill the table for the others. A socket that cannot be recorded is
+/// refused at its call (fail closed, `FLAG_UNTRACKED`): its packets would go unchecked.
 #[map]
-pub static SOCK_AGENT: LruHashMap<u64, SocketAgent> = LruHashMap::with_max_entries(65_536, 0);
+pub static SOCK_AGENT: HashMap<u64, SocketAgent> = HashMap::with_max_entries(65_536, 0);
+
+/// Agent index → its sockets in `SOCK_AGENT`, updated atomically (recorded +1, released -1).
+#[map]
+pub static AGENT_SOCKETS: Array<u64> = Array::with_max_entries(MAX_AGENTS, 0);
+
+/// Written by agentd at load (`network.max_sockets_per_agent`). 0, the compiled-in value,
+/// refuses every socket: agentd never loads it.
+#[unsafe(no_mangle)]
+static MAX_SOCKETS_PER_AGENT: u32 = 0;
 
 /// Agent → bytes its sockets sent, per CPU. 4,096 agents: as many as a policy can name.
 #[map]
@@ -51,95 +63,161 @@ fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
     }
 }
 
-/// Remembers that `agent`'s process uses the socket `cookie` and that `dst` was allowed on it.
-/// A connect is nearly always a socket's first call, so only a datagram (`hook`) looks for
-/// the socket first.
+/// Adds `delta` (wrapping: `u64::MAX` is -1) to `agent`'s socket count.
 #[inline(always)]
-pub fn remember_socket(cookie: u64, agent: u32, dst: &Destination, hook: u8) {
-    if hook == NetEvent::HOOK_SENDMSG
-        && let Some(known) = SOCK_AGENT.get_ptr(cookie)
-    {
-        // SAFETY: a valid map value pointer; the fields are copied out at once.
-        let (known_agent, family, port, addr) = unsafe {
-            (
-                (*known).agent,
-                (*known).family,
-                (*known).port,
-                (*known).addr,
-            )
-        };
-        if known_agent == agent
-            && family == dst.family
-            && port == dst.port
-            && same_addr(&addr, &dst.addr)
-        {
-            return;
-        }
+fn add_sockets(agent: u32, delta: u64) {
+    if let Some(slot) = AGENT_SOCKETS.get_ptr_mut(agent) {
+        // SAFETY: a live, aligned u64 in the map's memory; the result is unused, so this is a
+        // plain atomic add.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, delta) };
     }
-    let value = SocketAgent {
-        agent,
-        port: dst.port,
-        family: dst.family,
-        pad: 0,
-        addr: dst.addr,
-    };
-    // A full LRU map evicts; it never fails for lack of room.
-    let _ = SOCK_AGENT.insert(cookie, value, 0);
 }
 
-/// Records a socket of `agent` that no call has named a destination for yet.
+/// Records a socket not yet in `SOCK_AGENT`, counted for its agent; false when it cannot be
+/// (the agent at its cap, an agent index without a counter, or the table full).
 #[inline(always)]
-pub fn remember_new_socket(cookie: u64, agent: u32) {
-    let value = SocketAgent {
-        agent,
-        port: 0,
-        family: 0,
-        pad: 0,
-        addr: [0; 16],
+fn record(cookie: u64, value: &SocketAgent) -> bool {
+    // SAFETY: reading a plain static that the loader rewrote.
+    let cap = unsafe { core::ptr::read_volatile(&raw const MAX_SOCKETS_PER_AGENT) };
+    let Some(held) = AGENT_SOCKETS.get(value.agent) else {
+        return false;
     };
-    let _ = SOCK_AGENT.insert(cookie, value, 0);
+    if *held >= u64::from(cap) {
+        return false;
+    }
+    // BPF_NOEXIST: a racing call on the same socket that recorded it first is counted once.
+    if SOCK_AGENT
+        .insert(cookie, value, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        return SOCK_AGENT.get_ptr(cookie).is_some();
+    }
+    add_sockets(value.agent, 1);
+    true
+}
+
+/// Remembers that `agent`'s process uses the socket `cookie` and that `dst` was allowed on it.
+/// False when the socket cannot be recorded: the caller refuses the call.
+#[inline(always)]
+pub fn remember_socket(cookie: u64, agent: u32, dst: &Destination) -> bool {
+    if let Some(known) = SOCK_AGENT.get_ptr_mut(cookie) {
+        // SAFETY: a valid map value pointer; the fields are read and written in place. A
+        // packet check reading it meanwhile may see a mix of old and new destination, which
+        // only makes it judge that packet.
+        unsafe {
+            if (*known).agent == agent
+                && (*known).family == dst.family
+                && (*known).port == dst.port
+                && same_addr(&(*known).addr, &dst.addr)
+            {
+                return true;
+            }
+            let holder = (*known).agent;
+            if holder != agent {
+                // A descriptor passed from one agent to another: the count moves with it, so
+                // that the release uncounts the agent holding it then.
+                add_sockets(holder, u64::MAX);
+                add_sockets(agent, 1);
+                (*known).agent = agent;
+            }
+            (*known).port = dst.port;
+            (*known).family = dst.family;
+            (*known).addr = dst.addr;
+        }
+        return true;
+    }
+    record(
+        cookie,
+        &SocketAgent {
+            agent,
+            port: dst.port,
+            family: dst.family,
+            pad: 0,
+            addr: dst.addr,
+        },
+    )
+}
+
+/// Records a socket of `agent` that no call has named a destination for yet (a ping or raw
+/// socket); false when it cannot be.
+#[inline(always)]
+pub fn remember_new_socket(cookie: u64, agent: u32) -> bool {
+    record(
+        cookie,
+        &SocketAgent {
+            agent,
+            port: 0,
+            family: 0,
+            pad: 0,
+            addr: [0; 16],
+        },
+    )
+}
+
+/// Forgets a closed socket and uncounts it.
+#[inline(always)]
+pub fn forget_socket(cookie: u64) {
+    let Some(known) = SOCK_AGENT.get_ptr(cookie) else {
+        return;
+    };
+    // SAFETY: a valid map value pointer.
+    let agent = unsafe { (*known).agent };
+    // Only the remover uncounts: a release runs once per socket, but be exact anyway.
+    if SOCK_AGENT.remove(cookie).is_ok() {
+        add_sockets(agent, u64::MAX);
+    }
 }
 
 /// The packet's destination from its IPv4 or IPv6 header (and the transport header's port
-/// for TCP, UDP and UDP-Lite; 0 otherwise). `None` for what it cannot judge: a non-IP packet,
-/// a later fragment (the first carried the ports and was judged), a header it cannot read.
+/// for TCP, UDP and UDP-Lite; 0 otherwise), and whether it is a later fragment of a datagram
+/// (no transport header: port 0). `None` for a non-IP packet or a header it cannot read.
 #[inline(always)]
-fn packet_destination(ctx: &SkBuffContext) -> Option<Destination> {
+fn packet_destination(ctx: &SkBuffContext) -> Option<(Destination, bool)> {
     let first: u8 = ctx.load(0).ok()?;
     let mut addr = [0u8; 16];
-    let (family, protocol, transport) = match first >> 4 {
+    let (family, protocol, transport, later) = match first >> 4 {
         4 => {
             let fragment: u16 = ctx.load(6).ok()?;
-            if u16::from_be(fragment) & 0x1fff != 0 {
-                return None;
-            }
             let daddr: [u8; 4] = ctx.load(16).ok()?;
             addr[..4].copy_from_slice(&daddr);
-            (4u8, ctx.load::<u8>(9).ok()?, usize::from(first & 0x0f) * 4)
+            (
+                4u8,
+                ctx.load::<u8>(9).ok()?,
+                usize::from(first & 0x0f) * 4,
+                u16::from_be(fragment) & 0x1fff != 0,
+            )
         }
         6 => {
             addr = ctx.load(24).ok()?;
             let next: u8 = ctx.load(6).ok()?;
             if next == IPPROTO_FRAGMENT {
-                return None;
+                // The fragment header: next header, reserved, offset (13 bits) and flags.
+                let inner: u8 = ctx.load(40).ok()?;
+                let offset: u16 = ctx.load(42).ok()?;
+                (6u8, inner, 48usize, u16::from_be(offset) >> 3 != 0)
+            } else {
+                (6u8, next, 40usize, false)
             }
-            (6u8, next, 40usize)
         }
         _ => return None,
     };
     let mut port = 0u16;
-    if protocol == IPPROTO_TCP || protocol == IPPROTO_UDP || protocol == IPPROTO_UDPLITE {
+    if !later && (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP || protocol == IPPROTO_UDPLITE)
+    {
         // The destination port is the transport header's second 16 bits. `transport` is at
         // most 60.
         port = u16::from_be(ctx.load::<u16>((transport & 0x3f) + 2).ok()?);
     }
-    Some(Destination {
-        family,
-        addr,
-        port,
-        protocol,
-        form: NetEvent::FORM_AS_NAMED,
-    })
+    Some((
+        Destination {
+            family,
+            addr,
+            port,
+            protocol,
+            form: NetEvent::FORM_AS_NAMED,
+        },
+        later,
+    ))
 }
 
 /// Whether `dst` is agentd's resolver, where steered DNS queries go.
@@ -174,17 +252,21 @@ pub fn egress(ctx: SkBuffContext) -> i32 {
             (*known).addr,
         )
     };
-    if let Some(dst) = packet_destination(&ctx)
-        && !(dst.family == family && dst.port == port && same_addr(&dst.addr, &addr))
-        && !is_resolver(&dst)
-    {
-        let (decision, reported) = judge(agent, &dst, NetEvent::HOOK_EGRESS);
-        if let Some(first) = reported {
-            // No task: a packet is not always sent from its process's context.
-            report(None, agent, &dst, NetEvent::HOOK_EGRESS, &decision, first);
-        }
-        if !decision.allow {
-            return 0;
+    if let Some((dst, later)) = packet_destination(&ctx) {
+        let named = dst.family == family && same_addr(&dst.addr, &addr);
+        // A later fragment carries no port: it passes to the address its socket's call named
+        // (where the first fragment, with the ports, went); anywhere else it is judged by
+        // address, since a listener there would read its bytes without any reassembly.
+        let expected = named && (later || dst.port == port);
+        if !expected && !is_resolver(&dst) {
+            let (decision, reported) = judge(agent, &dst, NetEvent::HOOK_EGRESS);
+            if let Some(first) = reported {
+                // No task: a packet is not always sent from its process's context.
+                report(None, agent, &dst, NetEvent::HOOK_EGRESS, &decision, first);
+            }
+            if !decision.allow {
+                return 0;
+            }
         }
     }
     let len = u64::from(ctx.len());
@@ -195,5 +277,15 @@ pub fn egress(ctx: SkBuffContext) -> i32 {
             let _ = AGENT_EGRESS.insert(agent, len, 0);
         }
     }
+    1
+}
+
+/// `cgroup/sock_release` at the cgroup root: a closing socket leaves `SOCK_AGENT`. An
+/// untagged process's socket costs one lookup.
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    // SAFETY: a plain helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+    forget_socket(cookie);
     1
 }

@@ -17,12 +17,14 @@
 
 use core::ptr::{read_volatile, write_volatile};
 
-use agentd_common::{COMM_LEN, EventKind, NetAgentKey, NetEvent, Verdict, net_action};
+use agentd_common::{
+    COMM_LEN, EventKind, NetAgentKey, NetEvent, Verdict, net_action, socket_family,
+};
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sockopt},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_socket_cookie},
-    macros::{cgroup_sock, cgroup_sockopt},
-    programs::{SockContext, SockoptContext},
+    macros::{cgroup_sock, cgroup_sockopt, lsm},
+    programs::{LsmContext, SockContext, SockoptContext},
 };
 
 use crate::{
@@ -33,6 +35,7 @@ use crate::{
 };
 
 const ALLOW: i32 = 1;
+const EPERM: i32 = 1;
 const DENY: i32 = 0;
 
 const AF_INET6: u32 = 10;
@@ -52,7 +55,17 @@ const SOCKOPT_COPIED_MAX: i32 = 4096;
 
 /// Reports a socket decision. `family` is 4 or 6.
 #[inline(always)]
-fn report(tgid: u32, agent: u32, hook: u8, family: u8, protocol: u8, verdict: Verdict, flags: u8) {
+#[allow(clippy::too_many_arguments, reason = "one event's fields")]
+fn report(
+    tgid: u32,
+    agent: u32,
+    hook: u8,
+    family: u8,
+    protocol: u8,
+    port: u16,
+    verdict: Verdict,
+    flags: u8,
+) {
     let event = NetEvent {
         header: header(EventKind::Net),
         pid: tgid,
@@ -62,7 +75,7 @@ fn report(tgid: u32, agent: u32, hook: u8, family: u8, protocol: u8, verdict: Ve
         flags,
         family,
         protocol,
-        port: 0,
+        port,
         hook,
         form: NetEvent::FORM_AS_NAMED,
         rule: 0,
@@ -77,6 +90,53 @@ fn report(tgid: u32, agent: u32, hook: u8, family: u8, protocol: u8, verdict: Ve
             wakeup::QUIET
         },
     );
+}
+
+/// An agent's socket settings in force.
+struct Settings {
+    /// A `net_action` value for raw and packet sockets.
+    raw_sockets: u8,
+    /// `NetAgentPolicy::socket_families`.
+    socket_families: u64,
+    /// 1: audit mode.
+    audit: u8,
+    /// `FLAG_DEFAULT` (no network settings) or `FLAG_QUARANTINE`, for the event.
+    flags: u8,
+}
+
+/// `agent`'s socket settings: its policy's, the defaults (deny) without one, nothing beyond
+/// the families always allowed when it is quarantined (which audit mode does not soften).
+#[inline(always)]
+fn settings(agent: u32) -> Settings {
+    let mut generation = 0u32;
+    if let Some(value) = NET_CONFIG.get_ptr(0) {
+        // SAFETY: a valid map value pointer.
+        generation = unsafe { *value };
+    }
+    let mut settings = Settings {
+        raw_sockets: net_action::DENY,
+        socket_families: 0,
+        audit: 0,
+        flags: NetEvent::FLAG_DEFAULT,
+    };
+    if let Some(policy) = NET_AGENTS.get_ptr(NetAgentKey { generation, agent }) {
+        // SAFETY: a valid map value pointer.
+        unsafe {
+            settings.raw_sockets = (*policy).raw_sockets;
+            settings.socket_families = (*policy).socket_families;
+            settings.audit = (*policy).audit;
+        }
+        settings.flags = 0;
+    }
+    if NET_QUARANTINE.get_ptr(agent).is_some() {
+        settings = Settings {
+            raw_sockets: net_action::DENY,
+            socket_families: 0,
+            audit: 0,
+            flags: NetEvent::FLAG_QUARANTINE,
+        };
+    }
+    settings
 }
 
 /// `cgroup/sock_create`: decides a tagged process's raw sockets by its agent's `raw_sockets`
@@ -101,47 +161,40 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     };
     // SAFETY: a plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
-    if ping {
-        // Decided by destination: at connect, and packet by packet by the egress check.
-        remember_new_socket(cookie, tag.agent);
-        return ALLOW;
-    }
     // SAFETY: as above.
     let family = unsafe { read_volatile(&raw const (*sk).family) };
     let family = if family == AF_INET6 { 6 } else { 4 };
-    let mut generation = 0u32;
-    if let Some(value) = NET_CONFIG.get_ptr(0) {
-        // SAFETY: a valid map value pointer.
-        generation = unsafe { *value };
-    }
-    // No network settings: the setting's default, deny.
-    let mut action = net_action::DENY;
-    let mut audit = 0u8;
-    let mut flags = NetEvent::FLAG_DEFAULT;
-    if let Some(policy) = NET_AGENTS.get_ptr(NetAgentKey {
-        generation,
-        agent: tag.agent,
-    }) {
-        // SAFETY: a valid map value pointer.
-        unsafe {
-            action = (*policy).raw_sockets;
-            audit = (*policy).audit;
+    if ping {
+        // Decided by destination: at connect, and packet by packet by the egress check, which
+        // must know the socket (fail closed when it cannot).
+        if remember_new_socket(cookie, tag.agent) {
+            return ALLOW;
         }
-        flags = 0;
+        report(
+            tgid,
+            tag.agent,
+            NetEvent::HOOK_SOCKET,
+            family,
+            protocol as u8,
+            0,
+            Verdict::Deny,
+            NetEvent::FLAG_UNTRACKED,
+        );
+        return DENY;
     }
-    if NET_QUARANTINE.get_ptr(tag.agent).is_some() {
-        action = net_action::DENY;
-        audit = 0;
-        flags = NetEvent::FLAG_QUARANTINE;
-    }
-    let deny = action == net_action::DENY;
+    let settings = settings(tag.agent);
+    let deny = settings.raw_sockets == net_action::DENY;
+    let audit = settings.audit;
+    let mut flags = settings.flags;
     if deny && audit != 0 {
         flags |= NetEvent::FLAG_WOULD_DENY;
     }
-    let enforced = deny && audit == 0;
-    if !enforced {
-        // An allowed raw socket's packets are still judged by destination.
-        remember_new_socket(cookie, tag.agent);
+    let mut enforced = deny && audit == 0;
+    // An allowed raw socket's packets are still judged by destination: one the egress check
+    // cannot know is refused.
+    if !enforced && !remember_new_socket(cookie, tag.agent) {
+        enforced = true;
+        flags = NetEvent::FLAG_UNTRACKED;
     }
     let verdict = if enforced {
         Verdict::Deny
@@ -154,6 +207,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
         NetEvent::HOOK_SOCKET,
         family,
         protocol as u8,
+        0,
         verdict,
         flags,
     );
@@ -199,8 +253,63 @@ pub fn setsockopt(ctx: SockoptContext) -> i32 {
         NetEvent::HOOK_SETSOCKOPT,
         family,
         0,
+        0,
         Verdict::Deny,
         0,
     );
     DENY
+}
+
+/// BPF LSM `socket_create`: decides a tagged process's sockets of the families no address hook
+/// sees. Unix, netlink, the crypto API and IPv4/IPv6 (decided by the other hooks) are always
+/// allowed at a cost of a compare or two; `AF_PACKET` (including the obsolete
+/// `socket(AF_INET, SOCK_PACKET)`, which the kernel turns into one before this hook) follows
+/// `raw_sockets`; any other family (vsock, TIPC, RDS, SMC, XDP, Bluetooth, CAN, ...) needs its
+/// agent's `socket_families`. Kernel sockets are the kernel's own. Returns 0 or -EPERM.
+#[lsm(hook = "socket_create")]
+pub fn socket_create(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    let family: i32 = ctx.arg(0);
+    let family = family as u32;
+    if family < socket_family::LIMIT && socket_family::ALWAYS & (1u64 << family) != 0 {
+        return 0;
+    }
+    let kern: i32 = ctx.arg(3);
+    if kern != 0 {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(tag) = tag_of(tgid) else {
+        return 0;
+    };
+    let settings = settings(tag.agent);
+    let allowed = if family == socket_family::PACKET {
+        settings.raw_sockets != net_action::DENY
+    } else {
+        family < socket_family::LIMIT && settings.socket_families & (1u64 << family) != 0
+    };
+    let mut flags = settings.flags;
+    if !allowed && settings.audit != 0 {
+        flags |= NetEvent::FLAG_WOULD_DENY;
+    }
+    let enforced = !allowed && settings.audit == 0;
+    let protocol: i32 = ctx.arg(2);
+    report(
+        tgid,
+        tag.agent,
+        NetEvent::HOOK_FAMILY,
+        0,
+        protocol as u8,
+        family as u16,
+        if enforced {
+            Verdict::Deny
+        } else {
+            Verdict::Allow
+        },
+        flags,
+    );
+    if enforced { -EPERM } else { 0 }
 }

@@ -305,6 +305,7 @@ mod tests {
                 would_deny: false,
                 decided_by,
                 address_form: None,
+                socket_family: None,
                 domain: None,
                 policy_version: 1,
                 rule_number: 0,

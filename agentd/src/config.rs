@@ -108,13 +108,23 @@ pub struct NetworkConfig {
     /// reaching are reported again at most once per this many milliseconds; 0 reports every
     /// one. Denials and would-denials are always reported. Default: 1000.
     pub allowed_report_interval_ms: u32,
+    /// The most open sockets one agent may have recorded for the egress check at once (the
+    /// kernel's table holds 65,536 for all agents). Past it, a new socket's connect, first
+    /// datagram or ping/raw socket creation is refused with EPERM and reported
+    /// (`decided_by: socket_limit`): a socket the egress check cannot know would go
+    /// unchecked. Closed sockets free their place at once. Default: 8192.
+    pub max_sockets_per_agent: u32,
 }
+
+/// Entries of the kernel's `SOCK_AGENT` table: the most `network.max_sockets_per_agent` may be.
+pub const SOCKET_TABLE_ENTRIES: u32 = 65_536;
 
 impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
             categories_file: None,
             allowed_report_interval_ms: 1_000,
+            max_sockets_per_agent: 8_192,
         }
     }
 }
@@ -292,6 +302,13 @@ impl Config {
             return Err(invalid(
                 "identity.max_processes_per_agent",
                 "must be between 1 and 4194304 (Linux's most pids)",
+            ));
+        }
+        let sockets = config.network.max_sockets_per_agent;
+        if sockets == 0 || sockets > SOCKET_TABLE_ENTRIES {
+            return Err(invalid(
+                "network.max_sockets_per_agent",
+                "must be between 1 and 65536 (the kernel's socket table)",
             ));
         }
         let ring = config.events.ring_buffer_bytes;

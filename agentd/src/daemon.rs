@@ -198,6 +198,7 @@ impl State {
                 .max_tagged_processes
                 .unwrap_or_else(ebpf::running_kernel_tag_capacity),
             max_processes_per_agent: config.identity.max_processes_per_agent,
+            max_sockets_per_agent: config.network.max_sockets_per_agent,
             ring_buffer_bytes: config.events.ring_buffer_bytes,
             pin_root: Some(config.bpf.pin_path.clone()),
         })?;
@@ -229,7 +230,12 @@ impl State {
             file_enforcement == FileEnforcement::Available,
             &mut links,
         )?;
-        let mut net = NetSensor::attach(&mut object, &cgroup_root, &mut links)?;
+        let mut net = NetSensor::attach(
+            &mut object,
+            &cgroup_root,
+            file_enforcement == FileEnforcement::Available,
+            &mut links,
+        )?;
         net.set_allowed_report_interval(config.network.allowed_report_interval_ms)?;
         let mut protect = ProtectSensor::attach(
             &mut object,
@@ -450,6 +456,7 @@ impl State {
                     audit: u8::from(network.mode == Mode::Audit),
                     raw_sockets: network.raw_sockets.kernel_value(),
                     pad: 0,
+                    socket_families: crate::netfamily::kernel_bits(&network.socket_families),
                 },
             ));
             let lists = layout(network, |name| self.registry.intern_rule(name))
@@ -760,6 +767,7 @@ impl State {
         crate::health::sensors(&crate::health::Inputs {
             files: self.files.mode(),
             self_protection: self.protect.active(),
+            socket_families: self.net.decides_families(),
             lsm_unavailable,
             dns: self.dns_enabled,
             mounts: &self.mounts,

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use agentd_common::{KERNEL_OFFSETS_SYMBOL, KernelOffsets, TAG_CAP_SYMBOL};
+use agentd_common::{KERNEL_OFFSETS_SYMBOL, KernelOffsets, SOCKET_CAP_SYMBOL, TAG_CAP_SYMBOL};
 use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::{
@@ -49,6 +49,8 @@ pub struct LoadOptions {
     pub max_tagged_processes: u32,
     /// The most live tagged processes one agent may have (`identity.max_processes_per_agent`).
     pub max_processes_per_agent: u32,
+    /// The most sockets one agent may have in `SOCK_AGENT` (`network.max_sockets_per_agent`).
+    pub max_sockets_per_agent: u32,
     /// Size of the `EVENTS` ring buffer in bytes: a power of two, at least a page.
     pub ring_buffer_bytes: u32,
     /// Pin the maps under this BPF file system directory, reusing those an earlier agentd of
@@ -61,6 +63,7 @@ impl Default for LoadOptions {
         Self {
             max_tagged_processes: 65_536,
             max_processes_per_agent: 4_096,
+            max_sockets_per_agent: 8_192,
             ring_buffer_bytes: 1 << 22,
             pin_root: None,
         }
@@ -114,7 +117,10 @@ pub fn load_with(options: &LoadOptions) -> Result<LoadedObject, LoadError> {
         .as_deref()
         .map(|root| {
             // What is written into the programs: another cap is another build.
-            let written = format!("{offsets:?} cap={}", options.max_processes_per_agent);
+            let written = format!(
+                "{offsets:?} cap={} sockets={}",
+                options.max_processes_per_agent, options.max_sockets_per_agent
+            );
             PinLayout::new(root, OBJECT, &max_entries, &written)
         })
         .transpose()?;
@@ -129,7 +135,8 @@ pub fn load_with(options: &LoadOptions) -> Result<LoadedObject, LoadError> {
     loader
         .btf(Some(&btf))
         .override_global(KERNEL_OFFSETS_SYMBOL, &offsets, true)
-        .override_global(TAG_CAP_SYMBOL, &options.max_processes_per_agent, true);
+        .override_global(TAG_CAP_SYMBOL, &options.max_processes_per_agent, true)
+        .override_global(SOCKET_CAP_SYMBOL, &options.max_sockets_per_agent, true);
     for (name, max) in max_entries {
         loader.map_max_entries(name, max);
     }

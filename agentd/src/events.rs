@@ -163,9 +163,15 @@ pub struct Connection {
     pub would_deny: bool,
     /// What decided: `rule`, `domain`, `default`, `blocklist`, `quarantine`,
     /// `conditional_access` (the agent's decision from the control plane), `dns` for a query
-    /// steered to agentd's resolver, `raw_sockets` (the agent's `raw_sockets` setting) or
-    /// `source_route` (source routing is refused to agents).
+    /// steered to agentd's resolver, `raw_sockets` (the agent's `raw_sockets` setting, for raw
+    /// and packet sockets), `socket_families` (the agent's `socket_families`), `socket_limit`
+    /// (its socket could not be recorded for the egress check: `network.max_sockets_per_agent`)
+    /// or `source_route` (source routing is refused to agents).
     pub decided_by: &'static str,
+    /// The socket's family (`packet`, `vsock`, ...), for a socket of a family no address hook
+    /// sees (hook `socket`, decided by BPF LSM `socket_create`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_family: Option<String>,
     /// How `address` was read from what the process named, when not as named: `v4_mapped`
     /// (`::ffff:a.b.c.d`, decided as IPv4) or `unspecified` (`0.0.0.0`/`::`, decided as the
     /// loopback address the kernel connects it to).
@@ -383,8 +389,17 @@ impl Event {
         } else {
             IpAddr::from([raw.addr[0], raw.addr[1], raw.addr[2], raw.addr[3]])
         };
-        let decided_by = if raw.hook == NetEvent::HOOK_SOCKET {
+        let family = (raw.hook == NetEvent::HOOK_FAMILY).then_some(u32::from(raw.port));
+        let decided_by = if raw.flags & NetEvent::FLAG_UNTRACKED != 0 {
+            "socket_limit"
+        } else if raw.hook == NetEvent::HOOK_SOCKET
+            || family == Some(agentd_common::socket_family::PACKET)
+        {
             "raw_sockets"
+        } else if family.is_some() && raw.flags & NetEvent::FLAG_QUARANTINE != 0 {
+            "quarantine"
+        } else if family.is_some() {
+            "socket_families"
         } else if raw.hook == NetEvent::HOOK_SETSOCKOPT {
             "source_route"
         } else if raw.flags & NetEvent::FLAG_DNS != 0 {
@@ -408,7 +423,7 @@ impl Event {
             comm: kernel_str(&raw.comm),
             hook: match raw.hook {
                 NetEvent::HOOK_SENDMSG => "sendmsg",
-                NetEvent::HOOK_SOCKET => "socket",
+                NetEvent::HOOK_SOCKET | NetEvent::HOOK_FAMILY => "socket",
                 NetEvent::HOOK_SETSOCKOPT => "setsockopt",
                 NetEvent::HOOK_EGRESS => "egress",
                 _ => "connect",
@@ -423,7 +438,9 @@ impl Event {
                 other => other.to_string(),
             },
             address,
-            port: raw.port,
+            // A family decision carries the family in the port field.
+            port: if family.is_some() { 0 } else { raw.port },
+            socket_family: family.map(crate::netfamily::name_of),
             verdict: if raw.verdict == Verdict::Deny as u8 {
                 VerdictName::Deny
             } else {
@@ -848,6 +865,35 @@ mod tests {
             addr,
             comm: [0; COMM_LEN],
         }
+    }
+
+    #[test]
+    fn family_and_untracked_records_name_what_decided() {
+        let decode = |raw: NetEvent| match Event::decode(&bytes_of(&raw)).unwrap() {
+            Event::Net(connection) => connection,
+            other => panic!("expected a net event, got {other:?}"),
+        };
+        let mut vsock = net_record(NetEvent::HOOK_FAMILY, 0, 0, 0);
+        vsock.port = 40;
+        vsock.addr = [0; 16];
+        let vsock = decode(vsock);
+        assert_eq!(vsock.hook, "socket");
+        assert_eq!(vsock.socket_family.as_deref(), Some("vsock"));
+        assert_eq!((vsock.port, vsock.decided_by), (0, "socket_families"));
+        let mut packet = net_record(NetEvent::HOOK_FAMILY, 0, 0, 0);
+        packet.port = 17;
+        let packet = decode(packet);
+        assert_eq!(packet.socket_family.as_deref(), Some("packet"));
+        assert_eq!(packet.decided_by, "raw_sockets");
+        let mut quarantined = net_record(NetEvent::HOOK_FAMILY, 0, 0, 0);
+        quarantined.port = 40;
+        quarantined.flags = NetEvent::FLAG_QUARANTINE;
+        assert_eq!(decode(quarantined).decided_by, "quarantine");
+        let mut full = net_record(NetEvent::HOOK_CONNECT, 0, 17, 4);
+        full.flags = NetEvent::FLAG_UNTRACKED;
+        let full = decode(full);
+        assert_eq!((full.decided_by, full.port), ("socket_limit", 80));
+        assert_eq!(full.socket_family, None);
     }
 
     #[test]

@@ -12,6 +12,8 @@ use crate::{
 pub struct Inputs<'a> {
     pub files: &'a FileMode,
     pub self_protection: bool,
+    /// Whether packet sockets and the other socket families are decided (BPF LSM).
+    pub socket_families: bool,
     /// Why BPF LSM is not used, when it is not.
     pub lsm_unavailable: Option<&'a str>,
     pub dns: bool,
@@ -20,18 +22,29 @@ pub struct Inputs<'a> {
 
 /// One entry per sensor and per pseudo file system.
 pub fn sensors(inputs: &Inputs<'_>) -> Vec<SensorHealth> {
-    let mut out = vec![
-        SensorHealth::new(
-            "process",
-            "active",
-            "exec, fork and exit tracepoints tag agents' processes",
-        ),
+    let mut out = vec![SensorHealth::new(
+        "process",
+        "active",
+        "exec, fork and exit tracepoints tag agents' processes",
+    )];
+    out.push(if inputs.socket_families {
         SensorHealth::new(
             "network",
             "active",
-            "cgroup connect, sendmsg and egress hooks decide agents' traffic",
-        ),
-    ];
+            "cgroup connect, sendmsg and egress hooks decide agents' traffic; BPF LSM decides \
+             packet sockets and other socket families",
+        )
+    } else {
+        SensorHealth::new(
+            "network",
+            "limited",
+            format!(
+                "cgroup connect, sendmsg and egress hooks decide agents' traffic; packet \
+                 sockets and other socket families are not decided ({})",
+                inputs.lsm_unavailable.unwrap_or("BPF LSM unavailable")
+            ),
+        )
+    });
     out.push(match inputs.files {
         FileMode::Enforcing { missing } if missing.is_empty() => SensorHealth::new(
             "files",
@@ -130,6 +143,7 @@ mod tests {
         let sensors = sensors(&Inputs {
             files: &files,
             self_protection: false,
+            socket_families: false,
             lsm_unavailable: Some("BPF LSM is not active"),
             dns: true,
             mounts: &mounts,
@@ -140,8 +154,14 @@ mod tests {
             (files.state.as_str(), files.detail.as_str()),
             ("unavailable", "tracefs not found")
         );
+        // Network enforcement goes on; without BPF LSM its socket families are not decided.
         let network = sensors.iter().find(|s| s.name == "network").unwrap();
-        assert_eq!(network.state, "active");
+        assert_eq!(network.state, "limited");
+        assert!(
+            network.detail.contains("packet sockets"),
+            "{}",
+            network.detail
+        );
         let tracefs = sensors.iter().find(|s| s.name == "tracefs").unwrap();
         assert_eq!(tracefs.state, "unavailable");
     }
@@ -152,6 +172,7 @@ mod tests {
         let sensors = sensors(&Inputs {
             files: &FileMode::Observing,
             self_protection: false,
+            socket_families: false,
             lsm_unavailable: Some("BPF LSM is not active"),
             dns: false,
             mounts: &mounts,
@@ -160,5 +181,24 @@ mod tests {
         let files = sensors.iter().find(|s| s.name == "files").unwrap();
         assert_eq!(files.state, "limited");
         assert!(files.detail.contains("BPF LSM is not active"));
+    }
+
+    #[test]
+    fn the_network_sensor_is_active_when_bpf_lsm_decides_socket_families() {
+        let mounts = mounts(Outcome::Present);
+        let files = FileMode::Enforcing {
+            missing: Vec::new(),
+        };
+        let sensors = sensors(&Inputs {
+            files: &files,
+            self_protection: true,
+            socket_families: true,
+            lsm_unavailable: None,
+            dns: true,
+            mounts: &mounts,
+        });
+        let network = sensors.iter().find(|s| s.name == "network").unwrap();
+        assert_eq!(network.state, "active");
+        assert_eq!(summary(&sensors), "healthy");
     }
 }

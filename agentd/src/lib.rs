@@ -19,6 +19,7 @@ pub mod identity;
 pub mod kernel_btf;
 pub mod lineage;
 pub mod metrics;
+pub mod netfamily;
 pub mod netpolicy;
 pub mod pidfd;
 pub mod pins;

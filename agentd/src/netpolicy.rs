@@ -13,6 +13,7 @@ use agentd_common::{NET_RULES_PER_PREFIX, NetRule, NetRuleList, net_action};
 use serde::Deserialize;
 
 use crate::identity::policy::{FieldError, check_rule_id};
+use crate::netfamily::SocketFamily;
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -66,10 +67,14 @@ pub struct AgentNetworkSpec {
     pub default: Action,
     #[serde(default)]
     pub mode: Mode,
-    /// Whether its processes may create raw sockets (`SOCK_RAW`, IPv4 and IPv6), which no
-    /// destination rule can judge. Default: deny.
+    /// Whether its processes may create raw sockets (`SOCK_RAW`, IPv4 and IPv6) and packet
+    /// sockets (`AF_PACKET`), which no destination rule can judge. Default: deny.
     #[serde(default)]
     pub raw_sockets: RawSockets,
+    /// Socket families beyond IPv4, IPv6, unix, netlink and alg that its processes may create
+    /// (`vsock`, `tipc`, ...; `crate::netfamily`). Default: none.
+    #[serde(default)]
+    pub socket_families: Vec<SocketFamily>,
     #[serde(default, rename = "rule")]
     pub rules: Vec<NetRuleSpec>,
 }
@@ -342,6 +347,7 @@ pub struct CompiledAgentNetwork {
     pub default: Action,
     pub mode: Mode,
     pub raw_sockets: RawSockets,
+    pub socket_families: Vec<SocketFamily>,
     pub rules: Vec<CompiledNetRule>,
     pub domains: Vec<DomainRule>,
 }
@@ -543,6 +549,7 @@ impl AgentNetworkSpec {
             default: self.default,
             mode: self.mode,
             raw_sockets: self.raw_sockets,
+            socket_families: self.socket_families.clone(),
             rules,
             domains,
         }

@@ -350,3 +350,234 @@ fn datagram_rerouted_by_a_control_message_is_dropped_at_egress() {
     assert_eq!(event["rule"], "reroute-agent/no-hop", "{event}");
     assert_eq!(event["port"], port, "{event}");
 }
+
+/// Whether the running kernel has BPF LSM, which `socket_create` needs; without it, the
+/// network sensor must say that these families go undecided.
+fn families_decided(daemon: &Daemon) -> bool {
+    let status = daemon.status();
+    // The file sensor tells whether this kernel runs agentd's BPF LSM programs (some list
+    // `bpf` as active and still refuse them).
+    let lsm = status.file_monitoring.starts_with("lsm");
+    let network = status
+        .sensors
+        .iter()
+        .find(|sensor| sensor.name == "network")
+        .expect("a network sensor in the status");
+    if lsm {
+        assert_eq!(network.state, "active", "{network:?}");
+    } else {
+        assert_eq!(network.state, "limited", "{network:?}");
+        assert!(network.detail.contains("packet sockets"), "{network:?}");
+    }
+    lsm
+}
+
+/// Packet sockets bypass the IP stack (no cgroup hook sees them) and other families reach
+/// hosts no address rule names (vsock to the hypervisor, TIPC, RDS, SMC, XDP, ...): BPF LSM
+/// `socket_create` refuses them to tagged processes unless `raw_sockets` (packet) or
+/// `socket_families` allows them. The obsolete `socket(AF_INET, SOCK_PACKET)` is a packet
+/// socket too.
+#[test]
+fn packet_and_other_socket_families_are_decided_by_policy() {
+    let (denied, allowed, audit) = (
+        "family-denied-agent",
+        "family-allowed-agent",
+        "family-audit-agent",
+    );
+    let policy = format!(
+        "{}{}raw_sockets = \"allow\"\nsocket_families = [\"vsock\", \"tipc\"]\n{}mode = \"audit\"\n",
+        agent_policy(denied, ""),
+        agent_policy(allowed, ""),
+        agent_policy(audit, ""),
+    );
+    let daemon = Daemon::start(&policy);
+    if !families_decided(&daemon) {
+        return;
+    }
+    let _denied_cgroup = launch_cgroup(denied);
+    let _allowed_cgroup = launch_cgroup(allowed);
+    let _audit_cgroup = launch_cgroup(audit);
+    let n = |value: i32| value.to_string();
+    let packet = [
+        n(libc::AF_PACKET),
+        n(libc::SOCK_RAW),
+        n(i32::from(0x0003u16.to_be())),
+    ];
+    let inet_packet = [n(libc::AF_INET), n(10), n(i32::from(0x0003u16.to_be()))];
+    let vsock = [n(libc::AF_VSOCK), n(libc::SOCK_STREAM), n(0)];
+    let tipc = [n(libc::AF_TIPC), n(libc::SOCK_RDM), n(0)];
+    let unix = [n(libc::AF_UNIX), n(libc::SOCK_STREAM), n(0)];
+    let netlink = [n(libc::AF_NETLINK), n(libc::SOCK_RAW), n(0)];
+    let case = |agent: Option<&str>, args: &[String; 3]| {
+        let mut all = vec!["socket"];
+        all.extend(args.iter().map(String::as_str));
+        evade(&daemon, agent, &all)
+    };
+    for args in [&packet, &inet_packet, &vsock, &tipc] {
+        assert_eq!(case(Some(denied), args), "eperm", "{args:?} denied agent");
+        // Allowed: the family may still be missing from this kernel, but not refused.
+        assert_ne!(case(Some(allowed), args), "eperm", "{args:?} allowed agent");
+        assert_ne!(case(Some(audit), args), "eperm", "{args:?} audit agent");
+        assert_ne!(case(None, args), "eperm", "{args:?} untagged");
+    }
+    for args in [&unix, &netlink] {
+        assert_eq!(case(Some(denied), args), "ok", "{args:?} is always allowed");
+    }
+    let mut seen = Vec::new();
+    for (agent, family, verdict, decided_by, would_deny) in [
+        (denied, "packet", "deny", "raw_sockets", false),
+        (denied, "vsock", "deny", "socket_families", false),
+        (denied, "tipc", "deny", "socket_families", false),
+        (allowed, "packet", "allow", "raw_sockets", false),
+        (allowed, "vsock", "allow", "socket_families", false),
+        (audit, "vsock", "allow", "socket_families", true),
+    ] {
+        let event = net_event(&daemon, &mut seen, "the socket family event", |e| {
+            e["hook"] == "socket" && e["agent"]["name"] == agent && e["socket_family"] == family
+        });
+        assert_eq!(event["verdict"], verdict, "{event}");
+        assert_eq!(event["decided_by"], decided_by, "{event}");
+        assert_eq!(event["would_deny"], would_deny, "{event}");
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|e| e["socket_family"] == "unix" || e["socket_family"] == "netlink"),
+        "always-allowed families are not reported"
+    );
+}
+
+/// An agent's open sockets are capped (`network.max_sockets_per_agent`): past the cap a new
+/// socket's call is refused, since the egress check could not know it, and reported; a closed
+/// socket frees its place at once, however many come and go.
+#[test]
+fn an_agents_sockets_are_capped_and_closed_ones_free_their_place() {
+    let agent = "socket-cap-agent";
+    let _range = PingGroupRange::allow_all();
+    let target = UdpSocket::bind("127.0.0.1:0").expect("a port");
+    let port = target.local_addr().unwrap().port().to_string();
+    let daemon = Daemon::start_with_config(
+        &agent_policy(agent, ""),
+        "[network]\nmax_sockets_per_agent = 16\n",
+    );
+    let _launched = launch_cgroup(agent);
+    assert_eq!(
+        evade(
+            &daemon,
+            Some(agent),
+            &["hold-sockets", "16", "127.0.0.1", &port]
+        ),
+        "ok"
+    );
+    assert_eq!(
+        evade(
+            &daemon,
+            Some(agent),
+            &["hold-sockets", "17", "127.0.0.1", &port]
+        ),
+        "eperm@16"
+    );
+    // A thousand sockets one after the other: each closed one leaves the table.
+    assert_eq!(
+        evade(
+            &daemon,
+            Some(agent),
+            &["hold-sockets", "1", "127.0.0.1", &port]
+        ),
+        "ok"
+    );
+    assert_eq!(
+        evade(
+            &daemon,
+            Some(agent),
+            &["churn-ping", "1000", "127.0.0.1", &port, "127.0.0.1"]
+        ),
+        "ok"
+    );
+    assert_eq!(
+        evade(&daemon, None, &["hold-sockets", "64", "127.0.0.1", &port]),
+        "ok",
+        "untagged processes are not counted"
+    );
+    let mut seen = Vec::new();
+    let event = net_event(&daemon, &mut seen, "the socket limit event", |e| {
+        e["decided_by"] == "socket_limit"
+    });
+    assert_eq!(event["verdict"], "deny", "{event}");
+    assert_eq!(event["hook"], "connect", "{event}");
+    assert_eq!(event["agent"]["name"], agent, "{event}");
+}
+
+/// The egress check knows a ping socket from its creation; many other sockets coming and
+/// going (more than the socket table holds) must not make it forget that one, or its echo
+/// requests to a denied address would leave unchecked.
+#[test]
+fn a_ping_socket_stays_checked_after_more_sockets_than_the_table_holds() {
+    let agent = "churn-agent";
+    let _range = PingGroupRange::allow_all();
+    let target = UdpSocket::bind("127.0.0.1:0").expect("a port");
+    let port = target.local_addr().unwrap().port().to_string();
+    let policy = agent_policy(
+        agent,
+        "[[agent.network.rule]]\nid = \"no-ping\"\naction = \"deny\"\ncidr = \"127.0.0.5/32\"\nprotocol = \"icmp\"\n",
+    );
+    let daemon = Daemon::start(&policy);
+    let _launched = launch_cgroup(agent);
+    assert_eq!(
+        evade(
+            &daemon,
+            Some(agent),
+            &["churn-ping", "70000", "127.0.0.1", &port, "127.0.0.5"]
+        ),
+        "eperm"
+    );
+    let mut seen = Vec::new();
+    let event = net_event(&daemon, &mut seen, "the ping deny event", |e| {
+        e["address"] == "127.0.0.5" && e["verdict"] == "deny"
+    });
+    assert_eq!(event["hook"], "egress", "{event}");
+    assert_eq!(event["rule"], "churn-agent/no-ping", "{event}");
+}
+
+/// A later fragment carries no transport header, but a listener at its address reads its
+/// bytes all the same: it is judged by its destination address, in both families.
+#[test]
+fn a_later_fragment_to_a_denied_address_is_dropped_at_egress() {
+    let agent = "fragment-agent";
+    let policy = agent_policy(
+        agent,
+        "raw_sockets = \"allow\"\n\
+         [[agent.network.rule]]\nid = \"no-five\"\naction = \"deny\"\ncidr = \"127.0.0.5/32\"\n\
+         [[agent.network.rule]]\nid = \"no-v6\"\naction = \"deny\"\ncidr = \"::1/128\"\n",
+    );
+    let daemon = Daemon::start(&policy);
+    let _launched = launch_cgroup(agent);
+    for addr in ["127.0.0.5", "::1"] {
+        assert_eq!(
+            evade(&daemon, Some(agent), &["fragment", addr]),
+            "eperm",
+            "{addr}"
+        );
+        assert_eq!(
+            evade(&daemon, None, &["fragment", addr]),
+            "ok",
+            "{addr} untagged"
+        );
+    }
+    assert_eq!(
+        evade(&daemon, Some(agent), &["fragment", "127.0.0.6"]),
+        "ok",
+        "an allowed address"
+    );
+    let mut seen = Vec::new();
+    for (address, rule) in [
+        ("127.0.0.5", "fragment-agent/no-five"),
+        ("::1", "fragment-agent/no-v6"),
+    ] {
+        let event = net_event(&daemon, &mut seen, "the fragment deny event", |e| {
+            e["address"] == address && e["verdict"] == "deny" && e["hook"] == "egress"
+        });
+        assert_eq!(event["rule"], rule, "{event}");
+        assert_eq!(event["port"], 0, "{event}");
+    }
+}

@@ -9,6 +9,12 @@
 //!   second (the kernel does not pass an IPv6 ping's drop on to the caller).
 //! - `evade lsrr-cmsg ADDR PORT HOP`: a UDP datagram to ADDR:PORT whose control message
 //!   (`IP_RETOPTS`) carries a loose source route through HOP, so that it leaves for HOP.
+//! - `evade hold-sockets N ADDR PORT`: N UDP sockets connected to ADDR:PORT, all held open;
+//!   `ok`, or the first failure's word and its index (`eperm@16`).
+//! - `evade churn-ping N ADDR PORT PING`: a ping socket first, then N UDP sockets each
+//!   connected to ADDR:PORT and closed, then an echo request to PING on the first socket.
+//! - `evade fragment v4|v6 ADDR`: a later fragment of a UDP datagram (offset 800 bytes, no
+//!   transport header) sent to ADDR from a raw socket that writes its own IP header.
 //! - `evade source-route v4|v6`: sets a source route on a UDP socket (`IP_OPTIONS` with a loose
 //!   source route through 127.0.0.9, or an IPv6 segment routing header through `::1`).
 
@@ -205,6 +211,130 @@ fn lsrr_cmsg(target: std::net::SocketAddrV4, hop: std::net::Ipv4Addr) -> String 
     said(ret as i64)
 }
 
+/// The outcome word of a failed standard-library call.
+fn word_of(err: &std::io::Error) -> String {
+    if err.raw_os_error() == Some(libc::EPERM) {
+        "eperm".to_owned()
+    } else {
+        format!("error:{err}")
+    }
+}
+
+/// A UDP socket connected to `target`, or the outcome word of its failure.
+fn connected_udp(target: SocketAddr) -> Result<std::net::UdpSocket, String> {
+    let local = if target.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let socket = std::net::UdpSocket::bind(local).map_err(|err| word_of(&err))?;
+    socket.connect(target).map_err(|err| word_of(&err))?;
+    Ok(socket)
+}
+
+/// `hold-sockets`: `count` connected sockets held open at once.
+fn hold_sockets(count: usize, target: SocketAddr) -> String {
+    let mut held = Vec::with_capacity(count);
+    for i in 0..count {
+        match connected_udp(target) {
+            Ok(socket) => held.push(socket),
+            Err(word) => return format!("{word}@{i}"),
+        }
+    }
+    "ok".to_owned()
+}
+
+/// `churn-ping`: whether a ping socket made before `count` other sockets came and went is
+/// still judged.
+fn churn_ping(count: usize, target: SocketAddr, ping: std::net::Ipv4Addr) -> String {
+    let fd = match socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP) {
+        Ok(fd) => fd,
+        Err(word) => return format!("ping-socket:{word}"),
+    };
+    for i in 0..count {
+        if let Err(word) = connected_udp(target) {
+            return format!("churn:{word}@{i}");
+        }
+    }
+    match send_to(
+        &fd,
+        &[8, 0, 0, 0, 0, 0, 0, 1],
+        SocketAddr::new(IpAddr::V4(ping), 0),
+    ) {
+        sent if sent == "ok" => echo_reply(&fd),
+        failed => failed,
+    }
+}
+
+/// `fragment`: a later fragment (offset 100 × 8 bytes, last) of a UDP datagram to `addr`,
+/// whose IP header the raw socket's caller writes (`IPPROTO_RAW` implies `IP_HDRINCL`).
+fn later_fragment(addr: IpAddr) -> String {
+    use std::os::fd::AsRawFd as _;
+    let fd = match socket(family_of(&addr), libc::SOCK_RAW, libc::IPPROTO_RAW) {
+        Ok(fd) => fd,
+        Err(word) => return format!("socket:{word}"),
+    };
+    let payload = *b"agentd!!";
+    let mut packet = Vec::new();
+    match addr {
+        IpAddr::V4(v4) => {
+            // Version 4, 20-byte header; total length and checksum are filled in by the
+            // kernel, and so are the id and source when 0. Fragment offset 100, MF clear.
+            packet.extend_from_slice(&[0x45, 0, 0, 28, 0, 0, 0x00, 100, 64, 17, 0, 0]);
+            packet.extend_from_slice(&[0, 0, 0, 0]);
+            packet.extend_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            // Version 6, payload 16 bytes (fragment header + 8), next header 44 (fragment),
+            // hop limit 64, source and destination the address itself.
+            packet.extend_from_slice(&[0x60, 0, 0, 0, 0, 16, 44, 64]);
+            packet.extend_from_slice(&v6.octets());
+            packet.extend_from_slice(&v6.octets());
+            // Fragment header: next header UDP, offset 100 (in the top 13 bits), M clear.
+            packet.extend_from_slice(&[17, 0, 0x03, 0x20, 0x12, 0x34, 0x56, 0x78]);
+        }
+    }
+    packet.extend_from_slice(&payload);
+    let target = SocketAddr::new(addr, 0);
+    let ret = match target {
+        SocketAddr::V4(v4) => {
+            // SAFETY: all-zero is a valid sockaddr_in.
+            let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            sin.sin_family = family(libc::AF_INET);
+            sin.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+            // SAFETY: valid buffer and address pointers of the lengths given.
+            unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    packet.as_ptr().cast(),
+                    packet.len(),
+                    0,
+                    (&raw const sin).cast(),
+                    len_of::<libc::sockaddr_in>(),
+                )
+            }
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: all-zero is a valid sockaddr_in6.
+            let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            sin6.sin6_family = family(libc::AF_INET6);
+            sin6.sin6_addr.s6_addr = v6.ip().octets();
+            // SAFETY: as above.
+            unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    packet.as_ptr().cast(),
+                    packet.len(),
+                    0,
+                    (&raw const sin6).cast(),
+                    len_of::<libc::sockaddr_in6>(),
+                )
+            }
+        }
+    };
+    said(ret as i64)
+}
+
 /// Runs one `evade` case and prints its outcome.
 pub fn evade(args: &[&str]) -> std::io::Result<()> {
     let number = |text: &str| text.parse::<i32>().map_err(std::io::Error::other);
@@ -242,6 +372,20 @@ pub fn evade(args: &[&str]) -> std::io::Result<()> {
             }
         }
         ["source-route", family] => source_route(family)?,
+        ["hold-sockets", count, addr, port] => {
+            let count: usize = count.parse().map_err(std::io::Error::other)?;
+            let addr: IpAddr = addr.parse().map_err(std::io::Error::other)?;
+            let port: u16 = port.parse().map_err(std::io::Error::other)?;
+            hold_sockets(count, SocketAddr::new(addr, port))
+        }
+        ["churn-ping", count, addr, port, ping] => {
+            let count: usize = count.parse().map_err(std::io::Error::other)?;
+            let addr: IpAddr = addr.parse().map_err(std::io::Error::other)?;
+            let port: u16 = port.parse().map_err(std::io::Error::other)?;
+            let ping = ping.parse().map_err(std::io::Error::other)?;
+            churn_ping(count, SocketAddr::new(addr, port), ping)
+        }
+        ["fragment", addr] => later_fragment(addr.parse().map_err(std::io::Error::other)?),
         ["lsrr-cmsg", addr, port, hop] => {
             let addr = addr.parse().map_err(std::io::Error::other)?;
             let port: u16 = port.parse().map_err(std::io::Error::other)?;
@@ -250,7 +394,7 @@ pub fn evade(args: &[&str]) -> std::io::Result<()> {
         }
         _ => {
             return Err(std::io::Error::other(
-                "usage: evade socket|udplite|ping|source-route",
+                "usage: evade socket|udplite|ping|source-route|lsrr-cmsg|hold-sockets|churn-ping|fragment",
             ));
         }
     };

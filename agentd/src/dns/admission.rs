@@ -71,6 +71,7 @@ mod tests {
                 })
                 .collect(),
             raw_sockets: crate::netpolicy::RawSockets::default(),
+            socket_families: Vec::new(),
         }
     }
 

@@ -26,7 +26,7 @@ use aya::{
     },
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
-        CgroupSockopt, cgroup_sockopt::CgroupSockoptLink,
+        CgroupSockopt, Lsm, cgroup_sockopt::CgroupSockoptLink,
     },
 };
 
@@ -38,6 +38,10 @@ const PROGRAMS: [&str; 5] = ["connect4", "connect6", "sendmsg4", "sendmsg6", "re
 const EGRESS: &str = "egress";
 /// The `cgroup/sock_create` program that decides raw sockets.
 const SOCK_CREATE: &str = "sock_create";
+/// The `cgroup/sock_release` program that forgets agents' closed sockets.
+const SOCK_RELEASE: &str = "sock_release";
+/// The BPF LSM `socket_create` program that decides the socket families no address hook sees.
+const SOCKET_CREATE: &str = "socket_create";
 /// The `cgroup/setsockopt` program that refuses source routes.
 const SETSOCKOPT: &str = "setsockopt";
 
@@ -105,6 +109,9 @@ pub struct NetSensor {
     /// The `cgroup/setsockopt` link: aya cannot pin it, so it lives (and refuses source
     /// routes) while this process runs, and every start attaches it afresh.
     setsockopt: Option<CgroupSockoptLink>,
+    /// Whether `socket_create` is attached (BPF LSM works here): packet sockets and the
+    /// other families are decided.
+    families: bool,
 }
 
 /// The LPM keys (prefix length, key) written for Conditional Access.
@@ -126,11 +133,13 @@ fn v6(prefix: &Prefix) -> [u8; 16] {
 }
 
 impl NetSensor {
-    /// Attaches the programs to the cgroup v2 root at `cgroup_root`, unless `links` adopted
-    /// them; then the maps' content is adopted too (the generation in force, what each holds).
+    /// Attaches the programs to the cgroup v2 root at `cgroup_root`, and `socket_create` when
+    /// `lsm` (BPF LSM works), unless `links` adopted them; then the maps' content is adopted
+    /// too (the generation in force, what each holds).
     pub fn attach(
         object: &mut LoadedObject,
         cgroup_root: &Path,
+        lsm: bool,
         links: &mut Links,
     ) -> Result<Self, SensorError> {
         let mut sensor = Self {
@@ -159,6 +168,7 @@ impl NetSensor {
             written: StdHashMap::new(),
             quarantine_allow: Vec::new(),
             setsockopt: None,
+            families: false,
         };
         sensor.adopt_content()?;
         let root = std::fs::File::open(cgroup_root).map_err(|source| SensorError::Cgroup {
@@ -167,6 +177,7 @@ impl NetSensor {
         })?;
         sensor.setsockopt = Some(attach_setsockopt(object, &root)?);
         if links.adopting() {
+            sensor.families = links.has(SOCKET_CREATE);
             return Ok(sensor);
         }
         for name in PROGRAMS {
@@ -191,18 +202,40 @@ impl NetSensor {
             EGRESS,
             program.take_link(link_id).map_err(attach_error(EGRESS))?,
         )?;
-        let program: &mut CgroupSock = super::program(&mut object.ebpf, SOCK_CREATE)?;
-        program.load().map_err(load_error(SOCK_CREATE))?;
-        let link_id = program
-            .attach(&root, CgroupAttachMode::Single)
-            .map_err(attach_error(SOCK_CREATE))?;
-        links.add(
-            SOCK_CREATE,
+        // The release first: no socket is recorded before its closing can be seen.
+        for name in [SOCK_RELEASE, SOCK_CREATE] {
+            let program: &mut CgroupSock = super::program(&mut object.ebpf, name)?;
+            program.load().map_err(load_error(name))?;
+            let link_id = program
+                .attach(&root, CgroupAttachMode::Single)
+                .map_err(attach_error(name))?;
+            links.add(
+                name,
+                program.take_link(link_id).map_err(attach_error(name))?,
+            )?;
+        }
+        if lsm {
+            let LoadedObject { ebpf, btf, .. } = object;
+            let program: &mut Lsm = super::program(ebpf, SOCKET_CREATE)?;
             program
-                .take_link(link_id)
-                .map_err(attach_error(SOCK_CREATE))?,
-        )?;
+                .load(SOCKET_CREATE, btf)
+                .map_err(load_error(SOCKET_CREATE))?;
+            let link_id = program.attach().map_err(attach_error(SOCKET_CREATE))?;
+            links.add(
+                SOCKET_CREATE,
+                program
+                    .take_link(link_id)
+                    .map_err(attach_error(SOCKET_CREATE))?,
+            )?;
+            sensor.families = true;
+        }
         Ok(sensor)
+    }
+
+    /// Whether packet sockets and the other socket families are decided (BPF LSM).
+    #[must_use]
+    pub fn decides_families(&self) -> bool {
+        self.families
     }
 
     /// Makes the Conditional Access tables exactly `tables`: grants and denials go in before the
