@@ -581,3 +581,43 @@ fn a_later_fragment_to_a_denied_address_is_dropped_at_egress() {
         assert_eq!(event["port"], 0, "{event}");
     }
 }
+
+/// The setsockopt program is pinned with the other links: source routes stay refused to
+/// tagged processes while agentd is down (here killed with SIGKILL, which runs no exit path).
+#[test]
+fn source_routes_stay_refused_while_agentd_is_down() {
+    let agent = "route-down-agent";
+    let mut daemon = Daemon::start(&agent_policy(agent, ""));
+    let _launched = launch_cgroup(agent);
+    let go = daemon.dir.path().join("go");
+    let helper = helper();
+    let script = format!(
+        "while [ ! -e '{}' ]; do sleep 0.05; done; exec '{}' evade source-route v4",
+        go.display(),
+        helper.display()
+    );
+    let child = daemon
+        .launch(agent, &["sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("launching the agent");
+    wait_until("the agent is tagged", || {
+        daemon
+            .ps()
+            .iter()
+            .any(|process| process.agent.name == agent && process.command.contains("sh"))
+    });
+    let pinned = daemon.status().pins.expect("status reports the pins").links;
+    assert!(
+        pinned.iter().any(|link| link.program == "setsockopt"),
+        "{pinned:?}"
+    );
+    daemon.sigkill();
+    std::fs::write(&go, "").expect("letting the agent go");
+    let output = child.wait_with_output().expect("the agent's output");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "eperm",
+        "a source route set with agentd down"
+    );
+}

@@ -5,6 +5,7 @@ pub mod files;
 pub mod net;
 pub mod process;
 pub mod protect;
+mod raw_link;
 
 use std::{collections::HashSet, hash::Hash};
 
@@ -37,6 +38,12 @@ pub enum SensorError {
         program: &'static str,
         #[source]
         source: ProgramError,
+    },
+    #[error("linking {program}")]
+    Link {
+        program: &'static str,
+        #[source]
+        source: std::io::Error,
     },
     #[error("opening the cgroup {path}")]
     Cgroup {

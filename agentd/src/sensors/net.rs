@@ -19,6 +19,8 @@ use agentd_common::{
     LearnedKeyV6, LearnedRule, NetAgentKey, NetAgentPolicy, NetCacheConfig, NetKeyV4, NetKeyV6,
     NetRuleList, OriginalDestination,
 };
+use std::os::fd::AsFd as _;
+
 use aya::{
     maps::{
         Array, HashMap, MapData, MapError, PerCpuHashMap,
@@ -45,17 +47,39 @@ const SOCKET_CREATE: &str = "socket_create";
 /// The `cgroup/setsockopt` program that refuses source routes.
 const SETSOCKOPT: &str = "setsockopt";
 
-/// Loads and attaches the `cgroup/setsockopt` program at the cgroup root `root`.
+/// Loads and attaches the `cgroup/setsockopt` program at the cgroup root `root`: pinned with
+/// the other links when `links` pins (through `raw_link`, since aya cannot hand this link
+/// over), else held by this process (returned).
 fn attach_setsockopt(
     object: &mut LoadedObject,
     root: &std::fs::File,
-) -> Result<CgroupSockoptLink, SensorError> {
+    links: &mut Links,
+) -> Result<Option<CgroupSockoptLink>, SensorError> {
     let program: &mut CgroupSockopt = super::program(&mut object.ebpf, SETSOCKOPT)?;
     program.load().map_err(load_error(SETSOCKOPT))?;
+    if let Some(layout) = links.layout() {
+        let scratch = layout.root.join("setsockopt-scratch");
+        let fd = program.fd().map_err(attach_error(SETSOCKOPT))?;
+        let link = super::raw_link::cgroup_link(
+            fd.as_fd(),
+            root.as_fd(),
+            super::raw_link::CGROUP_SETSOCKOPT,
+            &scratch,
+        )
+        .map_err(|source| SensorError::Link {
+            program: SETSOCKOPT,
+            source,
+        })?;
+        links.add(SETSOCKOPT, link)?;
+        return Ok(None);
+    }
     let link_id = program
         .attach(root, CgroupAttachMode::Single)
         .map_err(attach_error(SETSOCKOPT))?;
-    program.take_link(link_id).map_err(attach_error(SETSOCKOPT))
+    program
+        .take_link(link_id)
+        .map(Some)
+        .map_err(attach_error(SETSOCKOPT))
 }
 
 /// One generation's content, as the kernel maps hold it.
@@ -106,7 +130,7 @@ pub struct NetSensor {
     generation: u32,
     written: StdHashMap<u32, Written>,
     quarantine_allow: Vec<Prefix>,
-    /// The `cgroup/setsockopt` link: aya cannot pin it, so it lives (and refuses source
+    /// The `cgroup/setsockopt` link where agentd does not pin: it lives (and refuses source
     /// routes) while this process runs, and every start attaches it afresh.
     setsockopt: Option<CgroupSockoptLink>,
     /// Whether `socket_create` is attached (BPF LSM works here): packet sockets and the
@@ -175,11 +199,11 @@ impl NetSensor {
             path: cgroup_root.to_owned(),
             source,
         })?;
-        sensor.setsockopt = Some(attach_setsockopt(object, &root)?);
         if links.adopting() {
             sensor.families = links.has(SOCKET_CREATE);
             return Ok(sensor);
         }
+        sensor.setsockopt = attach_setsockopt(object, &root, links)?;
         for name in PROGRAMS {
             let program: &mut CgroupSockAddr = super::program(&mut object.ebpf, name)?;
             program.load().map_err(load_error(name))?;
