@@ -124,9 +124,10 @@ pub struct FileDecision {
     /// `mkdir`, `symlink`, `mknod`, `rmdir`, `truncate`, or `observed_open` (a syscall
     /// tracepoint where BPF LSM is not active).
     pub hook: &'static str,
-    /// A rename's or link's destination decided (the name taken, replaced or swapped in, and
-    /// its directory), not the object moved or linked.
-    pub destination: bool,
+    /// What was decided: `object` (the object opened, created, removed, moved or linked) or
+    /// `destination` (where a rename or link leads: the name taken, replaced or swapped in, and
+    /// its directory).
+    pub side: &'static str,
     /// Seen after the fact by a tracepoint: nothing was enforced.
     pub observed: bool,
     /// The file's path: resolved by the kernel unless `path_source` says otherwise.
@@ -328,22 +329,12 @@ impl Event {
                     .map(|(_, name)| name)
                     .collect(),
                     would_deny: raw.flags & FileEvent::FLAG_WOULD_DENY != 0,
-                    hook: match FileHook::from_u32(raw.hook) {
-                        Some(FileHook::Open) => "open",
-                        Some(FileHook::Exec) => "exec",
-                        Some(FileHook::Unlink) => "unlink",
-                        Some(FileHook::Rename) => "rename",
-                        Some(FileHook::Link) => "link",
-                        Some(FileHook::Create) => "create",
-                        Some(FileHook::Truncate) => "truncate",
-                        Some(FileHook::ObservedOpen) => "observed_open",
-                        Some(FileHook::Mkdir) => "mkdir",
-                        Some(FileHook::Symlink) => "symlink",
-                        Some(FileHook::Mknod) => "mknod",
-                        Some(FileHook::Rmdir) => "rmdir",
-                        None => "unknown",
+                    hook: file_hook_name(raw.hook),
+                    side: if raw.flags & FileEvent::FLAG_DESTINATION == 0 {
+                        "object"
+                    } else {
+                        "destination"
                     },
-                    destination: raw.flags & FileEvent::FLAG_DESTINATION != 0,
                     observed: raw.flags & FileEvent::FLAG_OBSERVED != 0,
                     path: String::from_utf8_lossy(
                         &raw.path[..(raw.path_len as usize).min(raw.path.len())],
@@ -776,6 +767,25 @@ fn drain(
     }
 }
 
+/// The name a [`FileHook`] has in events.
+fn file_hook_name(hook: u32) -> &'static str {
+    match FileHook::from_u32(hook) {
+        Some(FileHook::Open) => "open",
+        Some(FileHook::Exec) => "exec",
+        Some(FileHook::Unlink) => "unlink",
+        Some(FileHook::Rename) => "rename",
+        Some(FileHook::Link) => "link",
+        Some(FileHook::Create) => "create",
+        Some(FileHook::Truncate) => "truncate",
+        Some(FileHook::ObservedOpen) => "observed_open",
+        Some(FileHook::Mkdir) => "mkdir",
+        Some(FileHook::Symlink) => "symlink",
+        Some(FileHook::Mknod) => "mknod",
+        Some(FileHook::Rmdir) => "rmdir",
+        None => "unknown",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use agentd_common::{COMM_LEN, FILENAME_LEN, InodeKey};
@@ -1002,7 +1012,7 @@ mod tests {
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["kind"], "file");
         assert_eq!(json["hook"], "rmdir");
-        assert_eq!(json["destination"], true);
+        assert_eq!(json["side"], "destination");
         assert_eq!(json["path"], "key");
         assert_eq!(json["path_source"], "name");
         assert_eq!(json["observed"], false);

@@ -264,7 +264,10 @@ impl FileSensor {
                     }
                     Err(err) if REQUIRED_HOOKS.contains(&hook) => return Err(err),
                     Err(_) if predated(btf, hook, |older| attached_hooks.contains(&older)) => {
-                        tracing::debug!(hook, "this kernel predates the hook; its calls reach an older one");
+                        tracing::debug!(
+                            hook,
+                            "this kernel predates the hook; its calls reach an older one"
+                        );
                     }
                     // A kernel without CONFIG_SECURITY_PATH has no path hooks: opens and execs
                     // are still decided, moving files out of protected directories is not.
