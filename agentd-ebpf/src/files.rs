@@ -287,4 +287,3 @@ fn fd_file(offsets: &KernelOffsets, fd: u64) -> Result<*const u8, i64> {
     let file = read_at::<*const u8>(slot, 0)?;
     if file.is_null() { Err(-1) } else { Ok(file) }
 }
-
