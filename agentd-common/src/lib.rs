@@ -381,7 +381,9 @@ pub struct FileEvent {
     pub rule_id: u32,
     /// The agent (0 for the global deny list).
     pub agent: u32,
-    /// The `file_access` bits asked for.
+    /// The `file_access` bits the deciding rule covers of those asked for: what it denied (or,
+    /// in audit mode, would deny). A rename or link asks for every access of the object it
+    /// moves, since a new name can put the object beyond the rules on its old place.
     pub access: u32,
     /// `FileEvent::FLAG_*` bits.
     pub flags: u32,
@@ -412,11 +414,22 @@ pub enum FileHook {
     Link = 5,
     /// LSM `inode_create`: a new file in a directory.
     Create = 6,
-    /// LSM `path_truncate`.
+    /// LSM `path_truncate` (`truncate(2)`, and on kernels before 6.2 `ftruncate(2)` and
+    /// `O_TRUNC`) or `file_truncate` (6.2 on: `ftruncate(2)` and `O_TRUNC`).
     Truncate = 7,
     /// The `open`/`openat`/`openat2` syscall tracepoints, where BPF LSM is not active: the open
     /// already happened.
     ObservedOpen = 8,
+    // 9 to 19 are left to hooks of other concerns (metadata, mounts, mappings), so that branches
+    // adding hooks side by side do not give one number two meanings.
+    /// LSM `inode_mkdir`: a new directory.
+    Mkdir = 20,
+    /// LSM `inode_symlink`: a new symbolic link.
+    Symlink = 21,
+    /// LSM `inode_mknod`: a new FIFO, socket or device node.
+    Mknod = 22,
+    /// LSM `inode_rmdir`: a directory removed.
+    Rmdir = 23,
 }
 
 impl FileHook {
@@ -431,6 +444,10 @@ impl FileHook {
             6 => Self::Create,
             7 => Self::Truncate,
             8 => Self::ObservedOpen,
+            20 => Self::Mkdir,
+            21 => Self::Symlink,
+            22 => Self::Mknod,
+            23 => Self::Rmdir,
             _ => return None,
         })
     }
@@ -474,6 +491,9 @@ impl FileEvent {
     pub const FLAG_PATH_TRUNCATED: u32 = 1 << 4;
     /// The agent's Conditional Access decision (a file control) denied, not a local rule.
     pub const FLAG_CONDITIONAL_ACCESS: u32 = 1 << 5;
+    /// The decision is on where a rename or link leads (the name taken, replaced or swapped in,
+    /// and its directory), not on the object moved or linked.
+    pub const FLAG_DESTINATION: u32 = 1 << 6;
 }
 
 /// Byte offsets of kernel struct fields that the programs read, resolved by userspace from the

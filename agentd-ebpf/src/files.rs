@@ -1,50 +1,27 @@
 //! File decisions in BPF LSM hooks, on kernel objects: a file is identified by the device and
-//! inode of the object being opened, executed, created, truncated, moved or removed, and by the
-//! directories above it, never by the path string the process passed. Where BPF LSM is not
-//! active, the same rules are evaluated after the fact from the open syscalls' tracepoints and
-//! reported as observed, never enforced.
+//! inode of the object being opened or executed, and by the directories above it, never by the
+//! path string the process passed. Where BPF LSM is not active, the same rules are evaluated
+//! after the fact from the open syscalls' tracepoints and reported as observed, never enforced.
+//! Creating, moving, linking, removing and truncating are decided in `files_namespace`; the
+//! rules and the walk live in `file_rules`.
 
-use agentd_common::{
-    CaAgent, EventKind, FILE_EXTENSION_LEN, FILE_NAME_LEN, FILE_PATH_LEN, FILE_RULE_DEPTH,
-    FileEvent, FileHook, FileNameKey, FileRule, FileRuleKey, InodeKey, KernelOffsets, Verdict,
-    file_access, file_name_kind, net_action,
-};
+use agentd_common::{FileHook, InodeKey, KernelOffsets, file_access};
 use aya_ebpf::{
-    bindings::path,
-    helpers::{
-        bpf_d_path, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_str_bytes,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::{lsm, map, tracepoint},
     maps::{HashMap, LruHashMap},
     programs::{LsmContext, TracePointContext},
 };
 
 use crate::{
-    events::{header, reserve, wakeup},
-    kernel::{file_inode_key, inode_key, offsets, read_at, read_field},
-    net_access::CA_AGENTS,
-    tagging::{cgroup_tag, tag_of},
+    file_rules::{Access, EPERM, Hit, current_agent, decide, path_kind, report},
+    kernel::{file_inode_key, offsets, read_at, read_field},
 };
-
-/// (agent, file or directory) → the agent's rule on it. 16,384 rules across agents.
-#[map]
-pub static FILE_RULES: HashMap<FileRuleKey, FileRule> = HashMap::with_max_entries(16_384, 0);
-
-/// (agent, file name or extension) → the agent's rule on such files. 4,096 across agents: the
-/// shipped sensitive-files set names about twenty.
-#[map]
-pub static FILE_NAMES: HashMap<FileNameKey, FileRule> = HashMap::with_max_entries(4096, 0);
 
 /// Files that no one may open, keyed by kernel object, valued by rule id. 4,096 rules is far
 /// more than any file policy names today; `agentd` refuses to load a policy that would not fit.
 #[map]
 pub static DENY_INODES: HashMap<InodeKey, u32> = HashMap::with_max_entries(4096, 0);
-
-/// Quarantined agents → the rule id reported: their writes are denied everywhere. 4,096, as
-/// many as agents can be named.
-#[map]
-pub static FILE_QUARANTINE: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
 /// Thread id → the user pointer of the file name it passed to an open syscall, from syscall
 /// entry to exit, for tagged processes only, where BPF LSM is not active. LRU: a thread that
@@ -56,359 +33,25 @@ static OPEN_NAMES: LruHashMap<u32, u64> = LruHashMap::with_max_entries(8192, 0);
 const O_ACCMODE: u32 = 0o3;
 const O_WRONLY: u32 = 0o1;
 const O_RDWR: u32 = 0o2;
+/// `O_TRUNC` (x86-64 and arm64 alike). `do_dentry_open` clears it from `f_flags` only after
+/// `security_file_open` has run, so the hook sees it.
+const O_TRUNC: u32 = 0o1000;
 
-const EPERM: i32 = 1;
-
-/// How an event names the file.
-mod path_kind {
-    /// `bpf_d_path` on the hook's `struct path`.
-    pub const RESOLVED: u8 = 0;
-    /// The last component, from the dentry.
-    pub const NAME: u8 = 1;
-    /// The string the process passed to the syscall (observation only).
-    pub const AS_PASSED: u8 = 2;
-}
-
-/// What a rule says about an access.
-mod outcome {
-    /// No rule covers the access here: keep looking.
-    pub const NONE: u32 = 0;
-    pub const ALLOW: u32 = 1;
-    pub const DENY: u32 = 2;
-    /// Audit mode: it would deny.
-    pub const WOULD_DENY: u32 = 3;
-}
-
-/// The `file_access` bits an open with `f_flags` asks for. An exec's open asks for read: the
-/// exec itself is decided in `bprm_check_security`.
+/// The `file_access` bits an open with `f_flags` asks for. `O_TRUNC` empties the file whatever
+/// the access mode (`open(O_RDONLY | O_TRUNC)` truncates too), so it is a write. An exec's open
+/// asks for read: the exec itself is decided in `bprm_check_security`.
 #[inline(always)]
 fn access_of(flags: u32) -> u32 {
-    match flags & O_ACCMODE {
+    let mode = match flags & O_ACCMODE {
         O_WRONLY => file_access::WRITE,
         O_RDWR => file_access::READ | file_access::WRITE,
         _ => file_access::READ,
-    }
-}
-
-/// One access to decide.
-struct Access {
-    agent: u32,
-    /// The dentry whose name name-and-extension rules match.
-    name_dentry: *const u8,
-    /// The dentry where the walk up the tree starts: the object itself, or for a creation the
-    /// directory it is created in.
-    walk: *const u8,
-    /// For creations: name rules are checked before the walk, since the object has no inode
-    /// yet. Otherwise they come right after the object's own rule.
-    names_first: bool,
-    /// The object reported in events.
-    key: InodeKey,
-    access: u32,
-    open_flags: u32,
-    hook: FileHook,
-    /// A `struct path *` (for `path_kind::RESOLVED`) or a user string (`AS_PASSED`).
-    path: *const u8,
-    /// A tracepoint saw the access after it happened: report, never deny.
-    observed: bool,
-}
-
-/// The rule on `value`, if it covers `access`: an `outcome` and the rule's id.
-#[inline(always)]
-fn judge(value: *const FileRule, access: u32, rule: &mut u32) -> u32 {
-    // SAFETY: a valid map value pointer, copied out field by field.
-    let (covers, action, audit, id) = unsafe {
-        (
-            (*value).access,
-            (*value).action,
-            (*value).audit,
-            (*value).rule,
-        )
     };
-    if covers & access == 0 {
-        return outcome::NONE;
-    }
-    *rule = id;
-    if action != net_action::DENY {
-        outcome::ALLOW
-    } else if audit != 0 {
-        outcome::WOULD_DENY
+    if flags & O_TRUNC == 0 {
+        mode
     } else {
-        outcome::DENY
+        mode | file_access::WRITE
     }
-}
-
-/// The agent's rule on the object at `dentry`, by kernel object.
-#[inline(always)]
-fn object_rule(
-    offsets: &KernelOffsets,
-    agent: u32,
-    dentry: *const u8,
-    access: u32,
-    rule: &mut u32,
-) -> Result<u32, i64> {
-    let inode = read_field::<*const u8>(dentry, offsets.dentry_inode)?;
-    let node = inode_key(offsets, inode)?;
-    let key = FileRuleKey {
-        agent,
-        pad: 0,
-        inode: node,
-    };
-    Ok(match FILE_RULES.get_ptr(key) {
-        Some(value) => judge(value, access, rule),
-        None => outcome::NONE,
-    })
-}
-
-/// The agent's rule on files with `dentry`'s name, then on files with its extension (what
-/// follows the last `.` that is not the name's first character).
-#[inline(always)]
-fn name_rule(
-    offsets: &KernelOffsets,
-    agent: u32,
-    dentry: *const u8,
-    access: u32,
-    rule: &mut u32,
-) -> u32 {
-    let Ok(name) = read_field::<*const u8>(dentry, offsets.dentry_name) else {
-        return outcome::NONE;
-    };
-    let Ok(len) = read_field::<u32>(dentry, offsets.dentry_name_len) else {
-        return outcome::NONE;
-    };
-    let len = len as usize;
-    if len == 0 {
-        return outcome::NONE;
-    }
-    let mut key = FileNameKey {
-        agent,
-        kind: file_name_kind::NAME,
-        name: [0; FILE_NAME_LEN],
-    };
-    if len < FILE_NAME_LEN {
-        // SAFETY: the helper validates the kernel address.
-        if unsafe { bpf_probe_read_kernel_str_bytes(name, &mut key.name) }.is_ok()
-            && let Some(value) = FILE_NAMES.get_ptr(key)
-        {
-            let found = judge(value, access, rule);
-            if found != outcome::NONE {
-                return found;
-            }
-        }
-    }
-
-    // The name's last FILE_EXTENSION_LEN bytes (fewer for a short name).
-    let tail_start = len.saturating_sub(FILE_EXTENSION_LEN);
-    let tail_len = len - tail_start;
-    // SAFETY: the helper validates the kernel address.
-    let Ok(tail) =
-        (unsafe { bpf_probe_read_kernel::<[u8; FILE_EXTENSION_LEN]>(name.add(tail_start).cast()) })
-    else {
-        return outcome::NONE;
-    };
-    let mut dot = FILE_EXTENSION_LEN;
-    for back in 1..=FILE_EXTENSION_LEN {
-        let at = FILE_EXTENSION_LEN - back;
-        if at < tail_len && tail[at] == b'.' {
-            dot = at;
-            break;
-        }
-    }
-    // No dot, a dot that starts the name (`.bashrc`), or a dot that ends it: no extension.
-    if dot >= FILE_EXTENSION_LEN || tail_start + dot == 0 || dot + 1 >= tail_len {
-        return outcome::NONE;
-    }
-    key.kind = file_name_kind::EXTENSION;
-    key.name = [0; FILE_NAME_LEN];
-    for i in 0..FILE_EXTENSION_LEN - 1 {
-        let from = dot + 1 + i;
-        if from >= tail_len {
-            break;
-        }
-        key.name[i] = tail[from & (FILE_EXTENSION_LEN - 1)];
-    }
-    match FILE_NAMES.get_ptr(key) {
-        Some(value) => judge(value, access, rule),
-        None => outcome::NONE,
-    }
-}
-
-/// The decision's file control on one access (`slot`: 0 read, 1 write, 2 exec) nearest to
-/// `dentry`: the object's own, then its directory's, then upwards. A lapsed control (its expiry
-/// passed at `now`) is as if it were not there. Returns true, with the control's rule, when the
-/// nearest control in force denies.
-#[inline(always)]
-fn decision_denies(
-    offsets: &KernelOffsets,
-    agent: u32,
-    start: *const u8,
-    slot: usize,
-    now: u64,
-    rule: &mut u32,
-) -> bool {
-    let mut dentry = start;
-    for _ in 0..FILE_RULE_DEPTH {
-        let Ok(inode) = read_field::<*const u8>(dentry, offsets.dentry_inode) else {
-            return false;
-        };
-        let Ok(node) = inode_key(offsets, inode) else {
-            return false;
-        };
-        let key = FileRuleKey {
-            agent,
-            pad: 0,
-            inode: node,
-        };
-        if let Some(value) = FILE_RULES.get_ptr(key) {
-            // SAFETY: a valid map value pointer; `slot` is below the array's length.
-            let (present, action, id, expires) = unsafe {
-                let control = &(*value).decision[slot % 3];
-                (
-                    control.present,
-                    control.action,
-                    control.rule,
-                    control.expires_ns,
-                )
-            };
-            if present != 0 && (expires == 0 || now < expires) {
-                *rule = id;
-                return action == net_action::DENY;
-            }
-        }
-        let Ok(parent) = read_field::<*const u8>(dentry, offsets.dentry_parent) else {
-            return false;
-        };
-        if parent == dentry {
-            return false;
-        }
-        dentry = parent;
-    }
-    false
-}
-
-/// Whether the agent's Conditional Access decision denies the access: for each access asked
-/// for, the nearest file control in force decides. Deny wins over the local rules, which are
-/// judged only when the decision does not deny; a decision never widens what they allow.
-#[inline(always)]
-fn decision_verdict(offsets: &KernelOffsets, access: &Access, rule: &mut u32) -> bool {
-    let mut flags = 0u32;
-    if let Some(ca) = CA_AGENTS.get_ptr(access.agent) {
-        // SAFETY: a valid map value pointer.
-        flags = unsafe { (*ca).flags };
-    }
-    if flags & CaAgent::FLAG_FILE_CONTROLS == 0 {
-        return false;
-    }
-    // SAFETY: a plain helper call.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    // The object itself, or for a creation the directory it is created in.
-    let start = access.walk;
-    (access.access & file_access::READ != 0
-        && decision_denies(offsets, access.agent, start, 0, now, rule))
-        || (access.access & file_access::WRITE != 0
-            && decision_denies(offsets, access.agent, start, 1, now, rule))
-        || (access.access & file_access::EXEC != 0
-            && decision_denies(offsets, access.agent, start, 2, now, rule))
-}
-
-/// The verdict for one access: the nearest rule that covers it decides. The object's own rule,
-/// then rules on its name and extension, then its directory's, then upwards. The walk follows
-/// dentries, so links, renames and bind mounts lead to the same rules. Reports denials, audit
-/// hits and observed violations; returns 0 or `-EPERM`.
-#[inline(always)]
-fn decide<const PATH: u8>(offsets: &KernelOffsets, access: &Access) -> i32 {
-    let mut rule = 0u32;
-    let mut found = outcome::NONE;
-    if access.access & file_access::WRITE != 0
-        && let Some(quarantine) = FILE_QUARANTINE.get_ptr(access.agent)
-    {
-        // SAFETY: a valid map value pointer.
-        rule = unsafe { *quarantine };
-        found = outcome::DENY;
-    }
-    let mut via = 0u32;
-    if found == outcome::NONE && decision_verdict(offsets, access, &mut rule) {
-        found = outcome::DENY;
-        via = FileEvent::FLAG_CONDITIONAL_ACCESS;
-    }
-    if found == outcome::NONE && access.names_first {
-        found = name_rule(
-            offsets,
-            access.agent,
-            access.name_dentry,
-            access.access,
-            &mut rule,
-        );
-    }
-    let mut dentry = access.walk;
-    if found == outcome::NONE {
-        for level in 0..FILE_RULE_DEPTH {
-            let Ok(here) = object_rule(offsets, access.agent, dentry, access.access, &mut rule)
-            else {
-                break;
-            };
-            found = here;
-            if found != outcome::NONE {
-                break;
-            }
-            if level == 0 && !access.names_first {
-                found = name_rule(
-                    offsets,
-                    access.agent,
-                    access.name_dentry,
-                    access.access,
-                    &mut rule,
-                );
-                if found != outcome::NONE {
-                    break;
-                }
-            }
-            let Ok(parent) = read_field::<*const u8>(dentry, offsets.dentry_parent) else {
-                break;
-            };
-            if parent == dentry {
-                break;
-            }
-            dentry = parent;
-        }
-    }
-    if found == outcome::DENY && !access.observed {
-        report::<PATH>(offsets, access, rule, true, via);
-        -EPERM
-    } else if found == outcome::DENY {
-        report::<PATH>(
-            offsets,
-            access,
-            rule,
-            false,
-            FileEvent::FLAG_WOULD_DENY | FileEvent::FLAG_OBSERVED | via,
-        );
-        0
-    } else if found == outcome::WOULD_DENY {
-        let observed = if access.observed {
-            FileEvent::FLAG_OBSERVED
-        } else {
-            0
-        };
-        report::<PATH>(
-            offsets,
-            access,
-            rule,
-            false,
-            FileEvent::FLAG_WOULD_DENY | observed,
-        );
-        0
-    } else {
-        0
-    }
-}
-
-/// The calling process's agent: its tag, or, before its first exec in an agent's cgroup has
-/// tagged it (the exec that `agentd launch` makes is decided before it is tagged), the
-/// cgroup's agent.
-#[inline(always)]
-fn current_agent() -> Option<u32> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    tag_of(tgid).or_else(cgroup_tag).map(|tag| tag.agent)
 }
 
 /// `security_file_open(struct file *file)`; BPF LSM adds the previous hook's return value as
@@ -453,8 +96,13 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i32> {
             hook: FileHook::Open,
             path,
             observed: false,
+            flags: 0,
         };
-        report::<{ path_kind::RESOLVED }>(&offsets, &access, global_rule, true, 0);
+        let hit = Hit {
+            rule: global_rule,
+            access: access.access,
+        };
+        report::<{ path_kind::RESOLVED }>(&offsets, &access, &hit, true, 0);
         return Ok(-EPERM);
     }
     let Some(agent) = current_agent() else {
@@ -471,6 +119,7 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i32> {
         hook: FileHook::Open,
         path,
         observed: false,
+        flags: 0,
     };
     Ok(decide::<{ path_kind::RESOLVED }>(&offsets, &access))
 }
@@ -515,125 +164,9 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<i32, i32> {
         // SAFETY: `f_path` lies inside the exec's `struct file`.
         path: unsafe { file.add(offsets.file_path as usize) },
         observed: false,
+        flags: 0,
     };
     Ok(decide::<{ path_kind::RESOLVED }>(&offsets, &access))
-}
-
-/// The verdict for a tagged process changing the directory entry `dentry` (unlink, rename,
-/// link, truncate): a change that needs `access` on an object a rule protects is denied.
-#[inline(always)]
-fn guard_entry(dentry: *const u8, access: u32, hook: FileHook) -> i32 {
-    let Some(agent) = current_agent() else {
-        return 0;
-    };
-    let offsets = offsets();
-    let Ok(inode) = read_field::<*const u8>(dentry, offsets.dentry_inode) else {
-        return 0;
-    };
-    let Ok(key) = inode_key(&offsets, inode) else {
-        return 0;
-    };
-    let access = Access {
-        agent,
-        name_dentry: dentry,
-        walk: dentry,
-        names_first: false,
-        key,
-        access,
-        open_flags: 0,
-        hook,
-        path: core::ptr::null(),
-        observed: false,
-    };
-    decide::<{ path_kind::NAME }>(&offsets, &access)
-}
-
-/// `security_path_unlink(const struct path *dir, struct dentry *dentry)`: removing a protected
-/// file is writing it.
-#[lsm(hook = "path_unlink")]
-pub fn path_unlink(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(2);
-    if previous != 0 {
-        return previous;
-    }
-    guard_entry(ctx.arg(1), file_access::WRITE, FileHook::Unlink)
-}
-
-/// `security_path_rename(old_dir, old_dentry, new_dir, new_dentry, flags)`: moving a protected
-/// object out of its place is writing it.
-#[lsm(hook = "path_rename")]
-pub fn path_rename(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(5);
-    if previous != 0 {
-        return previous;
-    }
-    guard_entry(ctx.arg(1), file_access::WRITE, FileHook::Rename)
-}
-
-/// `security_path_link(old_dentry, new_dir, new_dentry)`: a new name for a protected file would
-/// let it be reached from outside its directory, so it needs every access the rule covers.
-#[lsm(hook = "path_link")]
-pub fn path_link(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(3);
-    if previous != 0 {
-        return previous;
-    }
-    guard_entry(
-        ctx.arg(0),
-        file_access::READ | file_access::WRITE | file_access::EXEC,
-        FileHook::Link,
-    )
-}
-
-/// `security_path_truncate(const struct path *path)`: `truncate(2)` by name opens nothing, so
-/// it is decided here as a write.
-#[lsm(hook = "path_truncate")]
-pub fn path_truncate(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(1);
-    if previous != 0 {
-        return previous;
-    }
-    let path: *const u8 = ctx.arg(0);
-    let Ok(dentry) = read_at::<*const u8>(path, offsets().path_dentry) else {
-        return 0;
-    };
-    guard_entry(dentry, file_access::WRITE, FileHook::Truncate)
-}
-
-/// `security_inode_create(struct inode *dir, struct dentry *dentry, umode_t mode)`: a new file
-/// in a protected directory is a write to that directory; a new file whose name a rule covers
-/// is a write to it.
-#[lsm(hook = "inode_create")]
-pub fn inode_create(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(3);
-    if previous != 0 {
-        return previous;
-    }
-    let Some(agent) = current_agent() else {
-        return 0;
-    };
-    let offsets = offsets();
-    let dir: *const u8 = ctx.arg(0);
-    let dentry: *const u8 = ctx.arg(1);
-    let Ok(key) = inode_key(&offsets, dir) else {
-        return 0;
-    };
-    let Ok(parent) = read_field::<*const u8>(dentry, offsets.dentry_parent) else {
-        return 0;
-    };
-    let access = Access {
-        agent,
-        name_dentry: dentry,
-        walk: parent,
-        names_first: true,
-        key,
-        access: file_access::WRITE,
-        open_flags: 0,
-        hook: FileHook::Create,
-        path: core::ptr::null(),
-        observed: false,
-    };
-    decide::<{ path_kind::NAME }>(&offsets, &access)
 }
 
 /// Syscall tracepoints (`syscalls/sys_enter_*`): the file name argument's offset in the record.
@@ -731,6 +264,7 @@ fn observe_open(ctx: &TracePointContext) -> u32 {
         hook: FileHook::ObservedOpen,
         path: name as *const u8,
         observed: true,
+        flags: 0,
     };
     decide::<{ path_kind::AS_PASSED }>(&offsets, &access);
     0
@@ -752,78 +286,4 @@ fn fd_file(offsets: &KernelOffsets, fd: u64) -> Result<*const u8, i64> {
     let slot = unsafe { table.add(fd as usize * 8) };
     let file = read_at::<*const u8>(slot, 0)?;
     if file.is_null() { Err(-1) } else { Ok(file) }
-}
-
-#[inline(always)]
-fn report<const PATH: u8>(
-    offsets: &KernelOffsets,
-    access: &Access,
-    rule_id: u32,
-    deny: bool,
-    flags: u32,
-) {
-    let Some(mut entry) = reserve::<FileEvent>() else {
-        return;
-    };
-    let event = entry.as_mut_ptr();
-    let mut flags = flags;
-    // SAFETY: `event` points at a reserved, writable ring-buffer slot of the right size; every
-    // field is written before submit (the path up to its NUL, the rest is never read).
-    unsafe {
-        (*event).header = header(EventKind::File);
-        (*event).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        (*event).verdict = if deny {
-            Verdict::Deny as u32
-        } else {
-            Verdict::Allow as u32
-        };
-        (*event).inode = access.key;
-        (*event).open_flags = access.open_flags;
-        (*event).rule_id = rule_id;
-        (*event).agent = access.agent;
-        (*event).access = access.access;
-        (*event).hook = access.hook as u32;
-        (*event).pad = 0;
-
-        let buf = &mut (*event).path;
-        let mut len = 0usize;
-        if PATH == path_kind::RESOLVED {
-            let written = bpf_d_path(
-                access.path.cast_mut().cast::<path>(),
-                buf.as_mut_ptr().cast(),
-                FILE_PATH_LEN as u32,
-            );
-            // The length written, with its NUL; negative when the path does not fit.
-            if written > 0 {
-                len = (written - 1) as usize;
-            } else {
-                flags |= FileEvent::FLAG_PATH_TRUNCATED;
-            }
-        } else if PATH == path_kind::AS_PASSED {
-            flags |= FileEvent::FLAG_PATH_AS_PASSED;
-            match bpf_probe_read_user_str_bytes(access.path, buf) {
-                Ok(read) => len = read.len(),
-                Err(_) => flags |= FileEvent::FLAG_PATH_TRUNCATED,
-            }
-        } else {
-            flags |= FileEvent::FLAG_PATH_NAME_ONLY;
-            let read = read_field::<*const u8>(access.name_dentry, offsets.dentry_name)
-                .map_err(|_| 0)
-                .and_then(|name| bpf_probe_read_kernel_str_bytes(name, buf).map(<[u8]>::len));
-            match read {
-                Ok(read) => len = read,
-                Err(_) => flags |= FileEvent::FLAG_PATH_TRUNCATED,
-            }
-        }
-        if len >= FILE_PATH_LEN - 1 {
-            flags |= FileEvent::FLAG_PATH_TRUNCATED;
-        }
-        if len == 0 {
-            buf[0] = 0;
-        }
-        (*event).path_len = len as u32;
-        (*event).flags = flags;
-    }
-    // A rule hit: the risk engine acts on it.
-    entry.submit(wakeup::URGENT);
 }

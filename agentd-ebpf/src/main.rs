@@ -14,7 +14,9 @@
 
 mod events;
 mod exec;
+mod file_rules;
 mod files;
+mod files_namespace;
 mod kernel;
 mod net;
 mod net_access;

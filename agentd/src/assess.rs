@@ -262,6 +262,7 @@ mod tests {
             access: vec!["read"],
             would_deny: true,
             hook: "observed_open",
+            side: "object",
             observed: true,
             path: "/root/.ssh/id_rsa".into(),
             path_source: "as_passed",

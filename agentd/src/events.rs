@@ -113,14 +113,21 @@ pub struct FileDecision {
     pub open_flags: u32,
     /// The deciding rule's number; `rule` names it on output.
     pub rule_id: u32,
-    /// `read`, `write`, `exec`: what the open asked for.
+    /// `read`, `write`, `exec`: the accesses the deciding rule covers of those asked for (what
+    /// it denied, or would deny). Moving or linking an object asks for all three, since its new
+    /// name may lie beyond the rules on its old place.
     pub access: Vec<&'static str>,
     /// Audit mode allowed what enforce mode would deny, or (with `observed`) a tracepoint saw
     /// an access that enforcement would have denied.
     pub would_deny: bool,
     /// Where the decision was taken: `open`, `exec`, `unlink`, `rename`, `link`, `create`,
-    /// `truncate`, or `observed_open` (a syscall tracepoint where BPF LSM is not active).
+    /// `mkdir`, `symlink`, `mknod`, `rmdir`, `truncate`, or `observed_open` (a syscall
+    /// tracepoint where BPF LSM is not active).
     pub hook: &'static str,
+    /// What was decided: `object` (the object opened, created, removed, moved or linked) or
+    /// `destination` (where a rename or link leads: the name taken, replaced or swapped in, and
+    /// its directory).
+    pub side: &'static str,
     /// Seen after the fact by a tracepoint: nothing was enforced.
     pub observed: bool,
     /// The file's path: resolved by the kernel unless `path_source` says otherwise.
@@ -328,16 +335,11 @@ impl Event {
                     .map(|(_, name)| name)
                     .collect(),
                     would_deny: raw.flags & FileEvent::FLAG_WOULD_DENY != 0,
-                    hook: match FileHook::from_u32(raw.hook) {
-                        Some(FileHook::Open) => "open",
-                        Some(FileHook::Exec) => "exec",
-                        Some(FileHook::Unlink) => "unlink",
-                        Some(FileHook::Rename) => "rename",
-                        Some(FileHook::Link) => "link",
-                        Some(FileHook::Create) => "create",
-                        Some(FileHook::Truncate) => "truncate",
-                        Some(FileHook::ObservedOpen) => "observed_open",
-                        None => "unknown",
+                    hook: file_hook_name(raw.hook),
+                    side: if raw.flags & FileEvent::FLAG_DESTINATION == 0 {
+                        "object"
+                    } else {
+                        "destination"
                     },
                     observed: raw.flags & FileEvent::FLAG_OBSERVED != 0,
                     path: String::from_utf8_lossy(
@@ -782,6 +784,25 @@ fn drain(
     }
 }
 
+/// The name a [`FileHook`] has in events.
+fn file_hook_name(hook: u32) -> &'static str {
+    match FileHook::from_u32(hook) {
+        Some(FileHook::Open) => "open",
+        Some(FileHook::Exec) => "exec",
+        Some(FileHook::Unlink) => "unlink",
+        Some(FileHook::Rename) => "rename",
+        Some(FileHook::Link) => "link",
+        Some(FileHook::Create) => "create",
+        Some(FileHook::Truncate) => "truncate",
+        Some(FileHook::ObservedOpen) => "observed_open",
+        Some(FileHook::Mkdir) => "mkdir",
+        Some(FileHook::Symlink) => "symlink",
+        Some(FileHook::Mknod) => "mknod",
+        Some(FileHook::Rmdir) => "rmdir",
+        None => "unknown",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use agentd_common::{COMM_LEN, FILENAME_LEN, InodeKey};
@@ -1023,8 +1044,8 @@ mod tests {
             rule_id: 77,
             agent: 0,
             access: agentd_common::file_access::READ,
-            flags: FileEvent::FLAG_PATH_NAME_ONLY,
-            hook: FileHook::Unlink as u32,
+            flags: FileEvent::FLAG_PATH_NAME_ONLY | FileEvent::FLAG_DESTINATION,
+            hook: FileHook::Rmdir as u32,
             path_len: 3,
             pad: 0,
             path: {
@@ -1036,7 +1057,8 @@ mod tests {
         let event = Event::decode(&bytes_of(&raw)).unwrap();
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["kind"], "file");
-        assert_eq!(json["hook"], "unlink");
+        assert_eq!(json["hook"], "rmdir");
+        assert_eq!(json["side"], "destination");
         assert_eq!(json["path"], "key");
         assert_eq!(json["path_source"], "name");
         assert_eq!(json["observed"], false);

@@ -3,6 +3,7 @@
 
 mod access;
 mod files;
+mod files_namespace;
 mod lsm;
 mod tags;
 

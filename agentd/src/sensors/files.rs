@@ -14,15 +14,37 @@ use super::{SensorError, attach_error, load_error};
 use crate::{ebpf::LoadedObject, pins::Links};
 
 const PROGRAM: &str = "file_open";
-/// Hooks that stop a protected file being moved, removed, linked out of its directory or
-/// truncated, and new files being created in a protected directory.
-const OPTIONAL_HOOKS: [&str; 5] = [
+/// Hooks that decide changes to names and truncation (`agentd-ebpf/src/files_namespace.rs`):
+/// without one, that change goes undecided on this kernel while the rest still holds.
+const OPTIONAL_HOOKS: [&str; 10] = [
     "path_unlink",
     "path_rename",
     "path_link",
     "path_truncate",
+    "file_truncate",
     "inode_create",
+    "inode_mkdir",
+    "inode_symlink",
+    "inode_mknod",
+    "inode_rmdir",
 ];
+
+/// Optional hooks that a kernel may predate, and the hook that does their work there: before
+/// 6.2, `ftruncate(2)` and `O_TRUNC` call `security_path_truncate`, and `file_truncate` does not
+/// exist. Such a hook is a gap only where the kernel has it.
+const PREDATED_BY: [(&str, &str); 1] = [("file_truncate", "path_truncate")];
+
+/// Whether the kernel lacks `hook` because it predates it (its BTF has no `bpf_lsm_<hook>`),
+/// with the older hook that covers its calls there attached or adopted (`has`).
+fn predated(btf: &aya::Btf, hook: &str, has: impl Fn(&str) -> bool) -> bool {
+    PREDATED_BY.iter().any(|(newer, older)| {
+        *newer == hook
+            && has(older)
+            && btf
+                .id_by_type_name_kind(&format!("bpf_lsm_{hook}"), aya_obj::btf::BtfKind::Func)
+                .is_err()
+    })
+}
 const DENY_MAP: &str = "DENY_INODES";
 const RULES_MAP: &str = "FILE_RULES";
 const NAMES_MAP: &str = "FILE_NAMES";
@@ -211,7 +233,9 @@ impl FileSensor {
                 FileMode::Enforcing {
                     missing: OPTIONAL_HOOKS
                         .into_iter()
-                        .filter(|hook| !links.has(hook))
+                        .filter(|hook| {
+                            !links.has(hook) && !predated(btf, hook, |older| links.has(older))
+                        })
                         .collect(),
                 }
             } else if links.has(OBSERVERS[0].0) {
@@ -225,6 +249,7 @@ impl FileSensor {
             }
         } else if enforce {
             let mut missing = Vec::new();
+            let mut attached_hooks = Vec::new();
             for hook in REQUIRED_HOOKS.into_iter().chain(OPTIONAL_HOOKS) {
                 let program: &mut Lsm = super::program(ebpf, hook)?;
                 let attached = program
@@ -233,8 +258,17 @@ impl FileSensor {
                     .and_then(|()| program.attach().map_err(attach_error(hook)))
                     .and_then(|link_id| program.take_link(link_id).map_err(attach_error(hook)));
                 match attached {
-                    Ok(link) => links.add(hook, link)?,
+                    Ok(link) => {
+                        links.add(hook, link)?;
+                        attached_hooks.push(hook);
+                    }
                     Err(err) if REQUIRED_HOOKS.contains(&hook) => return Err(err),
+                    Err(_) if predated(btf, hook, |older| attached_hooks.contains(&older)) => {
+                        tracing::debug!(
+                            hook,
+                            "this kernel predates the hook; its calls reach an older one"
+                        );
+                    }
                     // A kernel without CONFIG_SECURITY_PATH has no path hooks: opens and execs
                     // are still decided, moving files out of protected directories is not.
                     Err(err) => {

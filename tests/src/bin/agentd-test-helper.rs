@@ -33,7 +33,11 @@
 //! - `agentd-test-helper truncate PATH`: `truncate(2)` to 0 bytes; prints `ok|eperm|error:...`.
 //! - `agentd-test-helper evade ...`: network calls that dodge destination rules; see
 //!   `tests/src/net_evasions.rs`.
+//! - `agentd-test-helper fs ...`: renames, links, creations, removals and truncations that
+//!   dodge file rules; see `tests/src/file_evasions.rs`.
 
+#[path = "../file_evasions.rs"]
+mod file_evasions;
 #[path = "../net_evasions.rs"]
 mod net_evasions;
 
@@ -595,6 +599,7 @@ fn main() -> ExitCode {
             }),
         ["tamper", what, target] => tamper(what, target),
         ["evade", ref rest @ ..] => net_evasions::evade(rest),
+        ["fs", ref rest @ ..] => file_evasions::run(rest),
         ["net-loop", protocol, addr, allowed, denied, stop] => {
             net_loop(protocol, addr, allowed, denied, stop)
         }

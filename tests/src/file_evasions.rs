@@ -1,0 +1,158 @@
+//! `agentd-test-helper fs OP ARGS [OP ARGS]...`: changes to names and truncations an agent could
+//! use to get around file rules without opening the protected file (`tests/vm/files_namespace.rs`).
+//! Runs each operation in turn and prints one word per operation, space-separated: `ok`, `eperm`
+//! (EPERM exactly), or `error:<errno>`.
+//!
+//! - `exchange A B`: `renameat2(A, B, RENAME_EXCHANGE)`.
+//! - `rename A B`, `link A B`, `symlink TARGET PATH`: as the syscalls.
+//! - `tmpfile-link DIR PATH`: an `O_TMPFILE` opened in DIR, then `linkat(fd, "", PATH,
+//!   AT_EMPTY_PATH)`; the word is the `linkat`'s, or `open-` and the open's word if the open failed.
+//! - `mkdir PATH`, `rmdir PATH`, `mkfifo PATH`, `unlink PATH`.
+//! - `open-trunc PATH`: `open(PATH, O_RDONLY | O_TRUNC)`.
+//! - `truncate PATH`: `truncate(PATH, 0)`.
+//! - `hold-ftruncate PATH GOFILE`: opens PATH for writing (the word for that open first), waits
+//!   until GOFILE exists, then `ftruncate(fd, 0)` (the second word).
+
+use std::{ffi::CString, path::Path, time::Duration};
+
+/// The word for a syscall's return value.
+fn said(ret: i64) -> String {
+    if ret >= 0 {
+        return "ok".to_owned();
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EPERM) => "eperm".to_owned(),
+        Some(errno) => format!("error:{errno}"),
+        None => format!("error:{err}"),
+    }
+}
+
+fn name(path: &str) -> std::io::Result<CString> {
+    CString::new(path).map_err(std::io::Error::other)
+}
+
+/// A call on two names: `exchange`, `rename`, `link` or `symlink`.
+fn two_names(op: &str, a: &CString, b: &CString) -> String {
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: plain syscalls on NUL-terminated names the caller owns.
+    let ret = unsafe {
+        match op {
+            "exchange" => libc::syscall(
+                libc::SYS_renameat2,
+                libc::AT_FDCWD,
+                a,
+                libc::AT_FDCWD,
+                b,
+                libc::RENAME_EXCHANGE,
+            ),
+            "rename" => i64::from(libc::rename(a, b)),
+            "link" => i64::from(libc::link(a, b)),
+            _ => i64::from(libc::symlink(a, b)),
+        }
+    };
+    said(ret)
+}
+
+/// A call on one name: `mkdir`, `rmdir`, `mkfifo`, `unlink`, `open-trunc` or `truncate`.
+fn one_name(op: &str, path: &CString) -> String {
+    let path = path.as_ptr();
+    // SAFETY: plain syscalls on a NUL-terminated name the caller owns; a descriptor opened here
+    // is closed here.
+    let ret = unsafe {
+        match op {
+            "mkdir" => libc::mkdir(path, 0o755),
+            "rmdir" => libc::rmdir(path),
+            "mkfifo" => libc::mkfifo(path, 0o644),
+            "unlink" => libc::unlink(path),
+            "open-trunc" => {
+                let fd = libc::open(path, libc::O_RDONLY | libc::O_TRUNC);
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+                fd
+            }
+            _ => libc::truncate(path, 0),
+        }
+    };
+    said(i64::from(ret))
+}
+
+/// An `O_TMPFILE` in `dir`, linked in at `path` with `linkat(AT_EMPTY_PATH)`.
+fn tmpfile_link(dir: &CString, path: &CString) -> String {
+    // SAFETY: plain syscalls on NUL-terminated names; the descriptor is closed here.
+    unsafe {
+        let fd = libc::open(dir.as_ptr(), libc::O_TMPFILE | libc::O_WRONLY, 0o600);
+        if fd < 0 {
+            return format!("open-{}", said(-1));
+        }
+        let ret = libc::linkat(
+            fd,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+        let word = said(i64::from(ret));
+        libc::close(fd);
+        word
+    }
+}
+
+/// Opens `path` for writing, prints the open's word, waits for `gofile`, then `ftruncate`s.
+fn hold_ftruncate(path: &CString, gofile: &str) -> String {
+    // SAFETY: a plain open of a NUL-terminated name.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY) };
+    let opened = said(i64::from(fd));
+    if fd < 0 {
+        return opened;
+    }
+    // The caller waits for this word before it makes the change that GOFILE announces.
+    println!("{opened}");
+    while !Path::new(gofile).exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: the descriptor opened above, closed once.
+    unsafe {
+        let word = said(i64::from(libc::ftruncate(fd, 0)));
+        libc::close(fd);
+        word
+    }
+}
+
+/// Runs one operation from the front of `args`; returns its word and the arguments left.
+fn one<'a>(args: &'a [&'a str]) -> std::io::Result<(String, &'a [&'a str])> {
+    Ok(match args {
+        [
+            op @ ("exchange" | "rename" | "link" | "symlink"),
+            a,
+            b,
+            rest @ ..,
+        ] => (two_names(op, &name(a)?, &name(b)?), rest),
+        ["tmpfile-link", dir, path, rest @ ..] => (tmpfile_link(&name(dir)?, &name(path)?), rest),
+        ["hold-ftruncate", path, gofile, rest @ ..] => (hold_ftruncate(&name(path)?, gofile), rest),
+        [
+            op @ ("mkdir" | "rmdir" | "mkfifo" | "unlink" | "open-trunc" | "truncate"),
+            path,
+            rest @ ..,
+        ] => (one_name(op, &name(path)?), rest),
+        other => {
+            return Err(std::io::Error::other(format!(
+                "unknown or incomplete operation {other:?}"
+            )));
+        }
+    })
+}
+
+/// Runs every operation in `args` and prints their words on one line.
+pub fn run(args: &[&str]) -> std::io::Result<()> {
+    let mut words = Vec::new();
+    let mut rest = args;
+    while !rest.is_empty() {
+        let (word, left) = one(rest)?;
+        words.push(word);
+        rest = left;
+    }
+    println!("{}", words.join(" "));
+    Ok(())
+}
