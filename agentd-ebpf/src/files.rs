@@ -60,7 +60,7 @@ const O_RDWR: u32 = 0o2;
 const EPERM: i32 = 1;
 
 /// How an event names the file.
-mod path_kind {
+pub(crate) mod path_kind {
     /// `bpf_d_path` on the hook's `struct path`.
     pub const RESOLVED: u8 = 0;
     /// The last component, from the dentry.
@@ -91,25 +91,25 @@ fn access_of(flags: u32) -> u32 {
 }
 
 /// One access to decide.
-struct Access {
-    agent: u32,
+pub(crate) struct Access {
+    pub(crate) agent: u32,
     /// The dentry whose name name-and-extension rules match.
-    name_dentry: *const u8,
+    pub(crate) name_dentry: *const u8,
     /// The dentry where the walk up the tree starts: the object itself, or for a creation the
     /// directory it is created in.
-    walk: *const u8,
+    pub(crate) walk: *const u8,
     /// For creations: name rules are checked before the walk, since the object has no inode
     /// yet. Otherwise they come right after the object's own rule.
-    names_first: bool,
+    pub(crate) names_first: bool,
     /// The object reported in events.
-    key: InodeKey,
-    access: u32,
-    open_flags: u32,
-    hook: FileHook,
+    pub(crate) key: InodeKey,
+    pub(crate) access: u32,
+    pub(crate) open_flags: u32,
+    pub(crate) hook: FileHook,
     /// A `struct path *` (for `path_kind::RESOLVED`) or a user string (`AS_PASSED`).
-    path: *const u8,
+    pub(crate) path: *const u8,
     /// A tracepoint saw the access after it happened: report, never deny.
-    observed: bool,
+    pub(crate) observed: bool,
 }
 
 /// The rule on `value`, if it covers `access`: an `outcome` and the rule's id.
@@ -315,7 +315,7 @@ fn decision_verdict(offsets: &KernelOffsets, access: &Access, rule: &mut u32) ->
 /// dentries, so links, renames and bind mounts lead to the same rules. Reports denials, audit
 /// hits and observed violations; returns 0 or `-EPERM`.
 #[inline(always)]
-fn decide<const PATH: u8>(offsets: &KernelOffsets, access: &Access) -> i32 {
+pub(crate) fn decide<const PATH: u8>(offsets: &KernelOffsets, access: &Access) -> i32 {
     let mut rule = 0u32;
     let mut found = outcome::NONE;
     if access.access & file_access::WRITE != 0
@@ -406,7 +406,7 @@ fn decide<const PATH: u8>(offsets: &KernelOffsets, access: &Access) -> i32 {
 /// tagged it (the exec that `agentd launch` makes is decided before it is tagged), the
 /// cgroup's agent.
 #[inline(always)]
-fn current_agent() -> Option<u32> {
+pub(crate) fn current_agent() -> Option<u32> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     tag_of(tgid).or_else(cgroup_tag).map(|tag| tag.agent)
 }
@@ -755,7 +755,7 @@ fn fd_file(offsets: &KernelOffsets, fd: u64) -> Result<*const u8, i64> {
 }
 
 #[inline(always)]
-fn report<const PATH: u8>(
+pub(crate) fn report<const PATH: u8>(
     offsets: &KernelOffsets,
     access: &Access,
     rule_id: u32,

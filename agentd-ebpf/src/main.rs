@@ -14,13 +14,16 @@
 
 mod events;
 mod exec;
+mod exec_guard;
 mod files;
+mod files_meta;
 mod kernel;
 mod net;
 mod net_access;
 mod net_packet;
 mod net_sockets;
 mod protect;
+mod protect_files;
 mod tagging;
 
 #[cfg(not(test))]

@@ -119,7 +119,10 @@ pub struct FileDecision {
     /// an access that enforcement would have denied.
     pub would_deny: bool,
     /// Where the decision was taken: `open`, `exec`, `unlink`, `rename`, `link`, `create`,
-    /// `truncate`, or `observed_open` (a syscall tracepoint where BPF LSM is not active).
+    /// `truncate`, `mmap` and `mprotect` (an executable mapping, judged as an exec),
+    /// `setattr` (`chmod`, `chown`, `utimes`, truncation), `setxattr` and `removexattr`
+    /// (extended attributes and ACLs), `mount`, or `observed_open` (a syscall tracepoint where
+    /// BPF LSM is not active).
     pub hook: &'static str,
     /// Seen after the fact by a tracepoint: nothing was enforced.
     pub observed: bool,
@@ -129,8 +132,11 @@ pub struct FileDecision {
     /// resolve), or `as_passed` (the string the process gave the syscall; observation only).
     pub path_source: &'static str,
     pub path_truncated: bool,
-    /// What decided: `rule` (the local file rules, quarantine or the deny list) or
-    /// `conditional_access` (a file control of the agent's decision from the control plane).
+    /// What decided: `rule` (the local file rules, quarantine or the deny list),
+    /// `conditional_access` (a file control of the agent's decision from the control plane),
+    /// `self_protection` (agentd's own files, or a directory above them, by identity), or
+    /// `anonymous_exec` (an exec of a file with no name in any directory, a memfd for one,
+    /// which the agent's `allow_anonymous_exec = false` refuses).
     pub decided_by: &'static str,
     /// The agent whose rule decided (none for the global deny list).
     #[serde(skip)]
@@ -322,17 +328,7 @@ impl Event {
                     .map(|(_, name)| name)
                     .collect(),
                     would_deny: raw.flags & FileEvent::FLAG_WOULD_DENY != 0,
-                    hook: match FileHook::from_u32(raw.hook) {
-                        Some(FileHook::Open) => "open",
-                        Some(FileHook::Exec) => "exec",
-                        Some(FileHook::Unlink) => "unlink",
-                        Some(FileHook::Rename) => "rename",
-                        Some(FileHook::Link) => "link",
-                        Some(FileHook::Create) => "create",
-                        Some(FileHook::Truncate) => "truncate",
-                        Some(FileHook::ObservedOpen) => "observed_open",
-                        None => "unknown",
-                    },
+                    hook: file_hook_name(raw.hook),
                     observed: raw.flags & FileEvent::FLAG_OBSERVED != 0,
                     path: String::from_utf8_lossy(
                         &raw.path[..(raw.path_len as usize).min(raw.path.len())],
@@ -348,6 +344,10 @@ impl Event {
                     path_truncated: raw.flags & FileEvent::FLAG_PATH_TRUNCATED != 0,
                     decided_by: if raw.flags & FileEvent::FLAG_CONDITIONAL_ACCESS != 0 {
                         "conditional_access"
+                    } else if raw.flags & FileEvent::FLAG_SELF_PROTECTION != 0 {
+                        "self_protection"
+                    } else if raw.flags & FileEvent::FLAG_ANONYMOUS != 0 {
+                        "anonymous_exec"
                     } else {
                         "rule"
                     },
@@ -762,6 +762,27 @@ fn drain(
         if tx.blocking_send(batch).is_err() {
             return;
         }
+    }
+}
+
+/// The name a [`FileHook`] has in events.
+fn file_hook_name(raw: u32) -> &'static str {
+    match FileHook::from_u32(raw) {
+        Some(FileHook::Open) => "open",
+        Some(FileHook::Exec) => "exec",
+        Some(FileHook::Unlink) => "unlink",
+        Some(FileHook::Rename) => "rename",
+        Some(FileHook::Link) => "link",
+        Some(FileHook::Create) => "create",
+        Some(FileHook::Truncate) => "truncate",
+        Some(FileHook::ObservedOpen) => "observed_open",
+        Some(FileHook::MapExec) => "mmap",
+        Some(FileHook::ProtectExec) => "mprotect",
+        Some(FileHook::SetAttr) => "setattr",
+        Some(FileHook::SetXattr) => "setxattr",
+        Some(FileHook::RemoveXattr) => "removexattr",
+        Some(FileHook::Mount) => "mount",
+        None => "unknown",
     }
 }
 

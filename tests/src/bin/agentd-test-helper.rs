@@ -33,7 +33,11 @@
 //! - `agentd-test-helper truncate PATH`: `truncate(2)` to 0 bytes; prints `ok|eperm|error:...`.
 //! - `agentd-test-helper evade ...`: network calls that dodge destination rules; see
 //!   `tests/src/net_evasions.rs`.
+//! - `agentd-test-helper exec-evasion ...`: routes around exec rules and self-protection; see
+//!   `tests/src/exec_evasions.rs`.
 
+#[path = "../exec_evasions.rs"]
+mod exec_evasions;
 #[path = "../net_evasions.rs"]
 mod net_evasions;
 
@@ -595,6 +599,7 @@ fn main() -> ExitCode {
             }),
         ["tamper", what, target] => tamper(what, target),
         ["evade", ref rest @ ..] => net_evasions::evade(rest),
+        ["exec-evasion", ref rest @ ..] => exec_evasions::run(rest),
         ["net-loop", protocol, addr, allowed, denied, stop] => {
             net_loop(protocol, addr, allowed, denied, stop)
         }
