@@ -464,7 +464,13 @@ mod tests {
         let compiled = host
             .compile("[[agent]]\nname = \"a\"\n[agent.files]\nallow_anonymous_exec = true\n")
             .expect("valid policy");
-        assert!(compiled.agents[0].files.as_ref().unwrap().allow_anonymous_exec);
+        assert!(
+            compiled.agents[0]
+                .files
+                .as_ref()
+                .unwrap()
+                .allow_anonymous_exec
+        );
         let err = host
             .compile("[[agent]]\nname = \"a\"\n[agent.files]\nallow_anonymous_exec = \"yes\"\n")
             .expect_err("a string is not a boolean");
