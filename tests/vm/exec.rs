@@ -131,6 +131,16 @@ fn agents_cannot_replace_link_mount_over_or_chmod_agentd_files() {
     let agent = "replacer";
     let daemon = Daemon::start(&format!("[[agent]]\nname = \"{agent}\"\n"));
     let _launched = launch_cgroup(agent);
+    // Every hook of this change attached on this kernel (none is named as missing).
+    let status = daemon.status();
+    for sensor in ["files", "self_protection"] {
+        let health = status
+            .sensors
+            .iter()
+            .find(|health| health.name == sensor)
+            .expect("the sensor's health");
+        assert_eq!(health.state, "active", "{sensor}: {}", health.detail);
+    }
     let config = daemon.dir.path().join("agentd.toml");
     let original = fs::read(&config).expect("the config");
     let fake = daemon.dir.path().join("fake.toml");
