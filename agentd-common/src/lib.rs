@@ -420,8 +420,19 @@ pub enum FileHook {
     /// The `open`/`openat`/`openat2` syscall tracepoints, where BPF LSM is not active: the open
     /// already happened.
     ObservedOpen = 8,
-    // 9 to 19 are left to hooks of other concerns (metadata, mounts, mappings), so that branches
-    // adding hooks side by side do not give one number two meanings.
+    /// LSM `mmap_file`: a mapping with `PROT_EXEC` (what the dynamic loader makes of the
+    /// program it is asked to run), judged as an exec.
+    MapExec = 16,
+    /// LSM `file_mprotect`: an existing file mapping made executable, judged as an exec.
+    ProtectExec = 17,
+    /// LSM `inode_setattr`: `chmod`, `chown`, `utimes`, or a truncation, judged as a write.
+    SetAttr = 18,
+    /// LSM `inode_setxattr` (and `inode_set_acl`): an extended attribute or ACL set, a write.
+    SetXattr = 19,
+    /// LSM `inode_removexattr` (and `inode_remove_acl`): one removed, a write.
+    RemoveXattr = 24,
+    /// LSM `sb_mount` or `move_mount`: a mount over (or a remount of) agentd's files.
+    Mount = 25,
     /// LSM `inode_mkdir`: a new directory.
     Mkdir = 20,
     /// LSM `inode_symlink`: a new symbolic link.
@@ -444,6 +455,12 @@ impl FileHook {
             6 => Self::Create,
             7 => Self::Truncate,
             8 => Self::ObservedOpen,
+            16 => Self::MapExec,
+            17 => Self::ProtectExec,
+            18 => Self::SetAttr,
+            19 => Self::SetXattr,
+            24 => Self::RemoveXattr,
+            25 => Self::Mount,
             20 => Self::Mkdir,
             21 => Self::Symlink,
             22 => Self::Mknod,
@@ -491,10 +508,54 @@ impl FileEvent {
     pub const FLAG_PATH_TRUNCATED: u32 = 1 << 4;
     /// The agent's Conditional Access decision (a file control) denied, not a local rule.
     pub const FLAG_CONDITIONAL_ACCESS: u32 = 1 << 5;
+    /// The exec was of a file with no name left in any directory (a memfd, an `O_TMPFILE`, an
+    /// unlinked file), refused because the agent's policy does not allow anonymous executables.
+    pub const FLAG_ANONYMOUS: u32 = 1 << 6;
+    /// agentd's self-protection decided (an agentd file or a directory above one), not a rule
+    /// of the agent's policy.
+    pub const FLAG_SELF_PROTECTION: u32 = 1 << 7;
     /// The decision is on where a rename or link leads (the name taken, replaced or swapped in,
     /// and its directory), not on the object moved or linked.
-    pub const FLAG_DESTINATION: u32 = 1 << 6;
+    pub const FLAG_DESTINATION: u32 = 1 << 8;
 }
+
+/// An agent's exec settings (`EXEC_AGENTS`): what the kernel does when one of its processes
+/// executes a file that has no name in any directory (a memfd, an `O_TMPFILE`, an unlinked
+/// file). An agent with no entry is denied.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ExecAgent {
+    /// 1: `allow_anonymous_exec = true`.
+    pub allow_anonymous: u8,
+    /// 1: the agent's file rules are in audit mode (report "would deny", allow).
+    pub audit: u8,
+    pub pad: u16,
+    /// The rule number reported for a denial.
+    pub rule: u32,
+}
+const _: () = assert!(size_of::<ExecAgent>() == 8);
+
+/// What an entry of `SELF_OBJECTS` is to agentd.
+pub mod self_object {
+    /// One of agentd's own files or directories (binary, configuration, policy, state, pins,
+    /// event output): no agent may rename, replace, link, mount over or change it, nor
+    /// anything inside it.
+    pub const OWN: u32 = 1 << 0;
+    /// A directory above one of them: renaming it or mounting over it would swap agentd's
+    /// files by name, so both are denied; what is inside it is not otherwise protected.
+    pub const ANCESTOR: u32 = 1 << 1;
+}
+
+/// An entry of `SELF_OBJECTS`: agentd's objects, by kernel object.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct SelfObject {
+    /// `self_object` bits.
+    pub kind: u32,
+    /// The rule number reported in events.
+    pub rule: u32,
+}
+const _: () = assert!(size_of::<SelfObject>() == 8);
 
 /// Byte offsets of kernel struct fields that the programs read, resolved by userspace from the
 /// running kernel's BTF at load time and written into the programs' read-only data. Zero means
@@ -556,8 +617,12 @@ pub struct KernelOffsets {
     pub fdtable_max_fds: u32,
     /// `dentry.d_name.len` (`dentry.d_name` plus `qstr.len`)
     pub dentry_name_len: u32,
+    /// `inode.i_nlink` (0 for a memfd, an `O_TMPFILE` not linked in, an unlinked file)
+    pub inode_nlink: u32,
+    /// `vm_area_struct.vm_file`
+    pub vma_file: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 108);
+const _: () = assert!(size_of::<KernelOffsets>() == 116);
 
 impl KernelOffsets {
     /// Every offset unresolved: the value compiled into the eBPF object.
@@ -589,6 +654,8 @@ impl KernelOffsets {
         fdtable_fd: 0,
         fdtable_max_fds: 0,
         dentry_name_len: 0,
+        inode_nlink: 0,
+        vma_file: 0,
     };
 }
 
@@ -1039,7 +1106,7 @@ const _: () = assert!(size_of::<TamperEvent>() == 16 + 16 + 12 + 4);
 /// The version of what the kernel maps mean. Bump it when a map keeps its key and value sizes
 /// but changes what the bytes mean: agentd then creates new pinned maps instead of adopting the
 /// old ones (docs/operations.md, "Enforcement that survives the daemon").
-pub const MAP_SCHEMA: u32 = 3;
+pub const MAP_SCHEMA: u32 = 4;
 
 /// Longest name a [`RegistryEntry`] keeps.
 pub const REGISTRY_NAME_LEN: usize = 120;
@@ -1104,4 +1171,6 @@ mod pod {
     unsafe impl aya::Pod for super::CaKeyV6 {}
     unsafe impl aya::Pod for super::RegistryEntry {}
     unsafe impl aya::Pod for super::TamperEvent {}
+    unsafe impl aya::Pod for super::SelfObject {}
+    unsafe impl aya::Pod for super::ExecAgent {}
 }

@@ -14,8 +14,10 @@
 
 mod events;
 mod exec;
+mod exec_guard;
 mod file_rules;
 mod files;
+mod files_meta;
 mod files_namespace;
 mod kernel;
 mod net;
@@ -23,6 +25,7 @@ mod net_access;
 mod net_packet;
 mod net_sockets;
 mod protect;
+mod protect_files;
 mod tagging;
 
 #[cfg(not(test))]

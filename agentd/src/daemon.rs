@@ -53,7 +53,9 @@ use crate::{
     },
     sensors::{
         SensorError,
+        exec::ExecSensor,
         files::{self, FileEnforcement, FileMode, FileSensor},
+        files_meta::MetaSensor,
         net::{NetSensor, NetTables},
         process::{ProcessSensor, TagReader},
         protect::ProtectSensor,
@@ -139,12 +141,19 @@ pub struct State {
     net: NetSensor,
     /// Enforcing where BPF LSM works, observing otherwise.
     files: FileSensor,
-    /// Signals, ptrace and `bpf()` from agents, denied where BPF LSM works.
+    /// Executable mappings and anonymous execs, decided where BPF LSM works.
+    exec: ExecSensor,
+    /// Metadata changes judged by the file rules, where BPF LSM works.
+    meta: MetaSensor,
+    /// Signals, ptrace and `bpf()` from agents, and changes to agentd's files by identity,
+    /// denied where BPF LSM works.
     protect: ProtectSensor,
     /// agentd's own files (configuration, state, pins, binary), by kernel object, with the
     /// access every agent is denied.
     protected_files: Vec<(agentd_common::InodeKey, u32)>,
     file_entries: FileEntries,
+    /// The agents' exec settings in force (`EXEC_AGENTS`).
+    exec_entries: Vec<(u32, agentd_common::ExecAgent)>,
     /// The version of the network policy in force; every connection event carries it.
     net_version: u32,
     cgroup_root: PathBuf,
@@ -207,7 +216,7 @@ impl State {
             None => Links::unpinned(),
         };
         let registry_map = object.pins.as_ref().map(RegistryMap::open).transpose()?;
-        let registry = registry_map
+        let mut registry = registry_map
             .as_ref()
             .map(RegistryMap::load)
             .transpose()?
@@ -221,6 +230,16 @@ impl State {
         let file_enforcement = files::probe_enforcement(&mut object);
         log_file_enforcement(&file_enforcement);
         let files = FileSensor::attach(
+            &mut object,
+            file_enforcement == FileEnforcement::Available,
+            &mut links,
+        )?;
+        let exec = ExecSensor::attach(
+            &mut object,
+            file_enforcement == FileEnforcement::Available,
+            &mut links,
+        )?;
+        let meta = MetaSensor::attach(
             &mut object,
             file_enforcement == FileEnforcement::Available,
             &mut links,
@@ -243,12 +262,11 @@ impl State {
             &mut links,
         )?;
         protect.protect(&[std::process::id()])?;
-        let protected_files = protected_paths(config)
-            .iter()
-            .filter_map(|(path, access)| Some((files::inode_key(path).ok()?, *access)))
-            .collect();
+        let protected_files = protect_own_files(config, &mut protect, &mut registry)?;
         let reader = EventReader::new(&mut object)?;
         let state = Self {
+            exec,
+            meta,
             protect,
             protected_files,
             registry,
@@ -261,6 +279,7 @@ impl State {
             net,
             files,
             file_entries: FileEntries::default(),
+            exec_entries: Vec::new(),
             net_version: 0,
             cgroup_root,
             categories,
@@ -316,6 +335,7 @@ impl State {
         let net_version = self.net_version + 1;
         let tables = self.net_tables(&compiled, net_version);
         let (file_entries, sensitive_rules) = self.file_rules(&compiled);
+        let exec_agents = self.exec_agents(&compiled);
         let quarantine_rule = self.registry.intern_rule("quarantine-allow");
         // The numbers go into the pinned registry before any kernel map holds them.
         self.persist_registry()?;
@@ -327,6 +347,7 @@ impl State {
             .process
             .set_discovery(&kernel_rules)
             .and_then(|()| files.set_rules(&objects, &file_entries.names))
+            .and_then(|()| self.exec.set_agents(&exec_agents))
             .and_then(|()| self.net.apply(&tables))
             .and_then(|()| {
                 self.net
@@ -341,6 +362,7 @@ impl State {
                 &access::merge_file_rules(&self.file_entries.objects, &self.ca.files),
                 &self.file_entries.names,
             )?;
+            self.exec.set_agents(&self.exec_entries)?;
             return Err(err.into());
         }
         self.net_version = net_version;
@@ -352,6 +374,7 @@ impl State {
         self.cgroup_entries = cgroup_entries;
         self.discovery_entries = kernel_rules;
         self.file_entries = file_entries;
+        self.exec_entries = exec_agents;
         self.sensitive_rules = sensitive_rules;
         self.userspace_rules = userspace_rules;
         for agent in &compiled.agents {
@@ -509,7 +532,7 @@ impl State {
         // Self-protection: no agent reads or writes agentd's own files. Last, so that it wins
         // over an agent's rule on the same object.
         if !self.protected_files.is_empty() {
-            let rule = self.registry.intern_rule("agentd-self-protection");
+            let rule = self.registry.intern_rule(SELF_PROTECTION_RULE);
             for agent in &compiled.agents {
                 let index = self.registry.intern_agent(&agent.agent);
                 for (inode, access) in &self.protected_files {
@@ -527,6 +550,28 @@ impl State {
             }
         }
         (entries, sensitive)
+    }
+
+    /// The kernel's exec settings for `compiled`: one entry per agent (an agent without one
+    /// would be denied anonymous execs all the same, but reported under no rule).
+    fn exec_agents(&mut self, compiled: &CompiledPolicy) -> Vec<(u32, agentd_common::ExecAgent)> {
+        let rule = self.registry.intern_rule(ANONYMOUS_EXEC_RULE);
+        compiled
+            .agents
+            .iter()
+            .map(|agent| {
+                let files = agent.files.as_ref();
+                (
+                    self.registry.intern_agent(&agent.agent),
+                    agentd_common::ExecAgent {
+                        allow_anonymous: u8::from(files.is_some_and(|f| f.allow_anonymous_exec)),
+                        audit: u8::from(files.is_some_and(|f| f.mode == Mode::Audit)),
+                        pad: 0,
+                        rule,
+                    },
+                )
+            })
+            .collect()
     }
 
     fn quarantine(&mut self, agent: &str, on: bool) -> Result<Quarantined, String> {
@@ -768,6 +813,8 @@ impl State {
             files: self.files.mode(),
             self_protection: self.protect.active(),
             socket_families: self.net.decides_families(),
+            self_protection_missing: self.protect.missing(),
+            file_hooks_missing: &[self.exec.missing(), self.meta.missing()].concat(),
             lsm_unavailable,
             dns: self.dns_enabled,
             mounts: &self.mounts,
@@ -2034,7 +2081,27 @@ pub fn load_categories(path: Option<&Path>) -> Result<Categories, DaemonError> {
     Categories::parse(&text).map_err(invalid)
 }
 
-/// Everything `run` needs from the command line and the config file.
+/// The rule reported when agentd's self-protection denies.
+const SELF_PROTECTION_RULE: &str = "agentd-self-protection";
+/// The rule reported when an agent is refused an anonymous exec (`allow_anonymous_exec`).
+const ANONYMOUS_EXEC_RULE: &str = "anonymous-exec";
+
+/// Protects agentd's own files by identity (`SELF_OBJECTS`) and returns them by kernel object
+/// with the access every agent is denied, for the file rules.
+fn protect_own_files(
+    config: &Config,
+    protect: &mut ProtectSensor,
+    registry: &mut Registry,
+) -> Result<Vec<(agentd_common::InodeKey, u32)>, SensorError> {
+    let own_paths = protected_paths(config);
+    let paths: Vec<&Path> = own_paths.iter().map(|(path, _)| path.as_path()).collect();
+    protect.protect_files(&paths, registry.intern_rule(SELF_PROTECTION_RULE))?;
+    Ok(own_paths
+        .iter()
+        .filter_map(|(path, access)| Some((files::inode_key(path).ok()?, *access)))
+        .collect())
+}
+
 /// agentd's own files and the access no agent gets to them: its configuration, policy, state
 /// (credentials, kept decisions), pins and event output may be neither read nor written; its
 /// binary may not be written (agents may run `agentd whoami`).
@@ -2057,6 +2124,7 @@ fn protected_paths(config: &Config) -> Vec<(PathBuf, u32)> {
     paths
 }
 
+/// Everything `run` needs from the command line and the config file.
 pub struct RunOptions {
     pub config: Config,
     /// The identity policy to apply at start.

@@ -39,6 +39,24 @@ pub struct LoadedObject {
     pub offsets: KernelOffsets,
     /// Where the maps are pinned and the links go, when pinning.
     pub pins: Option<PinLayout>,
+    /// How many parameters each LSM hook in [`SHAPED_HOOKS`] takes on this kernel (absent: the
+    /// kernel has no such hook). Hooks gained an idmap parameter in front between kernels.
+    pub hook_params: Vec<(&'static str, u16)>,
+}
+
+/// LSM hooks whose parameters differ between the kernels agentd supports, or that only some
+/// kernels have.
+pub const SHAPED_HOOKS: [&str; 3] = ["inode_setattr", "inode_set_acl", "inode_remove_acl"];
+
+impl LoadedObject {
+    /// The number of parameters of LSM hook `hook` here, if the kernel has it.
+    #[must_use]
+    pub fn hook_params(&self, hook: &str) -> Option<u16> {
+        self.hook_params
+            .iter()
+            .find(|(name, _)| *name == hook)
+            .map(|(_, count)| *count)
+    }
 }
 
 /// Settings that shape the kernel objects before they are created.
@@ -106,7 +124,18 @@ pub fn load_with(options: &LoadOptions) -> Result<LoadedObject, LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
-    let offsets = KernelBtf::from_sys_fs()?.kernel_offsets()?;
+    let kernel_btf = KernelBtf::from_sys_fs()?;
+    let offsets = kernel_btf.kernel_offsets()?;
+    let hook_params = SHAPED_HOOKS
+        .into_iter()
+        .filter_map(|hook| {
+            Some((
+                hook,
+                kernel_btf.func_param_count(&format!("bpf_lsm_{hook}"))?,
+            ))
+        })
+        .collect();
+    drop(kernel_btf);
     let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
     let max_entries = [
         ("TASK_AGENT", options.max_tagged_processes),
@@ -151,6 +180,7 @@ pub fn load_with(options: &LoadOptions) -> Result<LoadedObject, LoadError> {
         btf,
         offsets,
         pins,
+        hook_params,
     })
 }
 

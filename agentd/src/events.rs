@@ -121,8 +121,10 @@ pub struct FileDecision {
     /// an access that enforcement would have denied.
     pub would_deny: bool,
     /// Where the decision was taken: `open`, `exec`, `unlink`, `rename`, `link`, `create`,
-    /// `mkdir`, `symlink`, `mknod`, `rmdir`, `truncate`, or `observed_open` (a syscall
-    /// tracepoint where BPF LSM is not active).
+    /// `mkdir`, `symlink`, `mknod`, `rmdir`, `truncate`, `mmap` and `mprotect` (an executable
+    /// mapping, judged as an exec), `setattr` (`chmod`, `chown`, `utimes`, truncation),
+    /// `setxattr` and `removexattr` (extended attributes and ACLs), `mount`, or `observed_open`
+    /// (a syscall tracepoint where BPF LSM is not active).
     pub hook: &'static str,
     /// What was decided: `object` (the object opened, created, removed, moved or linked) or
     /// `destination` (where a rename or link leads: the name taken, replaced or swapped in, and
@@ -136,8 +138,11 @@ pub struct FileDecision {
     /// resolve), or `as_passed` (the string the process gave the syscall; observation only).
     pub path_source: &'static str,
     pub path_truncated: bool,
-    /// What decided: `rule` (the local file rules, quarantine or the deny list) or
-    /// `conditional_access` (a file control of the agent's decision from the control plane).
+    /// What decided: `rule` (the local file rules, quarantine or the deny list),
+    /// `conditional_access` (a file control of the agent's decision from the control plane),
+    /// `self_protection` (agentd's own files, or a directory above them, by identity), or
+    /// `anonymous_exec` (an exec of a file with no name in any directory, a memfd for one,
+    /// which the agent's `allow_anonymous_exec = false` refuses).
     pub decided_by: &'static str,
     /// The agent whose rule decided (none for the global deny list).
     #[serde(skip)]
@@ -356,6 +361,10 @@ impl Event {
                     path_truncated: raw.flags & FileEvent::FLAG_PATH_TRUNCATED != 0,
                     decided_by: if raw.flags & FileEvent::FLAG_CONDITIONAL_ACCESS != 0 {
                         "conditional_access"
+                    } else if raw.flags & FileEvent::FLAG_SELF_PROTECTION != 0 {
+                        "self_protection"
+                    } else if raw.flags & FileEvent::FLAG_ANONYMOUS != 0 {
+                        "anonymous_exec"
                     } else {
                         "rule"
                     },
@@ -799,6 +808,12 @@ fn file_hook_name(hook: u32) -> &'static str {
         Some(FileHook::Symlink) => "symlink",
         Some(FileHook::Mknod) => "mknod",
         Some(FileHook::Rmdir) => "rmdir",
+        Some(FileHook::MapExec) => "mmap",
+        Some(FileHook::ProtectExec) => "mprotect",
+        Some(FileHook::SetAttr) => "setattr",
+        Some(FileHook::SetXattr) => "setxattr",
+        Some(FileHook::RemoveXattr) => "removexattr",
+        Some(FileHook::Mount) => "mount",
         None => "unknown",
     }
 }

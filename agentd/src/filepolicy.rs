@@ -45,6 +45,11 @@ pub struct AgentFilesSpec {
     pub mode: Mode,
     #[serde(default, rename = "rule")]
     pub rules: Vec<FileRuleSpec>,
+    /// Whether the agent's processes may execute files that have no name in any directory (a
+    /// memfd, an `O_TMPFILE`, an unlinked file): bytes that no exec rule can name. Default
+    /// false; tools that re-exec themselves from a memfd (runc, crun) need it.
+    #[serde(default)]
+    pub allow_anonymous_exec: bool,
 }
 
 /// One rule: exactly one of `path`, `set`, `name` or `extension` says what it covers.
@@ -94,6 +99,8 @@ pub struct CompiledFileRule {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompiledAgentFiles {
     pub mode: Mode,
+    /// `allow_anonymous_exec`.
+    pub allow_anonymous_exec: bool,
     pub rules: Vec<CompiledFileRule>,
 }
 
@@ -331,6 +338,7 @@ impl AgentFilesSpec {
             }
         }
         CompiledAgentFiles {
+            allow_anonymous_exec: self.allow_anonymous_exec,
             mode: self.mode,
             rules,
         }

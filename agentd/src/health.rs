@@ -14,6 +14,11 @@ pub struct Inputs<'a> {
     pub self_protection: bool,
     /// Whether packet sockets and the other socket families are decided (BPF LSM).
     pub socket_families: bool,
+    /// Self-protection's file hooks that this kernel refused.
+    pub self_protection_missing: &'a [&'static str],
+    /// File hooks beyond opens and execs that this kernel refused (executable mappings,
+    /// anonymous execs, metadata changes).
+    pub file_hooks_missing: &'a [&'static str],
     /// Why BPF LSM is not used, when it is not.
     pub lsm_unavailable: Option<&'a str>,
     pub dns: bool,
@@ -46,17 +51,26 @@ pub fn sensors(inputs: &Inputs<'_>) -> Vec<SensorHealth> {
         )
     });
     out.push(match inputs.files {
-        FileMode::Enforcing { missing } if missing.is_empty() => SensorHealth::new(
-            "files",
-            "active",
-            "BPF LSM hooks decide agents' file access",
-        ),
+        FileMode::Enforcing { missing }
+            if missing.is_empty() && inputs.file_hooks_missing.is_empty() =>
+        {
+            SensorHealth::new(
+                "files",
+                "active",
+                "BPF LSM hooks decide agents' file access",
+            )
+        }
         FileMode::Enforcing { missing } => SensorHealth::new(
             "files",
             "limited",
             format!(
                 "BPF LSM decides opens and execs; this kernel lacks {}",
-                missing.join(", ")
+                missing
+                    .iter()
+                    .chain(inputs.file_hooks_missing)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ),
         FileMode::Observing => SensorHealth::new(
@@ -69,20 +83,33 @@ pub fn sensors(inputs: &Inputs<'_>) -> Vec<SensorHealth> {
         ),
         FileMode::Unavailable(why) => SensorHealth::new("files", "unavailable", why.clone()),
     });
-    out.push(if inputs.self_protection {
-        SensorHealth::new(
-            "self_protection",
-            "active",
-            "agents may not signal or ptrace agentd, use bpf(), or open its files",
-        )
-    } else {
-        SensorHealth::new(
-            "self_protection",
-            "limited",
-            "BPF LSM unavailable: the admin socket refuses agents; signals, ptrace and bpf() \
+    out.push(
+        if inputs.self_protection && inputs.self_protection_missing.is_empty() {
+            SensorHealth::new(
+                "self_protection",
+                "active",
+                "agents may not signal or ptrace agentd, use bpf(), open its files, or rename, \
+             replace, link or mount over them",
+            )
+        } else if inputs.self_protection {
+            SensorHealth::new(
+                "self_protection",
+                "limited",
+                format!(
+                    "agents may not signal or ptrace agentd, use bpf(), or open its files; this \
+                 kernel lacks {}, so those changes to its files are not denied",
+                    inputs.self_protection_missing.join(", ")
+                ),
+            )
+        } else {
+            SensorHealth::new(
+                "self_protection",
+                "limited",
+                "BPF LSM unavailable: the admin socket refuses agents; signals, ptrace and bpf() \
              are not denied",
-        )
-    });
+            )
+        },
+    );
     out.push(if inputs.dns {
         SensorHealth::new(
             "dns",
@@ -144,6 +171,8 @@ mod tests {
             files: &files,
             self_protection: false,
             socket_families: false,
+            self_protection_missing: &[],
+            file_hooks_missing: &[],
             lsm_unavailable: Some("BPF LSM is not active"),
             dns: true,
             mounts: &mounts,
@@ -173,6 +202,8 @@ mod tests {
             files: &FileMode::Observing,
             self_protection: false,
             socket_families: false,
+            self_protection_missing: &[],
+            file_hooks_missing: &[],
             lsm_unavailable: Some("BPF LSM is not active"),
             dns: false,
             mounts: &mounts,
@@ -193,6 +224,8 @@ mod tests {
             files: &files,
             self_protection: true,
             socket_families: true,
+            self_protection_missing: &[],
+            file_hooks_missing: &[],
             lsm_unavailable: None,
             dns: true,
             mounts: &mounts,

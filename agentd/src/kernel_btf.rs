@@ -301,6 +301,8 @@ impl KernelBtf {
             fdtable_fd: _,
             fdtable_max_fds: _,
             dentry_name_len: _,
+            inode_nlink: _,
+            vma_file: _,
         } = KernelOffsets::UNRESOLVED;
         Ok(KernelOffsets {
             task_real_parent: self.nonzero_offset("task_struct", "real_parent")?,
@@ -333,7 +335,22 @@ impl KernelBtf {
             fdtable_max_fds: self.member_offset("fdtable", "max_fds")?,
             dentry_name_len: self.nonzero_offset("dentry", "d_name")?
                 + self.member_offset("qstr", "len")?,
+            inode_nlink: self.nonzero_offset("inode", "i_nlink")?,
+            vma_file: self.nonzero_offset("vm_area_struct", "vm_file")?,
         })
+    }
+
+    /// How many parameters the kernel function `func` takes, from its prototype; `None` when
+    /// this kernel has no such function. LSM hooks changed arity between kernels (an idmap
+    /// argument was added in front), and a program must read its arguments where they are.
+    #[must_use]
+    pub fn func_param_count(&self, func: &str) -> Option<u16> {
+        let record = self
+            .types
+            .iter()
+            .find(|r| r.kind == KIND_FUNC && self.name(r.name_off) == func)?;
+        let proto = self.record(record.size_or_type).ok()?;
+        (proto.kind == KIND_FUNC_PROTO).then_some(proto.vlen)
     }
 }
 

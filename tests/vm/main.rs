@@ -2,6 +2,7 @@
 //! booted by `cargo xtask vm-test`.
 
 mod access;
+mod exec;
 mod files;
 mod files_namespace;
 mod lsm;

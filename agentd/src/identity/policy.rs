@@ -454,6 +454,33 @@ mod tests {
     }
 
     #[test]
+    fn allow_anonymous_exec_defaults_to_false_and_a_bad_value_names_the_field() {
+        let host = Host::new();
+        let compiled = host
+            .compile("[[agent]]\nname = \"a\"\n[agent.files]\n")
+            .expect("valid policy");
+        let files = compiled.agents[0].files.as_ref().expect("files table");
+        assert!(!files.allow_anonymous_exec);
+        let compiled = host
+            .compile("[[agent]]\nname = \"a\"\n[agent.files]\nallow_anonymous_exec = true\n")
+            .expect("valid policy");
+        assert!(
+            compiled.agents[0]
+                .files
+                .as_ref()
+                .unwrap()
+                .allow_anonymous_exec
+        );
+        let err = host
+            .compile("[[agent]]\nname = \"a\"\n[agent.files]\nallow_anonymous_exec = \"yes\"\n")
+            .expect_err("a string is not a boolean");
+        // The parser's error (the source) quotes the line and the key.
+        let text = format!("{:#}", anyhow::Error::from(err));
+        assert!(text.contains("allow_anonymous_exec"), "{text}");
+        assert!(text.contains("boolean"), "{text}");
+    }
+
+    #[test]
     fn a_full_policy_compiles_to_kernel_objects() {
         let host = Host::new();
         let text = format!(

@@ -1,7 +1,9 @@
 //! Sensors: each hook family is one unit that owns its programs and links. Dropping a sensor
 //! detaches what it attached.
 
+pub mod exec;
 pub mod files;
+pub mod files_meta;
 pub mod net;
 pub mod process;
 pub mod protect;
@@ -94,6 +96,47 @@ fn load_error(program: &'static str) -> impl FnOnce(ProgramError) -> SensorError
 
 fn attach_error(program: &'static str) -> impl FnOnce(ProgramError) -> SensorError {
     move |source| SensorError::Attach { program, source }
+}
+
+/// Loads and attaches the LSM programs `programs` (program name, the hook it is reported as),
+/// each on its own: one the kernel refuses is logged and named in the returned list of missing
+/// hooks, and the others still attach. When `links` adopted an earlier agentd's programs,
+/// nothing is attached and the missing ones are those it did not leave.
+fn attach_optional_lsm(
+    object: &mut crate::ebpf::LoadedObject,
+    programs: &[(&'static str, &'static str)],
+    links: &mut crate::pins::Links,
+) -> Result<Vec<&'static str>, SensorError> {
+    let mut missing = Vec::new();
+    if links.adopting() {
+        for (name, hook) in programs {
+            if !links.has(name) {
+                missing.push(*hook);
+            }
+        }
+        return Ok(missing);
+    }
+    let crate::ebpf::LoadedObject { ebpf, btf, .. } = object;
+    for (name, hook) in programs {
+        let program: &mut aya::programs::Lsm = program(ebpf, name)?;
+        let attached = program
+            .load(hook, btf)
+            .map_err(load_error(name))
+            .and_then(|()| program.attach().map_err(attach_error(name)))
+            .and_then(|link_id| program.take_link(link_id).map_err(attach_error(name)));
+        match attached {
+            Ok(link) => links.add(name, link)?,
+            Err(err) => {
+                tracing::warn!(
+                    hook,
+                    "{:#}: this check is not enforced on this kernel",
+                    anyhow::Error::from(err)
+                );
+                missing.push(*hook);
+            }
+        }
+    }
+    Ok(missing)
 }
 
 /// Makes `map` hold exactly `want`. New entries go in before stale ones come out, so a key in

@@ -35,7 +35,11 @@
 //!   `tests/src/net_evasions.rs`.
 //! - `agentd-test-helper fs ...`: renames, links, creations, removals and truncations that
 //!   dodge file rules; see `tests/src/file_evasions.rs`.
+//! - `agentd-test-helper exec-evasion ...`: routes around exec rules and self-protection; see
+//!   `tests/src/exec_evasions.rs`.
 
+#[path = "../exec_evasions.rs"]
+mod exec_evasions;
 #[path = "../file_evasions.rs"]
 mod file_evasions;
 #[path = "../net_evasions.rs"]
@@ -600,6 +604,7 @@ fn main() -> ExitCode {
         ["tamper", what, target] => tamper(what, target),
         ["evade", ref rest @ ..] => net_evasions::evade(rest),
         ["fs", ref rest @ ..] => file_evasions::run(rest),
+        ["exec-evasion", ref rest @ ..] => exec_evasions::run(rest),
         ["net-loop", protocol, addr, allowed, denied, stop] => {
             net_loop(protocol, addr, allowed, denied, stop)
         }
