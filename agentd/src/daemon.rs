@@ -229,38 +229,15 @@ impl State {
         }
         let file_enforcement = files::probe_enforcement(&mut object);
         log_file_enforcement(&file_enforcement);
-        let files = FileSensor::attach(
-            &mut object,
-            file_enforcement == FileEnforcement::Available,
-            &mut links,
-        )?;
-        let exec = ExecSensor::attach(
-            &mut object,
-            file_enforcement == FileEnforcement::Available,
-            &mut links,
-        )?;
-        let meta = MetaSensor::attach(
-            &mut object,
-            file_enforcement == FileEnforcement::Available,
-            &mut links,
-        )?;
-        let process = ProcessSensor::attach(
-            &mut object,
-            file_enforcement == FileEnforcement::Available,
-            &mut links,
-        )?;
-        let mut net = NetSensor::attach(
-            &mut object,
-            &cgroup_root,
-            file_enforcement == FileEnforcement::Available,
-            &mut links,
-        )?;
+        // Every BPF LSM program goes in only where the probe found them allowed.
+        let lsm = file_enforcement == FileEnforcement::Available;
+        let files = FileSensor::attach(&mut object, lsm, &mut links)?;
+        let exec = ExecSensor::attach(&mut object, lsm, &mut links)?;
+        let meta = MetaSensor::attach(&mut object, lsm, &mut links)?;
+        let process = ProcessSensor::attach(&mut object, lsm, &mut links)?;
+        let mut net = NetSensor::attach(&mut object, &cgroup_root, lsm, &mut links)?;
         net.set_allowed_report_interval(config.network.allowed_report_interval_ms)?;
-        let mut protect = ProtectSensor::attach(
-            &mut object,
-            file_enforcement == FileEnforcement::Available,
-            &mut links,
-        )?;
+        let mut protect = ProtectSensor::attach(&mut object, lsm, &mut links)?;
         protect.protect(&[std::process::id()])?;
         let protected_files = protect_own_files(config, &mut protect, &mut registry)?;
         let reader = EventReader::new(&mut object)?;

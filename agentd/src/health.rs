@@ -25,14 +25,9 @@ pub struct Inputs<'a> {
     pub mounts: &'a Mounts,
 }
 
-/// One entry per sensor and per pseudo file system.
-pub fn sensors(inputs: &Inputs<'_>) -> Vec<SensorHealth> {
-    let mut out = vec![SensorHealth::new(
-        "process",
-        "active",
-        "exec, fork and exit tracepoints tag agents' processes",
-    )];
-    out.push(if inputs.socket_families {
+/// The network sensor: its cgroup hooks always; the socket families where BPF LSM runs.
+fn network(inputs: &Inputs<'_>) -> SensorHealth {
+    if inputs.socket_families {
         SensorHealth::new(
             "network",
             "active",
@@ -49,7 +44,17 @@ pub fn sensors(inputs: &Inputs<'_>) -> Vec<SensorHealth> {
                 inputs.lsm_unavailable.unwrap_or("BPF LSM unavailable")
             ),
         )
-    });
+    }
+}
+
+/// One entry per sensor and per pseudo file system.
+pub fn sensors(inputs: &Inputs<'_>) -> Vec<SensorHealth> {
+    let mut out = vec![SensorHealth::new(
+        "process",
+        "active",
+        "exec, fork and exit tracepoints tag agents' processes",
+    )];
+    out.push(network(inputs));
     out.push(match inputs.files {
         FileMode::Enforcing { missing }
             if missing.is_empty() && inputs.file_hooks_missing.is_empty() =>

@@ -18,9 +18,20 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 /// `enum bpf_attach_type`: `BPF_CGROUP_SETSOCKOPT`.
 pub const CGROUP_SETSOCKOPT: u32 = 22;
 
-/// `union bpf_attr`, zeroed: the kernel requires every byte past the command's fields to be 0.
-#[repr(C, align(8))]
-struct Attr([u32; 32]);
+/// `union bpf_attr` as 64-bit words, zeroed: the kernel requires every byte past the
+/// command's fields to be 0. Two 32-bit fields share a word, the first in the low half.
+#[repr(C)]
+struct Attr([u64; 16]);
+
+/// Two consecutive 32-bit fields as one little-endian word.
+fn pair(first: u32, second: u32) -> u64 {
+    u64::from(first) | u64::from(second) << 32
+}
+
+/// A descriptor as the `u32` field that carries it.
+fn fd_field(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    u32::try_from(fd.as_raw_fd()).map_err(io::Error::other)
+}
 
 fn bpf(cmd: libc::c_long, attr: &Attr) -> io::Result<i64> {
     // SAFETY: `attr` is a readable `bpf_attr` of the size given, laid out as `cmd` expects.
@@ -49,20 +60,19 @@ pub fn cgroup_link(
     attach_type: u32,
     scratch: &Path,
 ) -> io::Result<FdLink> {
-    let mut attr = Attr([0; 32]);
-    attr.0[0] = u32::try_from(program.as_raw_fd()).map_err(io::Error::other)?;
-    attr.0[1] = u32::try_from(cgroup.as_raw_fd()).map_err(io::Error::other)?;
-    attr.0[2] = attach_type;
+    // `link_create`: prog_fd, target_fd, attach_type, flags.
+    let mut attr = Attr([0; 16]);
+    attr.0[0] = pair(fd_field(program)?, fd_field(cgroup)?);
+    attr.0[1] = pair(attach_type, 0);
     let fd = bpf(BPF_LINK_CREATE, &attr)?;
     // SAFETY: the kernel just returned this descriptor, and nothing else owns it.
     let link = unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(io::Error::other)?) };
     let path = CString::new(scratch.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
     let _ = std::fs::remove_file(scratch);
-    let mut attr = Attr([0; 32]);
-    let pointer = path.as_ptr() as u64;
-    attr.0[0] = pointer as u32;
-    attr.0[1] = (pointer >> 32) as u32;
-    attr.0[2] = u32::try_from(link.as_raw_fd()).map_err(io::Error::other)?;
+    // `obj_pin`: pathname (a pointer), bpf_fd, file_flags.
+    let mut attr = Attr([0; 16]);
+    attr.0[0] = path.as_ptr() as u64;
+    attr.0[1] = pair(fd_field(std::os::fd::AsFd::as_fd(&link))?, 0);
     bpf(BPF_OBJ_PIN, &attr)?;
     let pinned = PinnedLink::from_pin(scratch).map_err(io::Error::other)?;
     // The pin's own descriptor holds the link now; ours can go.
