@@ -360,9 +360,12 @@ fn egress_volume_is_counted_in_the_kernel_and_a_spike_is_detected() {
         .find(|e| e["kind"] == "detection" && e["rule"] == "egress_spike")
         .unwrap();
     assert_eq!(detection["agent_name"], agent);
+    // agentd reads the kernel's count once a second: the detection fires at the first reading
+    // past the limit, which may come while the transfer is still going. Headers are counted
+    // too, so a count can exceed the payload, but never by twice.
     let bytes = observed_bytes(detection);
     assert!(
-        bytes >= 4_194_304,
+        bytes > 1_048_576 && bytes < 2 * 4_194_304,
         "the kernel counted {bytes} bytes: {detection}"
     );
 }
