@@ -28,7 +28,7 @@ use aya::{
     },
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
-        CgroupSockopt, Lsm, cgroup_sockopt::CgroupSockoptLink,
+        CgroupSockopt, cgroup_sockopt::CgroupSockoptLink,
     },
 };
 
@@ -239,19 +239,11 @@ impl NetSensor {
             )?;
         }
         if lsm {
-            let LoadedObject { ebpf, btf, .. } = object;
-            let program: &mut Lsm = super::program(ebpf, SOCKET_CREATE)?;
-            program
-                .load(SOCKET_CREATE, btf)
-                .map_err(load_error(SOCKET_CREATE))?;
-            let link_id = program.attach().map_err(attach_error(SOCKET_CREATE))?;
-            links.add(
-                SOCKET_CREATE,
-                program
-                    .take_link(link_id)
-                    .map_err(attach_error(SOCKET_CREATE))?,
-            )?;
-            sensor.families = true;
+            // Optional: a kernel that refuses it leaves these families undecided, said in
+            // status, and the rest enforcing.
+            let missing =
+                super::attach_optional_lsm(object, &[(SOCKET_CREATE, SOCKET_CREATE)], links)?;
+            sensor.families = missing.is_empty();
         }
         Ok(sensor)
     }
