@@ -261,6 +261,15 @@ pub struct InodeKey {
 const _: () = assert!(size_of::<InodeKey>() == 16);
 
 impl InodeKey {
+    /// No file has it (device 0 is never a super block's, inode 0 never a file's): the key of
+    /// an agent's unresolved-location rule in the file rule map, which the kernel applies to an
+    /// object whose place in the tree it cannot establish.
+    pub const UNRESOLVED: Self = Self {
+        dev: 0,
+        pad: 0,
+        ino: 0,
+    };
+
     /// Builds a key from the major and minor numbers that `stat(2)` reports for `st_dev`.
     #[must_use]
     pub const fn new(major: u32, minor: u32, ino: u64) -> Self {
@@ -352,8 +361,16 @@ impl CaFileControl {
     };
 }
 
-/// How many directory levels above a file the kernel looks for rules.
-pub const FILE_RULE_DEPTH: usize = 16;
+/// How many dentries the walk from an object up to its file system's root visits at most (the
+/// object itself included). Far above any tree a path can name: `PATH_MAX` (4,096 bytes) holds
+/// at most 2,048 components. An object whose walk does not reach the root within it (a tree
+/// built deeper through relative opens) is judged as unresolved, never as outside the rules.
+pub const FILE_WALK_LIMIT: u32 = 4096;
+
+/// `DCACHE_DISCONNECTED` in `dentry.d_flags` (the same bit, 0x20, in every kernel agentd runs
+/// on): a dentry made for a file opened by handle (`open_by_handle_at`) whose parents are not
+/// in the cache. Its parent is itself, like a root's, but it is not its file system's root.
+pub const DCACHE_DISCONNECTED: u32 = 0x20;
 
 /// Verdicts that kernel programs return and report.
 #[repr(u32)]
@@ -495,6 +512,22 @@ pub struct FileNameKey {
 }
 const _: () = assert!(size_of::<FileNameKey>() == 40);
 
+/// Key of an agent's rule on a directory entry: the name `name` in the directory `dir`, whatever
+/// object it holds. A `path` rule is written both by object ([`FileRuleKey`]) and by entry, so
+/// that it keeps covering the file that takes the name when the file is replaced by writing a
+/// new one and renaming it over the old (how editors, `passwd` and package managers save).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FileEntryKey {
+    pub agent: u32,
+    /// Always 0.
+    pub pad: u32,
+    pub dir: InodeKey,
+    /// The entry's name, NUL-padded; longer names are kept by object only.
+    pub name: [u8; FILE_NAME_LEN],
+}
+const _: () = assert!(size_of::<FileEntryKey>() == 56);
+
 impl FileEvent {
     /// Audit mode allowed what enforce mode would deny.
     pub const FLAG_WOULD_DENY: u32 = 1 << 0;
@@ -517,6 +550,13 @@ impl FileEvent {
     /// The decision is on where a rename or link leads (the name taken, replaced or swapped in,
     /// and its directory), not on the object moved or linked.
     pub const FLAG_DESTINATION: u32 = 1 << 8;
+    /// The walk up the object's directories could not place it (a disconnected dentry, or a
+    /// tree deeper than [`FILE_WALK_LIMIT`]): the agent's unresolved-location rule decided,
+    /// which denies what any of its deny rules denies (fail closed).
+    pub const FLAG_UNRESOLVED: u32 = 1 << 9;
+    /// The object's dentry is disconnected: the kernel cannot name its path (`path` holds what
+    /// `bpf_d_path` gave, which is not where the file is).
+    pub const FLAG_PATH_UNRESOLVED: u32 = 1 << 10;
 }
 
 /// An agent's exec settings (`EXEC_AGENTS`): what the kernel does when one of its processes
@@ -621,8 +661,10 @@ pub struct KernelOffsets {
     pub inode_nlink: u32,
     /// `vm_area_struct.vm_file`
     pub vma_file: u32,
+    /// `dentry.d_flags` (may legitimately be 0: the first field)
+    pub dentry_flags: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 116);
+const _: () = assert!(size_of::<KernelOffsets>() == 120);
 
 impl KernelOffsets {
     /// Every offset unresolved: the value compiled into the eBPF object.
@@ -656,6 +698,7 @@ impl KernelOffsets {
         dentry_name_len: 0,
         inode_nlink: 0,
         vma_file: 0,
+        dentry_flags: 0,
     };
 }
 
@@ -1165,6 +1208,7 @@ mod pod {
     unsafe impl aya::Pod for super::FileRule {}
     unsafe impl aya::Pod for super::CaFileControl {}
     unsafe impl aya::Pod for super::FileNameKey {}
+    unsafe impl aya::Pod for super::FileEntryKey {}
     unsafe impl aya::Pod for super::CaAgent {}
     unsafe impl aya::Pod for super::CaGrantList {}
     unsafe impl aya::Pod for super::CaKeyV4 {}

@@ -3,9 +3,9 @@
 //! and exec hooks (`files`) and the namespace-change hooks (`files_namespace`).
 
 use agentd_common::{
-    CaAgent, EventKind, FILE_EXTENSION_LEN, FILE_NAME_LEN, FILE_PATH_LEN, FILE_RULE_DEPTH,
-    FileEvent, FileHook, FileNameKey, FileRule, FileRuleKey, InodeKey, KernelOffsets, Verdict,
-    file_access, file_name_kind, net_action,
+    CaAgent, EventKind, FILE_EXTENSION_LEN, FILE_NAME_LEN, FILE_PATH_LEN, FileEntryKey, FileEvent,
+    FileHook, FileNameKey, FileRule, FileRuleKey, InodeKey, KernelOffsets, Verdict, file_access,
+    file_name_kind, net_action,
 };
 use aya_ebpf::{
     bindings::path,
@@ -22,6 +22,7 @@ use crate::{
     kernel::{inode_key, offsets, read_field},
     net_access::CA_AGENTS,
     tagging::{cgroup_tag, tag_of},
+    walk::{End, Visit, disconnected, walk_above, walk_up},
 };
 
 /// (agent, file or directory) → the agent's rule on it. 16,384 rules across agents.
@@ -32,6 +33,12 @@ pub static FILE_RULES: HashMap<FileRuleKey, FileRule> = HashMap::with_max_entrie
 /// shipped sensitive-files set names about twenty.
 #[map]
 pub static FILE_NAMES: HashMap<FileNameKey, FileRule> = HashMap::with_max_entries(4096, 0);
+
+/// (agent, directory, name) → the agent's rule on that directory entry, whatever object it
+/// holds: `path` rules, so that they cover the file that replaces theirs by rename. 8,192
+/// across agents: one per `path` rule on a file with a name of at most 31 bytes.
+#[map]
+pub static FILE_ENTRIES: HashMap<FileEntryKey, FileRule> = HashMap::with_max_entries(8192, 0);
 
 /// Quarantined agents → the rule id reported: their writes are denied everywhere. 4,096, as
 /// many as agents can be named.
@@ -86,6 +93,7 @@ pub(crate) struct Access {
 
 /// The rule that decided and the accesses it covered of those asked for: what the event
 /// reports.
+#[derive(Copy, Clone)]
 pub(crate) struct Hit {
     pub rule: u32,
     pub access: u32,
@@ -138,6 +146,53 @@ fn object_rule(
         Some(value) => judge(value, access, hit),
         None => outcome::NONE,
     })
+}
+
+/// The agent's rule on the directory entry `dentry` (its name in its parent directory), whatever
+/// object it holds now.
+#[inline(always)]
+fn entry_rule(
+    offsets: &KernelOffsets,
+    agent: u32,
+    dentry: *const u8,
+    access: u32,
+    hit: &mut Hit,
+) -> u32 {
+    let Ok(len) = read_field::<u32>(dentry, offsets.dentry_name_len) else {
+        return outcome::NONE;
+    };
+    if len == 0 || len as usize >= FILE_NAME_LEN {
+        return outcome::NONE;
+    }
+    let (Ok(name), Ok(parent)) = (
+        read_field::<*const u8>(dentry, offsets.dentry_name),
+        read_field::<*const u8>(dentry, offsets.dentry_parent),
+    ) else {
+        return outcome::NONE;
+    };
+    if parent == dentry {
+        return outcome::NONE;
+    }
+    let Ok(directory) = read_field::<*const u8>(parent, offsets.dentry_inode) else {
+        return outcome::NONE;
+    };
+    let Ok(dir) = inode_key(offsets, directory) else {
+        return outcome::NONE;
+    };
+    let mut key = FileEntryKey {
+        agent,
+        pad: 0,
+        dir,
+        name: [0; FILE_NAME_LEN],
+    };
+    // SAFETY: the helper validates the kernel address.
+    if unsafe { bpf_probe_read_kernel_str_bytes(name, &mut key.name) }.is_err() {
+        return outcome::NONE;
+    }
+    match FILE_ENTRIES.get_ptr(key) {
+        Some(value) => judge(value, access, hit),
+        None => outcome::NONE,
+    }
 }
 
 /// The agent's rule on files with `dentry`'s name, then on files with its extension (what
@@ -213,36 +268,45 @@ fn name_rule(
     }
 }
 
-/// The decision's file control on one access (`slot`: 0 read, 1 write, 2 exec) nearest to
-/// `dentry`: the object's own, then its directory's, then upwards. A lapsed control (its expiry
-/// passed at `now`) is as if it were not there. Returns true, with the control's rule, when the
-/// nearest control in force denies.
+/// The agent's rule for objects whose place in the tree the walk could not establish
+/// (`InodeKey::UNRESOLVED`): it denies what any of the agent's deny rules denies, so that an
+/// object reached by handle, or buried deeper than the walk goes, is not treated as outside
+/// every directory rule.
 #[inline(always)]
-fn decision_denies(
-    offsets: &KernelOffsets,
+fn unresolved_rule(agent: u32) -> Option<*const FileRule> {
+    FILE_RULES.get_ptr(FileRuleKey {
+        agent,
+        pad: 0,
+        inode: InodeKey::UNRESOLVED,
+    })
+}
+
+/// The decision's file controls met on the way up: for each access asked for (bit `1 << slot`,
+/// slot 0 read, 1 write, 2 exec) the nearest control in force decides. A lapsed control (its
+/// expiry passed at `now`) is as if it were not there.
+struct ControlWalk {
     agent: u32,
-    start: *const u8,
-    slot: usize,
+    /// The slots no control has decided yet.
+    open: u32,
     now: u64,
-    hit: &mut Hit,
-) -> bool {
-    let mut dentry = start;
-    for _ in 0..FILE_RULE_DEPTH {
-        let Ok(inode) = read_field::<*const u8>(dentry, offsets.dentry_inode) else {
-            return false;
-        };
-        let Ok(node) = inode_key(offsets, inode) else {
-            return false;
-        };
-        let key = FileRuleKey {
-            agent,
-            pad: 0,
-            inode: node,
-        };
-        if let Some(value) = FILE_RULES.get_ptr(key) {
+    hit: Hit,
+    denied: bool,
+    /// A dentry or inode could not be read: the walk stopped short of the root.
+    failed: bool,
+}
+
+impl ControlWalk {
+    /// Lets the controls in `value` decide the open slots. True once the walk can stop: a
+    /// control denied, or every slot is decided.
+    #[inline(always)]
+    fn judge(&mut self, value: *const FileRule) -> bool {
+        for slot in 0..3usize {
+            if self.open & (1 << slot) == 0 {
+                continue;
+            }
             // SAFETY: a valid map value pointer; `slot` is below the array's length.
             let (present, action, id, expires) = unsafe {
-                let control = &(*value).decision[slot % 3];
+                let control = &(*value).decision[slot];
                 (
                     control.present,
                     control.action,
@@ -250,28 +314,51 @@ fn decision_denies(
                     control.expires_ns,
                 )
             };
-            if present != 0 && (expires == 0 || now < expires) {
-                hit.rule = id;
-                hit.access = 1 << (slot % 3);
-                return action == net_action::DENY;
+            if present != 0 && (expires == 0 || self.now < expires) {
+                self.open &= !(1 << slot);
+                if action == net_action::DENY {
+                    self.hit.rule = id;
+                    self.hit.access = 1 << slot;
+                    self.denied = true;
+                    return true;
+                }
             }
         }
-        let Ok(parent) = read_field::<*const u8>(dentry, offsets.dentry_parent) else {
-            return false;
-        };
-        if parent == dentry {
-            return false;
-        }
-        dentry = parent;
+        self.open == 0
     }
-    false
+}
+
+impl Visit for ControlWalk {
+    #[inline(always)]
+    fn visit(&mut self, dentry: *const u8, _level: u32) -> bool {
+        let offsets = offsets();
+        let Ok(inode) = read_field::<*const u8>(dentry, offsets.dentry_inode) else {
+            self.failed = true;
+            return true;
+        };
+        let Ok(node) = inode_key(&offsets, inode) else {
+            self.failed = true;
+            return true;
+        };
+        let key = FileRuleKey {
+            agent: self.agent,
+            pad: 0,
+            inode: node,
+        };
+        match FILE_RULES.get_ptr(key) {
+            Some(value) => self.judge(value),
+            None => false,
+        }
+    }
 }
 
 /// Whether the agent's Conditional Access decision denies the access: for each access asked
 /// for, the nearest file control in force decides. Deny wins over the local rules, which are
-/// judged only when the decision does not deny; a decision never widens what they allow.
+/// judged only when the decision does not deny; a decision never widens what they allow. An
+/// object the walk could not place is judged by the agent's unresolved-location entry, which
+/// carries every deny control of the decision.
 #[inline(always)]
-fn decision_verdict(offsets: &KernelOffsets, access: &Access, hit: &mut Hit) -> bool {
+fn decision_verdict(access: &Access, hit: &mut Hit) -> bool {
     let mut flags = 0u32;
     if let Some(ca) = CA_AGENTS.get_ptr(access.agent) {
         // SAFETY: a valid map value pointer.
@@ -280,22 +367,71 @@ fn decision_verdict(offsets: &KernelOffsets, access: &Access, hit: &mut Hit) -> 
     if flags & CaAgent::FLAG_FILE_CONTROLS == 0 {
         return false;
     }
-    // SAFETY: a plain helper call.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let open = [file_access::READ, file_access::WRITE, file_access::EXEC]
+        .iter()
+        .enumerate()
+        .fold(0u32, |open, (slot, bit)| {
+            if access.access & bit != 0 {
+                open | 1 << slot
+            } else {
+                open
+            }
+        });
+    let controls = ControlWalk {
+        agent: access.agent,
+        open,
+        // SAFETY: a plain helper call.
+        now: unsafe { bpf_ktime_get_boot_ns() },
+        hit: Hit {
+            rule: 0,
+            access: access.access,
+        },
+        denied: false,
+        failed: false,
+    };
     // The object itself, or for a creation the directory it is created in.
-    let start = access.walk;
-    (access.access & file_access::READ != 0
-        && decision_denies(offsets, access.agent, start, 0, now, hit))
-        || (access.access & file_access::WRITE != 0
-            && decision_denies(offsets, access.agent, start, 1, now, hit))
-        || (access.access & file_access::EXEC != 0
-            && decision_denies(offsets, access.agent, start, 2, now, hit))
+    let (mut controls, end) = walk_up(access.walk, controls);
+    if !controls.denied
+        && controls.open != 0
+        && (controls.failed || end.unresolved())
+        && let Some(value) = unresolved_rule(access.agent)
+    {
+        controls.judge(value);
+    }
+    if controls.denied {
+        *hit = controls.hit;
+    }
+    controls.denied
+}
+
+/// The local rules met on the way up from the object's directory: each directory's own rule.
+struct RuleWalk {
+    agent: u32,
+    access: u32,
+    hit: Hit,
+    found: u32,
+    /// A dentry or inode could not be read: the walk stopped short of the root.
+    failed: bool,
+}
+
+impl Visit for RuleWalk {
+    #[inline(always)]
+    fn visit(&mut self, dentry: *const u8, _level: u32) -> bool {
+        let offsets = offsets();
+        match object_rule(&offsets, self.agent, dentry, self.access, &mut self.hit) {
+            Ok(found) => self.found = found,
+            Err(_) => self.failed = true,
+        }
+        self.failed || self.found != outcome::NONE
+    }
 }
 
 /// The verdict for one access: the nearest rule that covers it decides. The object's own rule,
 /// then rules on its name and extension, then its directory's, then upwards. The walk follows
-/// dentries, so links, renames and bind mounts lead to the same rules. Reports denials, audit
-/// hits and observed violations; returns 0 or `-EPERM`.
+/// dentries, so links, renames and bind mounts lead to the same rules. An object the walk
+/// cannot place (a disconnected dentry, a tree deeper than the walk goes) is judged by the
+/// agent's unresolved-location rule. Reports denials, audit hits and observed violations;
+/// returns 0 or `-EPERM`.
 #[inline(always)]
 pub(crate) fn decide<const PATH: u8>(offsets: &KernelOffsets, access: &Access) -> i32 {
     let mut hit = Hit {
@@ -312,9 +448,19 @@ pub(crate) fn decide<const PATH: u8>(offsets: &KernelOffsets, access: &Access) -
         found = outcome::DENY;
     }
     let mut via = 0u32;
-    if found == outcome::NONE && decision_verdict(offsets, access, &mut hit) {
+    if found == outcome::NONE && decision_verdict(access, &mut hit) {
         found = outcome::DENY;
         via = FileEvent::FLAG_CONDITIONAL_ACCESS;
+    }
+    // A creation, or the free end of a rename or link: the entry it makes first.
+    if found == outcome::NONE && access.names_first {
+        found = entry_rule(
+            offsets,
+            access.agent,
+            access.name_dentry,
+            access.access,
+            &mut hit,
+        );
     }
     if found == outcome::NONE && access.names_first {
         found = name_rule(
@@ -325,36 +471,57 @@ pub(crate) fn decide<const PATH: u8>(offsets: &KernelOffsets, access: &Access) -
             &mut hit,
         );
     }
-    let mut dentry = access.walk;
+    // The object's own rule (for a creation, its directory's), then, unless judged before,
+    // its name's; then the directories above, in the walk.
+    let mut failed = false;
     if found == outcome::NONE {
-        for level in 0..FILE_RULE_DEPTH {
-            let Ok(here) = object_rule(offsets, access.agent, dentry, access.access, &mut hit)
-            else {
-                break;
+        match object_rule(offsets, access.agent, access.walk, access.access, &mut hit) {
+            Ok(here) => found = here,
+            Err(_) => failed = true,
+        }
+    }
+    if found == outcome::NONE && !failed && !access.names_first {
+        found = entry_rule(
+            offsets,
+            access.agent,
+            access.name_dentry,
+            access.access,
+            &mut hit,
+        );
+    }
+    if found == outcome::NONE && !failed && !access.names_first {
+        found = name_rule(
+            offsets,
+            access.agent,
+            access.name_dentry,
+            access.access,
+            &mut hit,
+        );
+    }
+    if found == outcome::NONE {
+        let mut end = End::Unfinished;
+        if !failed {
+            let rules = RuleWalk {
+                agent: access.agent,
+                access: access.access,
+                hit,
+                found,
+                failed: false,
             };
-            found = here;
+            let (rules, ended) = walk_above(access.walk, rules);
+            hit = rules.hit;
+            found = rules.found;
+            failed = rules.failed;
+            end = ended;
+        }
+        if found == outcome::NONE
+            && (failed || end.unresolved())
+            && let Some(value) = unresolved_rule(access.agent)
+        {
+            found = judge(value, access.access, &mut hit);
             if found != outcome::NONE {
-                break;
+                via |= FileEvent::FLAG_UNRESOLVED;
             }
-            if level == 0 && !access.names_first {
-                found = name_rule(
-                    offsets,
-                    access.agent,
-                    access.name_dentry,
-                    access.access,
-                    &mut hit,
-                );
-                if found != outcome::NONE {
-                    break;
-                }
-            }
-            let Ok(parent) = read_field::<*const u8>(dentry, offsets.dentry_parent) else {
-                break;
-            };
-            if parent == dentry {
-                break;
-            }
-            dentry = parent;
         }
     }
     if found == outcome::DENY && !access.observed {
@@ -380,7 +547,7 @@ pub(crate) fn decide<const PATH: u8>(offsets: &KernelOffsets, access: &Access) -
             access,
             &hit,
             false,
-            FileEvent::FLAG_WOULD_DENY | observed,
+            FileEvent::FLAG_WOULD_DENY | observed | via,
         );
         0
     } else {
@@ -459,6 +626,9 @@ pub(crate) fn report<const PATH: u8>(
     };
     let event = entry.as_mut_ptr();
     let mut flags = flags | access.flags;
+    if disconnected(access.name_dentry) {
+        flags |= FileEvent::FLAG_PATH_UNRESOLVED;
+    }
     // SAFETY: `event` points at a reserved, writable ring-buffer slot of the right size; every
     // field is written before submit (the path up to its NUL, the rest is never read).
     unsafe {

@@ -27,6 +27,7 @@ mod net_sockets;
 mod protect;
 mod protect_files;
 mod tagging;
+mod walk;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -130,6 +130,7 @@ fn agent_ref(registry: &Registry, tag: AgentTag) -> Option<AgentRef> {
 struct FileEntries {
     objects: Vec<(agentd_common::FileRuleKey, agentd_common::FileRule)>,
     names: Vec<(agentd_common::FileNameKey, agentd_common::FileRule)>,
+    entries: Vec<(agentd_common::FileEntryKey, agentd_common::FileRule)>,
 }
 
 /// The daemon's state: the identity policy in force and the sensors that enforce it.
@@ -314,6 +315,8 @@ impl State {
         let (file_entries, sensitive_rules) = self.file_rules(&compiled);
         let exec_agents = self.exec_agents(&compiled);
         let quarantine_rule = self.registry.intern_rule("quarantine-allow");
+        let unresolved_rule = self.registry.intern_rule("unresolved-location");
+        self.files.set_unresolved_rule(unresolved_rule);
         // The numbers go into the pinned registry before any kernel map holds them.
         self.persist_registry()?;
 
@@ -323,7 +326,7 @@ impl State {
         let rest = self
             .process
             .set_discovery(&kernel_rules)
-            .and_then(|()| files.set_rules(&objects, &file_entries.names))
+            .and_then(|()| files.set_rules(&objects, &file_entries.names, &file_entries.entries))
             .and_then(|()| self.exec.set_agents(&exec_agents))
             .and_then(|()| self.net.apply(&tables))
             .and_then(|()| {
@@ -338,6 +341,7 @@ impl State {
             self.files.set_rules(
                 &access::merge_file_rules(&self.file_entries.objects, &self.ca.files),
                 &self.file_entries.names,
+                &self.file_entries.entries,
             )?;
             self.exec.set_agents(&self.exec_entries)?;
             return Err(err.into());
@@ -486,6 +490,11 @@ impl State {
                 );
                 if rule.sensitive {
                     sensitive.insert(value.rule);
+                }
+                if let Some(entry) = &rule.entry {
+                    entries
+                        .entries
+                        .push((files::entry_key(index, entry), value));
                 }
                 match &rule.target {
                     FileTarget::Object(inode) => entries.objects.push((
@@ -924,17 +933,19 @@ impl State {
     /// entries), then the network tables; if the network refuses, the file entries go back, so
     /// the previous set stays whole.
     fn write_ca_tables(&mut self, tables: &access::CaTables) -> Result<(), String> {
-        let names = &self.file_entries.names;
+        let (names, entries) = (&self.file_entries.names, &self.file_entries.entries);
         self.files
             .set_rules(
                 &access::merge_file_rules(&self.file_entries.objects, &tables.files),
                 names,
+                entries,
             )
             .map_err(|err| format!("{:#}", anyhow::Error::from(err)))?;
         if let Err(err) = self.net.set_conditional_access(tables) {
             if let Err(restore) = self.files.set_rules(
                 &access::merge_file_rules(&self.file_entries.objects, &self.ca.files),
                 names,
+                entries,
             ) {
                 tracing::error!(%restore, "restoring the previous file controls");
             }

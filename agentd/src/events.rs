@@ -347,11 +347,19 @@ impl Event {
                         "destination"
                     },
                     observed: raw.flags & FileEvent::FLAG_OBSERVED != 0,
-                    path: String::from_utf8_lossy(
-                        &raw.path[..(raw.path_len as usize).min(raw.path.len())],
-                    )
-                    .into_owned(),
-                    path_source: if raw.flags & FileEvent::FLAG_PATH_AS_PASSED != 0 {
+                    // What `bpf_d_path` gives for a disconnected dentry names no place in the
+                    // tree: the event says so instead of printing it.
+                    path: if raw.flags & FileEvent::FLAG_PATH_UNRESOLVED != 0 {
+                        "unresolved".to_owned()
+                    } else {
+                        String::from_utf8_lossy(
+                            &raw.path[..(raw.path_len as usize).min(raw.path.len())],
+                        )
+                        .into_owned()
+                    },
+                    path_source: if raw.flags & FileEvent::FLAG_PATH_UNRESOLVED != 0 {
+                        "unresolved"
+                    } else if raw.flags & FileEvent::FLAG_PATH_AS_PASSED != 0 {
                         "as_passed"
                     } else if raw.flags & FileEvent::FLAG_PATH_NAME_ONLY != 0 {
                         "name"
@@ -359,7 +367,9 @@ impl Event {
                         "kernel"
                     },
                     path_truncated: raw.flags & FileEvent::FLAG_PATH_TRUNCATED != 0,
-                    decided_by: if raw.flags & FileEvent::FLAG_CONDITIONAL_ACCESS != 0 {
+                    decided_by: if raw.flags & FileEvent::FLAG_UNRESOLVED != 0 {
+                        "unresolved_location"
+                    } else if raw.flags & FileEvent::FLAG_CONDITIONAL_ACCESS != 0 {
                         "conditional_access"
                     } else if raw.flags & FileEvent::FLAG_SELF_PROTECTION != 0 {
                         "self_protection"

@@ -82,12 +82,23 @@ pub enum FileTarget {
     Extension(String),
 }
 
+/// A directory entry: the name `name` in the directory `dir`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FileEntry {
+    pub dir: InodeKey,
+    pub name: String,
+}
+
 /// A validated rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompiledFileRule {
     /// `agent/rule`.
     pub name: String,
     pub target: FileTarget,
+    /// For a rule on an object by path: the entry that names it, so that the rule also covers
+    /// whatever file takes that name later (replaced by rename). `None` for a name longer than
+    /// the kernel compares, or for `/`.
+    pub entry: Option<FileEntry>,
     /// `file_access` bits.
     pub access: u32,
     pub action: Action,
@@ -317,7 +328,7 @@ impl AgentFilesSpec {
                     continue;
                 }
             };
-            for (target, from_set) in targets {
+            for (target, from_set, entry) in targets {
                 if let Some(owner) = owners.get(&target) {
                     if !from_set {
                         problem(
@@ -331,6 +342,7 @@ impl AgentFilesSpec {
                 rules.push(CompiledFileRule {
                     name: format!("{agent}/{}", rule.id),
                     target,
+                    entry,
                     access,
                     action: rule.action,
                     sensitive: from_set,
@@ -348,7 +360,14 @@ impl AgentFilesSpec {
 impl FileRuleSpec {
     /// What the rule covers on this host, each with whether an earlier rule may already cover
     /// it (true for set entries); or the field at fault and why.
-    fn targets(&self, homes: &Homes) -> Result<Vec<(FileTarget, bool)>, (&'static str, String)> {
+    #[allow(
+        clippy::type_complexity,
+        reason = "a private helper's (target, from set, entry)"
+    )]
+    fn targets(
+        &self,
+        homes: &Homes,
+    ) -> Result<Vec<(FileTarget, bool, Option<FileEntry>)>, (&'static str, String)> {
         let given: Vec<&str> = [
             ("path", self.path.is_some()),
             ("set", self.set.is_some()),
@@ -373,7 +392,7 @@ impl FileRuleSpec {
         }
         if let Some(path) = &self.path {
             let key = resolve_object(path).map_err(|reason| ("path", reason))?;
-            return Ok(vec![(FileTarget::Object(key), false)]);
+            return Ok(vec![(FileTarget::Object(key), false, entry_of(path))]);
         }
         if let Some(name) = &self.set {
             let Some(set) = file_set(name) else {
@@ -386,17 +405,21 @@ impl FileRuleSpec {
             let (mut objects, mut names) = (Vec::new(), Vec::new());
             expand_set(set, homes, &mut objects, &mut names);
             // A set names what may exist; only what does is protected.
-            let mut targets: Vec<(FileTarget, bool)> = objects
+            let mut targets: Vec<(FileTarget, bool, Option<FileEntry>)> = objects
                 .iter()
-                .filter_map(|object| inode_key(object).ok())
-                .map(|key| (FileTarget::Object(key), true))
+                .filter_map(|object| Some((inode_key(object).ok()?, entry_of(object))))
+                .map(|(key, entry)| (FileTarget::Object(key), true, entry))
                 .collect();
-            targets.extend(names.into_iter().map(|name| (FileTarget::Name(name), true)));
+            targets.extend(
+                names
+                    .into_iter()
+                    .map(|name| (FileTarget::Name(name), true, None)),
+            );
             return Ok(targets);
         }
         if let Some(name) = &self.name {
             check_component(name, FILE_NAME_LEN, "name").map_err(|reason| ("name", reason))?;
-            return Ok(vec![(FileTarget::Name(name.clone()), false)]);
+            return Ok(vec![(FileTarget::Name(name.clone()), false, None)]);
         }
         let extension = self.extension.as_deref().unwrap_or_default();
         let extension = extension.strip_prefix('.').unwrap_or(extension);
@@ -412,11 +435,30 @@ impl FileRuleSpec {
                 }
             })
             .map_err(|reason| ("extension", reason))?;
-        Ok(vec![(FileTarget::Extension(extension.to_owned()), false)])
+        Ok(vec![(
+            FileTarget::Extension(extension.to_owned()),
+            false,
+            None,
+        )])
     }
 }
 
 /// The kernel object an explicit rule path names.
+/// The directory entry that names the object at `path` (after symlinks), when the kernel can
+/// key it: a name shorter than [`FILE_NAME_LEN`] in a directory that exists.
+fn entry_of(path: &Path) -> Option<FileEntry> {
+    let real = fs::canonicalize(path).ok()?;
+    let name = real.file_name()?.to_str()?;
+    if name.len() >= FILE_NAME_LEN {
+        return None;
+    }
+    let dir = inode_key(real.parent()?).ok()?;
+    Some(FileEntry {
+        dir,
+        name: name.to_owned(),
+    })
+}
+
 fn resolve_object(path: &Path) -> Result<InodeKey, String> {
     if !path.is_absolute() {
         return Err(format!("{} is not an absolute path", path.display()));
@@ -441,6 +483,38 @@ mod tests {
         } else {
             Err(errors.iter().map(ToString::to_string).collect())
         }
+    }
+
+    #[test]
+    fn path_rules_also_key_the_entry_that_names_the_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shadow");
+        let long = dir.path().join("a".repeat(FILE_NAME_LEN));
+        fs::write(&file, "s").unwrap();
+        fs::write(&long, "l").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let compiled = compile(&format!(
+            "[[rule]]\nid = \"f\"\naction = \"deny\"\npath = \"{}\"\n\
+             [[rule]]\nid = \"l\"\naction = \"deny\"\npath = \"{}\"\n\
+             [[rule]]\nid = \"e\"\naction = \"deny\"\nextension = \"pem\"\n",
+            link.display(),
+            long.display()
+        ))
+        .unwrap();
+        assert_eq!(
+            compiled.rules[0].entry,
+            Some(FileEntry {
+                dir: inode_key(dir.path()).unwrap(),
+                name: "shadow".to_owned()
+            }),
+            "the entry behind the symlink"
+        );
+        assert_eq!(
+            compiled.rules[1].entry, None,
+            "a name the kernel cannot key"
+        );
+        assert_eq!(compiled.rules[2].entry, None, "not a path rule");
     }
 
     #[test]

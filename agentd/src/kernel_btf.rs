@@ -303,6 +303,7 @@ impl KernelBtf {
             dentry_name_len: _,
             inode_nlink: _,
             vma_file: _,
+            dentry_flags: _,
         } = KernelOffsets::UNRESOLVED;
         Ok(KernelOffsets {
             task_real_parent: self.nonzero_offset("task_struct", "real_parent")?,
@@ -337,6 +338,7 @@ impl KernelBtf {
                 + self.member_offset("qstr", "len")?,
             inode_nlink: self.nonzero_offset("inode", "i_nlink")?,
             vma_file: self.nonzero_offset("vm_area_struct", "vm_file")?,
+            dentry_flags: self.member_offset("dentry", "d_flags")?,
         })
     }
 

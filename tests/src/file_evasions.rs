@@ -8,10 +8,17 @@
 //! - `tmpfile-link DIR PATH`: an `O_TMPFILE` opened in DIR, then `linkat(fd, "", PATH,
 //!   AT_EMPTY_PATH)`; the word is the `linkat`'s, or `open-` and the open's word if the open failed.
 //! - `mkdir PATH`, `rmdir PATH`, `mkfifo PATH`, `unlink PATH`.
+//! - `read PATH`: `open(PATH, O_RDONLY)`.
 //! - `open-trunc PATH`: `open(PATH, O_RDONLY | O_TRUNC)`.
 //! - `truncate PATH`: `truncate(PATH, 0)`.
 //! - `hold-ftruncate PATH GOFILE`: opens PATH for writing (the word for that open first), waits
 //!   until GOFILE exists, then `ftruncate(fd, 0)` (the second word).
+//! - `deep-make DIR LEVELS`: makes `DIR/d/d/.../d/f` with LEVELS directories `d`, by relative
+//!   `mkdir` and `chdir` (deeper than a path can name); the word is for the whole build.
+//! - `deep-read DIR LEVELS`: walks down the same tree by `chdir` and opens `f` for reading.
+//! - `handle-read MOUNT PATH`: `name_to_handle_at(PATH)`, drops the dentry and inode caches
+//!   (`/proc/sys/vm/drop_caches`), then `open_by_handle_at` on a descriptor of MOUNT for
+//!   reading: on a disk file system the file comes back as a disconnected dentry.
 
 use std::{ffi::CString, path::Path, time::Duration};
 
@@ -54,7 +61,8 @@ fn two_names(op: &str, a: &CString, b: &CString) -> String {
     said(ret)
 }
 
-/// A call on one name: `mkdir`, `rmdir`, `mkfifo`, `unlink`, `open-trunc` or `truncate`.
+/// A call on one name: `mkdir`, `rmdir`, `mkfifo`, `unlink`, `read`, `open-trunc` or
+/// `truncate`.
 fn one_name(op: &str, path: &CString) -> String {
     let path = path.as_ptr();
     // SAFETY: plain syscalls on a NUL-terminated name the caller owns; a descriptor opened here
@@ -65,6 +73,13 @@ fn one_name(op: &str, path: &CString) -> String {
             "rmdir" => libc::rmdir(path),
             "mkfifo" => libc::mkfifo(path, 0o644),
             "unlink" => libc::unlink(path),
+            "read" => {
+                let fd = libc::open(path, libc::O_RDONLY);
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+                fd
+            }
             "open-trunc" => {
                 let fd = libc::open(path, libc::O_RDONLY | libc::O_TRUNC);
                 if fd >= 0 {
@@ -120,6 +135,89 @@ fn hold_ftruncate(path: &CString, gofile: &str) -> String {
     }
 }
 
+/// `deep-make` and `deep-read`: down LEVELS directories `d` under `dir` by `chdir` (making
+/// them with `make`), then creates or reads `f`.
+fn deep(dir: &CString, levels: &str, make: bool) -> String {
+    let Ok(levels) = levels.parse::<u32>() else {
+        return "error:levels".to_owned();
+    };
+    // SAFETY: plain syscalls on NUL-terminated names; the descriptor opened is closed.
+    unsafe {
+        if libc::chdir(dir.as_ptr()) != 0 {
+            return format!("chdir-{}", said(-1));
+        }
+        for _ in 0..levels {
+            if make && libc::mkdir(c"d".as_ptr(), 0o755) != 0 {
+                return format!("mkdir-{}", said(-1));
+            }
+            if libc::chdir(c"d".as_ptr()) != 0 {
+                return format!("chdir-{}", said(-1));
+            }
+        }
+        let fd = if make {
+            libc::open(c"f".as_ptr(), libc::O_WRONLY | libc::O_CREAT, 0o644)
+        } else {
+            libc::open(c"f".as_ptr(), libc::O_RDONLY)
+        };
+        let word = said(i64::from(fd));
+        if fd >= 0 {
+            libc::close(fd);
+        }
+        word
+    }
+}
+
+/// `handle-read`: reopens `path` by its file handle after the caches dropped it.
+fn handle_read(mount: &CString, path: &CString) -> String {
+    /// `struct file_handle` with room for `MAX_HANDLE_SZ` bytes.
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        handle: [u8; 128],
+    }
+    let mut handle = Handle {
+        bytes: 128,
+        kind: 0,
+        handle: [0; 128],
+    };
+    let mut mount_id = 0i32;
+    // SAFETY: plain syscalls on NUL-terminated names and buffers owned here; descriptors
+    // opened here are closed here.
+    unsafe {
+        let ret = libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &raw mut handle,
+            &raw mut mount_id,
+            0,
+        );
+        if ret != 0 {
+            return format!("handle-{}", said(-1));
+        }
+        if std::fs::write("/proc/sys/vm/drop_caches", "2").is_err() {
+            return "error:drop_caches".to_owned();
+        }
+        let mount_fd = libc::open(mount.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+        if mount_fd < 0 {
+            return format!("mount-{}", said(-1));
+        }
+        let fd = libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd,
+            &raw mut handle,
+            libc::O_RDONLY,
+        );
+        let word = said(fd);
+        if fd >= 0 {
+            libc::close(fd as i32);
+        }
+        libc::close(mount_fd);
+        word
+    }
+}
+
 /// Runs one operation from the front of `args`; returns its word and the arguments left.
 fn one<'a>(args: &'a [&'a str]) -> std::io::Result<(String, &'a [&'a str])> {
     Ok(match args {
@@ -131,8 +229,11 @@ fn one<'a>(args: &'a [&'a str]) -> std::io::Result<(String, &'a [&'a str])> {
         ] => (two_names(op, &name(a)?, &name(b)?), rest),
         ["tmpfile-link", dir, path, rest @ ..] => (tmpfile_link(&name(dir)?, &name(path)?), rest),
         ["hold-ftruncate", path, gofile, rest @ ..] => (hold_ftruncate(&name(path)?, gofile), rest),
+        ["deep-make", dir, levels, rest @ ..] => (deep(&name(dir)?, levels, true), rest),
+        ["deep-read", dir, levels, rest @ ..] => (deep(&name(dir)?, levels, false), rest),
+        ["handle-read", mount, path, rest @ ..] => (handle_read(&name(mount)?, &name(path)?), rest),
         [
-            op @ ("mkdir" | "rmdir" | "mkfifo" | "unlink" | "open-trunc" | "truncate"),
+            op @ ("mkdir" | "rmdir" | "mkfifo" | "unlink" | "read" | "open-trunc" | "truncate"),
             path,
             rest @ ..,
         ] => (one_name(op, &name(path)?), rest),

@@ -16,7 +16,7 @@ use agentd_tests::{Daemon, launch_cgroup};
 use crate::helper;
 
 /// Runs `agentd-test-helper fs OPS...` as `agent` (or untagged) and returns its words.
-fn fs_ops(daemon: &Daemon, agent: Option<&str>, ops: &[&str]) -> String {
+pub(crate) fn fs_ops(daemon: &Daemon, agent: Option<&str>, ops: &[&str]) -> String {
     let helper = helper();
     let mut args = vec![helper.to_str().expect("UTF-8 path"), "fs"];
     args.extend_from_slice(ops);
@@ -33,12 +33,12 @@ fn fs_ops(daemon: &Daemon, agent: Option<&str>, ops: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-fn path(p: &Path) -> &str {
+pub(crate) fn path(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
 
 /// Waits until the daemon has printed file events for which `done` holds; returns them all.
-fn file_events_until(
+pub(crate) fn file_events_until(
     daemon: &Daemon,
     what: &str,
     done: impl Fn(&[serde_json::Value]) -> bool,
@@ -67,7 +67,7 @@ fn file_events_until(
 }
 
 /// A deny event of `agent` from `hook` that satisfies `also`.
-fn denied(
+pub(crate) fn denied(
     events: &[serde_json::Value],
     agent: &str,
     hook: &str,

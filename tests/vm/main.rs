@@ -5,6 +5,7 @@ mod access;
 mod exec;
 mod files;
 mod files_namespace;
+mod files_reach;
 mod lsm;
 mod tags;
 

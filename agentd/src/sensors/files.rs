@@ -4,7 +4,7 @@
 
 use std::{fs, os::unix::fs::MetadataExt as _, path::Path};
 
-use agentd_common::{FileNameKey, FileRule, FileRuleKey, InodeKey};
+use agentd_common::{FileEntryKey, FileNameKey, FileRule, FileRuleKey, InodeKey};
 use aya::{
     maps::HashMap,
     programs::{Lsm, TracePoint},
@@ -48,6 +48,7 @@ fn predated(btf: &aya::Btf, hook: &str, has: impl Fn(&str) -> bool) -> bool {
 const DENY_MAP: &str = "DENY_INODES";
 const RULES_MAP: &str = "FILE_RULES";
 const NAMES_MAP: &str = "FILE_NAMES";
+const ENTRIES_MAP: &str = "FILE_ENTRIES";
 const QUARANTINE_MAP: &str = "FILE_QUARANTINE";
 
 /// The kernel's active LSMs, comma-separated.
@@ -210,8 +211,11 @@ pub struct FileSensor {
     deny: HashMap<aya::maps::MapData, InodeKey, u32>,
     rules: HashMap<aya::maps::MapData, FileRuleKey, FileRule>,
     names: HashMap<aya::maps::MapData, FileNameKey, FileRule>,
+    entries: HashMap<aya::maps::MapData, FileEntryKey, FileRule>,
     quarantine: HashMap<aya::maps::MapData, u32, u32>,
     mode: FileMode,
+    /// The rule that agents' unresolved-location entries report.
+    unresolved_rule: u32,
 }
 
 impl FileSensor {
@@ -226,6 +230,7 @@ impl FileSensor {
         let deny = super::take_map(object, DENY_MAP)?;
         let rules = super::take_map(object, RULES_MAP)?;
         let names = super::take_map(object, NAMES_MAP)?;
+        let entries = super::take_map(object, ENTRIES_MAP)?;
         let quarantine = super::take_map(object, QUARANTINE_MAP)?;
         let LoadedObject { ebpf, btf, .. } = object;
         let mode = if links.adopting() {
@@ -289,8 +294,10 @@ impl FileSensor {
             deny,
             rules,
             names,
+            entries,
             quarantine,
             mode,
+            unresolved_rule: 0,
         })
     }
 
@@ -298,15 +305,30 @@ impl FileSensor {
         &self.mode
     }
 
-    /// Makes the agents' file rules exactly `objects` and `names`. On an error, the maps may
-    /// hold a mix: the caller puts the previous rules back.
+    /// The rule that the agents' unresolved-location entries report, from the next
+    /// [`Self::set_rules`] on.
+    pub fn set_unresolved_rule(&mut self, rule: u32) {
+        self.unresolved_rule = rule;
+    }
+
+    /// Makes the agents' file rules exactly `objects`, `names` and `entries`, with each agent's
+    /// unresolved-location entry (`files_unresolved`). On an error, the maps may hold a mix:
+    /// the caller puts the previous rules back.
     pub fn set_rules(
         &mut self,
         objects: &[(FileRuleKey, FileRule)],
         names: &[(FileNameKey, FileRule)],
+        entries: &[(FileEntryKey, FileRule)],
     ) -> Result<(), SensorError> {
-        super::replace_all(&mut self.rules, objects, RULES_MAP)?;
-        super::replace_all(&mut self.names, names, NAMES_MAP)
+        let mut all = objects.to_vec();
+        all.extend(super::files_unresolved::unresolved_entries(
+            objects,
+            names,
+            self.unresolved_rule,
+        ));
+        super::replace_all(&mut self.rules, &all, RULES_MAP)?;
+        super::replace_all(&mut self.names, names, NAMES_MAP)?;
+        super::replace_all(&mut self.entries, entries, ENTRIES_MAP)
     }
 
     /// Denies (or stops denying) every write of `agent`'s processes, reporting `rule_id`.
@@ -345,5 +367,19 @@ pub fn name_key(agent: u32, kind: u32, name: &str) -> FileNameKey {
     };
     let len = name.len().min(key.name.len() - 1);
     key.name[..len].copy_from_slice(&name.as_bytes()[..len]);
+    key
+}
+
+/// The kernel key of a rule on a directory entry.
+#[must_use]
+pub fn entry_key(agent: u32, entry: &crate::filepolicy::FileEntry) -> FileEntryKey {
+    let mut key = FileEntryKey {
+        agent,
+        pad: 0,
+        dir: entry.dir,
+        name: [0; agentd_common::FILE_NAME_LEN],
+    };
+    let len = entry.name.len().min(key.name.len() - 1);
+    key.name[..len].copy_from_slice(&entry.name.as_bytes()[..len]);
     key
 }

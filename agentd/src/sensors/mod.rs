@@ -4,6 +4,7 @@
 pub mod exec;
 pub mod files;
 pub mod files_meta;
+mod files_unresolved;
 pub mod net;
 pub mod process;
 pub mod protect;
