@@ -2,10 +2,12 @@
 //! booted by `cargo xtask vm-test`.
 
 mod access;
+mod disk_fs;
 mod exec;
 mod files;
 mod files_namespace;
 mod lsm;
+mod scratch_fs;
 mod tags;
 
 fn helper() -> std::path::PathBuf {
