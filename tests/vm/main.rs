@@ -2,11 +2,13 @@
 //! booted by `cargo xtask vm-test`.
 
 mod access;
+mod disk_fs;
 mod exec;
 mod files;
 mod files_namespace;
 mod files_reach;
 mod lsm;
+mod scratch_fs;
 mod tags;
 
 fn helper() -> std::path::PathBuf {

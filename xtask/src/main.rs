@@ -13,6 +13,7 @@ mod run;
 mod setup;
 mod test;
 mod vm;
+mod vm_modules;
 mod vm_systemd;
 
 use std::{

@@ -15,7 +15,7 @@ pub const NIGHTLY: &str = "nightly";
 /// rustc's own libLLVM. 0.11+ default to an external LLVM 23.
 pub const BPF_LINKER_VERSION: &str = "0.10.3";
 /// Debian packages the tiers need: QEMU for the vm tier, a static busybox and cpio for its
-/// initramfs, binutils to strip test binaries before they go into it, and PostgreSQL for the
+/// initramfs (with depmod and mkfs.ext4 below), binutils to strip test binaries before they go into it, and PostgreSQL for the
 /// control tier (its tests start their own server on loopback; the package's own cluster is
 /// not used).
 const DEB_PACKAGES: &[&str] = &[
@@ -25,6 +25,11 @@ const DEB_PACKAGES: &[&str] = &[
     // xz, for the guest kernel modules that newer Debian kernels ship compressed.
     "xz-utils",
     "binutils",
+    // depmod, which writes the module index Debian's kernel packages leave to their postinst,
+    // so the guests load their modules' dependencies.
+    "kmod",
+    // mkfs.ext4 for the guests, whose tests put ext4 on a loop device.
+    "e2fsprogs",
     "postgresql",
     // systemd-analyze, which checks the units `cargo xtask install` lays down.
     "systemd",

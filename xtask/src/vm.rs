@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{cmd, setup};
+use crate::{cmd, setup, vm_modules};
 
 /// A kernel for the vm tier, as the user names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,13 +83,10 @@ fn kernel_cache(package: &str) -> anyhow::Result<PathBuf> {
     Ok(setup::cache_dir()?.join("kernels").join(package))
 }
 
-/// Kernel modules the guest loads at boot, in load order: socket diagnostics, through which
-/// agentd's resolver finds the socket (and so the agent) a query came from. Debian builds them
-/// as modules; a guest without them would refuse every agent's DNS query.
-const GUEST_MODULES: [&str; 3] = ["inet_diag", "tcp_diag", "udp_diag"];
-/// Written in a kernel's cache directory once its vmlinuz and modules are extracted: a cache
-/// from before the modules were kept is fetched again.
-const CACHE_COMPLETE: &str = "modules-v1";
+/// Written in a kernel's cache directory once its vmlinuz, the guest's modules and their index
+/// are extracted: a cache from before (v1 kept the socket-diagnostics modules alone) is fetched
+/// again by `cargo xtask setup --kernel ...`.
+const CACHE_COMPLETE: &str = "modules-v2";
 
 /// The cached vmlinuz of `package`, if it was fetched before (with its modules).
 pub fn cached_vmlinuz(package: &str) -> anyhow::Result<Option<PathBuf>> {
@@ -110,7 +107,8 @@ pub fn cached_vmlinuz(package: &str) -> anyhow::Result<Option<PathBuf>> {
         }))
 }
 
-/// Downloads `package` with apt and keeps only its vmlinuz in the cache.
+/// Downloads `package` with apt and keeps its vmlinuz, the guest's modules (with what they
+/// depend on) and the module index in the cache.
 pub fn fetch_kernel(package: &str) -> anyhow::Result<PathBuf> {
     let dest = kernel_cache(package)?;
     let download = tempfile::tempdir().context("creating a download directory")?;
@@ -127,20 +125,48 @@ pub fn fetch_kernel(package: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("apt-get download {package} left no .deb"))?;
     let parent = dest.parent().context("cache path has a parent")?;
     fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let staging = tempfile::tempdir_in(parent)?;
-    let modules = GUEST_MODULES.iter().fold(String::new(), |mut out, name| {
-        let _ = write!(out, " './lib/modules/*/kernel/net/ipv4/{name}.ko*'");
-        out
-    });
-    // A kernel with a module built in has no file for it: tar's "not found" is not an error
-    // here, a missing vmlinuz is (checked below).
+    // Everything first, in a scratch directory beside the cache (a few hundred MB, removed at
+    // the end): Debian's package has no modules.dep, depmod writes it from the modules.
+    let scratch = tempfile::tempdir_in(parent)?;
     cmd::run(Command::new("sh").arg("-c").arg(format!(
-        "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' --wildcards './boot/vmlinuz-*'{modules} \
-         || test -n \"$(ls '{}'/boot/vmlinuz-* 2>/dev/null)\"",
+        "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' --wildcards './boot/vmlinuz-*' './lib/modules/*'",
         deb.display(),
-        staging.path().display(),
-        staging.path().display()
+        scratch.path().display(),
     )))?;
+    let scratch_modules = vm_modules::version_dir(scratch.path())?;
+    let version = scratch_modules
+        .file_name()
+        .and_then(|name| name.to_str())
+        .context("kernel version directory name")?;
+    cmd::run(
+        Command::new("depmod")
+            .arg("-b")
+            .arg(scratch.path())
+            .arg(version),
+    )?;
+    // Keep the vmlinuz, the index and the files of the guest's modules (with what they need).
+    let staging = tempfile::tempdir_in(parent)?;
+    let modules_dir = staging.path().join("lib/modules").join(version);
+    fs::create_dir_all(&modules_dir)?;
+    let boot = staging.path().join("boot");
+    fs::create_dir_all(&boot)?;
+    for entry in fs::read_dir(scratch.path().join("boot"))?.filter_map(Result::ok) {
+        fs::rename(entry.path(), boot.join(entry.file_name()))?;
+    }
+    let index = vm_modules::ModuleIndex::read(&scratch_modules)?;
+    let files = index.load_order(&vm_modules::GUEST_MODULES)?;
+    for file in vm_modules::INDEX_FILES
+        .iter()
+        .copied()
+        .map(str::to_owned)
+        .chain(files)
+    {
+        let to = modules_dir.join(&file);
+        fs::create_dir_all(to.parent().context("module file has a parent")?)?;
+        fs::rename(scratch_modules.join(&file), &to)
+            .with_context(|| format!("keeping {file} of {package}"))?;
+    }
+    drop(scratch);
     fs::write(staging.path().join(CACHE_COMPLETE), "")?;
     // Move into place only when complete, so an interrupted fetch is never taken as cached.
     let _ = fs::remove_dir_all(&dest);
@@ -281,36 +307,13 @@ fn busybox_root(root: &Path, init: &str) -> anyhow::Result<()> {
 }
 
 /// The cached modules of `package` that the guest loads, in load order, as (name, file).
-fn cached_modules(package: &str) -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
-    let lib = kernel_cache(package)?.join("lib/modules");
-    let Ok(versions) = fs::read_dir(&lib) else {
-        return Ok(Vec::new());
-    };
-    let dirs: Vec<PathBuf> = versions
-        .filter_map(Result::ok)
-        .map(|entry| entry.path().join("kernel/net/ipv4"))
-        .collect();
-    Ok(GUEST_MODULES
-        .iter()
-        .filter_map(|name| {
-            dirs.iter()
-                .filter_map(|dir| fs::read_dir(dir).ok())
-                .flatten()
-                .filter_map(Result::ok)
-                .map(|entry| entry.path())
-                .find(|path| {
-                    path.file_name()
-                        .and_then(|file| file.to_str())
-                        .is_some_and(|file| file.starts_with(&format!("{name}.ko")))
-                })
-                .map(|path| (*name, path))
-        })
-        .collect())
+fn cached_modules(package: &str) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    vm_modules::cached(&kernel_cache(package)?)
 }
 
 /// Puts `modules` in the guest's `/modules` (decompressed: busybox's insmod reads plain `.ko`)
 /// and returns the init lines that load them.
-fn install_modules(root: &Path, modules: &[(&str, PathBuf)]) -> anyhow::Result<String> {
+fn install_modules(root: &Path, modules: &[(String, PathBuf)]) -> anyhow::Result<String> {
     let dir = root.join("modules");
     fs::create_dir_all(&dir)?;
     let mut lines = String::new();
@@ -332,16 +335,30 @@ fn install_modules(root: &Path, modules: &[(&str, PathBuf)]) -> anyhow::Result<S
                 fs::copy(file, &dest).with_context(|| format!("copying {}", file.display()))?;
             }
         }
-        let _ = writeln!(lines, "insmod /modules/{name}.ko");
+        let _ = writeln!(
+            lines,
+            "insmod /modules/{name}.ko || echo \"AGENTD-VM-MODULE-FAILED {name}\""
+        );
     }
+    // What the kernel holds now, for the boot log.
+    lines.push_str("echo \"AGENTD-VM-MODULES $(cut -d' ' -f1 /proc/modules | tr '\\n' ' ')\"\n");
     Ok(lines)
+}
+
+/// The host's `mkfs.ext4` (e2fsprogs, which `cargo xtask setup` installs).
+fn mkfs_ext4() -> anyhow::Result<PathBuf> {
+    ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists())
+        .context("no mkfs.ext4 on this host for the guest: run `cargo xtask setup` (e2fsprogs)")
 }
 
 /// Builds the test initramfs in `work` and returns its path.
 pub fn build_initramfs(
     work: &Path,
     payload: &Payload,
-    modules: &[(&str, PathBuf)],
+    modules: &[(String, PathBuf)],
     shard: Option<Shard>,
 ) -> anyhow::Result<PathBuf> {
     let root = work.join("root");
@@ -375,6 +392,8 @@ pub fn build_initramfs(
         install_with_libraries(&root, binary, &Path::new("/tests").join(name))?;
     }
     install_with_libraries(&root, &payload.agentd, Path::new("/bin/agentd"))?;
+    // For tests that put an ext4 file system on a loop device: busybox's mke2fs makes ext2.
+    install_with_libraries(&root, &mkfs_ext4()?, Path::new("/bin/mkfs.ext4"))?;
     for (name, binary) in &payload.helpers {
         install_with_libraries(&root, binary, &Path::new("/bin").join(name))?;
     }
