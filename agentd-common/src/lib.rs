@@ -663,8 +663,12 @@ pub struct KernelOffsets {
     pub vma_file: u32,
     /// `dentry.d_flags` (may legitimately be 0: the first field)
     pub dentry_flags: u32,
+    /// `inode.i_dentry` (the `hlist_head` of the inode's dentries)
+    pub inode_dentries: u32,
+    /// `dentry.d_u` (whose `d_alias` links the dentry into its inode's `i_dentry`)
+    pub dentry_alias: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 120);
+const _: () = assert!(size_of::<KernelOffsets>() == 128);
 
 impl KernelOffsets {
     /// Every offset unresolved: the value compiled into the eBPF object.
@@ -699,6 +703,8 @@ impl KernelOffsets {
         inode_nlink: 0,
         vma_file: 0,
         dentry_flags: 0,
+        inode_dentries: 0,
+        dentry_alias: 0,
     };
 }
 

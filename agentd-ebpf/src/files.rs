@@ -16,6 +16,7 @@ use aya_ebpf::{
 use crate::{
     file_rules::{Access, EPERM, Hit, current_agent, decide, path_kind, report},
     kernel::{file_inode_key, offsets, read_at, read_field},
+    walk::file_walk_start,
 };
 
 /// Files that no one may open, keyed by kernel object, valued by rule id. 4,096 rules is far
@@ -108,10 +109,12 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i32> {
     let Some(agent) = current_agent() else {
         return Ok(0);
     };
+    // The real file's dentry where overlayfs opened it under the overlay's path.
+    let walk = file_walk_start(file);
     let access = Access {
         agent,
-        name_dentry: dentry,
-        walk: dentry,
+        name_dentry: walk,
+        walk,
         names_first: false,
         key,
         access,

@@ -48,6 +48,33 @@ pub(crate) fn disconnected(dentry: *const u8) -> bool {
     read_at::<u32>(dentry, offsets.dentry_flags).is_ok_and(|flags| flags & DCACHE_DISCONNECTED != 0)
 }
 
+/// The dentry an open `file`'s walk starts from: `f_path`'s, unless that dentry is not the
+/// file's inode's. Then the file is one that overlayfs opened on its lower or upper layer with
+/// the overlay's path (6.1's `open_with_fake_path`), and the walk starts from a dentry of the
+/// real inode, so that rules on the layer's directories apply. Null when the real inode has no
+/// dentry: the walk then cannot place the object.
+#[inline(always)]
+pub(crate) fn file_walk_start(file: *const u8) -> *const u8 {
+    let offsets = offsets();
+    let Ok(dentry) = read_field::<*const u8>(file, offsets.file_dentry) else {
+        return core::ptr::null();
+    };
+    let (Ok(named), Ok(real)) = (
+        read_field::<*const u8>(dentry, offsets.dentry_inode),
+        read_field::<*const u8>(file, offsets.file_inode),
+    ) else {
+        return dentry;
+    };
+    if named == real {
+        return dentry;
+    }
+    // `i_dentry.first` points at an alias's `d_u.d_alias`, the union's first member.
+    match read_field::<*const u8>(real, offsets.inode_dentries) {
+        Ok(alias) if !alias.is_null() => alias.wrapping_sub(offsets.dentry_alias as usize),
+        _ => core::ptr::null(),
+    }
+}
+
 /// The walk's state, on the caller's stack, which `bpf_loop` hands to each step.
 struct Walk<V> {
     visitor: V,

@@ -304,6 +304,8 @@ impl KernelBtf {
             inode_nlink: _,
             vma_file: _,
             dentry_flags: _,
+            inode_dentries: _,
+            dentry_alias: _,
         } = KernelOffsets::UNRESOLVED;
         Ok(KernelOffsets {
             task_real_parent: self.nonzero_offset("task_struct", "real_parent")?,
@@ -339,6 +341,8 @@ impl KernelBtf {
             inode_nlink: self.nonzero_offset("inode", "i_nlink")?,
             vma_file: self.nonzero_offset("vm_area_struct", "vm_file")?,
             dentry_flags: self.member_offset("dentry", "d_flags")?,
+            inode_dentries: self.nonzero_offset("inode", "i_dentry")?,
+            dentry_alias: self.nonzero_offset("dentry", "d_u")?,
         })
     }
 

@@ -166,14 +166,11 @@ fn read_rule_on_an_overlay_directory_over_ext4_denies_its_files() {
 
 /// A read rule on an ext4 directory holds for an agent that reads its files through an overlay
 /// that has the directory in its lower layer: another name for the same data, which the overlay
-/// opens on the agent's behalf.
-///
-/// Off until the kernel side handles 6.1's overlay opens: 6.1 opens the lower file with the
-/// overlay's path as its `f_path` (`open_with_fake_path`), so the rule walk goes up the
-/// overlay's dentries and never meets the ext4 directory, and the read through the overlay is
-/// allowed. On 6.12 (a backing file whose `f_path` is the lower one) it passes.
+/// opens on the agent's behalf. 6.1 opens the lower file with the overlay's path as its
+/// `f_path` (`open_with_fake_path`): the walk must start from the real file's dentry, not go
+/// up the overlay's (it did, and the read went through). 6.12 opens a backing file whose
+/// `f_path` is the lower one.
 #[test]
-#[ignore = "6.1: a directory rule does not hold for its files read through an overlay"]
 fn read_rule_on_an_ext4_directory_holds_through_an_overlay_of_it() {
     let agent = "lower-agent";
     let overlay = overlay_on_ext4(16, |lower| {

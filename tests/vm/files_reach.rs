@@ -10,6 +10,7 @@ use agentd_tests::{Daemon, launch_cgroup};
 use crate::{
     files_namespace::{denied, file_events_until, fs_ops, path},
     helper,
+    scratch_fs::ext4_scratch,
 };
 
 /// Runs `agentd-test-helper fs OPS...` untagged, before any agentd runs; returns its words.
@@ -172,5 +173,49 @@ fn a_path_rule_covers_the_file_that_replaces_it_by_rename() {
     assert!(
         events.iter().all(|e| e["decided_by"] == "rule"),
         "local rules decided: {events:#?}"
+    );
+}
+
+/// A root agent reopens a file of a read-denied ext4 directory by its handle after dropping
+/// the caches: the kernel gives it a disconnected dentry, with no parents to walk. The read is
+/// denied by the agent's unresolved-location rule, and the event says the path is unresolved.
+#[test]
+fn a_file_reopened_by_handle_without_its_parents_is_still_denied() {
+    let agent = "handle-agent";
+    let disk = ext4_scratch(16);
+    let vault = disk.path().join("vault");
+    fs::create_dir(&vault).expect("vault");
+    let key = vault.join("key");
+    fs::write(&key, "key").expect("key");
+    let daemon = Daemon::start(&format!(
+        "[[agent]]\nname = \"{agent}\"\n[agent.files]\n\
+         [[agent.files.rule]]\nid = \"vault\"\naction = \"deny\"\npath = \"{}\"\naccess = [\"read\"]\n",
+        vault.display(),
+    ));
+    let _launched = launch_cgroup(agent);
+    let said = fs_ops(
+        &daemon,
+        Some(agent),
+        &["handle-read", path(disk.path()), path(&key)],
+    );
+    assert_eq!(said, "eperm", "reopening the key by handle");
+    let events = file_events_until(&daemon, "the handle read's denial", |events| {
+        denied(events, agent, "open", |e| {
+            e["decided_by"] == "unresolved_location"
+        })
+    });
+    let event = events
+        .iter()
+        .find(|e| e["decided_by"] == "unresolved_location")
+        .expect("the denial");
+    assert_eq!(event["rule"], "unresolved-location", "{event}");
+    assert_eq!(event["path"], "unresolved", "{event}");
+    assert_eq!(event["path_source"], "unresolved", "{event}");
+    assert_eq!(event["access"][0], "read", "{event}");
+    // The same handle read untagged works: the file is there and the handle is good.
+    assert_eq!(
+        untagged(&["handle-read", path(disk.path()), path(&key)]),
+        "ok",
+        "untagged"
     );
 }
