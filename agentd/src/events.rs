@@ -315,72 +315,7 @@ impl Event {
                     tag: raw.tag,
                 }))
             }
-            Some(EventKind::File) => {
-                let raw: FileEvent = read_record(bytes)?;
-                let verdict = if raw.verdict == Verdict::Deny as u32 {
-                    VerdictName::Deny
-                } else {
-                    VerdictName::Allow
-                };
-                Ok(Self::File(FileDecision {
-                    ktime_ns: raw.header.ktime_ns,
-                    pid: raw.pid,
-                    dev: raw.inode.dev,
-                    ino: raw.inode.ino,
-                    verdict,
-                    open_flags: raw.open_flags,
-                    rule_id: raw.rule_id,
-                    access: [
-                        (agentd_common::file_access::READ, "read"),
-                        (agentd_common::file_access::WRITE, "write"),
-                        (agentd_common::file_access::EXEC, "exec"),
-                    ]
-                    .into_iter()
-                    .filter(|(bit, _)| raw.access & bit != 0)
-                    .map(|(_, name)| name)
-                    .collect(),
-                    would_deny: raw.flags & FileEvent::FLAG_WOULD_DENY != 0,
-                    hook: file_hook_name(raw.hook),
-                    side: if raw.flags & FileEvent::FLAG_DESTINATION == 0 {
-                        "object"
-                    } else {
-                        "destination"
-                    },
-                    observed: raw.flags & FileEvent::FLAG_OBSERVED != 0,
-                    // What `bpf_d_path` gives for a disconnected dentry names no place in the
-                    // tree: the event says so instead of printing it.
-                    path: if raw.flags & FileEvent::FLAG_PATH_UNRESOLVED != 0 {
-                        "unresolved".to_owned()
-                    } else {
-                        String::from_utf8_lossy(
-                            &raw.path[..(raw.path_len as usize).min(raw.path.len())],
-                        )
-                        .into_owned()
-                    },
-                    path_source: if raw.flags & FileEvent::FLAG_PATH_UNRESOLVED != 0 {
-                        "unresolved"
-                    } else if raw.flags & FileEvent::FLAG_PATH_AS_PASSED != 0 {
-                        "as_passed"
-                    } else if raw.flags & FileEvent::FLAG_PATH_NAME_ONLY != 0 {
-                        "name"
-                    } else {
-                        "kernel"
-                    },
-                    path_truncated: raw.flags & FileEvent::FLAG_PATH_TRUNCATED != 0,
-                    decided_by: if raw.flags & FileEvent::FLAG_UNRESOLVED != 0 {
-                        "unresolved_location"
-                    } else if raw.flags & FileEvent::FLAG_CONDITIONAL_ACCESS != 0 {
-                        "conditional_access"
-                    } else if raw.flags & FileEvent::FLAG_SELF_PROTECTION != 0 {
-                        "self_protection"
-                    } else if raw.flags & FileEvent::FLAG_ANONYMOUS != 0 {
-                        "anonymous_exec"
-                    } else {
-                        "rule"
-                    },
-                    tag: AgentTag::new(raw.agent, TagSource::Launch, 0),
-                }))
-            }
+            Some(EventKind::File) => Self::decode_file(bytes),
             Some(kind @ (EventKind::Fork | EventKind::Exit | EventKind::TagLost)) => {
                 let raw: ProcessEvent = read_record(bytes)?;
                 let change = ProcessChange {
@@ -401,6 +336,71 @@ impl Event {
             Some(EventKind::Tamper) => Self::decode_tamper(bytes),
             None => Err(DecodeError::UnknownKind(header.kind)),
         }
+    }
+
+    fn decode_file(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let raw: FileEvent = read_record(bytes)?;
+        let verdict = if raw.verdict == Verdict::Deny as u32 {
+            VerdictName::Deny
+        } else {
+            VerdictName::Allow
+        };
+        Ok(Self::File(FileDecision {
+            ktime_ns: raw.header.ktime_ns,
+            pid: raw.pid,
+            dev: raw.inode.dev,
+            ino: raw.inode.ino,
+            verdict,
+            open_flags: raw.open_flags,
+            rule_id: raw.rule_id,
+            access: [
+                (agentd_common::file_access::READ, "read"),
+                (agentd_common::file_access::WRITE, "write"),
+                (agentd_common::file_access::EXEC, "exec"),
+            ]
+            .into_iter()
+            .filter(|(bit, _)| raw.access & bit != 0)
+            .map(|(_, name)| name)
+            .collect(),
+            would_deny: raw.flags & FileEvent::FLAG_WOULD_DENY != 0,
+            hook: file_hook_name(raw.hook),
+            side: if raw.flags & FileEvent::FLAG_DESTINATION == 0 {
+                "object"
+            } else {
+                "destination"
+            },
+            observed: raw.flags & FileEvent::FLAG_OBSERVED != 0,
+            // What `bpf_d_path` gives for a disconnected dentry names no place in the
+            // tree: the event says so instead of printing it.
+            path: if raw.flags & FileEvent::FLAG_PATH_UNRESOLVED != 0 {
+                "unresolved".to_owned()
+            } else {
+                String::from_utf8_lossy(&raw.path[..(raw.path_len as usize).min(raw.path.len())])
+                    .into_owned()
+            },
+            path_source: if raw.flags & FileEvent::FLAG_PATH_UNRESOLVED != 0 {
+                "unresolved"
+            } else if raw.flags & FileEvent::FLAG_PATH_AS_PASSED != 0 {
+                "as_passed"
+            } else if raw.flags & FileEvent::FLAG_PATH_NAME_ONLY != 0 {
+                "name"
+            } else {
+                "kernel"
+            },
+            path_truncated: raw.flags & FileEvent::FLAG_PATH_TRUNCATED != 0,
+            decided_by: if raw.flags & FileEvent::FLAG_UNRESOLVED != 0 {
+                "unresolved_location"
+            } else if raw.flags & FileEvent::FLAG_CONDITIONAL_ACCESS != 0 {
+                "conditional_access"
+            } else if raw.flags & FileEvent::FLAG_SELF_PROTECTION != 0 {
+                "self_protection"
+            } else if raw.flags & FileEvent::FLAG_ANONYMOUS != 0 {
+                "anonymous_exec"
+            } else {
+                "rule"
+            },
+            tag: AgentTag::new(raw.agent, TagSource::Launch, 0),
+        }))
     }
 
     fn decode_net(bytes: &[u8]) -> Result<Self, DecodeError> {

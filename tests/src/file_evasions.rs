@@ -174,14 +174,14 @@ fn handle_read(mount: &CString, path: &CString) -> String {
     struct Handle {
         bytes: u32,
         kind: i32,
-        handle: [u8; 128],
+        data: [u8; 128],
     }
     let mut handle = Handle {
         bytes: 128,
         kind: 0,
-        handle: [0; 128],
+        data: [0; 128],
     };
-    let mut mount_id = 0i32;
+    let mut mount_number = 0i32;
     // SAFETY: plain syscalls on NUL-terminated names and buffers owned here; descriptors
     // opened here are closed here.
     unsafe {
@@ -190,7 +190,7 @@ fn handle_read(mount: &CString, path: &CString) -> String {
             libc::AT_FDCWD,
             path.as_ptr(),
             &raw mut handle,
-            &raw mut mount_id,
+            &raw mut mount_number,
             0,
         );
         if ret != 0 {
@@ -203,15 +203,17 @@ fn handle_read(mount: &CString, path: &CString) -> String {
         if mount_fd < 0 {
             return format!("mount-{}", said(-1));
         }
-        let fd = libc::syscall(
+        let opened = libc::syscall(
             libc::SYS_open_by_handle_at,
             mount_fd,
             &raw mut handle,
             libc::O_RDONLY,
         );
-        let word = said(fd);
-        if fd >= 0 {
-            libc::close(fd as i32);
+        let word = said(opened);
+        if let Ok(fd) = i32::try_from(opened)
+            && fd >= 0
+        {
+            libc::close(fd);
         }
         libc::close(mount_fd);
         word
