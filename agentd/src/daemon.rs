@@ -35,6 +35,7 @@ use crate::{
     dns,
     ebpf::{self, LoadError},
     events::{Event, EventCounts, EventReader, ReaderError, SCHEMA_VERSION},
+    file_links,
     filepolicy::FileTarget,
     identity::{
         Agent, AgentId, Registry,
@@ -478,9 +479,13 @@ impl State {
     fn file_rules(&mut self, compiled: &CompiledPolicy) -> (FileEntries, HashSet<u32>) {
         let mut entries = FileEntries::default();
         let mut sensitive = HashSet::new();
+        let (mut scan_entries, mut scan_marks) =
+            (file_links::SCAN_ENTRIES, file_links::MARKED_FILES);
         for agent in &compiled.agents {
             let Some(files) = &agent.files else { continue };
             let index = self.registry.intern_agent(&agent.agent);
+            let first_object = entries.objects.len();
+            let mut dirs = Vec::new();
             for rule in &files.rules {
                 let value = agentd_common::FileRule::local(
                     rule.access,
@@ -495,6 +500,11 @@ impl State {
                     entries
                         .entries
                         .push((files::entry_key(index, entry), value));
+                }
+                if let Some(path) = &rule.path
+                    && path.is_dir()
+                {
+                    dirs.push((path.clone(), value));
                 }
                 match &rule.target {
                     FileTarget::Object(inode) => entries.objects.push((
@@ -514,6 +524,35 @@ impl State {
                     )),
                 }
             }
+            // Files under the directory rules with names elsewhere get the rule as their own.
+            let own: std::collections::HashMap<agentd_common::InodeKey, agentd_common::FileRule> =
+                entries.objects[first_object..]
+                    .iter()
+                    .map(|(key, value)| (key.inode, *value))
+                    .collect();
+            let linked = file_links::scan(&dirs, &own, &mut scan_entries, &mut scan_marks);
+            if linked.truncated {
+                tracing::warn!(
+                    agent = %agent.agent.name,
+                    entries = file_links::SCAN_ENTRIES,
+                    files = file_links::MARKED_FILES,
+                    "the directory rules' trees hold more than agentd looks through at an apply: \
+                     files past that with hard links elsewhere are covered only through their \
+                     names inside the directories"
+                );
+            }
+            entries
+                .objects
+                .extend(linked.marked.into_iter().map(|(inode, value)| {
+                    (
+                        agentd_common::FileRuleKey {
+                            agent: index,
+                            pad: 0,
+                            inode,
+                        },
+                        value,
+                    )
+                }));
         }
         // Self-protection: no agent reads or writes agentd's own files. Last, so that it wins
         // over an agent's rule on the same object.

@@ -99,6 +99,9 @@ pub struct CompiledFileRule {
     /// whatever file takes that name later (replaced by rename). `None` for a name longer than
     /// the kernel compares, or for `/`.
     pub entry: Option<FileEntry>,
+    /// For a rule on an object by path: the path, after symlinks, as it was when compiled
+    /// (`file_links` looks inside directories for files with other names elsewhere).
+    pub path: Option<PathBuf>,
     /// `file_access` bits.
     pub access: u32,
     pub action: Action,
@@ -328,7 +331,13 @@ impl AgentFilesSpec {
                     continue;
                 }
             };
-            for (target, from_set, entry) in targets {
+            for Covered {
+                target,
+                from_set,
+                entry,
+                path,
+            } in targets
+            {
                 if let Some(owner) = owners.get(&target) {
                     if !from_set {
                         problem(
@@ -343,6 +352,7 @@ impl AgentFilesSpec {
                     name: format!("{agent}/{}", rule.id),
                     target,
                     entry,
+                    path,
                     access,
                     action: rule.action,
                     sensitive: from_set,
@@ -360,14 +370,7 @@ impl AgentFilesSpec {
 impl FileRuleSpec {
     /// What the rule covers on this host, each with whether an earlier rule may already cover
     /// it (true for set entries); or the field at fault and why.
-    #[allow(
-        clippy::type_complexity,
-        reason = "a private helper's (target, from set, entry)"
-    )]
-    fn targets(
-        &self,
-        homes: &Homes,
-    ) -> Result<Vec<(FileTarget, bool, Option<FileEntry>)>, (&'static str, String)> {
+    fn targets(&self, homes: &Homes) -> Result<Vec<Covered>, (&'static str, String)> {
         let given: Vec<&str> = [
             ("path", self.path.is_some()),
             ("set", self.set.is_some()),
@@ -392,7 +395,7 @@ impl FileRuleSpec {
         }
         if let Some(path) = &self.path {
             let key = resolve_object(path).map_err(|reason| ("path", reason))?;
-            return Ok(vec![(FileTarget::Object(key), false, entry_of(path))]);
+            return Ok(vec![Covered::object(key, false, path)]);
         }
         if let Some(name) = &self.set {
             let Some(set) = file_set(name) else {
@@ -405,21 +408,20 @@ impl FileRuleSpec {
             let (mut objects, mut names) = (Vec::new(), Vec::new());
             expand_set(set, homes, &mut objects, &mut names);
             // A set names what may exist; only what does is protected.
-            let mut targets: Vec<(FileTarget, bool, Option<FileEntry>)> = objects
+            let mut targets: Vec<Covered> = objects
                 .iter()
-                .filter_map(|object| Some((inode_key(object).ok()?, entry_of(object))))
-                .map(|(key, entry)| (FileTarget::Object(key), true, entry))
+                .filter_map(|object| Some(Covered::object(inode_key(object).ok()?, true, object)))
                 .collect();
             targets.extend(
                 names
                     .into_iter()
-                    .map(|name| (FileTarget::Name(name), true, None)),
+                    .map(|name| Covered::other(FileTarget::Name(name), true)),
             );
             return Ok(targets);
         }
         if let Some(name) = &self.name {
             check_component(name, FILE_NAME_LEN, "name").map_err(|reason| ("name", reason))?;
-            return Ok(vec![(FileTarget::Name(name.clone()), false, None)]);
+            return Ok(vec![Covered::other(FileTarget::Name(name.clone()), false)]);
         }
         let extension = self.extension.as_deref().unwrap_or_default();
         let extension = extension.strip_prefix('.').unwrap_or(extension);
@@ -435,15 +437,43 @@ impl FileRuleSpec {
                 }
             })
             .map_err(|reason| ("extension", reason))?;
-        Ok(vec![(
+        Ok(vec![Covered::other(
             FileTarget::Extension(extension.to_owned()),
             false,
-            None,
         )])
     }
 }
 
 /// The kernel object an explicit rule path names.
+/// One thing a rule covers, from [`FileRuleSpec::targets`].
+struct Covered {
+    target: FileTarget,
+    /// It comes from a set: an earlier rule may already cover it.
+    from_set: bool,
+    entry: Option<FileEntry>,
+    path: Option<PathBuf>,
+}
+
+impl Covered {
+    fn object(key: InodeKey, from_set: bool, path: &Path) -> Self {
+        Self {
+            target: FileTarget::Object(key),
+            from_set,
+            entry: entry_of(path),
+            path: fs::canonicalize(path).ok(),
+        }
+    }
+
+    fn other(target: FileTarget, from_set: bool) -> Self {
+        Self {
+            target,
+            from_set,
+            entry: None,
+            path: None,
+        }
+    }
+}
+
 /// The directory entry that names the object at `path` (after symlinks), when the kernel can
 /// key it: a name shorter than [`FILE_NAME_LEN`] in a directory that exists.
 fn entry_of(path: &Path) -> Option<FileEntry> {

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod dns;
 pub mod ebpf;
 pub mod events;
+pub mod file_links;
 pub mod filepolicy;
 pub mod health;
 pub mod identity;

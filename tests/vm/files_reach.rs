@@ -219,3 +219,47 @@ fn a_file_reopened_by_handle_without_its_parents_is_still_denied() {
         "untagged"
     );
 }
+
+/// A file under a read-denied directory that had a hard link elsewhere before the policy was
+/// applied is denied through the outside name too, by the directory's rule; a linked file under
+/// an `allow` hole in the directory stays readable through its outside name.
+#[test]
+fn hard_links_made_before_the_policy_are_covered_by_their_directory_rule() {
+    let agent = "linking-agent";
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let vault = dir.path().join("vault");
+    let open = vault.join("open");
+    fs::create_dir_all(&open).expect("vault/open");
+    fs::write(vault.join("key"), "key").expect("key");
+    fs::write(open.join("note"), "note").expect("note");
+    let key_outside = dir.path().join("key-outside");
+    let note_outside = dir.path().join("note-outside");
+    fs::hard_link(vault.join("key"), &key_outside).expect("the key's outside link");
+    fs::hard_link(open.join("note"), &note_outside).expect("the note's outside link");
+    let daemon = Daemon::start(&format!(
+        "[[agent]]\nname = \"{agent}\"\n[agent.files]\n\
+         [[agent.files.rule]]\nid = \"open\"\naction = \"allow\"\npath = \"{}\"\naccess = [\"read\"]\n\
+         [[agent.files.rule]]\nid = \"vault\"\naction = \"deny\"\npath = \"{}\"\naccess = [\"read\"]\n",
+        open.display(),
+        vault.display(),
+    ));
+    let _launched = launch_cgroup(agent);
+    let said = fs_ops(
+        &daemon,
+        Some(agent),
+        &["read", path(&key_outside), "read", path(&note_outside)],
+    );
+    assert_eq!(
+        said, "eperm ok",
+        "the key and the note through their outside names"
+    );
+    let events = file_events_until(&daemon, "the outside link's denial", |events| {
+        denied(events, agent, "open", |e| {
+            e["rule"] == format!("{agent}/vault") && e["path"] == path(&key_outside)
+        })
+    });
+    assert!(
+        events.iter().all(|e| e["verdict"] == "deny"),
+        "only the key was refused: {events:#?}"
+    );
+}
