@@ -16,7 +16,6 @@ use aya_ebpf::{
 use crate::{
     file_rules::{Access, Hit, current_agent, path_kind, report},
     kernel::{inode_key, offsets, read_at, read_field},
-    walk::{Visit, walk_above},
 };
 
 /// agentd's objects and the directories above them. 256: a handful of objects, each with a
@@ -26,30 +25,10 @@ pub static SELF_OBJECTS: HashMap<InodeKey, SelfObject> = HashMap::with_max_entri
 
 const EPERM: i32 = 1;
 
-/// `dentry`'s entry in `SELF_OBJECTS`, if its kind is one of `wanted`.
-#[inline(always)]
-fn self_object_at(dentry: *const u8, wanted: u32) -> Option<(InodeKey, u32)> {
-    let offsets = offsets();
-    let inode = read_field::<*const u8>(dentry, offsets.dentry_inode).ok()?;
-    let key = inode_key(&offsets, inode).ok()?;
-    let value = SELF_OBJECTS.get_ptr(key)?;
-    // SAFETY: a valid map value pointer, copied out field by field.
-    let (kind, rule) = unsafe { ((*value).kind, (*value).rule) };
-    (kind & wanted != 0).then_some((key, rule))
-}
-
-/// The walk up from a dentry's parent to the nearest of agentd's objects.
-struct SelfWalk {
-    found: Option<(InodeKey, u32)>,
-}
-
-impl Visit for SelfWalk {
-    #[inline(always)]
-    fn visit(&mut self, dentry: *const u8, _level: u32) -> bool {
-        self.found = self_object_at(dentry, self_object::OWN);
-        self.found.is_some()
-    }
-}
+/// How far up the walk looks for agentd's directories. Bounded and unrolled (a `bpf_loop` walk
+/// here did not load on 6.1): agentd's objects sit a few levels below the root, and nothing
+/// can be put deeper below them, since no agent may create anything inside them.
+const SELF_WALK_DEPTH: usize = 16;
 
 /// The protected object `dentry` is or lies in: the dentry itself when it is one of agentd's
 /// objects (or, with `ancestors`, a directory above one), else the nearest of its parents that
@@ -57,15 +36,33 @@ impl Visit for SelfWalk {
 /// object of its own; its parents still count. Returns the object's key and rule.
 #[inline(always)]
 fn protected(dentry: *const u8, ancestors: bool) -> Option<(InodeKey, u32)> {
-    let wanted = if ancestors {
-        self_object::OWN | self_object::ANCESTOR
-    } else {
-        self_object::OWN
-    };
-    if let Some(found) = self_object_at(dentry, wanted) {
-        return Some(found);
+    let offsets = offsets();
+    let mut here = dentry;
+    for level in 0..SELF_WALK_DEPTH {
+        if let Ok(inode) = read_field::<*const u8>(here, offsets.dentry_inode)
+            && let Ok(key) = inode_key(&offsets, inode)
+            && let Some(value) = SELF_OBJECTS.get_ptr(key)
+        {
+            // SAFETY: a valid map value pointer, copied out field by field.
+            let (kind, rule) = unsafe { ((*value).kind, (*value).rule) };
+            let wanted = if ancestors && level == 0 {
+                self_object::OWN | self_object::ANCESTOR
+            } else {
+                self_object::OWN
+            };
+            if kind & wanted != 0 {
+                return Some((key, rule));
+            }
+        }
+        let Ok(parent) = read_field::<*const u8>(here, offsets.dentry_parent) else {
+            return None;
+        };
+        if parent == here {
+            return None;
+        }
+        here = parent;
     }
-    walk_above(dentry, SelfWalk { found: None }).0.found
+    None
 }
 
 /// The verdict on a tagged process changing the names at `dentries` (null entries skipped):

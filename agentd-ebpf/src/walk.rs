@@ -1,5 +1,5 @@
 //! The walk from a dentry up through its parents to its file system's root, shared by the
-//! file rules, the decision's file controls and self-protection. It runs in `bpf_loop`: the
+//! file rules and the decision's file controls. It runs in `bpf_loop`: the
 //! verifier checks one step once instead of every level, and the bound (`FILE_WALK_LIMIT`)
 //! sits far above any tree a path can name. Where the walk ends says whether the object's
 //! place in the tree is known: its file system's root, or not (a disconnected dentry, a tree
