@@ -17,14 +17,23 @@ use crate::helper;
 
 /// Runs `agentd-test-helper fs OPS...` as `agent` (or untagged) and returns its words.
 pub(crate) fn fs_ops(daemon: &Daemon, agent: Option<&str>, ops: &[&str]) -> String {
+    let Some(agent) = agent else {
+        return untagged_fs_ops(ops);
+    };
     let helper = helper();
     let mut args = vec![helper.to_str().expect("UTF-8 path"), "fs"];
     args.extend_from_slice(ops);
-    let output = match agent {
-        Some(agent) => daemon.launch(agent, &args).output(),
-        None => Command::new(args[0]).args(&args[1..]).output(),
-    }
-    .expect("running the helper");
+    words(ops, daemon.launch(agent, &args).output())
+}
+
+/// Runs `agentd-test-helper fs OPS...` untagged (no agentd needed) and returns its words.
+pub(crate) fn untagged_fs_ops(ops: &[&str]) -> String {
+    words(ops, Command::new(helper()).arg("fs").args(ops).output())
+}
+
+/// The helper's words, once it exited successfully.
+fn words(ops: &[&str], output: std::io::Result<std::process::Output>) -> String {
+    let output = output.expect("running the helper");
     assert!(
         output.status.success(),
         "{ops:?}: {}",

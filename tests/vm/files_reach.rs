@@ -8,25 +8,9 @@ use std::fs;
 use agentd_tests::{Daemon, launch_cgroup};
 
 use crate::{
-    files_namespace::{denied, file_events_until, fs_ops, path},
-    helper,
+    files_namespace::{denied, file_events_until, fs_ops, path, untagged_fs_ops},
     scratch_fs::ext4_scratch,
 };
-
-/// Runs `agentd-test-helper fs OPS...` untagged, before any agentd runs; returns its words.
-fn untagged(ops: &[&str]) -> String {
-    let output = std::process::Command::new(helper())
-        .arg("fs")
-        .args(ops)
-        .output()
-        .expect("running the helper");
-    assert!(
-        output.status.success(),
-        "{ops:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
 
 /// A tree deeper than the old 16-level walk under a read-denied directory is denied by the
 /// directory's rule; one deeper than any path can name (4,100 levels, past the walk's bound)
@@ -43,7 +27,7 @@ fn deep_trees_stay_under_their_directory_rules() {
         fs::create_dir_all(outside.join(tree)).expect("outside tree");
     }
     let (deep, deeper) = ("40", "4100");
-    let made = untagged(&[
+    let made = untagged_fs_ops(&[
         "deep-make",
         path(&vault.join("deep")),
         deep,
@@ -214,7 +198,7 @@ fn a_file_reopened_by_handle_without_its_parents_is_still_denied() {
     assert_eq!(event["access"][0], "read", "{event}");
     // The same handle read untagged works: the file is there and the handle is good.
     assert_eq!(
-        untagged(&["handle-read", path(disk.path()), path(&key)]),
+        untagged_fs_ops(&["handle-read", path(disk.path()), path(&key)]),
         "ok",
         "untagged"
     );
