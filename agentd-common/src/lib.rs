@@ -372,6 +372,10 @@ pub const FILE_WALK_LIMIT: u32 = 4096;
 /// in the cache. Its parent is itself, like a root's, but it is not its file system's root.
 pub const DCACHE_DISCONNECTED: u32 = 0x20;
 
+/// `OVERLAYFS_SUPER_MAGIC` (`super_block.s_magic` of an overlay): its files stand for a file
+/// of one of its layers, which holds the bytes that are read, mapped and run.
+pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
+
 /// Verdicts that kernel programs return and report.
 #[repr(u32)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -667,8 +671,12 @@ pub struct KernelOffsets {
     pub inode_dentries: u32,
     /// `dentry.d_u` (whose `d_alias` links the dentry into its inode's `i_dentry`)
     pub dentry_alias: u32,
+    /// `super_block.s_magic` (the file system's kind: overlayfs's files stand for a layer's)
+    pub sb_magic: u32,
+    /// `file.private_data` (an overlay file's: the layer's file it reads and maps)
+    pub file_private_data: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 128);
+const _: () = assert!(size_of::<KernelOffsets>() == 136);
 
 impl KernelOffsets {
     /// Every offset unresolved: the value compiled into the eBPF object.
@@ -705,6 +713,8 @@ impl KernelOffsets {
         dentry_flags: 0,
         inode_dentries: 0,
         dentry_alias: 0,
+        sb_magic: 0,
+        file_private_data: 0,
     };
 }
 

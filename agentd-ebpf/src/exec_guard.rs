@@ -15,6 +15,7 @@ use aya_ebpf::{
 use crate::{
     file_rules::{Access, Hit, current_agent, decide, path_kind, report},
     kernel::{file_inode_key, offsets, read_field},
+    walk::{file_walk_start, layer_file},
 };
 
 /// Agent → its exec settings. 4,096, as many agents as can be named; agentd writes one entry
@@ -27,13 +28,12 @@ const PROT_EXEC: u64 = 0x4;
 
 const EPERM: i32 = 1;
 
-/// The verdict on an executable mapping of `file` by a tagged process: an exec of the file.
+/// The verdict on running the bytes of `file` (an executable mapping of it, or an exec of an
+/// overlay's file whose bytes are `file`'s) by a tagged process: an exec of `file`, judged
+/// from where `file` really lies. `named` is the file the process named, whose `f_path` the
+/// event reports.
 #[inline(always)]
-fn judge_mapping<const PATH: u8>(file: *const u8, hook: FileHook) -> i32 {
-    if file.is_null() {
-        // Anonymous memory: no file for a rule to name.
-        return 0;
-    }
+fn judge_run<const PATH: u8>(named: *const u8, file: *const u8, hook: FileHook) -> i32 {
     let Some(agent) = current_agent() else {
         return 0;
     };
@@ -41,24 +41,33 @@ fn judge_mapping<const PATH: u8>(file: *const u8, hook: FileHook) -> i32 {
     let Ok(key) = file_inode_key(&offsets, file) else {
         return 0;
     };
-    let Ok(dentry) = read_field::<*const u8>(file, offsets.file_dentry) else {
-        return 0;
-    };
+    // 6.1 opens a layer's file under the overlay's path: the walk starts from the real one.
+    let walk = file_walk_start(file);
     let access = Access {
         agent,
-        name_dentry: dentry,
-        walk: dentry,
+        name_dentry: walk,
+        walk,
         names_first: false,
         key,
         access: file_access::EXEC,
         open_flags: read_field::<u32>(file, offsets.file_flags).unwrap_or(0),
         hook,
         // SAFETY: `f_path` lies inside the `struct file`.
-        path: unsafe { file.add(offsets.file_path as usize) },
+        path: unsafe { named.add(offsets.file_path as usize) },
         observed: false,
         flags: 0,
     };
     decide::<PATH>(&offsets, &access)
+}
+
+/// The verdict on an executable mapping of `file` by a tagged process: an exec of the file.
+#[inline(always)]
+fn judge_mapping<const PATH: u8>(file: *const u8, hook: FileHook) -> i32 {
+    if file.is_null() {
+        // Anonymous memory: no file for a rule to name.
+        return 0;
+    }
+    judge_run::<PATH>(file, file, hook)
 }
 
 /// `security_mmap_file(file, reqprot, prot, flags)`: a mapping with `PROT_EXEC` of a file the
@@ -94,6 +103,49 @@ pub fn exec_file_mprotect(ctx: LsmContext) -> i32 {
         return 0;
     };
     judge_mapping::<{ path_kind::NAME }>(file, FileHook::ProtectExec)
+}
+
+/// `security_mmap_file` beside `exec_mmap_file`, for a file on an overlay: the mapping maps its
+/// layer's file (overlayfs hands the mapping to it), so that file's exec rules decide too. An
+/// agent that mounts an overlay over a directory of tools (in a user namespace it may) runs
+/// them under the layer's rules, not as new, unruled files.
+#[lsm(hook = "mmap_file")]
+pub fn exec_layer_mapping(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    let prot: u64 = ctx.arg(2);
+    if prot & PROT_EXEC == 0 {
+        return 0;
+    }
+    let file: *const u8 = ctx.arg(0);
+    match layer_file(file) {
+        Some(layer) => judge_run::<{ path_kind::RESOLVED }>(file, layer, FileHook::MapExec),
+        None => 0,
+    }
+}
+
+/// `security_bprm_check_security(bprm)` beside the exec rules' program, for a program on an
+/// overlay: the exec runs its layer's file, whose exec rules decide too.
+#[lsm(hook = "bprm_check_security")]
+pub fn exec_layer(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let offsets = offsets();
+    let bprm: *const u8 = ctx.arg(0);
+    // A direct load keeps the verifier's knowledge that this is the exec's `struct file`, for
+    // `bpf_d_path` in the report.
+    // SAFETY: `bprm` is the hook's own argument; the verifier checks the access.
+    let file: *const u8 = unsafe {
+        core::ptr::read_volatile(bprm.add(offsets.bprm_file as usize).cast::<*const u8>())
+    };
+    match layer_file(file) {
+        Some(layer) => judge_run::<{ path_kind::RESOLVED }>(file, layer, FileHook::Exec),
+        None => 0,
+    }
 }
 
 /// `security_bprm_check_security(bprm)`, beside the exec rules' program: the executed file (the

@@ -7,7 +7,7 @@
 
 use core::ffi::c_void;
 
-use agentd_common::{DCACHE_DISCONNECTED, FILE_WALK_LIMIT};
+use agentd_common::{DCACHE_DISCONNECTED, FILE_WALK_LIMIT, OVERLAYFS_SUPER_MAGIC};
 use aya_ebpf::helpers::generated::bpf_loop;
 
 use crate::kernel::{offsets, read_at, read_field};
@@ -73,6 +73,35 @@ pub(crate) fn file_walk_start(file: *const u8) -> *const u8 {
         Ok(alias) if !alias.is_null() => alias.wrapping_sub(offsets.dentry_alias as usize),
         _ => core::ptr::null(),
     }
+}
+
+/// The layer's file behind `file` when `file` is an overlay's (overlayfs keeps it in the
+/// overlay file's `private_data` in the kernels agentd runs on): the file whose bytes an exec
+/// or an executable mapping of `file` really runs. None for any other file, or when what
+/// `private_data` holds is not a file on another file system (then nothing is substituted).
+#[inline(always)]
+pub(crate) fn layer_file(file: *const u8) -> Option<*const u8> {
+    let offsets = offsets();
+    if !on_overlay(file) {
+        return None;
+    }
+    let layer = read_field::<*const u8>(file, offsets.file_private_data).ok()?;
+    // A file on a real file system: its inode and super block read, and it is not an overlay's
+    // (a nested overlay's layer file is judged by its own name only).
+    let inode = read_field::<*const u8>(layer, offsets.file_inode).ok()?;
+    let sb = read_field::<*const u8>(inode, offsets.inode_sb).ok()?;
+    let magic = read_field::<u64>(sb, offsets.sb_magic).ok()?;
+    (magic != OVERLAYFS_SUPER_MAGIC).then_some(layer)
+}
+
+/// Whether `file` is on an overlay.
+#[inline(always)]
+fn on_overlay(file: *const u8) -> bool {
+    let offsets = offsets();
+    read_field::<*const u8>(file, offsets.file_inode)
+        .and_then(|inode| read_field::<*const u8>(inode, offsets.inode_sb))
+        .and_then(|sb| read_field::<u64>(sb, offsets.sb_magic))
+        .is_ok_and(|magic| magic == OVERLAYFS_SUPER_MAGIC)
 }
 
 /// The walk's state, on the caller's stack, which `bpf_loop` hands to each step.

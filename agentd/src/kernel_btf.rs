@@ -306,6 +306,8 @@ impl KernelBtf {
             dentry_flags: _,
             inode_dentries: _,
             dentry_alias: _,
+            sb_magic: _,
+            file_private_data: _,
         } = KernelOffsets::UNRESOLVED;
         Ok(KernelOffsets {
             task_real_parent: self.nonzero_offset("task_struct", "real_parent")?,
@@ -343,6 +345,8 @@ impl KernelBtf {
             dentry_flags: self.member_offset("dentry", "d_flags")?,
             inode_dentries: self.nonzero_offset("inode", "i_dentry")?,
             dentry_alias: self.nonzero_offset("dentry", "d_u")?,
+            sb_magic: self.nonzero_offset("super_block", "s_magic")?,
+            file_private_data: self.nonzero_offset("file", "private_data")?,
         })
     }
 

@@ -6,7 +6,7 @@ use std::{fs, os::unix::fs::MetadataExt as _, path::Path, process::Command};
 
 use agentd_tests::{Daemon, agentd_bin, launch_cgroup, wait_until};
 
-use crate::helper;
+use crate::{helper, scratch_fs::overlay_on_ext4};
 
 /// The dynamic loader the guest and the host carry (the test binaries' `ldd` names it).
 const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
@@ -89,6 +89,71 @@ fn loader_cannot_run_a_binary_an_exec_rule_denies() {
     assert_eq!(event["rule"], format!("{agent}/no-tool"), "{event}");
     assert_eq!(event["path"], tool, "{event}");
     assert_eq!(event["path_source"], "kernel", "{event}");
+}
+
+/// A tool under a directory an exec rule denies, run through an overlay that has the directory
+/// in its lower layer (an agent may mount one in a user namespace): the exec and the loader's
+/// executable mapping run the layer's file, so the layer's rule decides them, and the event
+/// names the path the agent used. A rule on the overlay's own directory still holds.
+#[test]
+fn exec_rules_on_a_layer_hold_through_an_overlay_of_it() {
+    let layer_agent = "layer-agent";
+    let merged_agent = "merged-agent";
+    // Room for a copy of the helper (a debug build).
+    let overlay = overlay_on_ext4(128, |lower| {
+        fs::create_dir(lower.join("tools")).expect("tools");
+        fs::copy(helper(), lower.join("tools/tool")).expect("copying the helper");
+    });
+    let rule = |agent: &str, id: &str, dir: &Path| {
+        format!(
+            "[[agent]]\nname = \"{agent}\"\n[agent.files]\n\
+             [[agent.files.rule]]\nid = \"{id}\"\naction = \"deny\"\npath = \"{}\"\n\
+             access = [\"exec\"]\n",
+            dir.display()
+        )
+    };
+    let merged_tools = overlay.merged().join("tools");
+    let daemon = Daemon::start(&format!(
+        "{}{}",
+        rule(layer_agent, "no-tools", &overlay.lower().join("tools")),
+        rule(merged_agent, "no-merged-tools", &merged_tools)
+    ));
+    let _layer = launch_cgroup(layer_agent);
+    let _merged = launch_cgroup(merged_agent);
+    let tool = merged_tools.join("tool");
+    let tool = tool.to_str().expect("UTF-8 path");
+    let direct = [tool, "exec-evasion", "say", "ran"];
+    let loader = [LOADER, tool, "exec-evasion", "say", "ran"];
+    let ran = |agent: Option<&str>, args: &[&str]| {
+        let output = match agent {
+            Some(agent) => daemon.launch(agent, args).output(),
+            None => Command::new(args[0]).args(&args[1..]).output(),
+        }
+        .expect("running the tool");
+        String::from_utf8_lossy(&output.stdout).contains("ran")
+    };
+    for agent in [layer_agent, merged_agent] {
+        assert!(!ran(Some(agent), &direct), "{agent} ran the tool");
+        assert!(
+            !ran(Some(agent), &loader),
+            "{agent} ran the tool through the loader"
+        );
+    }
+    assert!(ran(None, &direct), "untagged, the tool runs");
+    assert!(ran(None, &loader), "untagged, the loader runs it");
+
+    let mut seen = Vec::new();
+    for (hook, agent, id) in [
+        ("exec", layer_agent, "no-tools"),
+        ("mmap", layer_agent, "no-tools"),
+        ("exec", merged_agent, "no-merged-tools"),
+        ("mmap", merged_agent, "no-merged-tools"),
+    ] {
+        let event = denial(&daemon, &mut seen, agent, hook, |_| true);
+        assert_eq!(event["rule"], format!("{agent}/{id}"), "{event}");
+        assert_eq!(event["access"][0], "exec", "{event}");
+        assert_eq!(event["path"], tool, "{event}");
+    }
 }
 
 /// A memfd holding a program's bytes has no name an exec rule could name: its exec is denied
