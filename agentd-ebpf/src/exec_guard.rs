@@ -14,7 +14,7 @@ use aya_ebpf::{
 
 use crate::{
     file_rules::{Access, Hit, current_agent, decide, path_kind, report},
-    kernel::{file_inode_key, offsets, read_field},
+    kernel::{bprm_file, file_inode_key, offsets, read_field},
     walk::{file_walk_start, layer_file},
 };
 
@@ -105,6 +105,16 @@ pub fn exec_file_mprotect(ctx: LsmContext) -> i32 {
     judge_mapping::<{ path_kind::NAME }>(file, FileHook::ProtectExec)
 }
 
+/// Running `file`, when it is an overlay's: an exec of the layer's file it stands for, reported
+/// under `file`'s path.
+#[inline(always)]
+fn judge_layer(file: *const u8, hook: FileHook) -> i32 {
+    match layer_file(file) {
+        Some(layer) => judge_run::<{ path_kind::RESOLVED }>(file, layer, hook),
+        None => 0,
+    }
+}
+
 /// `security_mmap_file` beside `exec_mmap_file`, for a file on an overlay: the mapping maps its
 /// layer's file (overlayfs hands the mapping to it), so that file's exec rules decide too. An
 /// agent that mounts an overlay over a directory of tools (in a user namespace it may) runs
@@ -119,11 +129,7 @@ pub fn exec_layer_mapping(ctx: LsmContext) -> i32 {
     if prot & PROT_EXEC == 0 {
         return 0;
     }
-    let file: *const u8 = ctx.arg(0);
-    match layer_file(file) {
-        Some(layer) => judge_run::<{ path_kind::RESOLVED }>(file, layer, FileHook::MapExec),
-        None => 0,
-    }
+    judge_layer(ctx.arg(0), FileHook::MapExec)
 }
 
 /// `security_bprm_check_security(bprm)` beside the exec rules' program, for a program on an
@@ -136,16 +142,7 @@ pub fn exec_layer(ctx: LsmContext) -> i32 {
     }
     let offsets = offsets();
     let bprm: *const u8 = ctx.arg(0);
-    // A direct load keeps the verifier's knowledge that this is the exec's `struct file`, for
-    // `bpf_d_path` in the report.
-    // SAFETY: `bprm` is the hook's own argument; the verifier checks the access.
-    let file: *const u8 = unsafe {
-        core::ptr::read_volatile(bprm.add(offsets.bprm_file as usize).cast::<*const u8>())
-    };
-    match layer_file(file) {
-        Some(layer) => judge_run::<{ path_kind::RESOLVED }>(file, layer, FileHook::Exec),
-        None => 0,
-    }
+    judge_layer(bprm_file(&offsets, bprm), FileHook::Exec)
 }
 
 /// `security_bprm_check_security(bprm)`, beside the exec rules' program: the executed file (the
@@ -169,12 +166,7 @@ fn try_exec_anonymous(ctx: &LsmContext) -> Result<i32, i32> {
     };
     let offsets = offsets();
     let bprm: *const u8 = ctx.arg(0);
-    // A direct load keeps the verifier's knowledge that this is a `struct file`, for
-    // `bpf_d_path` in the report.
-    // SAFETY: `bprm` is the hook's own argument; the verifier checks the access.
-    let file: *const u8 = unsafe {
-        core::ptr::read_volatile(bprm.add(offsets.bprm_file as usize).cast::<*const u8>())
-    };
+    let file = bprm_file(&offsets, bprm);
     let inode = read_field::<*const u8>(file, offsets.file_inode).map_err(|_| 0)?;
     let links = read_field::<u32>(inode, offsets.inode_nlink).map_err(|_| 0)?;
     if links != 0 {

@@ -15,7 +15,7 @@ use aya_ebpf::{
 
 use crate::{
     file_rules::{Access, EPERM, Hit, current_agent, decide, path_kind, report},
-    kernel::{file_inode_key, offsets, read_at, read_field},
+    kernel::{bprm_file, file_inode_key, offsets, read_at, read_field},
     walk::file_walk_start,
 };
 
@@ -147,12 +147,7 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<i32, i32> {
     };
     let offsets = offsets();
     let bprm: *const u8 = ctx.arg(0);
-    // A direct load keeps the verifier's knowledge that this is the exec's `struct file`,
-    // which `bpf_d_path` needs.
-    // SAFETY: `bprm` is the hook's own argument; the verifier checks the access.
-    let file: *const u8 = unsafe {
-        core::ptr::read_volatile(bprm.add(offsets.bprm_file as usize).cast::<*const u8>())
-    };
+    let file = bprm_file(&offsets, bprm);
     let key = file_inode_key(&offsets, file).map_err(|_| 0)?;
     let dentry = read_field::<*const u8>(file, offsets.file_dentry).map_err(|_| 0)?;
     let access = Access {

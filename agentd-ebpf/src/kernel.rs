@@ -38,6 +38,15 @@ pub fn read_at<T>(base: *const u8, offset: u32) -> Result<T, i64> {
     unsafe { bpf_probe_read_kernel(base.add(offset as usize).cast::<T>()) }.map_err(i64::from)
 }
 
+/// `bprm->file`, the file an exec runs, read directly from an LSM hook's `struct linux_binprm *`
+/// argument: a direct load keeps the verifier's knowledge that this is a `struct file`, which
+/// `bpf_d_path` needs for the event's path (a probe read would lose it).
+#[inline(always)]
+pub fn bprm_file(offsets: &KernelOffsets, bprm: *const u8) -> *const u8 {
+    // SAFETY: `bprm` is the hook's own argument; the verifier checks the access.
+    unsafe { core::ptr::read_volatile(bprm.add(offsets.bprm_file as usize).cast::<*const u8>()) }
+}
+
 /// The (device, inode) of an open `struct file`.
 #[inline(always)]
 pub fn file_inode_key(offsets: &KernelOffsets, file: *const u8) -> Result<InodeKey, i64> {
