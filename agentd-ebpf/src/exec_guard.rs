@@ -72,7 +72,10 @@ fn judge_mapping<const PATH: u8>(file: *const u8, hook: FileHook) -> i32 {
 
 /// `security_mmap_file(file, reqprot, prot, flags)`: a mapping with `PROT_EXEC` of a file the
 /// agent may not exec is refused, whoever maps it (the kernel's ELF loader, the dynamic
-/// loader, the program itself).
+/// loader, the program itself). A file on an overlay is judged twice: by its own name, then as
+/// the layer's file it stands for (overlayfs hands the mapping to that file), so that an agent
+/// that mounts an overlay over a directory of tools (in a user namespace it may) runs them
+/// under the layer's rules, not as new, unruled files.
 #[lsm(hook = "mmap_file")]
 pub fn exec_mmap_file(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(4);
@@ -83,7 +86,10 @@ pub fn exec_mmap_file(ctx: LsmContext) -> i32 {
     if prot & PROT_EXEC == 0 {
         return 0;
     }
-    judge_mapping::<{ path_kind::RESOLVED }>(ctx.arg(0), FileHook::MapExec)
+    match judge_mapping::<{ path_kind::RESOLVED }>(ctx.arg(0), FileHook::MapExec) {
+        0 => judge_layer(ctx.arg(0), FileHook::MapExec),
+        denied => denied,
+    }
 }
 
 /// `security_file_mprotect(vma, reqprot, prot)`: making a file mapping executable afterwards
@@ -115,40 +121,12 @@ fn judge_layer(file: *const u8, hook: FileHook) -> i32 {
     }
 }
 
-/// `security_mmap_file` beside `exec_mmap_file`, for a file on an overlay: the mapping maps its
-/// layer's file (overlayfs hands the mapping to it), so that file's exec rules decide too. An
-/// agent that mounts an overlay over a directory of tools (in a user namespace it may) runs
-/// them under the layer's rules, not as new, unruled files.
-#[lsm(hook = "mmap_file")]
-pub fn exec_layer_mapping(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(4);
-    if previous != 0 {
-        return previous;
-    }
-    let prot: u64 = ctx.arg(2);
-    if prot & PROT_EXEC == 0 {
-        return 0;
-    }
-    judge_layer(ctx.arg(0), FileHook::MapExec)
-}
-
-/// `security_bprm_check_security(bprm)` beside the exec rules' program, for a program on an
-/// overlay: the exec runs its layer's file, whose exec rules decide too.
-#[lsm(hook = "bprm_check_security")]
-pub fn exec_layer(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(1);
-    if previous != 0 {
-        return previous;
-    }
-    let offsets = offsets();
-    let bprm: *const u8 = ctx.arg(0);
-    judge_layer(bprm_file(&offsets, bprm), FileHook::Exec)
-}
-
 /// `security_bprm_check_security(bprm)`, beside the exec rules' program: the executed file (the
 /// program, or an interpreter it names) has no link left in any directory. That is a memfd, an
 /// `O_TMPFILE` never linked in, or a file unlinked while open, reached through
 /// `/proc/self/fd/N` or `execveat(fd, "", AT_EMPTY_PATH)`: bytes that no exec rule can name.
+/// Then, for a program on an overlay, the layer's file it stands for, which is what runs: its
+/// exec rules decide too (the exec rules' program judged the overlay's name).
 #[lsm(hook = "bprm_check_security")]
 pub fn exec_anonymous(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(1);
@@ -156,6 +134,11 @@ pub fn exec_anonymous(ctx: LsmContext) -> i32 {
         return previous;
     }
     match try_exec_anonymous(&ctx) {
+        Ok(0) | Err(0) => {
+            let offsets = offsets();
+            let bprm: *const u8 = ctx.arg(0);
+            judge_layer(bprm_file(&offsets, bprm), FileHook::Exec)
+        }
         Ok(verdict) | Err(verdict) => verdict,
     }
 }

@@ -73,7 +73,10 @@ impl Agentd {
             if let Some(status) = agentd.child.try_wait()? {
                 bail!("agentd exited during start-up: {status}\n{}", agentd.log());
             }
-            if agentd.status().is_ok() {
+            // agentd binds its admin socket once its programs are attached: no `agentd status`
+            // process starts before, while the kernel patches the hooks it would run through
+            // (under TCG, patching a hook that another vCPU is running has oopsed the guest).
+            if agentd.admin.exists() && agentd.status().is_ok() {
                 return Ok(agentd);
             }
             if Instant::now() > deadline {

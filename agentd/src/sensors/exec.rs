@@ -12,13 +12,13 @@ use aya::maps::{HashMap, MapData};
 use super::{SensorError, attach_optional_lsm, replace_all, take_map};
 use crate::{ebpf::LoadedObject, pins::Links};
 
-/// (program, LSM hook), a hook's programs side by side: a hook is missing once in the status.
-const PROGRAMS: [(&str, &str); 5] = [
+/// (program, LSM hook). One program per hook: under QEMU's TCG, each attach to a hook patches
+/// the kernel's text while other vCPUs may run it, which has oopsed guests, so a hook's checks
+/// share a program rather than add attaches.
+const PROGRAMS: [(&str, &str); 3] = [
     ("exec_mmap_file", "mmap_file"),
-    ("exec_layer_mapping", "mmap_file"),
     ("exec_file_mprotect", "file_mprotect"),
     ("exec_anonymous", "bprm_check_security"),
-    ("exec_layer", "bprm_check_security"),
 ];
 const AGENTS: &str = "EXEC_AGENTS";
 
@@ -39,9 +39,7 @@ impl ExecSensor {
         let missing = if enforce || links.adopting() {
             attach_optional_lsm(object, &PROGRAMS, links)?
         } else {
-            let mut hooks: Vec<&'static str> = PROGRAMS.iter().map(|(_, hook)| *hook).collect();
-            hooks.dedup();
-            hooks
+            PROGRAMS.iter().map(|(_, hook)| *hook).collect()
         };
         Ok(Self { agents, missing })
     }
