@@ -3,7 +3,9 @@
 //! dynamic loader to map it (`ld-linux-x86-64.so.2 /path/to/tool`), and it can exec a file that
 //! has no name (a memfd it copied the bytes into). Here an executable mapping of a file is
 //! judged as an exec of that file, and an exec of a nameless file is denied unless the agent's
-//! policy allows anonymous executables.
+//! policy allows anonymous executables. A program or mapping on an overlay runs a layer's file:
+//! that file's exec rules decide too, so an overlay of a ruled directory is not a way round
+//! them.
 
 use agentd_common::{ExecAgent, FileEvent, FileHook, file_access};
 use aya_ebpf::{
