@@ -111,7 +111,7 @@ fn attach_optional_lsm(
     let mut missing = Vec::new();
     if links.adopting() {
         for (name, hook) in programs {
-            if !links.has(name) && !missing.contains(hook) {
+            if !links.has(name) {
                 missing.push(*hook);
             }
         }
@@ -133,9 +133,7 @@ fn attach_optional_lsm(
                     "{:#}: this check is not enforced on this kernel",
                     anyhow::Error::from(err)
                 );
-                if !missing.contains(hook) {
-                    missing.push(*hook);
-                }
+                missing.push(*hook);
             }
         }
     }
