@@ -159,7 +159,7 @@ fn lsm_rows(
         LSM_ROWS.join(", ")
     ));
     let timeout = Duration::from_mins(if options.smoke { 10 } else { 30 });
-    let run = vm::run_tests(&kernel, &payload, None, None, timeout, |line| {
+    let run = vm::run_tests(&kernel, &payload, None, None, 2, timeout, |line| {
         on_line(&format!("bench-vm| {line}"));
     })?;
     let out = test::workspace_root().join("target/bench-lsm.json");

@@ -65,7 +65,7 @@ struct VmArgs {
     #[arg(long, value_enum, default_value = "auto")]
     accel: AccelArg,
     /// Seconds the guest may run (boot and tests) before the run counts as timed out.
-    #[arg(long, value_name = "SECS", default_value_t = 2400)]
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
     timeout: u64,
     /// Run only the tests whose names contain this (as `cargo test NAME`).
     #[arg(long, value_name = "NAME")]

@@ -291,28 +291,54 @@ pub fn vm_tier(options: &VmOptions) -> anyhow::Result<Vec<TierResult>> {
         filter: options.filter.clone(),
         script: None,
     };
-    // One guest at a time, with both cores: two guests side by side (one core each) made a
-    // 6.12 guest under TCG trip over the kernel's own code patching (an int3 oops in
-    // ip_finish_output while the restart test attached and detached cgroup programs), and
-    // sharing the host tests out keeps the tier short instead.
+    // The guests boot side by side, one virtual CPU each, as many at once as the host has
+    // cores: under TCG a guest's tests run on one host core anyway (one test at a time, and
+    // agentd's start-up is mostly the verifier, single-threaded). One virtual CPU also keeps
+    // TCG clear of cross-CPU code patching: with two, a 6.12 guest hit int3 oops while
+    // programs attached and detached (`text_poke` on one vCPU, the patched code running on
+    // the other), alone as well as beside another guest.
     let count = options.kernels.len();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let runs: Vec<anyhow::Result<vm::Run>> = options
         .kernels
-        .iter()
+        .chunks(cores.max(1))
         .enumerate()
-        .map(|(index, kernel)| {
-            // The host tests are shared out among the guests (each runs on one guest kernel,
-            // and all of them on the host's in the host tier); the vm tests run whole on every
-            // kernel.
-            let shard = Some(vm::Shard { index, count });
-            vm::run_tests(
-                kernel,
-                &payload,
-                shard,
-                options.accel,
-                options.timeout,
-                |line| println!("vm {kernel}| {line}"),
-            )
+        .flat_map(|(chunk, kernels)| {
+            let payload = &payload;
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = kernels
+                    .iter()
+                    .enumerate()
+                    .map(|(offset, kernel)| {
+                        // The host tests are shared out among the guests (each runs on one
+                        // guest kernel, and all of them on the host's in the host tier); the
+                        // vm tests run whole on every kernel.
+                        let shard = Some(vm::Shard {
+                            index: chunk * cores + offset,
+                            count,
+                        });
+                        scope.spawn(move || {
+                            vm::run_tests(
+                                kernel,
+                                payload,
+                                shard,
+                                options.accel,
+                                1,
+                                options.timeout,
+                                |line| println!("vm {kernel}| {line}"),
+                            )
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|handle| {
+                        handle
+                            .join()
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("the guest's thread panicked")))
+                    })
+                    .collect::<Vec<_>>()
+            })
         })
         .collect();
     let mut results = Vec::new();

@@ -458,11 +458,13 @@ fn exited(console: &[String]) -> Outcome {
     }
 }
 
-/// Boots `vmlinuz` with `initramfs` and streams the console through `on_line`.
+/// Boots `vmlinuz` with `initramfs` on `cpus` virtual CPUs and streams the console through
+/// `on_line`.
 pub fn boot(
     vmlinuz: &Path,
     initramfs: &Path,
     accel: Accel,
+    cpus: usize,
     boot_timeout: Duration,
     timeout: Duration,
     mut on_line: impl FnMut(&str),
@@ -472,8 +474,9 @@ pub fn boot(
         Accel::Kvm => qemu.args(["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg => qemu.args(["-accel", "tcg", "-cpu", "max"]),
     };
+    let cpus = cpus.max(1).to_string();
     qemu.args([
-        "-m", "2048", "-smp", "2", "-display", "none", "-serial", "stdio",
+        "-m", "2048", "-smp", &cpus, "-display", "none", "-serial", "stdio",
     ])
     // No network device: guests talk over loopback only.
     .args(["-monitor", "none", "-nic", "none", "-no-reboot", "-kernel"])
@@ -562,6 +565,7 @@ pub fn choose_accel(vmlinuz: &Path, package: &str) -> anyhow::Result<Accel> {
         vmlinuz,
         &archive,
         Accel::Kvm,
+        1,
         Duration::from_secs(20),
         Duration::from_secs(20),
         |_| {},
@@ -576,7 +580,6 @@ pub fn choose_accel(vmlinuz: &Path, package: &str) -> anyhow::Result<Accel> {
     Ok(accel)
 }
 
-/// Boots `kernel` with `payload` and reports the outcome. `accel` of `None` probes for KVM.
 /// Which share of the host tests a guest runs: every `count`-th test from `index` on. The vm
 /// tests run whole in every guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -585,11 +588,14 @@ pub struct Shard {
     pub count: usize,
 }
 
+/// Boots `kernel` on `cpus` virtual CPUs with `payload` and reports the outcome. `accel` of
+/// `None` probes for KVM.
 pub fn run_tests(
     kernel: &KernelSpec,
     payload: &Payload,
     shard: Option<Shard>,
     accel: Option<Accel>,
+    cpus: usize,
     timeout: Duration,
     on_line: impl FnMut(&str),
 ) -> anyhow::Result<Run> {
@@ -611,6 +617,7 @@ pub fn run_tests(
         &vmlinuz,
         &initramfs,
         accel,
+        cpus,
         Duration::from_mins(2),
         timeout,
         on_line,

@@ -683,6 +683,7 @@ fn run_tier(options: &VmOptions, result: &mut TierResult) -> anyhow::Result<()> 
         &vmlinuz,
         &initramfs,
         accel,
+        2,
         Duration::from_mins(2),
         options.timeout,
         |line| println!("vm-systemd| {line}"),
