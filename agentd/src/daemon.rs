@@ -2260,18 +2260,9 @@ pub async fn run(
                     break Err(err);
                 }
             }
-            read = reader.read_batch(&mut batch) => {
-                if let Err(err) = read {
-                    break Err(err.into());
-                }
-                output.events(&mut state, &mut batch);
-            }
-            Some(update) = from_control.recv() => {
-                let notices = state.on_control(update, output.format);
-                output.notices.extend(notices);
-                output.flush();
-            }
-            Some(request) = dns_requests.recv() => state.on_dns(request),
+            // Then the timers (the risk tick reads egress and decays risk, the sweep and the
+            // expiry of learned addresses): ready once a second at most, they cannot starve
+            // the event stream, and a busy stream must not starve them.
             _ = expiry.tick(), if !state.learned.is_empty() => {
                 if let Err(err) = state.sync_learned() {
                     tracing::warn!(%err, "expiring learned addresses");
@@ -2287,6 +2278,18 @@ pub async fn run(
                     tracing::warn!(%err, "sweeping stale tags");
                 }
             }
+            read = reader.read_batch(&mut batch) => {
+                if let Err(err) = read {
+                    break Err(err.into());
+                }
+                output.events(&mut state, &mut batch);
+            }
+            Some(update) = from_control.recv() => {
+                let notices = state.on_control(update, output.format);
+                output.notices.extend(notices);
+                output.flush();
+            }
+            Some(request) = dns_requests.recv() => state.on_dns(request),
         }
     };
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
