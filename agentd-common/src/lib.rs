@@ -462,6 +462,9 @@ pub enum FileHook {
     Mknod = 22,
     /// LSM `inode_rmdir`: a directory removed.
     Rmdir = 23,
+    /// LSM `file_permission`: a read or write through a descriptor opened before the rules
+    /// last changed (`HELD_FILES`).
+    Held = 26,
 }
 
 impl FileHook {
@@ -482,6 +485,7 @@ impl FileHook {
             19 => Self::SetXattr,
             24 => Self::RemoveXattr,
             25 => Self::Mount,
+            26 => Self::Held,
             20 => Self::Mkdir,
             21 => Self::Symlink,
             22 => Self::Mknod,

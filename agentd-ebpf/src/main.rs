@@ -17,6 +17,7 @@ mod exec;
 mod exec_guard;
 mod file_rules;
 mod files;
+mod files_held;
 mod files_meta;
 mod files_namespace;
 mod kernel;

@@ -56,6 +56,7 @@ use crate::{
         SensorError,
         exec::ExecSensor,
         files::{self, FileEnforcement, FileMode, FileSensor},
+        files_held::{self, HeldSensor},
         files_meta::MetaSensor,
         net::{NetSensor, NetTables},
         process::{ProcessSensor, TagReader},
@@ -147,6 +148,8 @@ pub struct State {
     exec: ExecSensor,
     /// Metadata changes judged by the file rules, where BPF LSM works.
     meta: MetaSensor,
+    /// Reads and writes through descriptors opened before the rules last changed.
+    held: HeldSensor,
     /// Signals, ptrace and `bpf()` from agents, and changes to agentd's files by identity,
     /// denied where BPF LSM works.
     protect: ProtectSensor,
@@ -236,6 +239,7 @@ impl State {
         let files = FileSensor::attach(&mut object, lsm, &mut links)?;
         let exec = ExecSensor::attach(&mut object, lsm, &mut links)?;
         let meta = MetaSensor::attach(&mut object, lsm, &mut links)?;
+        let held = HeldSensor::attach(&mut object, lsm, &mut links)?;
         let process = ProcessSensor::attach(&mut object, lsm, &mut links)?;
         let mut net = NetSensor::attach(&mut object, &cgroup_root, lsm, &mut links)?;
         net.set_allowed_report_interval(config.network.allowed_report_interval_ms)?;
@@ -246,6 +250,7 @@ impl State {
         let state = Self {
             exec,
             meta,
+            held,
             protect,
             protected_files,
             registry,
@@ -378,6 +383,7 @@ impl State {
                 self.tag_tree(pid, tag);
             }
         }
+        self.refresh_held();
         tracing::info!(
             agents = applied.agents,
             rules = applied.rules,
@@ -599,6 +605,34 @@ impl State {
             .collect()
     }
 
+    /// Lists the files agents' processes hold open now, so that the rules just written judge
+    /// their reads and writes too (`sensors::files_held`). Best effort: a failure is logged and
+    /// leaves the previous list.
+    fn refresh_held(&mut self) {
+        if !self.held.active() {
+            return;
+        }
+        let pids: Vec<u32> = match self.process.tagged() {
+            Ok(tagged) => tagged.into_iter().map(|(pid, _)| pid).collect(),
+            Err(err) => {
+                tracing::warn!(%err, "listing tagged processes for their open files");
+                return;
+            }
+        };
+        let held =
+            files_held::held_files(Path::new("/proc"), &pids, files_held::HELD_FILES_CAPACITY);
+        if held.truncated {
+            tracing::warn!(
+                listed = held.files.len(),
+                "agents hold more open files than agentd lists; reads and writes of the rest \
+                 are judged at their next open only"
+            );
+        }
+        if let Err(err) = self.held.set(&held.files) {
+            tracing::warn!(%err, "writing the files agents hold open");
+        }
+    }
+
     fn quarantine(&mut self, agent: &str, on: bool) -> Result<Quarantined, String> {
         let found = self
             .policy
@@ -612,6 +646,9 @@ impl State {
             .set_quarantine(index, on)
             .and_then(|()| self.files.set_quarantine(index, rule, files_on))
             .map_err(|err| format!("{:#}", anyhow::Error::from(err)))?;
+        if on {
+            self.refresh_held();
+        }
         tracing::warn!(agent, quarantined = on, "quarantine changed");
         Ok(Quarantined {
             agent: agent.to_owned(),
@@ -839,7 +876,12 @@ impl State {
             self_protection: self.protect.active(),
             socket_families: self.net.decides_families(),
             self_protection_missing: self.protect.missing(),
-            file_hooks_missing: &[self.exec.missing(), self.meta.missing()].concat(),
+            file_hooks_missing: &[
+                self.exec.missing(),
+                self.meta.missing(),
+                self.held.missing(),
+            ]
+            .concat(),
             lsm_unavailable,
             dns: self.dns_enabled,
             mounts: &self.mounts,
@@ -936,6 +978,7 @@ impl State {
                 "a file control names a path that does not exist here; nothing to protect"
             );
         }
+        let files_changed = self.ca.files != tables.files;
         self.write_ca_tables(&tables)?;
         self.ca.domains.clone_from(&tables.domains);
         if let Err(err) = self.sync_learned() {
@@ -948,6 +991,9 @@ impl State {
             .map(|(index, _)| *index)
             .collect();
         self.block_file_writes(&now_blocked)?;
+        if files_changed || !now_blocked.is_subset(&self.ca.blocked) {
+            self.refresh_held();
+        }
         self.ca.blocked = now_blocked;
         self.ca.standings = standings;
         let notices = if self.ca.applied_version == set.version {

@@ -824,6 +824,7 @@ fn file_hook_name(hook: u32) -> &'static str {
         Some(FileHook::SetXattr) => "setxattr",
         Some(FileHook::RemoveXattr) => "removexattr",
         Some(FileHook::Mount) => "mount",
+        Some(FileHook::Held) => "held",
         None => "unknown",
     }
 }

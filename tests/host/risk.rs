@@ -5,7 +5,7 @@
 use std::{fs, net::TcpListener};
 
 use agentd::api::RiskRequest;
-use agentd_tests::{Daemon, launch_cgroup, wait_until};
+use agentd_tests::{Daemon, launch_cgroup, wait_until, wait_until_explained};
 
 use crate::helper;
 
@@ -350,11 +350,22 @@ fn egress_volume_is_counted_in_the_kernel_and_a_spike_is_detected() {
     );
     assert_eq!(sink.join().unwrap(), 4_194_304);
     let mut seen = Vec::new();
-    wait_until("egress_spike fires", || {
-        collect(&daemon, &mut seen);
-        seen.iter()
-            .any(|e| e["kind"] == "detection" && e["rule"] == "egress_spike")
-    });
+    wait_until_explained(
+        "egress_spike fires",
+        || {
+            collect(&daemon, &mut seen);
+            seen.iter()
+                .any(|e| e["kind"] == "detection" && e["rule"] == "egress_spike")
+        },
+        || {
+            format!(
+                "risk show: {}\nstatus: {:?}\nagentd's log:\n{}",
+                daemon.risk(agent),
+                daemon.try_status(),
+                daemon.log()
+            )
+        },
+    );
     let detection = seen
         .iter()
         .find(|e| e["kind"] == "detection" && e["rule"] == "egress_spike")

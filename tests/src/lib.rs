@@ -122,6 +122,25 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// [`wait_until`], with what `explain` says added to the failure: for conditions whose
+/// failure the polled state alone does not explain (agentd's log, its view of an agent).
+pub fn wait_until_explained(
+    what: &str,
+    mut done: impl FnMut() -> bool,
+    explain: impl FnOnce() -> String,
+) {
+    let deadline = std::time::Instant::now() + EVENT_DEADLINE;
+    while !done() {
+        if std::time::Instant::now() >= deadline {
+            panic!(
+                "{what}: still not true after {EVENT_DEADLINE:?}\n{}",
+                explain()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The agentd binary: `cargo xtask test` builds it and names it in `AGENTD_BIN`.
 pub fn agentd_bin() -> PathBuf {
     std::env::var_os("AGENTD_BIN").map_or_else(

@@ -5,6 +5,7 @@ mod access;
 mod disk_fs;
 mod exec;
 mod files;
+mod files_held;
 mod files_namespace;
 mod files_reach;
 mod lsm;

@@ -3,6 +3,7 @@
 
 pub mod exec;
 pub mod files;
+pub mod files_held;
 pub mod files_meta;
 mod files_unresolved;
 pub mod net;

@@ -1,0 +1,90 @@
+//! Descriptors opened before a rule: `file_permission` runs at every read and write (and
+//! directory listing) of an open file. A tagged process's read or write of a file in
+//! `HELD_FILES` is judged by the file rules as an open with that access would be, so that a
+//! descriptor an agent opened before a rule applied, or before it was quarantined, is refused
+//! from then on. Userspace fills the list, after each change of the rules, with the files that
+//! agents' processes hold open at that moment; files opened later were judged at their open.
+//! While the list is empty every read and write pays one array lookup.
+
+use agentd_common::{FileHook, InodeKey, file_access};
+use aya_ebpf::{
+    macros::{lsm, map},
+    maps::{Array, HashMap},
+    programs::LsmContext,
+};
+
+use crate::{
+    file_rules::{Access, current_agent, decide, path_kind},
+    kernel::{file_inode_key, offsets},
+    walk::file_walk_start,
+};
+
+/// Files that agents' processes held open when the rules last changed, by kernel object. 16,384:
+/// userspace lists at most that many and says when it had to stop.
+#[map]
+pub static HELD_FILES: HashMap<InodeKey, u32> = HashMap::with_max_entries(16_384, 0);
+
+/// `[0]`: how many entries `HELD_FILES` has; 0 lets every read and write through at once.
+#[map]
+pub static HELD_COUNT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// `MAY_WRITE`, `MAY_READ` and `MAY_APPEND` in the hook's mask (`include/linux/fs.h`).
+const MAY_WRITE: i32 = 0x2;
+const MAY_READ: i32 = 0x4;
+const MAY_APPEND: i32 = 0x8;
+
+/// `security_file_permission(struct file *file, int mask)`.
+#[lsm(hook = "file_permission")]
+pub fn file_held(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    match try_file_held(&ctx) {
+        Ok(verdict) | Err(verdict) => verdict,
+    }
+}
+
+fn try_file_held(ctx: &LsmContext) -> Result<i32, i32> {
+    match HELD_COUNT.get(0) {
+        Some(count) if *count != 0 => {}
+        _ => return Ok(0),
+    }
+    let mask: i32 = ctx.arg(1);
+    let mut access = 0;
+    if mask & MAY_READ != 0 {
+        access |= file_access::READ;
+    }
+    if mask & (MAY_WRITE | MAY_APPEND) != 0 {
+        access |= file_access::WRITE;
+    }
+    if access == 0 {
+        return Ok(0);
+    }
+    let offsets = offsets();
+    let file: *const u8 = ctx.arg(0);
+    let key = file_inode_key(&offsets, file).map_err(|_| 0)?;
+    if HELD_FILES.get_ptr(key).is_none() {
+        return Ok(0);
+    }
+    let Some(agent) = current_agent() else {
+        return Ok(0);
+    };
+    // The real file's dentry where overlayfs opened it under the overlay's path, as at open.
+    let walk = file_walk_start(file);
+    let access = Access {
+        agent,
+        name_dentry: walk,
+        walk,
+        names_first: false,
+        key,
+        access,
+        open_flags: 0,
+        hook: FileHook::Held,
+        path: core::ptr::null(),
+        observed: false,
+        flags: 0,
+    };
+    // The dentry's name in events: `bpf_d_path` is not offered to this hook.
+    Ok(decide::<{ path_kind::NAME }>(&offsets, &access))
+}
