@@ -465,6 +465,9 @@ pub enum FileHook {
     /// LSM `file_permission`: a read or write through a descriptor opened before the rules
     /// last changed (`HELD_FILES`).
     Held = 26,
+    /// LSM `file_receive`: a descriptor passed to the process (`SCM_RIGHTS`, `pidfd_getfd`),
+    /// judged as an open with the access it was opened for.
+    Receive = 27,
 }
 
 impl FileHook {
@@ -486,6 +489,7 @@ impl FileHook {
             24 => Self::RemoveXattr,
             25 => Self::Mount,
             26 => Self::Held,
+            27 => Self::Receive,
             20 => Self::Mkdir,
             21 => Self::Symlink,
             22 => Self::Mknod,

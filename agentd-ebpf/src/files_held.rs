@@ -5,6 +5,11 @@
 //! from then on. Userspace fills the list, after each change of the rules, with the files that
 //! agents' processes hold open at that moment; files opened later were judged at their open.
 //! While the list is empty every read and write pays one array lookup.
+//!
+//! A descriptor can also reach an agent without an open by it: passed over a unix socket
+//! (`SCM_RIGHTS`) or taken from another process (`pidfd_getfd`). Both go through
+//! `file_receive`, which judges the received file as an open with the access its descriptor
+//! was opened for, so a file the rules deny cannot be handed to an agent.
 
 use agentd_common::{FileHook, InodeKey, file_access};
 use aya_ebpf::{
@@ -15,7 +20,7 @@ use aya_ebpf::{
 
 use crate::{
     file_rules::{Access, current_agent, decide, path_kind},
-    kernel::{file_inode_key, offsets},
+    kernel::{file_inode_key, offsets, read_field},
     walk::file_walk_start,
 };
 
@@ -32,6 +37,55 @@ pub static HELD_COUNT: Array<u32> = Array::with_max_entries(1, 0);
 const MAY_WRITE: i32 = 0x2;
 const MAY_READ: i32 = 0x4;
 const MAY_APPEND: i32 = 0x8;
+
+/// `f_flags` bits of the access mode.
+const O_ACCMODE: u32 = 0o3;
+const O_WRONLY: u32 = 0o1;
+const O_RDWR: u32 = 0o2;
+
+/// `security_file_receive(struct file *file)`: a descriptor installed in a tagged process by
+/// `SCM_RIGHTS` or `pidfd_getfd`. A refusal leaves it out (`recvmsg` reports `MSG_CTRUNC`;
+/// `pidfd_getfd` fails with `EPERM`).
+#[lsm(hook = "file_receive")]
+pub fn file_received(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    match try_file_received(&ctx) {
+        Ok(verdict) | Err(verdict) => verdict,
+    }
+}
+
+fn try_file_received(ctx: &LsmContext) -> Result<i32, i32> {
+    let Some(agent) = current_agent() else {
+        return Ok(0);
+    };
+    let offsets = offsets();
+    let file: *const u8 = ctx.arg(0);
+    let key = file_inode_key(&offsets, file).map_err(|_| 0)?;
+    let flags = read_field::<u32>(file, offsets.file_flags).unwrap_or(0);
+    let access = match flags & O_ACCMODE {
+        O_WRONLY => file_access::WRITE,
+        O_RDWR => file_access::READ | file_access::WRITE,
+        _ => file_access::READ,
+    };
+    let walk = file_walk_start(file);
+    let access = Access {
+        agent,
+        name_dentry: walk,
+        walk,
+        names_first: false,
+        key,
+        access,
+        open_flags: flags,
+        hook: FileHook::Receive,
+        path: core::ptr::null(),
+        observed: false,
+        flags: 0,
+    };
+    Ok(decide::<{ path_kind::NAME }>(&offsets, &access))
+}
 
 /// `security_file_permission(struct file *file, int mask)`.
 #[lsm(hook = "file_permission")]

@@ -825,6 +825,7 @@ fn file_hook_name(hook: u32) -> &'static str {
         Some(FileHook::RemoveXattr) => "removexattr",
         Some(FileHook::Mount) => "mount",
         Some(FileHook::Held) => "held",
+        Some(FileHook::Receive) => "receive",
         None => "unknown",
     }
 }

@@ -19,6 +19,9 @@
 //! - `handle-read MOUNT PATH`: `name_to_handle_at(PATH)`, drops the dentry and inode caches
 //!   (`/proc/sys/vm/drop_caches`), then `open_by_handle_at` on a descriptor of MOUNT for
 //!   reading: on a disk file system the file comes back as a disconnected dentry.
+//! - `getfd PID FD`: `pidfd_getfd` of another process's descriptor FD.
+//! - `recv-fd SOCKET`: connects to the unix socket SOCKET and receives one descriptor
+//!   (`SCM_RIGHTS`); the word is `ok` if one arrived, `none` if the kernel left it out.
 
 use std::{ffi::CString, path::Path, time::Duration};
 
@@ -220,6 +223,63 @@ fn handle_read(mount: &CString, path: &CString) -> String {
     }
 }
 
+/// `pidfd_getfd(pidfd_open(pid), fd)`.
+fn getfd(pid: &str, fd: &str) -> String {
+    let (Ok(pid), Ok(fd)) = (pid.parse::<i32>(), fd.parse::<i32>()) else {
+        return "error:arguments".to_owned();
+    };
+    // SAFETY: plain syscalls; the descriptors opened here are closed here.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        if pidfd < 0 {
+            return format!("pidfd-{}", said(-1));
+        }
+        let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0);
+        let word = said(got);
+        if got >= 0 {
+            libc::close(got as i32);
+        }
+        libc::close(pidfd as i32);
+        word
+    }
+}
+
+/// Receives one descriptor over the unix socket at `socket`.
+fn recv_fd(socket: &str) -> String {
+    use std::os::fd::AsRawFd as _;
+    let stream = match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(stream) => stream,
+        Err(err) => return format!("connect-error:{err}"),
+    };
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // Room for one descriptor's control message, aligned for `cmsghdr`.
+    let mut control = [0u64; 8];
+    // SAFETY: a zeroed msghdr is valid; its buffers outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: recvmsg into the buffers above; the control message is read within its bounds.
+    unsafe {
+        let got = libc::recvmsg(stream.as_raw_fd(), &raw mut msg, 0);
+        if got < 0 {
+            return said(-1);
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        if cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+            return "none".to_owned();
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>());
+        libc::close(fd);
+    }
+    "ok".to_owned()
+}
+
 /// Runs one operation from the front of `args`; returns its word and the arguments left.
 fn one<'a>(args: &'a [&'a str]) -> std::io::Result<(String, &'a [&'a str])> {
     Ok(match args {
@@ -234,6 +294,8 @@ fn one<'a>(args: &'a [&'a str]) -> std::io::Result<(String, &'a [&'a str])> {
         ["deep-make", dir, levels, rest @ ..] => (deep(&name(dir)?, levels, true), rest),
         ["deep-read", dir, levels, rest @ ..] => (deep(&name(dir)?, levels, false), rest),
         ["handle-read", mount, path, rest @ ..] => (handle_read(&name(mount)?, &name(path)?), rest),
+        ["getfd", pid, fd, rest @ ..] => (getfd(pid, fd), rest),
+        ["recv-fd", socket, rest @ ..] => (recv_fd(socket), rest),
         [
             op @ ("mkdir" | "rmdir" | "mkfifo" | "unlink" | "read" | "open-trunc" | "truncate"),
             path,

@@ -1,6 +1,7 @@
 //! Descriptors an agent opened before a rule: a read rule applied while the agent holds a file
 //! open, and a quarantine while it holds one open for writing, judge the reads and writes it
-//! makes through those descriptors from then on (`file_permission`, hook `held`).
+//! makes through those descriptors from then on (`file_permission`, hook `held`); a descriptor
+//! passed to an agent is judged as it arrives (`file_receive`, hook `receive`).
 
 use std::{
     fs,
@@ -11,7 +12,7 @@ use std::{
 
 use agentd_tests::{Daemon, launch_cgroup, wait_until};
 
-use crate::files_namespace::{denied, file_events_until};
+use crate::files_namespace::{denied, file_events_until, fs_ops, untagged_fs_ops};
 
 /// A shell in the agent that opens `vault/secret` and `plain` for reading and `log` for
 /// appending, says so in `ready`, and at each `goN` file tries them through the descriptors it
@@ -131,4 +132,93 @@ fn descriptors_opened_before_a_rule_or_a_quarantine_are_judged_by_it() {
         "one\n",
         "the quarantined write must not have reached the file"
     );
+}
+
+/// Sends `fd` over `stream` as one `SCM_RIGHTS` descriptor, with one byte of data.
+fn send_fd(stream: &std::os::unix::net::UnixStream, fd: i32) {
+    use std::os::fd::AsRawFd as _;
+    let mut byte = [b'x'];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: a zeroed msghdr is valid; the control message is written within its buffer.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(size_of::<i32>() as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<i32>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
+        assert!(
+            libc::sendmsg(stream.as_raw_fd(), &raw const msg, 0) == 1,
+            "sendmsg: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// A descriptor that reaches an agent without an open by it, passed over a unix socket
+/// (`SCM_RIGHTS`) or taken from another process (`pidfd_getfd`), is judged as an open with its
+/// access when it arrives (`file_receive`): a read-denied file is left out, another one passes.
+#[test]
+fn descriptors_passed_to_an_agent_are_judged_as_it_receives_them() {
+    use std::os::fd::AsRawFd as _;
+    let agent = "receiving-agent";
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let root = dir.path();
+    fs::create_dir(root.join("vault")).expect("vault");
+    fs::write(root.join("vault/secret"), "s\n").expect("secret");
+    fs::write(root.join("plain"), "p\n").expect("plain");
+    let daemon = Daemon::start(&policy(agent, Some(&root.join("vault"))));
+    let _launched = launch_cgroup(agent);
+    // Opened by this untagged process, which the rules do not cover.
+    let secret = fs::File::open(root.join("vault/secret")).expect("secret");
+    let plain = fs::File::open(root.join("plain")).expect("plain");
+    let (secret_fd, plain_fd) = (
+        secret.as_raw_fd().to_string(),
+        plain.as_raw_fd().to_string(),
+    );
+    let me = std::process::id().to_string();
+
+    assert_eq!(
+        fs_ops(
+            &daemon,
+            Some(agent),
+            &["getfd", &me, &secret_fd, "getfd", &me, &plain_fd]
+        ),
+        "eperm ok",
+        "pidfd_getfd of a read-denied file and of another one"
+    );
+    assert_eq!(untagged_fs_ops(&["getfd", &me, &secret_fd]), "ok");
+
+    let socket = root.join("fds.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("unix listener");
+    let sender = std::thread::spawn(move || {
+        for file in [&secret, &plain] {
+            let (stream, _) = listener.accept().expect("accept");
+            send_fd(&stream, file.as_raw_fd());
+        }
+    });
+    let socket_s = socket.to_str().expect("UTF-8 path");
+    assert_eq!(
+        fs_ops(
+            &daemon,
+            Some(agent),
+            &["recv-fd", socket_s, "recv-fd", socket_s]
+        ),
+        "none ok",
+        "SCM_RIGHTS of a read-denied file and of another one"
+    );
+    sender.join().expect("the sender");
+    file_events_until(&daemon, "the receive denials", |events| {
+        denied(events, agent, "receive", |e| {
+            e["rule"] == format!("{agent}/vault") && e["path"] == "secret"
+        })
+    });
 }

@@ -4,7 +4,9 @@
 //! `file_permission` program (`file_held`) judges every read and write of those files by a
 //! tagged process as an open with that access, so a descriptor opened before the rule is
 //! refused from then on. Files opened later were judged at their open and are not listed.
-//! The hook is optional: on a kernel that refuses it, [`HeldSensor::missing`] names it.
+//! A descriptor passed to an agent (`SCM_RIGHTS`, `pidfd_getfd`) is judged when it arrives, by
+//! `file_receive` (`file_received`). Both hooks are optional: one the kernel refuses is named
+//! in [`HeldSensor::missing`].
 
 use std::{
     collections::HashSet,
@@ -18,7 +20,10 @@ use aya::maps::{Array, HashMap, MapData};
 use super::{SensorError, attach_optional_lsm, map_error, replace_all, take_map};
 use crate::{ebpf::LoadedObject, pins::Links, sensors::files::inode_key_of};
 
-const PROGRAMS: [(&str, &str); 1] = [("file_held", "file_permission")];
+const PROGRAMS: [(&str, &str); 2] = [
+    ("file_held", "file_permission"),
+    ("file_received", "file_receive"),
+];
 const FILES: &str = "HELD_FILES";
 const COUNT: &str = "HELD_COUNT";
 /// The size of `HELD_FILES`.
@@ -115,10 +120,10 @@ impl HeldSensor {
         self.count.set(0, len, 0).map_err(map_error(COUNT))
     }
 
-    /// Whether the hook is attached: a refresh is pointless otherwise.
+    /// Whether `file_permission` is attached: a refresh is pointless otherwise.
     #[must_use]
     pub fn active(&self) -> bool {
-        self.missing.is_empty()
+        !self.missing.contains(&"file_permission")
     }
 
     /// The LSM hooks of this sensor that are not enforced here.
