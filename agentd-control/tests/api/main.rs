@@ -17,6 +17,7 @@
 
 mod cases;
 mod conditional_access;
+mod integrity;
 mod postgres;
 mod rbac;
 mod support;
@@ -74,6 +75,8 @@ const TESTS: &[(&str, TestFn)] = tests![
     conditional_access::agentctl_applies_policy_files_and_explains_decisions,
     conditional_access::a_watch_drops_a_package_grant_when_its_expiry_passes,
     conditional_access::hosts_share_decisions_only_when_no_policy_tells_them_apart,
+    integrity::concurrent_policy_updates_with_one_expected_version_one_wins_the_other_is_aborted,
+    integrity::a_stale_expected_version_is_aborted_naming_the_current_version,
 ];
 
 fn main() -> ExitCode {
