@@ -2,6 +2,7 @@
 //! enrolment and API tokens, served over gRPC (`agentd.v1`). See docs/control-plane.md.
 
 pub mod api;
+pub mod audit_chain;
 pub mod auth;
 pub mod ca;
 pub mod clock;

@@ -1,11 +1,15 @@
-//! Issue 17, item 4: optimistic concurrency on versioned objects.
+//! Issue 17, items 4 and 7: optimistic concurrency on versioned objects, and an audit log that
+//! proves itself (hash chain, `agentctl audit verify`, TRUNCATE refused, detections audited).
 
-use agentd_control::proto;
+use agentd_control::{proto, store::Store};
 use tonic::Code;
 
 use crate::{
     cases::agentctl,
-    support::{Backend, Clients, Fixture, assert_status},
+    support::{
+        Backend, Clients, Database, Fixture, agent_request, assert_status, blueprint, create_agent,
+        create_blueprint, enroll,
+    },
 };
 
 const POLICY: &str = "name: race
@@ -179,5 +183,285 @@ pub async fn a_stale_expected_version_is_aborted_naming_the_current_version(back
         .expect("policy");
     assert_eq!(policy.version, 3);
     assert_eq!(policy.state(), proto::PolicyState::Disabled);
+    fixture.stop().await;
+}
+
+/// A fixture with a few audited changes, made by concurrent writers.
+async fn audited_fixture(backend: &Backend) -> Fixture {
+    let fixture = Fixture::start(backend).await;
+    let admin = fixture.admin().await;
+    create_blueprint(&admin, blueprint("base")).await;
+    let mut writers = Vec::new();
+    for i in 0..12 {
+        let clients = fixture.admin().await;
+        writers.push(tokio::spawn(async move {
+            create_agent(
+                &clients,
+                agent_request(&format!("agent-{i}"), "base", &["alice@example.com"]),
+            )
+            .await
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    fixture
+}
+
+async fn verify(fixture: &Fixture, extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec!["audit", "verify"];
+    args.extend_from_slice(extra);
+    agentctl(fixture, &fixture.admin_token, &args).await
+}
+
+/// Runs statements as an attacker with SQL access, with the append-only triggers out of the
+/// way.
+async fn tamper(fixture: &Fixture, backend: &Backend, statements: &[&str]) {
+    let mut raw = fixture.db.raw().await;
+    let disable: &[&str] = match backend {
+        Backend::Sqlite => &[
+            "DROP TRIGGER audit_events_no_update",
+            "DROP TRIGGER audit_events_no_delete",
+            "DROP TRIGGER audit_chain_head_forward",
+        ],
+        Backend::Postgres { .. } => &[
+            "ALTER TABLE audit_events DISABLE TRIGGER USER",
+            "ALTER TABLE audit_chain_head DISABLE TRIGGER USER",
+        ],
+    };
+    for statement in disable.iter().chain(statements) {
+        sqlx::query(statement)
+            .execute(&mut raw)
+            .await
+            .unwrap_or_else(|err| panic!("{statement}: {err}"));
+    }
+}
+
+pub async fn audit_verify_passes_on_an_intact_log_written_by_concurrent_writers(backend: Backend) {
+    let fixture = audited_fixture(&backend).await;
+    let (ok, stdout, stderr) = verify(&fixture, &[]).await;
+    assert!(ok, "{stderr}");
+    // The baseline policy, the admin token, the blueprint and 12 agents.
+    assert!(
+        stdout.contains("audit log intact: 15 chained events"),
+        "{stdout}"
+    );
+    let (ok, stdout, stderr) = verify(&fixture, &["--output", "json"]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("\"entries\": \"15\"") || stdout.contains("\"entries\": 15"),
+        "{stdout}"
+    );
+    fixture.stop().await;
+}
+
+pub async fn audit_verify_catches_an_edited_entry(backend: Backend) {
+    let fixture = audited_fixture(&backend).await;
+    tamper(
+        &fixture,
+        &backend,
+        &["UPDATE audit_events SET actor = 'mallory' WHERE chain_index = 5"],
+    )
+    .await;
+    let (ok, _, stderr) = verify(&fixture, &[]).await;
+    assert!(!ok, "an edit must fail verification");
+    assert!(stderr.contains("(chain index 5) was edited"), "{stderr}");
+    fixture.stop().await;
+}
+
+pub async fn audit_verify_catches_a_deleted_entry(backend: Backend) {
+    let fixture = audited_fixture(&backend).await;
+    tamper(
+        &fixture,
+        &backend,
+        &["DELETE FROM audit_events WHERE chain_index = 5"],
+    )
+    .await;
+    let (ok, _, stderr) = verify(&fixture, &[]).await;
+    assert!(!ok, "a deletion must fail verification");
+    assert!(stderr.contains("has chain index 6, expected 5"), "{stderr}");
+    fixture.stop().await;
+}
+
+pub async fn audit_verify_catches_a_truncated_log(backend: Backend) {
+    let fixture = audited_fixture(&backend).await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let checkpoint = dir.path().join("audit.checkpoint");
+    let checkpoint = checkpoint.to_str().expect("utf-8 path");
+    let (ok, _, stderr) = verify(&fixture, &["--checkpoint", checkpoint]).await;
+    assert!(ok, "{stderr}");
+
+    // The last entries deleted: the server's head still names entry 15.
+    tamper(
+        &fixture,
+        &backend,
+        &["DELETE FROM audit_events WHERE chain_index > 12"],
+    )
+    .await;
+    let (ok, _, stderr) = verify(&fixture, &[]).await;
+    assert!(!ok, "a truncation must fail verification");
+    assert!(
+        stderr
+            .contains("truncated: it ends at chain index 12, but the server's head names entry 15"),
+        "{stderr}"
+    );
+
+    // An attacker who also rewinds the head row (its trigger dropped too) fools a verify
+    // without an anchor of its own, but not one with the operator's checkpoint.
+    let rewind = "UPDATE audit_chain_head SET entries = 12, digest = \
+                  (SELECT digest FROM audit_events WHERE chain_index = 12) WHERE id = 1";
+    let mut raw = fixture.db.raw().await;
+    sqlx::query(rewind)
+        .execute(&mut raw)
+        .await
+        .expect("rewinding the head");
+    let (ok, _, stderr) = verify(&fixture, &[]).await;
+    assert!(
+        ok,
+        "without a checkpoint the rewound log is consistent: {stderr}"
+    );
+    let (ok, _, stderr) = verify(&fixture, &["--checkpoint", checkpoint]).await;
+    assert!(!ok, "the checkpoint catches the truncation");
+    assert!(
+        stderr.contains("truncated: it ends at chain index 12, but the checkpoint names entry 15"),
+        "{stderr}"
+    );
+    fixture.stop().await;
+}
+
+pub async fn truncating_the_audit_log_is_refused(backend: Backend) {
+    let fixture = Fixture::start(&backend).await;
+    let mut raw = fixture.db.raw().await;
+    let count = "SELECT COUNT(*) FROM audit_events";
+    let before: i64 = sqlx::query_scalar(count)
+        .fetch_one(&mut raw)
+        .await
+        .expect("count");
+    // SQLite has no TRUNCATE: its truncate optimisation of `DELETE FROM t` is off when the table
+    // has triggers, so the row trigger refuses it (the_audit_log_refuses_updates_and_deletes).
+    let statements: &[&str] = match backend {
+        Backend::Sqlite => &["DELETE FROM audit_events", "DELETE FROM audit_chain_head"],
+        Backend::Postgres { .. } => &[
+            "TRUNCATE audit_events",
+            "TRUNCATE audit_chain_head",
+            "TRUNCATE audit_events, audit_chain_head CASCADE",
+        ],
+    };
+    for statement in statements {
+        let err = sqlx::query(statement)
+            .execute(&mut raw)
+            .await
+            .expect_err(statement);
+        assert!(
+            err.to_string().contains("append-only"),
+            "{statement}: {err}"
+        );
+    }
+    let after: i64 = sqlx::query_scalar(count)
+        .fetch_one(&mut raw)
+        .await
+        .expect("count");
+    assert_eq!(before, after);
+    assert!(before > 0);
+    fixture.stop().await;
+}
+
+pub async fn reported_detections_are_audited(backend: Backend) {
+    let fixture = Fixture::start(&backend).await;
+    let admin = fixture.admin().await;
+    create_blueprint(&admin, blueprint("base")).await;
+    let agent = create_agent(
+        &admin,
+        agent_request("watched", "base", &["alice@example.com"]),
+    )
+    .await;
+    let host = enroll(&fixture, "worker-1", "").await;
+    let host_clients = fixture.as_token(&host.host_token).await;
+    host_clients
+        .host()
+        .report_agents(proto::ReportAgentsRequest {
+            agent_ids: vec![agent.id.clone()],
+        })
+        .await
+        .expect("ReportAgents");
+    host_clients
+        .host()
+        .report_detections(proto::ReportDetectionsRequest {
+            detections: vec![proto::HostDetection {
+                agent_id: agent.id.clone(),
+                rule: "exfiltration".into(),
+                severity: "high".into(),
+                detect_time: None,
+                summary: "sent /etc/shadow".into(),
+            }],
+        })
+        .await
+        .expect("ReportDetections");
+    let events = admin
+        .audit()
+        .list_audit_events(proto::ListAuditEventsRequest {
+            target_type: "detection".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ListAuditEvents")
+        .into_inner()
+        .events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    assert_eq!(event.action, "ReportDetections");
+    assert!(event.actor.contains(&host.host_id), "{}", event.actor);
+    assert!(event.previous_json.is_empty());
+    let current: serde_json::Value =
+        serde_json::from_str(&event.current_json).expect("the detection as JSON");
+    assert_eq!(current["agent_id"], agent.id.as_str());
+    assert_eq!(current["host_id"], host.host_id.as_str());
+    assert_eq!(current["rule"], "exfiltration");
+    assert_eq!(current["severity"], "high");
+    assert!(event.chain_index > 0 && !event.digest.is_empty());
+    let (ok, _, stderr) = verify(&fixture, &[]).await;
+    assert!(ok, "{stderr}");
+    fixture.stop().await;
+}
+
+pub async fn an_upgraded_log_seals_its_older_entries_in_the_genesis_digest(backend: Backend) {
+    let db = Database::create(&backend).await;
+    // A control plane at schema 2 (before the chain) wrote two events.
+    let old = Store::connect_at_schema(&db.url, 2)
+        .await
+        .expect("the schema before the chain");
+    old.close().await;
+    let mut raw = db.raw().await;
+    for (actor, target) in [("alice (admin)", "old-1"), ("bob (admin)", "old-2")] {
+        sqlx::query(
+            "INSERT INTO audit_events (at, actor, action, target_type, target_id, previous, \
+             current) VALUES (1700000000, $1, 'CreateBlueprint', 'blueprint', $2, NULL, '{}')",
+        )
+        .bind(actor)
+        .bind(target)
+        .execute(&mut raw)
+        .await
+        .expect("an event of the old schema");
+    }
+    let fixture = Fixture::start_on(db, false).await;
+    create_blueprint(&fixture.admin().await, blueprint("new")).await;
+    let (ok, stdout, stderr) = verify(&fixture, &[]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("(2 from before the chain, sealed by the genesis digest)"),
+        "{stdout}"
+    );
+    tamper(
+        &fixture,
+        &backend,
+        &["UPDATE audit_events SET actor = 'mallory' WHERE target_id = 'old-1'"],
+    )
+    .await;
+    let (ok, _, stderr) = verify(&fixture, &[]).await;
+    assert!(!ok, "an edit of an older entry must fail verification");
+    assert!(
+        stderr.contains("(chain index 1) does not follow the entry before it"),
+        "{stderr}"
+    );
     fixture.stop().await;
 }
