@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod audit_chain;
+pub mod audit_export;
 pub mod auth;
 pub mod ca;
 pub mod clock;

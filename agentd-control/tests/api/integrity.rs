@@ -465,3 +465,71 @@ pub async fn an_upgraded_log_seals_its_older_entries_in_the_genesis_digest(backe
     );
     fixture.stop().await;
 }
+
+pub async fn the_audit_export_appends_every_event_once_with_its_digests(backend: Backend) {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use agentd_control::audit_export::{AuditExport, ExportedEvent};
+
+    let fixture = audited_fixture(&backend).await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("audit.jsonl");
+    let mut export = AuditExport::open(&path).expect("opening the export");
+    assert_eq!(export.export_new(&fixture.store).await.expect("export"), 15);
+    assert_eq!(export.export_new(&fixture.store).await.expect("export"), 0);
+    drop(export);
+    let mode = std::fs::metadata(&path)
+        .expect("metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A restart resumes after the last line.
+    create_blueprint(&fixture.admin().await, blueprint("later")).await;
+    let mut export = AuditExport::open(&path).expect("reopening the export");
+    assert_eq!(export.export_new(&fixture.store).await.expect("export"), 1);
+    let lines: Vec<ExportedEvent> = std::fs::read_to_string(&path)
+        .expect("reading the export")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("an exported event"))
+        .collect();
+    let indexes: Vec<i64> = lines.iter().map(|e| e.chain_index).collect();
+    assert_eq!(indexes, (1..=16).collect::<Vec<_>>());
+    let stored = fixture
+        .admin()
+        .await
+        .audit()
+        .list_audit_events(proto::ListAuditEventsRequest::default())
+        .await
+        .expect("ListAuditEvents")
+        .into_inner();
+    for (line, event) in lines.iter().zip(&stored.events) {
+        assert_eq!(
+            (line.sequence, &line.digest),
+            (event.sequence, &event.digest)
+        );
+    }
+    // The last line is an anchor for verify.
+    let last = lines.last().expect("a line");
+    let anchor = format!("{}:{}", last.chain_index, last.digest);
+    let (ok, _, stderr) = verify(&fixture, &["--expect", &anchor]).await;
+    assert!(ok, "{stderr}");
+    tamper(
+        &fixture,
+        &backend,
+        &["DELETE FROM audit_events WHERE chain_index = 16"],
+    )
+    .await;
+    let mut raw = fixture.db.raw().await;
+    sqlx::query(
+        "UPDATE audit_chain_head SET entries = 15, digest = \
+         (SELECT digest FROM audit_events WHERE chain_index = 15) WHERE id = 1",
+    )
+    .execute(&mut raw)
+    .await
+    .expect("rewinding the head");
+    let (ok, _, stderr) = verify(&fixture, &["--expect", &anchor]).await;
+    assert!(!ok, "the exported anchor catches the truncation");
+    assert!(stderr.contains("but --expect names entry 16"), "{stderr}");
+    fixture.stop().await;
+}

@@ -84,6 +84,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     integrity::truncating_the_audit_log_is_refused,
     integrity::reported_detections_are_audited,
     integrity::an_upgraded_log_seals_its_older_entries_in_the_genesis_digest,
+    integrity::the_audit_export_appends_every_event_once_with_its_digests,
 ];
 
 fn main() -> ExitCode {
