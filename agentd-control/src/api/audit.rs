@@ -20,6 +20,7 @@ const TARGET_TYPES: &[&str] = &[
     "policy",
     "agent_risk",
     "detection",
+    "certificate_authority",
 ];
 
 #[tonic::async_trait]
