@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use crate::{
     clock::{DAY, UnixTime},
     error::{Error, Result},
-    store::Store,
+    store::{AuditContext, Store},
 };
 
 /// How long host and server certificates are valid.
@@ -95,7 +95,12 @@ impl CertificateAuthority {
             return Self::from_pem(&cert, &key);
         }
         let (ca, key_pem) = Self::generate(now)?;
-        let (cert, key) = store.store_ca(&ca.cert_pem, &key_pem).await?;
+        let audit = AuditContext {
+            actor: "agentd-control (CA bootstrap)".to_owned(),
+            action: "CreateCertificateAuthority",
+            now,
+        };
+        let (cert, key) = store.store_ca(&audit, &ca.cert_pem, &key_pem).await?;
         Self::from_pem(&cert, &key)
     }
 

@@ -57,6 +57,13 @@ impl From<Error> for Status {
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => Code::Unavailable,
+            // A serialization failure or deadlock between concurrent writers (PostgreSQL
+            // 40001, 40P01): a race the caller may retry, not a fault.
+            Error::Database(sqlx::Error::Database(db))
+                if matches!(db.code().as_deref(), Some("40001" | "40P01")) =>
+            {
+                Code::Aborted
+            }
             Error::Database(_)
             | Error::Migration(_)
             | Error::Corrupt { .. }

@@ -2,6 +2,8 @@
 //! enrolment and API tokens, served over gRPC (`agentd.v1`). See docs/control-plane.md.
 
 pub mod api;
+pub mod audit_chain;
+pub mod audit_export;
 pub mod auth;
 pub mod ca;
 pub mod clock;

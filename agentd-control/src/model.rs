@@ -294,6 +294,16 @@ pub struct AuditEvent {
     pub target_id: String,
     pub previous: Option<String>,
     pub current: Option<String>,
+    /// `None` for an event written before the chain existed (sealed by the genesis digest).
+    pub chain: Option<ChainLink>,
+}
+
+/// An audit event's place in the hash chain (`crate::audit_chain`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainLink {
+    pub index: i64,
+    pub previous_digest: String,
+    pub digest: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

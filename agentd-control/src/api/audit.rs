@@ -6,7 +6,7 @@ use super::{ControlPlane, timestamp, validate};
 use crate::{
     auth::Method,
     error::Error,
-    model::AuditFilter,
+    model::{AuditFilter, ChainLink},
     proto::{self, audit_service_server::AuditService},
 };
 
@@ -19,6 +19,8 @@ const TARGET_TYPES: &[&str] = &[
     "api_token",
     "policy",
     "agent_risk",
+    "detection",
+    "certificate_authority",
 ];
 
 #[tonic::async_trait]
@@ -59,21 +61,36 @@ impl AuditService for ControlPlane {
             target_id: optional(validate::text("target_id", &request.target_id, 256)?),
             actor: optional(validate::text("actor", &request.actor, 300)?),
         };
+        let head = self.store.audit_head().await?;
         let events = self.store.list_audit_events(&filter).await?;
         Ok(Response::new(proto::ListAuditEventsResponse {
             events: events
                 .into_iter()
-                .map(|event| proto::AuditEvent {
-                    sequence: event.sequence,
-                    time: Some(timestamp(event.at)),
-                    actor: event.actor,
-                    action: event.action,
-                    target_type: event.target_type,
-                    target_id: event.target_id,
-                    previous_json: event.previous.unwrap_or_default(),
-                    current_json: event.current.unwrap_or_default(),
+                .map(|event| {
+                    let chain = event.chain.unwrap_or(ChainLink {
+                        index: 0,
+                        previous_digest: String::new(),
+                        digest: String::new(),
+                    });
+                    proto::AuditEvent {
+                        sequence: event.sequence,
+                        time: Some(timestamp(event.at)),
+                        actor: event.actor,
+                        action: event.action,
+                        target_type: event.target_type,
+                        target_id: event.target_id,
+                        previous_json: event.previous.unwrap_or_default(),
+                        current_json: event.current.unwrap_or_default(),
+                        chain_index: chain.index,
+                        previous_digest: chain.previous_digest,
+                        digest: chain.digest,
+                    }
                 })
                 .collect(),
+            head: Some(proto::AuditChainHead {
+                entries: head.entries,
+                digest: head.digest,
+            }),
         }))
     }
 }

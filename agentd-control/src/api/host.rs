@@ -300,9 +300,10 @@ impl HostService for ControlPlane {
                 summary: validate::text(&field("summary"), &detection.summary, 1024)?,
             });
         }
-        let now = self.now();
+        let audit = self.audit(&caller, Method::ReportDetections);
+        let now = audit.now;
         self.store
-            .insert_detections(&caller.principal, &parsed, now)
+            .insert_detections(&audit, &caller.principal, &parsed)
             .await?;
         self.decisions_changed();
         let ids: Vec<String> = parsed.iter().map(|d| d.agent_id.clone()).collect();

@@ -46,6 +46,11 @@ fn verdict_to_proto(verdict: PolicyVerdict) -> proto::PolicyEvaluation {
     }
 }
 
+/// `expected_version`: 0 is "not checked".
+fn expected(version: u32) -> Option<i64> {
+    (version != 0).then(|| i64::from(version))
+}
+
 /// A policy reference: an id or a name, 1 to 63 characters.
 fn reference(field: &str, value: &str) -> Result<String, Error> {
     if value.is_empty() {
@@ -90,6 +95,7 @@ impl PolicyService for ControlPlane {
             .update_policy(
                 &self.audit(&caller, Method::UpdatePolicy),
                 &id,
+                expected(request.expected_version),
                 &document,
                 &request.yaml,
             )
@@ -145,7 +151,11 @@ impl PolicyService for ControlPlane {
         let caller = self.authorize(&request, Method::DeletePolicy).await?;
         let id = reference("id", &request.get_ref().id)?;
         self.store
-            .delete_policy(&self.audit(&caller, Method::DeletePolicy), &id)
+            .delete_policy(
+                &self.audit(&caller, Method::DeletePolicy),
+                &id,
+                expected(request.get_ref().expected_version),
+            )
             .await?;
         self.decisions_changed();
         Ok(Response::new(proto::DeletePolicyResponse {}))
@@ -171,7 +181,12 @@ impl PolicyService for ControlPlane {
         };
         let record = self
             .store
-            .set_policy_state(&self.audit(&caller, Method::SetPolicyState), &id, state)
+            .set_policy_state(
+                &self.audit(&caller, Method::SetPolicyState),
+                &id,
+                expected(request.get_ref().expected_version),
+                state,
+            )
             .await?;
         self.decisions_changed();
         Ok(Response::new(proto::SetPolicyStateResponse {

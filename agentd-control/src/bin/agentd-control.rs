@@ -4,6 +4,7 @@ use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
 use agentd_control::{
     api::DecisionOptions,
+    audit_export::AuditExport,
     ca::CertificateAuthority,
     clock::{Clock as _, SystemClock},
     model::Role,
@@ -68,6 +69,10 @@ enum Command {
         /// risk ageing and expiring grants.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         decision_recheck: Duration,
+        /// Also append every audit event, as a JSON line with its chain digests, to this file
+        /// (opened for appending only; `chattr +a` is tried). See docs/control-plane.md.
+        #[arg(long, value_name = "PATH")]
+        audit_export: Option<std::path::PathBuf>,
     },
     /// Create an API token directly in the database (to bootstrap the first admin). Prints the
     /// secret once.
@@ -127,7 +132,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             risk_window,
             decision_poll,
             decision_recheck,
+            audit_export,
         } => {
+            if let Some(path) = audit_export {
+                let export = AuditExport::open(&path)?;
+                tokio::spawn(export.run(store.clone(), Duration::from_secs(1)));
+            }
             let options = ServerOptions {
                 tls_names: (!tls_names.is_empty()).then_some(tls_names),
                 sweep_interval: Some(sweep_interval),

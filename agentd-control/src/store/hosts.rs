@@ -573,16 +573,35 @@ impl Store {
             .transpose()
     }
 
-    /// Stores a CA unless another replica stored one first; returns the one stored.
-    pub async fn store_ca(&self, cert_pem: &str, key_pem: &str) -> Result<(String, String)> {
-        sqlx::query(
+    /// Stores a CA unless another replica stored one first, with an audit event (the
+    /// certificate, never the key) when this one did; returns the one stored.
+    pub async fn store_ca(
+        &self,
+        audit: &AuditContext,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<(String, String)> {
+        let mut tx = self.begin().await?;
+        let inserted = sqlx::query(
             "INSERT INTO certificate_authority (id, cert_pem, key_pem) VALUES (1, $1, $2) \
              ON CONFLICT DO NOTHING",
         )
         .bind(cert_pem)
         .bind(key_pem)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        if inserted.rows_affected() == 1 {
+            audit
+                .record(
+                    &mut tx,
+                    "certificate_authority",
+                    "1",
+                    None::<&()>,
+                    Some(&serde_json::json!({ "cert_pem": cert_pem })),
+                )
+                .await?;
+        }
+        tx.commit().await?;
         self.load_ca()
             .await?
             .ok_or_else(|| Error::Certificate("the CA row vanished after insertion".into()))

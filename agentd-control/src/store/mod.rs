@@ -4,6 +4,7 @@
 
 pub mod access;
 mod audit;
+mod audit_chain;
 pub mod auth;
 mod governance;
 pub mod hosts;
@@ -58,6 +59,11 @@ impl Backend {
                     "conditional access",
                     include_str!("../../migrations/sqlite/0002_conditional_access.sql"),
                 ),
+                (
+                    3,
+                    "audit chain",
+                    include_str!("../../migrations/sqlite/0003_audit_chain.sql"),
+                ),
             ],
             Self::Postgres => &[
                 (
@@ -69,6 +75,11 @@ impl Backend {
                     2,
                     "conditional access",
                     include_str!("../../migrations/postgres/0002_conditional_access.sql"),
+                ),
+                (
+                    3,
+                    "audit chain",
+                    include_str!("../../migrations/postgres/0003_audit_chain.sql"),
                 ),
             ],
         }
@@ -86,6 +97,13 @@ impl Store {
     /// WAL mode with `synchronous=FULL`: an acknowledged write survives a crash of the process.
     /// `PostgreSQL` migrations take an advisory lock, so replicas may start together.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_at_schema(url, i64::MAX).await
+    }
+
+    /// Connects and applies the migrations up to `version` only: for tests of upgrades from an
+    /// older schema.
+    #[doc(hidden)]
+    pub async fn connect_at_schema(url: &str, version: i64) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
         if backend == Backend::Sqlite {
@@ -125,7 +143,7 @@ impl Store {
             .connect_with(options)
             .await?;
         let store = Self { pool, backend };
-        store.migrate().await?;
+        store.migrate(version).await?;
         Ok(store)
     }
 
@@ -133,11 +151,12 @@ impl Store {
         self.backend
     }
 
-    async fn migrate(&self) -> Result<()> {
+    async fn migrate(&self, up_to: i64) -> Result<()> {
         let migrations: Vec<Migration> = self
             .backend
             .migrations()
             .iter()
+            .filter(|(version, _, _)| *version <= up_to)
             .map(|&(version, description, sql)| {
                 Migration::new(
                     version,

@@ -64,15 +64,82 @@ async fn load(conn: &mut Conn, id_or_name: &str, version: i64) -> Result<PolicyR
     }
 }
 
+/// Refuses a change based on another version than the current one.
+fn check_expected(current: &PolicyRecord, expected: Option<i64>) -> Result<()> {
+    match expected {
+        Some(expected) if expected != current.version => Err(stale(current, expected)),
+        _ => Ok(()),
+    }
+}
+
+fn stale(current: &PolicyRecord, expected: i64) -> Error {
+    Error::Conflict(format!(
+        "policy {} is at version {}, not the expected version {expected}; read it again and retry",
+        current.name, current.version
+    ))
+}
+
+/// After a conditional write matched no row: a concurrent change committed first. Names the
+/// version that is current now.
+async fn lost_race(conn: &mut Conn, previous: &PolicyRecord) -> Error {
+    match load(conn, &previous.id, 0).await {
+        Ok(current) => stale(&current, previous.version),
+        Err(err) => err,
+    }
+}
+
+/// What a new version follows: nothing (a new policy, by id) or the version read.
+#[derive(Clone, Copy)]
+enum Base<'a> {
+    New(&'a str),
+    After(&'a PolicyRecord),
+}
+
+/// Stores the version after `base`: moves `policies` from `base`'s version to the next (only
+/// if it is still there: a concurrent writer that committed first wins, and this one gets
+/// `Conflict`), then inserts the version's document. A name taken by another policy is
+/// `AlreadyExists`.
 async fn insert_version(
     conn: &mut Conn,
     audit: &AuditContext,
-    id: &str,
-    version: i64,
+    base: Base<'_>,
     name: &str,
     state: PolicyState,
     yaml: &str,
 ) -> Result<()> {
+    let (id, version) = match base {
+        Base::New(id) => (id, 1),
+        Base::After(previous) => (previous.id.as_str(), previous.version + 1),
+    };
+    let moved = sqlx::query(
+        "UPDATE policies SET version = $2, state = $3, name = $4, updated_at = $5 \
+         WHERE id = $1 AND version = $6",
+    )
+    .bind(id)
+    .bind(version)
+    .bind(state.as_str())
+    .bind(name)
+    .bind(audit.now)
+    .bind(version - 1)
+    .execute(&mut *conn)
+    .await;
+    match moved {
+        Err(err) if is_unique_violation(&err) => {
+            return Err(Error::AlreadyExists {
+                kind: "policy",
+                id: name.to_owned(),
+            });
+        }
+        Ok(done) if done.rows_affected() == 0 => {
+            return Err(match base {
+                Base::After(previous) => lost_race(conn, previous).await,
+                Base::New(_) => {
+                    Error::Conflict(format!("policy {name} changed concurrently; retry"))
+                }
+            });
+        }
+        other => other?,
+    };
     sqlx::query(
         "INSERT INTO policy_versions (policy_id, version, name, state, document, created_at, \
          created_by) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -84,16 +151,6 @@ async fn insert_version(
     .bind(yaml)
     .bind(audit.now)
     .bind(&audit.actor)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "UPDATE policies SET version = $2, state = $3, name = $4, updated_at = $5 WHERE id = $1",
-    )
-    .bind(id)
-    .bind(version)
-    .bind(state.as_str())
-    .bind(name)
-    .bind(audit.now)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -139,7 +196,15 @@ impl Store {
             }
             other => other?,
         };
-        insert_version(&mut tx, audit, &id, 1, &document.name, document.state, yaml).await?;
+        insert_version(
+            &mut tx,
+            audit,
+            Base::New(&id),
+            &document.name,
+            document.state,
+            yaml,
+        )
+        .await?;
         let record = load(&mut tx, &id, 0).await?;
         audit
             .record(&mut tx, "policy", &id, None::<&()>, Some(&record))
@@ -149,41 +214,30 @@ impl Store {
     }
 
     /// Stores a new version of an existing policy with a new document. The document may rename
-    /// the policy (the managed baseline keeps its name).
+    /// the policy (the managed baseline keeps its name). With `expected`, only if the policy is
+    /// still at that version; a concurrent update that commits first makes this one fail with
+    /// `Conflict` either way.
     pub async fn update_policy(
         &self,
         audit: &AuditContext,
         id_or_name: &str,
+        expected: Option<i64>,
         document: &PolicyDocument,
         yaml: &str,
     ) -> Result<PolicyRecord> {
         let mut tx = self.begin().await?;
         let previous = load(&mut tx, id_or_name, 0).await?;
+        check_expected(&previous, expected)?;
         if previous.managed && document.name != previous.name {
             return Err(Error::invalid(
                 "name",
                 format!("the managed policy {} cannot be renamed", previous.name),
             ));
         }
-        let renamed = sqlx::query("UPDATE policies SET name = $2 WHERE id = $1")
-            .bind(&previous.id)
-            .bind(&document.name)
-            .execute(&mut *tx)
-            .await;
-        match renamed {
-            Err(err) if is_unique_violation(&err) => {
-                return Err(Error::AlreadyExists {
-                    kind: "policy",
-                    id: document.name.clone(),
-                });
-            }
-            other => other?,
-        };
         insert_version(
             &mut tx,
             audit,
-            &previous.id,
-            previous.version + 1,
+            Base::After(&previous),
             &document.name,
             document.state,
             yaml,
@@ -208,15 +262,16 @@ impl Store {
         &self,
         audit: &AuditContext,
         id_or_name: &str,
+        expected: Option<i64>,
         state: PolicyState,
     ) -> Result<PolicyRecord> {
         let mut tx = self.begin().await?;
         let previous = load(&mut tx, id_or_name, 0).await?;
+        check_expected(&previous, expected)?;
         insert_version(
             &mut tx,
             audit,
-            &previous.id,
-            previous.version + 1,
+            Base::After(&previous),
             &previous.name,
             state,
             &previous.yaml,
@@ -236,20 +291,31 @@ impl Store {
         Ok(record)
     }
 
-    /// Deletes a policy; its versions stay. The managed baseline cannot be deleted.
-    pub async fn delete_policy(&self, audit: &AuditContext, id_or_name: &str) -> Result<()> {
+    /// Deletes a policy; its versions stay. The managed baseline cannot be deleted. With
+    /// `expected`, only if the policy is still at that version.
+    pub async fn delete_policy(
+        &self,
+        audit: &AuditContext,
+        id_or_name: &str,
+        expected: Option<i64>,
+    ) -> Result<()> {
         let mut tx = self.begin().await?;
         let previous = load(&mut tx, id_or_name, 0).await?;
+        check_expected(&previous, expected)?;
         if previous.managed {
             return Err(Error::FailedPrecondition(format!(
                 "the managed policy {} cannot be deleted; set its state to disabled instead",
                 previous.name
             )));
         }
-        sqlx::query("DELETE FROM policies WHERE id = $1")
+        let deleted = sqlx::query("DELETE FROM policies WHERE id = $1 AND version = $2")
             .bind(&previous.id)
+            .bind(previous.version)
             .execute(&mut *tx)
             .await?;
+        if deleted.rows_affected() == 0 {
+            return Err(lost_race(&mut tx, &previous).await);
+        }
         audit
             .record(
                 &mut tx,

@@ -53,15 +53,16 @@ const CONFIRMATION_COLUMNS: &str =
     "agent_id, confirmation, reason, confirmed_by, confirmed_at, last_detection_id";
 
 impl Store {
-    /// Stores a host's detections in one transaction (not audited: they are reports, not
-    /// configuration; the detections table is their record). Unknown agents are refused by
-    /// index. A detection time in the future is stored as the receive time.
+    /// Stores a host's detections in one transaction, each with its audit event (target
+    /// `detection`: they change agents' risk and so the decisions). Unknown agents are refused
+    /// by index. A detection time in the future is stored as the receive time.
     pub async fn insert_detections(
         &self,
+        audit: &AuditContext,
         host_id: &str,
         detections: &[NewDetection],
-        now: i64,
     ) -> Result<()> {
+        let now = audit.now;
         let mut tx = self.begin().await?;
         for (index, detection) in detections.iter().enumerate() {
             let known: i64 = sqlx::query_scalar(
@@ -76,19 +77,39 @@ impl Store {
                     format!("no registered agent has id {:?}", detection.agent_id),
                 ));
             }
-            sqlx::query(
+            let stored = Detection {
+                id: 0,
+                agent_id: detection.agent_id.clone(),
+                host_id: host_id.to_owned(),
+                rule: detection.rule.clone(),
+                severity: detection.severity,
+                detected_at: detection.detected_at.map_or(now, |at| at.min(now)),
+                received_at: now,
+                summary: detection.summary.clone(),
+            };
+            let id: i64 = sqlx::query_scalar(
                 "INSERT INTO detections (agent_id, host_id, rule, severity, detected_at, \
-                 received_at, summary) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                 received_at, summary) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
             )
-            .bind(&detection.agent_id)
-            .bind(host_id)
-            .bind(&detection.rule)
-            .bind(detection.severity.as_str())
-            .bind(detection.detected_at.map_or(now, |at| at.min(now)))
-            .bind(now)
-            .bind(&detection.summary)
-            .execute(&mut *tx)
+            .bind(&stored.agent_id)
+            .bind(&stored.host_id)
+            .bind(&stored.rule)
+            .bind(stored.severity.as_str())
+            .bind(stored.detected_at)
+            .bind(stored.received_at)
+            .bind(&stored.summary)
+            .fetch_one(&mut *tx)
             .await?;
+            let stored = Detection { id, ..stored };
+            audit
+                .record(
+                    &mut tx,
+                    "detection",
+                    &id.to_string(),
+                    None::<&()>,
+                    Some(&stored),
+                )
+                .await?;
         }
         tx.commit().await?;
         Ok(())

@@ -581,8 +581,8 @@ pub async fn the_audit_log_refuses_updates_and_deletes(backend: Backend) {
         .await
         .expect("count");
     assert_eq!(
-        count, 3,
-        "the managed baseline policy, the admin token and the blueprint"
+        count, 4,
+        "the CA, the managed baseline policy, the admin token and the blueprint"
     );
     fixture.stop().await;
 }

@@ -60,6 +60,7 @@ async fn set_state(admin: &Clients, id: &str, state: PolicyState) -> proto::Poli
         .set_policy_state(proto::SetPolicyStateRequest {
             id: id.into(),
             state: state.into(),
+            expected_version: 0,
         })
         .await
         .expect("SetPolicyState")
@@ -171,6 +172,7 @@ pub async fn bad_policies_are_refused_by_field_and_the_policies_in_force_stay(ba
             .update_policy(proto::UpdatePolicyRequest {
                 id: policy.id.clone(),
                 yaml: bad.clone(),
+                expected_version: 0,
             })
             .await,
         Code::InvalidArgument,
@@ -260,6 +262,7 @@ pub async fn policy_updates_are_versioned_and_audited_and_the_baseline_is_manage
         .update_policy(proto::UpdatePolicyRequest {
             id: String::new(),
             yaml: second_yaml.clone(),
+            expected_version: 0,
         })
         .await
         .expect("UpdatePolicy by the document's name")
@@ -328,6 +331,7 @@ pub async fn policy_updates_are_versioned_and_audited_and_the_baseline_is_manage
         .policy()
         .delete_policy(proto::DeletePolicyRequest {
             id: created.id.clone(),
+            expected_version: 0,
         })
         .await
         .expect("DeletePolicy");
@@ -361,6 +365,7 @@ pub async fn policy_updates_are_versioned_and_audited_and_the_baseline_is_manage
             .policy()
             .delete_policy(proto::DeletePolicyRequest {
                 id: baseline.id.clone(),
+                expected_version: 0,
             })
             .await,
         Code::FailedPrecondition,

@@ -17,6 +17,7 @@
 
 mod cases;
 mod conditional_access;
+mod integrity;
 mod postgres;
 mod rbac;
 mod support;
@@ -74,6 +75,16 @@ const TESTS: &[(&str, TestFn)] = tests![
     conditional_access::agentctl_applies_policy_files_and_explains_decisions,
     conditional_access::a_watch_drops_a_package_grant_when_its_expiry_passes,
     conditional_access::hosts_share_decisions_only_when_no_policy_tells_them_apart,
+    integrity::concurrent_policy_updates_with_one_expected_version_one_wins_the_other_is_aborted,
+    integrity::a_stale_expected_version_is_aborted_naming_the_current_version,
+    integrity::audit_verify_passes_on_an_intact_log_written_by_concurrent_writers,
+    integrity::audit_verify_catches_an_edited_entry,
+    integrity::audit_verify_catches_a_deleted_entry,
+    integrity::audit_verify_catches_a_truncated_log,
+    integrity::truncating_the_audit_log_is_refused,
+    integrity::reported_detections_are_audited,
+    integrity::an_upgraded_log_seals_its_older_entries_in_the_genesis_digest,
+    integrity::the_audit_export_appends_every_event_once_with_its_digests,
 ];
 
 fn main() -> ExitCode {

@@ -393,6 +393,7 @@ async fn call(method: &str, c: &Clients, o: &Objects) -> Result<(), Status> {
             .update_policy(UpdatePolicyRequest {
                 id: String::new(),
                 yaml: policy_yaml("rbac-policy"),
+                expected_version: 0,
             })
             .await
             .map(drop),
@@ -420,6 +421,7 @@ async fn call(method: &str, c: &Clients, o: &Objects) -> Result<(), Status> {
             .policy()
             .delete_policy(DeletePolicyRequest {
                 id: "victim-policy".into(),
+                expected_version: 0,
             })
             .await
             .map(drop),
@@ -428,6 +430,7 @@ async fn call(method: &str, c: &Clients, o: &Objects) -> Result<(), Status> {
             .set_policy_state(SetPolicyStateRequest {
                 id: "rbac-policy".into(),
                 state: PolicyState::ReportOnly.into(),
+                expected_version: 0,
             })
             .await
             .map(drop),

@@ -174,7 +174,11 @@ impl Fixture {
     /// With `tls`, the server has a certificate for `localhost` and requires host client
     /// certificates.
     pub async fn start_with(backend: &Backend, tls: bool) -> Fixture {
-        let db = Database::create(backend).await;
+        Self::start_on(Database::create(backend).await, tls).await
+    }
+
+    /// Over an existing database (e.g. one at an older schema, which the store upgrades).
+    pub async fn start_on(db: Database, tls: bool) -> Fixture {
         let store = Store::connect(&db.url).await.expect("connecting the store");
         let clock = Arc::new(ManualClock::new(real_now()));
         let options = ServerOptions {

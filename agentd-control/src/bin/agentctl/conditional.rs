@@ -43,6 +43,9 @@ pub enum PolicyCommand {
         /// The policy's id or name (default: the document's name).
         #[arg(long)]
         id: Option<String>,
+        /// Only if the policy is still at this version (else ABORTED, naming the current one).
+        #[arg(long)]
+        expected_version: Option<u32>,
     },
     /// Show a policy (its document with --yaml).
     Get {
@@ -60,12 +63,20 @@ pub enum PolicyCommand {
     /// List every stored version of a policy.
     Versions { id: String },
     /// Delete a policy (its versions stay in the audit log).
-    Delete { id: String },
+    Delete {
+        id: String,
+        /// Only if the policy is still at this version (else ABORTED, naming the current one).
+        #[arg(long)]
+        expected_version: Option<u32>,
+    },
     /// Set a policy's state: enabled, report-only or disabled (a new version).
     SetState {
         id: String,
         #[arg(value_enum)]
         state: PolicyStateArg,
+        /// Only if the policy is still at this version (else ABORTED, naming the current one).
+        #[arg(long)]
+        expected_version: Option<u32>,
     },
     /// Explain which policies apply to an agent and why, and the resulting decision,
     /// optionally under a hypothetical risk level, host or time. Changes nothing.
@@ -117,6 +128,7 @@ pub async fn policy(
                         .update_policy(proto::UpdatePolicyRequest {
                             id: String::new(),
                             yaml,
+                            expected_version: 0,
                         })
                         .await?
                         .into_inner();
@@ -134,11 +146,16 @@ pub async fn policy(
                 .into_inner();
             out.policies(&response, response.policy.as_slice())
         }
-        PolicyCommand::Update { file, id } => {
+        PolicyCommand::Update {
+            file,
+            id,
+            expected_version,
+        } => {
             let response = client
                 .update_policy(proto::UpdatePolicyRequest {
                     id: id.unwrap_or_default(),
                     yaml: read_document(&file)?,
+                    expected_version: expected_version.unwrap_or_default(),
                 })
                 .await?
                 .into_inner();
@@ -172,18 +189,29 @@ pub async fn policy(
                 .into_inner();
             out.policies(&response, &response.versions)
         }
-        PolicyCommand::Delete { id } => {
+        PolicyCommand::Delete {
+            id,
+            expected_version,
+        } => {
             let response = client
-                .delete_policy(proto::DeletePolicyRequest { id: id.clone() })
+                .delete_policy(proto::DeletePolicyRequest {
+                    id: id.clone(),
+                    expected_version: expected_version.unwrap_or_default(),
+                })
                 .await?
                 .into_inner();
             out.done(&response, &format!("deleted policy {id}"))
         }
-        PolicyCommand::SetState { id, state } => {
+        PolicyCommand::SetState {
+            id,
+            state,
+            expected_version,
+        } => {
             let response = client
                 .set_policy_state(proto::SetPolicyStateRequest {
                     id,
                     state: state.proto().into(),
+                    expected_version: expected_version.unwrap_or_default(),
                 })
                 .await?
                 .into_inner();

@@ -6,6 +6,7 @@
     reason = "doc comments on the CLI types are --help text for users, not rustdoc"
 )]
 
+mod audit;
 mod conditional;
 mod output;
 
@@ -106,7 +107,7 @@ enum Command {
     Access(AccessCommand),
     /// The audit log.
     #[command(subcommand)]
-    Audit(AuditCommand),
+    Audit(audit::AuditCommand),
     /// Hosts: join tokens, enrolment, heartbeats, agent reports, revocation.
     #[command(subcommand)]
     Host(HostCommand),
@@ -670,27 +671,6 @@ enum AccessCommand {
 }
 
 #[derive(Subcommand)]
-enum AuditCommand {
-    /// List audit events in order.
-    List {
-        /// Only events after this sequence number.
-        #[arg(long, default_value_t = 0)]
-        after: i64,
-        /// At most this many (at most 1000).
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-        /// blueprint, agent, access_package, host, join_token or api_token.
-        #[arg(long)]
-        target_type: Option<String>,
-        #[arg(long)]
-        target_id: Option<String>,
-        /// e.g. "alice@example.com (sponsor)".
-        #[arg(long)]
-        actor: Option<String>,
-    },
-}
-
-#[derive(Subcommand)]
 enum HostCommand {
     /// Create a single-use join token for enrolling one host.
     JoinToken {
@@ -1001,26 +981,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             out.sweep(&response)
         }
         Command::Access(command) => access(&clients, &out, command).await,
-        Command::Audit(AuditCommand::List {
-            after,
-            limit,
-            target_type,
-            target_id,
-            actor,
-        }) => {
-            let response = clients
-                .audit()
-                .list_audit_events(proto::ListAuditEventsRequest {
-                    after_sequence: after,
-                    page_size: limit,
-                    target_type: target_type.unwrap_or_default(),
-                    target_id: target_id.unwrap_or_default(),
-                    actor: actor.unwrap_or_default(),
-                })
-                .await?
-                .into_inner();
-            out.audit(&response)
-        }
+        Command::Audit(command) => audit::audit(&clients, &out, command).await,
         Command::Host(command) => host(&clients, &out, command).await,
         Command::Policy(command) => conditional::policy(&clients, &out, command).await,
         Command::Token(command) => {
