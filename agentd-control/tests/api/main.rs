@@ -17,6 +17,7 @@
 
 mod cases;
 mod conditional_access;
+mod connections;
 mod postgres;
 mod rbac;
 mod support;
@@ -74,6 +75,11 @@ const TESTS: &[(&str, TestFn)] = tests![
     conditional_access::agentctl_applies_policy_files_and_explains_decisions,
     conditional_access::a_watch_drops_a_package_grant_when_its_expiry_passes,
     conditional_access::hosts_share_decisions_only_when_no_policy_tells_them_apart,
+    connections::silent_connections_are_closed_after_the_handshake_timeout_and_the_cap_refuses_at_once,
+    connections::failed_authentications_from_one_source_are_throttled,
+    connections::shutdown_with_watching_hosts_completes_within_seconds_and_watchers_see_unavailable,
+    connections::sigterm_with_watching_hosts_exits_cleanly_within_seconds_and_hosts_resume,
+    connections::at_its_open_file_limit_the_server_neither_spins_nor_locks_clients_out,
 ];
 
 fn main() -> ExitCode {
