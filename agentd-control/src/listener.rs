@@ -1,7 +1,7 @@
 //! The bounded stream of incoming connections the gRPC server serves: at most
 //! `max_connections` at once (one over the cap is accepted and closed at once, so that its
 //! client fails fast instead of waiting in the backlog), a deadline by which a new connection
-//! must have sent its first bytes (a TLS ClientHello or the HTTP/2 preface), and an accept loop
+//! must have sent its first bytes (a TLS `ClientHello` or the HTTP/2 preface), and an accept loop
 //! that pauses instead of spinning when the process is out of file descriptors.
 //!
 //! The TLS handshake itself is bounded by tonic (`ServerTlsConfig::timeout`, set from the same
@@ -25,7 +25,7 @@ use tokio_stream::Stream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// The HTTP/2 client preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`) is 24 bytes; a TLS
-/// ClientHello is longer. A connection that has sent this many bytes has started speaking.
+/// `ClientHello` is longer. A connection that has sent this many bytes has started speaking.
 const FIRST_BYTES: usize = 24;
 
 /// How long the accept loop pauses after an error that accepting again at once would repeat
@@ -40,7 +40,7 @@ const WARN_INTERVAL: Duration = Duration::from_secs(10);
 pub struct ConnectionLimits {
     /// Connections open at once; one more is accepted and closed at once.
     pub max_connections: usize,
-    /// A new connection must send its first bytes (TLS ClientHello, HTTP/2 preface) and
+    /// A new connection must send its first bytes (TLS `ClientHello`, HTTP/2 preface) and
     /// complete its TLS handshake within this time, or it is closed.
     pub handshake_timeout: Duration,
     /// HTTP/2 keepalive: the server pings every connection this often, and closes one whose
@@ -126,8 +126,8 @@ impl Stream for BoundedIncoming {
                 this.pause = None;
             }
             match ready!(this.listener.poll_accept(cx)) {
-                Ok((stream, peer)) => match this.permits.clone().try_acquire_owned() {
-                    Ok(permit) => {
+                Ok((stream, peer)) => {
+                    if let Ok(permit) = this.permits.clone().try_acquire_owned() {
                         let _ = stream.set_nodelay(true);
                         return Poll::Ready(Some(Ok(BoundedConnection::new(
                             stream,
@@ -135,21 +135,19 @@ impl Stream for BoundedIncoming {
                             this.first_bytes_timeout,
                         ))));
                     }
-                    Err(_) => {
-                        // Closed at once: the client sees the connection end (UNAVAILABLE)
-                        // instead of hanging in the backlog.
-                        drop(stream);
-                        this.refused += 1;
-                        if this.may_warn() {
-                            tracing::warn!(
-                                %peer,
-                                max_connections = this.max_connections,
-                                refused_so_far = this.refused,
-                                "refusing a connection: at the connection cap (--max-connections)"
-                            );
-                        }
+                    // Closed at once: the client sees the connection end (UNAVAILABLE)
+                    // instead of hanging in the backlog.
+                    drop(stream);
+                    this.refused += 1;
+                    if this.may_warn() {
+                        tracing::warn!(
+                            %peer,
+                            max_connections = this.max_connections,
+                            refused_so_far = this.refused,
+                            "refusing a connection: at the connection cap (--max-connections)"
+                        );
                     }
-                },
+                }
                 Err(err) if is_resource_exhaustion(&err) => {
                     if this.may_warn() {
                         tracing::warn!(

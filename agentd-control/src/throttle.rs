@@ -1,6 +1,6 @@
 //! The throttle on failed authentication: after `max_failures` failed bearer-token or join-token
 //! checks from one source within `window`, every call from that source is refused with
-//! RESOURCE_EXHAUSTED for `block`, before any token is looked up. A source is an IPv4 address
+//! `RESOURCE_EXHAUSTED` for `block`, before any token is looked up. A source is an IPv4 address
 //! or an IPv6 /64. The table holds at most `max_sources` sources; when it is full, sources
 //! whose window has passed go first, then the one seen longest ago.
 
@@ -26,8 +26,8 @@ impl Default for ThrottleOptions {
     fn default() -> Self {
         Self {
             max_failures: 30,
-            window: Duration::from_secs(60),
-            block: Duration::from_secs(60),
+            window: Duration::from_mins(1),
+            block: Duration::from_mins(1),
             max_sources: 10_000,
         }
     }
@@ -146,7 +146,7 @@ mod tests {
     fn options(max_failures: u32, max_sources: usize) -> ThrottleOptions {
         ThrottleOptions {
             max_failures,
-            window: Duration::from_secs(60),
+            window: Duration::from_mins(1),
             block: Duration::from_secs(30),
             max_sources,
         }
@@ -196,7 +196,7 @@ mod tests {
         assert!(throttle.sources() <= 10, "{}", throttle.sources());
         // Every one is within its window; the oldest went first, but the blocked one stayed
         // until it was the oldest; what matters is the bound.
-        let later = t0 + Duration::from_secs(120);
+        let later = t0 + Duration::from_mins(2);
         throttle.record_failure(v4(251), later);
         assert!(throttle.sources() <= 10);
     }

@@ -75,8 +75,8 @@ enum Command {
         /// hard limit at start.
         #[arg(long, default_value_t = ConnectionLimits::default().max_connections)]
         max_connections: usize,
-        /// A new connection that has not sent its TLS ClientHello or HTTP/2 preface, or not
-        /// completed its TLS handshake, within this time is closed.
+        /// A new connection that has not sent its first bytes (the TLS hello or the HTTP/2
+        /// preface), or not completed its TLS handshake, within this time is closed.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         handshake_timeout: Duration,
         /// HTTP/2 keepalive: ping every connection this often...
@@ -87,7 +87,7 @@ enum Command {
         keepalive_timeout: Duration,
         /// Failed authentications (bearer or join token) from one source (IPv4 address or
         /// IPv6 /64) within --auth-failure-window after which that source is refused with
-        /// RESOURCE_EXHAUSTED for --auth-block; 0 turns the throttle off.
+        /// status resource-exhausted for --auth-block; 0 turns the throttle off.
         #[arg(long, default_value_t = ThrottleOptions::default().max_failures)]
         auth_max_failures: u32,
         #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
@@ -138,6 +138,10 @@ async fn main() -> ExitCode {
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one arm per subcommand, read top to bottom"
+)]
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(path) = cli.database.strip_prefix("sqlite://")
         && let Some(dir) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent()
@@ -257,7 +261,7 @@ fn redact(url: &str) -> String {
 }
 
 /// File descriptors kept for everything but client connections: the listener, the database
-/// pool, log output, the CA and SQLite files.
+/// pool, log output, the CA and the database files.
 const RESERVED_FILES: u64 = 64;
 
 /// Raises the soft open-file limit to the hard one, and returns `max_connections` lowered, with

@@ -112,7 +112,7 @@ pub async fn silent_connections_are_closed_after_the_handshake_timeout_and_the_c
 pub async fn failed_authentications_from_one_source_are_throttled(backend: Backend) {
     let fixture = Fixture::start_with_options(&backend, false, |options| {
         options.auth_throttle.max_failures = 5;
-        options.auth_throttle.window = Duration::from_secs(60);
+        options.auth_throttle.window = Duration::from_mins(1);
         options.auth_throttle.block = Duration::from_secs(2);
     })
     .await;
@@ -227,6 +227,16 @@ pub async fn shutdown_with_watching_hosts_completes_within_seconds_and_watchers_
     fixture.stop().await;
 }
 
+/// A spawned server, killed when the test ends, also by a panic, so that none outlives it.
+struct Spawned(std::process::Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `agentd-control create-token` for an admin; prints the secret.
 fn admin_token(bin: &str, database_url: &str) -> String {
     let output = std::process::Command::new(bin)
@@ -277,7 +287,8 @@ pub async fn sigterm_with_watching_hosts_exits_cleanly_within_seconds_and_hosts_
     let db = Database::create(&backend).await;
     let bin = env!("CARGO_BIN_EXE_agentd-control");
     let token = admin_token(bin, &db.url);
-    let (mut child, port) = crate::support::spawn_server(bin, &db.url);
+    let (child, port) = crate::support::spawn_server(bin, &db.url);
+    let mut child = Spawned(child);
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
         .expect("url")
         .connect()
@@ -324,21 +335,21 @@ pub async fn sigterm_with_watching_hosts_exits_cleanly_within_seconds_and_hosts_
         streams.push(stream);
         host_tokens.push((enrolled.host_token, first.version));
     }
-    let pid = i32::try_from(child.id()).expect("pid");
+    let pid = i32::try_from(child.0.id()).expect("pid");
     let started = Instant::now();
     // SAFETY: signalling our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = wait_exit(&mut child, Duration::from_secs(10)).await;
+    let status = wait_exit(&mut child.0, Duration::from_secs(10)).await;
     let took = started.elapsed();
     let Some(status) = status else {
-        let _ = child.kill();
         panic!("agentd-control was still running 10 s after SIGTERM with {HOSTS} watching hosts");
     };
     assert!(status.success(), "exit status {status:?}");
     assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
     assert_all_unavailable(streams).await;
     // A restarted server: every host resumes its watch from the version it had.
-    let (mut child, port) = crate::support::spawn_server(bin, &db.url);
+    let (child, port) = crate::support::spawn_server(bin, &db.url);
+    let restarted = Spawned(child);
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
         .expect("url")
         .connect()
@@ -361,8 +372,7 @@ pub async fn sigterm_with_watching_hosts_exits_cleanly_within_seconds_and_hosts_
             "unchanged decisions were sent again: {next:?}"
         );
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(restarted);
     println!("  measured: SIGTERM with {HOSTS} watching hosts: exited {status} in {took:?}");
 }
 
@@ -419,8 +429,8 @@ pub async fn at_its_open_file_limit_the_server_neither_spins_nor_locks_clients_o
             Ok(())
         });
     }
-    let mut child = command.spawn().expect("starting agentd-control");
-    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut child = Spawned(command.spawn().expect("starting agentd-control"));
+    let mut lines = std::io::BufReader::new(child.0.stderr.take().expect("stderr")).lines();
     let mut log = Vec::new();
     let port: u16 = loop {
         let line = lines
@@ -449,7 +459,7 @@ pub async fn at_its_open_file_limit_the_server_neither_spins_nor_locks_clients_o
         silent.push(TcpStream::connect(&address).await.expect("connect"));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let cpu_before = cpu_time(child.id());
+    let cpu_before = cpu_time(child.0.id());
     let window = Instant::now();
     // New clients meanwhile: refused at once.
     let mut refusals = Vec::new();
@@ -473,7 +483,7 @@ pub async fn at_its_open_file_limit_the_server_neither_spins_nor_locks_clients_o
         refusals.push((started.elapsed(), result.is_ok()));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let spent = cpu_time(child.id()) - cpu_before;
+    let spent = cpu_time(child.0.id()).saturating_sub(cpu_before);
     let elapsed = window.elapsed();
     assert!(
         spent < elapsed / 4,
@@ -492,8 +502,7 @@ pub async fn at_its_open_file_limit_the_server_neither_spins_nor_locks_clients_o
         .await
         .expect("served after the timeout");
     drop(silent);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     println!(
         "  measured: {SILENT} silent connections at a hard limit of {HARD_LIMIT} files: \
          {spent:?} CPU in {elapsed:?}; calls meanwhile (time, served): {refusals:?}"
