@@ -70,9 +70,9 @@ enum Command {
         /// risk ageing and expiring grants.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         decision_recheck: Duration,
-        /// Connections open at once; one more is accepted and closed at once (its client sees
-        /// UNAVAILABLE). Lowered to fit the open-file limit, which the server raises to its
-        /// hard limit at start.
+        /// Connections open at once; one more is accepted and closed at once, so that its
+        /// client fails at once instead of hanging. Lowered to fit the open-file limit, which
+        /// the server raises to its hard limit at start.
         #[arg(long, default_value_t = ConnectionLimits::default().max_connections)]
         max_connections: usize,
         /// A new connection that has not sent its first bytes (the TLS hello or the HTTP/2
@@ -90,8 +90,10 @@ enum Command {
         /// status resource-exhausted for --auth-block; 0 turns the throttle off.
         #[arg(long, default_value_t = ThrottleOptions::default().max_failures)]
         auth_max_failures: u32,
+        /// The window in which failed authentications from one source are counted.
         #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
         auth_failure_window: Duration,
+        /// How long a source that failed too often is refused.
         #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
         auth_block: Duration,
         /// On SIGTERM, how long in-flight calls may take to finish after every decision watch
