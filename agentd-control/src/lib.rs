@@ -9,11 +9,13 @@ pub mod ca;
 pub mod clock;
 pub mod decisions;
 pub mod error;
+pub mod listener;
 pub mod model;
 pub mod policy;
 pub mod risk;
 pub mod server;
 pub mod store;
+pub mod throttle;
 
 /// Generated protobuf and gRPC code of the `agentd.v1` package.
 pub mod proto {

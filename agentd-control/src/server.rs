@@ -4,7 +4,6 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::{
@@ -12,6 +11,7 @@ use crate::{
     ca::CertificateAuthority,
     clock::Clock,
     error::{Error, Result},
+    listener::{BoundedIncoming, ConnectionLimits},
     proto::{
         access_service_server::AccessServiceServer, audit_service_server::AuditServiceServer,
         auth_service_server::AuthServiceServer, governance_service_server::GovernanceServiceServer,
@@ -19,6 +19,7 @@ use crate::{
         registry_service_server::RegistryServiceServer, risk_service_server::RiskServiceServer,
     },
     store::Store,
+    throttle::ThrottleOptions,
 };
 
 #[derive(Clone, Debug, Default)]
@@ -31,7 +32,17 @@ pub struct ServerOptions {
     pub sweep_interval: Option<Duration>,
     /// Risk window and the decision watches' polling.
     pub decisions: DecisionOptions,
+    /// Connection cap, handshake deadline and keepalive.
+    pub connections: ConnectionLimits,
+    /// The throttle on failed authentication and enrolment.
+    pub auth_throttle: ThrottleOptions,
+    /// How long shutdown waits for in-flight calls once every watch has ended; `None`: the
+    /// default, [`DEFAULT_DRAIN_TIMEOUT`].
+    pub drain_timeout: Option<Duration>,
 }
+
+/// How long shutdown waits for in-flight calls by default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -45,6 +56,8 @@ pub struct Server {
     control: ControlPlane,
     tls: Option<ServerTlsConfig>,
     sweep_interval: Option<Duration>,
+    connections: ConnectionLimits,
+    drain_timeout: Duration,
 }
 
 impl Server {
@@ -65,16 +78,20 @@ impl Server {
                         .client_ca_root(Certificate::from_pem(ca.cert_pem()))
                         // Admins, sponsors and auditors use bearer tokens over server-side TLS;
                         // host calls are refused without a client certificate (api::authorize).
-                        .client_auth_optional(true),
+                        .client_auth_optional(true)
+                        .timeout(options.connections.handshake_timeout),
                 )
             }
         };
         let control =
-            ControlPlane::new(store, clock, Arc::new(ca), tls.is_some(), options.decisions);
+            ControlPlane::new(store, clock, Arc::new(ca), tls.is_some(), options.decisions)
+                .with_auth_throttle(options.auth_throttle);
         Ok(Self {
             control,
             tls,
             sweep_interval: options.sweep_interval,
+            connections: options.connections,
+            drain_timeout: options.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
         })
     }
 
@@ -82,7 +99,9 @@ impl Server {
         &self.control
     }
 
-    /// Serves on `listener` until `shutdown` completes, then drains in-flight calls.
+    /// Serves on `listener` until `shutdown` completes. Then it stops accepting, ends every
+    /// decision watch with UNAVAILABLE (hosts reconnect), lets in-flight calls finish, and
+    /// returns once every connection has closed or after the drain timeout, whichever is first.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -106,11 +125,24 @@ impl Server {
                 }
             })
         });
-        let mut builder = tonic::transport::Server::builder();
+        let limits = self.connections;
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout));
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
         }
-        let result = builder
+        let incoming =
+            BoundedIncoming::new(listener, limits.max_connections, limits.handshake_timeout);
+        let (began, draining) = tokio::sync::oneshot::channel::<()>();
+        let stopping = control.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: ending decision watches, draining calls");
+            stopping.stop_watches();
+            let _ = began.send(());
+        };
+        let serving = builder
             .add_service(RegistryServiceServer::new(control.clone()))
             .add_service(GovernanceServiceServer::new(control.clone()))
             .add_service(AccessServiceServer::new(control.clone()))
@@ -119,9 +151,21 @@ impl Server {
             .add_service(AuthServiceServer::new(control.clone()))
             .add_service(PolicyServiceServer::new(control.clone()))
             .add_service(RiskServiceServer::new(control.clone()))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-            .await
-            .map_err(ServeError::Transport);
+            .serve_with_incoming_shutdown(incoming, signal);
+        let drain_timeout = self.drain_timeout;
+        let deadline = async move {
+            if draining.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(drain_timeout).await;
+        };
+        let result = tokio::select! {
+            result = serving => result.map_err(ServeError::Transport),
+            () = deadline => {
+                tracing::warn!(?drain_timeout, "connections still open after the drain timeout; closing them");
+                Ok(())
+            }
+        };
         if let Some(sweeper) = sweeper {
             sweeper.abort();
         }

@@ -273,16 +273,26 @@ fn authed<T>(message: T, token: &MetadataValue<tonic::metadata::Ascii>) -> Reque
 }
 
 /// Runs until the daemon drops its end: connects, enrols if needed, watches decisions from
-/// `after_version`, and reconnects with backoff after any failure.
+/// `after_version`, and reconnects with backoff after any failure, including the end of the
+/// watch (a control plane that shuts down ends it with UNAVAILABLE).
 pub async fn run(
     config: ControlPlaneConfig,
     mut after_version: u64,
     to_daemon: mpsc::Sender<FromControl>,
     mut from_daemon: mpsc::Receiver<ToControl>,
 ) {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::default();
     loop {
-        match session(&config, &mut after_version, &to_daemon, &mut from_daemon).await {
+        let mut watched = false;
+        match session(
+            &config,
+            &mut after_version,
+            &to_daemon,
+            &mut from_daemon,
+            &mut watched,
+        )
+        .await
+        {
             Ok(()) => return,
             Err(err) => {
                 if to_daemon
@@ -292,12 +302,59 @@ pub async fn run(
                 {
                     return;
                 }
-                tracing::warn!(%err, retry_in = ?backoff, "control plane unreachable");
+                if watched {
+                    // The control plane was there a moment ago (a restart, a replica going
+                    // away): retry soon, from the first step.
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay(random_fraction());
+                tracing::warn!(%err, retry_in = ?delay, "control plane unreachable");
+                tokio::time::sleep(delay).await;
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
+}
+
+/// Exponential backoff with jitter: each delay is drawn from the upper half of the current
+/// step, so that the hosts of a fleet whose control plane restarts do not all come back in
+/// the same instant; the step doubles from 500 ms to 10 s.
+#[derive(Debug)]
+struct Backoff {
+    step: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(10);
+
+    fn reset(&mut self) {
+        self.step = Self::FIRST;
+    }
+
+    /// The delay before the next attempt, for `fraction` in [0, 1); doubles the step.
+    fn next_delay(&mut self, fraction: f64) -> Duration {
+        let delay = self.step.mul_f64(0.5 + fraction.clamp(0.0, 1.0) / 2.0);
+        self.step = (self.step * 2).min(Self::MAX);
+        delay
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { step: Self::FIRST }
+    }
+}
+
+/// A fraction in [0, 1) that differs between calls and hosts (std's randomly keyed hasher).
+fn random_fraction() -> f64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        >> 11;
+    #[expect(clippy::cast_precision_loss, reason = "53 bits fit an f64 exactly")]
+    let fraction = bits as f64 / (1u64 << 53) as f64;
+    fraction
 }
 
 /// One connection: returns `Ok` only when the daemon has gone away.
@@ -306,6 +363,7 @@ async fn session(
     after_version: &mut u64,
     to_daemon: &mpsc::Sender<FromControl>,
     from_daemon: &mut mpsc::Receiver<ToControl>,
+    watched: &mut bool,
 ) -> Result<(), ControlError> {
     let url = config.url.clone().unwrap_or_default();
     let credentials = match saved_credentials(config) {
@@ -335,6 +393,7 @@ async fn session(
         .await
         .map_err(call("WatchDecisions"))?
         .into_inner();
+    *watched = true;
     if to_daemon.send(FromControl::Confirmed).await.is_err() {
         return Ok(());
     }
@@ -411,6 +470,29 @@ mod tests {
             matches!(err, ControlError::NoClientCertificate { .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn backoff_doubles_to_ten_seconds_with_jitter_and_resets() {
+        let mut backoff = Backoff::default();
+        assert_eq!(backoff.next_delay(0.0), Duration::from_millis(250));
+        let second = backoff.next_delay(0.999_999);
+        assert!(
+            second > Duration::from_millis(999) && second < Duration::from_secs(1),
+            "{second:?}"
+        );
+        let delays: Vec<Duration> = (0..8).map(|_| backoff.next_delay(1.0)).collect();
+        assert_eq!(delays.last(), Some(&Duration::from_secs(10)));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(10)));
+        backoff.reset();
+        assert_eq!(backoff.next_delay(1.0), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn jitter_fractions_spread_over_the_unit_interval() {
+        let fractions: Vec<f64> = (0..200).map(|_| random_fraction()).collect();
+        assert!(fractions.iter().all(|f| (0.0..1.0).contains(f)));
+        assert!(fractions.iter().any(|f| *f < 0.25) && fractions.iter().any(|f| *f > 0.75));
     }
 
     #[tokio::test]

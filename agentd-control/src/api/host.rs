@@ -77,42 +77,14 @@ impl HostService for ControlPlane {
         &self,
         request: Request<proto::EnrollHostRequest>,
     ) -> Result<Response<proto::EnrollHostResponse>, Status> {
-        let request = request.into_inner();
-        if request.join_token.is_empty() {
-            return Err(Error::invalid("join_token", "is required").into());
+        // A failed join token counts against the source like a failed bearer token.
+        let peer = request.remote_addr();
+        self.check_throttle(peer)?;
+        let result = self.enroll(request.into_inner()).await;
+        if let Err(status) = &result {
+            self.count_failure(peer, status);
         }
-        let hostname = validate::hostname("hostname", &request.hostname)?;
-        let version = validate::text("agentd_version", &request.agentd_version, 64)?;
-        let now = self.now();
-        let audit = AuditContext {
-            actor: format!("{hostname} (enrolling host)"),
-            action: Method::EnrollHost.name(),
-            now,
-        };
-        let ca = self.ca.clone();
-        let csr = request.csr_pem;
-        let (enrolment, certificate_pem) = self
-            .store
-            .enroll_host(
-                &audit,
-                &request.join_token,
-                &hostname,
-                &version,
-                |host_id| {
-                    if csr.is_empty() {
-                        return Ok((String::new(), None));
-                    }
-                    let (pem, serial) = ca.sign_host_csr(&csr, host_id, now)?;
-                    Ok((pem, Some(serial)))
-                },
-            )
-            .await?;
-        Ok(Response::new(proto::EnrollHostResponse {
-            host_id: enrolment.host.id,
-            host_token: enrolment.host_token,
-            certificate_pem,
-            ca_certificate_pem: self.ca.cert_pem().to_owned(),
-        }))
+        result
     }
 
     async fn heartbeat(
@@ -222,6 +194,9 @@ impl HostService for ControlPlane {
         request: Request<proto::WatchDecisionsRequest>,
     ) -> Result<Response<Self::WatchDecisionsStream>, Status> {
         let caller = self.authorize(&request, Method::WatchDecisions).await?;
+        if self.is_stopping() {
+            return Err(shutting_down());
+        }
         let host_id = caller.principal;
         let after = request.get_ref().after_version;
         // Errors computing the first set fail the call itself, with their status.
@@ -321,6 +296,49 @@ impl HostService for ControlPlane {
     }
 }
 
+impl ControlPlane {
+    async fn enroll(
+        &self,
+        request: proto::EnrollHostRequest,
+    ) -> Result<Response<proto::EnrollHostResponse>, Status> {
+        if request.join_token.is_empty() {
+            return Err(Error::invalid("join_token", "is required").into());
+        }
+        let hostname = validate::hostname("hostname", &request.hostname)?;
+        let version = validate::text("agentd_version", &request.agentd_version, 64)?;
+        let now = self.now();
+        let audit = AuditContext {
+            actor: format!("{hostname} (enrolling host)"),
+            action: Method::EnrollHost.name(),
+            now,
+        };
+        let ca = self.ca.clone();
+        let csr = request.csr_pem;
+        let (enrolment, certificate_pem) = self
+            .store
+            .enroll_host(
+                &audit,
+                &request.join_token,
+                &hostname,
+                &version,
+                |host_id| {
+                    if csr.is_empty() {
+                        return Ok((String::new(), None));
+                    }
+                    let (pem, serial) = ca.sign_host_csr(&csr, host_id, now)?;
+                    Ok((pem, Some(serial)))
+                },
+            )
+            .await?;
+        Ok(Response::new(proto::EnrollHostResponse {
+            host_id: enrolment.host.id,
+            host_token: enrolment.host_token,
+            certificate_pem,
+            ca_certificate_pem: self.ca.cert_pem().to_owned(),
+        }))
+    }
+}
+
 /// An acknowledgement to record: host id, version, time.
 pub(super) type Ack = (String, i64, UnixTime);
 
@@ -352,6 +370,12 @@ impl ControlPlane {
     }
 }
 
+/// How a decision watch ends when the server shuts down: UNAVAILABLE, on which agentd
+/// reconnects with backoff (to another replica where there is one).
+fn shutting_down() -> Status {
+    Status::unavailable("the control plane is shutting down; reconnect")
+}
+
 /// One report carries at most this many detections.
 const MAX_DETECTIONS_PER_REPORT: usize = 1000;
 
@@ -359,7 +383,7 @@ impl ControlPlane {
     /// Pushes a new decision set to the host whenever its content changes: woken by this
     /// replica's changes at once, by other replicas' through the change marker polled every
     /// `poll_interval`, and by time alone every `recheck_interval`. Ends when the client goes
-    /// away or the host is revoked.
+    /// away, the host is revoked or the server shuts down.
     async fn watch_loop(
         &self,
         host_id: &str,
@@ -368,6 +392,7 @@ impl ControlPlane {
     ) {
         let options = self.decision_options;
         let mut changes = self.changes.subscribe();
+        let mut stopping = self.stopping.subscribe();
         let mut poll = tokio::time::interval(options.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut marker = self.store.change_marker().await.ok();
@@ -378,6 +403,10 @@ impl ControlPlane {
             let fresh_after;
             tokio::select! {
                 () = tx.closed() => return,
+                () = async { drop(stopping.wait_for(|stopping| *stopping).await) } => {
+                    let _ = tx.send(Err(shutting_down())).await;
+                    return;
+                }
                 woken = changes.changed() => {
                     if woken.is_err() {
                         return;

@@ -14,8 +14,9 @@ mod risk;
 mod validate;
 
 use std::{
+    net::SocketAddr,
     sync::Arc,
-    time::{Duration, UNIX_EPOCH},
+    time::{Duration, Instant, UNIX_EPOCH},
 };
 
 use prost_types::Timestamp;
@@ -29,6 +30,7 @@ use crate::{
     model::Role,
     proto,
     store::{AuditContext, Store, auth::Caller},
+    throttle::{AuthThrottle, ThrottleOptions},
 };
 
 /// How decisions are distributed: see docs/conditional-access.md, "Distribution".
@@ -74,6 +76,10 @@ pub struct ControlPlane {
     settles: Arc<std::sync::Mutex<batch::Queue<decision::Settle, (i64, i64)>>>,
     /// Acknowledgements waiting to be recorded, in one transaction per batch.
     acks: Arc<std::sync::Mutex<batch::Queue<host::Ack, ()>>>,
+    /// Failed authentications per source (see `crate::throttle`).
+    throttle: Arc<AuthThrottle>,
+    /// Set when the server shuts down: every decision watch ends with UNAVAILABLE.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl ControlPlane {
@@ -94,6 +100,56 @@ impl ControlPlane {
             inputs: Arc::new(tokio::sync::Mutex::new(None)),
             settles: Arc::default(),
             acks: Arc::default(),
+            throttle: Arc::new(AuthThrottle::new(ThrottleOptions::default())),
+            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
+
+    /// The same, with this throttle on failed authentication.
+    #[must_use]
+    pub fn with_auth_throttle(mut self, options: ThrottleOptions) -> Self {
+        self.throttle = Arc::new(AuthThrottle::new(options));
+        self
+    }
+
+    /// Ends every decision watch of this replica, and refuses new ones, with UNAVAILABLE, on
+    /// which hosts reconnect (to another replica where there is one). Called when the server
+    /// begins to shut down.
+    pub fn stop_watches(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Refuses the call when its source is blocked for failed authentications.
+    fn check_throttle(&self, peer: Option<SocketAddr>) -> Result<(), Status> {
+        let Some(peer) = peer else {
+            return Ok(());
+        };
+        self.throttle
+            .check(peer.ip().into(), Instant::now())
+            .map_err(|remaining| {
+                Status::resource_exhausted(format!(
+                    "too many failed authentications from {}; retry in {}s",
+                    peer.ip(),
+                    remaining.as_secs().max(1)
+                ))
+            })
+    }
+
+    /// Counts `status` against the call's source if it is a failed authentication.
+    fn count_failure(&self, peer: Option<SocketAddr>, status: &Status) {
+        if status.code() != tonic::Code::Unauthenticated {
+            return;
+        }
+        if let Some(peer) = peer
+            && self
+                .throttle
+                .record_failure(peer.ip().into(), Instant::now())
+        {
+            tracing::warn!(source = %peer.ip(), "blocking a source after repeated failed authentications");
         }
     }
 
@@ -112,7 +168,21 @@ impl ControlPlane {
 
     /// Authenticates the bearer token and checks the role against `method`'s row of the RBAC
     /// matrix.
+    /// Sources that fail too often are throttled (`crate::throttle`).
     async fn authorize<T>(&self, request: &Request<T>, method: Method) -> Result<Caller, Status> {
+        self.check_throttle(request.remote_addr())?;
+        let result = self.authorize_unthrottled(request, method).await;
+        if let Err(status) = &result {
+            self.count_failure(request.remote_addr(), status);
+        }
+        result
+    }
+
+    async fn authorize_unthrottled<T>(
+        &self,
+        request: &Request<T>,
+        method: Method,
+    ) -> Result<Caller, Status> {
         let header = request.metadata().get("authorization").ok_or_else(|| {
             Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
         })?;

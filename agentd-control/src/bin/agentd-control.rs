@@ -7,9 +7,11 @@ use agentd_control::{
     audit_export::AuditExport,
     ca::CertificateAuthority,
     clock::{Clock as _, SystemClock},
+    listener::ConnectionLimits,
     model::Role,
     server::{Server, ServerOptions},
     store::{AuditContext, Store},
+    throttle::ThrottleOptions,
 };
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -73,6 +75,36 @@ enum Command {
         /// (opened for appending only; `chattr +a` is tried). See docs/control-plane.md.
         #[arg(long, value_name = "PATH")]
         audit_export: Option<std::path::PathBuf>,
+        /// Connections open at once; one more is accepted and closed at once, so that its
+        /// client fails at once instead of hanging. Lowered to fit the open-file limit, which
+        /// the server raises to its hard limit at start.
+        #[arg(long, default_value_t = ConnectionLimits::default().max_connections)]
+        max_connections: usize,
+        /// A new connection that has not sent its first bytes (the TLS hello or the HTTP/2
+        /// preface), or not completed its TLS handshake, within this time is closed.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        handshake_timeout: Duration,
+        /// HTTP/2 keepalive: ping every connection this often...
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        keepalive_interval: Duration,
+        /// ...and close one whose peer has not answered within this time.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        keepalive_timeout: Duration,
+        /// Failed authentications (bearer or join token) from one source (IPv4 address or
+        /// IPv6 /64) within --auth-failure-window after which that source is refused with
+        /// status resource-exhausted for --auth-block; 0 turns the throttle off.
+        #[arg(long, default_value_t = ThrottleOptions::default().max_failures)]
+        auth_max_failures: u32,
+        /// The window in which failed authentications from one source are counted.
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        auth_failure_window: Duration,
+        /// How long a source that failed too often is refused.
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        auth_block: Duration,
+        /// On SIGTERM, how long in-flight calls may take to finish after every decision watch
+        /// has been ended (with UNAVAILABLE, on which hosts reconnect).
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        drain_timeout: Duration,
     },
     /// Create an API token directly in the database (to bootstrap the first admin). Prints the
     /// secret once.
@@ -113,6 +145,10 @@ async fn main() -> ExitCode {
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one arm per subcommand, read top to bottom"
+)]
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(path) = cli.database.strip_prefix("sqlite://")
         && let Some(dir) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent()
@@ -133,11 +169,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             decision_poll,
             decision_recheck,
             audit_export,
+            max_connections,
+            handshake_timeout,
+            keepalive_interval,
+            keepalive_timeout,
+            auth_max_failures,
+            auth_failure_window,
+            auth_block,
+            drain_timeout,
         } => {
             if let Some(path) = audit_export {
                 let export = AuditExport::open(&path)?;
                 tokio::spawn(export.run(store.clone(), Duration::from_secs(1)));
             }
+            let max_connections = fit_open_file_limit(max_connections);
             let options = ServerOptions {
                 tls_names: (!tls_names.is_empty()).then_some(tls_names),
                 sweep_interval: Some(sweep_interval),
@@ -146,6 +191,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     poll_interval: decision_poll,
                     recheck_interval: decision_recheck,
                 },
+                connections: ConnectionLimits {
+                    max_connections,
+                    handshake_timeout,
+                    keepalive_interval,
+                    keepalive_timeout,
+                },
+                auth_throttle: ThrottleOptions {
+                    max_failures: auth_max_failures,
+                    window: auth_failure_window,
+                    block: auth_block,
+                    ..ThrottleOptions::default()
+                },
+                drain_timeout: Some(drain_timeout),
             };
             let server = Server::new(store.clone(), clock, options).await?;
             let listener = tokio::net::TcpListener::bind(listen)
@@ -158,7 +216,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             server.serve(listener, shutdown_signal()).await?;
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-            store.close().await;
+            // A call still running after the drain timeout may hold a database connection;
+            // closing the pool waits for it, so only so long.
+            if tokio::time::timeout(Duration::from_secs(2), store.close())
+                .await
+                .is_err()
+            {
+                tracing::warn!("database connections still busy; exiting without them");
+            }
             tracing::info!("stopped");
         }
         Command::CreateToken {
@@ -207,6 +272,48 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// File descriptors kept for everything but client connections: the listener, the database
+/// pool, log output, the CA and the database files.
+const RESERVED_FILES: u64 = 64;
+
+/// Raises the soft open-file limit to the hard one, and returns `max_connections` lowered, with
+/// a warning, to what that limit leaves room for.
+fn fit_open_file_limit(max_connections: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "reading RLIMIT_NOFILE");
+        return max_connections;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        } else {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "raising RLIMIT_NOFILE");
+        }
+    }
+    let room =
+        usize::try_from(limit.rlim_cur.saturating_sub(RESERVED_FILES).max(1)).unwrap_or(usize::MAX);
+    tracing::info!(open_files = limit.rlim_cur, "open-file limit");
+    if max_connections > room {
+        tracing::warn!(
+            max_connections,
+            open_files = limit.rlim_cur,
+            "lowering --max-connections to {room} to fit the open-file limit (raise LimitNOFILE)"
+        );
+        return room;
+    }
+    max_connections
+}
+
 async fn shutdown_signal() {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing the SIGTERM handler");
@@ -214,5 +321,4 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
-    tracing::info!("shutting down; draining calls");
 }

@@ -18,6 +18,7 @@
 mod cases;
 mod conditional_access;
 mod integrity;
+mod connections;
 mod postgres;
 mod rbac;
 mod support;
@@ -85,6 +86,11 @@ const TESTS: &[(&str, TestFn)] = tests![
     integrity::reported_detections_are_audited,
     integrity::an_upgraded_log_seals_its_older_entries_in_the_genesis_digest,
     integrity::the_audit_export_appends_every_event_once_with_its_digests,
+    connections::silent_connections_are_closed_after_the_handshake_timeout_and_the_cap_refuses_at_once,
+    connections::failed_authentications_from_one_source_are_throttled,
+    connections::shutdown_with_watching_hosts_completes_within_seconds_and_watchers_see_unavailable,
+    connections::sigterm_with_watching_hosts_exits_cleanly_within_seconds_and_hosts_resume,
+    connections::at_its_open_file_limit_the_server_neither_spins_nor_locks_clients_out,
 ];
 
 fn main() -> ExitCode {

@@ -16,6 +16,7 @@ use agentd_control::{
     },
     server::{Server, ServerOptions},
     store::{AuditContext, Store},
+    throttle::ThrottleOptions,
 };
 use sqlx::Connection as _;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -174,14 +175,32 @@ impl Fixture {
     /// With `tls`, the server has a certificate for `localhost` and requires host client
     /// certificates.
     pub async fn start_with(backend: &Backend, tls: bool) -> Fixture {
-        Self::start_on(Database::create(backend).await, tls).await
+        Self::start_with_options(backend, tls, |_| {}).await
     }
 
     /// Over an existing database (e.g. one at an older schema, which the store upgrades).
     pub async fn start_on(db: Database, tls: bool) -> Fixture {
+        Self::start_on_with_options(db, tls, |_| {}).await
+    }
+
+    /// The fixture's options changed by `adjust` (connection limits, throttle).
+    pub async fn start_with_options(
+        backend: &Backend,
+        tls: bool,
+        adjust: impl FnOnce(&mut ServerOptions),
+    ) -> Fixture {
+        Self::start_on_with_options(Database::create(backend).await, tls, adjust).await
+    }
+
+    /// Over an existing database, with the options changed by `adjust`.
+    pub async fn start_on_with_options(
+        db: Database,
+        tls: bool,
+        adjust: impl FnOnce(&mut ServerOptions),
+    ) -> Fixture {
         let store = Store::connect(&db.url).await.expect("connecting the store");
         let clock = Arc::new(ManualClock::new(real_now()));
-        let options = ServerOptions {
+        let mut options = ServerOptions {
             tls_names: tls.then(|| vec!["localhost".to_owned()]),
             sweep_interval: None,
             // Re-evaluate every second, so that tests of time-driven changes (grants expiring)
@@ -190,7 +209,15 @@ impl Fixture {
                 recheck_interval: Duration::from_secs(1),
                 ..DecisionOptions::default()
             },
+            // Tests of refused tokens make many failed calls from 127.0.0.1; the throttle has
+            // its own test (connections::failed_authentications_from_one_source_are_throttled).
+            auth_throttle: ThrottleOptions {
+                max_failures: 0,
+                ..ThrottleOptions::default()
+            },
+            ..ServerOptions::default()
         };
+        adjust(&mut options);
         let server = Server::new(store.clone(), clock.clone(), options)
             .await
             .expect("server");
@@ -327,6 +354,17 @@ impl Fixture {
             .expect("CreateApiToken")
             .into_inner()
             .token
+    }
+
+    /// Triggers the server's shutdown future; `true` if the server finished within `within`.
+    pub async fn shut_down_within(&mut self, within: Duration) -> bool {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match self.task.take() {
+            Some(task) => tokio::time::timeout(within, task).await.is_ok(),
+            None => true,
+        }
     }
 
     pub async fn stop(mut self) {
