@@ -6,9 +6,9 @@ use super::{ControlPlane, decision::decision_to_proto, optional_timestamp, times
 use crate::{
     auth::Method,
     decisions::{self, place},
-    error::Error,
+    error::{Error, quoted},
     model::PolicyRecord,
-    policy::{PolicyState, PolicyVerdict, RiskLevel, parse_document},
+    policy::{PolicyDocument, PolicyState, PolicyVerdict, RiskLevel, parse_document},
     proto::{self, policy_service_server::PolicyService},
     store::registry::AgentFilter,
 };
@@ -54,6 +54,28 @@ fn reference(field: &str, value: &str) -> Result<String, Error> {
     validate::text(field, value, 64)
 }
 
+/// Documents parsed at once; more wait for a permit, so that a flood of documents keeps at
+/// most this many threads of the blocking pool busy.
+static PARSE_PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// Parses and validates a policy document on the blocking pool, never on the async workers:
+/// a document may cost up to the limits of `policy::yaml_limits`, and other callers are
+/// answered meanwhile.
+async fn parse_off_workers(yaml: &str) -> Result<PolicyDocument, Status> {
+    let _permit = PARSE_PERMITS
+        .acquire()
+        .await
+        .map_err(|_| Status::unavailable("the server is shutting down"))?;
+    let yaml = yaml.to_owned();
+    tokio::task::spawn_blocking(move || parse_document(&yaml))
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "parsing a policy document");
+            Status::internal("parsing the policy document failed")
+        })?
+        .map_err(Status::from)
+}
+
 #[tonic::async_trait]
 impl PolicyService for ControlPlane {
     async fn create_policy(
@@ -62,7 +84,7 @@ impl PolicyService for ControlPlane {
     ) -> Result<Response<proto::CreatePolicyResponse>, Status> {
         let caller = self.authorize(&request, Method::CreatePolicy).await?;
         let yaml = &request.get_ref().yaml;
-        let document = parse_document(yaml)?;
+        let document = parse_off_workers(yaml).await?;
         let record = self
             .store
             .create_policy(&self.audit(&caller, Method::CreatePolicy), &document, yaml)
@@ -79,7 +101,7 @@ impl PolicyService for ControlPlane {
     ) -> Result<Response<proto::UpdatePolicyResponse>, Status> {
         let caller = self.authorize(&request, Method::UpdatePolicy).await?;
         let request = request.get_ref();
-        let document = parse_document(&request.yaml)?;
+        let document = parse_off_workers(&request.yaml).await?;
         let id = if request.id.is_empty() {
             document.name.clone()
         } else {
@@ -209,8 +231,8 @@ impl PolicyService for ControlPlane {
                 Error::invalid(
                     "risk_level",
                     format!(
-                        "unknown risk level {:?} (none, low, medium or high)",
-                        request.risk_level
+                        "unknown risk level {} (none, low, medium or high)",
+                        quoted(&request.risk_level)
                     ),
                 )
             })?)

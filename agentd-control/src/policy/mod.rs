@@ -5,6 +5,8 @@
 
 pub mod document;
 pub mod evaluate;
+mod libyaml;
+pub mod yaml_limits;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
