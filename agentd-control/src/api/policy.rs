@@ -1,5 +1,7 @@
 //! `PolicyService`: Conditional Access policies (YAML documents, versions, states) and what-if.
 
+use std::collections::HashSet;
+
 use tonic::{Request, Response, Status};
 
 use super::{ControlPlane, decision::decision_to_proto, optional_timestamp, timestamp, validate};
@@ -8,7 +10,10 @@ use crate::{
     decisions::{self, place},
     error::{Error, quoted},
     model::PolicyRecord,
-    policy::{PolicyDocument, PolicyState, PolicyVerdict, RiskLevel, parse_document},
+    policy::{
+        PolicyDocument, PolicyState, PolicyVerdict, RiskLevel, parse_document,
+        selection::{self, Registered},
+    },
     proto::{self, policy_service_server::PolicyService},
     store::registry::AgentFilter,
 };
@@ -36,13 +41,58 @@ fn policy_to_proto(record: PolicyRecord) -> proto::Policy {
     }
 }
 
-fn verdict_to_proto(verdict: PolicyVerdict) -> proto::PolicyEvaluation {
+fn verdict_to_proto(verdict: PolicyVerdict, warnings: Vec<String>) -> proto::PolicyEvaluation {
     proto::PolicyEvaluation {
         policy_id: verdict.policy_id,
         policy_name: verdict.policy_name,
         state: state_to_proto(verdict.state).into(),
         applies: verdict.applies,
         reasons: verdict.reasons,
+        warnings,
+    }
+}
+
+impl ControlPlane {
+    /// Registered agent ids and names (deleted agents excluded), and blueprint names.
+    async fn registered_names(&self) -> Result<(HashSet<String>, HashSet<String>), Error> {
+        let mut agents = HashSet::new();
+        for resolved in self.store.list_agents(&AgentFilter::default()).await? {
+            agents.insert(resolved.agent.id);
+            agents.insert(resolved.agent.name);
+        }
+        let blueprints = self
+            .store
+            .list_blueprints()
+            .await?
+            .into_iter()
+            .map(|blueprint| blueprint.name)
+            .collect();
+        Ok((agents, blueprints))
+    }
+
+    /// Refuses a policy whose include names only agents and blueprints that do not exist
+    /// (FAILED_PRECONDITION: the document is valid, the registry makes it select nothing).
+    async fn refuse_selecting_nothing(&self, document: &PolicyDocument) -> Result<(), Status> {
+        let include = &document.include;
+        if include.all || !include.attributes.is_empty() {
+            return Ok(());
+        }
+        let (agents, blueprints) = self.registered_names().await?;
+        let agent = |name: &str| agents.contains(name);
+        let blueprint = |name: &str| blueprints.contains(name);
+        let registered = Registered {
+            agent: &agent,
+            blueprint: &blueprint,
+        };
+        if !selection::selects_nothing(include, &registered) {
+            return Ok(());
+        }
+        Err(Error::FailedPrecondition(format!(
+            "`assignments.include` selects no agent: {}; register the agent or blueprint \
+             first, or select by attributes",
+            selection::unknown_names(include, &registered).join("; ")
+        ))
+        .into())
     }
 }
 
@@ -85,6 +135,7 @@ impl PolicyService for ControlPlane {
         let caller = self.authorize(&request, Method::CreatePolicy).await?;
         let yaml = &request.get_ref().yaml;
         let document = parse_off_workers(yaml).await?;
+        self.refuse_selecting_nothing(&document).await?;
         let record = self
             .store
             .create_policy(&self.audit(&caller, Method::CreatePolicy), &document, yaml)
@@ -102,6 +153,7 @@ impl PolicyService for ControlPlane {
         let caller = self.authorize(&request, Method::UpdatePolicy).await?;
         let request = request.get_ref();
         let document = parse_off_workers(&request.yaml).await?;
+        self.refuse_selecting_nothing(&document).await?;
         let id = if request.id.is_empty() {
             document.name.clone()
         } else {
@@ -264,8 +316,39 @@ impl PolicyService for ControlPlane {
                 kind: "agent",
                 id: agent_id.clone(),
             })?;
+        let blueprints: HashSet<String> = self
+            .store
+            .list_blueprints()
+            .await?
+            .into_iter()
+            .map(|blueprint| blueprint.name)
+            .collect();
+        let agent = |name: &str| {
+            inputs
+                .subjects
+                .iter()
+                .any(|subject| subject.id == name || subject.name == name)
+        };
+        let blueprint = |name: &str| blueprints.contains(name);
+        let registered = Registered {
+            agent: &agent,
+            blueprint: &blueprint,
+        };
+        let evaluations = verdicts
+            .into_iter()
+            .map(|verdict| {
+                let warnings = inputs
+                    .policies
+                    .policies()
+                    .iter()
+                    .find(|policy| policy.id == verdict.policy_id)
+                    .map(|policy| selection::unknown_names(&policy.document.include, &registered))
+                    .unwrap_or_default();
+                verdict_to_proto(verdict, warnings)
+            })
+            .collect();
         Ok(Response::new(proto::WhatIfResponse {
-            evaluations: verdicts.into_iter().map(verdict_to_proto).collect(),
+            evaluations,
             risk_level: decision.risk.as_str().to_owned(),
             decision: Some(decision_to_proto(&decision)),
             host_id: host.map(|h| h.id).unwrap_or_default(),

@@ -6,6 +6,7 @@
 pub mod document;
 pub mod evaluate;
 mod libyaml;
+pub mod selection;
 pub mod yaml_limits;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};

@@ -15,6 +15,7 @@
     reason = "prose names SQLite and PostgreSQL, not code"
 )]
 
+mod bounded;
 mod cases;
 mod conditional_access;
 mod postgres;
@@ -74,6 +75,11 @@ const TESTS: &[(&str, TestFn)] = tests![
     conditional_access::agentctl_applies_policy_files_and_explains_decisions,
     conditional_access::a_watch_drops_a_package_grant_when_its_expiry_passes,
     conditional_access::hosts_share_decisions_only_when_no_policy_tells_them_apart,
+    bounded::alias_bombs_and_deep_nesting_are_refused_quickly_while_others_are_answered,
+    bounded::duplicate_keys_are_refused_in_nested_maps,
+    bounded::repeated_fields_past_their_cap_are_refused_naming_field_and_cap,
+    bounded::errors_quote_a_bounded_prefix_of_what_was_sent,
+    bounded::a_policy_selecting_only_unknown_names_is_refused_and_what_if_warns,
 ];
 
 fn main() -> ExitCode {
