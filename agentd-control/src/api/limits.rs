@@ -1,5 +1,5 @@
 //! The cap on every repeated and map field of every RPC request (docs/control-plane.md,
-//! "Request limits"): a request over a cap is refused with INVALID_ARGUMENT naming the field
+//! "Request limits"): a request over a cap is refused with `INVALID_ARGUMENT` naming the field
 //! and the cap, before any of its entries is looked at. The unit test below walks the proto
 //! descriptors, so that a new repeated field without a cap fails the build's tests.
 

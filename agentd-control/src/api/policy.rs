@@ -71,7 +71,7 @@ impl ControlPlane {
     }
 
     /// Refuses a policy whose include names only agents and blueprints that do not exist
-    /// (FAILED_PRECONDITION: the document is valid, the registry makes it select nothing).
+    /// (`FAILED_PRECONDITION`: the document is valid, the registry makes it select nothing).
     async fn refuse_selecting_nothing(&self, document: &PolicyDocument) -> Result<(), Status> {
         let include = &document.include;
         if include.all || !include.attributes.is_empty() {

@@ -25,7 +25,7 @@ pub fn identifier(field: &str, value: &str) -> Result<String> {
     {
         return Err(Error::invalid(
             field,
-            format!("{} may contain only a-z, 0-9 and -", quoted(&value)),
+            format!("{} may contain only a-z, 0-9 and -", quoted(value)),
         ));
     }
     if value.starts_with('-') {
@@ -41,7 +41,7 @@ pub fn uuid(field: &str, value: &str) -> Result<String> {
     }
     uuid::Uuid::parse_str(value)
         .map(|id| id.to_string())
-        .map_err(|_| Error::invalid(field, format!("{} is not a UUID", quoted(&value))))
+        .map_err(|_| Error::invalid(field, format!("{} is not a UUID", quoted(value))))
 }
 
 /// A person or group: 1 to 256 printable characters without spaces.
@@ -57,7 +57,7 @@ pub fn principal(field: &str, value: &str) -> Result<String> {
             field,
             format!(
                 "{} may not contain spaces or control characters",
-                quoted(&value)
+                quoted(value)
             ),
         ));
     }
@@ -116,13 +116,13 @@ pub fn attributes(field: &str, map: &HashMap<String, String>) -> Result<BTreeMap
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
         if !valid_key {
             return Err(Error::invalid(
-                format!("{field}[{}]", quoted(&key)),
+                format!("{field}[{}]", quoted(key)),
                 "keys are 1 to 63 characters of A-Z, a-z, 0-9, _, . and -",
             ));
         }
         out.insert(
             key.clone(),
-            text(&format!("{field}[{}]", quoted(&key)), value, 256)?,
+            text(&format!("{field}[{}]", quoted(key)), value, 256)?,
         );
     }
     Ok(out)
@@ -144,7 +144,7 @@ pub fn absolute_path(field: &str, value: &str) -> Result<String> {
     if !value.starts_with('/') {
         return Err(Error::invalid(
             field,
-            format!("{} is not an absolute path", quoted(&value)),
+            format!("{} is not an absolute path", quoted(value)),
         ));
     }
     if value.split('/').any(|part| part == "..") {
@@ -161,7 +161,7 @@ pub fn destination(field: &str, value: &str) -> Result<String> {
             field,
             format!(
                 "{} is not host:port, an address, a CIDR or CIDR:port",
-                quoted(&value)
+                quoted(value)
             ),
         )
     };
@@ -187,7 +187,7 @@ pub fn destination(field: &str, value: &str) -> Result<String> {
     {
         return Err(Error::invalid(
             field,
-            format!("{} is not a port (1-65535)", quoted(&port)),
+            format!("{} is not a port (1-65535)", quoted(port)),
         ));
     }
     if let Some((addr, prefix)) = host.split_once('/') {
@@ -203,7 +203,7 @@ pub fn destination(field: &str, value: &str) -> Result<String> {
         if port.is_none() {
             return Err(Error::invalid(
                 field,
-                format!("{}: a host name needs a port (host:port)", quoted(&value)),
+                format!("{}: a host name needs a port (host:port)", quoted(value)),
             ));
         }
         hostname(field, host)?;
@@ -225,7 +225,7 @@ pub fn hostname(field: &str, value: &str) -> Result<String> {
             field,
             format!(
                 "{} is not a host name (1 to 253 of A-Z, a-z, 0-9, . and -)",
-                quoted(&value)
+                quoted(value)
             ),
         ));
     }
@@ -237,14 +237,12 @@ pub fn url(field: &str, value: &str) -> Result<String> {
     let rest = value
         .strip_prefix("https://")
         .or_else(|| value.strip_prefix("http://"))
-        .ok_or_else(|| {
-            Error::invalid(field, format!("{} is not an http(s) URL", quoted(&value)))
-        })?;
+        .ok_or_else(|| Error::invalid(field, format!("{} is not an http(s) URL", quoted(value))))?;
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.is_empty() || authority.contains(char::is_whitespace) {
         return Err(Error::invalid(
             field,
-            format!("{} has no host", quoted(&value)),
+            format!("{} has no host", quoted(value)),
         ));
     }
     text(field, value, 2048)

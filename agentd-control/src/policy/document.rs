@@ -311,7 +311,7 @@ fn identifier(field: &str, value: &str) -> Result<String> {
             field,
             format!(
                 "{} may contain only a-z, 0-9 and - (not first)",
-                quoted(&value)
+                quoted(value)
             ),
         ));
     }
@@ -337,7 +337,7 @@ fn token(field: &str, value: &str, what: &str) -> Result<String> {
             field,
             format!(
                 "{} is not {what} (1 to 256 characters, no spaces)",
-                quoted(&value)
+                quoted(value)
             ),
         ));
     }
@@ -417,7 +417,7 @@ fn conditions(raw: RawConditions) -> Result<Conditions> {
                 &field,
                 format!(
                     "unknown risk level {} (none, low, medium or high)",
-                    quoted(&level)
+                    quoted(level)
                 ),
             )
         })?;
@@ -478,7 +478,7 @@ fn time_window(field: &str, raw: &RawTimeWindow) -> Result<TimeWindow> {
                     format!("{field}.days[{index}]"),
                     format!(
                         "unknown day {} (mon, tue, wed, thu, fri, sat or sun)",
-                        quoted(&day)
+                        quoted(day)
                     ),
                 )
             })?;
@@ -734,7 +734,7 @@ fn domain_name(field: &str, value: &str) -> Result<String> {
             field,
             format!(
                 "{} is not a domain name (example.com or *.example.com)",
-                quoted(&value)
+                quoted(value)
             ),
         ));
     }
@@ -766,7 +766,7 @@ fn file_rule(field: &str, raw: RawFileRule) -> Result<FileControl> {
             .ok_or_else(|| {
                 Error::invalid(
                     format!("{field}.access[{index}]"),
-                    format!("unknown access {} (read, write or exec)", quoted(&text)),
+                    format!("unknown access {} (read, write or exec)", quoted(text)),
                 )
             })?;
         if !access.contains(&kind) {
@@ -780,7 +780,7 @@ fn file_rule(field: &str, raw: RawFileRule) -> Result<FileControl> {
         Some(other) => {
             return Err(Error::invalid(
                 format!("{field}.action"),
-                format!("unknown action {} (allow or deny)", quoted(&other)),
+                format!("unknown action {} (allow or deny)", quoted(other)),
             ));
         }
         None => {

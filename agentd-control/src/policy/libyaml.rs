@@ -6,8 +6,6 @@
 
 use std::{ffi::CStr, marker::PhantomData, mem::MaybeUninit};
 
-use unsafe_libyaml as sys;
-
 /// One parser event, with what the limits need. Anchors are kept as bytes.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Event {
@@ -35,24 +33,31 @@ pub(super) struct ParseError {
 
 pub(super) struct Parser<'input> {
     /// Boxed: libyaml keeps pointers into the parser's own buffers, so it must not move.
-    sys: Box<sys::yaml_parser_t>,
+    sys: Box<unsafe_libyaml::yaml_parser_t>,
     _input: PhantomData<&'input [u8]>,
 }
 
 impl<'input> Parser<'input> {
     pub fn new(input: &'input str) -> Self {
-        let mut raw = Box::<sys::yaml_parser_t>::new_uninit();
+        let mut raw = Box::<unsafe_libyaml::yaml_parser_t>::new_uninit();
         // SAFETY: `yaml_parser_initialize` initialises the whole struct (it fails only when
         // allocating its buffers fails, which aborts like any allocation failure in Rust).
         // The input outlives the parser (`'input`), which reads it only while it lives.
         let sys = unsafe {
             assert!(
-                !sys::yaml_parser_initialize(raw.as_mut_ptr()).fail,
+                !unsafe_libyaml::yaml_parser_initialize(raw.as_mut_ptr()).fail,
                 "libyaml could not allocate its parser"
             );
             let mut sys = raw.assume_init();
-            sys::yaml_parser_set_encoding(&raw mut *sys, sys::YAML_UTF8_ENCODING);
-            sys::yaml_parser_set_input_string(&raw mut *sys, input.as_ptr(), input.len() as u64);
+            unsafe_libyaml::yaml_parser_set_encoding(
+                &raw mut *sys,
+                unsafe_libyaml::YAML_UTF8_ENCODING,
+            );
+            unsafe_libyaml::yaml_parser_set_input_string(
+                &raw mut *sys,
+                input.as_ptr(),
+                input.len() as u64,
+            );
             sys
         };
         Self {
@@ -63,11 +68,11 @@ impl<'input> Parser<'input> {
 
     /// The next event; after an error or [`Event::StreamEnd`], do not call again.
     pub fn next_event(&mut self) -> Result<(Event, u64), ParseError> {
-        let mut raw = MaybeUninit::<sys::yaml_event_t>::uninit();
+        let mut raw = MaybeUninit::<unsafe_libyaml::yaml_event_t>::uninit();
         // SAFETY: the parser is initialised; on success `raw` is an initialised event, which
         // is read according to its type and then deleted exactly once.
         unsafe {
-            if sys::yaml_parser_parse(&raw mut *self.sys, raw.as_mut_ptr()).fail {
+            if unsafe_libyaml::yaml_parser_parse(&raw mut *self.sys, raw.as_mut_ptr()).fail {
                 let problem = if self.sys.problem.is_null() {
                     "invalid YAML".to_owned()
                 } else {
@@ -84,9 +89,9 @@ impl<'input> Parser<'input> {
             let mut event = raw.assume_init();
             let line = event.start_mark.line + 1;
             let converted = match event.type_ {
-                sys::YAML_STREAM_END_EVENT => Event::StreamEnd,
-                sys::YAML_ALIAS_EVENT => Event::Alias(bytes(event.data.alias.anchor)),
-                sys::YAML_SCALAR_EVENT => {
+                unsafe_libyaml::YAML_STREAM_END_EVENT => Event::StreamEnd,
+                unsafe_libyaml::YAML_ALIAS_EVENT => Event::Alias(bytes(event.data.alias.anchor)),
+                unsafe_libyaml::YAML_SCALAR_EVENT => {
                     let scalar = event.data.scalar;
                     let length = usize::try_from(scalar.length).unwrap_or(usize::MAX);
                     let value = if scalar.value.is_null() || length == 0 {
@@ -100,17 +105,17 @@ impl<'input> Parser<'input> {
                         value,
                     }
                 }
-                sys::YAML_SEQUENCE_START_EVENT => {
+                unsafe_libyaml::YAML_SEQUENCE_START_EVENT => {
                     Event::SequenceStart(anchor(event.data.sequence_start.anchor))
                 }
-                sys::YAML_SEQUENCE_END_EVENT => Event::SequenceEnd,
-                sys::YAML_MAPPING_START_EVENT => {
+                unsafe_libyaml::YAML_SEQUENCE_END_EVENT => Event::SequenceEnd,
+                unsafe_libyaml::YAML_MAPPING_START_EVENT => {
                     Event::MappingStart(anchor(event.data.mapping_start.anchor))
                 }
-                sys::YAML_MAPPING_END_EVENT => Event::MappingEnd,
+                unsafe_libyaml::YAML_MAPPING_END_EVENT => Event::MappingEnd,
                 _ => Event::Boundary,
             };
-            sys::yaml_event_delete(&raw mut event);
+            unsafe_libyaml::yaml_event_delete(&raw mut event);
             Ok((converted, line))
         }
     }
@@ -119,7 +124,7 @@ impl<'input> Parser<'input> {
 impl Drop for Parser<'_> {
     fn drop(&mut self) {
         // SAFETY: initialised in `new`, deleted once.
-        unsafe { sys::yaml_parser_delete(&raw mut *self.sys) }
+        unsafe { unsafe_libyaml::yaml_parser_delete(&raw mut *self.sys) }
     }
 }
 

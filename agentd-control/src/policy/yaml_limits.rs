@@ -11,7 +11,7 @@
 //! The scan stops at the first event past a limit, so its cost is bounded by the limits, not
 //! by what the document would expand to.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, fmt::Write as _};
 
 use super::libyaml::{Event, Parser};
 use crate::error::{Error, quoted};
@@ -130,7 +130,9 @@ impl Scan {
         let mut path = String::new();
         for open in &self.stack {
             match &open.frame {
-                Frame::Sequence { index } => path.push_str(&format!("[{index}]")),
+                Frame::Sequence { index } => {
+                    let _ = write!(path, "[{index}]");
+                }
                 Frame::Mapping { key: Some(key), .. } => {
                     if !path.is_empty() {
                         path.push('.');
@@ -238,14 +240,14 @@ impl Scan {
 
     fn close(&mut self) {
         let depth = self.stack.len();
-        if let Some(open) = self.stack.pop() {
-            if let Some(anchor) = open.anchor {
-                let anchored = Anchored {
-                    nodes: self.nodes - open.nodes_before,
-                    height: open.deepest + 1 - depth,
-                };
-                self.anchors.insert(anchor, Some(anchored));
-            }
+        if let Some(open) = self.stack.pop()
+            && let Some(anchor) = open.anchor
+        {
+            let anchored = Anchored {
+                nodes: self.nodes - open.nodes_before,
+                height: open.deepest + 1 - depth,
+            };
+            self.anchors.insert(anchor, Some(anchored));
         }
         self.child_done();
     }
