@@ -207,6 +207,16 @@ pub struct PolicyDocument {
 
 /// Parses and validates a YAML policy document.
 pub fn parse_document(yaml: &str) -> Result<PolicyDocument> {
+    parse(yaml, super::yaml_limits::check)
+}
+
+/// Parses a document the store holds: as [`parse_document`], but a duplicate key keeps its
+/// last value (documents stored before duplicates were refused must still load).
+pub fn parse_stored_document(yaml: &str) -> Result<PolicyDocument> {
+    parse(yaml, super::yaml_limits::check_stored)
+}
+
+fn parse(yaml: &str, limits: fn(&str) -> Result<()>) -> Result<PolicyDocument> {
     if yaml.trim().is_empty() {
         return Err(Error::invalid("yaml", "the policy document is empty"));
     }
@@ -216,7 +226,7 @@ pub fn parse_document(yaml: &str) -> Result<PolicyDocument> {
             format!("the policy document is larger than {MAX_DOCUMENT_BYTES} bytes"),
         ));
     }
-    super::yaml_limits::check(yaml)?;
+    limits(yaml)?;
     let raw: RawPolicy = serde_yaml_ng::from_str(yaml).map_err(|err| yaml_error(&err))?;
     validate(raw)
 }
@@ -1055,6 +1065,29 @@ controls:
                 "{field}: {}",
                 &reason[..200]
             );
+        }
+    }
+
+    #[test]
+    fn a_stored_document_with_a_duplicate_key_still_loads_with_the_last_value() {
+        let yaml = GOOD.replace(
+            "attributes: {dept: [finance, audit]}",
+            "attributes: {dept: [finance], dept: [audit]}",
+        );
+        assert!(parse_document(&yaml).is_err());
+        let doc = parse_stored_document(&yaml).expect("stored documents load");
+        assert_eq!(doc.include.attributes["dept"], vec!["audit"]);
+        let deep = GOOD.replace(
+            "blueprints: [finance]",
+            &format!("blueprints: {}finance{}", "[".repeat(100), "]".repeat(100)),
+        );
+        assert!(field_of_stored(&deep).contains("deeper than 32 levels"));
+    }
+
+    fn field_of_stored(yaml: &str) -> String {
+        match parse_stored_document(yaml) {
+            Err(Error::InvalidArgument { reason, .. }) => reason,
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
         }
     }
 

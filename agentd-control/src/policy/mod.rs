@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
-pub use self::document::{PolicyDocument, parse_document};
+pub use self::document::{PolicyDocument, parse_document, parse_stored_document};
 use crate::{clock::UnixTime, model::OfflineBehavior};
 
 /// The name of the managed baseline policy created at start-up.

@@ -52,6 +52,8 @@ struct Anchored {
 
 #[derive(Default)]
 struct Scan {
+    /// False for documents stored before duplicate keys were refused (see [`check_stored`]).
+    lenient_keys: bool,
     stack: Vec<Open>,
     nodes: usize,
     /// `None`: the anchored node is still open.
@@ -61,8 +63,24 @@ struct Scan {
 /// Checks `yaml` against the limits; the error names the field path of the node past a limit
 /// (`yaml` at the top level), and libyaml's reason for text that is not YAML.
 pub fn check(yaml: &str) -> Result<(), Error> {
+    scan(yaml, Scan::default())
+}
+
+/// As [`check`], but a key given twice keeps its last value, as it did when documents stored
+/// before this check were accepted: re-reading them must not turn into an error that stops
+/// every decision.
+pub fn check_stored(yaml: &str) -> Result<(), Error> {
+    scan(
+        yaml,
+        Scan {
+            lenient_keys: true,
+            ..Scan::default()
+        },
+    )
+}
+
+fn scan(yaml: &str, mut scan: Scan) -> Result<(), Error> {
     let mut parser = Parser::new(yaml);
-    let mut scan = Scan::default();
     loop {
         let (event, line) = parser.next_event().map_err(|err| {
             Error::invalid(
@@ -184,7 +202,7 @@ impl Scan {
         else {
             unreachable!("expecting_key checked the innermost frame");
         };
-        if let Some(first) = keys.get(&value) {
+        if let Some(first) = keys.get(&value).filter(|_| !self.lenient_keys) {
             let field = if path.is_empty() {
                 bounded_key(&value)
             } else {
