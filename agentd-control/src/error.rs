@@ -7,9 +7,9 @@ pub enum Error {
     /// Bad input: names the field (e.g. `agent.sponsors[1]`) and what is wrong with it.
     #[error("field `{field}`: {reason}")]
     InvalidArgument { field: String, reason: String },
-    #[error("{kind} {id:?} not found")]
+    #[error("{kind} {} not found", quoted(.id))]
     NotFound { kind: &'static str, id: String },
-    #[error("{kind} {id:?} already exists")]
+    #[error("{kind} {} already exists", quoted(.id))]
     AlreadyExists { kind: &'static str, id: String },
     /// The request is valid but the target's state forbids it.
     #[error("{0}")]
@@ -78,5 +78,46 @@ impl From<Error> for Status {
             message = format!("database error: {db}");
         }
         Status::new(code, message)
+    }
+}
+
+/// How many characters of a bad value an error message quotes.
+pub const QUOTED_CHARS: usize = 64;
+
+/// `value` quoted for an error message (as `{:?}` would), cut to its first [`QUOTED_CHARS`]
+/// characters with an ellipsis: errors never echo more than that of what a caller sent.
+pub fn quoted(value: &str) -> String {
+    match value.char_indices().nth(QUOTED_CHARS) {
+        None => format!("{value:?}"),
+        Some((end, _)) => {
+            let mut text = format!("{:?}", &value[..end]);
+            text.insert(text.len() - 1, '…');
+            text
+        }
+    }
+}
+
+/// `text` cut to its first `max` characters with an ellipsis (for messages of other libraries
+/// that may quote input, such as the YAML deserializer's).
+pub fn bounded(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}…", &text[..end]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_values_are_cut_to_a_bounded_prefix() {
+        assert_eq!(quoted("short"), "\"short\"");
+        let long = "é".repeat(10_000);
+        let text = quoted(&long);
+        assert_eq!(text, format!("\"{}…\"", "é".repeat(QUOTED_CHARS)));
+        assert_eq!(quoted("a\nb"), "\"a\\nb\"");
+        assert_eq!(bounded("abcdef", 3), "abc…");
+        assert_eq!(bounded("abc", 3), "abc");
     }
 }

@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{ControlPlane, ensure_answers_for, optional_timestamp, timestamp, validate};
+use super::{ControlPlane, ensure_answers_for, limits, optional_timestamp, timestamp, validate};
 use crate::{
     auth::Method,
     error::Error,
@@ -18,9 +18,7 @@ fn resources(field: &str, resources: &[proto::Resource]) -> Result<Vec<Resource>
     if resources.is_empty() {
         return Err(Error::invalid(field, "at least one resource is required"));
     }
-    if resources.len() > 256 {
-        return Err(Error::invalid(field, "has more than 256 resources"));
-    }
+    limits::at_most(field, resources.len(), limits::PACKAGE_RESOURCES)?;
     resources
         .iter()
         .enumerate()
@@ -117,7 +115,10 @@ impl AccessService for ControlPlane {
                     1024,
                 )?,
             },
-            approvers: validate::principals("approvers", &request.approvers)?,
+            approvers: {
+                limits::at_most("approvers", request.approvers.len(), limits::APPROVERS)?;
+                validate::principals("approvers", &request.approvers)?
+            },
             starts_at: validate::time("start_time", request.start_time.as_ref())?,
             expires_at: validate::time("expire_time", request.expire_time.as_ref())?
                 .ok_or_else(|| Error::invalid("expire_time", "is required"))?,

@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 use super::{ControlPlane, timestamp, validate};
 use crate::{
     auth::Method,
-    error::Error,
+    error::{Error, quoted},
     model::{AuditFilter, ChainLink},
     proto::{self, audit_service_server::AuditService},
 };
@@ -42,8 +42,8 @@ impl AuditService for ControlPlane {
             return Err(Error::invalid(
                 "target_type",
                 format!(
-                    "{:?} is not one of {}",
-                    request.target_type,
+                    "{} is not one of {}",
+                    quoted(&request.target_type),
                     TARGET_TYPES.join(", ")
                 ),
             )

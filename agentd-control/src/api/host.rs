@@ -7,11 +7,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{ControlPlane, optional_timestamp, timestamp, validate};
+use super::{ControlPlane, limits, optional_timestamp, timestamp, validate};
 use crate::{
     auth::Method,
     clock::UnixTime,
-    error::Error,
+    error::{Error, quoted},
     model::Host,
     policy::RiskLevel,
     proto::{self, host_service_server::HostService},
@@ -107,9 +107,9 @@ impl HostService for ControlPlane {
         request: Request<proto::ReportAgentsRequest>,
     ) -> Result<Response<proto::ReportAgentsResponse>, Status> {
         let caller = self.authorize(&request, Method::ReportAgents).await?;
-        let ids = request
-            .get_ref()
-            .agent_ids
+        let agent_ids = &request.get_ref().agent_ids;
+        limits::at_most("agent_ids", agent_ids.len(), limits::REPORTED_AGENTS)?;
+        let ids = agent_ids
             .iter()
             .enumerate()
             .map(|(index, id)| validate::uuid(&format!("agent_ids[{index}]"), id))
@@ -244,13 +244,11 @@ impl HostService for ControlPlane {
         if detections.is_empty() {
             return Err(Error::invalid("detections", "at least one is required").into());
         }
-        if detections.len() > MAX_DETECTIONS_PER_REPORT {
-            return Err(Error::invalid(
-                "detections",
-                format!("at most {MAX_DETECTIONS_PER_REPORT} per report"),
-            )
-            .into());
-        }
+        limits::at_most(
+            "detections",
+            detections.len(),
+            limits::DETECTIONS_PER_REPORT,
+        )?;
         let mut parsed = Vec::with_capacity(detections.len());
         for (index, detection) in detections.iter().enumerate() {
             let field = |name: &str| format!("detections[{index}].{name}");
@@ -260,8 +258,8 @@ impl HostService for ControlPlane {
                     return Err(Error::invalid(
                         field("severity"),
                         format!(
-                            "unknown severity {:?} (low, medium or high)",
-                            detection.severity
+                            "unknown severity {} (low, medium or high)",
+                            quoted(&detection.severity)
                         ),
                     )
                     .into());
@@ -375,9 +373,6 @@ impl ControlPlane {
 fn shutting_down() -> Status {
     Status::unavailable("the control plane is shutting down; reconnect")
 }
-
-/// One report carries at most this many detections.
-const MAX_DETECTIONS_PER_REPORT: usize = 1000;
 
 impl ControlPlane {
     /// Pushes a new decision set to the host whenever its content changes: woken by this

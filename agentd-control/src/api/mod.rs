@@ -8,6 +8,7 @@ mod batch;
 mod decision;
 mod governance;
 mod host;
+mod limits;
 mod policy;
 mod registry;
 mod risk;

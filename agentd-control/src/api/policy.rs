@@ -1,14 +1,19 @@
 //! `PolicyService`: Conditional Access policies (YAML documents, versions, states) and what-if.
 
+use std::collections::HashSet;
+
 use tonic::{Request, Response, Status};
 
 use super::{ControlPlane, decision::decision_to_proto, optional_timestamp, timestamp, validate};
 use crate::{
     auth::Method,
     decisions::{self, place},
-    error::Error,
+    error::{Error, quoted},
     model::PolicyRecord,
-    policy::{PolicyState, PolicyVerdict, RiskLevel, parse_document},
+    policy::{
+        PolicyDocument, PolicyState, PolicyVerdict, RiskLevel, parse_document,
+        selection::{self, Registered},
+    },
     proto::{self, policy_service_server::PolicyService},
     store::registry::AgentFilter,
 };
@@ -36,13 +41,58 @@ fn policy_to_proto(record: PolicyRecord) -> proto::Policy {
     }
 }
 
-fn verdict_to_proto(verdict: PolicyVerdict) -> proto::PolicyEvaluation {
+fn verdict_to_proto(verdict: PolicyVerdict, warnings: Vec<String>) -> proto::PolicyEvaluation {
     proto::PolicyEvaluation {
         policy_id: verdict.policy_id,
         policy_name: verdict.policy_name,
         state: state_to_proto(verdict.state).into(),
         applies: verdict.applies,
         reasons: verdict.reasons,
+        warnings,
+    }
+}
+
+impl ControlPlane {
+    /// Registered agent ids and names (deleted agents excluded), and blueprint names.
+    async fn registered_names(&self) -> Result<(HashSet<String>, HashSet<String>), Error> {
+        let mut agents = HashSet::new();
+        for resolved in self.store.list_agents(&AgentFilter::default()).await? {
+            agents.insert(resolved.agent.id);
+            agents.insert(resolved.agent.name);
+        }
+        let blueprints = self
+            .store
+            .list_blueprints()
+            .await?
+            .into_iter()
+            .map(|blueprint| blueprint.name)
+            .collect();
+        Ok((agents, blueprints))
+    }
+
+    /// Refuses a policy whose include names only agents and blueprints that do not exist
+    /// (`FAILED_PRECONDITION`: the document is valid, the registry makes it select nothing).
+    async fn refuse_selecting_nothing(&self, document: &PolicyDocument) -> Result<(), Status> {
+        let include = &document.include;
+        if include.all || !include.attributes.is_empty() {
+            return Ok(());
+        }
+        let (agents, blueprints) = self.registered_names().await?;
+        let agent = |name: &str| agents.contains(name);
+        let blueprint = |name: &str| blueprints.contains(name);
+        let registered = Registered {
+            agent: &agent,
+            blueprint: &blueprint,
+        };
+        if !selection::selects_nothing(include, &registered) {
+            return Ok(());
+        }
+        Err(Error::FailedPrecondition(format!(
+            "`assignments.include` selects no agent: {}; register the agent or blueprint \
+             first, or select by attributes",
+            selection::unknown_names(include, &registered).join("; ")
+        ))
+        .into())
     }
 }
 
@@ -59,6 +109,28 @@ fn reference(field: &str, value: &str) -> Result<String, Error> {
     validate::text(field, value, 64)
 }
 
+/// Documents parsed at once; more wait for a permit, so that a flood of documents keeps at
+/// most this many threads of the blocking pool busy.
+static PARSE_PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// Parses and validates a policy document on the blocking pool, never on the async workers:
+/// a document may cost up to the limits of `policy::yaml_limits`, and other callers are
+/// answered meanwhile.
+async fn parse_off_workers(yaml: &str) -> Result<PolicyDocument, Status> {
+    let _permit = PARSE_PERMITS
+        .acquire()
+        .await
+        .map_err(|_| Status::unavailable("the server is shutting down"))?;
+    let yaml = yaml.to_owned();
+    tokio::task::spawn_blocking(move || parse_document(&yaml))
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "parsing a policy document");
+            Status::internal("parsing the policy document failed")
+        })?
+        .map_err(Status::from)
+}
+
 #[tonic::async_trait]
 impl PolicyService for ControlPlane {
     async fn create_policy(
@@ -67,7 +139,8 @@ impl PolicyService for ControlPlane {
     ) -> Result<Response<proto::CreatePolicyResponse>, Status> {
         let caller = self.authorize(&request, Method::CreatePolicy).await?;
         let yaml = &request.get_ref().yaml;
-        let document = parse_document(yaml)?;
+        let document = parse_off_workers(yaml).await?;
+        self.refuse_selecting_nothing(&document).await?;
         let record = self
             .store
             .create_policy(&self.audit(&caller, Method::CreatePolicy), &document, yaml)
@@ -84,7 +157,8 @@ impl PolicyService for ControlPlane {
     ) -> Result<Response<proto::UpdatePolicyResponse>, Status> {
         let caller = self.authorize(&request, Method::UpdatePolicy).await?;
         let request = request.get_ref();
-        let document = parse_document(&request.yaml)?;
+        let document = parse_off_workers(&request.yaml).await?;
+        self.refuse_selecting_nothing(&document).await?;
         let id = if request.id.is_empty() {
             document.name.clone()
         } else {
@@ -224,8 +298,8 @@ impl PolicyService for ControlPlane {
                 Error::invalid(
                     "risk_level",
                     format!(
-                        "unknown risk level {:?} (none, low, medium or high)",
-                        request.risk_level
+                        "unknown risk level {} (none, low, medium or high)",
+                        quoted(&request.risk_level)
                     ),
                 )
             })?)
@@ -257,8 +331,39 @@ impl PolicyService for ControlPlane {
                 kind: "agent",
                 id: agent_id.clone(),
             })?;
+        let blueprints: HashSet<String> = self
+            .store
+            .list_blueprints()
+            .await?
+            .into_iter()
+            .map(|blueprint| blueprint.name)
+            .collect();
+        let agent = |name: &str| {
+            inputs
+                .subjects
+                .iter()
+                .any(|subject| subject.id == name || subject.name == name)
+        };
+        let blueprint = |name: &str| blueprints.contains(name);
+        let registered = Registered {
+            agent: &agent,
+            blueprint: &blueprint,
+        };
+        let evaluations = verdicts
+            .into_iter()
+            .map(|verdict| {
+                let warnings = inputs
+                    .policies
+                    .policies()
+                    .iter()
+                    .find(|policy| policy.id == verdict.policy_id)
+                    .map(|policy| selection::unknown_names(&policy.document.include, &registered))
+                    .unwrap_or_default();
+                verdict_to_proto(verdict, warnings)
+            })
+            .collect();
         Ok(Response::new(proto::WhatIfResponse {
-            evaluations: verdicts.into_iter().map(verdict_to_proto).collect(),
+            evaluations,
             risk_level: decision.risk.as_str().to_owned(),
             decision: Some(decision_to_proto(&decision)),
             host_id: host.map(|h| h.id).unwrap_or_default(),

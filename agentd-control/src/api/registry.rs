@@ -2,7 +2,9 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{ControlPlane, ensure_answers_for, optional_timestamp, required, timestamp, validate};
+use super::{
+    ControlPlane, ensure_answers_for, limits, optional_timestamp, required, timestamp, validate,
+};
 use crate::{
     auth::Method,
     error::Error,
@@ -18,9 +20,7 @@ use crate::{
 type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn discovery_rules(field: &str, rules: &[proto::DiscoveryRule]) -> Result<Vec<DiscoveryRule>> {
-    if rules.len() > 64 {
-        return Err(Error::invalid(field, "has more than 64 rules"));
-    }
+    limits::at_most(field, rules.len(), limits::DISCOVERY_RULES)?;
     rules
         .iter()
         .enumerate()
@@ -72,6 +72,16 @@ fn baseline(field: &str, policy: Option<&proto::BaselinePolicy>) -> Result<Basel
         }
         Some(proto::DefaultAction::Deny) => DefaultAction::Deny,
     };
+    limits::at_most(
+        &format!("{field}.allowed_destinations"),
+        policy.allowed_destinations.len(),
+        limits::BASELINE_ENTRIES,
+    )?;
+    limits::at_most(
+        &format!("{field}.protected_paths"),
+        policy.protected_paths.len(),
+        limits::BASELINE_ENTRIES,
+    )?;
     let allowed_destinations = policy
         .allowed_destinations
         .iter()
@@ -156,6 +166,12 @@ fn metadata(field: &str, metadata: Option<&proto::AgentMetadata>) -> Result<Agen
     let Some(metadata) = metadata else {
         return Ok(AgentMetadata::default());
     };
+    for (name, len) in [
+        ("protocols", metadata.protocols.len()),
+        ("endpoints", metadata.endpoints.len()),
+    ] {
+        limits::at_most(&format!("{field}.{name}"), len, limits::METADATA_ENTRIES)?;
+    }
     let protocols = metadata
         .protocols
         .iter()
@@ -312,6 +328,8 @@ pub(super) fn agent_to_proto(resolved: &ResolvedAgent) -> proto::Agent {
 }
 
 fn new_agent(request: &proto::CreateAgentRequest) -> Result<NewAgent> {
+    limits::at_most("sponsors", request.sponsors.len(), limits::PRINCIPALS)?;
+    limits::at_most("owners", request.owners.len(), limits::PRINCIPALS)?;
     let sponsors = validate::principals("sponsors", &request.sponsors)?;
     if sponsors.is_empty() {
         return Err(Error::invalid(

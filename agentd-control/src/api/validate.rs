@@ -4,7 +4,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use prost_types::Timestamp;
 
-use crate::{clock::UnixTime, error::Error};
+use crate::{
+    clock::UnixTime,
+    error::{Error, quoted},
+};
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -22,7 +25,7 @@ pub fn identifier(field: &str, value: &str) -> Result<String> {
     {
         return Err(Error::invalid(
             field,
-            format!("{value:?} may contain only a-z, 0-9 and -"),
+            format!("{} may contain only a-z, 0-9 and -", quoted(value)),
         ));
     }
     if value.starts_with('-') {
@@ -38,7 +41,7 @@ pub fn uuid(field: &str, value: &str) -> Result<String> {
     }
     uuid::Uuid::parse_str(value)
         .map(|id| id.to_string())
-        .map_err(|_| Error::invalid(field, format!("{value:?} is not a UUID")))
+        .map_err(|_| Error::invalid(field, format!("{} is not a UUID", quoted(value))))
 }
 
 /// A person or group: 1 to 256 printable characters without spaces.
@@ -52,7 +55,10 @@ pub fn principal(field: &str, value: &str) -> Result<String> {
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(Error::invalid(
             field,
-            format!("{value:?} may not contain spaces or control characters"),
+            format!(
+                "{} may not contain spaces or control characters",
+                quoted(value)
+            ),
         ));
     }
     Ok(value.to_owned())
@@ -65,7 +71,7 @@ pub fn principals(field: &str, values: &[String]) -> Result<Vec<String>> {
         if out.contains(&value) {
             return Err(Error::invalid(
                 format!("{field}[{index}]"),
-                format!("{value:?} is listed twice"),
+                format!("{} is listed twice", quoted(&value)),
             ));
         }
         out.push(value);
@@ -100,9 +106,7 @@ pub fn required_text(field: &str, value: &str, max: usize) -> Result<String> {
 /// Custom security attributes: at most 64; keys 1 to 63 of `[A-Za-z0-9_.-]`; values at most
 /// 256 characters.
 pub fn attributes(field: &str, map: &HashMap<String, String>) -> Result<BTreeMap<String, String>> {
-    if map.len() > 64 {
-        return Err(Error::invalid(field, "has more than 64 attributes"));
-    }
+    super::limits::at_most(field, map.len(), super::limits::ATTRIBUTES)?;
     let mut out = BTreeMap::new();
     for (key, value) in map {
         let valid_key = !key.is_empty()
@@ -112,11 +116,14 @@ pub fn attributes(field: &str, map: &HashMap<String, String>) -> Result<BTreeMap
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
         if !valid_key {
             return Err(Error::invalid(
-                format!("{field}[{key:?}]"),
+                format!("{field}[{}]", quoted(key)),
                 "keys are 1 to 63 characters of A-Z, a-z, 0-9, _, . and -",
             ));
         }
-        out.insert(key.clone(), text(&format!("{field}[{key:?}]"), value, 256)?);
+        out.insert(
+            key.clone(),
+            text(&format!("{field}[{}]", quoted(key)), value, 256)?,
+        );
     }
     Ok(out)
 }
@@ -137,7 +144,7 @@ pub fn absolute_path(field: &str, value: &str) -> Result<String> {
     if !value.starts_with('/') {
         return Err(Error::invalid(
             field,
-            format!("{value:?} is not an absolute path"),
+            format!("{} is not an absolute path", quoted(value)),
         ));
     }
     if value.split('/').any(|part| part == "..") {
@@ -152,7 +159,10 @@ pub fn destination(field: &str, value: &str) -> Result<String> {
     let invalid = || {
         Error::invalid(
             field,
-            format!("{value:?} is not host:port, an address, a CIDR or CIDR:port"),
+            format!(
+                "{} is not host:port, an address, a CIDR or CIDR:port",
+                quoted(value)
+            ),
         )
     };
     if value.is_empty() {
@@ -177,7 +187,7 @@ pub fn destination(field: &str, value: &str) -> Result<String> {
     {
         return Err(Error::invalid(
             field,
-            format!("{port:?} is not a port (1-65535)"),
+            format!("{} is not a port (1-65535)", quoted(port)),
         ));
     }
     if let Some((addr, prefix)) = host.split_once('/') {
@@ -193,7 +203,7 @@ pub fn destination(field: &str, value: &str) -> Result<String> {
         if port.is_none() {
             return Err(Error::invalid(
                 field,
-                format!("{value:?}: a host name needs a port (host:port)"),
+                format!("{}: a host name needs a port (host:port)", quoted(value)),
             ));
         }
         hostname(field, host)?;
@@ -213,7 +223,10 @@ pub fn hostname(field: &str, value: &str) -> Result<String> {
     {
         return Err(Error::invalid(
             field,
-            format!("{value:?} is not a host name (1 to 253 of A-Z, a-z, 0-9, . and -)"),
+            format!(
+                "{} is not a host name (1 to 253 of A-Z, a-z, 0-9, . and -)",
+                quoted(value)
+            ),
         ));
     }
     Ok(value.to_owned())
@@ -224,10 +237,13 @@ pub fn url(field: &str, value: &str) -> Result<String> {
     let rest = value
         .strip_prefix("https://")
         .or_else(|| value.strip_prefix("http://"))
-        .ok_or_else(|| Error::invalid(field, format!("{value:?} is not an http(s) URL")))?;
+        .ok_or_else(|| Error::invalid(field, format!("{} is not an http(s) URL", quoted(value))))?;
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.is_empty() || authority.contains(char::is_whitespace) {
-        return Err(Error::invalid(field, format!("{value:?} has no host")));
+        return Err(Error::invalid(
+            field,
+            format!("{} has no host", quoted(value)),
+        ));
     }
     text(field, value, 2048)
 }

@@ -11,7 +11,7 @@ use super::{
     AttributeFilter, Cidr, Destination, FileAccess, FileAction, FileControl, NetworkGrant,
     PolicyState, Ports, RiskLevel,
 };
-use crate::error::Error;
+use crate::error::{Error, bounded, quoted};
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -207,6 +207,16 @@ pub struct PolicyDocument {
 
 /// Parses and validates a YAML policy document.
 pub fn parse_document(yaml: &str) -> Result<PolicyDocument> {
+    parse(yaml, super::yaml_limits::check)
+}
+
+/// Parses a document the store holds: as [`parse_document`], but a duplicate key keeps its
+/// last value (documents stored before duplicates were refused must still load).
+pub fn parse_stored_document(yaml: &str) -> Result<PolicyDocument> {
+    parse(yaml, super::yaml_limits::check_stored)
+}
+
+fn parse(yaml: &str, limits: fn(&str) -> Result<()>) -> Result<PolicyDocument> {
     if yaml.trim().is_empty() {
         return Err(Error::invalid("yaml", "the policy document is empty"));
     }
@@ -216,21 +226,26 @@ pub fn parse_document(yaml: &str) -> Result<PolicyDocument> {
             format!("the policy document is larger than {MAX_DOCUMENT_BYTES} bytes"),
         ));
     }
+    limits(yaml)?;
     let raw: RawPolicy = serde_yaml_ng::from_str(yaml).map_err(|err| yaml_error(&err))?;
     validate(raw)
 }
 
 /// `serde_yaml_ng` reports `path.to.field: message at line L column C`; keep the path as the
-/// field.
+/// field. Its messages may quote what was sent (a string of the wrong type, an unknown key):
+/// both parts are cut to a bounded length.
 fn yaml_error(err: &serde_yaml_ng::Error) -> Error {
     let text = err.to_string();
     match text.split_once(": ") {
         Some((path, reason)) if !path.contains(' ') && !path.is_empty() && path != "." => {
-            Error::invalid(path, reason.to_owned())
+            Error::invalid(bounded(path, 256), bounded(reason, MAX_REASON_CHARS))
         }
-        _ => Error::invalid("yaml", text),
+        _ => Error::invalid("yaml", bounded(&text, MAX_REASON_CHARS)),
     }
 }
+
+/// The deserializer's reasons are cut to this many characters.
+const MAX_REASON_CHARS: usize = 256;
 
 fn validate(raw: RawPolicy) -> Result<PolicyDocument> {
     let name = raw
@@ -249,7 +264,10 @@ fn validate(raw: RawPolicy) -> Result<PolicyDocument> {
     let state = PolicyState::parse(&state_text).ok_or_else(|| {
         Error::invalid(
             "state",
-            format!("unknown state {state_text:?} (enabled, reportOnly or disabled)"),
+            format!(
+                "unknown state {} (enabled, reportOnly or disabled)",
+                quoted(&state_text)
+            ),
         )
     })?;
     let assignments = raw
@@ -301,7 +319,10 @@ fn identifier(field: &str, value: &str) -> Result<String> {
     {
         return Err(Error::invalid(
             field,
-            format!("{value:?} may contain only a-z, 0-9 and - (not first)"),
+            format!(
+                "{} may contain only a-z, 0-9 and - (not first)",
+                quoted(value)
+            ),
         ));
     }
     Ok(value.to_owned())
@@ -324,7 +345,10 @@ fn token(field: &str, value: &str, what: &str) -> Result<String> {
     {
         return Err(Error::invalid(
             field,
-            format!("{value:?} is not {what} (1 to 256 characters, no spaces)"),
+            format!(
+                "{} is not {what} (1 to 256 characters, no spaces)",
+                quoted(value)
+            ),
         ));
     }
     Ok(value.to_owned())
@@ -333,6 +357,7 @@ fn token(field: &str, value: &str, what: &str) -> Result<String> {
 fn selector(field: &str, raw: RawSelector) -> Result<Selector> {
     check_len(&format!("{field}.agents"), raw.agents.len())?;
     check_len(&format!("{field}.blueprints"), raw.blueprints.len())?;
+    check_len(&format!("{field}.attributes"), raw.attributes.len())?;
     let mut agents: Vec<String> = Vec::new();
     for (index, agent) in raw.agents.iter().enumerate() {
         let item = format!("{field}.agents[{index}]");
@@ -370,6 +395,7 @@ fn selector(field: &str, raw: RawSelector) -> Result<Selector> {
         if values.is_empty() {
             return Err(Error::invalid(item, "lists no value"));
         }
+        check_len(&item, values.len())?;
         for (index, value) in values.iter().enumerate() {
             if value.chars().count() > 256 {
                 return Err(Error::invalid(
@@ -392,13 +418,17 @@ fn conditions(raw: RawConditions) -> Result<Conditions> {
     check_len("conditions.riskLevels", raw.risk_levels.len())?;
     check_len("conditions.hosts", raw.hosts.len())?;
     check_len("conditions.timeWindows", raw.time_windows.len())?;
+    check_len("conditions.hostLabels", raw.host_labels.len())?;
     let mut risk_levels = Vec::new();
     for (index, level) in raw.risk_levels.iter().enumerate() {
         let field = format!("conditions.riskLevels[{index}]");
         let level = RiskLevel::parse(level).ok_or_else(|| {
             Error::invalid(
                 &field,
-                format!("unknown risk level {level:?} (none, low, medium or high)"),
+                format!(
+                    "unknown risk level {} (none, low, medium or high)",
+                    quoted(level)
+                ),
             )
         })?;
         if risk_levels.contains(&level) {
@@ -456,7 +486,10 @@ fn time_window(field: &str, raw: &RawTimeWindow) -> Result<TimeWindow> {
             .ok_or_else(|| {
                 Error::invalid(
                     format!("{field}.days[{index}]"),
-                    format!("unknown day {day:?} (mon, tue, wed, thu, fri, sat or sun)"),
+                    format!(
+                        "unknown day {} (mon, tue, wed, thu, fri, sat or sun)",
+                        quoted(day)
+                    ),
                 )
             })?;
         days |= 1 << position;
@@ -470,7 +503,10 @@ fn time_window(field: &str, raw: &RawTimeWindow) -> Result<TimeWindow> {
         let invalid = || {
             Error::invalid(
                 format!("{field}.hours"),
-                format!("{:?} is not HH:MM-HH:MM (e.g. 09:00-17:30)", raw.hours),
+                format!(
+                    "{} is not HH:MM-HH:MM (e.g. 09:00-17:30)",
+                    quoted(&raw.hours)
+                ),
             )
         };
         let (start, end) = raw.hours.split_once('-').ok_or_else(invalid)?;
@@ -488,8 +524,8 @@ fn time_window(field: &str, raw: &RawTimeWindow) -> Result<TimeWindow> {
         Error::invalid(
             format!("{field}.timeZone"),
             format!(
-                "{:?} is not UTC or an offset such as +02:00 or UTC-05:30",
-                raw.time_zone
+                "{} is not UTC or an offset such as +02:00 or UTC-05:30",
+                quoted(&raw.time_zone)
             ),
         )
     })?;
@@ -629,7 +665,10 @@ fn destination(field: &str, raw: RawDestination) -> Result<NetworkGrant> {
         Destination::Cidr(Cidr::parse(&cidr).ok_or_else(|| {
             Error::invalid(
                 format!("{field}.cidr"),
-                format!("{cidr:?} is not an IP address or CIDR (10.0.0.0/8, 2001:db8::/32)"),
+                format!(
+                    "{} is not an IP address or CIDR (10.0.0.0/8, 2001:db8::/32)",
+                    quoted(&cidr)
+                ),
             )
         })?)
     } else if let Some(domain) = raw.domain {
@@ -648,7 +687,7 @@ fn destination(field: &str, raw: RawDestination) -> Result<NetworkGrant> {
         {
             return Err(Error::invalid(
                 format!("{field}.mcpServer"),
-                format!("{url:?} is not an http(s) URL"),
+                format!("{} is not an http(s) URL", quoted(&url)),
             ));
         }
         Destination::McpServer(url)
@@ -659,7 +698,10 @@ fn destination(field: &str, raw: RawDestination) -> Result<NetworkGrant> {
         Some(PortsText::Text(text)) => Some(Ports::parse(&text).ok_or_else(|| {
             Error::invalid(
                 format!("{field}.ports"),
-                format!("{text:?} is not a port or a range (443, 8000-8100) of 1-65535"),
+                format!(
+                    "{} is not a port or a range (443, 8000-8100) of 1-65535",
+                    quoted(&text)
+                ),
             )
         })?),
         Some(PortsText::Number(number)) => Some(
@@ -700,7 +742,10 @@ fn domain_name(field: &str, value: &str) -> Result<String> {
     if !valid {
         return Err(Error::invalid(
             field,
-            format!("{value:?} is not a domain name (example.com or *.example.com)"),
+            format!(
+                "{} is not a domain name (example.com or *.example.com)",
+                quoted(value)
+            ),
         ));
     }
     Ok(lower)
@@ -713,7 +758,7 @@ fn file_rule(field: &str, raw: RawFileRule) -> Result<FileControl> {
     if !path.starts_with('/') || path.split('/').any(|part| part == "..") || path.len() > 4096 {
         return Err(Error::invalid(
             format!("{field}.path"),
-            format!("{path:?} is not an absolute path without .."),
+            format!("{} is not an absolute path without ..", quoted(&path)),
         ));
     }
     if raw.access.is_empty() {
@@ -731,7 +776,7 @@ fn file_rule(field: &str, raw: RawFileRule) -> Result<FileControl> {
             .ok_or_else(|| {
                 Error::invalid(
                     format!("{field}.access[{index}]"),
-                    format!("unknown access {text:?} (read, write or exec)"),
+                    format!("unknown access {} (read, write or exec)", quoted(text)),
                 )
             })?;
         if !access.contains(&kind) {
@@ -745,7 +790,7 @@ fn file_rule(field: &str, raw: RawFileRule) -> Result<FileControl> {
         Some(other) => {
             return Err(Error::invalid(
                 format!("{field}.action"),
-                format!("unknown action {other:?} (allow or deny)"),
+                format!("unknown action {} (allow or deny)", quoted(other)),
             ));
         }
         None => {
@@ -948,6 +993,114 @@ controls:
         assert_eq!(doc.state, PolicyState::ReportOnly);
         assert!(doc.controls.block && doc.include.all);
         assert_eq!(doc.conditions.risk_levels, vec![RiskLevel::High]);
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_in_nested_maps_and_structs() {
+        let yaml = GOOD.replace(
+            "attributes: {dept: [finance, audit]}",
+            "attributes: {dept: [finance], dept: [audit]}",
+        );
+        let (field, reason) = field_of(&yaml);
+        assert_eq!(field, "assignments.include.attributes.dept");
+        assert!(reason.contains("given twice"), "{reason}");
+        let yaml = GOOD.replace(
+            "hostLabels: {env: prod}",
+            "hostLabels: {env: prod, env: dev}",
+        );
+        assert_eq!(field_of(&yaml).0, "conditions.hostLabels.env");
+        let yaml = GOOD.replace(
+            "      action: deny\n",
+            "      action: deny\n      action: allow\n",
+        );
+        assert_eq!(field_of(&yaml).0, "controls.files[0].action");
+    }
+
+    #[test]
+    fn an_alias_bomb_in_a_policy_is_refused_by_the_limits_before_deserializing() {
+        let mut yaml = String::from(
+            "name: bomb\nstate: enabled\nassignments:\n  include:\n    attributes:\n      a: &a [",
+        );
+        yaml.push_str(&vec!["x"; 1000].join(","));
+        yaml.push_str("]\n      b: [");
+        yaml.push_str(&vec!["*a"; 1000].join(","));
+        yaml.push_str("]\ncontrols: {block: true}\n");
+        assert!(yaml.len() < 8 * 1024);
+        let started = std::time::Instant::now();
+        let (field, reason) = field_of(&yaml);
+        assert!(
+            started.elapsed().as_millis() < 100,
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            field.starts_with("assignments.include.attributes.b["),
+            "{field}"
+        );
+        assert!(reason.contains("more than 100000 nodes"), "{reason}");
+        let deep = GOOD.replace(
+            "blueprints: [finance]",
+            &format!(
+                "blueprints: {}finance{}",
+                "[".repeat(5000),
+                "]".repeat(5000)
+            ),
+        );
+        assert!(field_of(&deep).1.contains("deeper than 32 levels"));
+    }
+
+    #[test]
+    fn errors_quote_a_bounded_prefix_of_the_bad_value() {
+        let long = "Z".repeat(100_000);
+        for yaml in [
+            GOOD.replace("name: finance-egress", &format!("name: {long}")),
+            GOOD.replace("state: enabled", &format!("state: {long}")),
+            GOOD.replace("cidr: 10.20.0.0/16", &format!("cidr: {long}")),
+            GOOD.replace("  include:", &format!("  include:\n    {long}: 1")),
+            GOOD.replace("    blueprints: [finance]", &format!("    all: {long}")),
+        ] {
+            let (field, reason) = field_of(&yaml);
+            assert!(
+                field.len() + reason.len() < 600,
+                "{field}: {}",
+                &reason[..200]
+            );
+        }
+    }
+
+    #[test]
+    fn a_stored_document_with_a_duplicate_key_still_loads_with_the_last_value() {
+        let yaml = GOOD.replace(
+            "attributes: {dept: [finance, audit]}",
+            "attributes: {dept: [finance], dept: [audit]}",
+        );
+        assert!(parse_document(&yaml).is_err());
+        let doc = parse_stored_document(&yaml).expect("stored documents load");
+        assert_eq!(doc.include.attributes["dept"], vec!["audit"]);
+        let deep = GOOD.replace(
+            "blueprints: [finance]",
+            &format!("blueprints: {}finance{}", "[".repeat(100), "]".repeat(100)),
+        );
+        assert!(field_of_stored(&deep).contains("deeper than 32 levels"));
+    }
+
+    fn field_of_stored(yaml: &str) -> String {
+        match parse_stored_document(yaml) {
+            Err(Error::InvalidArgument { reason, .. }) => reason,
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn attribute_lists_are_capped() {
+        let values = vec!["v"; 1001].join(", ");
+        let yaml = GOOD.replace(
+            "attributes: {dept: [finance, audit]}",
+            &format!("attributes: {{dept: [{values}]}}"),
+        );
+        let (field, reason) = field_of(&yaml);
+        assert_eq!(field, "assignments.include.attributes.dept");
+        assert!(reason.contains("more than 1000"), "{reason}");
     }
 
     #[test]

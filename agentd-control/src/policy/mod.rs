@@ -5,12 +5,15 @@
 
 pub mod document;
 pub mod evaluate;
+mod libyaml;
+pub mod selection;
+pub mod yaml_limits;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
-pub use self::document::{PolicyDocument, parse_document};
+pub use self::document::{PolicyDocument, parse_document, parse_stored_document};
 use crate::{clock::UnixTime, model::OfflineBehavior};
 
 /// The name of the managed baseline policy created at start-up.

@@ -9,7 +9,7 @@ use crate::{
     model::PolicyRecord,
     policy::{
         ActivePolicy, BASELINE_POLICY_NAME, BASELINE_POLICY_YAML, PolicyDocument, PolicyState,
-        parse_document,
+        parse_document, parse_stored_document,
     },
 };
 
@@ -19,7 +19,7 @@ const COLUMNS: &str = "p.id, p.name, p.managed, p.created_at, v.version, v.state
 fn record_from_row(row: &AnyRow) -> Result<PolicyRecord> {
     let state: String = row.try_get("state")?;
     let yaml: String = row.try_get("document")?;
-    let description = parse_document(&yaml)
+    let description = parse_stored_document(&yaml)
         .map(|doc| doc.description)
         .unwrap_or_default();
     Ok(PolicyRecord {
@@ -363,10 +363,11 @@ impl Store {
             .await?
             .into_iter()
             .map(|record| {
-                let document = parse_document(&record.yaml).map_err(|err| Error::Corrupt {
-                    what: "policy document",
-                    source: serde::de::Error::custom(format!("{}: {err}", record.name)),
-                })?;
+                let document =
+                    parse_stored_document(&record.yaml).map_err(|err| Error::Corrupt {
+                        what: "policy document",
+                        source: serde::de::Error::custom(format!("{}: {err}", record.name)),
+                    })?;
                 Ok(ActivePolicy {
                     id: record.id,
                     state: record.state,

@@ -161,6 +161,8 @@ fn decision<'a>(set: &'a proto::DecisionSet, agent_id: &str) -> &'a proto::Agent
 pub async fn bad_policies_are_refused_by_field_and_the_policies_in_force_stay(backend: Backend) {
     let fixture = Fixture::start(&backend).await;
     let admin = fixture.admin().await;
+    // A policy naming only a blueprint that does not exist is refused (bounded.rs).
+    create_blueprint(&admin, blueprint("finance")).await;
     let policy = create_policy(&admin, FINANCE_EGRESS).await;
     let bad = FINANCE_EGRESS.replace(
         "controls:",
@@ -254,6 +256,7 @@ pub async fn policy_updates_are_versioned_and_audited_and_the_baseline_is_manage
 ) {
     let fixture = Fixture::start(&backend).await;
     let admin = fixture.admin().await;
+    create_blueprint(&admin, blueprint("finance")).await;
     let created = create_policy(&admin, FINANCE_EGRESS).await;
     assert_eq!(created.version, 1);
     let second_yaml = FINANCE_EGRESS.replace("ports: 443", "ports: 8443");

@@ -15,6 +15,7 @@
     reason = "prose names SQLite and PostgreSQL, not code"
 )]
 
+mod bounded;
 mod cases;
 mod conditional_access;
 mod integrity;
@@ -91,6 +92,11 @@ const TESTS: &[(&str, TestFn)] = tests![
     connections::shutdown_with_watching_hosts_completes_within_seconds_and_watchers_see_unavailable,
     connections::sigterm_with_watching_hosts_exits_cleanly_within_seconds_and_hosts_resume,
     connections::at_its_open_file_limit_the_server_neither_spins_nor_locks_clients_out,
+    bounded::alias_bombs_and_deep_nesting_are_refused_quickly_while_others_are_answered,
+    bounded::duplicate_keys_are_refused_in_nested_maps,
+    bounded::repeated_fields_past_their_cap_are_refused_naming_field_and_cap,
+    bounded::errors_quote_a_bounded_prefix_of_what_was_sent,
+    bounded::a_policy_selecting_only_unknown_names_is_refused_and_what_if_warns,
 ];
 
 fn main() -> ExitCode {

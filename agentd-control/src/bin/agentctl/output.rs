@@ -604,6 +604,11 @@ impl Printer {
             })
             .collect();
         table(&["POLICY", "STATE", "APPLIES", "WHY"], &rows);
+        for evaluation in &response.evaluations {
+            for warning in &evaluation.warnings {
+                println!("warning: policy {}: {warning}", evaluation.policy_name);
+            }
+        }
         if let Some(decision) = &response.decision {
             println!();
             print_decision(decision);
