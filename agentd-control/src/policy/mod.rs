@@ -5,12 +5,16 @@
 
 pub mod document;
 pub mod evaluate;
+pub mod host_ref;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
-pub use self::document::{PolicyDocument, parse_document};
+pub use self::{
+    document::{PolicyDocument, parse_document},
+    host_ref::HostRef,
+};
 use crate::{clock::UnixTime, model::OfflineBehavior};
 
 /// The name of the managed baseline policy created at start-up.
