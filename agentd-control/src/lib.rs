@@ -6,6 +6,7 @@ pub mod auth;
 pub mod ca;
 pub mod clock;
 pub mod decisions;
+pub mod duties;
 pub mod error;
 pub mod model;
 pub mod policy;

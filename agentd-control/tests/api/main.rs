@@ -17,6 +17,7 @@
 
 mod cases;
 mod conditional_access;
+mod duties;
 mod postgres;
 mod rbac;
 mod support;
@@ -74,6 +75,13 @@ const TESTS: &[(&str, TestFn)] = tests![
     conditional_access::agentctl_applies_policy_files_and_explains_decisions,
     conditional_access::a_watch_drops_a_package_grant_when_its_expiry_passes,
     conditional_access::hosts_share_decisions_only_when_no_policy_tells_them_apart,
+    duties::naming_oneself_as_the_sole_approver_is_refused,
+    duties::a_requester_cannot_approve_their_own_package_and_widening_needs_another_admin,
+    duties::owners_cannot_change_what_policies_and_governance_rely_on,
+    duties::a_host_reports_detections_only_for_agents_it_runs,
+    duties::a_join_token_bound_to_a_hostname_enrols_only_that_hostname,
+    duties::a_second_live_host_with_the_same_hostname_is_refused,
+    duties::a_hostname_equal_to_another_hosts_id_is_refused,
 ];
 
 fn main() -> ExitCode {
