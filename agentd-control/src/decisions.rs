@@ -14,7 +14,7 @@ use crate::{
     error::Result,
     model::{AccessPackageState, DEFAULT_OFFLINE_TTL_SECONDS, Host, ResolvedAgent},
     policy::{
-        ActivePolicy, Decision, PolicyVerdict, RiskLevel,
+        ActivePolicy, Decision, HostRef, PolicyVerdict, RiskLevel,
         evaluate::{Facts, PackageGrant, Place, PolicySet, Subject, evaluate},
     },
     risk::{AgentRisk, aggregate},
@@ -40,7 +40,7 @@ pub struct Inputs {
 #[derive(Debug, Default)]
 struct HostConditions {
     label_keys: Vec<String>,
-    names: Vec<String>,
+    names: Vec<HostRef>,
 }
 
 impl HostConditions {
@@ -181,7 +181,7 @@ impl Inputs {
                 .names
                 .iter()
                 .enumerate()
-                .filter(|(_, name)| **name == host.id || **name == host.hostname)
+                .filter(|(_, name)| name.matches(&host.id, &host.hostname))
                 .map(|(index, _)| index)
                 .collect(),
         }

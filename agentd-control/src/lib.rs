@@ -8,6 +8,7 @@ pub mod auth;
 pub mod ca;
 pub mod clock;
 pub mod decisions;
+pub mod duties;
 pub mod error;
 pub mod listener;
 pub mod model;

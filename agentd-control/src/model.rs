@@ -329,6 +329,12 @@ pub struct ApiToken {
 pub struct JoinToken {
     pub id: String,
     pub description: String,
+    /// The only hostname the token enrols; empty: any.
+    #[serde(default)]
+    pub hostname: String,
+    /// Labels the enrolled host gets.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     pub created_at: UnixTime,
     pub expires_at: UnixTime,
     pub used_at: Option<UnixTime>,

@@ -1073,7 +1073,9 @@ impl State {
         }
     }
 
-    /// Tells the control plane which of its agents run here, when that changed.
+    /// Tells the control plane which of its agents run here, when that changed. An agent with
+    /// detections still to send counts as running (its processes may have exited, or been
+    /// killed, since): the control plane accepts detections only for agents a host reported.
     fn report_agents(&mut self) {
         let (Some(tx), Some(set)) = (&self.ca.to_control, &self.ca.set) else {
             return;
@@ -1089,7 +1091,14 @@ impl State {
         let mut ids: Vec<String> = set
             .decisions
             .iter()
-            .filter(|decision| running.contains(decision.agent_name.as_str()))
+            .filter(|decision| {
+                running.contains(decision.agent_name.as_str())
+                    || self
+                        .ca
+                        .pending_detections
+                        .iter()
+                        .any(|d| d.agent_id == decision.agent_id)
+            })
             .map(|decision| decision.agent_id.clone())
             .collect();
         ids.sort();

@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 use super::{ControlPlane, ensure_answers_for, limits, optional_timestamp, timestamp, validate};
 use crate::{
     auth::Method,
+    duties,
     error::Error,
     model::{
         AccessPackage, AccessPackageSpec, AccessPackageState, NewAccessPackage, Resource,
@@ -105,7 +106,7 @@ impl AccessService for ControlPlane {
             .authorize(&request, Method::RequestAccessPackage)
             .await?;
         let request = request.into_inner();
-        let new = NewAccessPackage {
+        let mut new = NewAccessPackage {
             agent_id: validate::uuid("agent_id", &request.agent_id)?,
             spec: AccessPackageSpec {
                 resources: resources("resources", &request.resources)?,
@@ -123,6 +124,7 @@ impl AccessService for ControlPlane {
             expires_at: validate::time("expire_time", request.expire_time.as_ref())?
                 .ok_or_else(|| Error::invalid("expire_time", "is required"))?,
         };
+        duties::check_approvers(&caller.principal, &new.approvers)?;
         if caller.role != Role::Admin {
             if new.approvers.is_empty() {
                 return Err(Error::invalid(
@@ -131,7 +133,14 @@ impl AccessService for ControlPlane {
                 )
                 .into());
             }
-            ensure_answers_for(&caller, &self.store.get_agent(&new.agent_id).await?.agent)?;
+            let agent = self.store.get_agent(&new.agent_id).await?;
+            ensure_answers_for(&caller, &agent.agent)?;
+            // An admin could grant at once; anyone else widening the admin-set allow-list
+            // needs a second person who is an admin (see `duties`).
+            let blueprint = self.store.get_blueprint(&agent.agent.blueprint).await?;
+            if duties::widens(&new.spec.resources, &blueprint.spec.baseline_policy) {
+                new.approvers.push(duties::ADMIN_STAGE.to_owned());
+            }
         }
         let package = self
             .store

@@ -15,7 +15,7 @@ use crate::{
     model::Host,
     policy::RiskLevel,
     proto::{self, host_service_server::HostService},
-    store::{AuditContext, risk::NewDetection},
+    store::{AuditContext, hosts::JoinBinding, risk::NewDetection},
 };
 
 /// Join tokens live at most a week.
@@ -58,12 +58,21 @@ impl HostService for ControlPlane {
             ttl => ttl,
         };
         let description = validate::text("description", &request.description, 256)?;
+        let binding = JoinBinding {
+            hostname: if request.hostname.is_empty() {
+                String::new()
+            } else {
+                validate::hostname("hostname", &request.hostname)?
+            },
+            labels: validate::attributes("labels", &request.labels)?,
+        };
         let (token, secret) = self
             .store
             .create_join_token(
                 &self.audit(&caller, Method::CreateJoinToken),
                 i64::from(ttl),
                 &description,
+                binding,
             )
             .await?;
         Ok(Response::new(proto::CreateJoinTokenResponse {
@@ -273,13 +282,14 @@ impl HostService for ControlPlane {
                 summary: validate::text(&field("summary"), &detection.summary, 1024)?,
             });
         }
+        let ids: Vec<String> = parsed.iter().map(|d| d.agent_id.clone()).collect();
+        self.store.ensure_host_runs(&caller.principal, &ids).await?;
         let audit = self.audit(&caller, Method::ReportDetections);
         let now = audit.now;
         self.store
             .insert_detections(&audit, &caller.principal, &parsed)
             .await?;
         self.decisions_changed();
-        let ids: Vec<String> = parsed.iter().map(|d| d.agent_id.clone()).collect();
         let risks = self.agent_risks(&ids, now).await?;
         let risk_levels = parsed
             .iter()

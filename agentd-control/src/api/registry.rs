@@ -525,6 +525,7 @@ impl RegistryService for ControlPlane {
                     caller.principal, update.id
                 )));
             }
+            crate::duties::check_owner_update(&current.agent, &update)?;
         }
         let agent = self
             .store

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
 
 use super::{
-    AttributeFilter, Cidr, Destination, FileAccess, FileAction, FileControl, NetworkGrant,
+    AttributeFilter, Cidr, Destination, FileAccess, FileAction, FileControl, HostRef, NetworkGrant,
     PolicyState, Ports, RiskLevel,
 };
 use crate::error::{Error, bounded, quoted};
@@ -174,8 +174,8 @@ pub const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun
 pub struct Conditions {
     /// Empty: any risk.
     pub risk_levels: Vec<RiskLevel>,
-    /// Host ids or hostnames; empty: any host.
-    pub hosts: Vec<String>,
+    /// Host ids and hostnames; empty: any host.
+    pub hosts: Vec<HostRef>,
     /// Every label must match; empty: any host.
     pub host_labels: BTreeMap<String, String>,
     /// Any window matching is enough; empty: any time.
@@ -438,10 +438,10 @@ fn conditions(raw: RawConditions) -> Result<Conditions> {
     }
     let mut hosts = Vec::new();
     for (index, host) in raw.hosts.iter().enumerate() {
-        hosts.push(token(
-            &format!("conditions.hosts[{index}]"),
-            host,
-            "a host id or hostname",
+        let field = format!("conditions.hosts[{index}]");
+        hosts.push(HostRef::parse(
+            &field,
+            &token(&field, host, "a host id or hostname")?,
         )?);
     }
     for (key, value) in &raw.host_labels {

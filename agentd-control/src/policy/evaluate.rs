@@ -226,14 +226,14 @@ fn check(policy: &ActivePolicy, facts: &Facts<'_>, explain: bool) -> (bool, Vec<
             conditions
                 .hosts
                 .iter()
-                .any(|h| *h == host.id || *h == host.hostname)
+                .any(|h| h.matches(&host.id, &host.hostname))
         });
         if !matched {
             if explain {
                 reasons.push(format!(
                     "host {} is not in [{}]",
                     facts.host.map_or("(none)", |h| h.hostname.as_str()),
-                    conditions.hosts.join(", ")
+                    join(conditions.hosts.iter())
                 ));
             }
             return (false, reasons);

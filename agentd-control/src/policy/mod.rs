@@ -5,6 +5,7 @@
 
 pub mod document;
 pub mod evaluate;
+pub mod host_ref;
 mod libyaml;
 pub mod selection;
 pub mod yaml_limits;
@@ -13,7 +14,10 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
-pub use self::document::{PolicyDocument, parse_document, parse_stored_document};
+pub use self::{
+    document::{PolicyDocument, parse_document, parse_stored_document},
+    host_ref::HostRef,
+};
 use crate::{clock::UnixTime, model::OfflineBehavior};
 
 /// The name of the managed baseline policy created at start-up.

@@ -3,8 +3,10 @@
 use sqlx::{Row as _, any::AnyRow};
 
 use super::{AuditContext, Conn, Store, corrupt, from_json, new_id, registry::load_agent, to_json};
+pub use crate::duties::Approver;
 use crate::{
     clock::UnixTime,
+    duties::{Decision, check_decider},
     error::{Error, Result},
     model::{
         AccessPackage, AccessPackageState, AgentState, ApprovalStage, NewAccessPackage, SweepReport,
@@ -80,14 +82,6 @@ fn settled(package: &AccessPackage, now: UnixTime) -> AccessPackageState {
     } else {
         AccessPackageState::Approved
     }
-}
-
-/// Who is deciding on an approval stage.
-#[derive(Clone, Copy, Debug)]
-pub struct Approver<'a> {
-    pub principal: &'a str,
-    /// Admins may decide any stage.
-    pub is_admin: bool,
 }
 
 impl Store {
@@ -216,7 +210,7 @@ impl Store {
                     package.id
                 )));
             }
-            let stage = current_stage(package, approver)?;
+            let stage = current_stage(package, approver, Decision::Approve)?;
             package.stages[stage].approved_by = Some(approver.principal.to_owned());
             package.stages[stage].approved_at = Some(now);
             if package
@@ -238,7 +232,7 @@ impl Store {
         approver: Approver<'_>,
     ) -> Result<AccessPackage> {
         self.change_access_package(audit, id, |package| {
-            current_stage(package, approver)?;
+            current_stage(package, approver, Decision::Deny)?;
             package.state = AccessPackageState::Denied;
             Ok(())
         })
@@ -315,7 +309,11 @@ fn as_of(mut package: AccessPackage, now: UnixTime) -> AccessPackage {
 }
 
 /// The index of the stage awaiting a decision, if `approver` may decide it.
-fn current_stage(package: &AccessPackage, approver: Approver<'_>) -> Result<usize> {
+fn current_stage(
+    package: &AccessPackage,
+    approver: Approver<'_>,
+    decision: Decision,
+) -> Result<usize> {
     if package.state != AccessPackageState::Pending {
         return Err(Error::FailedPrecondition(format!(
             "access package {} is {}, not pending",
@@ -329,15 +327,7 @@ fn current_stage(package: &AccessPackage, approver: Approver<'_>) -> Result<usiz
         .ok_or_else(|| {
             Error::FailedPrecondition(format!("access package {} has no open stage", package.id))
         })?;
-    let expected = &package.stages[stage].approver;
-    if !approver.is_admin && approver.principal != expected {
-        return Err(Error::PermissionDenied(format!(
-            "stage {} of access package {} is for {expected:?}, not {:?}",
-            stage + 1,
-            package.id,
-            approver.principal
-        )));
-    }
+    check_decider(package, stage, approver, decision)?;
     Ok(stage)
 }
 

@@ -71,6 +71,86 @@ pub struct HostFacts {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
+/// What a join token binds the host it enrols to.
+#[derive(Clone, Debug, Default)]
+pub struct JoinBinding {
+    /// The only hostname the token enrols; empty: any.
+    pub hostname: String,
+    /// Labels the enrolled host gets.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// The join token with this secret, if it is unused and unexpired at `now`.
+async fn usable_join_token(conn: &mut Conn, join_token: &str, now: i64) -> Result<JoinToken> {
+    let row = sqlx::query(
+        "SELECT id, description, created_at, expires_at, used_at, used_by, hostname, labels \
+             FROM join_tokens WHERE token_hash = $1",
+    )
+    .bind(hash_secret(join_token))
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| Error::Unauthenticated("join token is not valid".into()))?;
+    let previous = JoinToken {
+        id: row.try_get("id")?,
+        description: row.try_get("description")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        used_at: row.try_get("used_at")?,
+        used_by: row.try_get("used_by")?,
+        hostname: row.try_get("hostname")?,
+        labels: from_json("join token labels", &row.try_get::<String, _>("labels")?)?,
+    };
+    if let (Some(at), Some(by)) = (previous.used_at, &previous.used_by) {
+        return Err(Error::Unauthenticated(format!(
+            "join token {} was already used (by host {by} at {}); create a new one",
+            previous.id,
+            crate::api::format_time(at)
+        )));
+    }
+    if previous.expires_at <= now {
+        return Err(Error::Unauthenticated(format!(
+            "join token {} expired at {}; create a new one",
+            previous.id,
+            crate::api::format_time(previous.expires_at)
+        )));
+    }
+    Ok(previous)
+}
+
+/// The identity rules of enrolment: the token's hostname if it names one, a hostname no host
+/// that is not revoked has, and never another host's id (policies may name hosts by id).
+async fn check_hostname(conn: &mut Conn, token: &JoinToken, hostname: &str) -> Result<()> {
+    if !token.hostname.is_empty() && token.hostname != hostname {
+        return Err(Error::PermissionDenied(format!(
+            "join token {} enrols only hostname {:?}, not {hostname:?}",
+            token.id, token.hostname
+        )));
+    }
+    let ids: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM hosts WHERE id = $1")
+        .bind(hostname)
+        .fetch_one(&mut *conn)
+        .await?;
+    if ids > 0 {
+        return Err(Error::invalid(
+            "hostname",
+            format!("{hostname:?} is the id of another host; a hostname may not be a host id"),
+        ));
+    }
+    let live: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM hosts WHERE hostname = $1 AND revoked_at IS NULL")
+            .bind(hostname)
+            .fetch_one(&mut *conn)
+            .await?;
+    if live > 0 {
+        // Re-enrolling a name means revoking the host that holds it first.
+        return Err(Error::AlreadyExists {
+            kind: "enrolled hostname",
+            id: hostname.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// What enrolment hands the new host.
 #[derive(Clone, Debug)]
 pub struct Enrolment {
@@ -86,11 +166,14 @@ impl Store {
         audit: &AuditContext,
         ttl_seconds: i64,
         description: &str,
+        binding: JoinBinding,
     ) -> Result<(JoinToken, String)> {
         let secret = new_secret("agentd-join");
         let token = JoinToken {
             id: new_id(),
             description: description.to_owned(),
+            hostname: binding.hostname,
+            labels: binding.labels,
             created_at: audit.now,
             expires_at: audit.now + ttl_seconds,
             used_at: None,
@@ -98,14 +181,16 @@ impl Store {
         };
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO join_tokens (id, token_hash, description, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO join_tokens (id, token_hash, description, created_at, expires_at, \
+             hostname, labels) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&token.id)
         .bind(hash_secret(&secret))
         .bind(&token.description)
         .bind(token.created_at)
         .bind(token.expires_at)
+        .bind(&token.hostname)
+        .bind(to_json(&token.labels))
         .execute(&mut *tx)
         .await?;
         audit
@@ -128,36 +213,8 @@ impl Store {
         issue: impl FnOnce(&str) -> Result<(T, Option<String>)> + Send,
     ) -> Result<(Enrolment, T)> {
         let mut tx = self.begin().await?;
-        let row = sqlx::query(
-            "SELECT id, description, created_at, expires_at, used_at, used_by FROM join_tokens \
-             WHERE token_hash = $1",
-        )
-        .bind(hash_secret(join_token))
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| Error::Unauthenticated("join token is not valid".into()))?;
-        let previous = JoinToken {
-            id: row.try_get("id")?,
-            description: row.try_get("description")?,
-            created_at: row.try_get("created_at")?,
-            expires_at: row.try_get("expires_at")?,
-            used_at: row.try_get("used_at")?,
-            used_by: row.try_get("used_by")?,
-        };
-        if let (Some(at), Some(by)) = (previous.used_at, &previous.used_by) {
-            return Err(Error::Unauthenticated(format!(
-                "join token {} was already used (by host {by} at {}); create a new one",
-                previous.id,
-                crate::api::format_time(at)
-            )));
-        }
-        if previous.expires_at <= audit.now {
-            return Err(Error::Unauthenticated(format!(
-                "join token {} expired at {}; create a new one",
-                previous.id,
-                crate::api::format_time(previous.expires_at)
-            )));
-        }
+        let previous = usable_join_token(&mut tx, join_token, audit.now).await?;
+        check_hostname(&mut tx, &previous, hostname).await?;
         let host_id = new_id();
         let (issued, cert_serial) = issue(&host_id)?;
         let spent = sqlx::query(
@@ -197,19 +254,20 @@ impl Store {
             revoked_at: None,
             revoke_reason: String::new(),
             agent_ids: Vec::new(),
-            labels: std::collections::BTreeMap::new(),
+            labels: previous.labels.clone(),
             applied_decision_version: 0,
             applied_at: None,
         };
         sqlx::query(
-            "INSERT INTO hosts (id, hostname, agentd_version, enrolled_at, cert_serial) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO hosts (id, hostname, agentd_version, enrolled_at, cert_serial, labels) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&host.id)
         .bind(&host.hostname)
         .bind(&host.agentd_version)
         .bind(host.enrolled_at)
         .bind(cert_serial)
+        .bind(to_json(&host.labels))
         .execute(&mut *tx)
         .await?;
         audit
@@ -297,6 +355,38 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Refuses (`PERMISSION_DENIED`, naming the first) any agent the host does not run as its
+    /// last `ReportAgents` said: a host reports detections only for its own agents. An agent
+    /// that is not registered is `INVALID_ARGUMENT`, as in [`Store::insert_detections`].
+    pub async fn ensure_host_runs(&self, host_id: &str, agent_ids: &[String]) -> Result<()> {
+        let running: Vec<String> =
+            sqlx::query_scalar("SELECT agent_id FROM host_agents WHERE host_id = $1")
+                .bind(host_id)
+                .fetch_all(&self.pool)
+                .await?;
+        for (index, agent_id) in agent_ids.iter().enumerate() {
+            if !running.contains(agent_id) {
+                let known: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM agents WHERE id = $1 AND state <> 'deleted'",
+                )
+                .bind(agent_id)
+                .fetch_one(&self.pool)
+                .await?;
+                if known == 0 {
+                    return Err(Error::invalid(
+                        format!("detections[{index}].agent_id"),
+                        format!("no registered agent has id {agent_id:?}"),
+                    ));
+                }
+                return Err(Error::PermissionDenied(format!(
+                    "detections[{index}]: host {host_id} has not reported agent {agent_id} \
+                     running (ReportAgents); a host reports detections only for its own agents"
+                )));
+            }
+        }
         Ok(())
     }
 

@@ -246,6 +246,7 @@ pub async fn bad_input_is_invalid_argument_naming_the_field(backend: Backend) {
             .create_join_token(proto::CreateJoinTokenRequest {
                 ttl_seconds: 10_000_000,
                 description: String::new(),
+                ..Default::default()
             })
             .await,
         Code::InvalidArgument,
@@ -1315,6 +1316,7 @@ pub async fn join_tokens_are_single_use(backend: Backend) {
         .create_join_token(proto::CreateJoinTokenRequest {
             ttl_seconds: 600,
             description: "rack 4".into(),
+            ..Default::default()
         })
         .await
         .expect("token")
@@ -1385,6 +1387,7 @@ pub async fn expired_join_tokens_are_refused(backend: Backend) {
         .create_join_token(proto::CreateJoinTokenRequest {
             ttl_seconds: 60,
             description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("token")
@@ -1591,8 +1594,11 @@ fn csr() -> (String, String) {
 
 /// Enrols a host over TLS with a CSR; returns the response and the host's key.
 async fn enroll_tls(fixture: &Fixture) -> (proto::EnrollHostResponse, String) {
+    static ENROLLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let (csr_pem, key_pem) = csr();
-    let response = enroll(fixture, "secure-1", &csr_pem).await;
+    // Hostnames are unique among enrolled hosts.
+    let n = ENROLLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let response = enroll(fixture, &format!("secure-{n}"), &csr_pem).await;
     assert!(response.certificate_pem.contains("BEGIN CERTIFICATE"));
     (response, key_pem)
 }
@@ -1730,6 +1736,7 @@ pub async fn two_replicas_share_one_database(backend: Backend) {
         .create_join_token(proto::CreateJoinTokenRequest {
             ttl_seconds: 600,
             description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("token")

@@ -622,6 +622,13 @@ pub async fn a_watch_gets_new_decisions_after_policy_risk_and_package_changes(ba
 
     // The risk loop: enable the baseline, then a high detection blocks the agent.
     set_state(&admin, "block-high-risk-agents", PolicyState::Enabled).await;
+    host_clients
+        .host()
+        .report_agents(proto::ReportAgentsRequest {
+            agent_ids: vec![billing.id.clone()],
+        })
+        .await
+        .expect("ReportAgents");
     let reported = host_clients
         .host()
         .report_detections(proto::ReportDetectionsRequest {

@@ -18,8 +18,9 @@
 mod bounded;
 mod cases;
 mod conditional_access;
-mod integrity;
 mod connections;
+mod duties;
+mod integrity;
 mod postgres;
 mod rbac;
 mod support;
@@ -97,6 +98,13 @@ const TESTS: &[(&str, TestFn)] = tests![
     bounded::repeated_fields_past_their_cap_are_refused_naming_field_and_cap,
     bounded::errors_quote_a_bounded_prefix_of_what_was_sent,
     bounded::a_policy_selecting_only_unknown_names_is_refused_and_what_if_warns,
+    duties::naming_oneself_as_the_sole_approver_is_refused,
+    duties::a_requester_cannot_approve_their_own_package_and_widening_needs_another_admin,
+    duties::owners_cannot_change_what_policies_and_governance_rely_on,
+    duties::a_host_reports_detections_only_for_agents_it_runs,
+    duties::a_join_token_bound_to_a_hostname_enrols_only_that_hostname,
+    duties::a_second_live_host_with_the_same_hostname_is_refused,
+    duties::a_hostname_equal_to_another_hosts_id_is_refused,
 ];
 
 fn main() -> ExitCode {

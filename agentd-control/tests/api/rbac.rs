@@ -298,20 +298,21 @@ async fn call(method: &str, c: &Clients, o: &Objects) -> Result<(), Status> {
             .create_join_token(CreateJoinTokenRequest {
                 ttl_seconds: 60,
                 description: String::new(),
+                ..Default::default()
             })
             .await
             .map(drop),
         "HostService/EnrollHost" => {
-            let token = o
-                .join_tokens
-                .lock()
-                .expect("lock")
-                .pop()
-                .expect("a spare join token");
+            let (token, left) = {
+                let mut tokens = o.join_tokens.lock().expect("lock");
+                let token = tokens.pop().expect("a spare join token");
+                (token, tokens.len())
+            };
             c.host()
                 .enroll_host(EnrollHostRequest {
                     join_token: token,
-                    hostname: "rbac-host".into(),
+                    // Hostnames are unique among enrolled hosts.
+                    hostname: format!("rbac-host-{left}"),
                     csr_pem: String::new(),
                     agentd_version: String::new(),
                 })
@@ -526,7 +527,8 @@ async fn objects(fixture: &Fixture) -> Objects {
         agent_request("victim", "base", &["alice@example.com"]),
     )
     .await;
-    // Two stages: alice's (the sponsor role may decide it), then an admin's.
+    // Two stages: alice's (the sponsor role may decide it), then security's (admins may decide
+    // any stage of a request that is not their own).
     let package = admin
         .access()
         .request_access_package(proto::RequestAccessPackageRequest {
@@ -536,7 +538,7 @@ async fn objects(fixture: &Fixture) -> Objects {
                 value: "api.example.com:443".into(),
             }],
             justification: "rbac test".into(),
-            approvers: vec!["alice@example.com".into(), "root@example.com".into()],
+            approvers: vec!["alice@example.com".into(), "security@example.com".into()],
             start_time: None,
             expire_time: Some(prost_types::Timestamp {
                 seconds: crate::support::real_now() + 3600,
@@ -566,6 +568,7 @@ async fn objects(fixture: &Fixture) -> Objects {
                 .create_join_token(proto::CreateJoinTokenRequest {
                     ttl_seconds: 600,
                     description: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .expect("CreateJoinToken")
@@ -601,6 +604,16 @@ pub async fn every_method_with_every_role_is_allowed_or_denied_as_documented(bac
     let o = Arc::new(objects(&fixture).await);
     // The caller of the host role: a host of its own (RevokeHost acts on another).
     let host_token = enroll(&fixture, "host-3", "").await;
+    // It runs the subject agent, so that its detections for it are accepted.
+    fixture
+        .as_token(&host_token.host_token)
+        .await
+        .host()
+        .report_agents(proto::ReportAgentsRequest {
+            agent_ids: vec![o.agent_id.clone()],
+        })
+        .await
+        .expect("ReportAgents");
     let tokens = [
         (ADMIN, fixture.admin_token.clone()),
         (

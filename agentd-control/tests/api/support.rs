@@ -438,6 +438,7 @@ pub async fn enroll(fixture: &Fixture, hostname: &str, csr_pem: &str) -> proto::
         .create_join_token(proto::CreateJoinTokenRequest {
             ttl_seconds: 600,
             description: format!("for {hostname}"),
+            ..Default::default()
         })
         .await
         .expect("CreateJoinToken")

@@ -679,6 +679,12 @@ enum HostCommand {
         ttl: std::time::Duration,
         #[arg(long, default_value = "")]
         description: String,
+        /// The only hostname the token may enrol (default: any).
+        #[arg(long, default_value = "")]
+        hostname: String,
+        /// A label KEY=VALUE the enrolled host gets (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::parse_key_value)]
+        labels: Vec<(String, String)>,
     },
     /// Enrol this machine with a join token. Writes the host token, and with --key-out a new
     /// key, its certificate and the CA certificate, into --dir.
@@ -1269,11 +1275,18 @@ async fn access(clients: &Clients, out: &Printer, command: AccessCommand) -> any
 async fn host(clients: &Clients, out: &Printer, command: HostCommand) -> anyhow::Result<()> {
     let mut client = clients.host();
     match command {
-        HostCommand::JoinToken { ttl, description } => {
+        HostCommand::JoinToken {
+            ttl,
+            description,
+            hostname,
+            labels,
+        } => {
             let response = client
                 .create_join_token(proto::CreateJoinTokenRequest {
                     ttl_seconds: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
                     description,
+                    hostname,
+                    labels: labels.into_iter().collect(),
                 })
                 .await?
                 .into_inner();
