@@ -64,7 +64,10 @@ impl HostService for ControlPlane {
             } else {
                 validate::hostname("hostname", &request.hostname)?
             },
-            labels: validate::attributes("labels", &request.labels)?,
+            labels: {
+                limits::at_most("labels", request.labels.len(), limits::ATTRIBUTES)?;
+                validate::attributes("labels", &request.labels)?
+            },
         };
         let (token, secret) = self
             .store

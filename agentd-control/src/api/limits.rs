@@ -37,6 +37,7 @@ pub const CAPS: &[(&str, usize)] = &[
         DETECTIONS_PER_REPORT,
     ),
     ("agentd.v1.SetHostLabelsRequest.labels", ATTRIBUTES),
+    ("agentd.v1.CreateJoinTokenRequest.labels", ATTRIBUTES),
     (
         "agentd.v1.RequestAccessPackageRequest.resources",
         PACKAGE_RESOURCES,

@@ -316,6 +316,7 @@ pub async fn a_policy_selecting_only_unknown_names_is_refused_and_what_if_warns(
             .update_policy(proto::UpdatePolicyRequest {
                 id: "partly".into(),
                 yaml: ghost.replace("name: ghost", "name: partly"),
+                ..Default::default()
             })
             .await,
         Code::FailedPrecondition,

@@ -303,6 +303,7 @@ pub async fn sigterm_with_watching_hosts_exits_cleanly_within_seconds_and_hosts_
             .create_join_token(proto::CreateJoinTokenRequest {
                 ttl_seconds: 600,
                 description: String::new(),
+                ..Default::default()
             })
             .await
             .expect("CreateJoinToken")
