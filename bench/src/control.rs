@@ -212,6 +212,7 @@ async fn measure(ctx: &Context) -> anyhow::Result<Row> {
                         .create_join_token(agentd_control::proto::CreateJoinTokenRequest {
                             ttl_seconds: 3600,
                             description: format!("bench host {n}"),
+                            ..Default::default()
                         })
                         .await?
                         .into_inner()

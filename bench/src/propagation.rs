@@ -127,6 +127,7 @@ impl Admin {
             .create_join_token(cp::CreateJoinTokenRequest {
                 ttl_seconds: 3600,
                 description,
+                ..Default::default()
             })
             .await?
             .into_inner()
@@ -143,6 +144,7 @@ impl Admin {
             .set_policy_state(cp::SetPolicyStateRequest {
                 id: TOGGLE.to_owned(),
                 state: state.into(),
+                ..Default::default()
             })
             .await?;
         Ok(())
@@ -231,6 +233,7 @@ async fn populate(admin: &mut Admin) -> anyhow::Result<String> {
         .set_policy_state(cp::SetPolicyStateRequest {
             id: agentd_control::policy::BASELINE_POLICY_NAME.to_owned(),
             state: cp::PolicyState::Enabled.into(),
+            ..Default::default()
         })
         .await?;
     Ok(agent_id)

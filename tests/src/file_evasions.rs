@@ -230,16 +230,20 @@ fn getfd(pid: &str, fd: &str) -> String {
     };
     // SAFETY: plain syscalls; the descriptors opened here are closed here.
     unsafe {
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        let Ok(pidfd) = i32::try_from(libc::syscall(libc::SYS_pidfd_open, pid, 0)) else {
+            return "error:pidfd_open".to_owned();
+        };
         if pidfd < 0 {
             return format!("pidfd-{}", said(-1));
         }
         let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0);
         let word = said(got);
-        if got >= 0 {
-            libc::close(got as i32);
+        if let Ok(got) = i32::try_from(got)
+            && got >= 0
+        {
+            libc::close(got);
         }
-        libc::close(pidfd as i32);
+        libc::close(pidfd);
         word
     }
 }
@@ -263,7 +267,7 @@ fn recv_fd(socket: &str) -> String {
     msg.msg_iov = &raw mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control);
+    msg.msg_controllen = size_of_val(&control);
     // SAFETY: recvmsg into the buffers above; the control message is read within its bounds.
     unsafe {
         let got = libc::recvmsg(stream.as_raw_fd(), &raw mut msg, 0);

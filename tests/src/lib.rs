@@ -130,13 +130,13 @@ pub fn wait_until_explained(
     explain: impl FnOnce() -> String,
 ) {
     let deadline = std::time::Instant::now() + EVENT_DEADLINE;
+    let mut explain = Some(explain);
     while !done() {
-        if std::time::Instant::now() >= deadline {
-            panic!(
-                "{what}: still not true after {EVENT_DEADLINE:?}\n{}",
-                explain()
-            );
-        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: still not true after {EVENT_DEADLINE:?}\n{}",
+            explain.take().map_or_else(String::new, |explain| explain())
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

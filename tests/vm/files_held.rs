@@ -34,11 +34,13 @@ echo "$r"
 fn policy(agent: &str, vault: Option<&Path>) -> String {
     let mut policy = format!("[[agent]]\nname = \"{agent}\"\n");
     if let Some(vault) = vault {
-        policy.push_str(&format!(
+        use std::fmt::Write as _;
+        let _ = write!(
+            policy,
             "[agent.files]\n[[agent.files.rule]]\nid = \"vault\"\naction = \"deny\"\n\
              path = \"{}\"\naccess = [\"read\"]\n",
             vault.display()
-        ));
+        );
     }
     policy
 }
@@ -143,17 +145,19 @@ fn send_fd(stream: &std::os::unix::net::UnixStream, fd: i32) {
         iov_len: 1,
     };
     let mut control = [0u64; 8];
+    // One descriptor's control message; 4 bytes of payload.
+    let payload = u32::try_from(size_of::<i32>()).expect("small");
     // SAFETY: a zeroed msghdr is valid; the control message is written within its buffer.
     unsafe {
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_iov = &raw mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = libc::CMSG_SPACE(size_of::<i32>() as u32) as usize;
+        msg.msg_controllen = libc::CMSG_SPACE(payload) as usize;
         let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<i32>() as u32) as usize;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as usize;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
         assert!(
             libc::sendmsg(stream.as_raw_fd(), &raw const msg, 0) == 1,
