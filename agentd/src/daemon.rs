@@ -1059,11 +1059,14 @@ impl State {
         Ok(())
     }
 
-    /// Hands the pending detections to the control-plane task.
+    /// Hands the pending detections to the control-plane task, after the agents running here:
+    /// the control plane takes detections only for agents the host reported running, and an
+    /// agent whose processes already exited is reported while it has detections to send.
     fn send_detections(&mut self) {
         if self.ca.pending_detections.is_empty() {
             return;
         }
+        self.report_agents();
         let Some(tx) = &self.ca.to_control else {
             return;
         };
