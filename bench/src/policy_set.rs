@@ -37,7 +37,7 @@ pub fn policy_yaml(i: usize) -> String {
         1 => format!(
             "  include:\n    agents: [bot-{i}, bot-{}, agent-{}]\n",
             i + 1,
-            i % 40
+            i % 20
         ),
         // A blueprint, minus a team.
         2 => format!(
@@ -57,15 +57,16 @@ pub fn policy_yaml(i: usize) -> String {
             i % 9,
             BLUEPRINTS[(i + 1) % BLUEPRINTS.len()]
         ),
-        // Blueprints that do not exist (stale policies).
+        // Departments that no longer exist (stale policies that select nothing; by name, the
+        // control plane would refuse them).
         5 => format!(
-            "  include:\n    blueprints: [legacy-{i}, retired-{}]\n",
+            "  include:\n    attributes:\n      dept: [legacy-{i}, retired-{}]\n",
             i % 11
         ),
         // Names and blueprints together.
         _ => format!(
             "  include:\n    agents: [agent-{}]\n    blueprints: [bp-{i}]\n",
-            (i * 7) % 40
+            (i * 7) % 20
         ),
     };
     let conditions = match i % 11 {

@@ -658,6 +658,12 @@ fn measure(ctx: &Context) -> anyhow::Result<Row> {
             fleet.endpoint.connect().await?,
             bearer(&fleet.tokens[0])?,
         );
+        // The control plane takes detections only for agents the host reported running.
+        reporter
+            .report_agents(hp::ReportAgentsRequest {
+                agent_ids: vec![agent_id.clone()],
+            })
+            .await?;
         let mut risk = new_histogram();
         let mut risk_real = Vec::new();
         let mut risk_max = Vec::new();
