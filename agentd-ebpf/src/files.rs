@@ -42,7 +42,7 @@ const O_TRUNC: u32 = 0o1000;
 /// the access mode (`open(O_RDONLY | O_TRUNC)` truncates too), so it is a write. An exec's open
 /// asks for read: the exec itself is decided in `bprm_check_security`.
 #[inline(always)]
-fn access_of(flags: u32) -> u32 {
+pub(crate) fn access_of(flags: u32) -> u32 {
     let mode = match flags & O_ACCMODE {
         O_WRONLY => file_access::WRITE,
         O_RDWR => file_access::READ | file_access::WRITE,

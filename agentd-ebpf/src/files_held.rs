@@ -20,6 +20,7 @@ use aya_ebpf::{
 
 use crate::{
     file_rules::{Access, current_agent, decide, path_kind},
+    files::access_of,
     kernel::{file_inode_key, offsets, read_field},
     walk::file_walk_start,
 };
@@ -37,11 +38,6 @@ pub static HELD_COUNT: Array<u32> = Array::with_max_entries(1, 0);
 const MAY_WRITE: i32 = 0x2;
 const MAY_READ: i32 = 0x4;
 const MAY_APPEND: i32 = 0x8;
-
-/// `f_flags` bits of the access mode.
-const O_ACCMODE: u32 = 0o3;
-const O_WRONLY: u32 = 0o1;
-const O_RDWR: u32 = 0o2;
 
 /// `security_file_receive(struct file *file)`: a descriptor installed in a tagged process by
 /// `SCM_RIGHTS` or `pidfd_getfd`. A refusal leaves it out (`recvmsg` reports `MSG_CTRUNC`;
@@ -65,11 +61,30 @@ fn try_file_received(ctx: &LsmContext) -> Result<i32, i32> {
     let file: *const u8 = ctx.arg(0);
     let key = file_inode_key(&offsets, file).map_err(|_| 0)?;
     let flags = read_field::<u32>(file, offsets.file_flags).unwrap_or(0);
-    let access = match flags & O_ACCMODE {
-        O_WRONLY => file_access::WRITE,
-        O_RDWR => file_access::READ | file_access::WRITE,
-        _ => file_access::READ,
-    };
+    // `O_TRUNC` is long cleared from an open file's flags: the access mode alone counts.
+    Ok(judge_open_file(
+        file,
+        agent,
+        key,
+        access_of(flags),
+        flags,
+        FileHook::Receive,
+    ))
+}
+
+/// The file rules' verdict on `agent` using the open `file` (`key`) for `access`, as an open
+/// with that access would be judged. Events name the file's dentry: `bpf_d_path` is not
+/// offered to these hooks.
+#[inline(always)]
+fn judge_open_file(
+    file: *const u8,
+    agent: u32,
+    key: InodeKey,
+    access: u32,
+    open_flags: u32,
+    hook: FileHook,
+) -> i32 {
+    // The real file's dentry where overlayfs opened it under the overlay's path, as at open.
     let walk = file_walk_start(file);
     let access = Access {
         agent,
@@ -78,13 +93,13 @@ fn try_file_received(ctx: &LsmContext) -> Result<i32, i32> {
         names_first: false,
         key,
         access,
-        open_flags: flags,
-        hook: FileHook::Receive,
+        open_flags,
+        hook,
         path: core::ptr::null(),
         observed: false,
         flags: 0,
     };
-    Ok(decide::<{ path_kind::NAME }>(&offsets, &access))
+    decide::<{ path_kind::NAME }>(&offsets(), &access)
 }
 
 /// `security_file_permission(struct file *file, int mask)`.
@@ -124,21 +139,5 @@ fn try_file_held(ctx: &LsmContext) -> Result<i32, i32> {
     let Some(agent) = current_agent() else {
         return Ok(0);
     };
-    // The real file's dentry where overlayfs opened it under the overlay's path, as at open.
-    let walk = file_walk_start(file);
-    let access = Access {
-        agent,
-        name_dentry: walk,
-        walk,
-        names_first: false,
-        key,
-        access,
-        open_flags: 0,
-        hook: FileHook::Held,
-        path: core::ptr::null(),
-        observed: false,
-        flags: 0,
-    };
-    // The dentry's name in events: `bpf_d_path` is not offered to this hook.
-    Ok(decide::<{ path_kind::NAME }>(&offsets, &access))
+    Ok(judge_open_file(file, agent, key, access, 0, FileHook::Held))
 }
