@@ -282,13 +282,17 @@ pub async fn run(
     mut from_daemon: mpsc::Receiver<ToControl>,
 ) {
     let mut backoff = Backoff::default();
+    let mut undelivered = None;
     loop {
         let mut watched = false;
         match session(
             &config,
             &mut after_version,
             &to_daemon,
-            &mut from_daemon,
+            Requests {
+                from_daemon: &mut from_daemon,
+                undelivered: &mut undelivered,
+            },
             &mut watched,
         )
         .await
@@ -313,6 +317,32 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The daemon's requests, and the one a broken connection left undelivered: it goes first on
+/// the next connection, so that an acknowledgement or a batch of detections in flight when
+/// the connection broke is not lost (the watch resumes after the version this host has, so
+/// the control plane would not send that set again to be acknowledged).
+struct Requests<'a> {
+    from_daemon: &'a mut mpsc::Receiver<ToControl>,
+    undelivered: &'a mut Option<ToControl>,
+}
+
+/// Whether a failed call's request is worth sending again on a new connection: the connection
+/// or the server failed, not the request. A request the control plane refused is dropped (and
+/// logged); it would be refused again.
+fn worth_retrying(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::Internal
+            | Code::ResourceExhausted
+    )
 }
 
 /// Exponential backoff with jitter: each delay is drawn from the upper half of the current
@@ -362,7 +392,7 @@ async fn session(
     config: &ControlPlaneConfig,
     after_version: &mut u64,
     to_daemon: &mpsc::Sender<FromControl>,
-    from_daemon: &mut mpsc::Receiver<ToControl>,
+    requests: Requests<'_>,
     watched: &mut bool,
 ) -> Result<(), ControlError> {
     let url = config.url.clone().unwrap_or_default();
@@ -397,6 +427,9 @@ async fn session(
     if to_daemon.send(FromControl::Confirmed).await.is_err() {
         return Ok(());
     }
+    if let Some(request) = requests.undelivered.take() {
+        deliver(&mut client, &token, request, requests.undelivered).await?;
+    }
     let mut heartbeat = tokio::time::interval(Duration::from_secs(config.heartbeat_secs.max(1)));
     loop {
         tokio::select! {
@@ -428,30 +461,68 @@ async fn session(
                     return Ok(());
                 }
             }
-            request = from_daemon.recv() => match request {
-                None => return Ok(()),
-                Some(ToControl::Ack(version)) => {
-                    client
-                        .ack_decisions(authed(proto::AckDecisionsRequest { version }, &token))
-                        .await
-                        .map_err(call("AckDecisions"))?;
-                }
-                Some(ToControl::Agents(agent_ids)) => {
-                    client
-                        .report_agents(authed(proto::ReportAgentsRequest { agent_ids }, &token))
-                        .await
-                        .map_err(call("ReportAgents"))?;
-                }
-                Some(ToControl::Detections(detections)) => {
-                    client
-                        .report_detections(authed(
-                            proto::ReportDetectionsRequest { detections },
-                            &token,
-                        ))
-                        .await
-                        .map_err(call("ReportDetections"))?;
-                }
-            },
+            request = requests.from_daemon.recv() => {
+                let Some(request) = request else { return Ok(()) };
+                deliver(&mut client, &token, request, requests.undelivered).await?;
+            }
+        }
+    }
+}
+
+/// Sends one of the daemon's requests. A request the control plane refuses is logged and
+/// dropped without ending the connection; one lost to the connection is kept in
+/// `undelivered` and the connection ends.
+async fn deliver(
+    client: &mut HostServiceClient<Channel>,
+    token: &MetadataValue<tonic::metadata::Ascii>,
+    request: ToControl,
+    undelivered: &mut Option<ToControl>,
+) -> Result<(), ControlError> {
+    let (name, result) = match &request {
+        ToControl::Ack(version) => (
+            "AckDecisions",
+            client
+                .ack_decisions(authed(
+                    proto::AckDecisionsRequest { version: *version },
+                    token,
+                ))
+                .await
+                .map(drop),
+        ),
+        ToControl::Agents(agent_ids) => (
+            "ReportAgents",
+            client
+                .report_agents(authed(
+                    proto::ReportAgentsRequest {
+                        agent_ids: agent_ids.clone(),
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+        ),
+        ToControl::Detections(detections) => (
+            "ReportDetections",
+            client
+                .report_detections(authed(
+                    proto::ReportDetectionsRequest {
+                        detections: detections.clone(),
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+        ),
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(status) if worth_retrying(&status) => {
+            *undelivered = Some(request);
+            Err(call(name)(status))
+        }
+        Err(status) => {
+            tracing::warn!(call = name, code = ?status.code(), message = status.message(), "the control plane refused a report; dropping it");
+            Ok(())
         }
     }
 }
@@ -459,6 +530,28 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lost_connection_keeps_a_request_and_a_refusal_drops_it() {
+        use tonic::{Code, Status};
+        for code in [
+            Code::Unavailable,
+            Code::Unknown,
+            Code::DeadlineExceeded,
+            Code::Internal,
+        ] {
+            assert!(worth_retrying(&Status::new(code, "")), "{code:?}");
+        }
+        for code in [
+            Code::InvalidArgument,
+            Code::FailedPrecondition,
+            Code::NotFound,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+        ] {
+            assert!(!worth_retrying(&Status::new(code, "")), "{code:?}");
+        }
+    }
 
     #[test]
     fn credentials_from_before_certificates_cannot_call_an_https_control_plane() {

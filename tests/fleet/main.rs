@@ -33,6 +33,8 @@ struct ControlPlane {
     token: String,
     /// With TLS: the control-plane CA certificate.
     ca_cert: Option<PathBuf>,
+    /// `agentd-control serve`'s arguments, to start it again.
+    serve_args: Vec<String>,
 }
 
 impl ControlPlane {
@@ -66,27 +68,40 @@ impl ControlPlane {
             fs::write(&path, ca.stdout).unwrap();
             path
         });
-        let mut serve = Command::new(bin("AGENTD_CONTROL_BIN"));
-        serve
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--database", &database, "--decision-recheck", "1s"]);
+        let mut serve_args: Vec<String> = ["serve", "--listen", &format!("127.0.0.1:{port}")]
+            .iter()
+            .chain(&["--database", &database, "--decision-recheck", "1s"])
+            .map(|arg| (*arg).to_owned())
+            .collect();
         if tls {
-            serve.args(["--tls-name", "127.0.0.1"]);
+            serve_args.extend(["--tls-name".to_owned(), "127.0.0.1".to_owned()]);
         }
-        let server = serve
-            .stderr(fs::File::create(dir.path().join("server.log")).unwrap())
-            .spawn()
-            .expect("agentd-control serve");
-        wait_until("the control plane listens", || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        let server = spawn_server(dir.path(), &serve_args, port);
         Self {
             dir,
             server,
             url: format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" }),
             token,
             ca_cert,
+            serve_args,
         }
+    }
+
+    /// Stops the server with SIGTERM, as `systemctl restart` would, and starts it again on
+    /// the same port and database.
+    fn restart(&mut self) {
+        let stopped = Command::new("kill")
+            .args(["-TERM", &self.server.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(stopped.success());
+        let status = self.server.wait().expect("the server's exit");
+        assert!(
+            status.success(),
+            "SIGTERM ends the server cleanly: {status:?}"
+        );
+        let port = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        self.server = spawn_server(self.dir.path(), &self.serve_args, port);
     }
 
     /// `agentctl ARGS` with `token` and, when given, a client certificate and key.
@@ -123,6 +138,24 @@ impl ControlPlane {
         args.extend(["-o", "json"]);
         serde_json::from_slice(&self.ctl(&args).stdout).expect("JSON output")
     }
+}
+
+/// `agentd-control ARGS`, logging to `dir/server.log`, once it listens on `port`.
+fn spawn_server(dir: &Path, args: &[String], port: u16) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .unwrap();
+    let server = Command::new(bin("AGENTD_CONTROL_BIN"))
+        .args(args)
+        .stderr(log)
+        .spawn()
+        .expect("agentd-control serve");
+    wait_until("the control plane listens", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    server
 }
 
 impl Drop for ControlPlane {
@@ -235,14 +268,16 @@ fn decisions_flow_from_policy_to_the_kernel_and_risk_closes_the_loop() {
         !connects(&daemon, AGENT, "127.0.0.1", later_port),
         "not granted (yet)"
     );
-    // The control plane shows the version this host applied.
-    let version = daemon.status().control_plane.unwrap().decision_version;
+    // The control plane shows the version this host applied (the host's report of its
+    // running agent may bring a newer set meanwhile: compare with what the host has now).
     wait_until("the host's acknowledgement is recorded", || {
+        let applied = daemon.status().control_plane.unwrap().decision_version;
         cp.json(&["host", "list"])["hosts"][0]["appliedDecisionVersion"]
             .as_str()
             .and_then(|v| v.parse::<u64>().ok())
-            == Some(version)
+            == Some(applied)
     });
+    let version = daemon.status().control_plane.unwrap().decision_version;
 
     // A policy change reaches the kernel.
     let (lo, hi) = (granted_port.min(later_port), granted_port.max(later_port));
@@ -262,6 +297,46 @@ fn decisions_flow_from_policy_to_the_kernel_and_risk_closes_the_loop() {
     assert!(control.decision_version > version);
     let risk = cp.json(&["policy", "what-if", AGENT]);
     assert!(risk.to_string().contains("high"), "{risk}");
+}
+
+/// `systemctl restart agentd-control` while a host watches its decisions: the server stops
+/// within its drain, agentd reconnects by itself and resumes from the version it has, and the
+/// next policy change reaches the kernel and is acknowledged.
+#[test]
+fn a_host_resumes_its_watch_after_the_control_plane_restarts() {
+    let mut cp = ControlPlane::start();
+    register(&cp, AGENT);
+    let granted_port = serve("127.0.0.1:0");
+    let later_port = serve("127.0.0.1:0");
+    let file = cp.dir.path().join("policy.yaml");
+    fs::write(&file, policy(&granted_port.to_string())).unwrap();
+    cp.ctl(&["policy", "apply", file.to_str().unwrap()]);
+    let state = tempfile::tempdir().unwrap();
+    let daemon = enrolled(&cp, AGENT, state.path(), "");
+    let _launched = launch_cgroup(AGENT);
+    assert!(!connects(&daemon, AGENT, "127.0.0.1", later_port));
+    let before = daemon.status().control_plane.unwrap().decision_version;
+
+    cp.restart();
+    let (lo, hi) = (granted_port.min(later_port), granted_port.max(later_port));
+    fs::write(&file, policy(&format!("{lo}-{hi}"))).unwrap();
+    cp.ctl(&["policy", "apply", file.to_str().unwrap()]);
+    wait_until("the change made after the restart is in force", || {
+        connects(&daemon, AGENT, "127.0.0.1", later_port)
+    });
+    wait_until("the new version's acknowledgement is recorded", || {
+        let applied = daemon.status().control_plane.unwrap();
+        applied.connected
+            && applied.decision_version > before
+            && cp.json(&["host", "list"])["hosts"][0]["appliedDecisionVersion"]
+                .as_str()
+                .and_then(|v| v.parse::<u64>().ok())
+                == Some(applied.decision_version)
+    });
+    assert!(
+        connects(&daemon, AGENT, "127.0.0.1", granted_port),
+        "the grant from before the restart still holds"
+    );
 }
 
 /// The baseline "block high-risk agents" switched on; the agent reads a secret and connects
