@@ -7,6 +7,7 @@
 
 mod bench;
 mod cmd;
+mod fuzz;
 mod install;
 mod pseudofs;
 mod run;
@@ -94,6 +95,19 @@ enum Task {
         #[arg(long = "kernel", value_name = "KERNEL", default_values = ["6.1", "6.12"])]
         kernels: Vec<KernelSpec>,
     },
+    /// Build the cargo-fuzz targets in fuzz/ (nightly) and run each for a bounded time from
+    /// its seed corpus: policy_yaml (the control plane's policy YAML), host_policy (agentd's
+    /// TOML policy, parsed and checked), rpc_requests (every RPC's request through the real
+    /// service over SQLite). Prints the executions of each and exits non-zero on a finding,
+    /// which libFuzzer leaves in fuzz/artifacts/TARGET/. See docs/testing.md.
+    Fuzz {
+        /// Target to run; repeat for several. Default: all of them.
+        #[arg(long = "target", value_name = "TARGET")]
+        targets: Vec<String>,
+        /// Seconds each target runs.
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        seconds: u64,
+    },
     /// Build agentd with its embedded eBPF object.
     Build {
         #[arg(long)]
@@ -113,7 +127,7 @@ enum Task {
     /// test fails.
     Test {
         /// Tier to run; repeat to run several. Default: all of them, in the order unit, control,
-        /// host, vm, vm-systemd, bench.
+        /// fuzz, host, vm, vm-systemd, bench.
         #[arg(long = "tier", value_enum)]
         tiers: Vec<Tier>,
         #[command(flatten)]
@@ -183,6 +197,7 @@ fn test_task(mut tiers: Vec<Tier>, vm: &VmArgs) -> anyhow::Result<bool> {
         tiers = vec![
             Tier::Unit,
             Tier::Control,
+            Tier::Fuzz,
             Tier::Host,
             Tier::Vm,
             Tier::VmSystemd,
@@ -212,6 +227,7 @@ fn test_task(mut tiers: Vec<Tier>, vm: &VmArgs) -> anyhow::Result<bool> {
     setup::run(&setup::Options {
         kernels,
         vm_systemd,
+        fuzz: tiers.contains(&Tier::Fuzz),
     })?;
     if tiers
         .iter()
@@ -225,12 +241,36 @@ fn test_task(mut tiers: Vec<Tier>, vm: &VmArgs) -> anyhow::Result<bool> {
     test::run(&tiers, &vm.options())
 }
 
+/// `cargo xtask fuzz`: every target (or those named) for `seconds` each.
+fn fuzz_task(targets: Vec<String>, seconds: u64) -> anyhow::Result<bool> {
+    setup::run(&setup::Options {
+        fuzz: true,
+        ..setup::Options::default()
+    })?;
+    let targets = if targets.is_empty() {
+        fuzz::TARGETS.iter().map(|t| (*t).to_owned()).collect()
+    } else {
+        targets
+    };
+    let outcomes = fuzz::run_all(
+        &test::workspace_root(),
+        &targets,
+        Duration::from_secs(seconds),
+    )?;
+    for outcome in &outcomes {
+        println!("{outcome}");
+    }
+    Ok(outcomes.iter().all(fuzz::Outcome::ok))
+}
+
 fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
         Task::Setup { kernels } => setup::run(&setup::Options {
             kernels,
             vm_systemd: true,
+            fuzz: true,
         })?,
+        Task::Fuzz { targets, seconds } => return fuzz_task(targets, seconds),
         Task::Build { release } => {
             setup::run(&setup::Options::default())?;
             let agentd = test::build_agentd(release)?;
@@ -303,6 +343,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             setup::run(&setup::Options {
                 kernels: bench::kernels(&only),
                 vm_systemd: false,
+                fuzz: false,
             })?;
             let options = bench::Options {
                 smoke,
@@ -315,6 +356,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             setup::run(&setup::Options {
                 kernels: vm.kernels.clone(),
                 vm_systemd: false,
+                fuzz: false,
             })?;
             let results = test::vm_tier(&vm.options())?;
             return Ok(test::summarize(&results));

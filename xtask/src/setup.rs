@@ -14,6 +14,8 @@ pub const NIGHTLY: &str = "nightly";
 /// bpf-linker must use the LLVM that nightly rustc emits bitcode for (LLVM 22); 0.10.3 links
 /// rustc's own libLLVM. 0.11+ default to an external LLVM 23.
 pub const BPF_LINKER_VERSION: &str = "0.10.3";
+/// cargo-fuzz, which builds and runs the fuzz targets in `fuzz/` (the fuzz tier).
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian packages the tiers need: QEMU for the vm tier, a static busybox and cpio for its
 /// initramfs (with depmod and mkfs.ext4 below), binutils to strip test binaries before they go into it, and PostgreSQL for the
 /// control tier (its tests start their own server on loopback; the package's own cluster is
@@ -44,6 +46,8 @@ pub struct Options {
     pub kernels: Vec<KernelSpec>,
     /// Install mmdebstrap and build (once) the vm-systemd tier's root file system.
     pub vm_systemd: bool,
+    /// Install cargo-fuzz for the fuzz targets.
+    pub fuzz: bool,
 }
 
 /// State shared by the steps: `apt-get update` runs at most once per setup.
@@ -139,6 +143,23 @@ fn install_bpf_linker() -> anyhow::Result<()> {
     ]))
 }
 
+fn install_cargo_fuzz() -> anyhow::Result<()> {
+    let version =
+        cmd::output(Command::new("cargo").args([&format!("+{NIGHTLY}"), "fuzz", "--version"]))
+            .unwrap_or_default();
+    if version.split_whitespace().nth(1) == Some(CARGO_FUZZ_VERSION) {
+        println!("setup: cargo-fuzz {CARGO_FUZZ_VERSION} already installed");
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+    cmd::run(Command::new("cargo").args([
+        "install",
+        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        "--locked",
+        "--force",
+    ]))
+}
+
 /// Where downloads are kept between runs: `$AGENTD_CACHE_DIR`, else `$XDG_CACHE_HOME/agentd`,
 /// else `~/.cache/agentd`. Everything in it can be deleted; it is fetched again when needed.
 pub fn cache_dir() -> anyhow::Result<PathBuf> {
@@ -187,6 +208,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     if options.vm_systemd {
         install_debs(&mut apt, VM_SYSTEMD_PACKAGES)?;
         crate::vm_systemd::ensure_rootfs()?;
+    }
+    if options.fuzz {
+        install_cargo_fuzz()?;
     }
     println!("setup: done");
     Ok(())

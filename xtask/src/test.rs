@@ -23,6 +23,9 @@ pub enum Tier {
     /// The control plane's API tests against SQLite and a PostgreSQL server they start; root
     /// (PostgreSQL runs as the `postgres` user).
     Control,
+    /// Every cargo-fuzz target in fuzz/ for a bounded time (`cargo xtask fuzz`); fails on a
+    /// finding.
+    Fuzz,
     /// Real eBPF on the running kernel; root.
     Host,
     /// A distribution kernel with BPF LSM under QEMU.
@@ -379,6 +382,7 @@ pub fn run(tiers: &[Tier], vm_options: &VmOptions) -> anyhow::Result<bool> {
         match tier {
             Tier::Unit => results.push(unit()?),
             Tier::Control => results.push(control()?),
+            Tier::Fuzz => results.push(fuzz_tier()),
             Tier::Host => results.push(host()?),
             Tier::Vm => results.extend(vm_tier(vm_options)?),
             Tier::VmSystemd => results.push(crate::vm_systemd::tier(vm_options)),
@@ -386,6 +390,40 @@ pub fn run(tiers: &[Tier], vm_options: &VmOptions) -> anyhow::Result<bool> {
         }
     }
     Ok(summarize(&results))
+}
+
+/// Seconds each fuzz target runs in the fuzz tier.
+const FUZZ_TIER_SECS: u64 = 60;
+
+/// The fuzz tier: one test per target, passed when its bounded run found nothing.
+fn fuzz_tier() -> TierResult {
+    let mut result = TierResult::new("fuzz");
+    let targets: Vec<String> = crate::fuzz::TARGETS
+        .iter()
+        .map(|t| (*t).to_owned())
+        .collect();
+    match crate::fuzz::run_all(
+        &workspace_root(),
+        &targets,
+        Duration::from_secs(FUZZ_TIER_SECS),
+    ) {
+        Ok(outcomes) => {
+            for outcome in outcomes {
+                println!("{outcome}");
+                if outcome.ok() {
+                    result.passed += 1;
+                } else {
+                    result.failed += 1;
+                    result.error = Some(match result.error.take() {
+                        Some(before) => format!("{before}; {outcome}"),
+                        None => outcome.to_string(),
+                    });
+                }
+            }
+        }
+        Err(err) => result.fail(format!("{err:#}")),
+    }
+    result
 }
 
 /// Prints one line per tier and the closing `N passed, N failed` line.
