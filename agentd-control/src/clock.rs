@@ -13,6 +13,18 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> UnixTime;
 }
 
+/// `at` in RFC 3339 to the second (UTC), as messages and the CLI show times; a time before the
+/// epoch as its number.
+pub fn format_time(at: UnixTime) -> String {
+    u64::try_from(at).map_or_else(
+        |_| at.to_string(),
+        |secs| {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(secs))
+                .to_string()
+        },
+    )
+}
+
 /// The system's wall clock.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;

@@ -17,7 +17,7 @@ mod validate;
 use std::{
     net::SocketAddr,
     sync::Arc,
-    time::{Duration, Instant, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use prost_types::Timestamp;
@@ -250,15 +250,6 @@ fn ensure_answers_for(caller: &Caller, agent: &crate::model::Agent) -> Result<()
         "{} is neither a sponsor nor an owner of agent {}",
         caller.principal, agent.id
     )))
-}
-
-pub fn format_time(at: UnixTime) -> String {
-    u64::try_from(at).map_or_else(
-        |_| at.to_string(),
-        |secs| {
-            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
-        },
-    )
 }
 
 fn timestamp(at: UnixTime) -> Timestamp {

@@ -268,7 +268,7 @@ fn check(policy: &ActivePolicy, facts: &Facts<'_>, explain: bool) -> (bool, Vec<
             if explain {
                 reasons.push(format!(
                     "{} is outside every time window",
-                    crate::api::format_time(facts.now)
+                    crate::clock::format_time(facts.now)
                 ));
             }
             return (false, reasons);

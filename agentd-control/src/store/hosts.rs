@@ -104,14 +104,14 @@ async fn usable_join_token(conn: &mut Conn, join_token: &str, now: i64) -> Resul
         return Err(Error::Unauthenticated(format!(
             "join token {} was already used (by host {by} at {}); create a new one",
             previous.id,
-            crate::api::format_time(at)
+            crate::clock::format_time(at)
         )));
     }
     if previous.expires_at <= now {
         return Err(Error::Unauthenticated(format!(
             "join token {} expired at {}; create a new one",
             previous.id,
-            crate::api::format_time(previous.expires_at)
+            crate::clock::format_time(previous.expires_at)
         )));
     }
     Ok(previous)

@@ -36,7 +36,7 @@ fn to_json<M: prost::Message + prost::Name>(message: &M) -> anyhow::Result<Strin
 fn time(ts: Option<&Timestamp>) -> String {
     ts.map_or_else(
         || "-".to_owned(),
-        |ts| agentd_control::api::format_time(ts.seconds),
+        |ts| agentd_control::clock::format_time(ts.seconds),
     )
 }
 
