@@ -30,6 +30,7 @@ use crate::{
     },
     assess::{self, Notice},
     cgroups,
+    clock::{boottime_ns, boottime_ticks, unix_ms},
     config::{Config, EventsConfig, OutputFormat},
     control::{FromControl, ToControl},
     dns,
@@ -39,7 +40,7 @@ use crate::{
     filepolicy::FileTarget,
     identity::{
         Agent, AgentId, Registry,
-        attest::{Peer, boottime_ticks},
+        attest::Peer,
         caller::AdminCaller,
         discovery::{ExecFacts, RuleMatch, UserspaceRules, looks_like_agent},
         policy::{CompiledPolicy, IdentityPolicy, Matcher, PolicyError},
@@ -1788,15 +1789,6 @@ struct CaHost {
     reported_agents: Vec<String>,
 }
 
-/// Unix time in milliseconds.
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-        })
-}
-
 /// Raises the alarm about lost events at most once per interval, with what was lost since the
 /// last alarm.
 struct LossAlarm {
@@ -1827,17 +1819,6 @@ impl LossAlarm {
         self.last = Some(std::time::Instant::now());
         Some(new)
     }
-}
-
-/// `CLOCK_BOOTTIME` in nanoseconds: the clock the kernel stamps events with.
-fn boottime_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut now) };
-    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }
 
 /// One line for a notice, in the configured format, newline included.

@@ -7,6 +7,7 @@ pub mod access;
 pub mod api;
 pub mod assess;
 pub mod cgroups;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;

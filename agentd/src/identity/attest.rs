@@ -68,21 +68,6 @@ fn getsockopt<T>(fd: RawFd, option: libc::c_int, value: &mut T) -> io::Result<()
     }
 }
 
-/// `CLOCK_BOOTTIME` in clock ticks, the unit of `/proc/PID/stat`'s start time.
-pub fn boottime_ticks() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut now) };
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
-    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
-    let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);
-    secs * hz + nanos * hz / 1_000_000_000
-}
-
 /// A process's start time in clock ticks after boot (`/proc/PID/stat` field 22).
 pub fn start_ticks(pid: u32) -> io::Result<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -99,7 +84,7 @@ pub fn start_ticks(pid: u32) -> io::Result<u64> {
 
 impl Peer {
     /// Identifies and pins the process at the other end of `socket`. `accepted_at` is
-    /// [`boottime_ticks`] taken when the connection was accepted.
+    /// [`crate::clock::boottime_ticks`] taken when the connection was accepted.
     pub fn of(socket: &impl AsRawFd, accepted_at: u64) -> Result<Self, AttestError> {
         let fd = socket.as_raw_fd();
         let mut cred = libc::ucred {
@@ -157,6 +142,7 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     use super::*;
+    use crate::clock::boottime_ticks;
 
     #[test]
     fn a_connected_peer_is_this_process_and_alive() {

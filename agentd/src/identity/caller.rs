@@ -84,7 +84,7 @@ mod tests {
     use agentd_common::{AgentTag, TagSource};
 
     use super::*;
-    use crate::identity::attest::boottime_ticks;
+    use crate::clock::boottime_ticks;
 
     /// Tags every pid with `tag` once `tagged` is set.
     struct Tags {
