@@ -968,7 +968,7 @@ impl State {
             &mut index_of,
             &blocked,
             &mut |source| registry.intern_rule(source),
-            &|path| files::inode_key(Path::new(path)),
+            &|path| crate::inode::inode_key(Path::new(path)),
             &self.categories,
             clocks,
         )
@@ -2164,7 +2164,7 @@ fn protect_own_files(
     protect.protect_files(&paths, registry.intern_rule(SELF_PROTECTION_RULE))?;
     Ok(own_paths
         .iter()
-        .filter_map(|(path, access)| Some((files::inode_key(path).ok()?, *access)))
+        .filter_map(|(path, access)| Some((crate::inode::inode_key(path).ok()?, *access)))
         .collect())
 }
 

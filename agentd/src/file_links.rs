@@ -16,7 +16,7 @@ use std::{
 
 use agentd_common::{FileRule, InodeKey};
 
-use crate::sensors::files::inode_key_of;
+use crate::inode::inode_key_of;
 
 /// Directory entries looked at per apply, across agents and rules: the scan's cost is bounded
 /// whatever the trees hold.
@@ -102,7 +102,7 @@ mod tests {
     use agentd_common::{file_access, net_action};
 
     use super::*;
-    use crate::sensors::files::inode_key;
+    use crate::inode::inode_key;
 
     fn rule(action: u8, id: u32) -> FileRule {
         FileRule::local(file_access::READ, action, false, id)

@@ -15,8 +15,8 @@ use serde::Deserialize;
 
 use crate::{
     identity::policy::{FieldError, check_rule_id},
+    inode::inode_key,
     netpolicy::{Action, Mode},
-    sensors::files::inode_key,
 };
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

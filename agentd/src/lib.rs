@@ -18,6 +18,7 @@ pub mod file_links;
 pub mod filepolicy;
 pub mod health;
 pub mod identity;
+pub mod inode;
 pub mod kernel_btf;
 pub mod lineage;
 pub mod metrics;

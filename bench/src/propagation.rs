@@ -309,7 +309,7 @@ async fn host_task(
                 *rules.entry(source.to_owned()).or_insert(next)
             },
             // File controls resolve paths on the host, as agentd does.
-            &|path| agentd::sensors::files::inode_key(std::path::Path::new(path)),
+            &|path| agentd::inode::inode_key(std::path::Path::new(path)),
             &categories,
             clocks,
         )

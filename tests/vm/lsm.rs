@@ -2,7 +2,8 @@ use std::{fs, io::ErrorKind, os::unix::fs::symlink};
 
 use agentd::{
     events::{Event, EventReader, VerdictName},
-    sensors::files::{FileSensor, bpf_lsm_active, inode_key},
+    inode::inode_key,
+    sensors::files::{FileSensor, bpf_lsm_active},
 };
 use agentd_tests::{load_object, wait_for_event};
 

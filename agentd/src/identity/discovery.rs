@@ -17,7 +17,7 @@ use std::{
 use agentd_common::InodeKey;
 use sha2::{Digest as _, Sha256};
 
-use crate::sensors::files::{inode_key, inode_key_of};
+use crate::inode::{inode_key, inode_key_of};
 
 /// What the rules need to know about one exec.
 #[derive(Debug)]

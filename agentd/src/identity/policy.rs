@@ -18,11 +18,11 @@ use uuid::Uuid;
 use super::{Agent, AgentId};
 use crate::{
     filepolicy::{AgentFilesSpec, CompiledAgentFiles, Homes},
+    inode::inode_key,
     netpolicy::{
         AgentNetworkSpec, Categories, CompiledAgentNetwork, CompiledGlobalNetwork,
         GlobalNetworkSpec, NameContext, layout,
     },
-    sensors::files::inode_key,
 };
 
 /// The document as written.

@@ -2,7 +2,7 @@
 //! `bprm_check_security`, and the path and inode hooks that keep protected files in place), or,
 //! where BPF LSM is not active, observed through the open syscalls' tracepoints.
 
-use std::{fs, os::unix::fs::MetadataExt as _, path::Path};
+use std::{fs, path::Path};
 
 use agentd_common::{FileEntryKey, FileNameKey, FileRule, FileRuleKey, InodeKey};
 use aya::{
@@ -112,25 +112,6 @@ pub fn probe_enforcement(object: &mut LoadedObject) -> FileEnforcement {
             anyhow::Error::from(err)
         )),
     }
-}
-
-/// The (device, inode) key of the file at `path`, as the kernel programs see it.
-pub fn inode_key(path: &Path) -> std::io::Result<InodeKey> {
-    Ok(inode_key_of(&fs::metadata(path)?))
-}
-
-/// The (device, inode) key of a file from its metadata.
-#[must_use]
-pub fn inode_key_of(meta: &fs::Metadata) -> InodeKey {
-    let dev = meta.dev();
-    // glibc's major() and minor() of a 64-bit dev_t; both fit in 32 bits.
-    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff);
-    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0xff);
-    InodeKey::new(
-        u32::try_from(major).unwrap_or(u32::MAX),
-        u32::try_from(minor).unwrap_or(u32::MAX),
-        meta.ino(),
-    )
 }
 
 /// LSM hooks that file enforcement cannot do without: opens and execs.

@@ -18,7 +18,7 @@ use agentd_common::InodeKey;
 use aya::maps::{Array, HashMap, MapData};
 
 use super::{SensorError, attach_optional_lsm, map_error, replace_all, take_map};
-use crate::{ebpf::LoadedObject, pins::Links, sensors::files::inode_key_of};
+use crate::{ebpf::LoadedObject, inode::inode_key_of, pins::Links};
 
 const PROGRAMS: [(&str, &str); 2] = [
     ("file_held", "file_permission"),

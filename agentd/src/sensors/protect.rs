@@ -111,7 +111,7 @@ impl ProtectSensor {
 fn self_objects(paths: &[&Path], rule: u32) -> Vec<(InodeKey, SelfObject)> {
     let mut entries: Vec<(InodeKey, SelfObject)> = Vec::new();
     let mut add = |path: &Path, kind: u32| {
-        let Ok(key) = super::files::inode_key(path) else {
+        let Ok(key) = crate::inode::inode_key(path) else {
             return;
         };
         match entries.iter_mut().find(|(existing, _)| *existing == key) {
@@ -144,7 +144,7 @@ mod tests {
         let missing = dir.path().join("missing");
         let entries = self_objects(&[&config, &state, &missing], 9);
         let kind = |path: &Path| {
-            let key = crate::sensors::files::inode_key(path).expect("stat");
+            let key = crate::inode::inode_key(path).expect("stat");
             entries
                 .iter()
                 .find(|(existing, _)| *existing == key)
