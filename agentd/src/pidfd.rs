@@ -3,9 +3,23 @@
 //! that a process is really gone before its tag is removed (`sensors::process`).
 
 use std::{
-    io,
+    fs, io,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
 };
+
+/// A process's start time in clock ticks after boot (`/proc/PID/stat` field 22).
+pub fn start_ticks(pid: u32) -> io::Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces and parentheses; fields resume after the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| io::Error::other("malformed stat"))?;
+    rest.split_whitespace()
+        .nth(19)
+        .and_then(|field| field.parse().ok())
+        .ok_or_else(|| io::Error::other("malformed stat"))
+}
 
 /// `pidfd_open(2)` of `pid` (a thread-group leader).
 pub fn open(pid: u32) -> io::Result<OwnedFd> {
@@ -52,7 +66,7 @@ pub fn known_gone(pid: u32) -> bool {
 /// holds a reused pid and is left alone.
 pub fn kill_if_started_by(pid: u32, boottime_ns: u64) -> io::Result<bool> {
     let pidfd = open(pid)?;
-    let started = crate::identity::attest::start_ticks(pid)?;
+    let started = start_ticks(pid)?;
     // SAFETY: sysconf has no preconditions.
     let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
     // One tick of slack: start times are rounded down to ticks.

@@ -9,7 +9,7 @@
 //! live process keeps its pid, so the answer was about that process.
 
 use std::{
-    fs, io,
+    io,
     mem::size_of,
     os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
 };
@@ -68,20 +68,6 @@ fn getsockopt<T>(fd: RawFd, option: libc::c_int, value: &mut T) -> io::Result<()
     }
 }
 
-/// A process's start time in clock ticks after boot (`/proc/PID/stat` field 22).
-pub fn start_ticks(pid: u32) -> io::Result<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) may hold spaces and parentheses; fields resume after the last ')'.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| io::Error::other("malformed stat"))?;
-    rest.split_whitespace()
-        .nth(19)
-        .and_then(|field| field.parse().ok())
-        .ok_or_else(|| io::Error::other("malformed stat"))
-}
-
 impl Peer {
     /// Identifies and pins the process at the other end of `socket`. `accepted_at` is
     /// [`crate::clock::boottime_ticks`] taken when the connection was accepted.
@@ -113,7 +99,7 @@ impl Peer {
                     AttestError::Pidfd { pid, source }
                 }
             })?;
-            let started = start_ticks(pid).map_err(|_| AttestError::PeerGone)?;
+            let started = crate::pidfd::start_ticks(pid).map_err(|_| AttestError::PeerGone)?;
             if started > accepted_at {
                 return Err(AttestError::PidReused(pid));
             }
@@ -155,7 +141,7 @@ mod tests {
 
     #[test]
     fn start_time_is_before_now() {
-        let started = start_ticks(std::process::id()).unwrap();
+        let started = crate::pidfd::start_ticks(std::process::id()).unwrap();
         assert!(started <= boottime_ticks());
     }
 }
