@@ -380,6 +380,74 @@ pub struct PrincipalRemoval {
     pub orphaned: Vec<String>,
 }
 
+/// A policy's state: enforced, evaluated and logged only, or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PolicyState {
+    Enabled,
+    ReportOnly,
+    Disabled,
+}
+
+impl PolicyState {
+    pub const ALL: &[Self] = &[Self::Enabled, Self::ReportOnly, Self::Disabled];
+
+    /// As written in documents and stored: `enabled`, `reportOnly`, `disabled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enabled => "enabled",
+            Self::ReportOnly => "reportOnly",
+            Self::Disabled => "disabled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|s| s.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for PolicyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An agent's aggregated risk, ordered from none to high.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RiskLevel {
+    #[default]
+    None,
+    Low,
+    Medium,
+    High,
+}
+
+impl RiskLevel {
+    pub const ALL: &[Self] = &[Self::None, Self::Low, Self::Medium, Self::High];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|l| l.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for RiskLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,7 +549,7 @@ pub struct PolicyRecord {
     pub id: String,
     pub name: String,
     pub description: String,
-    pub state: crate::policy::PolicyState,
+    pub state: PolicyState,
     pub version: i64,
     /// The YAML document as submitted for this version.
     pub yaml: String,
@@ -501,7 +569,7 @@ pub struct Detection {
     pub host_id: String,
     pub rule: String,
     /// Low, medium or high.
-    pub severity: crate::policy::RiskLevel,
+    pub severity: RiskLevel,
     pub detected_at: UnixTime,
     pub received_at: UnixTime,
     pub summary: String,

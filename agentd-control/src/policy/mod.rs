@@ -18,6 +18,7 @@ pub use self::{
     document::{PolicyDocument, parse_document, parse_stored_document},
     host_ref::HostRef,
 };
+pub use crate::model::{PolicyState, RiskLevel};
 use crate::{clock::UnixTime, model::OfflineBehavior};
 
 /// The name of the managed baseline policy created at start-up.
@@ -36,73 +37,6 @@ conditions:
 controls:
   block: true
 ";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum PolicyState {
-    Enabled,
-    ReportOnly,
-    Disabled,
-}
-
-impl PolicyState {
-    pub const ALL: &[Self] = &[Self::Enabled, Self::ReportOnly, Self::Disabled];
-
-    /// As written in documents and stored: `enabled`, `reportOnly`, `disabled`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Enabled => "enabled",
-            Self::ReportOnly => "reportOnly",
-            Self::Disabled => "disabled",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|s| s.as_str() == text)
-    }
-}
-
-impl fmt::Display for PolicyState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An agent's aggregated risk, ordered from none to high.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum RiskLevel {
-    #[default]
-    None,
-    Low,
-    Medium,
-    High,
-}
-
-impl RiskLevel {
-    pub const ALL: &[Self] = &[Self::None, Self::Low, Self::Medium, Self::High];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Low => "low",
-            Self::Medium => "medium",
-            Self::High => "high",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|l| l.as_str() == text)
-    }
-}
-
-impl fmt::Display for RiskLevel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// What a decision tells the host to do with an agent, ordered by strength: deny wins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
