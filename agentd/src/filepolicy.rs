@@ -14,9 +14,9 @@ use agentd_common::{FILE_EXTENSION_LEN, FILE_NAME_LEN, InodeKey, file_access};
 use serde::Deserialize;
 
 use crate::{
-    identity::policy::{FieldError, check_rule_id},
     inode::inode_key,
     netpolicy::{Action, Mode},
+    policy_fields::{FieldError, check_rule_id},
 };
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

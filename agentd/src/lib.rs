@@ -26,6 +26,7 @@ pub mod netfamily;
 pub mod netpolicy;
 pub mod pidfd;
 pub mod pins;
+pub mod policy_fields;
 pub mod pseudofs;
 pub mod risk;
 pub mod sensors;

@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashSet,
-    fmt, fs,
+    fs,
     os::unix::fs::{FileTypeExt as _, MetadataExt as _},
     path::{Path, PathBuf},
 };
@@ -23,6 +23,7 @@ use crate::{
         AgentNetworkSpec, Categories, CompiledAgentNetwork, CompiledGlobalNetwork,
         GlobalNetworkSpec, NameContext, layout,
     },
+    policy_fields::{FieldError, check_rule_id, valid_name},
 };
 
 /// The document as written.
@@ -71,19 +72,6 @@ pub struct DiscoverySpec {
     /// `/opt/agent/agent.py`.
     pub interpreter: Option<PathBuf>,
     pub script: Option<PathBuf>,
-}
-
-/// One problem in a policy: the field that has it and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub reason: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.reason)
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,30 +141,6 @@ impl CompiledPolicy {
             .map(|compiled| &compiled.agent)
             .find(|agent| agent.name == name)
     }
-}
-
-/// A rule id's problem, if it has one: invalid characters or length, or a duplicate of one in
-/// `seen`. `at` is the rule's field path.
-pub(crate) fn check_rule_id(id: &str, at: &str, seen: &mut HashSet<String>) -> Option<FieldError> {
-    let reason = if !valid_name(id) {
-        format!("{id:?} is not a valid rule id (letters, digits, '.', '_', '-'; 1 to 64 bytes)")
-    } else if !seen.insert(id.to_owned()) {
-        format!("duplicate rule id {id:?}")
-    } else {
-        return None;
-    };
-    Some(FieldError {
-        field: format!("{at}.id"),
-        reason,
-    })
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Resolves a path in a rule to the executable or script it names.
