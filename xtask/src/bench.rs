@@ -11,8 +11,9 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    cmd, test,
+    cmd,
     vm::{self, KernelSpec, Payload},
+    workspace,
 };
 
 pub struct Options {
@@ -28,7 +29,7 @@ fn build() -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
     // One cargo invocation, so that all three share one feature resolution: agentd-bench links
     // agentd's library (row 7 applies decisions with its `access` module), and a second
     // resolution would build agentd, and its kernel programs, twice.
-    let built = test::build_executables(&[
+    let built = workspace::build_executables(&[
         "build",
         "--release",
         "--package",
@@ -55,12 +56,12 @@ fn build() -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
 /// harness worked (a missed target is not a failure).
 pub fn run(options: &Options, mut on_line: impl FnMut(&str)) -> anyhow::Result<bool> {
     anyhow::ensure!(
-        crate::is_root(),
+        cmd::is_root(),
         "the benchmarks load eBPF programs: run `cargo xtask bench` as root"
     );
     crate::pseudofs::mount()?;
     let (agentd, control, bench) = build()?;
-    let root = test::workspace_root();
+    let root = workspace::workspace_root();
     let out_dir = options.out_dir.clone().unwrap_or_else(|| {
         if options.smoke {
             root.join("target/bench-smoke")
@@ -162,7 +163,7 @@ fn lsm_rows(
     let run = vm::run_tests(&kernel, &payload, None, None, 2, timeout, |line| {
         on_line(&format!("bench-vm| {line}"));
     })?;
-    let out = test::workspace_root().join("target/bench-lsm.json");
+    let out = workspace::workspace_root().join("target/bench-lsm.json");
     let json: Vec<&str> = run
         .console
         .iter()

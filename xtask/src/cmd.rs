@@ -61,3 +61,8 @@ pub fn stream(cmd: &mut Command, mut on_line: impl FnMut(&str)) -> anyhow::Resul
     let status = child.wait().context("waiting for the command")?;
     Ok(status.success())
 }
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0")
+}

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{cmd, test::workspace_root};
+use crate::{cmd, workspace::workspace_root};
 
 /// (binary as cargo names it, where it goes under the root).
 pub const BINARIES: [(&str, &str); 3] = [

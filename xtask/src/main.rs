@@ -13,9 +13,11 @@ mod pseudofs;
 mod run;
 mod setup;
 mod test;
+mod tier_result;
 mod vm;
 mod vm_modules;
 mod vm_systemd;
+mod workspace;
 
 use std::{
     path::PathBuf,
@@ -26,8 +28,8 @@ use std::{
 use clap::{Parser, Subcommand};
 
 use crate::{
-    test::{Tier, VmOptions},
-    vm::{Accel, KernelSpec},
+    test::Tier,
+    vm::{Accel, KernelSpec, VmOptions},
 };
 
 /// Build, set up and test agentd. Start with `cargo xtask run` (build and start the daemon)
@@ -176,10 +178,6 @@ enum Task {
     },
 }
 
-pub fn is_root() -> bool {
-    cmd::output(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0")
-}
-
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(true) => ExitCode::SUCCESS,
@@ -232,7 +230,7 @@ fn test_task(mut tiers: Vec<Tier>, vm: &VmArgs) -> anyhow::Result<bool> {
     if tiers
         .iter()
         .any(|tier| matches!(tier, Tier::Host | Tier::Bench))
-        && is_root()
+        && cmd::is_root()
     {
         // The same step as `run` and `bench`: a newly booted machine has no tracefs or
         // securityfs mounted.
@@ -253,7 +251,7 @@ fn fuzz_task(targets: Vec<String>, seconds: u64) -> anyhow::Result<bool> {
         targets
     };
     let outcomes = fuzz::run_all(
-        &test::workspace_root(),
+        &workspace::workspace_root(),
         &targets,
         Duration::from_secs(seconds),
     )?;
@@ -273,7 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Task::Fuzz { targets, seconds } => return fuzz_task(targets, seconds),
         Task::Build { release } => {
             setup::run(&setup::Options::default())?;
-            let agentd = test::build_agentd(release)?;
+            let agentd = workspace::build_agentd(release)?;
             println!("built {}", agentd.display());
         }
         Task::Install {
@@ -284,7 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             if uninstall {
                 install::uninstall(&root, purge)?;
             } else {
-                let binaries = test::build_release_binaries(&["agentd", "agentd-control"])?;
+                let binaries = workspace::build_release_binaries(&["agentd", "agentd-control"])?;
                 install::install(&root, &binaries)?;
                 install::verify(&root)?;
                 println!("installed; start with: systemctl enable --now agentd");
@@ -292,7 +290,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Task::Run { args } => {
             anyhow::ensure!(
-                is_root(),
+                cmd::is_root(),
                 "agentd loads eBPF programs: run `cargo xtask run` as root"
             );
             let status = run::run(&args)?;
@@ -301,8 +299,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Task::Test { tiers, vm } => return test_task(tiers, &vm),
         Task::Clippy => {
             setup::run(&setup::Options::default())?;
-            cmd::run(test::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-            cmd::run(test::cargo().args([
+            cmd::run(workspace::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+            cmd::run(workspace::cargo().args([
                 "clippy",
                 "--package",
                 "agentd-tests",
@@ -313,7 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             ]))?;
             cmd::run(
                 Command::new("cargo")
-                    .current_dir(test::workspace_root())
+                    .current_dir(workspace::workspace_root())
                     .args([
                         &format!("+{}", setup::NIGHTLY),
                         "clippy",

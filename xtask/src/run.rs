@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{cmd, setup, test};
+use crate::{cmd, setup, workspace};
 
 const LISTEN: &str = "127.0.0.1:7443";
 const AGENT: &str = "demo";
@@ -111,7 +111,7 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitStatus> {
     crate::pseudofs::mount()?;
     // The debug build the test tiers use: `cargo xtask run` after `cargo xtask test` builds
     // nothing again.
-    let built = test::build_binaries(&["agentd", "agentd-control"], false)?;
+    let built = workspace::build_binaries(&["agentd", "agentd-control"], false)?;
     let (agentd, control, ctl) = (
         binary(&built, "agentd")?,
         binary(&built, "agentd-control")?,
@@ -177,7 +177,7 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitStatus> {
         // The embedded default: one demo agent to launch.
         command
             .arg("--policy")
-            .arg(test::workspace_root().join("examples/agents.toml"));
+            .arg(workspace::workspace_root().join("examples/agents.toml"));
     }
     command.args(args).stdin(Stdio::inherit());
     eprintln!("+ {}", cmd::display(&command));

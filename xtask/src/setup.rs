@@ -2,7 +2,7 @@
 //! crates.io and rustup components of installed toolchains. Every step checks first and says
 //! whether it installed or skipped.
 
-use std::{fs, path::PathBuf, process::Command};
+use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
@@ -83,7 +83,7 @@ fn install_debs(apt: &mut Apt, packages: &[&str]) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    if !crate::is_root() {
+    if !cmd::is_root() {
         bail!(
             "Debian packages {} are missing: run `cargo xtask setup` as root",
             missing.join(", ")
@@ -158,21 +158,6 @@ fn install_cargo_fuzz() -> anyhow::Result<()> {
         "--locked",
         "--force",
     ]))
-}
-
-/// Where downloads are kept between runs: `$AGENTD_CACHE_DIR`, else `$XDG_CACHE_HOME/agentd`,
-/// else `~/.cache/agentd`. Everything in it can be deleted; it is fetched again when needed.
-pub fn cache_dir() -> anyhow::Result<PathBuf> {
-    let dir = if let Some(dir) = std::env::var_os("AGENTD_CACHE_DIR") {
-        PathBuf::from(dir)
-    } else if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        PathBuf::from(dir).join("agentd")
-    } else {
-        let home = std::env::var_os("HOME").context("HOME is not set; set AGENTD_CACHE_DIR")?;
-        PathBuf::from(home).join(".cache/agentd")
-    };
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
 }
 
 /// Resolves each kernel to a Debian package and makes sure its vmlinuz is in the cache.

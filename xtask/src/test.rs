@@ -1,19 +1,15 @@
 //! `cargo xtask test`: runs the tiers and ends with one summary line per tier and the plain
 //! `N passed, N failed` line.
 
-use std::{
-    fmt,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use anyhow::Context as _;
-use cargo_metadata::{Artifact, Message};
 
 use crate::{
     cmd,
-    vm::{self, Accel, KernelSpec, Outcome, Payload},
+    tier_result::TierResult,
+    vm::{self, Outcome, Payload, VmOptions},
+    workspace::{build_agentd, build_binaries, build_executables, cargo, workspace_root},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -38,83 +34,6 @@ pub enum Tier {
     Bench,
 }
 
-/// The counts of one tier (or one kernel of the vm tier).
-#[derive(Debug, Default)]
-pub struct TierResult {
-    pub name: String,
-    pub passed: u64,
-    pub failed: u64,
-    /// Why the tier failed when no test result says so (a build error, a boot failure...).
-    pub error: Option<String>,
-}
-
-impl TierResult {
-    pub fn new(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            ..Self::default()
-        }
-    }
-
-    /// Adds the counts of a libtest `test result:` line, if `line` is one.
-    fn count(&mut self, line: &str) {
-        let Some(rest) = line.trim().strip_prefix("test result: ") else {
-            return;
-        };
-        let number_before = |word: &str| -> Option<u64> {
-            let words: Vec<&str> = rest
-                .split([' ', ';', '.'])
-                .filter(|w| !w.is_empty())
-                .collect();
-            let at = words.iter().position(|w| *w == word)?;
-            words.get(at.checked_sub(1)?)?.parse().ok()
-        };
-        self.passed += number_before("passed").unwrap_or(0);
-        self.failed += number_before("failed").unwrap_or(0);
-    }
-
-    /// Records a failure that no test counted: it still counts as one failed test, so the
-    /// closing line can never read "0 failed" for a tier that did not run.
-    pub fn fail(&mut self, why: impl Into<String>) {
-        if self.failed == 0 {
-            self.failed = 1;
-        }
-        self.error = Some(why.into());
-    }
-
-    fn ok(&self) -> bool {
-        self.failed == 0 && self.error.is_none()
-    }
-}
-
-impl fmt::Display for TierResult {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {} passed, {} failed",
-            self.name, self.passed, self.failed
-        )?;
-        if let Some(error) = &self.error {
-            write!(f, " ({error})")?;
-        }
-        Ok(())
-    }
-}
-
-/// The workspace root (xtask lives one level below it).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask is inside the workspace")
-        .to_owned()
-}
-
-pub fn cargo() -> Command {
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(workspace_root());
-    cmd
-}
-
 /// Runs a `cargo test` command, echoing its output and counting its results.
 fn cargo_test(name: &str, cmd: &mut Command) -> anyhow::Result<TierResult> {
     let mut result = TierResult::new(name);
@@ -128,64 +47,6 @@ fn cargo_test(name: &str, cmd: &mut Command) -> anyhow::Result<TierResult> {
     Ok(result)
 }
 
-/// Builds `cargo build`-style targets and returns the executables cargo reports, by target name.
-pub fn build_executables(args: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let mut cmd = cargo();
-    cmd.args(args)
-        .arg("--message-format=json-render-diagnostics")
-        .stdout(Stdio::piped());
-    eprintln!("+ {}", cmd::display(&cmd));
-    let mut child = cmd.spawn().context("starting cargo")?;
-    let stdout = child.stdout.take().context("cargo stdout")?;
-    let mut executables = Vec::new();
-    for message in Message::parse_stream(std::io::BufReader::new(stdout)) {
-        if let Message::CompilerArtifact(Artifact {
-            executable: Some(executable),
-            target,
-            ..
-        }) = message.context("reading cargo's messages")?
-        {
-            executables.push((target.name, executable.into_std_path_buf()));
-        }
-    }
-    let status = child.wait()?;
-    anyhow::ensure!(
-        status.success(),
-        "`{}` failed: {status}",
-        cmd::display(&cmd)
-    );
-    Ok(executables)
-}
-
-/// Builds the binaries of `packages` in release mode: (name, path).
-pub fn build_release_binaries(packages: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    build_binaries(packages, true)
-}
-
-/// Builds the binaries of `packages`: (name, path). Cargo resolves features per selection of
-/// packages, so every task that needs agentd selects the same ones (`agentd` and
-/// `agentd-control`): the debug build one tier made is the one the next task (`run`, another
-/// tier) finds up to date.
-pub fn build_binaries(packages: &[&str], release: bool) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let mut args = vec!["build", "--bins"];
-    if release {
-        args.push("--release");
-    }
-    for package in packages {
-        args.extend(["--package", package]);
-    }
-    build_executables(&args)
-}
-
-/// Builds the agentd binary and returns its path.
-pub fn build_agentd(release: bool) -> anyhow::Result<PathBuf> {
-    // The same selection as every other task's build, so that the build is shared.
-    build_binaries(&["agentd", "agentd-control"], release)?
-        .into_iter()
-        .find_map(|(name, path)| (name == "agentd").then_some(path))
-        .context("cargo built no agentd binary")
-}
-
 fn unit() -> anyhow::Result<TierResult> {
     // The default members: agentd, agentd-common and xtask.
     cargo_test("unit", cargo().arg("test"))
@@ -193,7 +54,7 @@ fn unit() -> anyhow::Result<TierResult> {
 
 fn control() -> anyhow::Result<TierResult> {
     let mut result = TierResult::new("control");
-    if !crate::is_root() {
+    if !cmd::is_root() {
         result.fail("needs root: the tests run PostgreSQL as the postgres user");
         return Ok(result);
     }
@@ -208,7 +69,7 @@ fn control() -> anyhow::Result<TierResult> {
 
 fn host() -> anyhow::Result<TierResult> {
     let mut result = TierResult::new("host");
-    if !crate::is_root() {
+    if !cmd::is_root() {
         result.fail("needs root: real eBPF programs are loaded into the running kernel");
         return Ok(result);
     }
@@ -243,7 +104,7 @@ fn host() -> anyhow::Result<TierResult> {
 
 fn bench() -> anyhow::Result<TierResult> {
     let mut result = TierResult::new("bench");
-    if !crate::is_root() {
+    if !cmd::is_root() {
         result.fail("needs root: the benchmarks load eBPF programs");
         return Ok(result);
     }
@@ -260,16 +121,6 @@ fn bench() -> anyhow::Result<TierResult> {
         result.fail("agentd-bench failed before any row finished: see the output above");
     }
     Ok(result)
-}
-
-/// Options of the vm tier.
-#[derive(Clone, Debug)]
-pub struct VmOptions {
-    pub kernels: Vec<KernelSpec>,
-    pub accel: Option<Accel>,
-    pub timeout: Duration,
-    /// Run only the tests whose names contain this.
-    pub filter: Option<String>,
 }
 
 /// Builds the test binaries, boots each kernel and counts the results printed inside.
@@ -436,32 +287,4 @@ pub fn summarize(results: &[TierResult]) -> bool {
     let failed: u64 = results.iter().map(|r| r.failed).sum();
     println!("{passed} passed, {failed} failed");
     results.iter().all(TierResult::ok)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn libtest_result_lines_are_summed() {
-        let mut result = TierResult::new("unit");
-        result.count("test result: ok. 15 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s");
-        result.count(
-            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
-        );
-        result.count("running 4 tests");
-        assert_eq!((result.passed, result.failed), (18, 2));
-        assert!(!result.ok());
-    }
-
-    #[test]
-    fn a_tier_that_could_not_run_counts_as_a_failure() {
-        let mut result = TierResult::new("vm (6.1)");
-        result.fail("boot failure: no boot marker within 120s");
-        assert_eq!(result.failed, 1);
-        assert_eq!(
-            result.to_string(),
-            "vm (6.1): 0 passed, 1 failed (boot failure: no boot marker within 120s)"
-        );
-    }
 }

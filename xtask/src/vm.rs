@@ -20,7 +20,17 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{cmd, setup, vm_modules};
+use crate::{cmd, vm_modules, workspace};
+
+/// Options of the vm tier.
+#[derive(Clone, Debug)]
+pub struct VmOptions {
+    pub kernels: Vec<KernelSpec>,
+    pub accel: Option<Accel>,
+    pub timeout: Duration,
+    /// Run only the tests whose names contain this.
+    pub filter: Option<String>,
+}
 
 /// A kernel for the vm tier, as the user names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,7 +90,7 @@ impl KernelSpec {
 }
 
 fn kernel_cache(package: &str) -> anyhow::Result<PathBuf> {
-    Ok(setup::cache_dir()?.join("kernels").join(package))
+    Ok(workspace::cache_dir()?.join("kernels").join(package))
 }
 
 /// Written in a kernel's cache directory once its vmlinuz, the guest's modules and their index
@@ -548,7 +558,7 @@ pub fn choose_accel(vmlinuz: &Path, package: &str) -> anyhow::Result<Accel> {
         return Ok(Accel::Tcg);
     }
     let host = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let marker = setup::cache_dir()?.join(format!("kvm-probe-{}-{package}", host.trim()));
+    let marker = workspace::cache_dir()?.join(format!("kvm-probe-{}-{package}", host.trim()));
     if let Ok(answer) = fs::read_to_string(&marker) {
         return Ok(if answer.trim() == "kvm" {
             Accel::Kvm

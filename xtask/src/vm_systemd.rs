@@ -27,9 +27,10 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    cmd, install, setup,
-    test::{self, TierResult, VmOptions},
-    vm::{self, KernelSpec, Outcome},
+    cmd, install,
+    tier_result::TierResult,
+    vm::{self, KernelSpec, Outcome, VmOptions},
+    workspace,
 };
 
 /// The Debian release of the guest: the one this project's machines run.
@@ -136,7 +137,7 @@ fn recipe(sources: &Path) -> anyhow::Result<String> {
 }
 
 fn rootfs_dir() -> anyhow::Result<PathBuf> {
-    Ok(setup::cache_dir()?.join("vm-systemd"))
+    Ok(workspace::cache_dir()?.join("vm-systemd"))
 }
 
 /// The cached root file system, if it is there and was built from the current recipe.
@@ -161,7 +162,7 @@ pub fn ensure_rootfs() -> anyhow::Result<PathBuf> {
         return Ok(root);
     }
     anyhow::ensure!(
-        crate::is_root(),
+        cmd::is_root(),
         "building the vm-systemd root file system needs root (mmdebstrap)"
     );
     let dir = rootfs_dir()?;
@@ -608,7 +609,7 @@ fn record(result: &mut TierResult, checks: &[Check]) {
 /// after it still run.
 pub fn tier(options: &VmOptions) -> TierResult {
     let mut result = TierResult::new(format!("vm-systemd ({KERNEL})"));
-    if !crate::is_root() {
+    if !cmd::is_root() {
         result.fail("needs root: the guest's files must belong to root");
         return result;
     }
@@ -632,8 +633,8 @@ fn run_tier(options: &VmOptions, result: &mut TierResult) -> anyhow::Result<()> 
 
     // The debug binaries the host tier builds too, with the same cargo invocations (so CI
     // builds nothing more for this tier), installed by `cargo xtask install`'s code.
-    let mut built = vec![("agentd".to_owned(), test::build_agentd(false)?)];
-    built.extend(test::build_executables(&[
+    let mut built = vec![("agentd".to_owned(), workspace::build_agentd(false)?)];
+    built.extend(workspace::build_executables(&[
         "build",
         "--package",
         "agentd-control",
@@ -672,7 +673,7 @@ fn run_tier(options: &VmOptions, result: &mut TierResult) -> anyhow::Result<()> 
         Some(accel) => accel,
         None => vm::choose_accel(&vmlinuz, &package)?,
     };
-    let log_path = test::workspace_root().join("target/vm-systemd/console.log");
+    let log_path = workspace::workspace_root().join("target/vm-systemd/console.log");
     fs::create_dir_all(log_path.parent().context("log path has a parent")?)?;
     println!(
         "vm-systemd: booting {package} ({accel:?}); console in {}",
