@@ -7,7 +7,7 @@ use sqlx::{Row as _, any::AnyRow};
 use super::{
     AuditContext, Conn, Store,
     auth::{hash_secret, insert_token, new_secret},
-    from_json, new_id, to_json,
+    from_json, is_unique_violation, new_id, to_json,
 };
 use crate::{
     error::{Error, Result},
@@ -258,9 +258,9 @@ impl Store {
             applied_decision_version: 0,
             applied_at: None,
         };
-        sqlx::query(
-            "INSERT INTO hosts (id, hostname, agentd_version, enrolled_at, cert_serial, labels) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+        let inserted = sqlx::query(
+            "INSERT INTO hosts (id, hostname, hostname_claim, agentd_version, enrolled_at, \
+             cert_serial, labels) VALUES ($1, $2, $2, $3, $4, $5, $6)",
         )
         .bind(&host.id)
         .bind(&host.hostname)
@@ -269,7 +269,19 @@ impl Store {
         .bind(cert_serial)
         .bind(to_json(&host.labels))
         .execute(&mut *tx)
-        .await?;
+        .await;
+        match inserted {
+            // Another replica enrolled the same name since `check_hostname` looked.
+            Err(err) if is_unique_violation(&err) => {
+                return Err(Error::AlreadyExists {
+                    kind: "enrolled hostname",
+                    id: hostname.to_owned(),
+                });
+            }
+            other => {
+                other?;
+            }
+        }
         audit
             .record(&mut tx, "host", &host.id, None::<&()>, Some(&host))
             .await?;

@@ -69,6 +69,11 @@ impl Backend {
                     "host identity",
                     include_str!("../../migrations/sqlite/0004_host_identity.sql"),
                 ),
+                (
+                    5,
+                    "hostname claim",
+                    include_str!("../../migrations/sqlite/0005_hostname_claim.sql"),
+                ),
             ],
             Self::Postgres => &[
                 (
@@ -90,6 +95,11 @@ impl Backend {
                     4,
                     "host identity",
                     include_str!("../../migrations/postgres/0004_host_identity.sql"),
+                ),
+                (
+                    5,
+                    "hostname claim",
+                    include_str!("../../migrations/postgres/0005_hostname_claim.sql"),
                 ),
             ],
         }
@@ -187,8 +197,15 @@ impl Store {
         Ok(())
     }
 
+    /// A transaction for a change. On `SQLite` it takes the write lock at `BEGIN IMMEDIATE`
+    /// (waiting up to the busy timeout for another writer), so that a transaction that reads
+    /// and then writes never finds its snapshot stale at its first write (`SQLITE_BUSY_SNAPSHOT`,
+    /// which no busy timeout retries) when another connection or replica wrote in between.
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
-        Ok(self.pool.begin().await?)
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     pub async fn close(&self) {

@@ -2,13 +2,13 @@
 //! admin-only agent fields, detections only from the agent's own hosts) and bound host
 //! identities (join tokens naming a hostname, unique hostnames, no hostname equal to a host id).
 
-use agentd_control::proto;
+use agentd_control::{proto, store::Store};
 use prost_types::Timestamp;
 use tonic::Code;
 
 use crate::support::{
-    Backend, DAY, Fixture, agent_request, assert_status, blueprint, create_agent, create_blueprint,
-    enroll, get_agent,
+    Backend, DAY, Database, Fixture, agent_request, assert_status, blueprint, create_agent,
+    create_blueprint, enroll, get_agent,
 };
 
 fn request(
@@ -511,6 +511,103 @@ pub async fn a_second_live_host_with_the_same_hostname_is_refused(backend: Backe
         .expect("re-enrolment after revocation")
         .into_inner();
     assert_ne!(second.host_id, first.host_id);
+    fixture.stop().await;
+}
+
+/// Two replicas enrolling the same hostname at the same moment: the check at enrolment reads
+/// before either writes, so only the database's index on live hostnames can refuse the
+/// second. Exactly one of each pair enrols; the other is ALREADY_EXISTS, never INTERNAL.
+pub async fn two_replicas_enrolling_one_hostname_at_once_enrol_one_host(backend: Backend) {
+    let primary = Fixture::start(&backend).await;
+    let replica = Fixture::replica_of(&primary).await;
+    let (a, b) = (primary.anonymous().await, replica.anonymous().await);
+    for round in 0..12 {
+        let hostname = format!("race-{round}");
+        let (first, second) = (
+            join_token(&primary, "", &[]).await,
+            join_token(&primary, "", &[]).await,
+        );
+        let mut left = a.host();
+        let mut right = b.host();
+        let (one, other) = tokio::join!(
+            left.enroll_host(enrolment(&first, &hostname)),
+            right.enroll_host(enrolment(&second, &hostname)),
+        );
+        let outcomes = [one.map(drop), other.map(drop)];
+        let enrolled = outcomes.iter().filter(|o| o.is_ok()).count();
+        assert_eq!(enrolled, 1, "{hostname}: {outcomes:?}");
+        let refused = outcomes.iter().find_map(|o| o.as_ref().err()).unwrap();
+        assert_eq!(
+            refused.code(),
+            Code::AlreadyExists,
+            "{hostname}: {refused:?}"
+        );
+        assert!(refused.message().contains(&hostname), "{refused:?}");
+    }
+    let hosts = primary
+        .admin()
+        .await
+        .host()
+        .list_hosts(proto::ListHostsRequest::default())
+        .await
+        .expect("ListHosts")
+        .into_inner()
+        .hosts;
+    assert_eq!(hosts.len(), 12, "one host per name");
+    replica.stop().await;
+    primary.stop().await;
+}
+
+/// A database from before hostnames were unique may hold two live hosts with one name: the
+/// upgrade keeps both (nothing is revoked or renamed behind the operator's back), a name held
+/// once is claimed, and enrolment still refuses a third host with the shared name.
+pub async fn an_upgrade_keeps_live_duplicate_hostnames_and_claims_the_unique_ones(
+    backend: Backend,
+) {
+    let db = Database::create(&backend).await;
+    let old = Store::connect_at_schema(&db.url, 4)
+        .await
+        .expect("the schema before hostname claims");
+    old.close().await;
+    let mut raw = db.raw().await;
+    for (id, hostname) in [
+        ("00000000-0000-4000-8000-000000000001", "twin"),
+        ("00000000-0000-4000-8000-000000000002", "twin"),
+        ("00000000-0000-4000-8000-000000000003", "single"),
+    ] {
+        sqlx::query(
+            "INSERT INTO hosts (id, hostname, agentd_version, enrolled_at, labels) \
+             VALUES ($1, $2, '0.1.0', 1700000000, '{}')",
+        )
+        .bind(id)
+        .bind(hostname)
+        .execute(&mut raw)
+        .await
+        .expect("a host of the old schema");
+    }
+    let fixture = Fixture::start_on(db, false).await;
+    let hosts = fixture
+        .admin()
+        .await
+        .host()
+        .list_hosts(proto::ListHostsRequest::default())
+        .await
+        .expect("ListHosts")
+        .into_inner()
+        .hosts;
+    assert_eq!(hosts.len(), 3, "the upgrade kept every host");
+    let anonymous = fixture.anonymous().await;
+    for hostname in ["twin", "single"] {
+        let token = join_token(&fixture, "", &[]).await;
+        assert_status(
+            anonymous
+                .host()
+                .enroll_host(enrolment(&token, hostname))
+                .await,
+            Code::AlreadyExists,
+            &format!("{hostname:?}"),
+        );
+    }
     fixture.stop().await;
 }
 

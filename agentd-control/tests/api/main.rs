@@ -105,6 +105,8 @@ const TESTS: &[(&str, TestFn)] = tests![
     duties::a_join_token_bound_to_a_hostname_enrols_only_that_hostname,
     duties::a_second_live_host_with_the_same_hostname_is_refused,
     duties::a_hostname_equal_to_another_hosts_id_is_refused,
+    duties::two_replicas_enrolling_one_hostname_at_once_enrol_one_host,
+    duties::an_upgrade_keeps_live_duplicate_hostnames_and_claims_the_unique_ones,
 ];
 
 fn main() -> ExitCode {
