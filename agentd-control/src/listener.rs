@@ -1,8 +1,11 @@
 //! The bounded stream of incoming connections the gRPC server serves: at most
 //! `max_connections` at once (one over the cap is accepted and closed at once, so that its
 //! client fails fast instead of waiting in the backlog), a deadline by which a new connection
-//! must have sent its first bytes (a TLS `ClientHello` or the HTTP/2 preface), and an accept loop
-//! that pauses instead of spinning when the process is out of file descriptors.
+//! must have sent its first bytes (a TLS `ClientHello` or the HTTP/2 preface), an idle deadline
+//! after that (a connection that sends nothing at all for `idle_timeout`, not even the answer to
+//! the server's keepalive ping, is closed: one that finished its TLS handshake and then fell
+//! silent, say), and an accept loop that pauses instead of spinning when the process is out of
+//! file descriptors.
 //!
 //! The TLS handshake itself is bounded by tonic (`ServerTlsConfig::timeout`, set from the same
 //! deadline), HTTP/2 keepalive by hyper; see `server.rs`.
@@ -47,6 +50,25 @@ pub struct ConnectionLimits {
     /// peer has not answered within `keepalive_timeout` (a dead or vanished host).
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// A connection that has spoken and then sends nothing for this long is closed. A live
+    /// HTTP/2 peer answers every keepalive ping, so this must be longer than
+    /// `keepalive_interval + keepalive_timeout` ([`ConnectionLimits::check`]).
+    pub idle_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// Refuses limits under which a live client could be closed as idle.
+    pub fn check(&self) -> Result<(), String> {
+        let floor = self.keepalive_interval + self.keepalive_timeout;
+        if self.idle_timeout <= floor {
+            return Err(format!(
+                "idle timeout {:?} must be longer than the keepalive interval plus its timeout \
+                 ({floor:?}): a live client that answers every ping would be closed as idle",
+                self.idle_timeout
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ConnectionLimits {
@@ -56,6 +78,7 @@ impl Default for ConnectionLimits {
             handshake_timeout: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_mins(2),
         }
     }
 }
@@ -66,23 +89,22 @@ pub struct BoundedIncoming {
     permits: Arc<Semaphore>,
     max_connections: usize,
     first_bytes_timeout: Duration,
+    idle_timeout: Duration,
     pause: Option<Pin<Box<Sleep>>>,
     refused: u64,
     last_warning: Option<Instant>,
 }
 
 impl BoundedIncoming {
-    pub fn new(
-        listener: TcpListener,
-        max_connections: usize,
-        first_bytes_timeout: Duration,
-    ) -> Self {
+    pub fn new(listener: TcpListener, limits: &ConnectionLimits) -> Self {
+        let max_connections = limits.max_connections;
         let max_connections = max_connections.clamp(1, Semaphore::MAX_PERMITS);
         Self {
             listener,
             permits: Arc::new(Semaphore::new(max_connections)),
             max_connections,
-            first_bytes_timeout,
+            first_bytes_timeout: limits.handshake_timeout,
+            idle_timeout: limits.idle_timeout,
             pause: None,
             refused: 0,
             last_warning: None,
@@ -133,6 +155,7 @@ impl Stream for BoundedIncoming {
                             stream,
                             permit,
                             this.first_bytes_timeout,
+                            this.idle_timeout,
                         ))));
                     }
                     // Closed at once: the client sees the connection end (UNAVAILABLE)
@@ -166,21 +189,30 @@ impl Stream for BoundedIncoming {
 }
 
 /// An accepted connection: holds its slot under the cap until it is dropped, and fails its
-/// reads once the first-bytes deadline passes before the client has sent [`FIRST_BYTES`].
+/// reads once the first-bytes deadline passes before the client has sent [`FIRST_BYTES`], or
+/// once it has read nothing for the idle timeout after that.
 pub struct BoundedConnection {
     stream: TcpStream,
-    /// Until the client has started speaking.
-    deadline: Option<Pin<Box<Sleep>>>,
+    /// The first-bytes deadline until the client has started speaking, then the idle deadline,
+    /// moved on by every read that returns bytes.
+    deadline: Pin<Box<Sleep>>,
     awaiting: usize,
+    idle: Duration,
     _permit: OwnedSemaphorePermit,
 }
 
 impl BoundedConnection {
-    fn new(stream: TcpStream, permit: OwnedSemaphorePermit, timeout: Duration) -> Self {
+    fn new(
+        stream: TcpStream,
+        permit: OwnedSemaphorePermit,
+        first_bytes: Duration,
+        idle: Duration,
+    ) -> Self {
         Self {
             stream,
-            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            deadline: Box::pin(tokio::time::sleep(first_bytes)),
             awaiting: FIRST_BYTES,
+            idle,
             _permit: permit,
         }
     }
@@ -196,23 +228,21 @@ impl AsyncRead for BoundedConnection {
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if this.deadline.is_some() {
-                    let read = buf.filled().len() - before;
-                    this.awaiting = this.awaiting.saturating_sub(read);
-                    if this.awaiting == 0 || read == 0 {
-                        this.deadline = None;
-                    }
+                let read = buf.filled().len() - before;
+                this.awaiting = this.awaiting.saturating_sub(read);
+                if read > 0 && this.awaiting == 0 {
+                    this.deadline.as_mut().reset(Instant::now() + this.idle);
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                if let Some(deadline) = &mut this.deadline
-                    && deadline.as_mut().poll(cx).is_ready()
-                {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the client sent no TLS ClientHello or HTTP/2 preface in time",
-                    )));
+                if this.deadline.as_mut().poll(cx).is_ready() {
+                    let why = if this.awaiting > 0 {
+                        "the client sent no TLS ClientHello or HTTP/2 preface in time".to_owned()
+                    } else {
+                        format!("the client sent nothing for {:?} (idle timeout)", this.idle)
+                    };
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)));
                 }
                 Poll::Pending
             }
@@ -267,9 +297,70 @@ mod tests {
     use super::*;
 
     async fn bound(max: usize, timeout: Duration) -> (BoundedIncoming, std::net::SocketAddr) {
+        bound_idle(max, timeout, Duration::from_hours(1)).await
+    }
+
+    async fn bound_idle(
+        max: usize,
+        timeout: Duration,
+        idle: Duration,
+    ) -> (BoundedIncoming, std::net::SocketAddr) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
-        (BoundedIncoming::new(listener, max, timeout), address)
+        let limits = ConnectionLimits {
+            max_connections: max,
+            handshake_timeout: timeout,
+            idle_timeout: idle,
+            ..ConnectionLimits::default()
+        };
+        (BoundedIncoming::new(listener, &limits), address)
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_falls_silent_after_speaking_is_closed_as_idle() {
+        let (mut incoming, address) =
+            bound_idle(4, Duration::from_millis(100), Duration::from_millis(400)).await;
+        let mut client = TcpStream::connect(address).await.expect("connect");
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .expect("preface");
+        let mut connection = incoming.next().await.expect("one").expect("accepted");
+        let mut preface = [0; FIRST_BYTES];
+        connection.read_exact(&mut preface).await.expect("preface");
+        // Bytes now and then keep it open past several idle timeouts...
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            client.write_all(b"ping").await.expect("write");
+            let mut ping = [0; 4];
+            connection
+                .read_exact(&mut ping)
+                .await
+                .expect("a live client is kept");
+        }
+        // ...and silence closes it.
+        let started = std::time::Instant::now();
+        let err = connection.read(&mut [0; 64]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("idle timeout"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn an_idle_timeout_a_live_client_could_reach_is_refused() {
+        let limits = ConnectionLimits {
+            idle_timeout: Duration::from_secs(40),
+            ..ConnectionLimits::default()
+        };
+        let err = limits.check().unwrap_err();
+        assert!(err.contains("idle timeout 40s"), "{err}");
+        ConnectionLimits::default()
+            .check()
+            .expect("the defaults hold");
     }
 
     #[tokio::test]

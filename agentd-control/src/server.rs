@@ -132,8 +132,7 @@ impl Server {
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
         }
-        let incoming =
-            BoundedIncoming::new(listener, limits.max_connections, limits.handshake_timeout);
+        let incoming = BoundedIncoming::new(listener, &limits);
         let (began, draining) = tokio::sync::oneshot::channel::<()>();
         let stopping = control.clone();
         let signal = async move {

@@ -18,7 +18,7 @@ impl fmt::Display for FieldError {
 
 /// A rule id's problem, if it has one: invalid characters or length, or a duplicate of one in
 /// `seen`. `at` is the rule's field path.
-pub fn check_rule_id(id: &str, at: &str, seen: &mut HashSet<String>) -> Option<FieldError> {
+pub(crate) fn check_rule_id(id: &str, at: &str, seen: &mut HashSet<String>) -> Option<FieldError> {
     let reason = if !valid_name(id) {
         format!("{id:?} is not a valid rule id (letters, digits, '.', '_', '-'; 1 to 64 bytes)")
     } else if !seen.insert(id.to_owned()) {

@@ -33,6 +33,8 @@ const DEB_PACKAGES: &[&str] = &[
     // mkfs.ext4 for the guests, whose tests put ext4 on a loop device.
     "e2fsprogs",
     "postgresql",
+    // openssl s_client, a TLS client the control tier's connection tests drive.
+    "openssl",
     // systemd-analyze, which checks the units `cargo xtask install` lays down.
     "systemd",
 ];

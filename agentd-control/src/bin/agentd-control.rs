@@ -94,6 +94,11 @@ enum Command {
         /// ...and close one whose peer has not answered within this time.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         keepalive_timeout: Duration,
+        /// Close a connection that sends nothing for this long (not even the answer to a
+        /// keepalive ping): one that finished its TLS handshake and then fell silent, say.
+        /// Must be longer than --keepalive-interval plus --keepalive-timeout.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        idle_timeout: Duration,
         /// Failed authentications (bearer or join token) from one source (IPv4 address or
         /// IPv6 /64) within --auth-failure-window after which that source is refused with
         /// status resource-exhausted for --auth-block; 0 turns the throttle off.
@@ -177,16 +182,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             handshake_timeout,
             keepalive_interval,
             keepalive_timeout,
+            idle_timeout,
             auth_max_failures,
             auth_failure_window,
             auth_block,
             drain_timeout,
         } => {
+            let connections = ConnectionLimits {
+                max_connections,
+                handshake_timeout,
+                keepalive_interval,
+                keepalive_timeout,
+                idle_timeout,
+            };
+            connections
+                .check()
+                .map_err(|reason| anyhow::anyhow!("--idle-timeout: {reason}"))?;
             if let Some(path) = audit_export {
                 let export = AuditExport::open(&path)?;
                 tokio::spawn(export.run(store.clone(), Duration::from_secs(1)));
             }
-            let max_connections = fit_open_file_limit(max_connections);
+            let max_connections = fit_open_file_limit(connections.max_connections);
             let options = ServerOptions {
                 tls_names: (!tls_names.is_empty()).then_some(tls_names),
                 sweep_interval: Some(sweep_interval),
@@ -197,9 +213,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 connections: ConnectionLimits {
                     max_connections,
-                    handshake_timeout,
-                    keepalive_interval,
-                    keepalive_timeout,
+                    ..connections
                 },
                 auth_throttle: ThrottleOptions {
                     max_failures: auth_max_failures,

@@ -109,6 +109,62 @@ pub async fn silent_connections_are_closed_after_the_handshake_timeout_and_the_c
     }
 }
 
+/// A client that completes its TLS handshake and then sends nothing, not even the HTTP/2
+/// preface, is past the handshake deadline and never gets a keepalive ping (hyper pings only
+/// once HTTP/2 is up): only the idle timeout ends it. The client is OpenSSL's own
+/// `s_client`, which stays connected as long as its input is open.
+pub async fn a_client_silent_after_its_tls_handshake_is_closed_at_the_idle_timeout(
+    backend: Backend,
+) {
+    let fixture = Fixture::start_with_options(&backend, true, |options| {
+        options.connections.keepalive_interval = Duration::from_secs(1);
+        options.connections.keepalive_timeout = Duration::from_secs(1);
+        options.connections.idle_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, fixture.tls_ca_pem.as_deref().expect("TLS")).expect("CA file");
+    let started = Instant::now();
+    let mut client = tokio::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-verify_return_error", "-alpn", "h2"])
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{}", fixture.port))
+        .args(["-servername", "localhost", "-CAfile"])
+        .arg(&ca)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("openssl s_client (Debian's openssl package)");
+    let mut stderr = client.stderr.take().expect("stderr");
+    let ended = tokio::time::timeout(Duration::from_secs(20), client.wait()).await;
+    let took = started.elapsed();
+    if ended.is_err() {
+        // Still connected: end it, so that its output can be read.
+        let _ = client.kill().await;
+    }
+    let mut said = String::new();
+    let _ = stderr.read_to_string(&mut said).await;
+    assert!(
+        said.contains("verify return:1"),
+        "the handshake completed and verified: {said}"
+    );
+    assert!(
+        ended.is_ok(),
+        "a silent TLS client was never closed: {said}"
+    );
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(10),
+        "closed after {took:?}, not at the 3 s idle timeout"
+    );
+    println!("  measured: a client silent after its TLS handshake was closed after {took:?}");
+    // A client that speaks is served as before.
+    who_am_i(&fixture).await.expect("a real client");
+    fixture.stop().await;
+}
+
 pub async fn failed_authentications_from_one_source_are_throttled(backend: Backend) {
     let fixture = Fixture::start_with_options(&backend, false, |options| {
         options.auth_throttle.max_failures = 5;
