@@ -436,6 +436,19 @@ async fn join_token(fixture: &Fixture, hostname: &str, labels: &[(&str, &str)]) 
         .token
 }
 
+/// The hosts that are not revoked, as the admin lists them.
+async fn live_hosts(fixture: &Fixture) -> Vec<proto::Host> {
+    fixture
+        .admin()
+        .await
+        .host()
+        .list_hosts(proto::ListHostsRequest::default())
+        .await
+        .expect("ListHosts")
+        .into_inner()
+        .hosts
+}
+
 fn enrolment(token: &str, hostname: &str) -> proto::EnrollHostRequest {
     proto::EnrollHostRequest {
         join_token: token.into(),
@@ -544,15 +557,7 @@ pub async fn two_replicas_enrolling_one_hostname_at_once_enrol_one_host(backend:
         );
         assert!(refused.message().contains(&hostname), "{refused:?}");
     }
-    let hosts = primary
-        .admin()
-        .await
-        .host()
-        .list_hosts(proto::ListHostsRequest::default())
-        .await
-        .expect("ListHosts")
-        .into_inner()
-        .hosts;
+    let hosts = live_hosts(&primary).await;
     assert_eq!(hosts.len(), 12, "one host per name");
     replica.stop().await;
     primary.stop().await;
@@ -586,15 +591,7 @@ pub async fn an_upgrade_keeps_live_duplicate_hostnames_and_claims_the_unique_one
         .expect("a host of the old schema");
     }
     let fixture = Fixture::start_on(db, false).await;
-    let hosts = fixture
-        .admin()
-        .await
-        .host()
-        .list_hosts(proto::ListHostsRequest::default())
-        .await
-        .expect("ListHosts")
-        .into_inner()
-        .hosts;
+    let hosts = live_hosts(&fixture).await;
     assert_eq!(hosts.len(), 3, "the upgrade kept every host");
     let anonymous = fixture.anonymous().await;
     for hostname in ["twin", "single"] {
@@ -624,15 +621,7 @@ pub async fn a_hostname_equal_to_another_hosts_id_is_refused(backend: Backend) {
         Code::InvalidArgument,
         "id of another host",
     );
-    let hosts = fixture
-        .admin()
-        .await
-        .host()
-        .list_hosts(proto::ListHostsRequest::default())
-        .await
-        .expect("ListHosts")
-        .into_inner()
-        .hosts;
+    let hosts = live_hosts(&fixture).await;
     assert_eq!(hosts.len(), 1, "nothing enrolled: {hosts:?}");
     fixture.stop().await;
 }
