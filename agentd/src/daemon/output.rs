@@ -1,0 +1,385 @@
+//! Writing events and notices to the configured output, and the alarm about lost events.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{DaemonError, State, agent_ref, tag_info};
+use crate::{
+    api::{AgentRef, TagInfo},
+    assess::Notice,
+    clock::boottime_ns,
+    config::{EventsConfig, OutputFormat},
+    events::{Event, EventReader, SCHEMA_VERSION},
+    identity::{Registry, discovery::looks_like_agent},
+    lineage::Ancestor,
+    sink,
+};
+
+/// One JSON line: the event with the schema version and, for agents' processes, the agent.
+#[derive(Serialize)]
+pub(super) struct JsonLine<'a> {
+    pub(super) version: u32,
+    #[serde(flatten)]
+    pub(super) event: &'a Event,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) agent: Option<AgentRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) tag: Option<TagInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) looks_like: Option<&'static str>,
+    /// For connections: the rule that decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) rule: Option<String>,
+    /// `threat-intel` for a blocklist hit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) alert: Option<&'static str>,
+    /// For agents' processes: the parent, grandparent... nearest first.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub(super) lineage: &'a [Ancestor],
+}
+
+pub(super) fn write_event(
+    out: &mut impl std::io::Write,
+    format: OutputFormat,
+    event: &Event,
+    registry: &Registry,
+    lineage: &[Ancestor],
+) -> std::io::Result<()> {
+    let tag = event.tag();
+    let agent = agent_ref(registry, tag);
+    let looks_like = match event {
+        Event::Exec(exec) if agent.is_none() => looks_like_agent(&exec.filename, &exec.args),
+        _ => None,
+    };
+    let (rule, alert) = match event {
+        Event::File(decision) if decision.tag.agent != 0 => {
+            (registry.rule(decision.rule_id).map(str::to_owned), None)
+        }
+        Event::Net(connection) => (
+            (connection.rule_number != 0).then(|| {
+                registry
+                    .rule(connection.rule_number)
+                    .unwrap_or("?")
+                    .to_owned()
+            }),
+            (connection.decided_by == "blocklist").then_some("threat-intel"),
+        ),
+        _ => (None, None),
+    };
+    // Connection events name the agent; how its process was tagged is in its exec and fork events.
+    let tag_detail = !matches!(event, Event::Net(_) | Event::File(_));
+    match format {
+        OutputFormat::Text => {
+            write!(out, "{}", event.to_text())?;
+            if let Some(agent) = &agent {
+                write!(out, " agent={} ({})", agent.name, agent.id)?;
+                if tag_detail {
+                    let info = tag_info(registry, tag);
+                    let inherited = if info.inherited { ",inherited" } else { "" };
+                    write!(out, " tag={}{inherited}", info.source)?;
+                }
+            }
+            if let Some(rule) = &rule {
+                write!(out, " rule={rule}")?;
+            }
+            if let Some(alert) = alert {
+                write!(out, " ALERT={alert}")?;
+            }
+            if let Some(hint) = looks_like {
+                write!(out, " looks_like={hint}")?;
+            }
+            writeln!(out)
+        }
+        OutputFormat::Json => {
+            let line = JsonLine {
+                version: SCHEMA_VERSION,
+                event,
+                tag: agent
+                    .as_ref()
+                    .filter(|_| tag_detail)
+                    .map(|_| tag_info(registry, tag)),
+                agent,
+                looks_like,
+                rule,
+                alert,
+                lineage,
+            };
+            serde_json::to_writer(&mut *out, &line)?;
+            writeln!(out)
+        }
+    }
+}
+
+/// Where events and notices go, in the configured format, and the alarm about lost events.
+pub(super) struct Output {
+    pub(super) sink: Box<dyn sink::Sink>,
+    pub(super) format: OutputFormat,
+    pub(super) line: Vec<u8>,
+    /// Notice lines waiting for the next flush.
+    pub(super) notices: Vec<String>,
+    pub(super) losses: LossAlarm,
+    /// Writes that failed (a closed stdout, a full disk): counted and logged, never fatal, so
+    /// that agentd keeps enforcing and reaches its exit path.
+    pub(super) errors: u64,
+    pub(super) last_error_logged: Option<std::time::Instant>,
+}
+
+impl Output {
+    pub(super) fn open(config: &EventsConfig) -> Result<Self, DaemonError> {
+        let sink = sink::open(&config.output, config.rotate_bytes, config.rotate_keep).map_err(
+            |source| DaemonError::OpenOutput {
+                path: config.output.clone(),
+                source,
+            },
+        )?;
+        Ok(Self {
+            sink,
+            format: config.format,
+            line: Vec::new(),
+            notices: Vec::new(),
+            losses: LossAlarm::new(Duration::from_secs(config.loss_alert_interval_secs)),
+            errors: 0,
+            last_error_logged: None,
+        })
+    }
+
+    /// Counts a failed write and logs it (at most once every ten seconds, with the count).
+    pub(super) fn failed(&mut self, err: &std::io::Error) {
+        self.errors += 1;
+        let now = std::time::Instant::now();
+        if self
+            .last_error_logged
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10))
+        {
+            self.last_error_logged = Some(now);
+            tracing::error!(
+                %err,
+                failed_writes = self.errors,
+                "the event output cannot be written; agentd goes on enforcing"
+            );
+        }
+    }
+
+    /// Enriches, writes and assesses a batch of kernel events.
+    pub(super) fn events(&mut self, state: &mut State, batch: &mut Vec<Event>) {
+        let now = std::time::Instant::now();
+        for mut event in batch.drain(..) {
+            state.discover(&mut event);
+            state.fail_closed(&event);
+            if let Event::Net(connection) = &mut event {
+                connection.domain = state
+                    .learned
+                    .domain(connection.tag.agent, connection.address, now)
+                    .map(str::to_owned);
+            }
+            state.lineage.record(&event);
+            let ancestors = match event.tag().agent {
+                0 => Vec::new(),
+                _ => state.lineage.ancestors(event.pid()),
+            };
+            self.line.clear();
+            let written = write_event(
+                &mut self.line,
+                self.format,
+                &event,
+                &state.registry,
+                &ancestors,
+            )
+            .and_then(|()| self.sink.write_line(&self.line));
+            if let Err(err) = written {
+                self.failed(&err);
+            }
+            state.assess(&event, &mut self.notices, self.format);
+            self.write_notices();
+        }
+        if let Err(err) = self.sink.flush() {
+            self.failed(&err);
+        }
+        state.output_errors = self.errors;
+    }
+
+    /// Once a second: risk decay, and the alarm about lost events.
+    pub(super) fn tick(
+        &mut self,
+        state: &mut State,
+        reader: &EventReader,
+    ) -> Result<(), DaemonError> {
+        if let Err(err) = state.persist_registry() {
+            tracing::warn!(err = %anyhow::Error::from(err), "saving agent numbers to the pinned registry");
+        }
+        let notices = state.ca_tick(self.format);
+        self.notices.extend(notices);
+        state.report_agents();
+        state.send_detections();
+        let now = boottime_ns();
+        state.assess_egress(now, &mut self.notices, self.format);
+        let outcome = state.risk.tick(now);
+        if !outcome.is_empty() {
+            state.conclude(&outcome, None, &mut self.notices, self.format);
+        }
+        let counts = reader.counts()?;
+        if let Some(dropped) = self.losses.check(counts.dropped) {
+            tracing::warn!(
+                dropped,
+                total = counts.dropped,
+                produced = counts.produced,
+                "the kernel dropped events: agentd is not seeing everything"
+            );
+            self.notices.push(notice_line(
+                &Notice::EventsLost {
+                    dropped,
+                    dropped_total: counts.dropped,
+                    dropped_per_cpu: &counts.dropped_per_cpu,
+                    produced_total: counts.produced,
+                },
+                self.format,
+            ));
+        }
+        state.output_errors = self.errors;
+        self.flush();
+        Ok(())
+    }
+
+    pub(super) fn write_notices(&mut self) {
+        let notices = std::mem::take(&mut self.notices);
+        for notice in notices {
+            if let Err(err) = self.sink.write_line(notice.as_bytes()) {
+                self.failed(&err);
+            }
+        }
+    }
+
+    pub(super) fn flush(&mut self) {
+        self.write_notices();
+        if let Err(err) = self.sink.flush() {
+            self.failed(&err);
+        }
+    }
+}
+
+/// Raises the alarm about lost events at most once per interval, with what was lost since the
+/// last alarm.
+pub(super) struct LossAlarm {
+    pub(super) interval: Duration,
+    pub(super) reported: u64,
+    pub(super) last: Option<std::time::Instant>,
+}
+
+impl LossAlarm {
+    pub(super) fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            reported: 0,
+            last: None,
+        }
+    }
+
+    /// With the kernel's drop count now: what to report, if anything.
+    pub(super) fn check(&mut self, dropped: u64) -> Option<u64> {
+        if dropped <= self.reported {
+            return None;
+        }
+        if self.last.is_some_and(|last| last.elapsed() < self.interval) {
+            return None;
+        }
+        let new = dropped - self.reported;
+        self.reported = dropped;
+        self.last = Some(std::time::Instant::now());
+        Some(new)
+    }
+}
+
+/// One line for a notice, in the configured format, newline included.
+pub(super) fn notice_line(notice: &Notice<'_>, format: OutputFormat) -> String {
+    match format {
+        OutputFormat::Text => format!("{}\n", notice.to_text()),
+        OutputFormat::Json => {
+            #[derive(Serialize)]
+            struct Versioned<'a> {
+                version: u32,
+                #[serde(flatten)]
+                notice: &'a Notice<'a>,
+            }
+            let mut line = serde_json::to_string(&Versioned {
+                version: SCHEMA_VERSION,
+                notice,
+            })
+            .unwrap_or_else(|err| format!("{{\"kind\":\"error\",\"error\":\"{err}\"}}"));
+            line.push('\n');
+            line
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agentd_common::{AgentTag, TagSource};
+
+    use super::*;
+    use crate::{
+        events::Exec,
+        identity::{Agent, AgentId},
+    };
+
+    fn exec(tag: AgentTag) -> Event {
+        Event::Exec(Exec {
+            ktime_ns: 1,
+            pid: 2,
+            ppid: Some(1),
+            uid: 0,
+            gid: 0,
+            cgroup_id: 3,
+            comm: "sh".into(),
+            filename: "/bin/sh".into(),
+            filename_truncated: false,
+            exe_dev: 1,
+            exe_ino: 2,
+            args: vec!["sh".into()],
+            args_truncated: false,
+            newly_tagged: false,
+            tag,
+        })
+    }
+
+    #[test]
+    fn json_line_carries_schema_version_kind_and_agent() {
+        let mut registry = Registry::default();
+        let index = registry.intern_agent(&Agent {
+            id: AgentId::from_name("coder"),
+            name: "coder".into(),
+        });
+        let event = exec(AgentTag::new(index, TagSource::Launch, 0).inherited());
+        let mut out = Vec::new();
+        let lineage = [Ancestor {
+            pid: 7,
+            exe: "/usr/bin/python3".into(),
+        }];
+        write_event(&mut out, OutputFormat::Json, &event, &registry, &lineage).unwrap();
+        let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(line["version"], SCHEMA_VERSION);
+        assert_eq!(line["lineage"][0]["pid"], 7);
+        assert_eq!(line["lineage"][0]["exe"], "/usr/bin/python3");
+        assert_eq!(line["kind"], "exec");
+        assert_eq!(line["filename"], "/bin/sh");
+        assert_eq!(line["agent"]["name"], "coder");
+        assert_eq!(line["agent"]["id"], AgentId::from_name("coder").to_string());
+        assert_eq!(line["tag"]["source"], "launch");
+        assert_eq!(line["tag"]["inherited"], true);
+    }
+
+    #[test]
+    fn untagged_exec_has_no_agent_field() {
+        let mut out = Vec::new();
+        write_event(
+            &mut out,
+            OutputFormat::Json,
+            &exec(AgentTag::NONE),
+            &Registry::default(),
+            &[],
+        )
+        .unwrap();
+        let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert!(line.get("agent").is_none(), "{line}");
+    }
+}
