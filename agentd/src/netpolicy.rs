@@ -12,8 +12,10 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, str::FromStr};
 use agentd_common::{NET_RULES_PER_PREFIX, NetRule, NetRuleList, net_action};
 use serde::Deserialize;
 
-use crate::netfamily::SocketFamily;
-use crate::policy_fields::{FieldError, check_rule_id};
+use crate::{
+    netfamily::SocketFamily,
+    policy_fields::{FieldError, check_rule_id},
+};
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -11,6 +11,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
+    os::fd::AsFd as _,
     path::Path,
 };
 
@@ -19,8 +20,6 @@ use agentd_common::{
     LearnedKeyV6, LearnedRule, NetAgentKey, NetAgentPolicy, NetCacheConfig, NetKeyV4, NetKeyV6,
     NetRuleList, OriginalDestination,
 };
-use std::os::fd::AsFd as _;
-
 use aya::{
     maps::{
         Array, HashMap, MapData, MapError, PerCpuHashMap,
