@@ -44,9 +44,36 @@ pub enum ToControl {
     /// The decision version now in force on this host.
     Ack(u64),
     /// Detections to report.
-    Detections(Vec<proto::HostDetection>),
+    Detections(Vec<Detected>),
     /// The registered agents (control-plane ids) with processes on this host now.
     Agents(Vec<String>),
+}
+
+/// A detection for the control plane, about an agent by the control plane's id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Detected {
+    pub agent_id: String,
+    /// The detection rule's name (`docs/risk.md`).
+    pub rule: String,
+    /// `low`, `medium`, `high` or `critical`.
+    pub severity: String,
+    pub unix_ms: i64,
+    pub summary: String,
+}
+
+impl From<&Detected> for proto::HostDetection {
+    fn from(detected: &Detected) -> Self {
+        Self {
+            agent_id: detected.agent_id.clone(),
+            rule: detected.rule.clone(),
+            severity: detected.severity.clone(),
+            detect_time: Some(prost_types::Timestamp {
+                seconds: detected.unix_ms / 1000,
+                nanos: 0,
+            }),
+            summary: detected.summary.clone(),
+        }
+    }
 }
 
 /// The host's credentials, kept in the state directory (mode 0600).
@@ -506,7 +533,7 @@ async fn deliver(
             client
                 .report_detections(authed(
                     proto::ReportDetectionsRequest {
-                        detections: detections.clone(),
+                        detections: detections.iter().map(Into::into).collect(),
                     },
                     token,
                 ))

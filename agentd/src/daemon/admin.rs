@@ -3,7 +3,12 @@
 
 use tokio::sync::oneshot;
 
-use super::{DaemonError, State, agent_ref, output::Output, tag_info};
+use super::{
+    DaemonError, State,
+    enrich::{agent_ref, tag_info},
+    error::RequestError,
+    output::Output,
+};
 use crate::{
     api::{
         self, AdminRequest, AgentRef, ControlPlaneStatus, IdentityDocument, LaunchTarget,
@@ -12,7 +17,11 @@ use crate::{
     cgroups,
     clock::unix_ms,
     events::EventReader,
-    identity::{attest::Peer, caller::AdminCaller, policy::IdentityPolicy},
+    identity::{
+        attest::{AttestError, Peer},
+        caller::AdminCaller,
+        policy::IdentityPolicy,
+    },
     metrics,
     risk::RiskLevel,
     sensors::{
@@ -22,19 +31,22 @@ use crate::{
 };
 
 impl State {
-    pub(super) fn quarantine(&mut self, agent: &str, on: bool) -> Result<Quarantined, String> {
+    pub(super) fn quarantine(
+        &mut self,
+        agent: &str,
+        on: bool,
+    ) -> Result<Quarantined, RequestError> {
         let found = self
             .policy
             .agent(agent)
-            .ok_or_else(|| format!("unknown agent {agent:?}: it is not in the policy"))?
+            .ok_or_else(|| RequestError::UnknownAgent(agent.to_owned()))?
             .clone();
         let index = self.registry.intern_agent(&found);
         let rule = self.registry.intern_rule("quarantine");
         let files_on = on || self.ca.blocked.contains(&index);
         self.net
             .set_quarantine(index, on)
-            .and_then(|()| self.files.set_quarantine(index, rule, files_on))
-            .map_err(|err| format!("{:#}", anyhow::Error::from(err)))?;
+            .and_then(|()| self.files.set_quarantine(index, rule, files_on))?;
         if on {
             self.refresh_held();
         }
@@ -74,11 +86,11 @@ impl State {
         Ok(processes)
     }
 
-    pub(super) fn launch(&self, agent: &str) -> Result<LaunchTarget, String> {
+    pub(super) fn launch(&self, agent: &str) -> Result<LaunchTarget, RequestError> {
         let found = self
             .policy
             .agent(agent)
-            .ok_or_else(|| format!("unknown agent {agent:?}: it is not in the identity policy"))?;
+            .ok_or_else(|| RequestError::UnknownAgent(agent.to_owned()))?;
         Ok(LaunchTarget {
             agent: AgentRef {
                 id: found.id,
@@ -194,22 +206,13 @@ impl State {
 
     /// The identity document of a pinned peer. The tag is trusted only if the peer is still
     /// alive after the lookup (so the pid was still its own).
-    pub(super) fn whoami(&self, peer: &Peer) -> Result<IdentityDocument, String> {
-        let tag = self
-            .process
-            .tag_of(peer.pid)
-            .map_err(|err| err.to_string())?;
+    pub(super) fn whoami(&self, peer: &Peer) -> Result<IdentityDocument, RequestError> {
+        let tag = self.process.tag_of(peer.pid)?;
         if !peer.alive() {
-            return Err("the connecting process has exited".to_owned());
+            return Err(RequestError::PeerExited);
         }
-        let Some(tag) = tag else {
-            return Err(format!(
-                "not an agent: process {} carries no agent tag",
-                peer.pid
-            ));
-        };
-        let agent = agent_ref(&self.registry, tag)
-            .ok_or_else(|| format!("not an agent: unknown agent index {}", tag.agent))?;
+        let tag = tag.ok_or(RequestError::Untagged(peer.pid))?;
+        let agent = agent_ref(&self.registry, tag).ok_or(RequestError::UnknownIndex(tag.agent))?;
         Ok(IdentityDocument {
             pid: peer.pid,
             agent,
@@ -271,11 +274,11 @@ impl State {
             AdminRequest::Ps => self.ps().map_or_else(Reply::err, Reply::ok).to_line(),
             AdminRequest::Quarantine { agent, release } => self
                 .quarantine(&agent, !release)
-                .map_or_else(Reply::err, Reply::ok)
+                .map_or_else(|err| Reply::err(err.describe()), Reply::ok)
                 .to_line(),
             AdminRequest::Launch { agent } => self
                 .launch(&agent)
-                .map_or_else(Reply::err, Reply::ok)
+                .map_or_else(|err| Reply::err(err.describe()), Reply::ok)
                 .to_line(),
             AdminRequest::Risk(_) => Reply::<()>::err("handled by the event loop").to_line(),
             AdminRequest::Apply { policy } => {
@@ -297,7 +300,7 @@ impl State {
 pub(super) enum Call {
     /// A request on the admin socket, with the caller admitted at accept.
     Admin(AdminRequest, AdminCaller, oneshot::Sender<String>),
-    Whoami(Result<Peer, String>, oneshot::Sender<String>),
+    Whoami(Result<Peer, AttestError>, oneshot::Sender<String>),
     /// A Prometheus scrape: the text exposition.
     Metrics(oneshot::Sender<String>),
     /// `GET /healthz`: whether every sensor runs, and each one's state, as JSON.
@@ -330,7 +333,10 @@ pub(super) fn handle_call(
             let _ = reply.send(state.handle_admin(request));
         }
         Call::Whoami(peer, reply) => {
-            let answer = peer.and_then(|peer| state.whoami(&peer));
+            let answer = peer
+                .map_err(RequestError::from)
+                .and_then(|peer| state.whoami(&peer))
+                .map_err(|err| err.describe());
             let _ = reply.send(answer.map_or_else(Reply::err, Reply::ok).to_line());
         }
         Call::Metrics(reply) => {

@@ -6,11 +6,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agentd_proto::v1 as proto;
 use tokio::sync::mpsc;
 
 use super::{
     State,
+    error::RequestError,
     output::{Output, notice_line},
 };
 use crate::{
@@ -18,7 +18,7 @@ use crate::{
     assess::Notice,
     clock::{boottime_ns, unix_ms},
     config::{Config, OutputFormat},
-    control::{FromControl, ToControl},
+    control::{Detected, FromControl, ToControl},
 };
 
 impl State {
@@ -29,7 +29,7 @@ impl State {
         &mut self,
         mut set: DecisionSet,
         format: OutputFormat,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, RequestError> {
         let now_ms = unix_ms();
         let stale_ms = now_ms.saturating_sub(set.confirmed_unix_ms);
         let standings: Vec<Standing> = set
@@ -78,8 +78,7 @@ impl State {
             &|path| crate::inode::inode_key(Path::new(path)),
             &self.categories,
             clocks,
-        )
-        .map_err(|err| err.to_string())?;
+        )?;
         for missing in &tables.missing_paths {
             tracing::warn!(
                 control = %missing,
@@ -125,15 +124,16 @@ impl State {
     /// Writes a decision set's kernel tables: file controls first (they join the local rules'
     /// entries), then the network tables; if the network refuses, the file entries go back, so
     /// the previous set stays whole.
-    pub(super) fn write_ca_tables(&mut self, tables: &access::CaTables) -> Result<(), String> {
+    pub(super) fn write_ca_tables(
+        &mut self,
+        tables: &access::CaTables,
+    ) -> Result<(), RequestError> {
         let (names, entries) = (&self.file_entries.names, &self.file_entries.entries);
-        self.files
-            .set_rules(
-                &access::merge_file_rules(&self.file_entries.objects, &tables.files),
-                names,
-                entries,
-            )
-            .map_err(|err| format!("{:#}", anyhow::Error::from(err)))?;
+        self.files.set_rules(
+            &access::merge_file_rules(&self.file_entries.objects, &tables.files),
+            names,
+            entries,
+        )?;
         if let Err(err) = self.net.set_conditional_access(tables) {
             if let Err(restore) = self.files.set_rules(
                 &access::merge_file_rules(&self.file_entries.objects, &self.ca.files),
@@ -142,7 +142,7 @@ impl State {
             ) {
                 tracing::error!(%restore, "restoring the previous file controls");
             }
-            return Err(format!("{:#}", anyhow::Error::from(err)));
+            return Err(err.into());
         }
         self.ca.files.clone_from(&tables.files);
         Ok(())
@@ -150,19 +150,15 @@ impl State {
 
     /// Denies the file writes of agents the decisions block, and lifts it from those no longer
     /// blocked unless an admin or the risk engine quarantined them.
-    pub(super) fn block_file_writes(&mut self, now_blocked: &HashSet<u32>) -> Result<(), String> {
-        let manual: HashSet<u32> = self
-            .net
-            .quarantined()
-            .map_err(|err| err.to_string())?
-            .into_iter()
-            .collect();
+    pub(super) fn block_file_writes(
+        &mut self,
+        now_blocked: &HashSet<u32>,
+    ) -> Result<(), RequestError> {
+        let manual: HashSet<u32> = self.net.quarantined()?.into_iter().collect();
         let rule = self.registry.intern_rule("conditional-access/block");
         for index in now_blocked.union(&self.ca.blocked) {
             let on = now_blocked.contains(index) || manual.contains(index);
-            self.files
-                .set_quarantine(*index, rule, on)
-                .map_err(|err| err.to_string())?;
+            self.files.set_quarantine(*index, rule, on)?;
         }
         Ok(())
     }
@@ -237,7 +233,7 @@ impl State {
             "offline behaviour changed what the decisions enforce"
         );
         self.apply_decisions(set, format).unwrap_or_else(|err| {
-            tracing::error!(%err, "re-applying the decisions");
+            tracing::error!(err = err.describe(), "re-applying the decisions");
             Vec::new()
         })
     }
@@ -256,7 +252,12 @@ impl State {
                         notices
                     }
                     Err(err) => {
-                        tracing::error!(version, %err, "refused a decision set; the previous one stays");
+                        let err = err.describe();
+                        tracing::error!(
+                            version,
+                            err,
+                            "refused a decision set; the previous one stays"
+                        );
                         vec![notice_line(
                             &Notice::Decisions {
                                 decision_version: version,
@@ -348,7 +349,7 @@ pub(super) struct CaHost {
     pub(super) blocked: HashSet<u32>,
     /// The offline standing of each decision when last applied.
     pub(super) standings: Vec<Standing>,
-    pub(super) pending_detections: Vec<proto::HostDetection>,
+    pub(super) pending_detections: Vec<Detected>,
     pub(super) to_control: Option<mpsc::Sender<ToControl>>,
     /// The control-plane ids of the agents last reported running here.
     pub(super) reported_agents: Vec<String>,
@@ -386,7 +387,10 @@ pub(super) fn start_control(
             );
             match state.apply_decisions(kept, output.format) {
                 Ok(notices) => output.notices.extend(notices),
-                Err(err) => tracing::error!(%err, "the decisions kept on disk cannot be applied"),
+                Err(err) => tracing::error!(
+                    err = err.describe(),
+                    "the decisions kept on disk cannot be applied"
+                ),
             }
         }
         Ok(None) => {}

@@ -4,6 +4,8 @@
 mod admin;
 mod compile;
 mod conditional;
+mod enrich;
+mod error;
 mod output;
 mod remediation;
 mod resolver;
@@ -20,6 +22,7 @@ use std::{
 use agentd_common::{AgentTag, DiscoveryMatch, TagSource};
 use tokio::sync::mpsc;
 
+pub use self::error::{DaemonError, RequestError};
 use self::{
     admin::handle_call,
     conditional::{CaHost, start_control},
@@ -28,21 +31,20 @@ use self::{
     serve::{bind, serve_admin, serve_identity, start_metrics},
 };
 use crate::{
-    api::{AgentRef, TagInfo},
     cgroups,
+    clock::boottime_ns,
     config::Config,
-    dns,
-    ebpf::{self, LoadError},
-    events::{Event, EventCounts, EventReader, ReaderError},
+    dns, ebpf,
+    events::{Event, EventCounts, EventReader},
     identity::{
         Agent, AgentId, Registry,
         discovery::{ExecFacts, UserspaceRules},
-        policy::{CompiledPolicy, IdentityPolicy, PolicyError},
+        policy::{CompiledPolicy, IdentityPolicy},
     },
     lineage::Lineage,
     netpolicy::Categories,
     pins::{Links, OnExit, RegistryMap},
-    risk::{RiskConfig, RiskConfigError, RiskEngine},
+    risk::{RiskConfig, RiskEngine},
     sensors::{
         SensorError,
         exec::ExecSensor,
@@ -54,68 +56,6 @@ use crate::{
         protect::ProtectSensor,
     },
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    #[error(transparent)]
-    Load(#[from] LoadError),
-    #[error(transparent)]
-    Sensor(#[from] SensorError),
-    #[error(transparent)]
-    Reader(#[from] ReaderError),
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
-    #[error("cgroup v2")]
-    Cgroup(#[source] std::io::Error),
-    #[error("the category database {path}: {reason}")]
-    Categories { path: String, reason: String },
-    #[error("creating the launch cgroup {path}")]
-    LaunchCgroup {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("binding {path}")]
-    Bind {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("writing events")]
-    Output(#[source] std::io::Error),
-    #[error("opening the event output {path}")]
-    OpenOutput {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the risk configuration")]
-    Risk(#[source] RiskConfigError),
-    #[error(transparent)]
-    Pins(#[from] crate::pins::PinError),
-}
-
-/// How a tag reads in events, `ps` and identity documents.
-fn tag_info(registry: &Registry, tag: AgentTag) -> TagInfo {
-    let source = match TagSource::from_raw(tag.source) {
-        Some(TagSource::Launch) => "launch",
-        Some(TagSource::Cgroup) => "cgroup",
-        Some(TagSource::Discovery) => "discovery",
-        None => "unknown",
-    };
-    TagInfo {
-        source: source.to_owned(),
-        inherited: tag.flags & AgentTag::FLAG_INHERITED != 0,
-        rule: (tag.rule != 0).then(|| registry.rule(tag.rule).unwrap_or("?").to_owned()),
-    }
-}
-
-fn agent_ref(registry: &Registry, tag: AgentTag) -> Option<AgentRef> {
-    registry.agent(tag.agent).map(|agent| AgentRef {
-        id: agent.id,
-        name: agent.name.clone(),
-    })
-}
 
 /// The agents' file rules as the kernel holds them.
 #[derive(Clone, Debug, Default)]
@@ -327,7 +267,7 @@ impl State {
             return;
         }
         if let Err(err) = self.quarantine(&name, true) {
-            tracing::error!(agent = %name, %err, "quarantining an agent whose process could not be tagged");
+            tracing::error!(agent = %name, err = err.describe(), "quarantining an agent whose process could not be tagged");
         }
     }
 
@@ -354,6 +294,44 @@ impl State {
         }
     }
 
+    /// Takes a batch of kernel events in: each is checked for discovery and fail-closed, then
+    /// enriched, written, and assessed (its notices written straight after it).
+    fn on_events(&mut self, batch: &mut Vec<Event>, output: &mut Output) {
+        let now = std::time::Instant::now();
+        for mut event in batch.drain(..) {
+            self.discover(&mut event);
+            self.fail_closed(&event);
+            let context = self.enrich(&mut event, now);
+            output.event(&event, &context);
+            self.assess(&event, &mut output.notices, output.format);
+            output.write_notices();
+        }
+        output.flush();
+        self.output_errors = output.errors;
+    }
+
+    /// Once a second: the pinned registry, Conditional Access (expiry, reports to the control
+    /// plane), egress and risk decay, and the alarm about lost events.
+    fn tick(&mut self, output: &mut Output, reader: &EventReader) -> Result<(), DaemonError> {
+        if let Err(err) = self.persist_registry() {
+            tracing::warn!(err = %anyhow::Error::from(err), "saving agent numbers to the pinned registry");
+        }
+        let notices = self.ca_tick(output.format);
+        output.notices.extend(notices);
+        self.report_agents();
+        self.send_detections();
+        let now = boottime_ns();
+        self.assess_egress(now, &mut output.notices, output.format);
+        let outcome = self.risk.tick(now);
+        if !outcome.is_empty() {
+            self.conclude(&outcome, None, &mut output.notices, output.format);
+        }
+        output.check_losses(&reader.counts()?);
+        self.output_errors = output.errors;
+        output.flush();
+        Ok(())
+    }
+
     fn sweep(&mut self) -> Result<(), SensorError> {
         let removed = self.process.sweep()?;
         if removed > 0 {
@@ -363,11 +341,11 @@ impl State {
     }
 
     /// The agent named `name` in the policy in force.
-    fn agent_named(&self, name: &str) -> Result<Agent, String> {
+    fn agent_named(&self, name: &str) -> Result<Agent, RequestError> {
         self.policy
             .agent(name)
             .cloned()
-            .ok_or_else(|| format!("unknown agent {name:?}: it is not in the policy"))
+            .ok_or_else(|| RequestError::UnknownAgent(name.to_owned()))
     }
 
     /// The name of the agent with `id`, for notices.
@@ -536,7 +514,7 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => {
-                if let Err(err) = output.tick(&mut state, &reader) {
+                if let Err(err) = state.tick(&mut output, &reader) {
                     break Err(err);
                 }
             }
@@ -549,7 +527,7 @@ pub async fn run(
                 if let Err(err) = read {
                     break Err(err.into());
                 }
-                output.events(&mut state, &mut batch);
+                state.on_events(&mut batch, &mut output);
             }
             Some(update) = from_control.recv() => {
                 let notices = state.on_control(update, output.format);

@@ -4,14 +4,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{DaemonError, State, agent_ref, tag_info};
+use super::{DaemonError, enrich::Context};
 use crate::{
     api::{AgentRef, TagInfo},
     assess::Notice,
-    clock::boottime_ns,
     config::{EventsConfig, OutputFormat},
-    events::{Event, EventReader, SCHEMA_VERSION},
-    identity::{Registry, discovery::looks_like_agent},
+    events::{Event, EventCounts, SCHEMA_VERSION},
     lineage::Ancestor,
     sink,
 };
@@ -23,14 +21,14 @@ pub(super) struct JsonLine<'a> {
     #[serde(flatten)]
     pub(super) event: &'a Event,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) agent: Option<AgentRef>,
+    pub(super) agent: Option<&'a AgentRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) tag: Option<TagInfo>,
+    pub(super) tag: Option<&'a TagInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) looks_like: Option<&'static str>,
     /// For connections: the rule that decided.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) rule: Option<String>,
+    pub(super) rule: Option<&'a str>,
     /// `threat-intel` for a blocklist hit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) alert: Option<&'static str>,
@@ -39,54 +37,30 @@ pub(super) struct JsonLine<'a> {
     pub(super) lineage: &'a [Ancestor],
 }
 
+/// Writes one event line with its context, in `format`, newline included.
 pub(super) fn write_event(
     out: &mut impl std::io::Write,
     format: OutputFormat,
     event: &Event,
-    registry: &Registry,
-    lineage: &[Ancestor],
+    context: &Context,
 ) -> std::io::Result<()> {
-    let tag = event.tag();
-    let agent = agent_ref(registry, tag);
-    let looks_like = match event {
-        Event::Exec(exec) if agent.is_none() => looks_like_agent(&exec.filename, &exec.args),
-        _ => None,
-    };
-    let (rule, alert) = match event {
-        Event::File(decision) if decision.tag.agent != 0 => {
-            (registry.rule(decision.rule_id).map(str::to_owned), None)
-        }
-        Event::Net(connection) => (
-            (connection.rule_number != 0).then(|| {
-                registry
-                    .rule(connection.rule_number)
-                    .unwrap_or("?")
-                    .to_owned()
-            }),
-            (connection.decided_by == "blocklist").then_some("threat-intel"),
-        ),
-        _ => (None, None),
-    };
-    // Connection events name the agent; how its process was tagged is in its exec and fork events.
-    let tag_detail = !matches!(event, Event::Net(_) | Event::File(_));
     match format {
         OutputFormat::Text => {
             write!(out, "{}", event.to_text())?;
-            if let Some(agent) = &agent {
+            if let Some(agent) = &context.agent {
                 write!(out, " agent={} ({})", agent.name, agent.id)?;
-                if tag_detail {
-                    let info = tag_info(registry, tag);
-                    let inherited = if info.inherited { ",inherited" } else { "" };
-                    write!(out, " tag={}{inherited}", info.source)?;
-                }
             }
-            if let Some(rule) = &rule {
+            if let Some(tag) = &context.tag {
+                let inherited = if tag.inherited { ",inherited" } else { "" };
+                write!(out, " tag={}{inherited}", tag.source)?;
+            }
+            if let Some(rule) = &context.rule {
                 write!(out, " rule={rule}")?;
             }
-            if let Some(alert) = alert {
+            if let Some(alert) = context.alert {
                 write!(out, " ALERT={alert}")?;
             }
-            if let Some(hint) = looks_like {
+            if let Some(hint) = context.looks_like {
                 write!(out, " looks_like={hint}")?;
             }
             writeln!(out)
@@ -95,15 +69,12 @@ pub(super) fn write_event(
             let line = JsonLine {
                 version: SCHEMA_VERSION,
                 event,
-                tag: agent
-                    .as_ref()
-                    .filter(|_| tag_detail)
-                    .map(|_| tag_info(registry, tag)),
-                agent,
-                looks_like,
-                rule,
-                alert,
-                lineage,
+                agent: context.agent.as_ref(),
+                tag: context.tag.as_ref(),
+                looks_like: context.looks_like,
+                rule: context.rule.as_deref(),
+                alert: context.alert,
+                lineage: &context.lineage,
             };
             serde_json::to_writer(&mut *out, &line)?;
             writeln!(out)
@@ -161,64 +132,19 @@ impl Output {
         }
     }
 
-    /// Enriches, writes and assesses a batch of kernel events.
-    pub(super) fn events(&mut self, state: &mut State, batch: &mut Vec<Event>) {
-        let now = std::time::Instant::now();
-        for mut event in batch.drain(..) {
-            state.discover(&mut event);
-            state.fail_closed(&event);
-            if let Event::Net(connection) = &mut event {
-                connection.domain = state
-                    .learned
-                    .domain(connection.tag.agent, connection.address, now)
-                    .map(str::to_owned);
-            }
-            state.lineage.record(&event);
-            let ancestors = match event.tag().agent {
-                0 => Vec::new(),
-                _ => state.lineage.ancestors(event.pid()),
-            };
-            self.line.clear();
-            let written = write_event(
-                &mut self.line,
-                self.format,
-                &event,
-                &state.registry,
-                &ancestors,
-            )
+    /// Writes one event line; a failed write is counted, never fatal.
+    pub(super) fn event(&mut self, event: &Event, context: &Context) {
+        self.line.clear();
+        let written = write_event(&mut self.line, self.format, event, context)
             .and_then(|()| self.sink.write_line(&self.line));
-            if let Err(err) = written {
-                self.failed(&err);
-            }
-            state.assess(&event, &mut self.notices, self.format);
-            self.write_notices();
-        }
-        if let Err(err) = self.sink.flush() {
+        if let Err(err) = written {
             self.failed(&err);
         }
-        state.output_errors = self.errors;
     }
 
-    /// Once a second: risk decay, and the alarm about lost events.
-    pub(super) fn tick(
-        &mut self,
-        state: &mut State,
-        reader: &EventReader,
-    ) -> Result<(), DaemonError> {
-        if let Err(err) = state.persist_registry() {
-            tracing::warn!(err = %anyhow::Error::from(err), "saving agent numbers to the pinned registry");
-        }
-        let notices = state.ca_tick(self.format);
-        self.notices.extend(notices);
-        state.report_agents();
-        state.send_detections();
-        let now = boottime_ns();
-        state.assess_egress(now, &mut self.notices, self.format);
-        let outcome = state.risk.tick(now);
-        if !outcome.is_empty() {
-            state.conclude(&outcome, None, &mut self.notices, self.format);
-        }
-        let counts = reader.counts()?;
+    /// Raises the alarm about lost events when the kernel dropped some since the last alarm
+    /// (at most once per interval): a warning in the log and a notice in the output.
+    pub(super) fn check_losses(&mut self, counts: &EventCounts) {
         if let Some(dropped) = self.losses.check(counts.dropped) {
             tracing::warn!(
                 dropped,
@@ -236,9 +162,6 @@ impl Output {
                 self.format,
             ));
         }
-        state.output_errors = self.errors;
-        self.flush();
-        Ok(())
     }
 
     pub(super) fn write_notices(&mut self) {
@@ -319,7 +242,7 @@ mod tests {
     use super::*;
     use crate::{
         events::Exec,
-        identity::{Agent, AgentId},
+        identity::{Agent, AgentId, Registry},
     };
 
     fn exec(tag: AgentTag) -> Event {
@@ -355,7 +278,8 @@ mod tests {
             pid: 7,
             exe: "/usr/bin/python3".into(),
         }];
-        write_event(&mut out, OutputFormat::Json, &event, &registry, &lineage).unwrap();
+        let context = Context::of(&event, &registry, lineage.to_vec());
+        write_event(&mut out, OutputFormat::Json, &event, &context).unwrap();
         let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(line["version"], SCHEMA_VERSION);
         assert_eq!(line["lineage"][0]["pid"], 7);
@@ -371,14 +295,9 @@ mod tests {
     #[test]
     fn untagged_exec_has_no_agent_field() {
         let mut out = Vec::new();
-        write_event(
-            &mut out,
-            OutputFormat::Json,
-            &exec(AgentTag::NONE),
-            &Registry::default(),
-            &[],
-        )
-        .unwrap();
+        let event = exec(AgentTag::NONE);
+        let context = Context::of(&event, &Registry::default(), Vec::new());
+        write_event(&mut out, OutputFormat::Json, &event, &context).unwrap();
         let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert!(line.get("agent").is_none(), "{line}");
     }

@@ -1,13 +1,12 @@
 //! Risk: assessing events, concluding detections, and remediating.
 
-use agentd_proto::v1 as proto;
-
-use super::{State, output::notice_line};
+use super::{State, error::RequestError, output::notice_line};
 use crate::{
     api::{Reply, RiskRequest},
     assess::{self, Notice},
     clock::{boottime_ns, unix_ms},
     config::OutputFormat,
+    control::Detected,
     events::Event,
     identity::AgentId,
     risk::{self, AgentRisk, DetectionId, Outcome, Remediation, RiskLevel},
@@ -48,14 +47,11 @@ impl State {
                     .map(|decision| decision.agent_id.clone())
             });
             if let (Some(agent_id), true) = (registered, self.ca.to_control.is_some()) {
-                self.ca.pending_detections.push(proto::HostDetection {
+                self.ca.pending_detections.push(Detected {
                     agent_id,
                     rule: detection.rule.name().to_owned(),
                     severity: format!("{:?}", detection.severity).to_lowercase(),
-                    detect_time: Some(prost_types::Timestamp {
-                        seconds: unix_ms() / 1000,
-                        nanos: 0,
-                    }),
+                    unix_ms: unix_ms(),
                     summary: detection.summary.clone(),
                 });
             }
@@ -113,14 +109,19 @@ impl State {
             }
             let name = self.agent_name(agent);
             if let Err(err) = &result {
-                tracing::error!(agent = name, ?remediation, %err, "remediation failed");
+                tracing::error!(
+                    agent = name,
+                    ?remediation,
+                    err = err.describe(),
+                    "remediation failed"
+                );
             }
             notices.push(notice_line(
                 &Notice::Remediation {
                     agent_name: &name,
                     remediation,
                     latency_ns,
-                    result: result.err().unwrap_or_else(|| "done".to_owned()),
+                    result: result.map_or_else(|err| err.describe(), |()| "done".to_owned()),
                 },
                 format,
             ));
@@ -162,11 +163,11 @@ impl State {
     }
 
     /// Kills every process tagged with `agent`.
-    pub(super) fn kill_agent(&mut self, agent: AgentId) -> Result<(), String> {
+    pub(super) fn kill_agent(&mut self, agent: AgentId) -> Result<(), RequestError> {
         let name = self.agent_name(agent);
         let found = self.agent_named(&name)?;
         let index = self.registry.intern_agent(&found);
-        let tagged = self.process.tagged().map_err(|err| err.to_string())?;
+        let tagged = self.process.tagged()?;
         for (pid, _) in tagged.into_iter().filter(|(_, tag)| tag.agent == index) {
             if let Ok(pid) = i32::try_from(pid) {
                 // SAFETY: a plain signal; a pid that went away makes it fail harmlessly.
@@ -198,7 +199,7 @@ impl State {
                     })
                     .to_line(),
                 },
-                Err(err) => Reply::<()>::err(err).to_line(),
+                Err(err) => Reply::<()>::err(err.describe()).to_line(),
             },
             RiskRequest::Confirm { agent, compromised } => match self.agent_named(&agent) {
                 Ok(found) => {
@@ -210,7 +211,7 @@ impl State {
                     self.conclude(&outcome, None, &mut notices, format);
                     Reply::ok(self.risk.level(found.id)).to_line()
                 }
-                Err(err) => Reply::<()>::err(err).to_line(),
+                Err(err) => Reply::<()>::err(err.describe()).to_line(),
             },
             RiskRequest::Dismiss { detection } => {
                 match self.risk.dismiss(DetectionId(detection), now) {

@@ -191,7 +191,7 @@ pub(super) async fn serve_identity(listener: UnixListener, calls: mpsc::Sender<C
         };
         let accepted_at = boottime_ticks();
         // Pin the peer before anything else: the kernel's record, not what it will say.
-        let peer = Peer::of(&stream, accepted_at).map_err(|err| err.to_string());
+        let peer = Peer::of(&stream, accepted_at);
         let calls = calls.clone();
         tokio::spawn(async move {
             if read_request(&mut stream).await.as_deref() == Some(api::WHOAMI) {
