@@ -4,10 +4,10 @@
 use tokio::sync::oneshot;
 
 use super::{
-    DaemonError, State,
     enrich::{agent_ref, tag_info},
-    error::RequestError,
+    error::{DaemonError, RequestError},
     output::Output,
+    state::State,
 };
 use crate::{
     api::{

@@ -7,8 +7,9 @@ use agentd_common::{
 };
 
 use super::{
-    DaemonError, FileEntries, State,
+    error::DaemonError,
     self_protect::{ANONYMOUS_EXEC_RULE, SELF_PROTECTION_RULE},
+    state::{FileEntries, State},
 };
 use crate::{
     access::{self},

@@ -1,24 +1,21 @@
 //! Conditional Access on this host: the decisions in force, the control plane's updates, and what
 //! this host reports back.
 
-use std::{
-    collections::HashSet,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashSet, path::Path};
 
 use tokio::sync::mpsc;
 
 use super::{
-    State,
     error::RequestError,
     output::{Output, notice_line},
+    state::State,
 };
 use crate::{
     access::{self, Clocks, DecisionSet, Standing},
     assess::Notice,
     clock::{boottime_ns, unix_ms},
     config::{Config, OutputFormat},
-    control::{Detected, FromControl, ToControl},
+    control::{FromControl, ToControl},
 };
 
 impl State {
@@ -326,33 +323,6 @@ pub(super) fn decision_notices(
         format,
     ));
     notices
-}
-
-/// Conditional Access on this host.
-#[derive(Default)]
-pub(super) struct CaHost {
-    /// The decision set in force.
-    pub(super) set: Option<DecisionSet>,
-    /// Where it is kept; `None` when no control plane is configured.
-    pub(super) path: Option<PathBuf>,
-    pub(super) connected: bool,
-    pub(super) last_error: Option<String>,
-    pub(super) applied_version: u64,
-    /// Domain grants and denials, for learned addresses.
-    pub(super) domains: Vec<(u32, crate::netpolicy::DomainPattern, agentd_common::CaGrant)>,
-    /// The file controls in force, joined with the local file rules in the kernel.
-    pub(super) files: Vec<(
-        agentd_common::FileRuleKey,
-        [agentd_common::CaFileControl; 3],
-    )>,
-    /// Agents whose decision blocks them now.
-    pub(super) blocked: HashSet<u32>,
-    /// The offline standing of each decision when last applied.
-    pub(super) standings: Vec<Standing>,
-    pub(super) pending_detections: Vec<Detected>,
-    pub(super) to_control: Option<mpsc::Sender<ToControl>>,
-    /// The control-plane ids of the agents last reported running here.
-    pub(super) reported_agents: Vec<String>,
 }
 
 /// The channel from the control-plane task, a sender kept so that the channel stays open when

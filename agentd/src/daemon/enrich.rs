@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use agentd_common::{AgentTag, TagSource};
 
-use super::State;
+use super::state::State;
 use crate::{
     api::{AgentRef, TagInfo},
     events::Event,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{DaemonError, enrich::Context};
+use super::{enrich::Context, error::DaemonError};
 use crate::{
     api::{AgentRef, TagInfo},
     assess::Notice,

@@ -1,6 +1,6 @@
 //! Risk: assessing events, concluding detections, and remediating.
 
-use super::{State, error::RequestError, output::notice_line};
+use super::{error::RequestError, output::notice_line, state::State};
 use crate::{
     api::{Reply, RiskRequest},
     assess::{self, Notice},

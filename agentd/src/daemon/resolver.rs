@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Instant};
 
 use tokio::sync::mpsc;
 
-use super::{DaemonError, State};
+use super::{error::DaemonError, state::State};
 use crate::{
     config::DnsConfig,
     dns::{

@@ -12,7 +12,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use super::{DaemonError, admin::Call};
+use super::{admin::Call, error::DaemonError};
 use crate::{
     api::{self, AdminRequest, Reply},
     clock::boottime_ticks,
