@@ -9,7 +9,10 @@ use agentd_control::{
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
 
-use crate::{Clients, output::Printer};
+use crate::{
+    client::{Clients, call},
+    output::Printer,
+};
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
@@ -73,17 +76,18 @@ pub async fn audit(clients: &Clients, out: &Printer, command: AuditCommand) -> a
             target_id,
             actor,
         } => {
-            let response = clients
-                .audit()
-                .list_audit_events(proto::ListAuditEventsRequest {
-                    after_sequence: after,
-                    page_size: limit,
-                    target_type: target_type.unwrap_or_default(),
-                    target_id: target_id.unwrap_or_default(),
-                    actor: actor.unwrap_or_default(),
-                })
-                .await?
-                .into_inner();
+            let response = call(
+                clients
+                    .audit()
+                    .list_audit_events(proto::ListAuditEventsRequest {
+                        after_sequence: after,
+                        page_size: limit,
+                        target_type: target_type.unwrap_or_default(),
+                        target_id: target_id.unwrap_or_default(),
+                        actor: actor.unwrap_or_default(),
+                    }),
+            )
+            .await?;
             out.audit(&response)
         }
         AuditCommand::Verify { checkpoint, expect } => {
@@ -119,15 +123,16 @@ async fn verify(
     let mut after = 0;
     let mut events = 0u64;
     loop {
-        let response = clients
-            .audit()
-            .list_audit_events(proto::ListAuditEventsRequest {
-                after_sequence: after,
-                page_size: PAGE,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
+        let response = call(
+            clients
+                .audit()
+                .list_audit_events(proto::ListAuditEventsRequest {
+                    after_sequence: after,
+                    page_size: PAGE,
+                    ..Default::default()
+                }),
+        )
+        .await?;
         if server_head.is_none() {
             let head = response.head.clone().unwrap_or_default();
             let head = Head {

@@ -8,7 +8,10 @@ use anyhow::Context as _;
 use clap::{Subcommand, ValueEnum};
 use tonic::Code;
 
-use crate::{Clients, output::Printer};
+use crate::{
+    client::{Clients, call},
+    output::Printer,
+};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum PolicyStateArg {
@@ -90,7 +93,7 @@ pub enum PolicyCommand {
         #[arg(long)]
         host: Option<String>,
         /// Evaluate at this time: RFC 3339 (2026-11-30T09:30:00Z) or +DURATION from now.
-        #[arg(long, value_parser = crate::parse_when)]
+        #[arg(long, value_parser = crate::args::parse_when)]
         at: Option<prost_types::Timestamp>,
     },
 }
@@ -124,26 +127,22 @@ pub async fn policy(
                     out.policies(&response, response.policy.as_slice())
                 }
                 Err(status) if status.code() == Code::AlreadyExists => {
-                    let response = client
-                        .update_policy(proto::UpdatePolicyRequest {
-                            id: String::new(),
-                            yaml,
-                            expected_version: 0,
-                        })
-                        .await?
-                        .into_inner();
+                    let response = call(client.update_policy(proto::UpdatePolicyRequest {
+                        id: String::new(),
+                        yaml,
+                        expected_version: 0,
+                    }))
+                    .await?;
                     out.policies(&response, response.policy.as_slice())
                 }
                 Err(status) => Err(status.into()),
             }
         }
         PolicyCommand::Create { file } => {
-            let response = client
-                .create_policy(proto::CreatePolicyRequest {
-                    yaml: read_document(&file)?,
-                })
-                .await?
-                .into_inner();
+            let response = call(client.create_policy(proto::CreatePolicyRequest {
+                yaml: read_document(&file)?,
+            }))
+            .await?;
             out.policies(&response, response.policy.as_slice())
         }
         PolicyCommand::Update {
@@ -151,21 +150,16 @@ pub async fn policy(
             id,
             expected_version,
         } => {
-            let response = client
-                .update_policy(proto::UpdatePolicyRequest {
-                    id: id.unwrap_or_default(),
-                    yaml: read_document(&file)?,
-                    expected_version: expected_version.unwrap_or_default(),
-                })
-                .await?
-                .into_inner();
+            let response = call(client.update_policy(proto::UpdatePolicyRequest {
+                id: id.unwrap_or_default(),
+                yaml: read_document(&file)?,
+                expected_version: expected_version.unwrap_or_default(),
+            }))
+            .await?;
             out.policies(&response, response.policy.as_slice())
         }
         PolicyCommand::Get { id, version, yaml } => {
-            let response = client
-                .get_policy(proto::GetPolicyRequest { id, version })
-                .await?
-                .into_inner();
+            let response = call(client.get_policy(proto::GetPolicyRequest { id, version })).await?;
             if yaml {
                 print!(
                     "{}",
@@ -176,30 +170,23 @@ pub async fn policy(
             out.policies(&response, response.policy.as_slice())
         }
         PolicyCommand::List => {
-            let response = client
-                .list_policies(proto::ListPoliciesRequest {})
-                .await?
-                .into_inner();
+            let response = call(client.list_policies(proto::ListPoliciesRequest {})).await?;
             out.policies(&response, &response.policies)
         }
         PolicyCommand::Versions { id } => {
-            let response = client
-                .list_policy_versions(proto::ListPolicyVersionsRequest { id })
-                .await?
-                .into_inner();
+            let response =
+                call(client.list_policy_versions(proto::ListPolicyVersionsRequest { id })).await?;
             out.policies(&response, &response.versions)
         }
         PolicyCommand::Delete {
             id,
             expected_version,
         } => {
-            let response = client
-                .delete_policy(proto::DeletePolicyRequest {
-                    id: id.clone(),
-                    expected_version: expected_version.unwrap_or_default(),
-                })
-                .await?
-                .into_inner();
+            let response = call(client.delete_policy(proto::DeletePolicyRequest {
+                id: id.clone(),
+                expected_version: expected_version.unwrap_or_default(),
+            }))
+            .await?;
             out.done(&response, &format!("deleted policy {id}"))
         }
         PolicyCommand::SetState {
@@ -207,14 +194,12 @@ pub async fn policy(
             state,
             expected_version,
         } => {
-            let response = client
-                .set_policy_state(proto::SetPolicyStateRequest {
-                    id,
-                    state: state.proto().into(),
-                    expected_version: expected_version.unwrap_or_default(),
-                })
-                .await?
-                .into_inner();
+            let response = call(client.set_policy_state(proto::SetPolicyStateRequest {
+                id,
+                state: state.proto().into(),
+                expected_version: expected_version.unwrap_or_default(),
+            }))
+            .await?;
             out.policies(&response, response.policy.as_slice())
         }
         PolicyCommand::WhatIf {
@@ -223,15 +208,13 @@ pub async fn policy(
             host,
             at,
         } => {
-            let response = client
-                .what_if(proto::WhatIfRequest {
-                    agent,
-                    risk_level: risk.unwrap_or_default(),
-                    host: host.unwrap_or_default(),
-                    eval_time: at,
-                })
-                .await?
-                .into_inner();
+            let response = call(client.what_if(proto::WhatIfRequest {
+                agent,
+                risk_level: risk.unwrap_or_default(),
+                host: host.unwrap_or_default(),
+                eval_time: at,
+            }))
+            .await?;
             out.what_if(&response)
         }
     }
@@ -242,40 +225,34 @@ pub async fn risk(clients: &Clients, out: &Printer, command: RiskCommand) -> any
     let mut client = clients.risk();
     match command {
         RiskCommand::Risk { id } => {
-            let response = client
-                .get_agent_risk(proto::GetAgentRiskRequest { agent_id: id })
-                .await?
-                .into_inner();
+            let response =
+                call(client.get_agent_risk(proto::GetAgentRiskRequest { agent_id: id })).await?;
             out.risks(&response, response.risk.as_slice())
         }
         RiskCommand::Detections { id, limit } => {
-            let response = client
-                .list_detections(proto::ListDetectionsRequest {
-                    agent_id: id.unwrap_or_default(),
-                    limit,
-                })
-                .await?
-                .into_inner();
+            let response = call(client.list_detections(proto::ListDetectionsRequest {
+                agent_id: id.unwrap_or_default(),
+                limit,
+            }))
+            .await?;
             out.detections(&response)
         }
         RiskCommand::ConfirmCompromised { id, reason } => {
-            let response = client
-                .confirm_agent_compromised(proto::ConfirmAgentCompromisedRequest {
+            let response = call(client.confirm_agent_compromised(
+                proto::ConfirmAgentCompromisedRequest {
                     agent_id: id,
                     reason,
-                })
-                .await?
-                .into_inner();
+                },
+            ))
+            .await?;
             out.risks(&response, response.risk.as_slice())
         }
         RiskCommand::ConfirmSafe { id, reason } => {
-            let response = client
-                .confirm_agent_safe(proto::ConfirmAgentSafeRequest {
-                    agent_id: id,
-                    reason,
-                })
-                .await?
-                .into_inner();
+            let response = call(client.confirm_agent_safe(proto::ConfirmAgentSafeRequest {
+                agent_id: id,
+                reason,
+            }))
+            .await?;
             out.risks(&response, response.risk.as_slice())
         }
     }
@@ -318,7 +295,7 @@ pub enum HostDecisionCommand {
     Labels {
         id: String,
         /// A label KEY=VALUE (repeatable; none clears them).
-        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::parse_key_value)]
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::args::parse_key_value)]
         labels: Vec<(String, String)>,
     },
     /// Watch this host's decisions as this host: prints each decision set as it arrives.
@@ -356,22 +333,18 @@ pub async fn host_decisions(
     let mut client = clients.host();
     match command {
         HostDecisionCommand::Labels { id, labels } => {
-            let response = client
-                .set_host_labels(proto::SetHostLabelsRequest {
-                    id,
-                    labels: labels.into_iter().collect(),
-                })
-                .await?
-                .into_inner();
+            let response = call(client.set_host_labels(proto::SetHostLabelsRequest {
+                id,
+                labels: labels.into_iter().collect(),
+            }))
+            .await?;
             out.hosts(&response, response.host.as_slice())
         }
         HostDecisionCommand::Watch { after, count, ack } => {
-            let mut stream = client
-                .watch_decisions(proto::WatchDecisionsRequest {
-                    after_version: after,
-                })
-                .await?
-                .into_inner();
+            let mut stream = call(client.watch_decisions(proto::WatchDecisionsRequest {
+                after_version: after,
+            }))
+            .await?;
             let mut seen = 0u32;
             while let Some(message) = stream.message().await? {
                 let Some(set) = message.decision_set else {
@@ -393,10 +366,8 @@ pub async fn host_decisions(
             Ok(())
         }
         HostDecisionCommand::Ack { version } => {
-            let response = client
-                .ack_decisions(proto::AckDecisionsRequest { version })
-                .await?
-                .into_inner();
+            let response =
+                call(client.ack_decisions(proto::AckDecisionsRequest { version })).await?;
             out.done(
                 &response,
                 &format!("acknowledged decision version {version}"),
@@ -408,18 +379,16 @@ pub async fn host_decisions(
             severity,
             summary,
         } => {
-            let response = client
-                .report_detections(proto::ReportDetectionsRequest {
-                    detections: vec![proto::HostDetection {
-                        agent_id: agent_id.clone(),
-                        rule,
-                        severity,
-                        detect_time: None,
-                        summary,
-                    }],
-                })
-                .await?
-                .into_inner();
+            let response = call(client.report_detections(proto::ReportDetectionsRequest {
+                detections: vec![proto::HostDetection {
+                    agent_id: agent_id.clone(),
+                    rule,
+                    severity,
+                    detect_time: None,
+                    summary,
+                }],
+            }))
+            .await?;
             let level = response
                 .risk_levels
                 .get(&agent_id)
