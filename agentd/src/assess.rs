@@ -138,7 +138,7 @@ pub enum Notice<'a> {
     /// Report-only Conditional Access policies would block or quarantine the agent.
     WouldBlock {
         agent_name: &'a str,
-        action: crate::access::Action,
+        action: crate::conditional::Action,
         policy_ids: &'a [String],
         decision_version: u64,
     },

@@ -23,7 +23,7 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
-use crate::{access::DecisionSet, config::ControlPlaneConfig};
+use crate::{conditional::DecisionSet, config::ControlPlaneConfig};
 
 /// What the task tells the daemon.
 #[derive(Debug)]

@@ -3,11 +3,11 @@
 //! The crate is a library with thin binaries: `src/bin/agentd.rs` parses the command line and
 //! calls into [`daemon`]. See ARCHITECTURE.md for the data flow.
 
-pub mod access;
 pub mod api;
 pub mod assess;
 pub mod cgroups;
 pub mod clock;
+pub mod conditional;
 pub mod config;
 pub mod control;
 pub mod daemon;

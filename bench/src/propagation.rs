@@ -3,8 +3,8 @@
 //! generated policies plus the managed baseline (enabled) and one policy the benchmark toggles.
 //! Simulated hosts (this process, pinned to CPU 0) each enrol with a join token, hold their own
 //! connection and WatchDecisions stream, and for every decision set do what agentd does with
-//! it short of writing the kernel maps: decode and validate it (`access::DecisionSet::from_proto`),
-//! build the kernel's Conditional Access tables for every agent (`access::tables`), then
+//! it short of writing the kernel maps: decode and validate it (`conditional::DecisionSet::from_proto`),
+//! build the kernel's Conditional Access tables for every agent (`conditional::tables`), then
 //! acknowledge it (AckDecisions). One real agentd, enrolled like the others, enforces the same
 //! decisions in the kernel, where a tagged probe connects every millisecond.
 //!
@@ -25,7 +25,7 @@ use std::{
 };
 
 use agentd::{
-    access::{self, Clocks, DecisionSet},
+    conditional::{self, Clocks, DecisionSet},
     netpolicy::Categories,
 };
 use agentd_bench::policy_set::{self, BLUEPRINTS};
@@ -300,7 +300,7 @@ async fn host_task(
             unix_ms: unix_ms(),
             boot_ns: boottime_ns(),
         };
-        let tables = access::tables(
+        let tables = conditional::tables(
             &set,
             &mut |decision| agents.get(&decision.agent_id).copied(),
             &|_| false,
@@ -319,7 +319,7 @@ async fn host_task(
             .decisions
             .iter()
             .find(|d| d.agent_id == agent_id)
-            .is_some_and(|d| d.action != access::Action::Allow);
+            .is_some_and(|d| d.action != conditional::Action::Allow);
         let applied = Instant::now();
         let _ = apply_tx.send(u64::try_from((applied - received).as_nanos()).unwrap_or(u64::MAX));
         if last != Some(blocked) {

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use agentd::access::{
+use agentd::conditional::{
     Action, AgentDecision, DecisionSet, Destination, FileControl, Grant, Offline, ReportOnlyNetwork,
 };
 use agentd_tests::{Daemon, launch_cgroup};

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use agentd::access::{Action, AgentDecision, DecisionSet, FileControl, Offline};
+use agentd::conditional::{Action, AgentDecision, DecisionSet, FileControl, Offline};
 use agentd_tests::{Daemon, launch_cgroup, wait_until};
 
 fn now_ms() -> i64 {

@@ -12,9 +12,10 @@ use super::{
     state::{FileEntries, State},
 };
 use crate::{
-    access::{self},
     api::Applied,
-    cgroups, file_links,
+    cgroups,
+    conditional::{self},
+    file_links,
     filepolicy::FileTarget,
     identity::{
         discovery::{RuleMatch, UserspaceRules},
@@ -70,7 +71,7 @@ impl State {
 
         self.process.set_cgroups(&cgroup_entries)?;
         let files = &mut self.files;
-        let objects = access::merge_file_rules(&file_entries.objects, &self.ca.files);
+        let objects = conditional::merge_file_rules(&file_entries.objects, &self.ca.files);
         let rest = self
             .process
             .set_discovery(&kernel_rules)
@@ -87,7 +88,7 @@ impl State {
             self.process.set_cgroups(&self.cgroup_entries)?;
             self.process.set_discovery(&self.discovery_entries)?;
             self.files.set_rules(
-                &access::merge_file_rules(&self.file_entries.objects, &self.ca.files),
+                &conditional::merge_file_rules(&self.file_entries.objects, &self.ca.files),
                 &self.file_entries.names,
                 &self.file_entries.entries,
             )?;

@@ -11,9 +11,9 @@ use super::{
     state::State,
 };
 use crate::{
-    access::{self, Clocks, DecisionSet, Standing},
     assess::Notice,
     clock::{boottime_ns, unix_ms},
+    conditional::{self, Clocks, DecisionSet, Standing},
     config::{Config, OutputFormat},
     control::{FromControl, ToControl},
 };
@@ -54,20 +54,20 @@ impl State {
                 Some(self.registry.intern_agent(&agent.agent))
             })
             .collect();
-        let mut index_of = |decision: &access::AgentDecision| {
+        let mut index_of = |decision: &conditional::AgentDecision| {
             set.decisions
                 .iter()
                 .position(|d| std::ptr::eq(d, decision))
                 .and_then(|i| indices[i])
         };
-        let blocked = |decision: &access::AgentDecision| {
+        let blocked = |decision: &conditional::AgentDecision| {
             set.decisions
                 .iter()
                 .position(|d| std::ptr::eq(d, decision))
                 .is_some_and(|i| standings[i] == Standing::FailClosed)
         };
         let registry = &mut self.registry;
-        let tables = access::tables(
+        let tables = conditional::tables(
             &set,
             &mut index_of,
             &blocked,
@@ -123,17 +123,17 @@ impl State {
     /// the previous set stays whole.
     pub(super) fn write_ca_tables(
         &mut self,
-        tables: &access::CaTables,
+        tables: &conditional::CaTables,
     ) -> Result<(), RequestError> {
         let (names, entries) = (&self.file_entries.names, &self.file_entries.entries);
         self.files.set_rules(
-            &access::merge_file_rules(&self.file_entries.objects, &tables.files),
+            &conditional::merge_file_rules(&self.file_entries.objects, &tables.files),
             names,
             entries,
         )?;
         if let Err(err) = self.net.set_conditional_access(tables) {
             if let Err(restore) = self.files.set_rules(
-                &access::merge_file_rules(&self.file_entries.objects, &self.ca.files),
+                &conditional::merge_file_rules(&self.file_entries.objects, &self.ca.files),
                 names,
                 entries,
             ) {
@@ -300,7 +300,7 @@ pub(super) fn decision_notices(
 ) -> Vec<String> {
     let mut notices = Vec::new();
     for decision in &set.decisions {
-        if let Some(action @ (access::Action::Block | access::Action::Quarantine)) =
+        if let Some(action @ (conditional::Action::Block | conditional::Action::Quarantine)) =
             decision.report_only_action
         {
             notices.push(notice_line(

@@ -5,7 +5,7 @@
 use std::{error::Error as _, path::PathBuf};
 
 use crate::{
-    access::DecisionError,
+    conditional::DecisionError,
     ebpf::LoadError,
     events::ReaderError,
     identity::{attest::AttestError, policy::PolicyError},

@@ -114,7 +114,7 @@ impl State {
             .collect();
         let (v4, v6) = self.learned.kernel_entries(&agents);
         self.net.set_learned(&v4, &v6)?;
-        self.net.set_ca_learned(&crate::access::learned(
+        self.net.set_ca_learned(&crate::conditional::learned(
             &self.ca.domains,
             &self.learned.v4_by_name(),
         ))

@@ -12,7 +12,7 @@ use super::{
     self_protect::protect_own_files,
 };
 use crate::{
-    access::{DecisionSet, Standing},
+    conditional::{DecisionSet, Standing},
     config::Config,
     control::{Detected, ToControl},
     dns, ebpf,
