@@ -26,7 +26,7 @@ use std::{
 
 use agentd::{
     conditional::{self, Clocks, DecisionSet},
-    netpolicy::Categories,
+    policy::network::Categories,
 };
 use agentd_bench::policy_set::{self, BLUEPRINTS};
 use agentd_control::proto as cp;

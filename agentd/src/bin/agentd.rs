@@ -18,7 +18,7 @@ use agentd::{
     },
     config::{Config, OutputFormat},
     daemon::RunOptions,
-    identity::policy::IdentityPolicy,
+    policy::IdentityPolicy,
 };
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};

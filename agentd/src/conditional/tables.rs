@@ -12,7 +12,7 @@ use agentd_common::{
 use super::model::{
     Action, AgentDecision, Clocks, DecisionError, DecisionSet, Destination, Grant, error, mcp_host,
 };
-use crate::netpolicy::{Categories, DomainPattern, Prefix};
+use crate::policy::network::{Categories, DomainPattern, Prefix};
 
 /// The kernel's Conditional Access tables.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use agentd_common::{CaAgent, CaGrant, FileRule, FileRuleKey, InodeKey, file_acce
 use agentd_proto::v1 as proto;
 
 use super::{model::*, tables::*};
-use crate::netpolicy::Categories;
+use crate::policy::network::Categories;
 
 fn raw_grant(cidr: &str, ports: &str, expire: Option<i64>) -> proto::NetworkGrant {
     proto::NetworkGrant {

@@ -10,7 +10,7 @@ use super::model::{
     Action, AgentDecision, DecisionError, DecisionSet, Destination, FileControl, Grant, Offline,
     ReportOnlyNetwork, error, mcp_host,
 };
-use crate::netpolicy::{DomainPattern, Prefix};
+use crate::policy::network::{DomainPattern, Prefix};
 
 pub(super) fn unix_ms(timestamp: Option<&prost_types::Timestamp>) -> Option<i64> {
     timestamp.map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)

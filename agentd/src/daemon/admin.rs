@@ -4,6 +4,7 @@
 use tokio::sync::oneshot;
 
 use super::{
+    caller::AdminCaller,
     enrich::{agent_ref, tag_info},
     error::{DaemonError, RequestError},
     output::Output,
@@ -17,12 +18,9 @@ use crate::{
     cgroups,
     clock::unix_ms,
     events::EventReader,
-    identity::{
-        attest::{AttestError, Peer},
-        caller::AdminCaller,
-        policy::IdentityPolicy,
-    },
+    identity::attest::{AttestError, Peer},
     metrics,
+    policy::IdentityPolicy,
     risk::RiskLevel,
     sensors::{
         SensorError,

@@ -16,12 +16,12 @@ use crate::{
     cgroups,
     conditional::{self},
     file_links,
-    filepolicy::FileTarget,
-    identity::{
-        discovery::{RuleMatch, UserspaceRules},
-        policy::{CompiledPolicy, IdentityPolicy, Matcher},
+    identity::discovery::{RuleMatch, UserspaceRules},
+    policy::{
+        CompiledPolicy, IdentityPolicy, Matcher,
+        files::FileTarget,
+        network::{Mode, layout},
     },
-    netpolicy::{Mode, layout},
     sensors::{
         files::{self},
         files_held::{self},

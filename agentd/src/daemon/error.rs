@@ -5,11 +5,8 @@
 use std::{error::Error as _, path::PathBuf};
 
 use crate::{
-    conditional::DecisionError,
-    ebpf::LoadError,
-    events::ReaderError,
-    identity::{attest::AttestError, policy::PolicyError},
-    risk::RiskConfigError,
+    conditional::DecisionError, ebpf::LoadError, events::ReaderError,
+    identity::attest::AttestError, policy::PolicyError, risk::RiskConfigError,
     sensors::SensorError,
 };
 

@@ -2,6 +2,7 @@
 //! the local API, and print events until shut down.
 
 mod admin;
+mod caller;
 mod compile;
 mod conditional;
 mod enrich;
@@ -27,8 +28,13 @@ use self::{
     state::State,
 };
 use crate::{
-    cgroups, clock::boottime_ns, config::Config, dns, events::EventReader,
-    identity::policy::IdentityPolicy, netpolicy::Categories, pins::OnExit,
+    cgroups,
+    clock::boottime_ns,
+    config::Config,
+    dns,
+    events::EventReader,
+    pins::OnExit,
+    policy::{IdentityPolicy, network::Categories},
 };
 
 impl State {

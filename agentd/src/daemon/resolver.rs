@@ -91,7 +91,7 @@ impl State {
                 Some((agent.agent.clone(), agent.network.as_ref()?.domains.clone()))
             })
             .collect();
-        let numbered: Vec<(u32, Vec<(crate::netpolicy::DomainRule, u32)>)> = agents
+        let numbered: Vec<(u32, Vec<(crate::policy::network::DomainRule, u32)>)> = agents
             .into_iter()
             .map(|(agent, rules)| {
                 let index = self.registry.intern_agent(&agent);

@@ -12,11 +12,11 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use super::{admin::Call, error::DaemonError};
+use super::{admin::Call, caller::AdminCaller, error::DaemonError};
 use crate::{
     api::{self, AdminRequest, Reply},
     clock::boottime_ticks,
-    identity::{attest::Peer, caller::AdminCaller},
+    identity::attest::Peer,
     sensors::process::TagReader,
 };
 
@@ -157,7 +157,7 @@ pub(super) async fn serve_admin(
         };
         let accepted_at = boottime_ticks();
         // Defence in depth beside the socket's 0600 mode: the process that connected, pinned
-        // now, must be root and not an agent (see `identity::caller`).
+        // now, must be root and not an agent (see `daemon::caller`).
         let caller = AdminCaller::admit(Peer::of(&stream, accepted_at), &tags);
         let calls = calls.clone();
         tokio::spawn(async move {

@@ -17,10 +17,10 @@ use crate::{
     control::{Detected, ToControl},
     dns, ebpf,
     events::{EventCounts, EventReader},
-    identity::{Agent, AgentId, Registry, discovery::UserspaceRules, policy::CompiledPolicy},
+    identity::{Agent, AgentId, Registry, discovery::UserspaceRules},
     lineage::Lineage,
-    netpolicy::Categories,
     pins::{Links, OnExit, RegistryMap},
+    policy::{CompiledPolicy, network::Categories},
     risk::{RiskConfig, RiskEngine},
     sensors::{
         exec::ExecSensor,
@@ -112,7 +112,11 @@ pub(super) struct CaHost {
     pub(super) last_error: Option<String>,
     pub(super) applied_version: u64,
     /// Domain grants and denials, for learned addresses.
-    pub(super) domains: Vec<(u32, crate::netpolicy::DomainPattern, agentd_common::CaGrant)>,
+    pub(super) domains: Vec<(
+        u32,
+        crate::policy::network::DomainPattern,
+        agentd_common::CaGrant,
+    )>,
     /// The file controls in force, joined with the local file rules in the kernel.
     pub(super) files: Vec<(
         agentd_common::FileRuleKey,

@@ -1,7 +1,7 @@
 //! The query filter: which queries the resolver forwards upstream, and which it answers itself.
 //! Pure: the daemon passes the asking agent's network policy and quarantine state.
 
-use crate::netpolicy::{Action, CompiledAgentNetwork, Mode};
+use crate::policy::network::{Action, CompiledAgentNetwork, Mode};
 
 /// What the resolver does with a query.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub fn admit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netpolicy::{DomainPattern, DomainRule, Protocol};
+    use crate::policy::network::{DomainPattern, DomainRule, Protocol};
 
     fn network(default: Action, mode: Mode, domains: &[(&str, Action)]) -> CompiledAgentNetwork {
         CompiledAgentNetwork {
@@ -70,7 +70,7 @@ mod tests {
                     override_cidr_deny: false,
                 })
                 .collect(),
-            raw_sockets: crate::netpolicy::RawSockets::default(),
+            raw_sockets: crate::policy::network::RawSockets::default(),
             socket_families: Vec::new(),
         }
     }

@@ -13,7 +13,7 @@ use std::{
 
 use agentd_common::{LearnedKeyV4, LearnedKeyV6, LearnedRule, net_action};
 
-use crate::netpolicy::DomainRule;
+use crate::policy::network::DomainRule;
 
 /// A DNS answer: the name asked for and the addresses on its CNAME chain, with their TTLs in
 /// seconds.
@@ -157,7 +157,7 @@ impl LearnedNames {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netpolicy::{Action, DomainPattern, Protocol};
+    use crate::policy::network::{Action, DomainPattern, Protocol};
 
     fn rule(pattern: &str, action: Action) -> DomainRule {
         DomainRule {

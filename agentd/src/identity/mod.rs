@@ -2,9 +2,7 @@
 //! the kernel's tag maps.
 
 pub mod attest;
-pub mod caller;
 pub mod discovery;
-pub mod policy;
 
 use std::{collections::HashMap, fmt};
 

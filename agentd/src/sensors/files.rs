@@ -353,7 +353,7 @@ pub fn name_key(agent: u32, kind: u32, name: &str) -> FileNameKey {
 
 /// The kernel key of a rule on a directory entry.
 #[must_use]
-pub fn entry_key(agent: u32, entry: &crate::filepolicy::FileEntry) -> FileEntryKey {
+pub fn entry_key(agent: u32, entry: &crate::policy::files::FileEntry) -> FileEntryKey {
     let mut key = FileEntryKey {
         agent,
         pad: 0,

@@ -32,7 +32,7 @@ use aya::{
 };
 
 use super::{SensorError, attach_error, load_error, map_error, replace_all, take_map};
-use crate::{conditional::CaTables, ebpf::LoadedObject, netpolicy::Prefix, pins::Links};
+use crate::{conditional::CaTables, ebpf::LoadedObject, pins::Links, policy::network::Prefix};
 
 const PROGRAMS: [&str; 5] = ["connect4", "connect6", "sendmsg4", "sendmsg6", "recvmsg4"];
 /// The `cgroup_skb/egress` program that counts agents' bytes.

@@ -13,11 +13,11 @@ use std::{
 use agentd_common::{FILE_EXTENSION_LEN, FILE_NAME_LEN, InodeKey, file_access};
 use serde::Deserialize;
 
-use crate::{
-    inode::inode_key,
-    netpolicy::{Action, Mode},
-    policy_fields::{FieldError, check_rule_id},
+use super::{
+    fields::{FieldError, check_rule_id},
+    network::{Action, Mode},
 };
+use crate::inode::inode_key;
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -9,8 +9,10 @@
 //! process keeps its pid). A connection whose process has exited is refused: its answer
 //! would go to a process nobody can name.
 
-use super::attest::{AttestError, Peer};
-use crate::sensors::{SensorError, process::TagLookup};
+use crate::{
+    identity::attest::{AttestError, Peer},
+    sensors::{SensorError, process::TagLookup},
+};
 
 /// Why a connection to the admin socket is not served.
 #[derive(Debug, thiserror::Error)]

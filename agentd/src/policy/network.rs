@@ -12,10 +12,8 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, str::FromStr};
 use agentd_common::{NET_RULES_PER_PREFIX, NetRule, NetRuleList, net_action};
 use serde::Deserialize;
 
-use crate::{
-    netfamily::SocketFamily,
-    policy_fields::{FieldError, check_rule_id},
-};
+use super::fields::{FieldError, check_rule_id};
+use crate::netfamily::SocketFamily;
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -159,7 +157,7 @@ pub struct Categories {
 }
 
 /// The sample database that ships inside agentd (`agentd/data/categories.txt`).
-pub const SAMPLE_CATEGORIES: &str = include_str!("../data/categories.txt");
+pub const SAMPLE_CATEGORIES: &str = include_str!("../../data/categories.txt");
 
 impl Categories {
     /// Parses `pattern category` lines; `#` starts a comment. Errors name the line.

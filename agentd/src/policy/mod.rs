@@ -1,8 +1,14 @@
-//! The identity policy: which agents exist on this host and how their processes are found.
+//! The host policy: which agents exist on this host, how their processes are found, and the
+//! network (`network`) and file (`files`) rules they run under, with the field-error and
+//! rule-id vocabulary both share (`fields`).
 //!
 //! A policy is a TOML document (`docs/identity.md`). It is validated as a whole before anything
 //! changes; every problem is reported with the field that has it, and a policy with any problem
 //! is refused entirely, so the policy in force stays as it was.
+
+pub mod fields;
+pub mod files;
+pub mod network;
 
 use std::{
     collections::HashSet,
@@ -15,15 +21,17 @@ use agentd_common::InodeKey;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{Agent, AgentId};
-use crate::{
-    filepolicy::{AgentFilesSpec, CompiledAgentFiles, Homes},
-    inode::inode_key,
-    netpolicy::{
+use self::{
+    fields::{FieldError, check_rule_id, valid_name},
+    files::{AgentFilesSpec, CompiledAgentFiles, Homes},
+    network::{
         AgentNetworkSpec, Categories, CompiledAgentNetwork, CompiledGlobalNetwork,
         GlobalNetworkSpec, NameContext, layout,
     },
-    policy_fields::{FieldError, check_rule_id, valid_name},
+};
+use crate::{
+    identity::{Agent, AgentId},
+    inode::inode_key,
 };
 
 /// The document as written.
