@@ -13,7 +13,7 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, lpm_trie::Key},
 };
 
-use crate::net::{Decision, Destination, lpm_ptr, v4};
+use crate::net_types::{Decision, Destination, lpm_ptr, v4};
 
 /// Agent → its Conditional Access decision. 4,096 agents.
 #[map]

@@ -23,9 +23,12 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockContext},
 };
 
-use crate::net::{Destination, IPPROTO_UDP, IPPROTO_UDPLITE, NET_DNS, judge, report};
+use crate::{
+    net_dns::NET_DNS,
+    net_types::{Destination, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE},
+    net_verdict::{judge, report},
+};
 
-const IPPROTO_TCP: u8 = 6;
 /// IPv6 fragment header: the transport header of a fragment is not where it would be.
 const IPPROTO_FRAGMENT: u8 = 44;
 

@@ -29,8 +29,8 @@ use aya_ebpf::{
 
 use crate::{
     events::{header, output, wakeup},
-    net::{NET_AGENTS, NET_CONFIG, NET_QUARANTINE},
     net_packet::remember_new_socket,
+    net_verdict::{NET_AGENTS, NET_CONFIG, NET_QUARANTINE},
     tagging::tag_of,
 };
 
