@@ -1,20 +1,15 @@
 //! Decisions to protobuf, and the per-host decision set behind `WatchDecisions`.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
-};
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
 use super::{ControlPlane, batch, optional_timestamp, registry::offline_to_proto, timestamp};
 use crate::{
     clock::UnixTime,
-    decisions::{self, Inputs, place},
+    decisions::{self, Shared, place},
     error::{Error, Result},
-    policy::{
-        Action, Decision, Destination, FileControl, NetworkGrant, NetworkVerdict, evaluate::Place,
-    },
+    policy::{Action, Decision, Destination, FileControl, NetworkGrant, NetworkVerdict},
     proto,
 };
 
@@ -98,54 +93,19 @@ pub(super) fn decision_to_proto(decision: &Decision) -> proto::AgentDecision {
     }
 }
 
-/// Decision inputs loaded once and shared by the watches that re-evaluate after one change.
-pub(super) struct CachedInputs {
-    /// The change generation read before loading: the inputs reflect every change signalled
-    /// up to it.
-    generation: u64,
-    /// The time they were loaded for (risk windows and access-package expiry depend on it).
-    now: UnixTime,
-    /// When loading started: the inputs reflect every write committed before it.
-    load_started: Instant,
-    inputs: Arc<Loaded>,
-}
-
-/// Inputs, and the decision sets evaluated from them so far: one per distinct
-/// [`HostKey`](decisions::HostKey) and time, shared by every host with that key. They live
-/// and go with the inputs, so a change (which loads new inputs) never sees an older set.
-pub(super) struct Loaded {
-    inputs: Inputs,
-    sets: Mutex<HashMap<(decisions::HostKey, UnixTime), Arc<SharedSet>>>,
-}
-
-/// A decision set's content, evaluated, digested and converted to protobuf once.
-struct SharedSet {
+/// A decision set's content for the wire: digested and converted to protobuf once, shared by
+/// every host that has it (`decisions::Shared`).
+pub(super) struct SharedSet {
     digest: String,
     decisions: Vec<proto::AgentDecision>,
 }
 
-impl Loaded {
-    fn new(inputs: Inputs) -> Self {
+impl SharedSet {
+    fn of(decided: &[Decision]) -> Self {
         Self {
-            inputs,
-            sets: Mutex::default(),
-        }
-    }
-
-    /// The decision set of a host with these facts at `now`, evaluated on first use.
-    fn set_for(&self, host: &Place, now: UnixTime) -> Arc<SharedSet> {
-        let key = (self.inputs.host_key(host), now);
-        let sets = || self.sets.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(set) = sets().get(&key) {
-            return Arc::clone(set);
-        }
-        // Evaluated without the lock: two hosts racing for the same key evaluate the same set.
-        let decided = self.inputs.decide_for_host(host, now);
-        let set = Arc::new(SharedSet {
-            digest: decisions::digest(&decided),
+            digest: decisions::digest(decided),
             decisions: decided.iter().map(decision_to_proto).collect(),
-        });
-        Arc::clone(sets().entry(key).or_insert(set))
+        }
     }
 }
 
@@ -180,40 +140,17 @@ impl ControlPlane {
         }
     }
 
-    /// The inputs of every host's decisions at `now`. A change on this replica bumps the change
-    /// generation and wakes every watch; they share one load per generation (and second)
-    /// instead of each running the same queries and parsing every policy again, and the
-    /// decision sets evaluated from it. `fresh_after` asks for inputs loaded after that instant
-    /// (a watch woken by polling, for changes made through another replica or by time alone),
-    /// which are then shared likewise.
+    /// The inputs of every host's decisions at `now`, shared by the watches of this replica
+    /// (`decisions::InputsCache`). `fresh_after` asks for inputs loaded after that instant.
     async fn decision_inputs(
         &self,
         now: UnixTime,
         fresh_after: Option<Instant>,
-    ) -> Result<Arc<Loaded>> {
+    ) -> Result<Arc<Shared<SharedSet>>> {
         let generation = *self.changes.borrow();
-        let usable = |cached: &CachedInputs| {
-            cached.generation == generation
-                && cached.now == now
-                && fresh_after.is_none_or(|after| cached.load_started >= after)
-        };
-        // Held while loading: the watches woken by one change wait for one load.
-        let mut cache = self.inputs.lock().await;
-        if let Some(cached) = cache.as_ref().filter(|cached| usable(cached)) {
-            return Ok(Arc::clone(&cached.inputs));
-        }
-        let load_started = Instant::now();
-        let inputs = Arc::new(Loaded::new(
-            decisions::load_inputs(&self.store, now, self.decision_options.risk_window_seconds)
-                .await?,
-        ));
-        *cache = Some(CachedInputs {
-            generation,
-            now,
-            load_started,
-            inputs: Arc::clone(&inputs),
-        });
-        Ok(inputs)
+        let load =
+            decisions::load_inputs(&self.store, now, self.decision_options.risk_window_seconds);
+        self.inputs.get(generation, now, fresh_after, load).await
     }
 
     /// The calling host's current decision set, with a version that changes only when the
@@ -240,7 +177,7 @@ impl ControlPlane {
                 Err(err) => return Err(err),
             },
         };
-        let set = loaded.set_for(host, now);
+        let set = loaded.set_for(host, now, SharedSet::of);
         let (version, issued_at) = self.settle(host_id, &set.digest, now).await?;
         Ok(Some(proto::DecisionSet {
             version: u64::try_from(version).unwrap_or_default(),

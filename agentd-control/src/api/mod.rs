@@ -72,7 +72,7 @@ pub struct ControlPlane {
     decision_options: DecisionOptions,
     /// The decision inputs last loaded, shared by every watch that re-evaluates after the same
     /// change (see `ControlPlane::decision_inputs`).
-    inputs: Arc<tokio::sync::Mutex<Option<decision::CachedInputs>>>,
+    inputs: Arc<crate::decisions::InputsCache<decision::SharedSet>>,
     /// Decision versions waiting to be settled, in one transaction per batch.
     settles: Arc<std::sync::Mutex<batch::Queue<decision::Settle, (i64, i64)>>>,
     /// Acknowledgements waiting to be recorded, in one transaction per batch.
@@ -98,7 +98,7 @@ impl ControlPlane {
             require_host_certificates,
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             decision_options,
-            inputs: Arc::new(tokio::sync::Mutex::new(None)),
+            inputs: Arc::default(),
             settles: Arc::default(),
             acks: Arc::default(),
             throttle: Arc::new(AuthThrottle::new(ThrottleOptions::default())),

@@ -5,10 +5,13 @@
 //! label a policy names, and the same policy-named host ids and hostnames) get the same
 //! decisions: [`Inputs::host_key`] says which, so that they are evaluated once.
 
+mod cache;
+
 use std::collections::{BTreeSet, HashMap};
 
 use sha2::{Digest as _, Sha256};
 
+pub use self::cache::{InputsCache, Shared};
 use crate::{
     clock::UnixTime,
     error::Result,
