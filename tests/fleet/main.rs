@@ -166,30 +166,6 @@ impl Drop for ControlPlane {
     }
 }
 
-/// `helper net tcp ADDR PORT 1` as `agent`: true when the connect went through.
-fn connects(daemon: &Daemon, agent: &str, addr: &str, port: u16) -> bool {
-    let bin = helper();
-    let output = daemon
-        .launch(
-            agent,
-            &[
-                bin.to_str().unwrap(),
-                "net",
-                "tcp",
-                addr,
-                &port.to_string(),
-                "1",
-            ],
-        )
-        .output()
-        .expect("helper");
-    match String::from_utf8_lossy(&output.stdout).trim() {
-        "ok=1 eperm=0 other=0" => true,
-        "ok=0 eperm=1 other=0" => false,
-        other => panic!("helper said {other:?}"),
-    }
-}
-
 const AGENT: &str = "fleet-agent";
 
 /// A listener on `addr` that accepts and drops every connection, so that its backlog never
@@ -261,11 +237,11 @@ fn decisions_flow_from_policy_to_the_kernel_and_risk_closes_the_loop() {
             .is_some_and(|control| control.connected && control.decision_version > 0)
     });
     assert!(
-        connects(&daemon, AGENT, "127.0.0.1", granted_port),
+        daemon.connects(&helper(), AGENT, "127.0.0.1", granted_port),
         "granted"
     );
     assert!(
-        !connects(&daemon, AGENT, "127.0.0.1", later_port),
+        !daemon.connects(&helper(), AGENT, "127.0.0.1", later_port),
         "not granted (yet)"
     );
     // The control plane shows the version this host applied (the host's report of its
@@ -285,7 +261,7 @@ fn decisions_flow_from_policy_to_the_kernel_and_risk_closes_the_loop() {
     let changed = Instant::now();
     cp.ctl(&["policy", "apply", file.to_str().unwrap()]);
     wait_until("the new grant is in force", || {
-        connects(&daemon, AGENT, "127.0.0.1", later_port)
+        daemon.connects(&helper(), AGENT, "127.0.0.1", later_port)
     });
     eprintln!(
         "policy change to the new verdict in the kernel: {:?} (with a helper process per try)",
@@ -314,7 +290,7 @@ fn a_host_resumes_its_watch_after_the_control_plane_restarts() {
     let state = tempfile::tempdir().unwrap();
     let daemon = enrolled(&cp, AGENT, state.path(), "");
     let _launched = launch_cgroup(AGENT);
-    assert!(!connects(&daemon, AGENT, "127.0.0.1", later_port));
+    assert!(!daemon.connects(&helper(), AGENT, "127.0.0.1", later_port));
     let before = daemon.status().control_plane.unwrap().decision_version;
 
     cp.restart();
@@ -322,7 +298,7 @@ fn a_host_resumes_its_watch_after_the_control_plane_restarts() {
     fs::write(&file, policy(&format!("{lo}-{hi}"))).unwrap();
     cp.ctl(&["policy", "apply", file.to_str().unwrap()]);
     wait_until("the change made after the restart is in force", || {
-        connects(&daemon, AGENT, "127.0.0.1", later_port)
+        daemon.connects(&helper(), AGENT, "127.0.0.1", later_port)
     });
     wait_until("the new version's acknowledgement is recorded", || {
         let applied = daemon.status().control_plane.unwrap();
@@ -334,7 +310,7 @@ fn a_host_resumes_its_watch_after_the_control_plane_restarts() {
                 == Some(applied.decision_version)
     });
     assert!(
-        connects(&daemon, AGENT, "127.0.0.1", granted_port),
+        daemon.connects(&helper(), AGENT, "127.0.0.1", granted_port),
         "the grant from before the restart still holds"
     );
 }
@@ -363,7 +339,7 @@ fn risk_loop(
         "enabled",
     ]);
     assert!(
-        connects(daemon, AGENT, "127.0.0.1", granted_port),
+        daemon.connects(&helper(), AGENT, "127.0.0.1", granted_port),
         "not blocked at risk none"
     );
     let script = format!(
@@ -378,7 +354,7 @@ fn risk_loop(
         .unwrap();
     assert!(output.status.success());
     wait_until("the control plane's block is in force", || {
-        !connects(daemon, AGENT, "127.0.0.1", granted_port)
+        !daemon.connects(&helper(), AGENT, "127.0.0.1", granted_port)
     });
     eprintln!(
         "secret read and new egress to the control plane's block in the kernel: {:?}",
@@ -423,21 +399,6 @@ fn enrolled(cp: &ControlPlane, agent: &str, state: &Path, extra: &str) -> Daemon
             .is_some_and(|control| control.connected && control.decision_version > 0)
     });
     daemon
-}
-
-/// Collects the JSON events printed so far into `seen`; true when one matches `pred`.
-fn saw(
-    daemon: &Daemon,
-    seen: &mut Vec<serde_json::Value>,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> bool {
-    seen.extend(
-        daemon
-            .events()
-            .iter()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok()),
-    );
-    seen.iter().any(pred)
 }
 
 /// Issue 8's acceptance: "A report-only policy logs 'would block' and allows". A report-only
@@ -492,15 +453,15 @@ fn a_report_only_policy_logs_would_block_and_allows() {
     });
 
     assert!(
-        connects(&daemon, agent, "127.0.0.1", watched_port),
+        daemon.connects(&helper(), agent, "127.0.0.1", watched_port),
         "report-only: the connect goes through"
     );
-    assert!(connects(&daemon, agent, "127.0.0.1", other_port));
+    assert!(daemon.connects(&helper(), agent, "127.0.0.1", other_port));
     let mut seen = Vec::new();
     let would = |e: &serde_json::Value| {
         e["kind"] == "net" && e["would_deny"] == true && e["port"] == watched_port
     };
-    wait_until("the would-block event", || saw(&daemon, &mut seen, would));
+    wait_until("the would-block event", || daemon.saw(&mut seen, would));
     let event = seen.iter().find(|e| would(e)).unwrap();
     eprintln!("would block: {event}");
     assert_eq!(event["verdict"], "allow", "{event}");
@@ -525,7 +486,7 @@ fn a_report_only_policy_logs_would_block_and_allows() {
     assert_eq!(read.status.success(), !enforced, "{read:?}");
     let hit =
         |e: &serde_json::Value| e["kind"] == "file" && e["decided_by"] == "conditional_access";
-    wait_until("the file control's event", || saw(&daemon, &mut seen, hit));
+    wait_until("the file control's event", || daemon.saw(&mut seen, hit));
     let event = seen.iter().find(|e| hit(e)).unwrap();
     assert_eq!(event["would_deny"], !enforced, "{event}");
 }

@@ -2,11 +2,7 @@
 //! are enforced at start, grants lapse in the kernel at their expiry, and the offline
 //! behaviours (fail-closed, baseline) take over after their TTL.
 
-use std::{
-    net::TcpListener,
-    path::Path,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{net::TcpListener, path::Path, time::Duration};
 
 use agentd::conditional::{
     Action, AgentDecision, DecisionSet, Destination, FileControl, Grant, Offline, ReportOnlyNetwork,
@@ -14,16 +10,6 @@ use agentd::conditional::{
 use agentd_tests::{Daemon, launch_cgroup};
 
 use crate::helper;
-
-fn now_ms() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
 
 fn grant(cidr: &str, port: u16, expires_unix_ms: Option<i64>) -> Grant {
     Grant {
@@ -69,31 +55,6 @@ fn start(agent: &str, decisions: &DecisionSet, state: &Path) -> Daemon {
     )
 }
 
-/// `helper net tcp ADDR PORT 1` as `agent`: true when the connect went through.
-fn connects(daemon: &Daemon, agent: &str, addr: &str, port: u16) -> bool {
-    let bin = helper();
-    let output = daemon
-        .launch(
-            agent,
-            &[
-                bin.to_str().unwrap(),
-                "net",
-                "tcp",
-                addr,
-                &port.to_string(),
-                "1",
-            ],
-        )
-        .output()
-        .expect("helper");
-    let said = String::from_utf8_lossy(&output.stdout);
-    match said.trim() {
-        "ok=1 eperm=0 other=0" => true,
-        "ok=0 eperm=1 other=0" => false,
-        other => panic!("helper said {other:?}"),
-    }
-}
-
 #[test]
 fn kept_decisions_are_enforced_offline_and_grants_lapse_in_the_kernel() {
     let agent = "ca-agent";
@@ -105,11 +66,11 @@ fn kept_decisions_are_enforced_offline_and_grants_lapse_in_the_kernel() {
     let other = TcpListener::bind("127.0.0.3:0").expect("listener on 127.0.0.3");
     let other_port = other.local_addr().unwrap().port();
     // Far enough ahead for a slow (emulated) machine to start agentd and connect before it.
-    let lapse_at = now_ms() + 12_000;
+    let lapse_at = agentd_tests::unix_ms() + 12_000;
     let set = DecisionSet {
         version: 5,
-        issued_unix_ms: now_ms(),
-        confirmed_unix_ms: now_ms(),
+        issued_unix_ms: agentd_tests::unix_ms(),
+        confirmed_unix_ms: agentd_tests::unix_ms(),
         decisions: vec![decision(
             agent,
             vec![
@@ -124,15 +85,15 @@ fn kept_decisions_are_enforced_offline_and_grants_lapse_in_the_kernel() {
     let _launched = launch_cgroup(agent);
 
     assert!(
-        connects(&daemon, agent, "127.0.0.1", granted_port),
+        daemon.connects(&helper(), agent, "127.0.0.1", granted_port),
         "a grant"
     );
     assert!(
-        !connects(&daemon, agent, "127.0.0.3", other_port),
+        !daemon.connects(&helper(), agent, "127.0.0.3", other_port),
         "restricted: no grant, no connect"
     );
-    let before = now_ms();
-    let allowed = connects(&daemon, agent, "127.0.0.2", lapsing_port);
+    let before = agentd_tests::unix_ms();
+    let allowed = daemon.connects(&helper(), agent, "127.0.0.2", lapsing_port);
     if before < lapse_at - 1_000 {
         assert!(allowed, "a grant before its expiry");
     } else {
@@ -145,15 +106,15 @@ fn kept_decisions_are_enforced_offline_and_grants_lapse_in_the_kernel() {
     assert_eq!(control.decision_version, 5);
 
     // Nothing in userspace acts at the expiry: the kernel checks it on the connect.
-    let wait = lapse_at - now_ms();
+    let wait = lapse_at - agentd_tests::unix_ms();
     if wait > 0 {
         std::thread::sleep(Duration::from_millis(u64::try_from(wait).unwrap() + 200));
     }
     assert!(
-        !connects(&daemon, agent, "127.0.0.2", lapsing_port),
+        !daemon.connects(&helper(), agent, "127.0.0.2", lapsing_port),
         "the grant lapsed"
     );
-    assert!(connects(&daemon, agent, "127.0.0.1", granted_port));
+    assert!(daemon.connects(&helper(), agent, "127.0.0.1", granted_port));
 
     let denied = daemon
         .events()
@@ -179,8 +140,8 @@ fn offline_behaviours_apply_once_the_decisions_are_older_than_their_ttl() {
     let granted = || vec![grant("127.0.0.1/32", port, None)];
     let set = DecisionSet {
         version: 9,
-        issued_unix_ms: now_ms() - 600_000,
-        confirmed_unix_ms: now_ms() - 600_000,
+        issued_unix_ms: agentd_tests::unix_ms() - 600_000,
+        confirmed_unix_ms: agentd_tests::unix_ms() - 600_000,
         decisions: vec![
             decision(closed, granted(), Offline::FailClosed, 60),
             decision(base, granted(), Offline::Baseline, 60),
@@ -203,7 +164,7 @@ fn offline_behaviours_apply_once_the_decisions_are_older_than_their_ttl() {
     let _kept = launch_cgroup(kept);
 
     assert!(
-        !connects(&daemon, closed, "127.0.0.1", port),
+        !daemon.connects(&helper(), closed, "127.0.0.1", port),
         "fail-closed: even its grant is blocked"
     );
     let control = daemon.status().control_plane.expect("control plane status");
@@ -214,32 +175,17 @@ fn offline_behaviours_apply_once_the_decisions_are_older_than_their_ttl() {
     );
     assert!(control.confirmed_age_secs.is_some_and(|age| age >= 600));
     assert!(
-        connects(&daemon, base, "127.0.0.3", elsewhere_port),
+        daemon.connects(&helper(), base, "127.0.0.3", elsewhere_port),
         "baseline: the local policy alone (allow) applies"
     );
     assert!(
-        connects(&daemon, kept, "127.0.0.1", port),
+        daemon.connects(&helper(), kept, "127.0.0.1", port),
         "keep last: its grant"
     );
     assert!(
-        !connects(&daemon, kept, "127.0.0.3", elsewhere_port),
+        !daemon.connects(&helper(), kept, "127.0.0.3", elsewhere_port),
         "keep last: still restricted"
     );
-}
-
-/// Collects the JSON events printed so far into `seen` and returns whether one matches.
-fn saw(
-    daemon: &Daemon,
-    seen: &mut Vec<serde_json::Value>,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> bool {
-    seen.extend(
-        daemon
-            .events()
-            .iter()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok()),
-    );
-    seen.iter().any(pred)
 }
 
 /// A report-only policy that denies a destination: the connect goes through, and the kernel
@@ -264,23 +210,23 @@ fn report_only_network_controls_report_would_deny_and_allow() {
     });
     let set = DecisionSet {
         version: 3,
-        issued_unix_ms: now_ms(),
-        confirmed_unix_ms: now_ms(),
+        issued_unix_ms: agentd_tests::unix_ms(),
+        confirmed_unix_ms: agentd_tests::unix_ms(),
         decisions: vec![unrestricted],
     };
     let daemon = start(agent, &set, state.path());
     let _launched = launch_cgroup(agent);
 
     assert!(
-        connects(&daemon, agent, "127.0.0.1", watched_port),
+        daemon.connects(&helper(), agent, "127.0.0.1", watched_port),
         "report-only: allowed"
     );
-    assert!(connects(&daemon, agent, "127.0.0.1", other_port));
+    assert!(daemon.connects(&helper(), agent, "127.0.0.1", other_port));
     let mut seen = Vec::new();
     let would = |e: &serde_json::Value| {
         e["kind"] == "net" && e["would_deny"] == true && e["port"] == watched_port
     };
-    agentd_tests::wait_until("the would-deny event", || saw(&daemon, &mut seen, would));
+    agentd_tests::wait_until("the would-deny event", || daemon.saw(&mut seen, would));
     let event = seen.iter().find(|e| would(e)).unwrap();
     assert_eq!(event["verdict"], "allow", "{event}");
     assert_eq!(event["decided_by"], "conditional_access", "{event}");
@@ -316,8 +262,8 @@ fn decision_file_controls_are_enforced_or_observed() {
     }];
     let set = DecisionSet {
         version: 4,
-        issued_unix_ms: now_ms(),
-        confirmed_unix_ms: now_ms(),
+        issued_unix_ms: agentd_tests::unix_ms(),
+        confirmed_unix_ms: agentd_tests::unix_ms(),
         decisions: vec![controlled],
     };
     let daemon = start(agent, &set, state.path());
@@ -331,7 +277,7 @@ fn decision_file_controls_are_enforced_or_observed() {
     let mut seen = Vec::new();
     let hit =
         |e: &serde_json::Value| e["kind"] == "file" && e["decided_by"] == "conditional_access";
-    agentd_tests::wait_until("the file event", || saw(&daemon, &mut seen, hit));
+    agentd_tests::wait_until("the file event", || daemon.saw(&mut seen, hit));
     let event = seen.iter().find(|e| hit(e)).unwrap();
     assert_eq!(event["rule"], "conditional-access/ledger-policy", "{event}");
     assert_eq!(event["would_deny"], !enforced, "{event}");

@@ -19,26 +19,6 @@ fn collect(daemon: &Daemon, seen: &mut Vec<serde_json::Value>) {
     );
 }
 
-/// Runs the helper's `net tcp` as `agent` and returns its output line.
-fn connect(daemon: &Daemon, agent: &str, addr: &str, port: u16, count: u32) -> String {
-    let bin = helper();
-    let output = daemon
-        .launch(
-            agent,
-            &[
-                bin.to_str().unwrap(),
-                "net",
-                "tcp",
-                addr,
-                &port.to_string(),
-                &count.to_string(),
-            ],
-        )
-        .output()
-        .expect("running the helper");
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
 /// `GET /metrics` on loopback, the body.
 fn scrape(port: u16) -> String {
     use std::io::{Read as _, Write as _};
@@ -90,7 +70,7 @@ fn secret_read_then_new_egress_raises_high_risk_and_quarantines_in_the_kernel() 
         seen.iter().any(|e| e["kind"] == "file")
     });
     assert_eq!(
-        connect(&daemon, agent, "127.0.0.1", port, 1),
+        daemon.tcp_connects(&helper(), agent, "127.0.0.1", port, 1),
         "ok=1 eperm=0 other=0"
     );
 
@@ -116,7 +96,7 @@ fn secret_read_then_new_egress_raises_high_risk_and_quarantines_in_the_kernel() 
     );
 
     assert_eq!(
-        connect(&daemon, agent, "127.0.0.1", port, 1),
+        daemon.tcp_connects(&helper(), agent, "127.0.0.1", port, 1),
         "ok=0 eperm=1 other=0",
         "the next connect fails with EPERM"
     );
@@ -134,7 +114,7 @@ fn secret_read_then_new_egress_raises_high_risk_and_quarantines_in_the_kernel() 
         .expect("confirm safe");
     assert_eq!(level, "none");
     assert_eq!(
-        connect(&daemon, agent, "127.0.0.1", port, 1),
+        daemon.tcp_connects(&helper(), agent, "127.0.0.1", port, 1),
         "ok=1 eperm=0 other=0"
     );
     drop(listener);
@@ -160,7 +140,7 @@ fn denied_burst_raises_medium_risk_and_an_admin_can_dismiss_and_confirm() {
     );
     let _launched = launch_cgroup(agent);
     assert_eq!(
-        connect(&daemon, agent, "127.0.0.1", port, 12),
+        daemon.tcp_connects(&helper(), agent, "127.0.0.1", port, 12),
         "ok=0 eperm=12 other=0"
     );
     let mut seen = Vec::new();

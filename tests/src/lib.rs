@@ -8,6 +8,8 @@
     reason = "test helpers fail the test by panicking with context"
 )]
 
+mod agent_io;
+
 use std::{
     fs,
     os::unix::fs::MetadataExt as _,
@@ -15,6 +17,9 @@ use std::{
     time::Duration,
 };
 
+/// The clocks, as agentd reads them: `CLOCK_BOOTTIME` nanoseconds (every event's `ktime_ns`)
+/// and Unix milliseconds.
+pub use agentd::clock::{boottime_ns, unix_ms};
 use agentd::{
     ebpf::{self, LoadedObject},
     events::{Event, EventReader},
@@ -617,17 +622,6 @@ pub fn sock_diag_available() -> bool {
 /// A policy with one agent and nothing else.
 pub fn agent_policy(name: &str) -> String {
     format!("[[agent]]\nname = \"{name}\"\n")
-}
-
-/// `CLOCK_BOOTTIME` in nanoseconds, the clock of every event's `ktime_ns`.
-pub fn boottime_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut now) };
-    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }
 
 /// The test helper binary: `built` (the test crate's `CARGO_BIN_EXE_agentd-test-helper`), or
