@@ -3,7 +3,9 @@
 //! [`Decision`]. Neither knows protobuf nor the database. docs/conditional-access.md describes the
 //! document and the semantics.
 
+mod controls;
 pub mod document;
+mod document_fields;
 pub mod evaluate;
 pub mod host_ref;
 mod libyaml;
