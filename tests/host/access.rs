@@ -7,7 +7,7 @@ use std::{net::TcpListener, path::Path, time::Duration};
 use agentd::conditional::{
     Action, AgentDecision, DecisionSet, Destination, FileControl, Grant, Offline, ReportOnlyNetwork,
 };
-use agentd_tests::{Daemon, launch_cgroup};
+use agentd_tests::{Daemon, launch_cgroup, unix_ms};
 
 use crate::helper;
 
@@ -66,11 +66,11 @@ fn kept_decisions_are_enforced_offline_and_grants_lapse_in_the_kernel() {
     let other = TcpListener::bind("127.0.0.3:0").expect("listener on 127.0.0.3");
     let other_port = other.local_addr().unwrap().port();
     // Far enough ahead for a slow (emulated) machine to start agentd and connect before it.
-    let lapse_at = agentd_tests::unix_ms() + 12_000;
+    let lapse_at = unix_ms() + 12_000;
     let set = DecisionSet {
         version: 5,
-        issued_unix_ms: agentd_tests::unix_ms(),
-        confirmed_unix_ms: agentd_tests::unix_ms(),
+        issued_unix_ms: unix_ms(),
+        confirmed_unix_ms: unix_ms(),
         decisions: vec![decision(
             agent,
             vec![
@@ -92,7 +92,7 @@ fn kept_decisions_are_enforced_offline_and_grants_lapse_in_the_kernel() {
         !daemon.connects(&helper(), agent, "127.0.0.3", other_port),
         "restricted: no grant, no connect"
     );
-    let before = agentd_tests::unix_ms();
+    let before = unix_ms();
     let allowed = daemon.connects(&helper(), agent, "127.0.0.2", lapsing_port);
     if before < lapse_at - 1_000 {
         assert!(allowed, "a grant before its expiry");
@@ -106,7 +106,7 @@ fn kept_decisions_are_enforced_offline_and_grants_lapse_in_the_kernel() {
     assert_eq!(control.decision_version, 5);
 
     // Nothing in userspace acts at the expiry: the kernel checks it on the connect.
-    let wait = lapse_at - agentd_tests::unix_ms();
+    let wait = lapse_at - unix_ms();
     if wait > 0 {
         std::thread::sleep(Duration::from_millis(u64::try_from(wait).unwrap() + 200));
     }
@@ -140,8 +140,8 @@ fn offline_behaviours_apply_once_the_decisions_are_older_than_their_ttl() {
     let granted = || vec![grant("127.0.0.1/32", port, None)];
     let set = DecisionSet {
         version: 9,
-        issued_unix_ms: agentd_tests::unix_ms() - 600_000,
-        confirmed_unix_ms: agentd_tests::unix_ms() - 600_000,
+        issued_unix_ms: unix_ms() - 600_000,
+        confirmed_unix_ms: unix_ms() - 600_000,
         decisions: vec![
             decision(closed, granted(), Offline::FailClosed, 60),
             decision(base, granted(), Offline::Baseline, 60),
@@ -210,8 +210,8 @@ fn report_only_network_controls_report_would_deny_and_allow() {
     });
     let set = DecisionSet {
         version: 3,
-        issued_unix_ms: agentd_tests::unix_ms(),
-        confirmed_unix_ms: agentd_tests::unix_ms(),
+        issued_unix_ms: unix_ms(),
+        confirmed_unix_ms: unix_ms(),
         decisions: vec![unrestricted],
     };
     let daemon = start(agent, &set, state.path());
@@ -262,8 +262,8 @@ fn decision_file_controls_are_enforced_or_observed() {
     }];
     let set = DecisionSet {
         version: 4,
-        issued_unix_ms: agentd_tests::unix_ms(),
-        confirmed_unix_ms: agentd_tests::unix_ms(),
+        issued_unix_ms: unix_ms(),
+        confirmed_unix_ms: unix_ms(),
         decisions: vec![controlled],
     };
     let daemon = start(agent, &set, state.path());

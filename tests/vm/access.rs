@@ -5,7 +5,7 @@
 use std::{fs, path::Path, time::Duration};
 
 use agentd::conditional::{Action, AgentDecision, DecisionSet, FileControl, Offline};
-use agentd_tests::{Daemon, launch_cgroup, wait_until};
+use agentd_tests::{Daemon, launch_cgroup, unix_ms, wait_until};
 
 fn control(path: &Path, action: &str, expires_unix_ms: Option<i64>, source: &str) -> FileControl {
     FileControl {
@@ -62,11 +62,11 @@ fn decision_file_controls_deny_opens_and_lapse_in_the_kernel() {
     let lapsing = lapsing_dir.join("file");
     fs::write(&lapsing, "l").unwrap();
     // Far enough ahead for an emulated machine to start agentd and try it first.
-    let lapse_at = agentd_tests::unix_ms() + 15_000;
+    let lapse_at = unix_ms() + 15_000;
     let set = DecisionSet {
         version: 11,
-        issued_unix_ms: agentd_tests::unix_ms(),
-        confirmed_unix_ms: agentd_tests::unix_ms(),
+        issued_unix_ms: unix_ms(),
+        confirmed_unix_ms: unix_ms(),
         decisions: vec![AgentDecision {
             agent_id: agentd::identity::AgentId::from_name(agent).to_string(),
             agent_name: agent.to_owned(),
@@ -77,12 +77,7 @@ fn decision_file_controls_deny_opens_and_lapse_in_the_kernel() {
             file_controls: vec![
                 control(&ledger, "deny", None, "ledger-policy"),
                 control(&lapsing_dir, "deny", Some(lapse_at), "lapsing-policy"),
-                control(
-                    &expired,
-                    "deny",
-                    Some(agentd_tests::unix_ms() - 60_000),
-                    "expired-policy",
-                ),
+                control(&expired, "deny", Some(unix_ms() - 60_000), "expired-policy"),
                 // A decision's allow never opens what the local rules deny.
                 control(&local_secret, "allow", None, "package-1"),
             ],
@@ -121,7 +116,7 @@ fn decision_file_controls_deny_opens_and_lapse_in_the_kernel() {
         cat(&daemon, agent, &expired).is_ok(),
         "a control whose expiry has passed"
     );
-    let before = agentd_tests::unix_ms();
+    let before = unix_ms();
     let denied_before = refused(cat(&daemon, agent, &lapsing));
     if before < lapse_at - 2_000 {
         assert!(denied_before, "a subtree deny before its expiry");
@@ -150,7 +145,7 @@ fn decision_file_controls_deny_opens_and_lapse_in_the_kernel() {
     assert_eq!(event["path"], ledger.display().to_string(), "{event}");
 
     // Nothing in userspace acts at the expiry: the hook compares it with the boot clock.
-    let wait = lapse_at - agentd_tests::unix_ms();
+    let wait = lapse_at - unix_ms();
     if wait > 0 {
         std::thread::sleep(Duration::from_millis(u64::try_from(wait).unwrap() + 200));
     }
