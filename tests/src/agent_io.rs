@@ -56,4 +56,17 @@ impl Daemon {
         );
         seen.iter().any(pred)
     }
+
+    /// Quarantines `agent` (or releases it) through the admin socket, as `agentd quarantine`
+    /// does.
+    pub fn quarantine(&self, agent: &str, release: bool) -> agentd::api::Quarantined {
+        agentd::api::admin::<agentd::api::Quarantined>(
+            self.admin_socket(),
+            &agentd::api::AdminRequest::Quarantine {
+                agent: agent.to_owned(),
+                release,
+            },
+        )
+        .expect("quarantine")
+    }
 }

@@ -335,16 +335,7 @@ fn metadata_changes_are_writes_under_file_rules_and_quarantine() {
         assert_eq!(event["path"], "locked", "{event}");
     }
 
-    let quarantine = |release: bool| {
-        agentd::api::admin::<agentd::api::Quarantined>(
-            daemon.admin_socket(),
-            &agentd::api::AdminRequest::Quarantine {
-                agent: agent.to_owned(),
-                release,
-            },
-        )
-        .expect("quarantine")
-    };
+    let quarantine = |release: bool| daemon.quarantine(agent, release);
     quarantine(false);
     assert_eq!(evasion(&daemon, Some(agent), &["chmod", free_s]), "eperm");
     assert_eq!(evasion(&daemon, Some(agent), &["utimes", free_s]), "eperm");

@@ -444,16 +444,7 @@ fn quarantine_denies_an_agents_file_writes() {
             .success()
     };
     assert!(write("before"));
-    let quarantine = |release: bool| {
-        agentd::api::admin::<agentd::api::Quarantined>(
-            daemon.admin_socket(),
-            &agentd::api::AdminRequest::Quarantine {
-                agent: agent.to_owned(),
-                release,
-            },
-        )
-        .expect("quarantine")
-    };
+    let quarantine = |release: bool| daemon.quarantine(agent, release);
     quarantine(false);
     assert!(!write("during"), "a quarantined agent wrote a file");
     assert!(

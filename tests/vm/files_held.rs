@@ -109,14 +109,7 @@ fn descriptors_opened_before_a_rule_or_a_quarantine_are_judged_by_it() {
         .expect("found");
     assert_eq!(event["access"][0], "read", "{event}");
 
-    agentd::api::admin::<agentd::api::Quarantined>(
-        daemon.admin_socket(),
-        &agentd::api::AdminRequest::Quarantine {
-            agent: agent.to_owned(),
-            release: false,
-        },
-    )
-    .expect("quarantine");
+    daemon.quarantine(agent, false);
     fs::write(root.join("go2"), "").expect("go2");
     assert_eq!(
         holder.line(),

@@ -420,16 +420,7 @@ fn quarantine_denies_every_change_to_names_and_truncation() {
     let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
     assert_eq!(lines.next().expect("a line").expect("opened"), "ok");
 
-    let quarantine = |release: bool| {
-        agentd::api::admin::<agentd::api::Quarantined>(
-            daemon.admin_socket(),
-            &agentd::api::AdminRequest::Quarantine {
-                agent: agent.to_owned(),
-                release,
-            },
-        )
-        .expect("quarantine")
-    };
+    let quarantine = |release: bool| daemon.quarantine(agent, release);
     quarantine(false);
     fs::write(&go, "").expect("go");
     assert_eq!(lines.next().expect("a line").expect("ftruncate"), "eperm");
