@@ -1,6 +1,7 @@
 //! The agentd control plane: agent registry, governance, access packages, audit log, host
 //! enrolment and API tokens, served over gRPC (`agentd.v1`). See docs/control-plane.md.
 
+pub mod activity;
 pub mod api;
 pub mod audit_chain;
 pub mod audit_export;

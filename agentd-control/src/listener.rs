@@ -2,10 +2,11 @@
 //! `max_connections` at once (one over the cap is accepted and closed at once, so that its
 //! client fails fast instead of waiting in the backlog), a deadline by which a new connection
 //! must have sent its first bytes (a TLS `ClientHello` or the HTTP/2 preface), an idle deadline
-//! after that (a connection that sends nothing at all for `idle_timeout`, not even the answer to
-//! the server's keepalive ping, is closed: one that finished its TLS handshake and then fell
-//! silent, say), and an accept loop that pauses instead of spinning when the process is out of
-//! file descriptors.
+//! after that (a connection that carries no call for `idle_timeout` is closed, whatever else it
+//! sends: one that finished its TLS handshake and then fell silent, or an HTTP/2 client that
+//! answers every keepalive ping and never calls; the calls are counted by
+//! [`crate::activity`]), and an accept loop that pauses instead of spinning when the process is
+//! out of file descriptors.
 //!
 //! The TLS handshake itself is bounded by tonic (`ServerTlsConfig::timeout`, set from the same
 //! deadline), HTTP/2 keepalive by hyper; see `server.rs`.
@@ -26,6 +27,8 @@ use tokio::{
 };
 use tokio_stream::Stream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::activity::{Connections, Registered};
 
 /// The HTTP/2 client preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`) is 24 bytes; a TLS
 /// `ClientHello` is longer. A connection that has sent this many bytes has started speaking.
@@ -50,9 +53,10 @@ pub struct ConnectionLimits {
     /// peer has not answered within `keepalive_timeout` (a dead or vanished host).
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
-    /// A connection that has spoken and then sends nothing for this long is closed. A live
-    /// HTTP/2 peer answers every keepalive ping, so this must be longer than
-    /// `keepalive_interval + keepalive_timeout` ([`ConnectionLimits::check`]).
+    /// A connection that carries no call for this long is closed (a watching host always
+    /// carries one). Kept longer than `keepalive_interval + keepalive_timeout`
+    /// ([`ConnectionLimits::check`]), so that a connection closed as idle is never one the
+    /// keepalive was about to judge.
     pub idle_timeout: Duration,
 }
 
@@ -93,6 +97,7 @@ pub struct BoundedIncoming {
     pause: Option<Pin<Box<Sleep>>>,
     refused: u64,
     last_warning: Option<Instant>,
+    connections: Connections,
 }
 
 impl BoundedIncoming {
@@ -108,7 +113,13 @@ impl BoundedIncoming {
             pause: None,
             refused: 0,
             last_warning: None,
+            connections: Connections::default(),
         }
+    }
+
+    /// The calls of the connections accepted here, for [`crate::activity::TrackCalls`].
+    pub fn connections(&self) -> Connections {
+        self.connections.clone()
     }
 
     /// Connections open now.
@@ -154,6 +165,7 @@ impl Stream for BoundedIncoming {
                         return Poll::Ready(Some(Ok(BoundedConnection::new(
                             stream,
                             permit,
+                            this.connections.open(peer),
                             this.first_bytes_timeout,
                             this.idle_timeout,
                         ))));
@@ -190,14 +202,15 @@ impl Stream for BoundedIncoming {
 
 /// An accepted connection: holds its slot under the cap until it is dropped, and fails its
 /// reads once the first-bytes deadline passes before the client has sent [`FIRST_BYTES`], or
-/// once it has read nothing for the idle timeout after that.
+/// once it has carried no call for the idle timeout after that.
 pub struct BoundedConnection {
     stream: TcpStream,
     /// The first-bytes deadline until the client has started speaking, then the idle deadline,
-    /// moved on by every read that returns bytes.
+    /// moved on while calls are open and by the end of each.
     deadline: Pin<Box<Sleep>>,
     awaiting: usize,
     idle: Duration,
+    registered: Registered,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -205,6 +218,7 @@ impl BoundedConnection {
     fn new(
         stream: TcpStream,
         permit: OwnedSemaphorePermit,
+        registered: Registered,
         first_bytes: Duration,
         idle: Duration,
     ) -> Self {
@@ -213,8 +227,30 @@ impl BoundedConnection {
             deadline: Box::pin(tokio::time::sleep(first_bytes)),
             awaiting: FIRST_BYTES,
             idle,
+            registered,
             _permit: permit,
         }
+    }
+
+    /// At the deadline: why the connection ends, or `None` after moving the deadline on (a
+    /// call is open, or one ended less than the idle timeout ago).
+    fn expired(&mut self) -> Option<String> {
+        if self.awaiting > 0 {
+            return Some("the client sent no TLS ClientHello or HTTP/2 preface in time".to_owned());
+        }
+        let now = Instant::now();
+        let next = match self.registered.calls().idle_since() {
+            None => now + self.idle,
+            Some(since) if since + self.idle > now => since + self.idle,
+            Some(_) => {
+                return Some(format!(
+                    "the connection carried no call for {:?} (idle timeout)",
+                    self.idle
+                ));
+            }
+        };
+        self.deadline.as_mut().reset(next);
+        None
     }
 }
 
@@ -229,20 +265,20 @@ impl AsyncRead for BoundedConnection {
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let read = buf.filled().len() - before;
-                this.awaiting = this.awaiting.saturating_sub(read);
-                if read > 0 && this.awaiting == 0 {
-                    this.deadline.as_mut().reset(Instant::now() + this.idle);
+                if read > 0 && this.awaiting > 0 {
+                    this.awaiting = this.awaiting.saturating_sub(read);
+                    if this.awaiting == 0 {
+                        // Started speaking: from now on only calls keep the connection.
+                        this.deadline.as_mut().reset(Instant::now() + this.idle);
+                    }
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                if this.deadline.as_mut().poll(cx).is_ready() {
-                    let why = if this.awaiting > 0 {
-                        "the client sent no TLS ClientHello or HTTP/2 preface in time".to_owned()
-                    } else {
-                        format!("the client sent nothing for {:?} (idle timeout)", this.idle)
-                    };
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)));
+                while this.deadline.as_mut().poll(cx).is_ready() {
+                    if let Some(why) = this.expired() {
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)));
+                    }
                 }
                 Poll::Pending
             }
@@ -317,10 +353,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_that_falls_silent_after_speaking_is_closed_as_idle() {
+    async fn a_connection_that_carries_no_call_is_closed_as_idle_whatever_it_sends() {
         let (mut incoming, address) =
             bound_idle(4, Duration::from_millis(100), Duration::from_millis(400)).await;
+        let connections = incoming.connections();
         let mut client = TcpStream::connect(address).await.expect("connect");
+        let peer = client.local_addr().expect("client address");
         client
             .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
             .await
@@ -328,7 +366,10 @@ mod tests {
         let mut connection = incoming.next().await.expect("one").expect("accepted");
         let mut preface = [0; FIRST_BYTES];
         connection.read_exact(&mut preface).await.expect("preface");
-        // Bytes now and then keep it open past several idle timeouts...
+        // An open call keeps it past several idle timeouts...
+        let call = connections
+            .begin(peer)
+            .expect("the connection is registered");
         for _ in 0..4 {
             tokio::time::sleep(Duration::from_millis(200)).await;
             client.write_all(b"ping").await.expect("write");
@@ -336,18 +377,28 @@ mod tests {
             connection
                 .read_exact(&mut ping)
                 .await
-                .expect("a live client is kept");
+                .expect("a connection with a call is kept");
         }
-        // ...and silence closes it.
-        let started = std::time::Instant::now();
-        let err = connection.read(&mut [0; 64]).await.unwrap_err();
+        drop(call);
+        // ...and once it ends, bytes without a call (pings, say) do not: it is closed an idle
+        // timeout after the call ended.
+        let ended = std::time::Instant::now();
+        let err = loop {
+            client.write_all(b"ping").await.expect("write");
+            match connection.read(&mut [0; 64]).await {
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(err) => break err,
+            }
+        };
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(err.to_string().contains("idle timeout"), "{err}");
+        let after = ended.elapsed();
         assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "{:?}",
-            started.elapsed()
+            after >= Duration::from_millis(350) && after < Duration::from_secs(3),
+            "{after:?}"
         );
+        drop(connection);
+        assert!(connections.is_empty(), "a closed connection is forgotten");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::{
+    activity::TrackCalls,
     api::{ControlPlane, DecisionOptions},
     ca::CertificateAuthority,
     clock::Clock,
@@ -142,6 +143,7 @@ impl Server {
             let _ = began.send(());
         };
         let serving = builder
+            .layer(TrackCalls::new(incoming.connections()))
             .add_service(RegistryServiceServer::new(control.clone()))
             .add_service(GovernanceServiceServer::new(control.clone()))
             .add_service(AccessServiceServer::new(control.clone()))

@@ -94,9 +94,10 @@ enum Command {
         /// ...and close one whose peer has not answered within this time.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         keepalive_timeout: Duration,
-        /// Close a connection that sends nothing for this long (not even the answer to a
-        /// keepalive ping): one that finished its TLS handshake and then fell silent, say.
-        /// Must be longer than --keepalive-interval plus --keepalive-timeout.
+        /// Close a connection that carries no call for this long, whatever else it sends (a
+        /// client silent after its TLS handshake, or one that only answers keepalive pings); a
+        /// watching host always carries one. Must be longer than --keepalive-interval plus
+        /// --keepalive-timeout.
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         idle_timeout: Duration,
         /// Failed authentications (bearer or join token) from one source (IPv4 address or

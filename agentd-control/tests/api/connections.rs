@@ -7,7 +7,10 @@ use agentd_control::proto;
 use tokio::{io::AsyncReadExt as _, net::TcpStream};
 use tonic::{Code, Streaming};
 
-use crate::support::{Backend, Clients, Database, Fixture, enroll};
+use crate::support::{
+    Backend, Clients, Database, Fixture, agent_request, blueprint, create_agent, create_blueprint,
+    enroll,
+};
 
 /// `WhoAmI` over a new connection: `Ok` or the failure, with its gRPC code where there is one.
 async fn who_am_i(fixture: &Fixture) -> Result<(), String> {
@@ -162,6 +165,70 @@ pub async fn a_client_silent_after_its_tls_handshake_is_closed_at_the_idle_timeo
     println!("  measured: a client silent after its TLS handshake was closed after {took:?}");
     // A client that speaks is served as before.
     who_am_i(&fixture).await.expect("a real client");
+    fixture.stop().await;
+}
+
+/// A connection counts as idle when it carries no call, whatever else it sends. The client is
+/// the `h2` crate's own HTTP/2 client, which answers every keepalive ping and never calls: it
+/// is closed at the idle timeout (pings every second, answered within one, would keep it open
+/// forever if bytes counted). A host whose decision watch is open on another connection stays
+/// past the same timeout, and its watch still delivers.
+pub async fn a_client_that_only_answers_pings_is_closed_at_the_idle_timeout_and_a_watching_host_is_kept(
+    backend: Backend,
+) {
+    let fixture = Fixture::start_with_options(&backend, false, |options| {
+        options.connections.keepalive_interval = Duration::from_secs(1);
+        options.connections.keepalive_timeout = Duration::from_secs(1);
+        options.connections.idle_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let channel = fixture.channel().await;
+    let mut watching = watching_hosts(&fixture, &channel, 1).await;
+    let tcp = TcpStream::connect(("127.0.0.1", fixture.port))
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    let (send, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    let ended = tokio::time::timeout(Duration::from_secs(20), connection).await;
+    let took = started.elapsed();
+    drop(send);
+    assert!(
+        ended.is_ok(),
+        "a client that answers pings and never calls was never closed"
+    );
+    // Closed by the idle timeout, not by the keepalive (which would have closed a client that
+    // did not answer after 2 s).
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_secs(8),
+        "closed after {took:?}, not at the 3 s idle timeout"
+    );
+    // The watching host's connection outlived it: its watch is still open (a closed connection
+    // would end it with an error) and delivers the next set.
+    let mut stream = watching.pop().expect("one watch");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), stream.message())
+            .await
+            .is_err(),
+        "the watch ended while its call was open"
+    );
+    // A new agent changes every host's set.
+    let admin = fixture.admin().await;
+    create_blueprint(&admin, blueprint("base")).await;
+    create_agent(
+        &admin,
+        agent_request("late-bot", "base", &["alice@example.com"]),
+    )
+    .await;
+    let next = tokio::time::timeout(Duration::from_secs(10), stream.message()).await;
+    assert!(
+        matches!(next, Ok(Ok(Some(_)))),
+        "the watch past the idle timeout delivers the next set: {next:?}"
+    );
+    println!(
+        "  measured: a client that only answered pings was closed after {took:?}; a watch \
+         open for {:?} was kept and delivered",
+        started.elapsed()
+    );
     fixture.stop().await;
 }
 

@@ -90,6 +90,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     integrity::the_audit_export_appends_every_event_once_with_its_digests,
     connections::silent_connections_are_closed_after_the_handshake_timeout_and_the_cap_refuses_at_once,
     connections::a_client_silent_after_its_tls_handshake_is_closed_at_the_idle_timeout,
+    connections::a_client_that_only_answers_pings_is_closed_at_the_idle_timeout_and_a_watching_host_is_kept,
     connections::failed_authentications_from_one_source_are_throttled,
     connections::shutdown_with_watching_hosts_completes_within_seconds_and_watchers_see_unavailable,
     connections::sigterm_with_watching_hosts_exits_cleanly_within_seconds_and_hosts_resume,
