@@ -98,11 +98,6 @@ impl Connections {
         self.lock().get(&peer).map(Calls::begin)
     }
 
-    /// Connections registered now.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
     /// Whether none is registered.
     pub fn is_empty(&self) -> bool {
         self.lock().is_empty()

@@ -157,7 +157,7 @@ impl State {
 
     /// Splits the discovery rules into the kernel's (by executable) and userspace's (by hash,
     /// by script).
-    pub(super) fn discovery_tables(
+    fn discovery_tables(
         &mut self,
         compiled: &CompiledPolicy,
     ) -> (
@@ -195,7 +195,7 @@ impl State {
     }
 
     /// The kernel's network tables for `compiled`, stamped with `version`.
-    pub(super) fn net_tables(&mut self, compiled: &CompiledPolicy, version: u32) -> NetTables {
+    fn net_tables(&mut self, compiled: &CompiledPolicy, version: u32) -> NetTables {
         let mut tables = NetTables::default();
         for agent in &compiled.agents {
             let Some(network) = &agent.network else {
@@ -225,7 +225,7 @@ impl State {
     }
 
     /// The kernel's file rules for `compiled`, and the numbers of those that protect secrets.
-    pub(super) fn file_rules(&mut self, compiled: &CompiledPolicy) -> (FileEntries, HashSet<u32>) {
+    fn file_rules(&mut self, compiled: &CompiledPolicy) -> (FileEntries, HashSet<u32>) {
         let mut entries = FileEntries::default();
         let mut sensitive = HashSet::new();
         let (mut scan_entries, mut scan_marks) =
@@ -328,10 +328,7 @@ impl State {
 
     /// The kernel's exec settings for `compiled`: one entry per agent (an agent without one
     /// would be denied anonymous execs all the same, but reported under no rule).
-    pub(super) fn exec_agents(
-        &mut self,
-        compiled: &CompiledPolicy,
-    ) -> Vec<(u32, agentd_common::ExecAgent)> {
+    fn exec_agents(&mut self, compiled: &CompiledPolicy) -> Vec<(u32, agentd_common::ExecAgent)> {
         let rule = self.registry.intern_rule(ANONYMOUS_EXEC_RULE);
         compiled
             .agents

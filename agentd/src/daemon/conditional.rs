@@ -22,7 +22,7 @@ impl State {
     /// Puts a Conditional Access decision set in force: kernel tables first (grants before the
     /// flags that restrict), then file-write blocks, then the set is kept on disk. On any error
     /// the previous set stays in force and the error is returned. Returns notice lines.
-    pub(super) fn apply_decisions(
+    fn apply_decisions(
         &mut self,
         mut set: DecisionSet,
         format: OutputFormat,
@@ -121,10 +121,7 @@ impl State {
     /// Writes a decision set's kernel tables: file controls first (they join the local rules'
     /// entries), then the network tables; if the network refuses, the file entries go back, so
     /// the previous set stays whole.
-    pub(super) fn write_ca_tables(
-        &mut self,
-        tables: &conditional::CaTables,
-    ) -> Result<(), RequestError> {
+    fn write_ca_tables(&mut self, tables: &conditional::CaTables) -> Result<(), RequestError> {
         let (names, entries) = (&self.file_entries.names, &self.file_entries.entries);
         self.files.set_rules(
             &conditional::merge_file_rules(&self.file_entries.objects, &tables.files),
@@ -147,10 +144,7 @@ impl State {
 
     /// Denies the file writes of agents the decisions block, and lifts it from those no longer
     /// blocked unless an admin or the risk engine quarantined them.
-    pub(super) fn block_file_writes(
-        &mut self,
-        now_blocked: &HashSet<u32>,
-    ) -> Result<(), RequestError> {
+    fn block_file_writes(&mut self, now_blocked: &HashSet<u32>) -> Result<(), RequestError> {
         let manual: HashSet<u32> = self.net.quarantined()?.into_iter().collect();
         let rule = self.registry.intern_rule("conditional-access/block");
         for index in now_blocked.union(&self.ca.blocked) {
@@ -293,11 +287,7 @@ impl State {
 
 /// The notices for a decision set coming into force: "would block" for report-only policies
 /// that would block or quarantine an agent, and the set itself.
-pub(super) fn decision_notices(
-    set: &DecisionSet,
-    agents: usize,
-    format: OutputFormat,
-) -> Vec<String> {
+fn decision_notices(set: &DecisionSet, agents: usize, format: OutputFormat) -> Vec<String> {
     let mut notices = Vec::new();
     for decision in &set.decisions {
         if let Some(action @ (conditional::Action::Block | conditional::Action::Quarantine)) =

@@ -47,7 +47,7 @@ impl State {
     /// A process the kernel could not tag (`TagLost`) must not run as nobody's: agentd tags it
     /// from userspace; if that fails too, it kills the process; either way it quarantines the
     /// agent (docs/identity.md, "When a tag cannot be stored").
-    pub(super) fn fail_closed(&mut self, event: &Event) {
+    fn fail_closed(&mut self, event: &Event) {
         let Event::TagLost(lost) = event else { return };
         let Some(name) = self
             .registry
@@ -79,7 +79,7 @@ impl State {
     }
 
     /// Userspace discovery for an exec that the kernel left untagged.
-    pub(super) fn discover(&mut self, event: &mut Event) {
+    fn discover(&mut self, event: &mut Event) {
         let Event::Exec(exec) = event else { return };
         if exec.tag.agent != 0 || self.userspace_rules.is_empty() {
             return;

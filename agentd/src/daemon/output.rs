@@ -16,29 +16,29 @@ use crate::{
 
 /// One JSON line: the event with the schema version and, for agents' processes, the agent.
 #[derive(Serialize)]
-pub(super) struct JsonLine<'a> {
-    pub(super) version: u32,
+struct JsonLine<'a> {
+    version: u32,
     #[serde(flatten)]
-    pub(super) event: &'a Event,
+    event: &'a Event,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) agent: Option<&'a AgentRef>,
+    agent: Option<&'a AgentRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) tag: Option<&'a TagInfo>,
+    tag: Option<&'a TagInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) looks_like: Option<&'static str>,
+    looks_like: Option<&'static str>,
     /// For connections: the rule that decided.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) rule: Option<&'a str>,
+    rule: Option<&'a str>,
     /// `threat-intel` for a blocklist hit.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) alert: Option<&'static str>,
+    alert: Option<&'static str>,
     /// For agents' processes: the parent, grandparent... nearest first.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    pub(super) lineage: &'a [Ancestor],
+    lineage: &'a [Ancestor],
 }
 
 /// Writes one event line with its context, in `format`, newline included.
-pub(super) fn write_event(
+fn write_event(
     out: &mut impl std::io::Write,
     format: OutputFormat,
     event: &Event,
@@ -84,16 +84,16 @@ pub(super) fn write_event(
 
 /// Where events and notices go, in the configured format, and the alarm about lost events.
 pub(super) struct Output {
-    pub(super) sink: Box<dyn sink::Sink>,
+    sink: Box<dyn sink::Sink>,
     pub(super) format: OutputFormat,
-    pub(super) line: Vec<u8>,
+    line: Vec<u8>,
     /// Notice lines waiting for the next flush.
     pub(super) notices: Vec<String>,
-    pub(super) losses: LossAlarm,
+    losses: LossAlarm,
     /// Writes that failed (a closed stdout, a full disk): counted and logged, never fatal, so
     /// that agentd keeps enforcing and reaches its exit path.
     pub(super) errors: u64,
-    pub(super) last_error_logged: Option<std::time::Instant>,
+    last_error_logged: Option<std::time::Instant>,
 }
 
 impl Output {
@@ -116,7 +116,7 @@ impl Output {
     }
 
     /// Counts a failed write and logs it (at most once every ten seconds, with the count).
-    pub(super) fn failed(&mut self, err: &std::io::Error) {
+    fn failed(&mut self, err: &std::io::Error) {
         self.errors += 1;
         let now = std::time::Instant::now();
         if self
@@ -183,14 +183,14 @@ impl Output {
 
 /// Raises the alarm about lost events at most once per interval, with what was lost since the
 /// last alarm.
-pub(super) struct LossAlarm {
-    pub(super) interval: Duration,
-    pub(super) reported: u64,
-    pub(super) last: Option<std::time::Instant>,
+struct LossAlarm {
+    interval: Duration,
+    reported: u64,
+    last: Option<std::time::Instant>,
 }
 
 impl LossAlarm {
-    pub(super) fn new(interval: Duration) -> Self {
+    fn new(interval: Duration) -> Self {
         Self {
             interval,
             reported: 0,
@@ -199,7 +199,7 @@ impl LossAlarm {
     }
 
     /// With the kernel's drop count now: what to report, if anything.
-    pub(super) fn check(&mut self, dropped: u64) -> Option<u64> {
+    fn check(&mut self, dropped: u64) -> Option<u64> {
         if dropped <= self.reported {
             return None;
         }

@@ -34,7 +34,7 @@ pub(super) fn protect_own_files(
 /// agentd's own files and the access no agent gets to them: its configuration, policy, state
 /// (credentials, kept decisions), pins and event output may be neither read nor written; its
 /// binary may not be written (agents may run `agentd whoami`).
-pub(super) fn protected_paths(config: &Config) -> Vec<(PathBuf, u32)> {
+fn protected_paths(config: &Config) -> Vec<(PathBuf, u32)> {
     let all = file_access::READ | file_access::WRITE;
     let mut paths = vec![
         (config.bpf.pin_path.clone(), all),

@@ -39,7 +39,7 @@ pub(super) async fn start_metrics(
 }
 
 /// Serves `GET /metrics` until the task is aborted.
-pub(super) async fn serve_metrics(listener: tokio::net::TcpListener, calls: mpsc::Sender<Call>) {
+async fn serve_metrics(listener: tokio::net::TcpListener, calls: mpsc::Sender<Call>) {
     pub(super) async fn scrape(
         axum::extract::State(calls): axum::extract::State<mpsc::Sender<Call>>,
     ) -> Result<([(axum::http::header::HeaderName, &'static str); 1], String), axum::http::StatusCode>
@@ -115,7 +115,7 @@ pub(super) fn bind(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> 
 }
 
 /// Reads one request line, with a deadline so that a silent client cannot hold a task forever.
-pub(super) async fn read_request(stream: &mut UnixStream) -> Option<String> {
+async fn read_request(stream: &mut UnixStream) -> Option<String> {
     let mut line = String::new();
     let mut reader = BufReader::new(stream);
     let read = reader.read_line(&mut line);
@@ -141,7 +141,7 @@ pub(super) async fn answer(
 }
 
 /// Answers a request that will not be served with an error line.
-pub(super) async fn refuse(stream: &mut UnixStream, error: String) {
+async fn refuse(stream: &mut UnixStream, error: String) {
     let line = format!("{}\n", Reply::<()>::err(error).to_line());
     let _ = stream.write_all(line.as_bytes()).await;
 }
