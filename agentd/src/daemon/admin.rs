@@ -180,7 +180,7 @@ impl State {
     }
 
     /// Each sensor's state (docs/operations.md, "Health").
-    pub(super) fn sensor_health(&self) -> Vec<api::SensorHealth> {
+    fn sensor_health(&self) -> Vec<api::SensorHealth> {
         let lsm_unavailable = match &self.file_enforcement {
             FileEnforcement::Available => None,
             FileEnforcement::Unavailable(why) => Some(why.as_str()),
@@ -266,7 +266,7 @@ impl State {
         })
     }
 
-    pub(super) fn handle_admin(&mut self, request: AdminRequest) -> String {
+    fn handle_admin(&mut self, request: AdminRequest) -> String {
         match request {
             AdminRequest::Status => self.status().map_or_else(Reply::err, Reply::ok).to_line(),
             AdminRequest::Ps => self.ps().map_or_else(Reply::err, Reply::ok).to_line(),
@@ -334,7 +334,7 @@ pub(super) fn handle_call(
             let answer = peer
                 .map_err(RequestError::from)
                 .and_then(|peer| state.whoami(&peer))
-                .map_err(|err| err.describe());
+                .map_err(RequestError::describe);
             let _ = reply.send(answer.map_or_else(Reply::err, Reply::ok).to_line());
         }
         Call::Metrics(reply) => {

@@ -2,7 +2,7 @@
 //! (an admin or identity call, a decision set) and leaves the daemon running. Both stay typed
 //! until the socket or the notice that reports them.
 
-use std::{error::Error as _, path::PathBuf};
+use std::path::PathBuf;
 
 use crate::{
     conditional::DecisionError, ebpf::LoadError, events::ReaderError,
@@ -73,14 +73,7 @@ pub enum RequestError {
 
 impl RequestError {
     /// The error with its causes, `: `-separated, as a socket answers it or a notice says it.
-    pub fn describe(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = self.source();
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
+    pub fn describe(self) -> String {
+        format!("{:#}", anyhow::Error::from(self))
     }
 }

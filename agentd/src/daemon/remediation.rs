@@ -108,20 +108,20 @@ impl State {
                     .or_default() += 1;
             }
             let name = self.agent_name(agent);
-            if let Err(err) = &result {
-                tracing::error!(
-                    agent = name,
-                    ?remediation,
-                    err = err.describe(),
-                    "remediation failed"
-                );
-            }
+            let outcome = match result {
+                Ok(()) => "done".to_owned(),
+                Err(err) => {
+                    let err = err.describe();
+                    tracing::error!(agent = name, ?remediation, err, "remediation failed");
+                    err
+                }
+            };
             notices.push(notice_line(
                 &Notice::Remediation {
                     agent_name: &name,
                     remediation,
                     latency_ns,
-                    result: result.map_or_else(|err| err.describe(), |()| "done".to_owned()),
+                    result: outcome,
                 },
                 format,
             ));
@@ -163,7 +163,7 @@ impl State {
     }
 
     /// Kills every process tagged with `agent`.
-    pub(super) fn kill_agent(&mut self, agent: AgentId) -> Result<(), RequestError> {
+    fn kill_agent(&mut self, agent: AgentId) -> Result<(), RequestError> {
         let name = self.agent_name(agent);
         let found = self.agent_named(&name)?;
         let index = self.registry.intern_agent(&found);
