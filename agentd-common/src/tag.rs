@@ -82,8 +82,25 @@ pub mod tag_stats {
     pub const OVER_CAP: u32 = 1;
     /// A new process of an agent at its cap was refused with `EAGAIN` (BPF LSM `task_alloc`).
     pub const REFUSED: u32 = 2;
+    /// A process tagged while it ran could not be marked in `LATE_TAGGED` (map full): its
+    /// descriptors from before the tag are judged only once agentd has listed them.
+    pub const LATE_LOST: u32 = 3;
     /// Number of slots.
-    pub const LEN: u32 = 3;
+    pub const LEN: u32 = 4;
+}
+
+/// Slots of the `LATE_TAGS` array, which says whether a process tagged while it ran is still
+/// waiting for agentd to list the descriptors it held (`LATE_TAGGED`).
+pub mod late_tags {
+    /// Marks the kernel has made (it only adds).
+    pub const MARKED: u32 = 0;
+    /// The mark count agentd has settled up to; agentd writes [`PENDING`] here when it marks
+    /// a process itself.
+    pub const SETTLED: u32 = 1;
+    /// Never a mark count: "agentd marked a process and has not settled it yet".
+    pub const PENDING: u64 = u64::MAX;
+    /// Number of slots.
+    pub const LEN: u32 = 2;
 }
 
 /// How many agents the per-agent counters (`AGENT_PROCS`, `AGENT_PROCS_USER`) have slots for,

@@ -14,7 +14,7 @@ use aya_ebpf::{
 use crate::{
     events::{header, reserve, wakeup},
     kernel::{file_inode_key, offsets, read_field},
-    tagging::{cgroup_tag, discovery_tag, set_tag, tag_of},
+    tagging::{cgroup_tag, discovery_tag, mark_late, set_tag, tag_of},
 };
 
 /// Arguments of the `sched_process_exec` tracepoint:
@@ -60,6 +60,8 @@ fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<(), ()> {
             Some(tag) => {
                 if set_tag(tgid, &tag) {
                     flags |= ExecEvent::FLAG_NEWLY_TAGGED;
+                    // Descriptors it kept across the exec were opened untagged.
+                    mark_late(tgid);
                 }
                 tag
             }

@@ -4,7 +4,10 @@
 //! descriptor an agent opened before a rule applied, or before it was quarantined, is refused
 //! from then on. Userspace fills the list, after each change of the rules, with the files that
 //! agents' processes hold open at that moment; files opened later were judged at their open.
-//! While the list is empty every read and write pays one array lookup.
+//! A process tagged while it ran (an exec or a fork that tagged it, or agentd tagging it) holds
+//! descriptors it opened untagged: until agentd has listed them, every read and write it makes
+//! is judged (`tagging::LATE_TAGGED`). While the list is empty and no such process is pending,
+//! every read and write pays three array reads.
 //!
 //! A descriptor can also reach an agent without an open by it: passed over a unix socket
 //! (`SCM_RIGHTS`) or taken from another process (`pidfd_getfd`). Both go through
@@ -13,6 +16,7 @@
 
 use agentd_common::{FileHook, InodeKey, file_access};
 use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
     macros::{lsm, map},
     maps::{Array, HashMap},
     programs::LsmContext,
@@ -22,6 +26,7 @@ use crate::{
     file_rules::{Access, current_agent, decide, path_kind},
     files::access_of,
     kernel::{file_inode_key, offsets, read_field},
+    tagging::{is_late, late_tags_pending},
     walk::file_walk_start,
 };
 
@@ -115,9 +120,10 @@ pub fn file_held(ctx: LsmContext) -> i32 {
 }
 
 fn try_file_held(ctx: &LsmContext) -> Result<i32, i32> {
-    match HELD_COUNT.get(0) {
-        Some(count) if *count != 0 => {}
-        _ => return Ok(0),
+    let held = HELD_COUNT.get(0).is_some_and(|count| *count != 0);
+    let late = late_tags_pending();
+    if !held && !late {
+        return Ok(0);
     }
     let mask: i32 = ctx.arg(1);
     let mut access = 0;
@@ -133,7 +139,9 @@ fn try_file_held(ctx: &LsmContext) -> Result<i32, i32> {
     let offsets = offsets();
     let file: *const u8 = ctx.arg(0);
     let key = file_inode_key(&offsets, file).map_err(|_| 0)?;
-    if HELD_FILES.get_ptr(key).is_none() {
+    let listed = held && HELD_FILES.get_ptr(key).is_some();
+    // A process tagged while it ran, whose descriptors agentd has not listed yet: every file.
+    if !listed && !(late && is_late((bpf_get_current_pid_tgid() >> 32) as u32)) {
         return Ok(0);
     }
     let Some(agent) = current_agent() else {

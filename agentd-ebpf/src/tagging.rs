@@ -9,7 +9,8 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use agentd_common::{
-    AgentTag, DiscoveryMatch, EventKind, InodeKey, MAX_AGENTS, ProcessEvent, TagSource, tag_stats,
+    AgentTag, DiscoveryMatch, EventKind, InodeKey, MAX_AGENTS, ProcessEvent, TagSource, late_tags,
+    tag_stats,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -59,6 +60,21 @@ pub static CGROUP_AGENT: HashMap<u64, AgentTag> = HashMap::with_max_entries(4_09
 pub static DISCOVERY_INODES: HashMap<InodeKey, DiscoveryMatch> =
     HashMap::with_max_entries(4_096, 0);
 
+/// Processes tagged while they ran: at an exec that an agent's cgroup or a discovery rule
+/// tagged, at a fork whose untagged parent was in an agent's cgroup (parent and child), or by
+/// agentd (userspace discovery, processes found in a cgroup at apply). Their descriptors were
+/// opened before the tag, so until agentd has listed those files in `HELD_FILES`,
+/// `file_permission` judges every read and write they make. tgid → 1. 16,384: agentd settles
+/// the list after each batch of events.
+#[map]
+pub static LATE_TAGGED: HashMap<u32, u32> = HashMap::with_max_entries(16_384, 0);
+
+/// `[late_tags::MARKED]`: how many marks the kernel has made in `LATE_TAGGED` (it only adds);
+/// `[late_tags::SETTLED]`: the mark count agentd has settled up to (agentd writes it, and
+/// writes `late_tags::PENDING` when it marks a process itself). Equal: nothing is pending.
+#[map]
+pub static LATE_TAGS: Array<u64> = Array::with_max_entries(late_tags::LEN, 0);
+
 /// Per-CPU counters; slots are `agentd_common::tag_stats`.
 #[map]
 pub static TAG_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(tag_stats::LEN, 0);
@@ -103,6 +119,45 @@ pub fn set_tag(tgid: u32, tag: &AgentTag) -> bool {
     count(tag_stats::INSERT_FAILED);
     report(EventKind::TagLost, tgid, 0, tag, 0);
     false
+}
+
+/// Whether some process is marked in `LATE_TAGGED` and agentd has not settled it yet: while
+/// not, reads and writes pay two array reads.
+#[inline(always)]
+pub fn late_tags_pending() -> bool {
+    match (
+        LATE_TAGS.get(late_tags::MARKED),
+        LATE_TAGS.get(late_tags::SETTLED),
+    ) {
+        // SAFETY: both point into the array's memory; volatile, as the kernel and agentd
+        // change them behind this program.
+        (Some(marked), Some(settled)) => unsafe {
+            core::ptr::read_volatile(marked) != core::ptr::read_volatile(settled)
+        },
+        _ => false,
+    }
+}
+
+/// Whether `tgid` is marked as tagged while it ran and not settled yet.
+#[inline(always)]
+pub fn is_late(tgid: u32) -> bool {
+    // SAFETY: only presence is read.
+    unsafe { LATE_TAGGED.get(tgid) }.is_some()
+}
+
+/// Marks `tgid` as tagged while it ran. The entry goes in before the count moves, so that
+/// agentd, which reads the count before it lists the entries, never settles a count past an
+/// entry it did not see.
+#[inline(always)]
+pub fn mark_late(tgid: u32) {
+    if LATE_TAGGED.insert(tgid, 1, 0).is_err() {
+        count(tag_stats::LATE_LOST);
+        return;
+    }
+    if let Some(slot) = LATE_TAGS.get_ptr_mut(late_tags::MARKED) {
+        // SAFETY: a live, aligned u64 in the map's memory; a plain atomic add.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
+    }
 }
 
 #[inline(always)]
@@ -170,16 +225,24 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), ()> {
         return Ok(());
     }
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let child = child_tgid.cast_unsigned();
     let tag = if let Some(tag) = tag_of(parent) {
+        // The child holds its parent's descriptors: a parent not settled yet passes that on.
+        if late_tags_pending() && is_late(parent) {
+            mark_late(child);
+        }
         tag
     } else {
         // An untagged process in an agent's cgroup (moved there without an exec): tag it too.
+        // Both hold descriptors it opened before.
         let tag = cgroup_tag().ok_or(())?;
-        set_tag(parent, &tag);
+        if set_tag(parent, &tag) {
+            mark_late(parent);
+        }
+        mark_late(child);
         tag
     };
     let tag = tag.inherited();
-    let child = child_tgid.cast_unsigned();
     // Without BPF LSM (`task_alloc` below) the process exists already: it is tagged all the
     // same, never left unrestricted, and reported.
     let over_cap = at_cap(tag.agent);

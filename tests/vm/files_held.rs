@@ -219,3 +219,148 @@ fn descriptors_passed_to_an_agent_are_judged_as_it_receives_them() {
         })
     });
 }
+
+/// Reads `vault/secret` through descriptor 3 and `plain` through 4, which an untagged shell
+/// opened before this process was tagged, and prints what happened.
+const READ_HELD: &str = r#"if read -r x <&3; then r="secret=read"; else r="secret=denied"; fi
+if read -r x <&4; then r="$r plain=read"; else r="$r plain=denied"; fi
+echo "$r""#;
+
+/// Waits until `done` holds for every event agentd has printed so far, which `seen` keeps.
+fn events_until(
+    daemon: &Daemon,
+    seen: &mut Vec<serde_json::Value>,
+    what: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) {
+    wait_until(what, || {
+        seen.extend(
+            daemon
+                .events()
+                .iter()
+                .filter_map(|line| serde_json::from_str(line).ok()),
+        );
+        done(seen)
+    });
+}
+
+fn stdout_of(child: Child) -> String {
+    let out = child.wait_with_output().expect("the reader's output");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A process tagged while it runs holds descriptors it opened untagged: at an exec that a
+/// discovery rule tags (in the kernel), at an exec that agentd tags (a script rule, from
+/// userspace), and at a fork after it moved itself into an agent's cgroup. Its reads through
+/// them are judged by its agent's rules at once, before agentd has listed its files, and after.
+#[test]
+fn descriptors_a_process_opened_before_it_was_tagged_are_judged_by_its_rules() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let root = dir.path();
+    fs::create_dir(root.join("vault")).expect("vault");
+    // A line for each read: a read at the end of the file fails as a denial would.
+    fs::write(root.join("vault/secret"), "s1\ns2\n").expect("secret");
+    fs::write(root.join("plain"), "p1\np2\n").expect("plain");
+    // Named `sh`: the guest's sh may be busybox, which runs the applet its name says.
+    fs::create_dir(root.join("found")).expect("found");
+    let exe = root.join("found/sh");
+    fs::copy("/bin/sh", &exe).expect("a copy of sh for the discovery rule");
+    let wait_go = "while [ ! -e \"$1/go\" ]; do sleep 0.05; done";
+    // Reads at once (before agentd has listed its files) and again once told.
+    fs::write(
+        root.join("now-and-later.sh"),
+        format!("r1=$({READ_HELD})\n{wait_go}\nr2=$({READ_HELD})\necho \"$r1; $r2\"\n"),
+    )
+    .expect("the exec-tagged agent's script");
+    // Tagged only once agentd has seen its exec: reads when told.
+    let script = root.join("agent.sh");
+    fs::write(&script, format!("{wait_go}\n{READ_HELD}\n")).expect("the agent's script");
+    let vault = root.join("vault");
+    let (by_exec, by_script, by_cgroup) = ("late-exec", "late-script", "late-cgroup");
+    let mut document = String::new();
+    for agent in [by_exec, by_script, by_cgroup] {
+        document.push_str(&policy(agent, Some(&vault)));
+    }
+    use std::fmt::Write as _;
+    let _ = write!(
+        document,
+        "[[discovery]]\nid = \"by-exec\"\nagent = \"{by_exec}\"\npath = \"{}\"\n\
+         [[discovery]]\nid = \"by-script\"\nagent = \"{by_script}\"\ninterpreter = \"/bin/sh\"\n\
+         script = \"{}\"\n",
+        exe.display(),
+        script.display()
+    );
+    let daemon = Daemon::start(&document);
+    let cgroup = launch_cgroup(by_cgroup);
+    let root_s = root.to_str().expect("UTF-8 path");
+    let opened = r#"exec 3<"$1/vault/secret" 4<"$1/plain""#;
+    let run = |command: String| {
+        std::process::Command::new("sh")
+            .args(["-c", &command, "untagged", root_s])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the untagged shell")
+    };
+    let mut seen = Vec::new();
+
+    // Tagged in the kernel at the exec; the same script, run by the discovered copy of sh.
+    let exec = run(format!(
+        r#"{opened}; exec "$1/found/sh" "$1/now-and-later.sh" "$1""#
+    ));
+    // Tagged by agentd when it sees the exec of `/bin/sh SCRIPT`.
+    let scripted = run(format!(r#"{opened}; exec /bin/sh "$1/agent.sh" "$1""#));
+    for (child, agent) in [(&exec, by_exec), (&scripted, by_script)] {
+        daemon.wait_tagged(child.id(), agent);
+    }
+    let pids = [exec.id(), scripted.id()];
+    events_until(&daemon, &mut seen, "agentd saw both execs", |events| {
+        pids.iter().all(|pid| {
+            events
+                .iter()
+                .any(|e| e["kind"] == "exec" && e["pid"] == *pid && e["newly_tagged"] == true)
+        })
+    });
+    // A round trip through the daemon's loop: the batch that held the execs is done.
+    let _ = daemon.status();
+    fs::write(root.join("go"), "").expect("go");
+    let expected = "secret=denied plain=read";
+    assert_eq!(
+        stdout_of(exec),
+        format!("{expected}; {expected}"),
+        "exec-tagged\n{}",
+        daemon.log()
+    );
+    assert_eq!(
+        stdout_of(scripted),
+        expected,
+        "script-tagged\n{}",
+        daemon.log()
+    );
+
+    // Moved into the agent's cgroup untagged: the fork of the command substitution tags it.
+    let procs = cgroup.0.join("cgroup.procs");
+    let moved = run(format!(
+        r#"{opened}; echo $$ > "{}"; r=$({READ_HELD}); echo "$r""#,
+        procs.display()
+    ));
+    assert_eq!(
+        stdout_of(moved),
+        "secret=denied plain=read",
+        "tagged at a fork\n{}",
+        daemon.log()
+    );
+
+    for agent in [by_exec, by_script, by_cgroup] {
+        events_until(
+            &daemon,
+            &mut seen,
+            &format!("{agent}'s held denial"),
+            |events| {
+                denied(events, agent, "held", |e| {
+                    e["rule"] == format!("{agent}/vault") && e["path"] == "secret"
+                })
+            },
+        );
+    }
+}

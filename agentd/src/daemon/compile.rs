@@ -1,6 +1,6 @@
 //! Policy-to-table compilation: the identity policy turned into the sensors' kernel tables.
 
-use std::{collections::HashSet, path::Path};
+use std::collections::HashSet;
 
 use agentd_common::{
     AgentTag, DiscoveryMatch, NetAgentPolicy, TagSource, file_name_kind, net_action,
@@ -24,7 +24,6 @@ use crate::{
     },
     sensors::{
         files::{self},
-        files_held::{self},
         net::NetTables,
     },
 };
@@ -127,6 +126,7 @@ impl State {
             }
         }
         self.refresh_held();
+        self.settle_late();
         tracing::info!(
             agents = applied.agents,
             rules = applied.rules,
@@ -346,33 +346,5 @@ impl State {
                 )
             })
             .collect()
-    }
-
-    /// Lists the files agents' processes hold open now, so that the rules just written judge
-    /// their reads and writes too (`sensors::files_held`). Best effort: a failure is logged and
-    /// leaves the previous list.
-    pub(super) fn refresh_held(&mut self) {
-        if !self.held.active() {
-            return;
-        }
-        let pids: Vec<u32> = match self.process.tagged() {
-            Ok(tagged) => tagged.into_iter().map(|(pid, _)| pid).collect(),
-            Err(err) => {
-                tracing::warn!(%err, "listing tagged processes for their open files");
-                return;
-            }
-        };
-        let held =
-            files_held::held_files(Path::new("/proc"), &pids, files_held::HELD_FILES_CAPACITY);
-        if held.truncated {
-            tracing::warn!(
-                listed = held.files.len(),
-                "agents hold more open files than agentd lists; reads and writes of the rest \
-                 are judged at their next open only"
-            );
-        }
-        if let Err(err) = self.held.set(&held.files) {
-            tracing::warn!(%err, "writing the files agents hold open");
-        }
     }
 }

@@ -22,6 +22,8 @@ impl State {
         }
         output.flush();
         self.output_errors = output.errors;
+        // Execs and forks in this batch may have tagged running processes.
+        self.settle_late();
     }
 
     /// Tags `pid` and, where they are not tagged yet, the descendants it has already forked.

@@ -7,6 +7,7 @@ mod compile;
 mod conditional;
 mod enrich;
 mod error;
+mod held;
 mod intake;
 mod output;
 mod remediation;
@@ -44,6 +45,8 @@ impl State {
         if let Err(err) = self.persist_registry() {
             tracing::warn!(err = %anyhow::Error::from(err), "saving agent numbers to the pinned registry");
         }
+        // A backstop: each batch of events settles them too.
+        self.settle_late();
         let notices = self.ca_tick(output.format);
         output.notices.extend(notices);
         self.report_agents();

@@ -28,6 +28,8 @@ const FILES: &str = "HELD_FILES";
 const COUNT: &str = "HELD_COUNT";
 /// The size of `HELD_FILES`.
 pub const HELD_FILES_CAPACITY: usize = 16_384;
+/// Map update flag: only insert a key that is not there yet.
+const BPF_NOEXIST: u64 = 1;
 /// At most this many `/proc/PID/fd` entries are looked at per refresh, so that a refresh is
 /// bounded work however many descriptors agents hold.
 const FD_BUDGET: usize = 1_000_000;
@@ -84,6 +86,8 @@ pub fn held_files(proc_root: &Path, pids: &[u32], limit: usize) -> Held {
 pub struct HeldSensor {
     files: HashMap<MapData, InodeKey, u32>,
     count: Array<MapData, u32>,
+    /// What `count` says: the entries of `files`.
+    len: u32,
     missing: Vec<&'static str>,
 }
 
@@ -95,15 +99,18 @@ impl HeldSensor {
         links: &mut Links,
     ) -> Result<Self, SensorError> {
         let files = take_map(object, FILES)?;
-        let count = take_map(object, COUNT)?;
+        let count: Array<MapData, u32> = take_map(object, COUNT)?;
         let missing = if enforce || links.adopting() {
             attach_optional_lsm(object, &PROGRAMS, links)?
         } else {
             PROGRAMS.iter().map(|(_, hook)| *hook).collect()
         };
+        // Adopted maps keep their list until the next refresh.
+        let len: u32 = count.get(&0, 0).map_err(map_error(COUNT))?;
         Ok(Self {
             files,
             count,
+            len,
             missing,
         })
     }
@@ -117,7 +124,35 @@ impl HeldSensor {
             self.count.set(0, 0, 0).map_err(map_error(COUNT))?;
         }
         replace_all(&mut self.files, &want, FILES)?;
-        self.count.set(0, len, 0).map_err(map_error(COUNT))
+        self.count.set(0, len, 0).map_err(map_error(COUNT))?;
+        self.len = len;
+        Ok(())
+    }
+
+    /// Adds `files` to the held list (the next [`Self::set`] replaces it all). Returns how many
+    /// were new; a full list stops the adding with an error, keeping what was added.
+    pub fn add(&mut self, files: &[InodeKey]) -> Result<usize, SensorError> {
+        let mut added = 0;
+        let mut result = Ok(());
+        for key in files {
+            match self.files.insert(key, 1, BPF_NOEXIST) {
+                Ok(()) => added += 1,
+                Err(aya::maps::MapError::SyscallError(err))
+                    if err.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(err) => {
+                    result = Err(map_error(FILES)(err));
+                    break;
+                }
+            }
+        }
+        if added > 0 {
+            let len = self
+                .len
+                .saturating_add(u32::try_from(added).unwrap_or(u32::MAX));
+            self.count.set(0, len, 0).map_err(map_error(COUNT))?;
+            self.len = len;
+        }
+        result.map(|()| added)
     }
 
     /// Whether `file_permission` is attached: a refresh is pointless otherwise.

@@ -6,6 +6,7 @@ pub mod files;
 pub mod files_held;
 pub mod files_meta;
 mod files_unresolved;
+pub mod late_tags;
 pub mod net;
 pub mod process;
 pub mod protect;

@@ -12,7 +12,11 @@ use aya::{
     programs::{BtfTracePoint, Lsm},
 };
 
-use super::{SensorError, attach_error, load_error, map_error, replace_all, take_map};
+use super::{
+    SensorError, attach_error,
+    late_tags::{LateTags, Pending},
+    load_error, map_error, replace_all, take_map,
+};
 use crate::{ebpf::LoadedObject, pins::Links};
 
 const PROGRAMS: [&str; 3] = [
@@ -74,6 +78,8 @@ pub struct ProcessSensor {
     user_counts: Array<MapData, u64>,
     /// Whether new processes past an agent's cap are refused (`task_alloc`, BPF LSM).
     refuses_over_cap: bool,
+    /// Processes tagged while they ran, until their open files are listed.
+    late: LateTags,
 }
 
 impl ProcessSensor {
@@ -89,6 +95,7 @@ impl ProcessSensor {
         let discovery = take_map(object, DISCOVERY_INODES)?;
         let stats = take_map(object, TAG_STATS)?;
         let user_counts = take_map(object, AGENT_PROCS_USER)?;
+        let late = LateTags::take(object)?;
         let LoadedObject { ebpf, btf, .. } = object;
         // Fork and exit first, so that no process exec'd after the exec hook starts tagging
         // can fork untracked or leave a stale tag.
@@ -129,6 +136,7 @@ impl ProcessSensor {
             stats,
             user_counts,
             refuses_over_cap,
+            late,
         })
     }
 
@@ -167,10 +175,14 @@ impl ProcessSensor {
     }
 
     /// Tags process `pid` unless it already carries a tag. Returns whether it was tagged now.
+    /// A running process holds descriptors it opened untagged: it is marked first
+    /// ([`Self::late_pending`]), so that the kernel judges its reads and writes until they are
+    /// listed.
     pub fn tag(&mut self, pid: u32, tag: AgentTag) -> Result<bool, SensorError> {
         if self.tag_of(pid)?.is_some() {
             return Ok(false);
         }
+        self.late.mark(pid)?;
         // BPF_NOEXIST: the kernel may have tagged it meanwhile, and its tag wins.
         match self.task_agent.insert(pid, tag, BPF_NOEXIST) {
             Ok(()) => {
@@ -188,6 +200,17 @@ impl ProcessSensor {
 
     pub fn tag_of(&self, pid: u32) -> Result<Option<AgentTag>, SensorError> {
         lookup(&self.task_agent, pid)
+    }
+
+    /// Processes tagged while they ran whose open files are not listed yet, if any.
+    pub fn late_pending(&self) -> Result<Option<Pending>, SensorError> {
+        self.late.pending()
+    }
+
+    /// `pending`'s open files are listed (or they are gone): the kernel stops judging every
+    /// read and write they make.
+    pub fn settle_late(&mut self, pending: &Pending) -> Result<(), SensorError> {
+        self.late.settle(pending)
     }
 
     /// A read-only handle on the tag map for a task that must check tags without a round trip

@@ -1,0 +1,75 @@
+//! Descriptors that agents opened before a rule applied or before they were tagged: the state
+//! lists the files agents' processes hold open (`sensors::files_held`) after each change of the
+//! rules, and after a process is tagged while it ran (`sensors::late_tags`).
+
+use std::path::Path;
+
+use super::state::State;
+use crate::sensors::files_held;
+
+impl State {
+    /// Lists the files agents' processes hold open now, so that the rules just written judge
+    /// their reads and writes too (`sensors::files_held`). Best effort: a failure is logged and
+    /// leaves the previous list.
+    pub(super) fn refresh_held(&mut self) {
+        if !self.held.active() {
+            return;
+        }
+        let pids: Vec<u32> = match self.process.tagged() {
+            Ok(tagged) => tagged.into_iter().map(|(pid, _)| pid).collect(),
+            Err(err) => {
+                tracing::warn!(%err, "listing tagged processes for their open files");
+                return;
+            }
+        };
+        let held =
+            files_held::held_files(Path::new("/proc"), &pids, files_held::HELD_FILES_CAPACITY);
+        if held.truncated {
+            tracing::warn!(
+                listed = held.files.len(),
+                "agents hold more open files than agentd lists; reads and writes of the rest \
+                 are judged at their next open only"
+            );
+        }
+        if let Err(err) = self.held.set(&held.files) {
+            tracing::warn!(%err, "writing the files agents hold open");
+        }
+    }
+
+    /// Lists the open files of processes tagged while they ran (an exec or fork that tagged
+    /// them in the kernel, or agentd tagging them), then settles them: until then the kernel
+    /// judges every read and write they make. Cheap when nothing is pending (two array reads).
+    pub(super) fn settle_late(&mut self) {
+        let pending = match self.process.late_pending() {
+            Ok(Some(pending)) => pending,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(%err, "reading the processes tagged while they ran");
+                return;
+            }
+        };
+        if self.held.active() {
+            let held = files_held::held_files(
+                Path::new("/proc"),
+                &pending.pids,
+                files_held::HELD_FILES_CAPACITY,
+            );
+            if let Err(err) = self.held.add(&held.files) {
+                // Left pending: their reads and writes stay judged one by one.
+                tracing::warn!(%err, processes = pending.pids.len(), "listing the files of processes tagged while they ran");
+                return;
+            }
+            if held.truncated {
+                tracing::warn!(
+                    processes = pending.pids.len(),
+                    "processes tagged while they ran hold more open files than agentd lists; \
+                     left judged one by one"
+                );
+                return;
+            }
+        }
+        if let Err(err) = self.process.settle_late(&pending) {
+            tracing::warn!(%err, "settling the processes tagged while they ran");
+        }
+    }
+}
