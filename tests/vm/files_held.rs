@@ -255,6 +255,7 @@ fn stdout_of(child: Child) -> String {
 /// them are judged by its agent's rules at once, before agentd has listed its files, and after.
 #[test]
 fn descriptors_a_process_opened_before_it_was_tagged_are_judged_by_its_rules() {
+    use std::fmt::Write as _;
     let dir = tempfile::tempdir().expect("temporary directory");
     let root = dir.path();
     fs::create_dir(root.join("vault")).expect("vault");
@@ -281,7 +282,6 @@ fn descriptors_a_process_opened_before_it_was_tagged_are_judged_by_its_rules() {
     for agent in [by_exec, by_script, by_cgroup] {
         document.push_str(&policy(agent, Some(&vault)));
     }
-    use std::fmt::Write as _;
     let _ = write!(
         document,
         "[[discovery]]\nid = \"by-exec\"\nagent = \"{by_exec}\"\npath = \"{}\"\n\
