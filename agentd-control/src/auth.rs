@@ -75,6 +75,7 @@ methods! {
         WatchDecisions => [Host],
         AckDecisions => [Host],
         ReportDetections => [Host],
+        SignAgentSvid => [Host],
     }
     "PolicyService" {
         CreatePolicy => [Admin],

@@ -160,6 +160,46 @@ impl CertificateAuthority {
         Ok((cert.pem(), serial))
     }
 
+    /// Signs an agent's X.509-SVID from its CSR: the certificate's one URI SAN is
+    /// `spiffe_id`, whatever the CSR asked for; it has no subject common name, so it can never
+    /// pass for a host certificate (`host_id_of`); it is a leaf for TLS on both ends. Returns
+    /// the PEM and the serial number.
+    pub fn sign_svid_csr(
+        &self,
+        csr_pem: &str,
+        spiffe_id: &str,
+        not_before: UnixTime,
+        not_after: UnixTime,
+    ) -> Result<(String, String)> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|err| {
+            Error::invalid("csr_pem", format!("is not a valid PKCS#10 CSR: {err}"))
+        })?;
+        let uri = spiffe_id
+            .to_owned()
+            .try_into()
+            .map_err(cert_error("SPIFFE ID"))?;
+        let mut params = Self::leaf_params("", vec![SanType::URI(uri)], not_before, not_after)?;
+        params.distinguished_name = DistinguishedName::new();
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+            KeyUsagePurpose::KeyAgreement,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let serial = params
+            .serial_number
+            .as_ref()
+            .map(|s| hex::encode(s.to_bytes()))
+            .unwrap_or_default();
+        let cert = params
+            .signed_by(&csr.public_key, &self.issuer)
+            .map_err(cert_error("signing the X.509-SVID"))?;
+        Ok((cert.pem(), serial))
+    }
+
     /// Issues a client certificate for `common_name` with a fresh key, valid between the given
     /// times (tests use it for expired certificates; hosts normally send a CSR).
     pub fn issue_client(

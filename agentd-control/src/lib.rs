@@ -8,6 +8,7 @@ pub mod audit_export;
 pub mod auth;
 pub mod ca;
 pub mod clock;
+pub mod credentials;
 pub mod decisions;
 pub mod duties;
 pub mod error;

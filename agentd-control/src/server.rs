@@ -11,6 +11,7 @@ use crate::{
     api::{ControlPlane, DecisionOptions},
     ca::CertificateAuthority,
     clock::Clock,
+    credentials::CredentialOptions,
     error::{Error, Result},
     listener::{BoundedIncoming, ConnectionLimits},
     proto::{
@@ -40,6 +41,8 @@ pub struct ServerOptions {
     /// How long shutdown waits for in-flight calls once every watch has ended; `None`: the
     /// default, [`DEFAULT_DRAIN_TIMEOUT`].
     pub drain_timeout: Option<Duration>,
+    /// The trust domain and SVID lifetimes of agents' credentials.
+    pub credentials: CredentialOptions,
 }
 
 /// How long shutdown waits for in-flight calls by default.
@@ -86,7 +89,8 @@ impl Server {
         };
         let control =
             ControlPlane::new(store, clock, Arc::new(ca), tls.is_some(), options.decisions)
-                .with_auth_throttle(options.auth_throttle);
+                .with_auth_throttle(options.auth_throttle)
+                .with_credentials(options.credentials);
         Ok(Self {
             control,
             tls,

@@ -169,6 +169,7 @@ async fn call(fixture: &Fixture, selector: u8, body: &[u8]) {
         AccessService::revoke_access_package(RevokeAccessPackageRequest, admin),
         AccessService::get_access_package(GetAccessPackageRequest, admin),
         AccessService::list_access_packages(ListAccessPackagesRequest, admin),
+        HostService::sign_agent_svid(SignAgentSvidRequest, host),
     );
 }
 

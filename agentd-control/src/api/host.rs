@@ -305,6 +305,16 @@ impl HostService for ControlPlane {
             risk_levels,
         }))
     }
+
+    async fn sign_agent_svid(
+        &self,
+        request: Request<proto::SignAgentSvidRequest>,
+    ) -> Result<Response<proto::SignAgentSvidResponse>, Status> {
+        let caller = self.authorize(&request, Method::SignAgentSvid).await?;
+        ControlPlane::sign_agent_svid(self, &caller, request.into_inner())
+            .await
+            .map(Response::new)
+    }
 }
 
 impl ControlPlane {

@@ -5,6 +5,7 @@ mod access;
 mod audit;
 mod auth;
 mod batch;
+mod credential;
 mod decision;
 mod governance;
 mod host;
@@ -27,6 +28,7 @@ use crate::{
     auth::Method,
     ca::CertificateAuthority,
     clock::{Clock, UnixTime},
+    credentials::CredentialOptions,
     error::Error,
     model::Role,
     proto,
@@ -81,6 +83,8 @@ pub struct ControlPlane {
     throttle: Arc<AuthThrottle>,
     /// Set when the server shuts down: every decision watch ends with UNAVAILABLE.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The trust domain and SVID lifetimes (`crate::credentials`).
+    credentials: Arc<CredentialOptions>,
 }
 
 impl ControlPlane {
@@ -103,7 +107,15 @@ impl ControlPlane {
             acks: Arc::default(),
             throttle: Arc::new(AuthThrottle::new(ThrottleOptions::default())),
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
+            credentials: Arc::default(),
         }
+    }
+
+    /// The same, with this trust domain and these SVID lifetimes.
+    #[must_use]
+    pub fn with_credentials(mut self, options: CredentialOptions) -> Self {
+        self.credentials = Arc::new(options);
+        self
     }
 
     /// The same, with this throttle on failed authentication.

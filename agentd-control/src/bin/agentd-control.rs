@@ -7,6 +7,7 @@ use agentd_control::{
     audit_export::AuditExport,
     ca::CertificateAuthority,
     clock::{Clock as _, SystemClock},
+    credentials::{self, CredentialOptions},
     listener::ConnectionLimits,
     model::Role,
     server::{Server, ServerOptions},
@@ -115,6 +116,13 @@ enum Command {
         /// has been ended (with UNAVAILABLE, on which hosts reconnect).
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         drain_timeout: Duration,
+        /// The SPIFFE trust domain of agents' credentials: an agent's SPIFFE ID is
+        /// spiffe://TRUST_DOMAIN/agent/AGENT_ID (docs/credentials.md).
+        #[arg(long, default_value = credentials::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: credentials::TrustDomain,
+        /// How long an agent's X.509-SVID is valid (2m to 7d); hosts renew at half-life.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        x509_svid_ttl: Duration,
     },
     /// Create an API token directly in the database (to bootstrap the first admin). Prints the
     /// secret once.
@@ -188,7 +196,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             auth_failure_window,
             auth_block,
             drain_timeout,
+            trust_domain,
+            x509_svid_ttl,
         } => {
+            let x509_svid_ttl = i64::try_from(x509_svid_ttl.as_secs()).unwrap_or(i64::MAX);
+            if !credentials::X509_SVID_TTL_RANGE.contains(&x509_svid_ttl) {
+                anyhow::bail!(
+                    "--x509-svid-ttl: {x509_svid_ttl}s is outside {}s..={}s",
+                    credentials::X509_SVID_TTL_RANGE.start(),
+                    credentials::X509_SVID_TTL_RANGE.end()
+                );
+            }
             let connections = ConnectionLimits {
                 max_connections,
                 handshake_timeout,
@@ -223,6 +241,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ..ThrottleOptions::default()
                 },
                 drain_timeout: Some(drain_timeout),
+                credentials: CredentialOptions {
+                    trust_domain,
+                    x509_svid_ttl,
+                },
             };
             let server = Server::new(store.clone(), clock, options).await?;
             let listener = tokio::net::TcpListener::bind(listen)

@@ -6,6 +6,7 @@ pub mod access;
 mod audit;
 mod audit_chain;
 pub mod auth;
+pub mod credentials;
 mod governance;
 pub mod hosts;
 pub mod policies;

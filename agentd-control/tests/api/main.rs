@@ -19,6 +19,7 @@ mod bounded;
 mod cases;
 mod conditional_access;
 mod connections;
+mod credentials;
 mod duties;
 mod integrity;
 mod postgres;
@@ -38,6 +39,7 @@ macro_rules! tests {
 }
 
 const TESTS: &[(&str, TestFn)] = tests![
+    credentials::an_agent_svid_names_only_the_agent_and_is_signed_only_while_its_decision_allows,
     rbac::every_method_with_every_role_is_allowed_or_denied_as_documented,
     rbac::calls_without_a_valid_token_are_unauthenticated,
     cases::bad_input_is_invalid_argument_naming_the_field,

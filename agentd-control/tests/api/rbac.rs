@@ -61,6 +61,7 @@ const MATRIX: &[(&str, &[&str])] = &[
     ("HostService/WatchDecisions", &[HOST]),
     ("HostService/AckDecisions", &[HOST]),
     ("HostService/ReportDetections", &[HOST]),
+    ("HostService/SignAgentSvid", &[HOST]),
     ("PolicyService/CreatePolicy", &[ADMIN]),
     ("PolicyService/UpdatePolicy", &[ADMIN]),
     ("PolicyService/GetPolicy", &[ADMIN, AUDITOR]),
@@ -379,6 +380,22 @@ async fn call(method: &str, c: &Clients, o: &Objects) -> Result<(), Status> {
                     detect_time: None,
                     summary: String::new(),
                 }],
+            })
+            .await
+            .map(drop),
+        "HostService/SignAgentSvid" => c
+            .host()
+            .sign_agent_svid(SignAgentSvidRequest {
+                agent_id: o.agent_id.clone(),
+                csr_pem: {
+                    let key = rcgen::KeyPair::generate().expect("key");
+                    let params = rcgen::CertificateParams::new(Vec::new()).expect("params");
+                    params
+                        .serialize_request(&key)
+                        .expect("CSR")
+                        .pem()
+                        .expect("PEM")
+                },
             })
             .await
             .map(drop),

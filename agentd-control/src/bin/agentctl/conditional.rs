@@ -323,6 +323,18 @@ pub enum HostDecisionCommand {
         #[arg(long, default_value = "")]
         summary: String,
     },
+    /// Have the control plane sign an X.509-SVID for an agent of this host, from a CSR for the
+    /// agent's key (agentd does this itself; this is for checking the Conditional Access gate).
+    /// Prints the certificate PEM; `--bundle` writes the trust bundle to a file.
+    SignSvid {
+        agent_id: String,
+        /// A PKCS#10 CSR (PEM) for the agent's key, e.g. from `openssl req -new`.
+        #[arg(long, value_name = "FILE")]
+        csr: PathBuf,
+        /// Where to write the trust bundle (PEM).
+        #[arg(long, value_name = "FILE")]
+        bundle: Option<PathBuf>,
+    },
 }
 
 pub async fn host_decisions(
@@ -398,6 +410,22 @@ pub async fn host_decisions(
                 &response,
                 &format!("reported; agent {agent_id} risk is now {level}"),
             )
+        }
+        HostDecisionCommand::SignSvid {
+            agent_id,
+            csr,
+            bundle,
+        } => {
+            let csr_pem = std::fs::read_to_string(&csr)
+                .with_context(|| format!("reading the CSR {}", csr.display()))?;
+            let response =
+                call(client.sign_agent_svid(proto::SignAgentSvidRequest { agent_id, csr_pem }))
+                    .await?;
+            if let Some(bundle) = bundle {
+                std::fs::write(&bundle, &response.bundle_pem)
+                    .with_context(|| format!("writing the bundle {}", bundle.display()))?;
+            }
+            out.done(&response, response.certificate_pem.trim_end())
         }
     }
 }

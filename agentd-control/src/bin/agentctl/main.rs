@@ -168,6 +168,7 @@ mod tests {
             Method::WatchDecisions => &["host", "watch"],
             Method::AckDecisions => &["host", "ack"],
             Method::ReportDetections => &["host", "detect"],
+            Method::SignAgentSvid => &["host", "sign-svid"],
             Method::CreatePolicy => &["policy", "create"],
             Method::UpdatePolicy => &["policy", "update"],
             Method::GetPolicy => &["policy", "get"],

@@ -1,0 +1,138 @@
+//! `HostService.SignAgentSvid`: an agent's X.509-SVID, signed for the host that runs it, with
+//! Conditional Access at issuance (the agent's lifecycle and its current decision for that
+//! host).
+
+use tonic::Status;
+
+use super::{ControlPlane, timestamp, validate};
+use crate::{
+    auth::Method,
+    error::Error,
+    model::AgentState,
+    proto,
+    store::{auth::Caller, credentials::IssuedCredential},
+};
+
+/// A CSR larger than this is refused before it is parsed.
+const MAX_CSR_BYTES: usize = 16 * 1024;
+/// An SVID is valid from a minute before it is signed, for hosts whose clocks run behind.
+const BACKDATE: i64 = 60;
+
+impl ControlPlane {
+    pub(super) async fn sign_agent_svid(
+        &self,
+        caller: &Caller,
+        request: proto::SignAgentSvidRequest,
+    ) -> Result<proto::SignAgentSvidResponse, Status> {
+        let agent_id = validate::uuid("agent_id", &request.agent_id)?;
+        if request.csr_pem.trim().is_empty() {
+            return Err(Error::invalid("csr_pem", "is required (a PKCS#10 CSR, PEM)").into());
+        }
+        if request.csr_pem.len() > MAX_CSR_BYTES {
+            return Err(Error::invalid(
+                "csr_pem",
+                format!(
+                    "is {} bytes; at most {MAX_CSR_BYTES}",
+                    request.csr_pem.len()
+                ),
+            )
+            .into());
+        }
+        let host_id = &caller.principal;
+        self.may_hold_credential(host_id, &agent_id).await?;
+        let now = self.now();
+        let options = &self.credentials;
+        let spiffe_id = options.trust_domain.agent_id(&agent_id);
+        let (not_before, not_after) = (now - BACKDATE, now + options.x509_svid_ttl);
+        let (certificate_pem, serial) =
+            self.ca
+                .sign_svid_csr(&request.csr_pem, &spiffe_id, not_before, not_after)?;
+        let issued = IssuedCredential {
+            kind: "x509-svid",
+            agent_id,
+            host_id: host_id.clone(),
+            spiffe_id: spiffe_id.clone(),
+            serial,
+            not_before,
+            not_after,
+        };
+        self.store
+            .record_credential(&self.audit(caller, Method::SignAgentSvid), &issued)
+            .await?;
+        Ok(proto::SignAgentSvidResponse {
+            spiffe_id,
+            certificate_pem,
+            bundle_pem: self.ca.cert_pem().to_owned(),
+            expire_time: Some(timestamp(not_after)),
+            trust_domain: options.trust_domain.to_string(),
+        })
+    }
+
+    /// Conditional Access at issuance: the agent exists, is created or active and not past its
+    /// expiry, runs on `host_id` by the host's own report, and its current decision for that
+    /// host is ALLOW. Each refusal says which.
+    async fn may_hold_credential(&self, host_id: &str, agent_id: &str) -> Result<(), Status> {
+        let agent = match self.store.get_agent(agent_id).await {
+            Ok(resolved) => resolved.agent,
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::invalid(
+                    "agent_id",
+                    format!("no registered agent has id {agent_id:?}"),
+                )
+                .into());
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let refused = |why: String| -> Status {
+            Error::FailedPrecondition(format!(
+                "no credential for agent {} ({agent_id}): {why}",
+                agent.name
+            ))
+            .into()
+        };
+        match agent.state {
+            AgentState::Created | AgentState::Active => {}
+            state => {
+                let reason = if agent.disabled_reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", agent.disabled_reason)
+                };
+                return Err(refused(format!("it is {}{reason}", state.as_str())));
+            }
+        }
+        let now = self.now();
+        if let Some(expires_at) = agent.expires_at
+            && expires_at <= now
+        {
+            return Err(refused(format!("it expired at {expires_at} (Unix time)")));
+        }
+        if !self.store.host_runs(host_id, agent_id).await? {
+            return Err(refused(format!(
+                "host {host_id} has not reported it running (ReportAgents)"
+            )));
+        }
+        // Inputs no older than the watches' polling: a change made through another replica
+        // counts as soon as that replica's hosts would see it.
+        let fresh_after =
+            tokio::time::Instant::now().checked_sub(self.decision_options.poll_interval);
+        let set = self
+            .current_decision_set(host_id, fresh_after)
+            .await?
+            .ok_or_else(|| Status::unauthenticated("the host was revoked"))?;
+        let decision = set
+            .decisions
+            .iter()
+            .find(|decision| decision.agent_id == agent_id)
+            .ok_or_else(|| refused(format!("it has no decision for host {host_id}")))?;
+        let action = proto::Action::try_from(decision.action).unwrap_or_default();
+        if action != proto::Action::Allow {
+            return Err(refused(format!(
+                "its current decision for this host is {} (decision version {})",
+                action.as_str_name().trim_start_matches("ACTION_"),
+                set.version
+            )));
+        }
+        Ok(())
+    }
+}
