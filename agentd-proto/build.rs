@@ -20,6 +20,10 @@ const PROTOS: &[&str] = &[
     "proto/agentd/v1/risk.proto",
 ];
 
+/// The SPIFFE Workload API (no package), generated on its own so that the `agentd.v1`
+/// descriptor set lists only agentd's services.
+const WORKLOAD_PROTO: &str = "proto/spiffe/workload.proto";
+
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(PROTOS, ["proto"]).context("compiling the proto files")?;
@@ -37,5 +41,12 @@ fn main() -> anyhow::Result<()> {
         .build_server(std::env::var_os("CARGO_FEATURE_SERVER").is_some())
         .compile_fds_with_config(descriptors, config)
         .context("generating the gRPC code")?;
+    let workload =
+        protox::compile([WORKLOAD_PROTO], ["proto"]).context("compiling the Workload API")?;
+    tonic_prost_build::configure()
+        .build_client(std::env::var_os("CARGO_FEATURE_CLIENT").is_some())
+        .build_server(std::env::var_os("CARGO_FEATURE_SERVER").is_some())
+        .compile_fds(workload)
+        .context("generating the Workload API's gRPC code")?;
     Ok(())
 }

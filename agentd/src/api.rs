@@ -22,6 +22,8 @@ use crate::identity::{AgentId, attest::Pinning};
 pub const ADMIN_SOCKET: &str = "/run/agentd/admin.sock";
 /// The default identity socket.
 pub const IDENTITY_SOCKET: &str = "/run/agentd/identity.sock";
+/// The SPIFFE Workload API socket (`SPIFFE_ENDPOINT_SOCKET=unix:///run/agentd/spiffe.sock`).
+pub const SPIFFE_SOCKET: &str = "/run/agentd/spiffe.sock";
 /// The line a process sends on the identity socket.
 pub const WHOAMI: &str = "whoami";
 

@@ -162,6 +162,23 @@ pub struct ApiConfig {
     pub admin_socket: PathBuf,
     /// The identity socket (every local process). Default: `/run/agentd/identity.sock`.
     pub identity_socket: PathBuf,
+    /// The SPIFFE Workload API socket (every local process; answers tagged ones). Default:
+    /// `spiffe.sock` beside the identity socket, `/run/agentd/spiffe.sock`; give it to clients
+    /// as `SPIFFE_ENDPOINT_SOCKET=unix:///run/agentd/spiffe.sock`.
+    pub spiffe_socket: Option<PathBuf>,
+}
+
+impl ApiConfig {
+    /// The Workload API socket, configured or beside the identity socket.
+    #[must_use]
+    pub fn spiffe_socket(&self) -> PathBuf {
+        self.spiffe_socket.clone().unwrap_or_else(|| {
+            self.identity_socket
+                .parent()
+                .unwrap_or_else(|| Path::new("/"))
+                .join("spiffe.sock")
+        })
+    }
 }
 
 impl Default for ApiConfig {
@@ -169,6 +186,7 @@ impl Default for ApiConfig {
         Self {
             admin_socket: PathBuf::from(crate::api::ADMIN_SOCKET),
             identity_socket: PathBuf::from(crate::api::IDENTITY_SOCKET),
+            spiffe_socket: None,
         }
     }
 }

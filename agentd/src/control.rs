@@ -16,7 +16,7 @@ use std::{
 
 use agentd_proto::v1::{self as proto, host_service_client::HostServiceClient};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tonic::{
     Request,
     metadata::MetadataValue,
@@ -47,6 +47,13 @@ pub enum ToControl {
     Detections(Vec<Detected>),
     /// The registered agents (control-plane ids) with processes on this host now.
     Agents(Vec<String>),
+    /// Have an agent's X.509-SVID signed (`SignAgentSvid`); the answer, or why not, goes to
+    /// `reply`. Never kept for another connection: the asker retries.
+    SignSvid {
+        agent_id: String,
+        csr_pem: String,
+        reply: oneshot::Sender<Result<proto::SignAgentSvidResponse, tonic::Status>>,
+    },
 }
 
 /// A detection for the control plane, about an agent by the control plane's id.
@@ -505,6 +512,29 @@ async fn deliver(
     request: ToControl,
     undelivered: &mut Option<ToControl>,
 ) -> Result<(), ControlError> {
+    let request = match request {
+        ToControl::SignSvid {
+            agent_id,
+            csr_pem,
+            reply,
+        } => {
+            let result = client
+                .sign_agent_svid(authed(
+                    proto::SignAgentSvidRequest { agent_id, csr_pem },
+                    token,
+                ))
+                .await
+                .map(tonic::Response::into_inner);
+            let lost = result
+                .as_ref()
+                .err()
+                .filter(|status| worth_retrying(status))
+                .cloned();
+            let _ = reply.send(result);
+            return lost.map_or(Ok(()), |status| Err(call("SignAgentSvid")(status)));
+        }
+        request => request,
+    };
     let (name, result) = match &request {
         ToControl::Ack(version) => (
             "AckDecisions",
@@ -540,6 +570,7 @@ async fn deliver(
                 .await
                 .map(drop),
         ),
+        ToControl::SignSvid { .. } => unreachable!("answered above"),
     };
     match result {
         Ok(()) => Ok(()),

@@ -29,3 +29,4 @@ pub mod pseudofs;
 pub mod risk;
 pub mod sensors;
 pub mod sink;
+pub mod spiffe;

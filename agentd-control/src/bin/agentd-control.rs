@@ -117,7 +117,7 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         drain_timeout: Duration,
         /// The SPIFFE trust domain of agents' credentials: an agent's SPIFFE ID is
-        /// spiffe://TRUST_DOMAIN/agent/AGENT_ID (docs/credentials.md).
+        /// `spiffe://TRUST_DOMAIN/agent/AGENT_ID` (docs/credentials.md).
         #[arg(long, default_value = credentials::DEFAULT_TRUST_DOMAIN)]
         trust_domain: credentials::TrustDomain,
         /// How long an agent's X.509-SVID is valid (2m to 7d); hosts renew at half-life.

@@ -299,6 +299,9 @@ pub(super) enum Call {
     /// A request on the admin socket, with the caller admitted at accept.
     Admin(AdminRequest, AdminCaller, oneshot::Sender<String>),
     Whoami(Result<Peer, AttestError>, oneshot::Sender<String>),
+    /// A SPIFFE Workload API caller: which agent, by its control-plane id, if it may hold a
+    /// credential now.
+    Workload(crate::spiffe::server::Ask),
     /// A Prometheus scrape: the text exposition.
     Metrics(oneshot::Sender<String>),
     /// `GET /healthz`: whether every sensor runs, and each one's state, as JSON.
@@ -336,6 +339,9 @@ pub(super) fn handle_call(
                 .and_then(|peer| state.whoami(&peer))
                 .map_err(RequestError::describe);
             let _ = reply.send(answer.map_or_else(Reply::err, Reply::ok).to_line());
+        }
+        Call::Workload(ask) => {
+            let _ = ask.reply.send(state.workload_subject(&ask.peer));
         }
         Call::Metrics(reply) => {
             state.event_counts = reader.counts()?;

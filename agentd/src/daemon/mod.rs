@@ -15,6 +15,7 @@ mod resolver;
 mod self_protect;
 mod serve;
 mod state;
+mod workload;
 
 use std::{future::Future, path::Path, time::Duration};
 
@@ -25,7 +26,7 @@ use self::{
     admin::handle_call,
     conditional::start_control,
     output::Output,
-    serve::{bind, serve_admin, serve_identity, start_metrics},
+    serve::{bind, serve_admin, serve_identity, start_metrics, start_workload_api},
     state::State,
 };
 use crate::{
@@ -132,11 +133,12 @@ pub async fn run(
         let dns_task = resolver::start_dns(&config.dns, &mut state, dns_tx).await?;
         let admin = bind(&config.api.admin_socket, 0o600)?;
         let identity = bind(&config.api.identity_socket, 0o666)?;
+        let spiffe = bind(&config.api.spiffe_socket(), 0o666)?;
         let metrics_task = start_metrics(config.metrics.listen, &calls_tx).await?;
-        Ok::<_, DaemonError>((dns_task, admin, identity, metrics_task))
+        Ok::<_, DaemonError>((dns_task, admin, identity, spiffe, metrics_task))
     }
     .await;
-    let (dns_task, admin, identity, metrics_task) = match served {
+    let (dns_task, admin, identity, spiffe, metrics_task) = match served {
         Ok(served) => served,
         Err(err) => {
             if let Some(task) = control_task {
@@ -153,10 +155,12 @@ pub async fn run(
         calls_tx.clone(),
         state.process.reader()?,
     ));
+    let spiffe_task = start_workload_api(spiffe, state.ca.to_control.clone(), calls_tx.clone());
     let identity_task = tokio::spawn(serve_identity(identity, calls_tx));
     tracing::info!(
         admin = %config.api.admin_socket.display(),
         identity = %config.api.identity_socket.display(),
+        spiffe = %config.api.spiffe_socket().display(),
         "process sensor attached; printing events (Ctrl-C to stop)"
     );
 
@@ -222,6 +226,7 @@ pub async fn run(
     for task in [
         Some(admin_task),
         Some(identity_task),
+        Some(spiffe_task),
         metrics_task,
         dns_task,
         control_task,
@@ -233,6 +238,7 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(&config.api.admin_socket);
     let _ = std::fs::remove_file(&config.api.identity_socket);
+    let _ = std::fs::remove_file(config.api.spiffe_socket());
     let finished = finish(&config, &state, reader);
     result.and(finished)
 }

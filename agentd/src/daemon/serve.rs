@@ -184,6 +184,29 @@ pub(super) async fn serve_admin(
     }
 }
 
+/// Serves the SPIFFE Workload API on `listener` (`spiffe::server`); its questions about
+/// callers come to the daemon's loop as [`Call::Workload`].
+pub(super) fn start_workload_api(
+    listener: UnixListener,
+    control: Option<mpsc::Sender<crate::control::ToControl>>,
+    calls: mpsc::Sender<Call>,
+) -> tokio::task::JoinHandle<()> {
+    let (asks_tx, mut asks) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let forward = async {
+            while let Some(ask) = asks.recv().await {
+                if calls.send(Call::Workload(ask)).await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::join!(
+            crate::spiffe::server::serve(listener, asks_tx, control),
+            forward
+        );
+    })
+}
+
 pub(super) async fn serve_identity(listener: UnixListener, calls: mpsc::Sender<Call>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
