@@ -633,8 +633,22 @@ fn a_tagged_process_gets_its_agents_x509_svid_and_loses_it_when_the_agent_is_dis
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spiffe-fetch watch in the agent");
-    let mut lines = BufReader::new(watcher.stdout.take().expect("piped")).lines();
-    let first = lines.next().expect("a first message").expect("a line");
+    // Read on a thread, so that a stream that never ends fails the test instead of hanging it.
+    let (line_tx, lines) = std::sync::mpsc::channel();
+    let out = watcher.stdout.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next = |what: &str| {
+        lines
+            .recv_timeout(std::time::Duration::from_mins(1))
+            .unwrap_or_else(|_| panic!("{what}: no line from spiffe-fetch watch within 60 s"))
+    };
+    let first = next("a first message");
     assert!(
         first.starts_with(&format!(
             "svid=spiffe://agentd.internal/agent/{agent_id} serial="
@@ -643,10 +657,7 @@ fn a_tagged_process_gets_its_agents_x509_svid_and_loses_it_when_the_agent_is_dis
     );
 
     cp.ctl(&["agent", "disable", &agent_id, "--reason", "credential test"]);
-    let ended = lines
-        .next()
-        .expect("the end of the stream")
-        .expect("a line");
+    let ended = next("the end of the stream");
     assert!(
         ended.starts_with("ended=") && ended.contains("may not hold a credential now"),
         "the open stream after the agent was disabled: {ended}"
