@@ -136,9 +136,6 @@ impl CertificateAuthority {
         host_id: &str,
         now: UnixTime,
     ) -> Result<(String, String)> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|err| {
-            Error::invalid("csr_pem", format!("is not a valid PKCS#10 CSR: {err}"))
-        })?;
         let uri = format!("urn:agentd:host:{host_id}")
             .try_into()
             .map_err(cert_error("host URI"))?;
@@ -149,6 +146,20 @@ impl CertificateAuthority {
             now + LEAF_LIFETIME_DAYS * DAY,
         )?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign_csr(csr_pem, &params, "signing the host certificate")
+    }
+
+    /// Signs the key of the CSR `csr_pem` with `params`, whatever else the CSR asked for.
+    /// Returns the PEM and the serial number (hex).
+    fn sign_csr(
+        &self,
+        csr_pem: &str,
+        params: &CertificateParams,
+        what: &str,
+    ) -> Result<(String, String)> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|err| {
+            Error::invalid("csr_pem", format!("is not a valid PKCS#10 CSR: {err}"))
+        })?;
         let serial = params
             .serial_number
             .as_ref()
@@ -156,7 +167,7 @@ impl CertificateAuthority {
             .unwrap_or_default();
         let cert = params
             .signed_by(&csr.public_key, &self.issuer)
-            .map_err(cert_error("signing the host certificate"))?;
+            .map_err(cert_error(what))?;
         Ok((cert.pem(), serial))
     }
 
@@ -171,9 +182,6 @@ impl CertificateAuthority {
         not_before: UnixTime,
         not_after: UnixTime,
     ) -> Result<(String, String)> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|err| {
-            Error::invalid("csr_pem", format!("is not a valid PKCS#10 CSR: {err}"))
-        })?;
         let uri = spiffe_id
             .to_owned()
             .try_into()
@@ -189,15 +197,7 @@ impl CertificateAuthority {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        let serial = params
-            .serial_number
-            .as_ref()
-            .map(|s| hex::encode(s.to_bytes()))
-            .unwrap_or_default();
-        let cert = params
-            .signed_by(&csr.public_key, &self.issuer)
-            .map_err(cert_error("signing the X.509-SVID"))?;
-        Ok((cert.pem(), serial))
+        self.sign_csr(csr_pem, &params, "signing the X.509-SVID")
     }
 
     /// Issues a client certificate for `common_name` with a fresh key, valid between the given

@@ -126,7 +126,6 @@ impl State {
             }
         }
         self.refresh_held();
-        self.settle_late();
         tracing::info!(
             agents = applied.agents,
             rules = applied.rules,

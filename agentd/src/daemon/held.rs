@@ -5,16 +5,19 @@
 use std::path::Path;
 
 use super::state::State;
-use crate::sensors::files_held;
+use crate::sensors::{files_held, late_tags::Pending};
 
 impl State {
     /// Lists the files agents' processes hold open now, so that the rules just written judge
-    /// their reads and writes too (`sensors::files_held`). Best effort: a failure is logged and
-    /// leaves the previous list.
+    /// their reads and writes too (`sensors::files_held`). Every tagged process is listed, so
+    /// the processes tagged while they ran that were pending before the listing are settled
+    /// too. Best effort: a failure is logged and leaves the previous list.
     pub(super) fn refresh_held(&mut self) {
         if !self.held.active() {
             return;
         }
+        // Read before the listing: the kernel tags a process before it marks it.
+        let pending = self.late_pending();
         let pids: Vec<u32> = match self.process.tagged() {
             Ok(tagged) => tagged.into_iter().map(|(pid, _)| pid).collect(),
             Err(err) => {
@@ -33,6 +36,12 @@ impl State {
         }
         if let Err(err) = self.held.set(&held.files) {
             tracing::warn!(%err, "writing the files agents hold open");
+            return;
+        }
+        if let Some(pending) = pending
+            && !held.truncated
+        {
+            self.settle(&pending);
         }
     }
 
@@ -40,13 +49,8 @@ impl State {
     /// them in the kernel, or agentd tagging them), then settles them: until then the kernel
     /// judges every read and write they make. Cheap when nothing is pending (two array reads).
     pub(super) fn settle_late(&mut self) {
-        let pending = match self.process.late_pending() {
-            Ok(Some(pending)) => pending,
-            Ok(None) => return,
-            Err(err) => {
-                tracing::warn!(%err, "reading the processes tagged while they ran");
-                return;
-            }
+        let Some(pending) = self.late_pending() else {
+            return;
         };
         if self.held.active() {
             let held = files_held::held_files(
@@ -68,7 +72,20 @@ impl State {
                 return;
             }
         }
-        if let Err(err) = self.process.settle_late(&pending) {
+        self.settle(&pending);
+    }
+
+    /// The processes tagged while they ran that are not settled, if any.
+    fn late_pending(&self) -> Option<Pending> {
+        self.process.late_pending().unwrap_or_else(|err| {
+            tracing::warn!(%err, "reading the processes tagged while they ran");
+            None
+        })
+    }
+
+    /// `pending`'s open files are listed: the kernel stops judging each read and write.
+    fn settle(&mut self, pending: &Pending) {
+        if let Err(err) = self.process.settle_late(pending) {
             tracing::warn!(%err, "settling the processes tagged while they ran");
         }
     }

@@ -17,7 +17,7 @@ use std::{
 use agentd_common::InodeKey;
 use aya::maps::{Array, HashMap, MapData};
 
-use super::{SensorError, attach_optional_lsm, map_error, replace_all, take_map};
+use super::{SensorError, attach_optional_lsm, insert_if_absent, map_error, replace_all, take_map};
 use crate::{ebpf::LoadedObject, inode::inode_key_of, pins::Links};
 
 const PROGRAMS: [(&str, &str); 2] = [
@@ -28,8 +28,6 @@ const FILES: &str = "HELD_FILES";
 const COUNT: &str = "HELD_COUNT";
 /// The size of `HELD_FILES`.
 pub const HELD_FILES_CAPACITY: usize = 16_384;
-/// Map update flag: only insert a key that is not there yet.
-const BPF_NOEXIST: u64 = 1;
 /// At most this many `/proc/PID/fd` entries are looked at per refresh, so that a refresh is
 /// bounded work however many descriptors agents hold.
 const FD_BUDGET: usize = 1_000_000;
@@ -135,12 +133,10 @@ impl HeldSensor {
         let mut added = 0;
         let mut result = Ok(());
         for key in files {
-            match self.files.insert(key, 1, BPF_NOEXIST) {
-                Ok(()) => added += 1,
-                Err(aya::maps::MapError::SyscallError(err))
-                    if err.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            match insert_if_absent(&mut self.files, key, &1, FILES) {
+                Ok(inserted) => added += usize::from(inserted),
                 Err(err) => {
-                    result = Err(map_error(FILES)(err));
+                    result = Err(err);
                     break;
                 }
             }

@@ -181,6 +181,27 @@ where
     Ok(())
 }
 
+/// Inserts `key` unless the map holds it already (`BPF_NOEXIST`, decided by the kernel, so a
+/// concurrent writer's entry wins). Returns whether this call inserted it.
+pub(crate) fn insert_if_absent<K: Pod, V: Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+    value: &V,
+    name: &'static str,
+) -> Result<bool, SensorError> {
+    /// Map update flag: only insert a key that is not there yet.
+    const BPF_NOEXIST: u64 = 1;
+    match map.insert(key, value, BPF_NOEXIST) {
+        Ok(()) => Ok(true),
+        Err(aya::maps::MapError::SyscallError(err))
+            if err.io_error.raw_os_error() == Some(libc::EEXIST) =>
+        {
+            Ok(false)
+        }
+        Err(err) => Err(map_error(name)(err)),
+    }
+}
+
 pub(crate) fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> SensorError {
     move |source| SensorError::Map { map, source }
 }

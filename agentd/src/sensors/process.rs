@@ -13,7 +13,7 @@ use aya::{
 };
 
 use super::{
-    SensorError, attach_error,
+    SensorError, attach_error, insert_if_absent,
     late_tags::{LateTags, Pending},
     load_error, map_error, replace_all, take_map,
 };
@@ -31,8 +31,6 @@ const TAG_STATS: &str = "TAG_STATS";
 const AGENT_PROCS_USER: &str = "AGENT_PROCS_USER";
 /// The BPF LSM hook that refuses a new process of an agent at its cap.
 const TASK_ALLOC: &str = "task_alloc";
-/// Map update flag: only insert a key that is not there yet.
-const BPF_NOEXIST: u64 = 1;
 
 /// Who carries which tag: the one question about `TASK_AGENT` that the callers of local
 /// sockets need answered.
@@ -183,19 +181,12 @@ impl ProcessSensor {
             return Ok(false);
         }
         self.late.mark(pid)?;
-        // BPF_NOEXIST: the kernel may have tagged it meanwhile, and its tag wins.
-        match self.task_agent.insert(pid, tag, BPF_NOEXIST) {
-            Ok(()) => {
-                self.count_user(tag.agent, 1)?;
-                Ok(true)
-            }
-            Err(aya::maps::MapError::SyscallError(err))
-                if err.io_error.raw_os_error() == Some(libc::EEXIST) =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(map_error(TASK_AGENT)(err)),
+        // The kernel may have tagged it meanwhile, and its tag wins.
+        let tagged = insert_if_absent(&mut self.task_agent, &pid, &tag, TASK_AGENT)?;
+        if tagged {
+            self.count_user(tag.agent, 1)?;
         }
+        Ok(tagged)
     }
 
     pub fn tag_of(&self, pid: u32) -> Result<Option<AgentTag>, SensorError> {
