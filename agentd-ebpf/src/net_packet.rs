@@ -11,15 +11,21 @@
 //! would be (`net::judge`, with the hook `HOOK_EGRESS`) and dropped if denied, which fails the
 //! sending call with EPERM. Denials are reported at most once per report interval and
 //! destination. The check also counts each agent's bytes (`AGENT_EGRESS`).
+//!
+//! A TCP socket's sends outlive its `close()`: what is still in its send buffer goes out after
+//! `sock_release` ran. A released agent TCP socket's entry therefore moves to
+//! `RELEASED_SOCKETS`, where the packets of a closing socket (FIN-WAIT-1, CLOSING, LAST-ACK)
+//! are found, judged and counted as before; without it, writing a large buffer and closing at
+//! once would send it uncounted.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use agentd_common::{MAX_AGENTS, NetEvent, SocketAgent};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::bpf_get_socket_cookie,
+    helpers::{bpf_get_socket_cookie, bpf_sk_fullsock},
     macros::{cgroup_skb, cgroup_sock, map},
-    maps::{Array, HashMap, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuHashMap},
     programs::{SkBuffContext, SockContext},
 };
 
@@ -41,6 +47,18 @@ const IPPROTO_FRAGMENT: u8 = 44;
 /// refused at its call (fail closed, `FLAG_UNTRACKED`): its packets would go unchecked.
 #[map]
 pub static SOCK_AGENT: HashMap<u64, SocketAgent> = HashMap::with_max_entries(65_536, 0);
+
+/// Socket cookie → the entry a closed agent TCP socket had in `SOCK_AGENT`, for the packets
+/// its send buffer still holds. LRU: released sockets are not counted against an agent's cap,
+/// and an entry evicted by 16,384 later closes loses only the count of what that socket still
+/// sends (its destination was fixed when it connected).
+#[map]
+pub static RELEASED_SOCKETS: LruHashMap<u64, SocketAgent> = LruHashMap::with_max_entries(16_384, 0);
+
+/// TCP states of a socket closed with data to send (`include/net/tcp_states.h`).
+const TCP_FIN_WAIT1: u32 = 4;
+const TCP_LAST_ACK: u32 = 9;
+const TCP_CLOSING: u32 = 11;
 
 /// Agent index → its sockets in `SOCK_AGENT`, updated atomically (recorded +1, released -1).
 #[map]
@@ -157,18 +175,46 @@ pub fn remember_new_socket(cookie: u64, agent: u32) -> bool {
     )
 }
 
-/// Forgets a closed socket and uncounts it.
+/// Forgets a closed socket and uncounts it; a TCP socket's entry moves to
+/// `RELEASED_SOCKETS` for what it sends after the close.
 #[inline(always)]
-pub fn forget_socket(cookie: u64) {
+pub fn forget_socket(cookie: u64, tcp: bool) {
     let Some(known) = SOCK_AGENT.get_ptr(cookie) else {
         return;
     };
-    // SAFETY: a valid map value pointer.
-    let agent = unsafe { (*known).agent };
+    // SAFETY: a valid map value pointer; the entry is copied out before it is removed.
+    let entry = unsafe { *known };
+    if tcp {
+        // A failed insert loses only the count of the bytes sent after the close.
+        let _ = RELEASED_SOCKETS.insert(cookie, &entry, 0);
+    }
     // Only the remover uncounts: a release runs once per socket, but be exact anyway.
     if SOCK_AGENT.remove(cookie).is_ok() {
-        add_sockets(agent, u64::MAX);
+        add_sockets(entry.agent, u64::MAX);
     }
+}
+
+/// The entry of a closed agent TCP socket whose packet this is, if its socket is closing.
+/// Costs a packet of an unknown socket one state check; only a closing socket's packets look
+/// in `RELEASED_SOCKETS`.
+#[inline(always)]
+fn released(ctx: &SkBuffContext, cookie: u64) -> Option<*const SocketAgent> {
+    // SAFETY: reading the context's socket pointer, which the verifier checks for NULL below.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: a plain helper call on a socket pointer from the context.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return None;
+    }
+    // SAFETY: a full socket pointer the helper returned, not NULL.
+    let state = unsafe { (*full).state };
+    if state != TCP_FIN_WAIT1 && state != TCP_LAST_ACK && state != TCP_CLOSING {
+        return None;
+    }
+    RELEASED_SOCKETS.get_ptr(cookie)
 }
 
 /// The packet's destination from its IPv4 or IPv6 header (and the transport header's port
@@ -243,7 +289,10 @@ fn is_resolver(dst: &Destination) -> bool {
 pub fn egress(ctx: SkBuffContext) -> i32 {
     // SAFETY: a plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
-    let Some(known) = SOCK_AGENT.get_ptr(cookie) else {
+    let Some(known) = SOCK_AGENT
+        .get_ptr(cookie)
+        .or_else(|| released(&ctx, cookie))
+    else {
         return 1;
     };
     // SAFETY: a valid map value pointer; the fields are copied out at once.
@@ -283,12 +332,14 @@ pub fn egress(ctx: SkBuffContext) -> i32 {
     1
 }
 
-/// `cgroup/sock_release` at the cgroup root: a closing socket leaves `SOCK_AGENT`. An
-/// untagged process's socket costs one lookup.
+/// `cgroup/sock_release` at the cgroup root: a closing socket leaves `SOCK_AGENT` (a TCP one
+/// for `RELEASED_SOCKETS`). An untagged process's socket costs one lookup.
 #[cgroup_sock(sock_release)]
 pub fn sock_release(ctx: SockContext) -> i32 {
     // SAFETY: a plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
-    forget_socket(cookie);
+    // SAFETY: the context's socket, readable in this hook.
+    let tcp = unsafe { (*ctx.sock).protocol } == u32::from(IPPROTO_TCP);
+    forget_socket(cookie, tcp);
     1
 }

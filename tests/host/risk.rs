@@ -361,6 +361,80 @@ fn egress_volume_is_counted_in_the_kernel_and_a_spike_is_detected() {
     );
 }
 
+/// What a socket still holds when its process closes it goes out after `sock_release`: those
+/// bytes are counted too. The agent sets a send buffer larger than the payload, writes it all,
+/// and exits before the receiver has read a byte (its receive buffer is 64 KiB), so nearly
+/// every byte leaves after the close. Without `RELEASED_SOCKETS` the kernel counts only the
+/// first window and no spike is seen.
+#[test]
+fn bytes_sent_after_the_agent_closed_its_socket_are_counted() {
+    use std::os::fd::AsRawFd as _;
+    let agent = "closer";
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let size: libc::c_int = 65_536;
+    // SAFETY: a valid int option of the size passed, on a live socket; accepted sockets
+    // inherit it.
+    let set = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const size).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+    let port = listener.local_addr().unwrap().port();
+    let (go, start) = std::sync::mpsc::channel::<()>();
+    let sink = std::thread::spawn(move || {
+        use std::io::Read as _;
+        let (mut stream, _) = listener.accept().expect("accept");
+        start.recv().expect("the sender exited");
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received).expect("read");
+        received.len()
+    });
+    let daemon = Daemon::start_with_config(
+        &format!("[[agent]]\nname = \"{agent}\"\n"),
+        "[risk]\n[risk.egress_spike]\nabsolute_bytes = 1048576\nwindow_secs = 60\n\
+         [risk.remediation]\nquarantine = false\n",
+    );
+    let _launched = launch_cgroup(agent);
+    let bin = helper();
+    let output = daemon
+        .launch(
+            agent,
+            &[
+                bin.to_str().unwrap(),
+                "send",
+                "127.0.0.1",
+                &port.to_string(),
+                "4194304",
+                "16777216",
+            ],
+        )
+        .output()
+        .expect("helper");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "sent=4194304",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    go.send(()).unwrap();
+    assert_eq!(sink.join().unwrap(), 4_194_304);
+    let mut seen = Vec::new();
+    wait_until_explained(
+        "egress_spike fires for bytes sent after the close",
+        || {
+            collect(&daemon, &mut seen);
+            seen.iter()
+                .any(|e| e["kind"] == "detection" && e["rule"] == "egress_spike")
+        },
+        || format!("risk show: {}", daemon.risk(agent)),
+    );
+}
+
 /// The bytes in a detection's egress evidence.
 fn observed_bytes(detection: &serde_json::Value) -> u64 {
     detection["evidence"].as_array().map_or(0, |evidence| {

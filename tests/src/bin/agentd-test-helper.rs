@@ -20,8 +20,9 @@
 //! - `agentd-test-helper open-evasions PATH`: tries to read PATH in ways that dodge a check
 //!   on the name: `openat2`, and an `O_PATH` descriptor reopened through `/proc/self/fd/N`.
 //!   Prints `openat2=ok|eperm|error:... proc-fd=ok|eperm|error:...`.
-//! - `agentd-test-helper send ADDR PORT BYTES`: connects over TCP and sends BYTES bytes; prints
-//!   `sent=N`.
+//! - `agentd-test-helper send ADDR PORT BYTES [SNDBUF]`: connects over TCP and sends BYTES
+//!   bytes (with a send buffer of SNDBUF bytes, `SO_SNDBUFFORCE`, if given, so that a write can
+//!   return and the process exit while the kernel still holds the bytes); prints `sent=N`.
 //! - `agentd-test-helper pass-fd SOCKET TO`: connects to SOCKET, sends that connection to the
 //!   process listening on the Unix socket TO (`SCM_RIGHTS`), and exits.
 //! - `agentd-test-helper fork COUNT`: forks COUNT children that wait to be killed; prints
@@ -532,10 +533,58 @@ fn outcome(ret: i64) -> String {
     failure()
 }
 
-fn send(addr: &str, port: &str, bytes: &str) -> std::io::Result<()> {
+fn send(addr: &str, port: &str, bytes: &str, sndbuf: Option<&str>) -> std::io::Result<()> {
+    use std::os::fd::FromRawFd as _;
     let bytes: usize = bytes.parse().map_err(std::io::Error::other)?;
     let port: u16 = port.parse().map_err(std::io::Error::other)?;
-    let mut stream = std::net::TcpStream::connect((addr, port))?;
+    let addr: std::net::Ipv4Addr = addr.parse().map_err(std::io::Error::other)?;
+    let sndbuf: Option<libc::c_int> = sndbuf
+        .map(str::parse)
+        .transpose()
+        .map_err(std::io::Error::other)?;
+    // SAFETY: a new descriptor, owned by the stream from here on.
+    let mut stream = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        std::net::TcpStream::from_raw_fd(fd)
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    if let Some(size) = sndbuf {
+        // SAFETY: a valid int option of the size passed, on a live socket.
+        let set = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUFFORCE,
+                (&raw const size).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(addr).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: a valid sockaddr_in of the size passed, on a live socket.
+    let connected = unsafe {
+        libc::connect(
+            fd,
+            (&raw const sin).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if connected != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     let chunk = vec![0x5a; 64 * 1024];
     let mut sent = 0;
     while sent < bytes {
@@ -592,7 +641,8 @@ fn main() -> ExitCode {
         ["dns-ask", server, name, qtype] => dns_ask(server, name, qtype),
         ["dns-ask-tcp", server, name] => dns_ask_tcp(server, name),
         ["open-evasions", path] => open_evasions(path),
-        ["send", addr, port, bytes] => send(addr, port, bytes),
+        ["send", addr, port, bytes] => send(addr, port, bytes, None),
+        ["send", addr, port, bytes, sndbuf] => send(addr, port, bytes, Some(sndbuf)),
         ["truncate", path] => std::ffi::CString::new(path)
             .map_err(std::io::Error::other)
             .map(|name| {
