@@ -76,6 +76,8 @@ methods! {
         AckDecisions => [Host],
         ReportDetections => [Host],
         SignAgentSvid => [Host],
+        SignAgentJwt => [Host],
+        GetJwtBundle => [Host],
     }
     "PolicyService" {
         CreatePolicy => [Admin],

@@ -10,6 +10,10 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "agentd.internal";
 pub const DEFAULT_X509_SVID_TTL: i64 = 3600;
 /// The shortest and longest X.509-SVID lifetimes accepted (hosts rotate at half-life).
 pub const X509_SVID_TTL_RANGE: std::ops::RangeInclusive<i64> = 120..=7 * 24 * 3600;
+/// How long a JWT-SVID is valid unless configured: five minutes, as SPIRE's default.
+pub const DEFAULT_JWT_SVID_TTL: i64 = 300;
+/// The shortest and longest JWT-SVID lifetimes accepted.
+pub const JWT_SVID_TTL_RANGE: std::ops::RangeInclusive<i64> = 30..=24 * 3600;
 
 /// A SPIFFE trust domain name: lowercase letters, digits, `.`, `-` and `_`, at most 255
 /// characters (the SPIFFE ID specification, section 2.1).
@@ -69,12 +73,17 @@ impl TrustDomain {
 }
 
 /// The control plane's credential settings (`agentd-control serve --trust-domain`,
-/// `--x509-svid-ttl`).
+/// `--x509-svid-ttl`, `--jwt-svid-ttl`, `--jwt-issuer`).
 #[derive(Clone, Debug)]
 pub struct CredentialOptions {
     pub trust_domain: TrustDomain,
     /// Seconds, within [`X509_SVID_TTL_RANGE`].
     pub x509_svid_ttl: i64,
+    /// Seconds, within [`JWT_SVID_TTL_RANGE`].
+    pub jwt_svid_ttl: i64,
+    /// The `iss` of JWT-SVIDs and the issuer of the OIDC discovery document (an `https://`
+    /// URL); `None`: tokens carry no `iss`.
+    pub jwt_issuer: Option<String>,
 }
 
 impl Default for CredentialOptions {
@@ -82,8 +91,36 @@ impl Default for CredentialOptions {
         Self {
             trust_domain: TrustDomain(DEFAULT_TRUST_DOMAIN.to_owned()),
             x509_svid_ttl: DEFAULT_X509_SVID_TTL,
+            jwt_svid_ttl: DEFAULT_JWT_SVID_TTL,
+            jwt_issuer: None,
         }
     }
+}
+
+/// Checks an OIDC issuer URL: `https://`, a host, no query or fragment, no trailing `/` (the
+/// discovery document sits at `<issuer>/.well-known/openid-configuration`).
+pub fn check_issuer(issuer: &str) -> Result<(), String> {
+    let Some(rest) = issuer.strip_prefix("https://") else {
+        return Err(format!("{issuer:?} must start with https://"));
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("{issuer:?} names no host"));
+    }
+    if issuer.len() > 512 {
+        return Err(format!("is {} characters; at most 512", issuer.len()));
+    }
+    if let Some(bad) = issuer
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || *c == '?' || *c == '#')
+    {
+        return Err(format!(
+            "{issuer:?} holds {bad:?}: no query, fragment or spaces"
+        ));
+    }
+    if issuer.ends_with('/') {
+        return Err(format!("{issuer:?} must not end with '/'"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -111,5 +148,22 @@ mod tests {
             Err(TrustDomainError::TooLong(256))
         );
         assert!(CredentialOptions::default().x509_svid_ttl == DEFAULT_X509_SVID_TTL);
+    }
+
+    #[test]
+    fn an_issuer_is_an_https_url_without_query_fragment_or_trailing_slash() {
+        assert_eq!(check_issuer("https://cp.example:8443"), Ok(()));
+        assert_eq!(check_issuer("https://cp.example/tenant"), Ok(()));
+        for bad in [
+            "http://cp.example",
+            "https://",
+            "https:///x",
+            "https://cp.example/",
+            "https://cp.example?x=1",
+            "https://cp.example#f",
+            "https://cp example",
+        ] {
+            assert!(check_issuer(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -4,16 +4,19 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::{
     activity::TrackCalls,
     api::{ControlPlane, DecisionOptions},
-    ca::CertificateAuthority,
+    ca::{CertificateAuthority, IssuedCertificate},
     clock::Clock,
     credentials::CredentialOptions,
     error::{Error, Result},
+    jwt::JwtKeys,
     listener::{BoundedIncoming, ConnectionLimits},
+    oidc,
     proto::{
         access_service_server::AccessServiceServer, audit_service_server::AuditServiceServer,
         auth_service_server::AuthServiceServer, governance_service_server::GovernanceServiceServer,
@@ -59,6 +62,8 @@ pub enum ServeError {
 pub struct Server {
     control: ControlPlane,
     tls: Option<ServerTlsConfig>,
+    /// The server certificate TLS serves, also the OIDC discovery endpoint's.
+    identity: Option<IssuedCertificate>,
     sweep_interval: Option<Duration>,
     connections: ConnectionLimits,
     drain_timeout: Duration,
@@ -68,17 +73,23 @@ impl Server {
     /// Loads (or creates) the CA and prepares the services.
     pub async fn new(store: Store, clock: Arc<dyn Clock>, options: ServerOptions) -> Result<Self> {
         let ca = CertificateAuthority::load_or_create(&store, clock.now()).await?;
+        let jwt = JwtKeys::load_or_create(&store, clock.now()).await?;
         store.ensure_baseline_policy(clock.now()).await?;
-        let tls = match &options.tls_names {
+        let identity = match &options.tls_names {
             None => None,
             Some(names) => {
                 if names.is_empty() {
                     return Err(Error::invalid("tls names", "at least one name is required"));
                 }
-                let issued = ca.issue_server(names, clock.now())?;
+                Some(ca.issue_server(names, clock.now())?)
+            }
+        };
+        let tls = match &identity {
+            None => None,
+            Some(issued) => {
                 Some(
                     ServerTlsConfig::new()
-                        .identity(Identity::from_pem(issued.cert_pem, issued.key_pem))
+                        .identity(Identity::from_pem(&issued.cert_pem, &issued.key_pem))
                         .client_ca_root(Certificate::from_pem(ca.cert_pem()))
                         // Admins, sponsors and auditors use bearer tokens over server-side TLS;
                         // host calls are refused without a client certificate (api::authorize).
@@ -87,13 +98,20 @@ impl Server {
                 )
             }
         };
-        let control =
-            ControlPlane::new(store, clock, Arc::new(ca), tls.is_some(), options.decisions)
-                .with_auth_throttle(options.auth_throttle)
-                .with_credentials(options.credentials);
+        let control = ControlPlane::new(
+            store,
+            clock,
+            Arc::new(ca),
+            Arc::new(jwt),
+            tls.is_some(),
+            options.decisions,
+        )
+        .with_auth_throttle(options.auth_throttle)
+        .with_credentials(options.credentials);
         Ok(Self {
             control,
             tls,
+            identity,
             sweep_interval: options.sweep_interval,
             connections: options.connections,
             drain_timeout: options.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
@@ -102,6 +120,31 @@ impl Server {
 
     pub fn control(&self) -> &ControlPlane {
         &self.control
+    }
+
+    /// The OIDC discovery endpoint (`crate::oidc`): HTTPS with this server's certificate, for
+    /// the issuer the credentials name. Refused without TLS or without an issuer.
+    pub fn oidc_endpoint(&self) -> Result<(TlsAcceptor, axum::Router)> {
+        let issuer = self
+            .control
+            .credentials()
+            .jwt_issuer
+            .as_deref()
+            .ok_or_else(|| {
+                Error::invalid(
+                    "jwt issuer",
+                    "the OIDC discovery endpoint needs an issuer (--jwt-issuer https://...)",
+                )
+            })?;
+        let certificate = self.identity.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "tls names",
+                "the OIDC discovery endpoint is served over HTTPS: give --tls-name",
+            )
+        })?;
+        let acceptor =
+            oidc::acceptor(certificate).map_err(|err| Error::Certificate(err.to_string()))?;
+        Ok((acceptor, oidc::router(issuer, self.control.jwks().clone())))
     }
 
     /// Serves on `listener` until `shutdown` completes. Then it stops accepting, ends every

@@ -186,7 +186,7 @@ pub fn forget_socket(cookie: u64, tcp: bool) {
     let entry = unsafe { *known };
     if tcp {
         // A failed insert loses only the count of the bytes sent after the close.
-        let _ = RELEASED_SOCKETS.insert(cookie, &entry, 0);
+        let _ = RELEASED_SOCKETS.insert(cookie, entry, 0);
     }
     // Only the remover uncounts: a release runs once per socket, but be exact anyway.
     if SOCK_AGENT.remove(cookie).is_ok() {

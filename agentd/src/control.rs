@@ -47,13 +47,77 @@ pub enum ToControl {
     Detections(Vec<Detected>),
     /// The registered agents (control-plane ids) with processes on this host now.
     Agents(Vec<String>),
-    /// Have an agent's X.509-SVID signed (`SignAgentSvid`); the answer, or why not, goes to
-    /// `reply`. Never kept for another connection: the asker retries.
-    SignSvid {
+    /// A credential call for the Workload API; the answer, or why not, goes to its asker.
+    /// Never kept for another connection: the asker retries.
+    Credential(CredentialCall),
+}
+
+/// Where a credential call's answer goes.
+pub type Reply<T> = oneshot::Sender<Result<T, tonic::Status>>;
+
+/// The credential calls (`spiffe::server`).
+#[derive(Debug)]
+pub enum CredentialCall {
+    /// An agent's X.509-SVID for a CSR (`SignAgentSvid`).
+    Svid {
         agent_id: String,
         csr_pem: String,
-        reply: oneshot::Sender<Result<proto::SignAgentSvidResponse, tonic::Status>>,
+        reply: Reply<proto::SignAgentSvidResponse>,
     },
+    /// An agent's JWT-SVID for audiences (`SignAgentJwt`).
+    Jwt {
+        agent_id: String,
+        audience: Vec<String>,
+        reply: Reply<proto::SignAgentJwtResponse>,
+    },
+    /// The keys that verify JWT-SVIDs (`GetJwtBundle`).
+    JwtBundle {
+        reply: Reply<proto::GetJwtBundleResponse>,
+    },
+}
+
+/// Answers one credential call; a status that says the connection is lost ends it.
+async fn answer(
+    client: &mut HostServiceClient<Channel>,
+    token: &MetadataValue<tonic::metadata::Ascii>,
+    request: CredentialCall,
+) -> Result<(), ControlError> {
+    fn reply<T>(
+        name: &'static str,
+        result: Result<tonic::Response<T>, tonic::Status>,
+        reply: Reply<T>,
+    ) -> Result<(), ControlError> {
+        let result = result.map(tonic::Response::into_inner);
+        let lost = result
+            .as_ref()
+            .err()
+            .filter(|status| worth_retrying(status))
+            .cloned();
+        let _ = reply.send(result);
+        lost.map_or(Ok(()), |status| Err(call(name)(status)))
+    }
+    match request {
+        CredentialCall::Svid {
+            agent_id,
+            csr_pem,
+            reply: to,
+        } => {
+            let request = authed(proto::SignAgentSvidRequest { agent_id, csr_pem }, token);
+            reply("SignAgentSvid", client.sign_agent_svid(request).await, to)
+        }
+        CredentialCall::Jwt {
+            agent_id,
+            audience,
+            reply: to,
+        } => {
+            let request = authed(proto::SignAgentJwtRequest { agent_id, audience }, token);
+            reply("SignAgentJwt", client.sign_agent_jwt(request).await, to)
+        }
+        CredentialCall::JwtBundle { reply: to } => {
+            let request = authed(proto::GetJwtBundleRequest {}, token);
+            reply("GetJwtBundle", client.get_jwt_bundle(request).await, to)
+        }
+    }
 }
 
 /// A detection for the control plane, about an agent by the control plane's id.
@@ -513,26 +577,7 @@ async fn deliver(
     undelivered: &mut Option<ToControl>,
 ) -> Result<(), ControlError> {
     let request = match request {
-        ToControl::SignSvid {
-            agent_id,
-            csr_pem,
-            reply,
-        } => {
-            let result = client
-                .sign_agent_svid(authed(
-                    proto::SignAgentSvidRequest { agent_id, csr_pem },
-                    token,
-                ))
-                .await
-                .map(tonic::Response::into_inner);
-            let lost = result
-                .as_ref()
-                .err()
-                .filter(|status| worth_retrying(status))
-                .cloned();
-            let _ = reply.send(result);
-            return lost.map_or(Ok(()), |status| Err(call("SignAgentSvid")(status)));
-        }
+        ToControl::Credential(request) => return answer(client, token, request).await,
         request => request,
     };
     let (name, result) = match &request {
@@ -570,7 +615,7 @@ async fn deliver(
                 .await
                 .map(drop),
         ),
-        ToControl::SignSvid { .. } => unreachable!("answered above"),
+        ToControl::Credential(_) => unreachable!("answered above"),
     };
     match result {
         Ok(()) => Ok(()),

@@ -170,6 +170,8 @@ async fn call(fixture: &Fixture, selector: u8, body: &[u8]) {
         AccessService::get_access_package(GetAccessPackageRequest, admin),
         AccessService::list_access_packages(ListAccessPackagesRequest, admin),
         HostService::sign_agent_svid(SignAgentSvidRequest, host),
+        HostService::sign_agent_jwt(SignAgentJwtRequest, host),
+        HostService::get_jwt_bundle(GetJwtBundleRequest, host),
     );
 }
 

@@ -13,6 +13,8 @@ use std::{
 
 use agentd_tests::{Daemon, launch_cgroup, wait_until};
 
+mod credentials;
+
 fn bin(var: &str) -> PathBuf {
     std::env::var_os(var).map_or_else(
         || panic!("{var} is not set: run this tier through `cargo xtask test`"),
@@ -362,9 +364,16 @@ fn risk_loop(
     );
 }
 
-/// Registers and enables `agent` (blueprint `fleet`) and returns its id.
+/// Registers and enables `agent` (blueprint `fleet`, created by the first registration) and
+/// returns its id.
 fn register(cp: &ControlPlane, agent: &str) -> String {
-    cp.ctl(&["blueprint", "create", "fleet"]);
+    let blueprint = cp.ctl_as(&cp.token, None, &["blueprint", "create", "fleet"]);
+    assert!(
+        blueprint.status.success()
+            || String::from_utf8_lossy(&blueprint.stderr).contains("already exists"),
+        "agentctl blueprint create: {}",
+        String::from_utf8_lossy(&blueprint.stderr)
+    );
     let created = cp.json(&[
         "agent",
         "create",
@@ -382,10 +391,20 @@ fn register(cp: &ControlPlane, agent: &str) -> String {
 /// agentd enrolled with `cp` through a new join token, running `agent`, with more
 /// `[control_plane]` settings in `extra`; returns it once its first decisions are in force.
 fn enrolled(cp: &ControlPlane, agent: &str, state: &Path, extra: &str) -> Daemon {
+    enrolled_agents(cp, &[agent], state, extra)
+}
+
+/// The same, running every one of `agents`.
+fn enrolled_agents(cp: &ControlPlane, agents: &[&str], state: &Path, extra: &str) -> Daemon {
     let join = cp.json(&["host", "join-token"]);
     let join = join["token"].as_str().unwrap();
+    let policy = agents
+        .iter()
+        .map(|agent| format!("[[agent]]\nname = \"{agent}\"\n"))
+        .collect::<Vec<_>>()
+        .concat();
     let daemon = Daemon::start_with_config(
-        &format!("[[agent]]\nname = \"{agent}\"\n"),
+        &policy,
         &format!(
             "[control_plane]\nurl = \"{}\"\njoin_token = \"{join}\"\nstate_dir = \"{}\"\nheartbeat_secs = 1\n{extra}",
             cp.url,
@@ -566,115 +585,4 @@ fn hosts_watch_their_decisions_with_their_client_certificate() {
 
     // agentd's own watch is still up.
     assert!(daemon.status().control_plane.unwrap().connected);
-}
-
-fn spiffe_fetch() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_spiffe-fetch"))
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-/// Issue 19: the SPIFFE Workload API on the host, attested by the kernel tag. The `spiffe`
-/// crate's client, run inside the agent, gets the agent's X.509-SVID (its SPIFFE ID by the
-/// registry's id, its key made on this host, signed by the control plane); an untagged
-/// process gets none; and when the agent is disabled, the open stream ends and a new fetch is
-/// refused.
-#[test]
-fn a_tagged_process_gets_its_agents_x509_svid_and_loses_it_when_the_agent_is_disabled() {
-    use std::io::{BufRead as _, BufReader};
-    let agent = "svid-agent";
-    let cp = ControlPlane::start();
-    let agent_id = register(&cp, agent);
-    let state = tempfile::tempdir().unwrap();
-    let daemon = enrolled(&cp, agent, state.path(), "");
-    let _launched = launch_cgroup(agent);
-    let socket = daemon.identity.with_file_name("spiffe.sock");
-    let endpoint = format!("unix://{}", socket.display());
-
-    let untagged = Command::new(spiffe_fetch())
-        .args(["x509", &endpoint])
-        .output()
-        .expect("spiffe-fetch");
-    let said = stdout(&untagged);
-    assert!(
-        said.starts_with("error=") && said.contains("not an agent"),
-        "an untagged caller: {said}"
-    );
-
-    // A long-lived process of the agent, so that the host reports it running.
-    let mut keeper = daemon
-        .launch(agent, &["sleep", "120"])
-        .spawn()
-        .expect("a process of the agent");
-    let expected =
-        format!("spiffe_id=spiffe://agentd.internal/agent/{agent_id} chain=1 bundle_authorities=1");
-    let mut last = String::new();
-    wait_until("the agent's X.509-SVID", || {
-        let fetched = daemon
-            .launch(
-                agent,
-                &[spiffe_fetch().to_str().unwrap(), "x509", &endpoint],
-            )
-            .output()
-            .expect("spiffe-fetch in the agent");
-        last = stdout(&fetched);
-        // Until the host's report of the agent reaches the control plane, it refuses.
-        last == expected || !last.contains("has not reported it running")
-    });
-    assert_eq!(last, expected, "agentd's log:\n{}", daemon.log());
-
-    let mut watcher = daemon
-        .launch(
-            agent,
-            &[spiffe_fetch().to_str().unwrap(), "watch", &endpoint],
-        )
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spiffe-fetch watch in the agent");
-    // Read on a thread, so that a stream that never ends fails the test instead of hanging it.
-    let (line_tx, lines) = std::sync::mpsc::channel();
-    let out = watcher.stdout.take().expect("piped");
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if line_tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let next = |what: &str| {
-        lines
-            .recv_timeout(std::time::Duration::from_mins(1))
-            .unwrap_or_else(|_| panic!("{what}: no line from spiffe-fetch watch within 60 s"))
-    };
-    let first = next("a first message");
-    assert!(
-        first.starts_with(&format!(
-            "svid=spiffe://agentd.internal/agent/{agent_id} serial="
-        )),
-        "{first}"
-    );
-
-    cp.ctl(&["agent", "disable", &agent_id, "--reason", "credential test"]);
-    let ended = next("the end of the stream");
-    assert!(
-        ended.starts_with("ended=") && ended.contains("may not hold a credential now"),
-        "the open stream after the agent was disabled: {ended}"
-    );
-    let refused = daemon
-        .launch(
-            agent,
-            &[spiffe_fetch().to_str().unwrap(), "x509", &endpoint],
-        )
-        .output()
-        .expect("spiffe-fetch in the agent");
-    let said = stdout(&refused);
-    assert!(
-        said.starts_with("error=") && said.contains("may not hold a credential now"),
-        "a fetch after the agent was disabled: {said}"
-    );
-    let _ = watcher.wait();
-    let _ = keeper.kill();
-    let _ = keeper.wait();
 }

@@ -380,7 +380,7 @@ fn bytes_sent_after_the_agent_closed_its_socket_are_counted() {
             libc::SOL_SOCKET,
             libc::SO_RCVBUF,
             (&raw const size).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
+            libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("a small size"),
         )
     };
     assert_eq!(set, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());

@@ -37,7 +37,14 @@ const DEB_PACKAGES: &[&str] = &[
     "openssl",
     // systemd-analyze, which checks the units `cargo xtask install` lays down.
     "systemd",
+    // The virtual environment of the Python test clients (`PYTHON_PACKAGES`).
+    "python3-venv",
 ];
+
+/// Python packages the tests drive as real clients that no one here wrote, in a virtual
+/// environment under the cache (`python_venv`): PyJWT, a relying party that verifies agents'
+/// JWT-SVIDs through the control plane's OIDC discovery, and py-spiffe, a Workload API client.
+const PYTHON_PACKAGES: &[&str] = &["PyJWT[crypto]==2.15.1", "spiffe==0.3.2"];
 
 /// What the vm-systemd tier needs on top: mmdebstrap, which builds its Debian root file system.
 const VM_SYSTEMD_PACKAGES: &[&str] = &["mmdebstrap"];
@@ -186,9 +193,44 @@ fn install_kernels(apt: &mut Apt, kernels: &[KernelSpec]) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The Python test clients' virtual environment: `~/.cache/agentd/venv`.
+pub fn python_venv() -> anyhow::Result<std::path::PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    Ok(std::path::PathBuf::from(home).join(".cache/agentd/venv"))
+}
+
+/// Creates the virtual environment and installs `PYTHON_PACKAGES` into it, unless a stamp
+/// says this list is installed already.
+fn install_python_packages() -> anyhow::Result<()> {
+    let venv = python_venv()?;
+    let stamp = venv.join("agentd-packages");
+    let wanted = PYTHON_PACKAGES.join("\n");
+    if std::fs::read_to_string(&stamp).is_ok_and(|installed| installed == wanted) {
+        println!(
+            "setup: Python packages {} already installed in {}",
+            PYTHON_PACKAGES.join(", "),
+            venv.display()
+        );
+        return Ok(());
+    }
+    println!(
+        "setup: installing Python packages {} into {}",
+        PYTHON_PACKAGES.join(", "),
+        venv.display()
+    );
+    cmd::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    cmd::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(PYTHON_PACKAGES),
+    )?;
+    std::fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))
+}
+
 pub fn run(options: &Options) -> anyhow::Result<()> {
     let mut apt = Apt { updated: false };
     install_debs(&mut apt, DEB_PACKAGES)?;
+    install_python_packages()?;
     install_rust_src()?;
     install_bpf_linker()?;
     install_kernels(&mut apt, &options.kernels)?;

@@ -63,7 +63,11 @@ fn control() -> anyhow::Result<TierResult> {
         "control",
         cargo()
             .args(["test", "--package", "agentd-control", "--test", "api"])
-            .env("AGENTD_CONTROL_TEST_BACKENDS", "sqlite,postgres"),
+            .env("AGENTD_CONTROL_TEST_BACKENDS", "sqlite,postgres")
+            .env(
+                "AGENTD_TEST_PYTHON",
+                crate::setup::python_venv()?.join("bin/python"),
+            ),
     )
 }
 
@@ -98,7 +102,11 @@ fn host() -> anyhow::Result<TierResult> {
             ])
             .env("AGENTD_BIN", binary("agentd")?)
             .env("AGENTD_CONTROL_BIN", binary("agentd-control")?)
-            .env("AGENTCTL_BIN", binary("agentctl")?),
+            .env("AGENTCTL_BIN", binary("agentctl")?)
+            .env(
+                "AGENTD_TEST_PYTHON",
+                crate::setup::python_venv()?.join("bin/python"),
+            ),
     )
 }
 

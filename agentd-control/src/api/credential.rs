@@ -1,20 +1,61 @@
-//! `HostService.SignAgentSvid`: an agent's X.509-SVID, signed for the host that runs it, with
-//! Conditional Access at issuance (the agent's lifecycle and its current decision for that
-//! host).
+//! `HostService.SignAgentSvid` and `SignAgentJwt`: an agent's X.509- and JWT-SVIDs, signed
+//! for the host that runs it, with Conditional Access at issuance (the agent's lifecycle and
+//! its current decision for that host); `GetJwtBundle`, the keys that verify the tokens.
 
+use serde::Serialize;
 use tonic::Status;
 
-use super::{ControlPlane, timestamp, validate};
+use super::{ControlPlane, limits, timestamp, validate};
 use crate::{
     auth::Method,
     error::Error,
-    model::AgentState,
+    model::{Agent, AgentState},
     proto,
     store::{auth::Caller, credentials::IssuedCredential},
 };
 
 /// A CSR larger than this is refused before it is parsed.
 const MAX_CSR_BYTES: usize = 16 * 1024;
+/// The longest audience.
+const MAX_AUDIENCE_CHARS: usize = 256;
+
+/// A JWT-SVID's claims.
+#[derive(Serialize)]
+struct AgentClaims<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    sub: &'a str,
+    aud: &'a [String],
+    exp: i64,
+    iat: i64,
+    jti: &'a str,
+    agent_name: &'a str,
+    blueprint: &'a str,
+    host_id: &'a str,
+}
+
+/// The audiences asked for, checked: 1 to 16, each 1 to 256 characters without control
+/// characters.
+fn audiences(asked: Vec<String>) -> Result<Vec<String>, Status> {
+    if asked.is_empty() {
+        return Err(Error::invalid("audience", "at least one audience is required").into());
+    }
+    limits::at_most("audience", asked.len(), limits::AUDIENCES)?;
+    for (index, audience) in asked.iter().enumerate() {
+        let field = format!("audience[{index}]");
+        if audience.is_empty() || audience.chars().count() > MAX_AUDIENCE_CHARS {
+            return Err(Error::invalid(
+                &field,
+                format!("must be 1 to {MAX_AUDIENCE_CHARS} characters"),
+            )
+            .into());
+        }
+        if audience.chars().any(char::is_control) {
+            return Err(Error::invalid(&field, "holds a control character").into());
+        }
+    }
+    Ok(asked)
+}
 /// An SVID is valid from a minute before it is signed, for hosts whose clocks run behind.
 const BACKDATE: i64 = 60;
 
@@ -53,6 +94,7 @@ impl ControlPlane {
             host_id: host_id.clone(),
             spiffe_id: spiffe_id.clone(),
             serial,
+            audience: Vec::new(),
             not_before,
             not_after,
         };
@@ -68,10 +110,64 @@ impl ControlPlane {
         })
     }
 
+    pub(super) async fn sign_agent_jwt(
+        &self,
+        caller: &Caller,
+        request: proto::SignAgentJwtRequest,
+    ) -> Result<proto::SignAgentJwtResponse, Status> {
+        let agent_id = validate::uuid("agent_id", &request.agent_id)?;
+        let audience = audiences(request.audience)?;
+        let host_id = &caller.principal;
+        let agent = self.may_hold_credential(host_id, &agent_id).await?;
+        let now = self.now();
+        let options = &self.credentials;
+        let spiffe_id = options.trust_domain.agent_id(&agent_id);
+        let expires = now + options.jwt_svid_ttl;
+        let jti = uuid::Uuid::new_v4().to_string();
+        let token = self.jwt.sign(&AgentClaims {
+            iss: options.jwt_issuer.as_deref(),
+            sub: &spiffe_id,
+            aud: &audience,
+            exp: expires,
+            iat: now,
+            jti: &jti,
+            agent_name: &agent.name,
+            blueprint: &agent.blueprint,
+            host_id,
+        })?;
+        let issued = IssuedCredential {
+            kind: "jwt-svid",
+            agent_id,
+            host_id: host_id.clone(),
+            spiffe_id: spiffe_id.clone(),
+            serial: jti,
+            audience,
+            not_before: now,
+            not_after: expires,
+        };
+        self.store
+            .record_credential(&self.audit(caller, Method::SignAgentJwt), &issued)
+            .await?;
+        Ok(proto::SignAgentJwtResponse {
+            spiffe_id,
+            token,
+            expire_time: Some(timestamp(expires)),
+            trust_domain: options.trust_domain.to_string(),
+        })
+    }
+
+    /// The published JWT keys.
+    pub(super) fn jwt_bundle(&self) -> proto::GetJwtBundleResponse {
+        proto::GetJwtBundleResponse {
+            trust_domain: self.credentials.trust_domain.to_string(),
+            jwks_json: self.jwt.jwks().to_string(),
+        }
+    }
+
     /// Conditional Access at issuance: the agent exists, is created or active and not past its
     /// expiry, runs on `host_id` by the host's own report, and its current decision for that
-    /// host is ALLOW. Each refusal says which.
-    async fn may_hold_credential(&self, host_id: &str, agent_id: &str) -> Result<(), Status> {
+    /// host is ALLOW. Each refusal says which. Returns the agent.
+    async fn may_hold_credential(&self, host_id: &str, agent_id: &str) -> Result<Agent, Status> {
         let agent = match self.store.get_agent(agent_id).await {
             Ok(resolved) => resolved.agent,
             Err(Error::NotFound { .. }) => {
@@ -133,6 +229,6 @@ impl ControlPlane {
                 set.version
             )));
         }
-        Ok(())
+        Ok(agent)
     }
 }

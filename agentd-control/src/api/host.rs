@@ -315,6 +315,24 @@ impl HostService for ControlPlane {
             .await
             .map(Response::new)
     }
+
+    async fn sign_agent_jwt(
+        &self,
+        request: Request<proto::SignAgentJwtRequest>,
+    ) -> Result<Response<proto::SignAgentJwtResponse>, Status> {
+        let caller = self.authorize(&request, Method::SignAgentJwt).await?;
+        ControlPlane::sign_agent_jwt(self, &caller, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_jwt_bundle(
+        &self,
+        request: Request<proto::GetJwtBundleRequest>,
+    ) -> Result<Response<proto::GetJwtBundleResponse>, Status> {
+        self.authorize(&request, Method::GetJwtBundle).await?;
+        Ok(Response::new(self.jwt_bundle()))
+    }
 }
 
 impl ControlPlane {

@@ -19,6 +19,8 @@ pub const PRINCIPALS: usize = 64;
 pub const ATTRIBUTES: usize = 64;
 pub const METADATA_ENTRIES: usize = 64;
 pub const DISCOVERY_RULES: usize = 64;
+/// Audiences of one JWT-SVID.
+pub const AUDIENCES: usize = 16;
 /// A blueprint's baseline destinations and protected paths.
 pub const BASELINE_ENTRIES: usize = 1000;
 
@@ -58,6 +60,7 @@ pub const CAPS: &[(&str, usize)] = &[
         BASELINE_ENTRIES,
     ),
     ("agentd.v1.BaselinePolicy.protected_paths", BASELINE_ENTRIES),
+    ("agentd.v1.SignAgentJwtRequest.audience", AUDIENCES),
 ];
 
 /// Refuses a list or map of `len` entries past `max`, naming the field and the cap.

@@ -30,6 +30,7 @@ use crate::{
     clock::{Clock, UnixTime},
     credentials::CredentialOptions,
     error::Error,
+    jwt::JwtKeys,
     model::Role,
     proto,
     store::{AuditContext, Store, auth::Caller},
@@ -85,6 +86,8 @@ pub struct ControlPlane {
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
     /// The trust domain and SVID lifetimes (`crate::credentials`).
     credentials: Arc<CredentialOptions>,
+    /// The keys that sign JWT-SVIDs (`crate::jwt`).
+    jwt: Arc<JwtKeys>,
 }
 
 impl ControlPlane {
@@ -92,6 +95,7 @@ impl ControlPlane {
         store: Store,
         clock: Arc<dyn Clock>,
         ca: Arc<CertificateAuthority>,
+        jwt: Arc<JwtKeys>,
         require_host_certificates: bool,
         decision_options: DecisionOptions,
     ) -> Self {
@@ -99,6 +103,7 @@ impl ControlPlane {
             store,
             clock,
             ca,
+            jwt,
             require_host_certificates,
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             decision_options,
@@ -109,6 +114,18 @@ impl ControlPlane {
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
             credentials: Arc::default(),
         }
+    }
+
+    /// The trust domain, SVID lifetimes and JWT issuer.
+    #[must_use]
+    pub fn credentials(&self) -> &CredentialOptions {
+        &self.credentials
+    }
+
+    /// The published JWT keys (`{"keys": [...]}`).
+    #[must_use]
+    pub fn jwks(&self) -> &serde_json::Value {
+        self.jwt.jwks()
     }
 
     /// The same, with this trust domain and these SVID lifetimes.

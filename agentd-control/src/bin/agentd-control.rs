@@ -123,6 +123,18 @@ enum Command {
         /// How long an agent's X.509-SVID is valid (2m to 7d); hosts renew at half-life.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         x509_svid_ttl: Duration,
+        /// How long an agent's JWT-SVID is valid (30s to 24h).
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        jwt_svid_ttl: Duration,
+        /// The `iss` of agents' JWT-SVIDs and of the OIDC discovery document: an https:// URL
+        /// where relying parties reach --oidc-listen, e.g. `https://cp.example:8444`.
+        #[arg(long, value_name = "URL")]
+        jwt_issuer: Option<String>,
+        /// Serve the OIDC discovery document (/.well-known/openid-configuration) and the JWKS
+        /// (/keys) over HTTPS on this address, with the --tls-name certificate, for services
+        /// that verify agents' JWT-SVIDs. Needs --tls-name and --jwt-issuer.
+        #[arg(long, value_name = "ADDR")]
+        oidc_listen: Option<SocketAddr>,
     },
     /// Create an API token directly in the database (to bootstrap the first admin). Prints the
     /// secret once.
@@ -198,7 +210,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             drain_timeout,
             trust_domain,
             x509_svid_ttl,
+            jwt_svid_ttl,
+            jwt_issuer,
+            oidc_listen,
         } => {
+            let jwt_svid_ttl = i64::try_from(jwt_svid_ttl.as_secs()).unwrap_or(i64::MAX);
+            if !credentials::JWT_SVID_TTL_RANGE.contains(&jwt_svid_ttl) {
+                anyhow::bail!(
+                    "--jwt-svid-ttl: {jwt_svid_ttl}s is outside {}s..={}s",
+                    credentials::JWT_SVID_TTL_RANGE.start(),
+                    credentials::JWT_SVID_TTL_RANGE.end()
+                );
+            }
+            if let Some(issuer) = &jwt_issuer {
+                credentials::check_issuer(issuer)
+                    .map_err(|reason| anyhow::anyhow!("--jwt-issuer: {reason}"))?;
+            }
             let x509_svid_ttl = i64::try_from(x509_svid_ttl.as_secs()).unwrap_or(i64::MAX);
             if !credentials::X509_SVID_TTL_RANGE.contains(&x509_svid_ttl) {
                 anyhow::bail!(
@@ -244,9 +271,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 credentials: CredentialOptions {
                     trust_domain,
                     x509_svid_ttl,
+                    jwt_svid_ttl,
+                    jwt_issuer,
                 },
             };
             let server = Server::new(store.clone(), clock, options).await?;
+            if let Some(address) = oidc_listen {
+                let (acceptor, router) = server.oidc_endpoint().context("--oidc-listen")?;
+                let listener = tokio::net::TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("binding {address} (--oidc-listen)"))?;
+                tracing::info!(address = %listener.local_addr()?, "serving OIDC discovery");
+                tokio::spawn(agentd_control::oidc::serve(
+                    listener,
+                    acceptor,
+                    router,
+                    std::future::pending(),
+                ));
+            }
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;

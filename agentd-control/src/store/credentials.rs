@@ -1,21 +1,38 @@
-//! Credentials issued to agents: whether a host runs an agent, and the audit event of every
-//! signing (the certificate's serial, SPIFFE ID and validity; never a key, which stays on the
-//! host).
+//! Credentials issued to agents: whether a host runs an agent, the audit event of every
+//! signing (the certificate's serial or token's id, SPIFFE ID and validity; never a key, which
+//! stays on the host), and the keys that sign JWT-SVIDs.
 
 use serde::Serialize;
+use sqlx::Row as _;
 
 use super::{AuditContext, Store};
 use crate::{clock::UnixTime, error::Result};
 
+/// The JWS algorithm of every agent token (`crate::jwt`).
+pub const JWT_ALGORITHM: &str = "ES256";
+
+/// One JWT signing key as the database keeps it.
+#[derive(Clone, Debug)]
+pub struct StoredKey {
+    pub kid: String,
+    /// PKCS#8 PEM.
+    pub key_pem: String,
+    pub created_at: UnixTime,
+}
+
 /// One credential signed for an agent, as the audit log records it.
 #[derive(Clone, Debug, Serialize)]
 pub struct IssuedCredential {
-    /// `x509-svid`.
+    /// `x509-svid` or `jwt-svid`.
     pub kind: &'static str,
     pub agent_id: String,
     pub host_id: String,
     pub spiffe_id: String,
+    /// The certificate's serial, or the token's `jti`.
     pub serial: String,
+    /// A JWT-SVID's audiences; empty for an X.509-SVID.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audience: Vec<String>,
     pub not_before: UnixTime,
     pub not_after: UnixTime,
 }
@@ -47,6 +64,55 @@ impl Store {
                 &issued.agent_id,
                 None::<&()>,
                 Some(issued),
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every JWT signing key, oldest first.
+    pub async fn jwt_keys(&self) -> Result<Vec<StoredKey>> {
+        let rows = sqlx::query(
+            "SELECT kid, key_pem, created_at FROM jwt_signing_keys ORDER BY created_at, kid",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredKey {
+                    kid: row.try_get("kid")?,
+                    key_pem: row.try_get("key_pem")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a JWT signing key, with an audit event (its `kid`, never the key).
+    pub async fn store_jwt_key(
+        &self,
+        audit: &AuditContext,
+        kid: &str,
+        key_pem: &str,
+        now: UnixTime,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO jwt_signing_keys (kid, key_pem, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(kid)
+        .bind(key_pem)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        audit
+            .record(
+                &mut tx,
+                "jwt_signing_key",
+                kid,
+                None::<&()>,
+                Some(&serde_json::json!({ "kid": kid, "algorithm": JWT_ALGORITHM })),
             )
             .await?;
         tx.commit().await?;

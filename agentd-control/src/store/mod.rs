@@ -75,6 +75,11 @@ impl Backend {
                     "hostname claim",
                     include_str!("../../migrations/sqlite/0005_hostname_claim.sql"),
                 ),
+                (
+                    6,
+                    "jwt keys",
+                    include_str!("../../migrations/sqlite/0006_jwt_keys.sql"),
+                ),
             ],
             Self::Postgres => &[
                 (
@@ -101,6 +106,11 @@ impl Backend {
                     5,
                     "hostname claim",
                     include_str!("../../migrations/postgres/0005_hostname_claim.sql"),
+                ),
+                (
+                    6,
+                    "jwt keys",
+                    include_str!("../../migrations/postgres/0006_jwt_keys.sql"),
                 ),
             ],
         }

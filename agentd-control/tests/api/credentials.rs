@@ -42,7 +42,7 @@ async fn sign(
         .map(tonic::Response::into_inner)
 }
 
-async fn enabled_agent(admin: &Clients, name: &str) -> proto::Agent {
+pub async fn enabled_agent(admin: &Clients, name: &str) -> proto::Agent {
     let agent = create_agent(
         admin,
         agent_request(name, "workers", &["alice@example.com"]),

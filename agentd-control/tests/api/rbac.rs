@@ -62,6 +62,8 @@ const MATRIX: &[(&str, &[&str])] = &[
     ("HostService/AckDecisions", &[HOST]),
     ("HostService/ReportDetections", &[HOST]),
     ("HostService/SignAgentSvid", &[HOST]),
+    ("HostService/SignAgentJwt", &[HOST]),
+    ("HostService/GetJwtBundle", &[HOST]),
     ("PolicyService/CreatePolicy", &[ADMIN]),
     ("PolicyService/UpdatePolicy", &[ADMIN]),
     ("PolicyService/GetPolicy", &[ADMIN, AUDITOR]),
@@ -397,6 +399,19 @@ async fn call(method: &str, c: &Clients, o: &Objects) -> Result<(), Status> {
                         .expect("PEM")
                 },
             })
+            .await
+            .map(drop),
+        "HostService/SignAgentJwt" => c
+            .host()
+            .sign_agent_jwt(SignAgentJwtRequest {
+                agent_id: o.agent_id.clone(),
+                audience: vec!["rbac".to_owned()],
+            })
+            .await
+            .map(drop),
+        "HostService/GetJwtBundle" => c
+            .host()
+            .get_jwt_bundle(GetJwtBundleRequest {})
             .await
             .map(drop),
         "PolicyService/CreatePolicy" => c

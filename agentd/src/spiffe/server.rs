@@ -2,9 +2,11 @@
 //! accept by the kernel's record of the connecting process (`identity::attest::Peer`), and
 //! every answer is for the agent whose tag that process carries, as the daemon says
 //! ([`Ask`]), never for what the caller claims. An untagged caller gets `PermissionDenied`.
-//! SVIDs are signed by the control plane (`control::ToControl::SignSvid`) for keys made here,
+//! SVIDs are signed by the control plane (`control::CredentialCall`) for keys made here,
 //! cached per agent, renewed at half-life, and streamed to every open `FetchX509SVID`; a
-//! stream ends with an error as soon as the agent may no longer hold its SVID.
+//! stream ends with an error as soon as the agent may no longer hold its SVID. JWT-SVIDs are
+//! signed for the audiences asked and cached the same way; the JWT bundle is the control
+//! plane's JWKS, refreshed every 30 s.
 
 use std::{
     collections::HashMap,
@@ -26,8 +28,16 @@ use tokio::{
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, transport::server::Connected};
 
-use super::svid::{self, Svid};
-use crate::{clock::boottime_ticks, control::ToControl, identity::attest::Peer};
+use super::{
+    authority::AuthorityRewriter,
+    jwt::{self, JwtBundle, JwtSvid},
+    svid::{self, Svid},
+};
+use crate::{
+    clock::boottime_ticks,
+    control::{CredentialCall, Reply, ToControl},
+    identity::attest::Peer,
+};
 
 /// The metadata every Workload API call must carry (the specification's security header).
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
@@ -35,6 +45,10 @@ pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 const RECHECK: Duration = Duration::from_secs(1);
 /// How long a signing may take before the caller is told the control plane is unavailable.
 const SIGN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the JWT bundle is served before it is asked for again.
+const BUNDLE_REFRESH: Duration = Duration::from_secs(30);
+/// JWT-SVIDs kept at once (by agent and audiences); past it, expired ones go, then all.
+const MAX_CACHED_JWTS: usize = 1024;
 
 /// The connecting process, pinned at accept (or why it could not be).
 #[derive(Clone, Debug)]
@@ -54,10 +68,15 @@ pub struct Subject {
     pub agent_name: String,
 }
 
-/// A unix stream with its pinned peer, so that every call on it knows who connected.
+/// A unix stream with its pinned peer, so that every call on it knows who connected; what
+/// the client sends is read through an [`AuthorityRewriter`].
 pub struct Pinned {
     stream: UnixStream,
     peer: PeerInfo,
+    rewriter: AuthorityRewriter,
+    /// Rewritten bytes the server has not read yet, from `read_at`.
+    rewritten: Vec<u8>,
+    read_at: usize,
 }
 
 impl Connected for Pinned {
@@ -74,7 +93,29 @@ impl AsyncRead for Pinned {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        loop {
+            if this.read_at < this.rewritten.len() {
+                let n = buf.remaining().min(this.rewritten.len() - this.read_at);
+                buf.put_slice(&this.rewritten[this.read_at..this.read_at + n]);
+                this.read_at += n;
+                if this.read_at == this.rewritten.len() {
+                    this.rewritten.clear();
+                    this.read_at = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 8192];
+            let mut read = ReadBuf::new(&mut chunk);
+            std::task::ready!(Pin::new(&mut this.stream).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                // The end of the stream.
+                return Poll::Ready(Ok(()));
+            }
+            this.rewriter
+                .feed(read.filled(), &mut this.rewritten)
+                .map_err(std::io::Error::other)?;
+        }
     }
 }
 
@@ -102,6 +143,18 @@ pub struct WorkloadApi {
     asks: mpsc::Sender<Ask>,
     control: Option<mpsc::Sender<ToControl>>,
     svids: Arc<Mutex<HashMap<String, Svid>>>,
+    /// By agent id and its sorted audiences.
+    jwts: Arc<Mutex<HashMap<JwtKey, JwtSvid>>>,
+    bundle: Arc<Mutex<Option<(tokio::time::Instant, JwtBundle)>>>,
+}
+
+/// A cached JWT-SVID's key: the agent's id and its sorted audiences.
+type JwtKey = (String, Vec<String>);
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Serves the Workload API on `listener` until the task is aborted.
@@ -114,6 +167,8 @@ pub async fn serve(
         asks,
         control,
         svids: Arc::default(),
+        jwts: Arc::default(),
+        bundle: Arc::default(),
     };
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener).map(|stream| {
         stream.map(|stream| {
@@ -123,6 +178,9 @@ pub async fn serve(
             Pinned {
                 stream,
                 peer: PeerInfo(Arc::new(peer)),
+                rewriter: AuthorityRewriter::default(),
+                rewritten: Vec::new(),
+                read_at: 0,
             }
         })
     });
@@ -188,10 +246,7 @@ impl WorkloadApi {
         match self.sign(&subject).await {
             Ok(svid) => {
                 tracing::info!(agent = %subject.agent_name, spiffe_id = %svid.spiffe_id, not_after = svid.not_after, "X.509-SVID signed");
-                self.svids
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(subject.agent_id.clone(), svid.clone());
+                locked(&self.svids).insert(subject.agent_id.clone(), svid.clone());
                 Ok(svid)
             }
             Err(status)
@@ -206,35 +261,27 @@ impl WorkloadApi {
     }
 
     fn cached(&self, agent_id: &str) -> Option<Svid> {
-        self.svids
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(agent_id)
-            .cloned()
+        locked(&self.svids).get(agent_id).cloned()
     }
 
-    async fn sign(&self, subject: &Subject) -> Result<Svid, Status> {
+    /// Asks the control plane through the host's connection; its refusal (Conditional Access
+    /// at issuance) is the caller's, as `PERMISSION_DENIED`.
+    async fn ask<T>(&self, call: impl FnOnce(Reply<T>) -> CredentialCall) -> Result<T, Status> {
         let control = self.control.as_ref().ok_or_else(|| {
             Status::unavailable(
-                "agentd has no control plane (control_plane.url): no SVID can be signed",
+                "agentd has no control plane (control_plane.url): no credential can be signed",
             )
         })?;
-        let request = svid::new_request().map_err(|err| Status::internal(err.to_string()))?;
         let (reply, answer) = oneshot::channel();
         control
-            .send(ToControl::SignSvid {
-                agent_id: subject.agent_id.clone(),
-                csr_pem: request.csr_pem.clone(),
-                reply,
-            })
+            .send(ToControl::Credential(call(reply)))
             .await
             .map_err(|_| Status::unavailable("agentd's control-plane task has stopped"))?;
-        let answer = tokio::time::timeout(SIGN_TIMEOUT, answer)
+        tokio::time::timeout(SIGN_TIMEOUT, answer)
             .await
             .map_err(|_| Status::unavailable("the control plane did not answer in time"))?
             .map_err(|_| Status::unavailable("the control plane connection is down"))?
             .map_err(|status| {
-                // The control plane's refusal (Conditional Access at issuance) is the caller's.
                 Status::new(
                     if status.code() == tonic::Code::FailedPrecondition {
                         tonic::Code::PermissionDenied
@@ -243,8 +290,126 @@ impl WorkloadApi {
                     },
                     format!("the control plane: {}", status.message()),
                 )
-            })?;
+            })
+    }
+
+    async fn sign(&self, subject: &Subject) -> Result<Svid, Status> {
+        let request = svid::new_request().map_err(|err| Status::internal(err.to_string()))?;
+        let answer = self
+            .ask(|reply| CredentialCall::Svid {
+                agent_id: subject.agent_id.clone(),
+                csr_pem: request.csr_pem.clone(),
+                reply,
+            })
+            .await?;
         Svid::complete(&request, &answer).map_err(|err| Status::internal(err.to_string()))
+    }
+
+    /// The caller's agent's JWT-SVID for `audience`: a cached one until its half-life, else a
+    /// new one; a cached one still valid is served while the control plane cannot be reached.
+    async fn jwt_svid(&self, peer: &PeerInfo, audience: Vec<String>) -> Result<JwtSvid, Status> {
+        if audience.is_empty() || audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument(
+                "audience: at least one non-empty audience is required",
+            ));
+        }
+        if audience.len() > jwt::MAX_AUDIENCES {
+            return Err(Status::invalid_argument(format!(
+                "audience: {} audiences; at most {}",
+                audience.len(),
+                jwt::MAX_AUDIENCES
+            )));
+        }
+        let subject = self.subject(peer).await?;
+        let mut sorted = audience.clone();
+        sorted.sort();
+        sorted.dedup();
+        let key = (subject.agent_id.clone(), sorted);
+        let now = unix_now();
+        let cached = locked(&self.jwts).get(&key).cloned();
+        if let Some(svid) = &cached
+            && now < svid.renew_at()
+        {
+            return Ok(svid.clone());
+        }
+        let answer = self
+            .ask(|reply| CredentialCall::Jwt {
+                agent_id: subject.agent_id.clone(),
+                audience,
+                reply,
+            })
+            .await;
+        match answer {
+            Ok(answer) => {
+                let svid = JwtSvid::from_answer(answer, now);
+                let mut jwts = locked(&self.jwts);
+                if jwts.len() >= MAX_CACHED_JWTS {
+                    jwts.retain(|_, kept| now < kept.expires_at);
+                    if jwts.len() >= MAX_CACHED_JWTS {
+                        jwts.clear();
+                    }
+                }
+                jwts.insert(key, svid.clone());
+                Ok(svid)
+            }
+            Err(status)
+                if status.code() == tonic::Code::Unavailable
+                    && cached.as_ref().is_some_and(|svid| now < svid.expires_at) =>
+            {
+                Ok(cached.expect("checked above"))
+            }
+            Err(status) => Err(status),
+        }
+    }
+
+    /// The JWT bundle, for a caller its agent's standing allows: the one fetched within 30 s,
+    /// else the control plane's now (the last one while it cannot be reached).
+    async fn jwt_bundle(&self, peer: &PeerInfo) -> Result<JwtBundle, Status> {
+        self.subject(peer).await?;
+        let cached = locked(&self.bundle).clone();
+        if let Some((fetched, bundle)) = &cached
+            && fetched.elapsed() < BUNDLE_REFRESH
+        {
+            return Ok(bundle.clone());
+        }
+        match self.ask(|reply| CredentialCall::JwtBundle { reply }).await {
+            Ok(answer) => {
+                let bundle = JwtBundle::from_answer(&answer)
+                    .map_err(|err| Status::internal(err.to_string()))?;
+                *locked(&self.bundle) = Some((tokio::time::Instant::now(), bundle.clone()));
+                Ok(bundle)
+            }
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                cached.map(|(_, bundle)| bundle).ok_or(status)
+            }
+            Err(status) => Err(status),
+        }
+    }
+}
+
+/// What an open stream sends again whenever it changes.
+trait Watched: Clone + PartialEq + Send + Sync + 'static {
+    fn fetch(
+        api: &WorkloadApi,
+        peer: &PeerInfo,
+    ) -> impl Future<Output = Result<Self, Status>> + Send;
+}
+
+impl Watched for Svid {
+    fn fetch(
+        api: &WorkloadApi,
+        peer: &PeerInfo,
+    ) -> impl Future<Output = Result<Self, Status>> + Send {
+        api.current(peer)
+    }
+}
+
+impl Watched for JwtBundle {
+    fn fetch(
+        api: &WorkloadApi,
+        peer: &PeerInfo,
+    ) -> impl Future<Output = Result<Self, Status>> + Send {
+        api.jwt_bundle(peer)
     }
 }
 
@@ -269,16 +434,22 @@ fn bundles_response(svid: &Svid) -> api::X509BundlesResponse {
     }
 }
 
+fn jwt_bundles_response(bundle: &JwtBundle) -> api::JwtBundlesResponse {
+    api::JwtBundlesResponse {
+        bundles: HashMap::from([(bundle.trust_domain_id.clone(), bundle.jwks.clone())]),
+    }
+}
+
 type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
 
 impl WorkloadApi {
-    /// Sends `make(svid)` now and again whenever the SVID changes; ends with the error once
+    /// Sends `make(first)` now and again whenever the value changes; ends with the error once
     /// the caller's agent may no longer hold it, or when the caller goes away.
-    fn watch<T: Send + 'static>(
+    fn watch<V: Watched, T: Send + 'static>(
         &self,
         peer: PeerInfo,
-        first: Svid,
-        make: fn(&Svid) -> T,
+        first: V,
+        make: fn(&V) -> T,
     ) -> Stream<T> {
         let (tx, rx) = mpsc::channel(2);
         let this = self.clone();
@@ -292,13 +463,13 @@ impl WorkloadApi {
                     () = tokio::time::sleep(RECHECK) => {}
                     () = tx.closed() => return,
                 }
-                match this.current(&peer).await {
-                    Ok(svid) if svid == last => {}
-                    Ok(svid) => {
-                        if tx.send(Ok(make(&svid))).await.is_err() {
+                match V::fetch(&this, &peer).await {
+                    Ok(value) if value == last => {}
+                    Ok(value) => {
+                        if tx.send(Ok(make(&value))).await.is_err() {
                             return;
                         }
-                        last = svid;
+                        last = value;
                     }
                     Err(status) => {
                         let _ = tx.send(Err(status)).await;
@@ -339,29 +510,52 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<api::JwtsvidRequest>,
     ) -> Result<Response<api::JwtsvidResponse>, Status> {
-        caller(&request)?;
-        Err(Status::unimplemented(
-            "JWT-SVIDs are not served yet (docs/credentials.md, \"Not yet\")",
-        ))
+        let peer = caller(&request)?;
+        let request = request.into_inner();
+        let svid = self.jwt_svid(&peer, request.audience).await?;
+        if !request.spiffe_id.is_empty() && request.spiffe_id != svid.spiffe_id {
+            return Err(Status::permission_denied(format!(
+                "the caller holds {}, not {}",
+                svid.spiffe_id, request.spiffe_id
+            )));
+        }
+        Ok(Response::new(api::JwtsvidResponse {
+            svids: vec![api::Jwtsvid {
+                spiffe_id: svid.spiffe_id,
+                svid: svid.token,
+                hint: String::new(),
+            }],
+        }))
     }
 
     async fn fetch_jwt_bundles(
         &self,
         request: Request<api::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        caller(&request)?;
-        Err(Status::unimplemented(
-            "JWT bundles are not served yet (docs/credentials.md, \"Not yet\")",
-        ))
+        let peer = caller(&request)?;
+        let first = self.jwt_bundle(&peer).await?;
+        Ok(Response::new(self.watch(peer, first, jwt_bundles_response)))
     }
 
     async fn validate_jwtsvid(
         &self,
         request: Request<api::ValidateJwtsvidRequest>,
     ) -> Result<Response<api::ValidateJwtsvidResponse>, Status> {
-        caller(&request)?;
-        Err(Status::unimplemented(
-            "JWT-SVIDs are not validated yet (docs/credentials.md, \"Not yet\")",
-        ))
+        let peer = caller(&request)?;
+        let request = request.into_inner();
+        if request.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if request.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let bundle = self.jwt_bundle(&peer).await?;
+        let claims = bundle
+            .validate(&request.svid, &request.audience)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        Ok(Response::new(api::ValidateJwtsvidResponse {
+            spiffe_id: claims["sub"].as_str().unwrap_or_default().to_owned(),
+            claims: Some(jwt::claims_struct(&claims)),
+        }))
     }
 }

@@ -559,7 +559,7 @@ fn send(addr: &str, port: &str, bytes: &str, sndbuf: Option<&str>) -> std::io::R
                 libc::SOL_SOCKET,
                 libc::SO_SNDBUFFORCE,
                 (&raw const size).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
+                libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("a small size"),
             )
         };
         if set != 0 {
@@ -567,7 +567,7 @@ fn send(addr: &str, port: &str, bytes: &str, sndbuf: Option<&str>) -> std::io::R
         }
     }
     let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).expect("AF_INET fits"),
         sin_port: port.to_be(),
         sin_addr: libc::in_addr {
             s_addr: u32::from(addr).to_be(),
@@ -579,7 +579,7 @@ fn send(addr: &str, port: &str, bytes: &str, sndbuf: Option<&str>) -> std::io::R
         libc::connect(
             fd,
             (&raw const sin).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).expect("a small size"),
         )
     };
     if connected != 0 {

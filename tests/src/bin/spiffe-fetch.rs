@@ -6,6 +6,11 @@
 //!   the certificate and that the certificate names one SPIFFE ID), or `error=...`.
 //! - `spiffe-fetch watch ENDPOINT`: streams the caller's X.509-SVIDs, printing
 //!   `svid=ID serial=HEX` for each message and `ended=...` when the stream ends.
+//! - `spiffe-fetch jwt ENDPOINT AUDIENCE`: fetches a JWT-SVID for AUDIENCE (the crate has
+//!   parsed it: `kid`, a SPIFFE ID `sub`, `aud`, `exp`); prints `spiffe_id=ID token=JWT`.
+//! - `spiffe-fetch jwt-bundles ENDPOINT`: prints `trust_domain=TD keys=N` for each bundle.
+//! - `spiffe-fetch validate ENDPOINT AUDIENCE TOKEN`: asks the Workload API to validate TOKEN
+//!   for AUDIENCE; prints `valid=SPIFFE_ID`.
 //!
 //! ENDPOINT is a Workload API address such as `unix:///run/agentd/spiffe.sock`.
 
@@ -64,6 +69,53 @@ async fn watch(endpoint: &str) -> Result<String, String> {
     }
 }
 
+async fn connect(endpoint: &str) -> Result<WorkloadApiClient, String> {
+    WorkloadApiClient::connect_to(endpoint)
+        .await
+        .map_err(|err| format!("connect: {err}"))
+}
+
+async fn jwt(endpoint: &str, audience: &str) -> Result<String, String> {
+    let svid = connect(endpoint)
+        .await?
+        .fetch_jwt_svid([audience], None)
+        .await
+        .map_err(|err| format!("{err}"))?;
+    Ok(format!(
+        "spiffe_id={} token={}",
+        svid.spiffe_id(),
+        svid.token()
+    ))
+}
+
+async fn jwt_bundles(endpoint: &str) -> Result<String, String> {
+    let bundles = connect(endpoint)
+        .await?
+        .fetch_jwt_bundles()
+        .await
+        .map_err(|err| format!("{err}"))?;
+    let mut lines: Vec<String> = bundles
+        .iter()
+        .map(|(domain, bundle)| {
+            format!(
+                "trust_domain={domain} keys={}",
+                bundle.jwt_authorities().count()
+            )
+        })
+        .collect();
+    lines.sort();
+    Ok(lines.join("\n"))
+}
+
+async fn validate(endpoint: &str, audience: &str, token: &str) -> Result<String, String> {
+    let svid = connect(endpoint)
+        .await?
+        .validate_jwt_token(audience, token)
+        .await
+        .map_err(|err| format!("{err}"))?;
+    Ok(format!("valid={}", svid.spiffe_id()))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -73,8 +125,16 @@ fn main() -> ExitCode {
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[1..] {
         ["x509", endpoint] => runtime.block_on(x509(endpoint)),
         ["watch", endpoint] => runtime.block_on(watch(endpoint)),
+        ["jwt", endpoint, audience] => runtime.block_on(jwt(endpoint, audience)),
+        ["jwt-bundles", endpoint] => runtime.block_on(jwt_bundles(endpoint)),
+        ["validate", endpoint, audience, token] => {
+            runtime.block_on(validate(endpoint, audience, token))
+        }
         _ => {
-            eprintln!("usage: spiffe-fetch x509|watch ENDPOINT");
+            eprintln!(
+                "usage: spiffe-fetch x509|watch|jwt-bundles ENDPOINT, jwt ENDPOINT AUDIENCE, \
+                 validate ENDPOINT AUDIENCE TOKEN"
+            );
             return ExitCode::from(2);
         }
     };

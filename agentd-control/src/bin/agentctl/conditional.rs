@@ -335,6 +335,38 @@ pub enum HostDecisionCommand {
         #[arg(long, value_name = "FILE")]
         bundle: Option<PathBuf>,
     },
+    /// Have the control plane sign a JWT-SVID for an agent of this host (agentd does this
+    /// itself for the Workload API; this is for checking the gate). Prints the token.
+    SignJwt {
+        agent_id: String,
+        /// An audience the token is for (repeatable; at least one).
+        #[arg(long = "audience", value_name = "AUDIENCE", required = true)]
+        audiences: Vec<String>,
+    },
+    /// Print the JWKS that verifies agents' JWT-SVIDs.
+    JwtBundle,
+}
+
+async fn sign_svid(
+    clients: &Clients,
+    out: &Printer,
+    agent_id: String,
+    csr: &std::path::Path,
+    bundle: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let csr_pem = std::fs::read_to_string(csr)
+        .with_context(|| format!("reading the CSR {}", csr.display()))?;
+    let response = call(
+        clients
+            .host()
+            .sign_agent_svid(proto::SignAgentSvidRequest { agent_id, csr_pem }),
+    )
+    .await?;
+    if let Some(bundle) = bundle {
+        std::fs::write(bundle, &response.bundle_pem)
+            .with_context(|| format!("writing the bundle {}", bundle.display()))?;
+    }
+    out.done(&response, response.certificate_pem.trim_end())
 }
 
 pub async fn host_decisions(
@@ -415,17 +447,21 @@ pub async fn host_decisions(
             agent_id,
             csr,
             bundle,
+        } => sign_svid(clients, out, agent_id, &csr, bundle.as_deref()).await,
+        HostDecisionCommand::SignJwt {
+            agent_id,
+            audiences,
         } => {
-            let csr_pem = std::fs::read_to_string(&csr)
-                .with_context(|| format!("reading the CSR {}", csr.display()))?;
-            let response =
-                call(client.sign_agent_svid(proto::SignAgentSvidRequest { agent_id, csr_pem }))
-                    .await?;
-            if let Some(bundle) = bundle {
-                std::fs::write(&bundle, &response.bundle_pem)
-                    .with_context(|| format!("writing the bundle {}", bundle.display()))?;
-            }
-            out.done(&response, response.certificate_pem.trim_end())
+            let response = call(client.sign_agent_jwt(proto::SignAgentJwtRequest {
+                agent_id,
+                audience: audiences,
+            }))
+            .await?;
+            out.done(&response, &response.token)
+        }
+        HostDecisionCommand::JwtBundle => {
+            let response = call(client.get_jwt_bundle(proto::GetJwtBundleRequest {})).await?;
+            out.done(&response, &response.jwks_json)
         }
     }
 }

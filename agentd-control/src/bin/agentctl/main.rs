@@ -169,6 +169,8 @@ mod tests {
             Method::AckDecisions => &["host", "ack"],
             Method::ReportDetections => &["host", "detect"],
             Method::SignAgentSvid => &["host", "sign-svid"],
+            Method::SignAgentJwt => &["host", "sign-jwt"],
+            Method::GetJwtBundle => &["host", "jwt-bundle"],
             Method::CreatePolicy => &["policy", "create"],
             Method::UpdatePolicy => &["policy", "update"],
             Method::GetPolicy => &["policy", "get"],

@@ -1,0 +1,263 @@
+//! Issue 19 on a real host: the SPIFFE Workload API, attested by the kernel tag, with clients
+//! that no one here wrote (the `spiffe` crate's, and py-spiffe's for JWT-SVIDs).
+
+use std::{
+    path::PathBuf,
+    process::{Command, Output},
+};
+
+use agentd_tests::{launch_cgroup, wait_until};
+
+use crate::{ControlPlane, enrolled, enrolled_agents, register};
+
+fn spiffe_fetch() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_spiffe-fetch"))
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Issue 19: the SPIFFE Workload API on the host, attested by the kernel tag. The `spiffe`
+/// crate's client, run inside the agent, gets the agent's X.509-SVID (its SPIFFE ID by the
+/// registry's id, its key made on this host, signed by the control plane); an untagged
+/// process gets none; and when the agent is disabled, the open stream ends and a new fetch is
+/// refused.
+#[test]
+fn a_tagged_process_gets_its_agents_x509_svid_and_loses_it_when_the_agent_is_disabled() {
+    use std::io::{BufRead as _, BufReader};
+    let agent = "svid-agent";
+    let cp = ControlPlane::start();
+    let agent_id = register(&cp, agent);
+    let state = tempfile::tempdir().unwrap();
+    let daemon = enrolled(&cp, agent, state.path(), "");
+    let _launched = launch_cgroup(agent);
+    let socket = daemon.identity.with_file_name("spiffe.sock");
+    let endpoint = format!("unix://{}", socket.display());
+
+    let untagged = Command::new(spiffe_fetch())
+        .args(["x509", &endpoint])
+        .output()
+        .expect("spiffe-fetch");
+    let said = stdout(&untagged);
+    assert!(
+        said.starts_with("error=") && said.contains("not an agent"),
+        "an untagged caller: {said}"
+    );
+
+    // A long-lived process of the agent, so that the host reports it running.
+    let mut keeper = daemon
+        .launch(agent, &["sleep", "120"])
+        .spawn()
+        .expect("a process of the agent");
+    let expected =
+        format!("spiffe_id=spiffe://agentd.internal/agent/{agent_id} chain=1 bundle_authorities=1");
+    let mut last = String::new();
+    wait_until("the agent's X.509-SVID", || {
+        let fetched = daemon
+            .launch(
+                agent,
+                &[spiffe_fetch().to_str().unwrap(), "x509", &endpoint],
+            )
+            .output()
+            .expect("spiffe-fetch in the agent");
+        last = stdout(&fetched);
+        // Until the host's report of the agent reaches the control plane, it refuses.
+        last == expected || !last.contains("has not reported it running")
+    });
+    assert_eq!(last, expected, "agentd's log:\n{}", daemon.log());
+
+    let mut watcher = daemon
+        .launch(
+            agent,
+            &[spiffe_fetch().to_str().unwrap(), "watch", &endpoint],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spiffe-fetch watch in the agent");
+    // Read on a thread, so that a stream that never ends fails the test instead of hanging it.
+    let (line_tx, lines) = std::sync::mpsc::channel();
+    let out = watcher.stdout.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next = |what: &str| {
+        lines
+            .recv_timeout(std::time::Duration::from_mins(1))
+            .unwrap_or_else(|_| panic!("{what}: no line from spiffe-fetch watch within 60 s"))
+    };
+    let first = next("a first message");
+    assert!(
+        first.starts_with(&format!(
+            "svid=spiffe://agentd.internal/agent/{agent_id} serial="
+        )),
+        "{first}"
+    );
+
+    cp.ctl(&["agent", "disable", &agent_id, "--reason", "credential test"]);
+    let ended = next("the end of the stream");
+    assert!(
+        ended.starts_with("ended=") && ended.contains("may not hold a credential now"),
+        "the open stream after the agent was disabled: {ended}"
+    );
+    let refused = daemon
+        .launch(
+            agent,
+            &[spiffe_fetch().to_str().unwrap(), "x509", &endpoint],
+        )
+        .output()
+        .expect("spiffe-fetch in the agent");
+    let said = stdout(&refused);
+    assert!(
+        said.starts_with("error=") && said.contains("may not hold a credential now"),
+        "a fetch after the agent was disabled: {said}"
+    );
+    let _ = watcher.wait();
+    let _ = keeper.kill();
+    let _ = keeper.wait();
+}
+
+/// What py-spiffe (the SPIFFE project's Python client) does as a workload that received a
+/// token: the JWT bundles from its Workload API, a local check of the token against them, and
+/// the Workload API's own `ValidateJWTSVID`. Prints `local=ID api=ID`.
+const PY_SPIFFE_VALIDATE: &str = r#"
+import sys
+from spiffe import JwtSvid, TrustDomain, WorkloadApiClient
+endpoint, audience, token = sys.argv[1:4]
+with WorkloadApiClient(endpoint, default_timeout=10) as client:
+    bundles = client.fetch_jwt_bundles()
+    bundle = bundles.get_bundle_for_trust_domain(TrustDomain("agentd.internal"))
+    local = JwtSvid.parse_and_validate(token, bundle, {audience})
+    remote = client.validate_jwt_svid(token, audience)
+    print(f"local={local.spiffe_id} api={remote.spiffe_id}")
+"#;
+
+fn python() -> String {
+    std::env::var("AGENTD_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "AGENTD_TEST_PYTHON is not set: run this tier through `cargo xtask test` (its \
+             virtual environment has py-spiffe)"
+        )
+    })
+}
+
+/// Issue 19: JWT-SVIDs from the Workload API. An agent fetches one for an audience with the
+/// `spiffe` crate's client; another agent on the host validates it through the Workload API
+/// (the crate's client, and py-spiffe's, which also checks it against the JWT bundle itself);
+/// an untagged process gets none; a token is refused for another audience; a disabled agent
+/// gets no new one.
+#[test]
+fn an_agents_jwt_svid_is_fetched_for_an_audience_and_another_agent_validates_it() {
+    let (agent, peer) = ("jwt-agent", "jwt-peer");
+    let cp = ControlPlane::start();
+    let agent_id = register(&cp, agent);
+    register(&cp, peer);
+    let state = tempfile::tempdir().unwrap();
+    let daemon = enrolled_agents(&cp, &[agent, peer], state.path(), "");
+    let (_agent_cgroup, _peer_cgroup) = (launch_cgroup(agent), launch_cgroup(peer));
+    let socket = daemon.identity.with_file_name("spiffe.sock");
+    let endpoint = format!("unix://{}", socket.display());
+    let fetch = bin_path_str();
+
+    let untagged = Command::new(spiffe_fetch())
+        .args(["jwt", &endpoint, "billing"])
+        .output()
+        .expect("spiffe-fetch");
+    let said = stdout(&untagged);
+    assert!(
+        said.starts_with("error=") && said.contains("not an agent"),
+        "an untagged caller: {said}"
+    );
+
+    // Long-lived processes of both agents, so that the host reports them running.
+    let mut keepers: Vec<_> = [agent, peer]
+        .iter()
+        .map(|name| {
+            daemon
+                .launch(name, &["sleep", "120"])
+                .spawn()
+                .expect("a process of the agent")
+        })
+        .collect();
+    let in_agent = |name: &str, args: &[&str]| {
+        let mut all = vec![fetch.as_str()];
+        all.extend_from_slice(args);
+        stdout(
+            &daemon
+                .launch(name, &all)
+                .output()
+                .expect("spiffe-fetch in an agent"),
+        )
+    };
+    let subject = format!("spiffe://agentd.internal/agent/{agent_id}");
+    let mut last = String::new();
+    wait_until("the agent's JWT-SVID", || {
+        last = in_agent(agent, &["jwt", &endpoint, "billing"]);
+        // Until the host's report of the agent reaches the control plane, it refuses.
+        !last.contains("has not reported it running")
+    });
+    let token = last
+        .strip_prefix(&format!("spiffe_id={subject} token="))
+        .unwrap_or_else(|| panic!("{last}\nagentd's log:\n{}", daemon.log()))
+        .to_owned();
+
+    let mut validated = String::new();
+    wait_until("the peer validates the token", || {
+        validated = in_agent(peer, &["validate", &endpoint, "billing", &token]);
+        !validated.contains("has not reported it running")
+    });
+    assert_eq!(validated, format!("valid={subject}"));
+    let wrong = in_agent(peer, &["validate", &endpoint, "payroll", &token]);
+    assert!(
+        wrong.starts_with("error=") && wrong.contains("not valid"),
+        "another audience: {wrong}"
+    );
+    assert_eq!(
+        in_agent(peer, &["jwt-bundles", &endpoint]),
+        "trust_domain=agentd.internal keys=1"
+    );
+    let python = python();
+    let py = daemon
+        .launch(
+            peer,
+            &[
+                &python,
+                "-c",
+                PY_SPIFFE_VALIDATE,
+                &endpoint,
+                "billing",
+                &token,
+            ],
+        )
+        .output()
+        .expect("py-spiffe in the peer");
+    assert_eq!(
+        stdout(&py),
+        format!("local={subject} api={subject}"),
+        "py-spiffe: {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+
+    cp.ctl(&["agent", "disable", &agent_id, "--reason", "credential test"]);
+    let mut refused = String::new();
+    wait_until("the disabled agent gets no JWT-SVID", || {
+        refused = in_agent(agent, &["jwt", &endpoint, "search"]);
+        refused.starts_with("error=")
+    });
+    assert!(
+        refused.contains("may not hold a credential now"),
+        "a fetch after the agent was disabled: {refused}"
+    );
+    for keeper in &mut keepers {
+        let _ = keeper.kill();
+        let _ = keeper.wait();
+    }
+}
+
+fn bin_path_str() -> String {
+    spiffe_fetch().to_str().expect("a UTF-8 path").to_owned()
+}
