@@ -66,12 +66,27 @@ fn admin_token(control: &Path, database: &str, dir: &Path) -> anyhow::Result<Str
     Ok(token.trim().to_owned())
 }
 
-/// Registers and enables the demo agent, unless it is there already.
-fn register_demo(ctl: &Path, token: &str) -> anyhow::Result<()> {
+/// The registry id of the agent named `name` in `agentctl agent list -o json`'s output.
+fn listed_id(listed: &str, name: &str) -> anyhow::Result<Option<String>> {
+    let listed: serde_json::Value =
+        serde_json::from_str(listed).context("agentctl agent list printed no JSON")?;
+    let agents = listed["agents"]
+        .as_array()
+        .or_else(|| listed.as_array())
+        .map_or(&[][..], Vec::as_slice);
+    Ok(agents
+        .iter()
+        .find(|agent| agent["name"] == name)
+        .and_then(|agent| agent["id"].as_str())
+        .map(str::to_owned))
+}
+
+/// Registers and enables the demo agent, unless it is there already; returns its registry id.
+fn register_demo(ctl: &Path, token: &str) -> anyhow::Result<String> {
     let listed =
         agentctl(ctl, token, &["agent", "list", "-o", "json"]).map_err(anyhow::Error::msg)?;
-    if listed.contains(&format!("\"name\": \"{AGENT}\"")) {
-        return Ok(());
+    if let Some(id) = listed_id(&listed, AGENT)? {
+        return Ok(id);
     }
     if let Err(err) = agentctl(ctl, token, &["blueprint", "create", AGENT])
         && !err.contains("already")
@@ -102,7 +117,33 @@ fn register_demo(ctl: &Path, token: &str) -> anyhow::Result<()> {
         .to_owned();
     agentctl(ctl, token, &["agent", "enable", &id]).map_err(anyhow::Error::msg)?;
     println!("run: registered the demo agent ({id}) in the control plane");
-    Ok(())
+    Ok(id)
+}
+
+/// The example policy with the demo agent's registry id, so that host events, the registry and
+/// its SPIFFE ID name it by the same id.
+fn demo_policy(dir: &Path, id: &str) -> anyhow::Result<PathBuf> {
+    let example = workspace::workspace_root().join("examples/agents.toml");
+    let text =
+        fs::read_to_string(&example).with_context(|| format!("reading {}", example.display()))?;
+    let named = format!("name = \"{AGENT}\"\n");
+    anyhow::ensure!(
+        text.contains(&named),
+        "{} names no agent {AGENT:?}",
+        example.display()
+    );
+    let policy = dir.join("agents.toml");
+    fs::write(&policy, with_id(&text, &named, id))?;
+    Ok(policy)
+}
+
+/// `text` with an `id` line after the agent's `named` line.
+fn with_id(text: &str, named: &str, id: &str) -> String {
+    text.replacen(
+        named,
+        &format!("{named}id = \"{id}\"  # the control plane's id (cargo xtask run)\n"),
+        1,
+    )
 }
 
 /// Sets up, builds and runs the control plane and agentd until agentd exits.
@@ -145,7 +186,7 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitStatus> {
         "run: control plane on http://{LISTEN} (admin token in {})",
         dir.join("admin.token").display()
     );
-    register_demo(&ctl, &token)?;
+    let demo_id = register_demo(&ctl, &token)?;
 
     let enrolled = dir.join("agentd-state/host.json").exists();
     let join = if enrolled {
@@ -174,10 +215,8 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitStatus> {
     let mut command = Command::new(&agentd);
     command.arg("run").arg("--config").arg(&config);
     if !args.iter().any(|arg| arg.starts_with("--policy")) {
-        // The embedded default: one demo agent to launch.
-        command
-            .arg("--policy")
-            .arg(workspace::workspace_root().join("examples/agents.toml"));
+        // The example: one demo agent to launch, by the registry's id.
+        command.arg("--policy").arg(demo_policy(&dir, &demo_id)?);
     }
     command.args(args).stdin(Stdio::inherit());
     eprintln!("+ {}", cmd::display(&command));
@@ -193,4 +232,19 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitStatus> {
     }
     let _ = server.wait();
     Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_agent_is_found_by_name_and_its_policy_carries_the_registry_id() {
+        let listed = r#"{"agents": [{"id": "a1", "name": "other"}, {"id": "d7", "name": "demo"}]}"#;
+        assert_eq!(listed_id(listed, "demo").unwrap().as_deref(), Some("d7"));
+        assert_eq!(listed_id("{}", "demo").unwrap(), None);
+        assert!(listed_id("not json", "demo").is_err());
+        let policy = with_id("[[agent]]\nname = \"demo\"\n", "name = \"demo\"\n", "d7");
+        assert!(policy.contains("name = \"demo\"\nid = \"d7\""), "{policy}");
+    }
 }

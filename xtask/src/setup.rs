@@ -193,10 +193,10 @@ fn install_kernels(apt: &mut Apt, kernels: &[KernelSpec]) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The Python test clients' virtual environment: `~/.cache/agentd/venv`.
+/// The Python test clients' virtual environment: `venv` in the cache directory
+/// (`~/.cache/agentd/venv` unless `AGENTD_CACHE_DIR` says otherwise).
 pub fn python_venv() -> anyhow::Result<std::path::PathBuf> {
-    let home = std::env::var_os("HOME").context("HOME is not set")?;
-    Ok(std::path::PathBuf::from(home).join(".cache/agentd/venv"))
+    Ok(crate::workspace::cache_dir()?.join("venv"))
 }
 
 /// Creates the virtual environment and installs `PYTHON_PACKAGES` into it, unless a stamp

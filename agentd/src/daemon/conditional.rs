@@ -19,6 +19,28 @@ use crate::{
 };
 
 impl State {
+    /// Says which agents of the local policy the control plane knows by another id (matched by
+    /// name): host events name them by the local id, the registry and their SPIFFE ID by the
+    /// control plane's.
+    fn warn_of_other_ids(&self, set: &DecisionSet) {
+        for decision in &set.decisions {
+            let other = self.policy.agents.iter().find(|agent| {
+                agent.agent.name == decision.agent_name
+                    && agent.agent.id.to_string() != decision.agent_id
+            });
+            if let Some(agent) = other {
+                tracing::warn!(
+                    agent = %agent.agent.name,
+                    local_id = %agent.agent.id,
+                    control_plane_id = %decision.agent_id,
+                    "the local policy names this agent by another id than the control plane: \
+                     host events use the local one; set `id` in the policy to the control \
+                     plane's (docs/identity.md)"
+                );
+            }
+        }
+    }
+
     /// Puts a Conditional Access decision set in force: kernel tables first (grants before the
     /// flags that restrict), then file-write blocks, then the set is kept on disk. On any error
     /// the previous set stays in force and the error is returned. Returns notice lines.
@@ -103,6 +125,7 @@ impl State {
         let notices = if self.ca.applied_version == set.version {
             Vec::new()
         } else {
+            self.warn_of_other_ids(&set);
             decision_notices(&set, tables.agents.len(), format)
         };
         self.ca.applied_version = set.version;
