@@ -261,3 +261,255 @@ fn an_agents_jwt_svid_is_fetched_for_an_audience_and_another_agent_validates_it(
 fn bin_path_str() -> String {
     spiffe_fetch().to_str().expect("a UTF-8 path").to_owned()
 }
+
+/// py-spiffe's X.509 fetch, as a workload would do it. Prints `spiffe_id=ID bundles=N`.
+const PY_SPIFFE_X509: &str = r#"
+import sys
+from spiffe import WorkloadApiClient
+with WorkloadApiClient(sys.argv[1], default_timeout=10) as client:
+    svid = client.fetch_x509_svid()
+    bundles = client.fetch_x509_bundles()
+    print(f"spiffe_id={svid.spiffe_id} bundles={len(bundles.bundles)}")
+"#;
+
+/// The URI SANs of the first certificate in `pem` (the peer's leaf in `s_client -showcerts`).
+fn first_uri_sans(pem: &str) -> Vec<String> {
+    use x509_parser::{extensions::GeneralName, prelude::*};
+    let start = pem
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("a certificate");
+    let (_, block) = parse_x509_pem(&pem.as_bytes()[start..]).expect("PEM");
+    let cert = block.parse_x509().expect("X.509");
+    cert.subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::URI(uri) => Some((*uri).to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One TLS handshake between two agents' processes, both with the SVID files in their
+/// directories: `openssl s_server` (requiring a client certificate that the bundle verifies)
+/// in `server`, `openssl s_client` (verifying the server's against its bundle) in `client`.
+/// Returns what each printed.
+fn handshake(
+    daemon: &agentd_tests::Daemon,
+    (server, server_dir): (&str, &std::path::Path),
+    (client, client_dir): (&str, &std::path::Path),
+) -> (String, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let file = |dir: &std::path::Path, name: &str| dir.join(name).display().to_string();
+    let mut listening = daemon
+        .launch(
+            server,
+            &[
+                "openssl",
+                "s_server",
+                "-accept",
+                &format!("127.0.0.1:{port}"),
+                "-naccept",
+                "1",
+                "-cert",
+                &file(server_dir, "svid.pem"),
+                "-key",
+                &file(server_dir, "key.pem"),
+                "-CAfile",
+                &file(server_dir, "bundle.pem"),
+                "-Verify",
+                "1",
+                "-verify_return_error",
+            ],
+        )
+        // Kept open: s_server stops at the end of its input.
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl s_server in the agent");
+    let mut connected = String::new();
+    wait_until("the TLS handshake", || {
+        let output = daemon
+            .launch(
+                client,
+                &[
+                    "openssl",
+                    "s_client",
+                    "-connect",
+                    &format!("127.0.0.1:{port}"),
+                    "-cert",
+                    &file(client_dir, "svid.pem"),
+                    "-key",
+                    &file(client_dir, "key.pem"),
+                    "-CAfile",
+                    &file(client_dir, "bundle.pem"),
+                    "-verify_return_error",
+                    "-showcerts",
+                ],
+            )
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl s_client in the agent");
+        connected = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // Until the server listens, the connection is refused and does not count.
+        !connected.contains("Connection refused") && !connected.contains("connect:errno")
+    });
+    drop(listening.stdin.take());
+    let finished = listening.wait_with_output().expect("s_server's output");
+    (
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&finished.stdout),
+            String::from_utf8_lossy(&finished.stderr)
+        ),
+        connected,
+    )
+}
+
+/// A client whose certificate the bundle does not verify (self-signed) is refused by an
+/// agent's `s_server`.
+fn a_stranger_is_refused(
+    daemon: &agentd_tests::Daemon,
+    server: (&str, &std::path::Path),
+    client: &str,
+    bundle: &std::path::Path,
+) {
+    let stranger = tempfile::tempdir().unwrap();
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=stranger",
+            "-days",
+            "1",
+            "-keyout",
+        ])
+        .arg(stranger.path().join("key.pem"))
+        .arg("-out")
+        .arg(stranger.path().join("svid.pem"))
+        .output()
+        .expect("openssl req");
+    assert!(made.status.success(), "{made:?}");
+    std::fs::copy(bundle, stranger.path().join("bundle.pem")).unwrap();
+    let (server_said, _) = handshake(daemon, server, (client, stranger.path()));
+    assert!(
+        server_said.to_lowercase().contains("verify error")
+            || server_said.contains("unable to get"),
+        "a stranger's certificate is refused: {server_said}"
+    );
+}
+
+/// Issue 19: two agents complete mutual TLS with their X.509-SVIDs, each checking the other's
+/// SPIFFE ID in the URI SAN; a certificate the bundle does not verify is refused; and py-spiffe
+/// fetches an X.509-SVID over the same Workload API.
+#[test]
+fn two_agents_complete_mutual_tls_with_their_x509_svids() {
+    let (alpha, beta) = ("tls-alpha", "tls-beta");
+    let cp = ControlPlane::start();
+    let alpha_id = register(&cp, alpha);
+    let beta_id = register(&cp, beta);
+    let state = tempfile::tempdir().unwrap();
+    let daemon = enrolled_agents(&cp, &[alpha, beta], state.path(), "");
+    let (_alpha_cgroup, _beta_cgroup) = (launch_cgroup(alpha), launch_cgroup(beta));
+    let endpoint = format!(
+        "unix://{}",
+        daemon.identity.with_file_name("spiffe.sock").display()
+    );
+    let mut keepers: Vec<_> = [alpha, beta]
+        .iter()
+        .map(|name| {
+            daemon
+                .launch(name, &["sleep", "120"])
+                .spawn()
+                .expect("a keeper")
+        })
+        .collect();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let fetch = bin_path_str();
+    for ((name, id), dir) in [(alpha, &alpha_id), (beta, &beta_id)]
+        .into_iter()
+        .zip(&dirs)
+    {
+        let dir_arg = dir.path().display().to_string();
+        let mut said = String::new();
+        wait_until("the agent's SVID files", || {
+            said = stdout(
+                &daemon
+                    .launch(name, &[&fetch, "x509-files", &endpoint, &dir_arg])
+                    .output()
+                    .expect("spiffe-fetch"),
+            );
+            !said.contains("has not reported it running")
+        });
+        assert_eq!(
+            said,
+            format!("spiffe_id=spiffe://agentd.internal/agent/{id}")
+        );
+    }
+
+    let python = python();
+    let py = daemon
+        .launch(alpha, &[&python, "-c", PY_SPIFFE_X509, &endpoint])
+        .output()
+        .expect("py-spiffe in the agent");
+    assert_eq!(
+        stdout(&py),
+        format!("spiffe_id=spiffe://agentd.internal/agent/{alpha_id} bundles=1"),
+        "py-spiffe: {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+
+    for ((server, server_id, server_dir), (client, client_dir)) in [
+        ((alpha, &alpha_id, dirs[0].path()), (beta, dirs[1].path())),
+        ((beta, &beta_id, dirs[1].path()), (alpha, dirs[0].path())),
+    ] {
+        let (served, connected) = handshake(&daemon, (server, server_dir), (client, client_dir));
+        assert!(
+            connected.contains("Verify return code: 0 (ok)"),
+            "{client} → {server}: {connected}"
+        );
+        assert_eq!(
+            first_uri_sans(&connected),
+            vec![format!("spiffe://agentd.internal/agent/{server_id}")],
+            "the client sees the server agent's SPIFFE ID"
+        );
+        assert!(
+            served.contains("depth=0") && !served.to_lowercase().contains("error"),
+            "the server verified the client's SVID: {served}"
+        );
+    }
+
+    // A certificate the bundle does not verify: refused by the server.
+    a_stranger_is_refused(
+        &daemon,
+        (alpha, dirs[0].path()),
+        beta,
+        &dirs[1].path().join("bundle.pem"),
+    );
+    for keeper in &mut keepers {
+        let _ = keeper.kill();
+        let _ = keeper.wait();
+    }
+}

@@ -6,6 +6,9 @@
 //!   the certificate and that the certificate names one SPIFFE ID), or `error=...`.
 //! - `spiffe-fetch watch ENDPOINT`: streams the caller's X.509-SVIDs, printing
 //!   `svid=ID serial=HEX` for each message and `ended=...` when the stream ends.
+//! - `spiffe-fetch x509-files ENDPOINT DIR`: writes the caller's X.509-SVID as `DIR/svid.pem`
+//!   (the chain), `DIR/key.pem` (PKCS#8) and `DIR/bundle.pem` (its trust domain's
+//!   authorities), for a TLS library to use; prints `spiffe_id=ID`.
 //! - `spiffe-fetch jwt ENDPOINT AUDIENCE`: fetches a JWT-SVID for AUDIENCE (the crate has
 //!   parsed it: `kid`, a SPIFFE ID `sub`, `aud`, `exp`); prints `spiffe_id=ID token=JWT`.
 //! - `spiffe-fetch jwt-bundles ENDPOINT`: prints `trust_domain=TD keys=N` for each bundle.
@@ -69,6 +72,60 @@ async fn watch(endpoint: &str) -> Result<String, String> {
     }
 }
 
+/// DER blocks as PEM with `label`.
+fn pem(label: &str, blocks: &[&[u8]]) -> String {
+    use std::fmt::Write as _;
+
+    use base64::Engine as _;
+    let mut out = String::new();
+    for der in blocks {
+        let _ = writeln!(out, "-----BEGIN {label}-----");
+        let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+        for line in encoded.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            out.push('\n');
+        }
+        let _ = writeln!(out, "-----END {label}-----");
+    }
+    out
+}
+
+async fn x509_files(endpoint: &str, dir: &str) -> Result<String, String> {
+    let client = connect(endpoint).await?;
+    let svid = client
+        .fetch_x509_svid()
+        .await
+        .map_err(|err| format!("{err}"))?;
+    let bundles = client
+        .fetch_x509_bundles()
+        .await
+        .map_err(|err| format!("bundles: {err}"))?;
+    let bundle = bundles
+        .get(svid.spiffe_id().trust_domain())
+        .ok_or("no bundle for the SVID's trust domain")?;
+    let dir = std::path::Path::new(dir);
+    let chain: Vec<&[u8]> = svid
+        .cert_chain()
+        .iter()
+        .map(spiffe::Certificate::as_bytes)
+        .collect();
+    let roots: Vec<&[u8]> = bundle
+        .authorities()
+        .iter()
+        .map(spiffe::Certificate::as_bytes)
+        .collect();
+    let write = |name: &str, text: String| {
+        std::fs::write(dir.join(name), text).map_err(|err| format!("writing {name}: {err}"))
+    };
+    write("svid.pem", pem("CERTIFICATE", &chain))?;
+    write(
+        "key.pem",
+        pem("PRIVATE KEY", &[svid.private_key().as_bytes()]),
+    )?;
+    write("bundle.pem", pem("CERTIFICATE", &roots))?;
+    Ok(format!("spiffe_id={}", svid.spiffe_id()))
+}
+
 async fn connect(endpoint: &str) -> Result<WorkloadApiClient, String> {
     WorkloadApiClient::connect_to(endpoint)
         .await
@@ -125,6 +182,7 @@ fn main() -> ExitCode {
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[1..] {
         ["x509", endpoint] => runtime.block_on(x509(endpoint)),
         ["watch", endpoint] => runtime.block_on(watch(endpoint)),
+        ["x509-files", endpoint, dir] => runtime.block_on(x509_files(endpoint, dir)),
         ["jwt", endpoint, audience] => runtime.block_on(jwt(endpoint, audience)),
         ["jwt-bundles", endpoint] => runtime.block_on(jwt_bundles(endpoint)),
         ["validate", endpoint, audience, token] => {
@@ -132,8 +190,8 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: spiffe-fetch x509|watch|jwt-bundles ENDPOINT, jwt ENDPOINT AUDIENCE, \
-                 validate ENDPOINT AUDIENCE TOKEN"
+                "usage: spiffe-fetch x509|watch|jwt-bundles ENDPOINT, x509-files ENDPOINT DIR, \
+                 jwt ENDPOINT AUDIENCE, validate ENDPOINT AUDIENCE TOKEN"
             );
             return ExitCode::from(2);
         }
