@@ -136,6 +136,20 @@ with WorkloadApiClient(endpoint, default_timeout=10) as client:
     print(f"local={local.spiffe_id} api={remote.spiffe_id}")
 "#;
 
+/// A raw gRPC call through py-spiffe's generated stubs, without `workload.spiffe.io`. Prints
+/// the status code name and its message.
+const RAW_WITHOUT_HEADER: &str = r#"
+import sys, grpc
+from spiffe._proto import workload_pb2, workload_pb2_grpc
+channel = grpc.insecure_channel(sys.argv[1])
+stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+try:
+    stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=["billing"]), timeout=10)
+    print("answered")
+except grpc.RpcError as err:
+    print(f"{err.code().name} {err.details()}")
+"#;
+
 fn python() -> String {
     std::env::var("AGENTD_TEST_PYTHON").unwrap_or_else(|_| {
         panic!(
@@ -242,6 +256,8 @@ fn an_agents_jwt_svid_is_fetched_for_an_audience_and_another_agent_validates_it(
         String::from_utf8_lossy(&py.stderr)
     );
 
+    header_and_quarantine_refusals(&daemon, (agent, peer), &endpoint, &subject);
+
     cp.ctl(&["agent", "disable", &agent_id, "--reason", "credential test"]);
     let mut refused = String::new();
     wait_until("the disabled agent gets no JWT-SVID", || {
@@ -256,6 +272,63 @@ fn an_agents_jwt_svid_is_fetched_for_an_audience_and_another_agent_validates_it(
         let _ = keeper.kill();
         let _ = keeper.wait();
     }
+}
+
+/// A call without the security header is refused; a quarantined agent gets no token at once
+/// and gets one again once released.
+fn header_and_quarantine_refusals(
+    daemon: &agentd_tests::Daemon,
+    (agent, peer): (&str, &str),
+    endpoint: &str,
+    subject: &str,
+) {
+    let python = python();
+    let fetch = bin_path_str();
+    let in_agent = |name: &str, args: &[&str]| {
+        let mut all = vec![fetch.as_str()];
+        all.extend_from_slice(args);
+        stdout(
+            &daemon
+                .launch(name, &all)
+                .output()
+                .expect("spiffe-fetch in an agent"),
+        )
+    };
+    // Without the specification's security header: refused, whoever asks.
+    let bare = daemon
+        .launch(peer, &[python.as_str(), "-c", RAW_WITHOUT_HEADER, endpoint])
+        .output()
+        .expect("a call without the header");
+    let said = stdout(&bare);
+    assert!(
+        said.starts_with("INVALID_ARGUMENT") && said.contains("security header missing"),
+        "{said} {}",
+        String::from_utf8_lossy(&bare.stderr)
+    );
+
+    // Quarantined on this host: no token, at once (no control-plane round trip).
+    let quarantine = |release: bool| {
+        let mut command = Command::new(agentd_tests::agentd_bin());
+        command
+            .args(["quarantine", agent, "--socket"])
+            .arg(daemon.admin_socket());
+        if release {
+            command.arg("--release");
+        }
+        let output = command.output().expect("agentd quarantine");
+        assert!(output.status.success(), "{output:?}");
+    };
+    quarantine(false);
+    let said = in_agent(agent, &["jwt", endpoint, "billing"]);
+    assert!(
+        said.starts_with("error=") && said.contains("it is quarantined"),
+        "a quarantined agent: {said}"
+    );
+    quarantine(true);
+    assert!(
+        in_agent(agent, &["jwt", endpoint, "billing"]).starts_with(&format!("spiffe_id={subject}")),
+        "released, it gets its token again"
+    );
 }
 
 fn bin_path_str() -> String {
