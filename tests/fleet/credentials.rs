@@ -67,6 +67,40 @@ fn a_tagged_process_gets_its_agents_x509_svid_and_loses_it_when_the_agent_is_dis
     });
     assert_eq!(last, expected, "agentd's log:\n{}", daemon.log());
 
+    // `agentd svid` asks as the process that runs it.
+    let socket_arg = socket.display().to_string();
+    let svid = daemon
+        .launch(
+            agent,
+            &[
+                agentd_tests::agentd_bin().to_str().unwrap(),
+                "svid",
+                "--socket",
+                &socket_arg,
+                "--audience",
+                "billing",
+            ],
+        )
+        .output()
+        .expect("agentd svid in the agent");
+    let said = stdout(&svid);
+    assert!(
+        said.starts_with(&format!(
+            "spiffe_id: spiffe://agentd.internal/agent/{agent_id}\nx509-svid: serial "
+        )) && said.contains("jwt-svid for billing: ey"),
+        "{said}{}",
+        String::from_utf8_lossy(&svid.stderr)
+    );
+    let outside = Command::new(agentd_tests::agentd_bin())
+        .args(["svid", "--socket", &socket_arg])
+        .output()
+        .expect("agentd svid");
+    assert!(
+        !outside.status.success()
+            && String::from_utf8_lossy(&outside.stderr).contains("not an agent"),
+        "{outside:?}"
+    );
+
     let mut watcher = daemon
         .launch(
             agent,

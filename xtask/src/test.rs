@@ -48,8 +48,14 @@ fn cargo_test(name: &str, cmd: &mut Command) -> anyhow::Result<TierResult> {
 }
 
 fn unit() -> anyhow::Result<TierResult> {
-    // The default members: agentd, agentd-common and xtask.
-    cargo_test("unit", cargo().arg("test"))
+    // The whole workspace (the control plane's API tests against SQLite among them).
+    cargo_test(
+        "unit",
+        cargo().arg("test").env(
+            "AGENTD_TEST_PYTHON",
+            crate::setup::python_venv()?.join("bin/python"),
+        ),
+    )
 }
 
 fn control() -> anyhow::Result<TierResult> {

@@ -582,8 +582,9 @@ pub async fn the_audit_log_refuses_updates_and_deletes(backend: Backend) {
         .await
         .expect("count");
     assert_eq!(
-        count, 4,
-        "the CA, the managed baseline policy, the admin token and the blueprint"
+        count, 5,
+        "the CA, the JWT signing key, the managed baseline policy, the admin token and the \
+         blueprint"
     );
     fixture.stop().await;
 }

@@ -241,15 +241,16 @@ pub async fn audit_verify_passes_on_an_intact_log_written_by_concurrent_writers(
     let fixture = audited_fixture(&backend).await;
     let (ok, stdout, stderr) = verify(&fixture, &[]).await;
     assert!(ok, "{stderr}");
-    // The CA, the baseline policy, the admin token, the blueprint and 12 agents.
+    // The CA, the JWT signing key, the baseline policy, the admin token, the blueprint and 12
+    // agents.
     assert!(
-        stdout.contains("audit log intact: 16 chained events"),
+        stdout.contains("audit log intact: 17 chained events"),
         "{stdout}"
     );
     let (ok, stdout, stderr) = verify(&fixture, &["--output", "json"]).await;
     assert!(ok, "{stderr}");
     assert!(
-        stdout.contains("\"entries\": \"16\"") || stdout.contains("\"entries\": 16"),
+        stdout.contains("\"entries\": \"17\"") || stdout.contains("\"entries\": 17"),
         "{stdout}"
     );
     fixture.stop().await;
@@ -291,7 +292,7 @@ pub async fn audit_verify_catches_a_truncated_log(backend: Backend) {
     let (ok, _, stderr) = verify(&fixture, &["--checkpoint", checkpoint]).await;
     assert!(ok, "{stderr}");
 
-    // The last entries deleted: the server's head still names entry 16.
+    // The last entries deleted: the server's head still names entry 17.
     tamper(
         &fixture,
         &backend,
@@ -302,7 +303,7 @@ pub async fn audit_verify_catches_a_truncated_log(backend: Backend) {
     assert!(!ok, "a truncation must fail verification");
     assert!(
         stderr
-            .contains("truncated: it ends at chain index 12, but the server's head names entry 16"),
+            .contains("truncated: it ends at chain index 12, but the server's head names entry 17"),
         "{stderr}"
     );
 
@@ -323,7 +324,7 @@ pub async fn audit_verify_catches_a_truncated_log(backend: Backend) {
     let (ok, _, stderr) = verify(&fixture, &["--checkpoint", checkpoint]).await;
     assert!(!ok, "the checkpoint catches the truncation");
     assert!(
-        stderr.contains("truncated: it ends at chain index 12, but the checkpoint names entry 16"),
+        stderr.contains("truncated: it ends at chain index 12, but the checkpoint names entry 17"),
         "{stderr}"
     );
     fixture.stop().await;
@@ -475,7 +476,7 @@ pub async fn the_audit_export_appends_every_event_once_with_its_digests(backend:
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("audit.jsonl");
     let mut export = AuditExport::open(&path).expect("opening the export");
-    assert_eq!(export.export_new(&fixture.store).await.expect("export"), 16);
+    assert_eq!(export.export_new(&fixture.store).await.expect("export"), 17);
     assert_eq!(export.export_new(&fixture.store).await.expect("export"), 0);
     drop(export);
     let mode = std::fs::metadata(&path)
@@ -494,7 +495,7 @@ pub async fn the_audit_export_appends_every_event_once_with_its_digests(backend:
         .map(|line| serde_json::from_str(line).expect("an exported event"))
         .collect();
     let indexes: Vec<i64> = lines.iter().map(|e| e.chain_index).collect();
-    assert_eq!(indexes, (1..=17).collect::<Vec<_>>());
+    assert_eq!(indexes, (1..=18).collect::<Vec<_>>());
     let stored = fixture
         .admin()
         .await
@@ -517,19 +518,19 @@ pub async fn the_audit_export_appends_every_event_once_with_its_digests(backend:
     tamper(
         &fixture,
         &backend,
-        &["DELETE FROM audit_events WHERE chain_index = 17"],
+        &["DELETE FROM audit_events WHERE chain_index = 18"],
     )
     .await;
     let mut raw = fixture.db.raw().await;
     sqlx::query(
-        "UPDATE audit_chain_head SET entries = 16, digest = \
-         (SELECT digest FROM audit_events WHERE chain_index = 16) WHERE id = 1",
+        "UPDATE audit_chain_head SET entries = 17, digest = \
+         (SELECT digest FROM audit_events WHERE chain_index = 17) WHERE id = 1",
     )
     .execute(&mut raw)
     .await
     .expect("rewinding the head");
     let (ok, _, stderr) = verify(&fixture, &["--expect", &anchor]).await;
     assert!(!ok, "the exported anchor catches the truncation");
-    assert!(stderr.contains("but --expect names entry 17"), "{stderr}");
+    assert!(stderr.contains("but --expect names entry 18"), "{stderr}");
     fixture.stop().await;
 }

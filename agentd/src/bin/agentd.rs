@@ -208,6 +208,23 @@ enum Command {
         #[arg(long, value_name = "PATH", default_value = api::IDENTITY_SOCKET)]
         socket: PathBuf,
     },
+    /// Ask the SPIFFE Workload API, as this process, for its X.509-SVID (and a JWT-SVID for
+    /// each --audience), the way any workload would; print what came back. Run it inside an
+    /// agent to see that agent's credentials; exits 1 with the reason when the caller gets none.
+    ///
+    /// Example: `agentd launch --agent demo -- agentd svid --audience billing-api`
+    Svid {
+        /// The Workload API socket. Default: `SPIFFE_ENDPOINT_SOCKET` (a `unix://` address),
+        /// else /run/agentd/spiffe.sock.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Also fetch a JWT-SVID for this audience (repeatable).
+        #[arg(long = "audience", value_name = "AUDIENCE")]
+        audiences: Vec<String>,
+        /// Print JSON (with the JWT-SVIDs' tokens) instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -278,6 +295,11 @@ fn main() -> ExitCode {
             release,
             admin,
         } => quarantine(&admin.socket, &agent, release),
+        Command::Svid {
+            socket,
+            audiences,
+            json,
+        } => svid(socket, &audiences, json),
         Command::Whoami { socket } => match api::whoami(&socket) {
             Ok(document) => {
                 println!(
@@ -431,6 +453,36 @@ fn launch(socket: &Path, agent: &str, command: &[String]) -> anyhow::Result<()> 
     let (program, args) = command.split_first().context("no command given")?;
     let err = std::process::Command::new(program).args(args).exec();
     Err(err).with_context(|| format!("running {program}"))
+}
+
+fn svid(socket: Option<PathBuf>, audiences: &[String], json: bool) -> anyhow::Result<()> {
+    let socket = socket.unwrap_or_else(|| {
+        std::env::var("SPIFFE_ENDPOINT_SOCKET")
+            .ok()
+            .and_then(|endpoint| endpoint.strip_prefix("unix://").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(api::SPIFFE_SOCKET))
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let fetched = runtime.block_on(agentd::spiffe::client::fetch(&socket, audiences))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&fetched)?);
+        return Ok(());
+    }
+    println!("spiffe_id: {}", fetched.spiffe_id);
+    println!(
+        "x509-svid: serial {}, valid {} to {} (Unix time), chain of {}, {} bundle authorities",
+        fetched.serial,
+        fetched.not_before,
+        fetched.not_after,
+        fetched.chain,
+        fetched.bundle_authorities
+    );
+    for jwt in &fetched.jwt_svids {
+        println!("jwt-svid for {}: {}", jwt.audience, jwt.token);
+    }
+    Ok(())
 }
 
 fn quarantine(socket: &Path, agent: &str, release: bool) -> anyhow::Result<()> {

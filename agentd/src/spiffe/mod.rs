@@ -3,6 +3,7 @@
 //! JWT-SVIDs and the JWT bundle (`jwt`); `authority` lets gRPC C-core clients through.
 
 pub mod authority;
+pub mod client;
 pub mod jwt;
 pub mod server;
 pub mod svid;
