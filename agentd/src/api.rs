@@ -205,6 +205,22 @@ pub struct Status {
     /// Event lines and notices the output could not write (a closed stdout, a full disk).
     #[serde(default)]
     pub output_errors: u64,
+    /// The SVIDs the Workload API holds for agents (docs/credentials.md).
+    #[serde(default)]
+    pub svids: SvidStatus,
+}
+
+/// The SVIDs agentd holds for agents: what the Workload API would serve now without asking
+/// the control plane.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SvidStatus {
+    /// X.509-SVIDs held (one per agent), not expired.
+    pub x509_svids: u64,
+    /// The earliest expiry among them (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x509_next_expiry: Option<i64>,
+    /// JWT-SVIDs held (by agent and audiences), not expired.
+    pub jwt_svids: u64,
 }
 
 /// One sensor's state in `agentd status` and the health endpoint.

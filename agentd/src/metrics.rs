@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub sensors: Vec<(String, String)>,
     /// Event lines and notices that the output could not write (a closed stdout, a full disk).
     pub output_errors: u64,
+    /// The SVIDs the Workload API holds.
+    pub svids: crate::api::SvidStatus,
 }
 
 fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
@@ -160,6 +162,29 @@ fn register_health(registry: &mut Registry, snapshot: &Snapshot) {
         "Event lines and notices the output could not write",
         snapshot.output_errors,
     );
+    let svids = Family::<Labels, Gauge<i64>>::default();
+    for (kind, count) in [
+        ("x509", snapshot.svids.x509_svids),
+        ("jwt", snapshot.svids.jwt_svids),
+    ] {
+        svids
+            .get_or_create(&vec![("kind".to_owned(), kind.to_owned())])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "svids_held",
+        "SVIDs the Workload API holds for agents, not expired, by kind",
+        svids,
+    );
+    if let Some(expiry) = snapshot.svids.x509_next_expiry {
+        let next = Gauge::<i64>::default();
+        next.set(expiry);
+        registry.register(
+            "x509_svid_next_expiry_seconds",
+            "The earliest expiry of a held X.509-SVID (Unix time)",
+            next,
+        );
+    }
 }
 
 /// The risk engine's families.
@@ -218,6 +243,11 @@ mod tests {
             risk_levels: vec![("coder".into(), 2)],
             sensors: vec![("files".into(), "unavailable".into())],
             output_errors: 4,
+            svids: crate::api::SvidStatus {
+                x509_svids: 2,
+                x509_next_expiry: Some(1_800_000_000),
+                jwt_svids: 5,
+            },
             ..Snapshot::default()
         });
         for line in [
@@ -231,6 +261,9 @@ mod tests {
             "agentd_agent_risk_level{agent=\"coder\"} 2",
             "agentd_sensor_state{sensor=\"files\",state=\"unavailable\"} 1",
             "agentd_output_errors_total 4",
+            "agentd_svids_held{kind=\"x509\"} 2",
+            "agentd_svids_held{kind=\"jwt\"} 5",
+            "agentd_x509_svid_next_expiry_seconds 1800000000",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }

@@ -67,39 +67,7 @@ fn a_tagged_process_gets_its_agents_x509_svid_and_loses_it_when_the_agent_is_dis
     });
     assert_eq!(last, expected, "agentd's log:\n{}", daemon.log());
 
-    // `agentd svid` asks as the process that runs it.
-    let socket_arg = socket.display().to_string();
-    let svid = daemon
-        .launch(
-            agent,
-            &[
-                agentd_tests::agentd_bin().to_str().unwrap(),
-                "svid",
-                "--socket",
-                &socket_arg,
-                "--audience",
-                "billing",
-            ],
-        )
-        .output()
-        .expect("agentd svid in the agent");
-    let said = stdout(&svid);
-    assert!(
-        said.starts_with(&format!(
-            "spiffe_id: spiffe://agentd.internal/agent/{agent_id}\nx509-svid: serial "
-        )) && said.contains("jwt-svid for billing: ey"),
-        "{said}{}",
-        String::from_utf8_lossy(&svid.stderr)
-    );
-    let outside = Command::new(agentd_tests::agentd_bin())
-        .args(["svid", "--socket", &socket_arg])
-        .output()
-        .expect("agentd svid");
-    assert!(
-        !outside.status.success()
-            && String::from_utf8_lossy(&outside.stderr).contains("not an agent"),
-        "{outside:?}"
-    );
+    agentd_svid_inside_and_outside(&daemon, agent, &agent_id, &socket);
 
     let mut watcher = daemon
         .launch(
@@ -362,6 +330,54 @@ fn header_and_quarantine_refusals(
     assert!(
         in_agent(agent, &["jwt", endpoint, "billing"]).starts_with(&format!("spiffe_id={subject}")),
         "released, it gets its token again"
+    );
+}
+
+/// `agentd svid` asks as the process that runs it: inside the agent it prints the agent's
+/// SVIDs, outside it fails with the reason; `agentd status` then counts what agentd holds.
+fn agentd_svid_inside_and_outside(
+    daemon: &agentd_tests::Daemon,
+    agent: &str,
+    agent_id: &str,
+    socket: &std::path::Path,
+) {
+    let socket_arg = socket.display().to_string();
+    let fetched = daemon
+        .launch(
+            agent,
+            &[
+                agentd_tests::agentd_bin().to_str().unwrap(),
+                "svid",
+                "--socket",
+                &socket_arg,
+                "--audience",
+                "billing",
+            ],
+        )
+        .output()
+        .expect("agentd svid in the agent");
+    let said = stdout(&fetched);
+    assert!(
+        said.starts_with(&format!(
+            "spiffe_id: spiffe://agentd.internal/agent/{agent_id}\nx509-svid: serial "
+        )) && said.contains("jwt-svid for billing: ey"),
+        "{said}{}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
+    let outside = Command::new(agentd_tests::agentd_bin())
+        .args(["svid", "--socket", &socket_arg])
+        .output()
+        .expect("agentd svid");
+    assert!(
+        !outside.status.success()
+            && String::from_utf8_lossy(&outside.stderr).contains("not an agent"),
+        "{outside:?}"
+    );
+
+    let held = daemon.status().svids;
+    assert!(
+        held.x509_svids == 1 && held.jwt_svids == 1 && held.x509_next_expiry.is_some(),
+        "{held:?}"
     );
 }
 

@@ -48,7 +48,8 @@ fn cargo_test(name: &str, cmd: &mut Command) -> anyhow::Result<TierResult> {
 }
 
 fn unit() -> anyhow::Result<TierResult> {
-    // The whole workspace (the control plane's API tests against SQLite among them).
+    // The default members (agentd, bench, agentd-common, agentd-proto, agentd-control, xtask):
+    // the control plane's API tests run here against SQLite.
     cargo_test(
         "unit",
         cargo().arg("test").env(

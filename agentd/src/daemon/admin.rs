@@ -176,6 +176,7 @@ impl State {
             health: crate::health::summary(&sensors).to_owned(),
             sensors,
             output_errors: self.output_errors,
+            svids: self.held_svids.status(unix_ms() / 1000),
         })
     }
 
@@ -263,6 +264,7 @@ impl State {
                 .map(|sensor| (sensor.name, sensor.state))
                 .collect(),
             output_errors: self.output_errors,
+            svids: self.held_svids.status(unix_ms() / 1000),
         })
     }
 

@@ -155,7 +155,12 @@ pub async fn run(
         calls_tx.clone(),
         state.process.reader()?,
     ));
-    let spiffe_task = start_workload_api(spiffe, state.ca.to_control.clone(), calls_tx.clone());
+    let spiffe_task = start_workload_api(
+        spiffe,
+        state.ca.to_control.clone(),
+        calls_tx.clone(),
+        state.held_svids.clone(),
+    );
     let identity_task = tokio::spawn(serve_identity(identity, calls_tx));
     tracing::info!(
         admin = %config.api.admin_socket.display(),

@@ -190,6 +190,7 @@ pub(super) fn start_workload_api(
     listener: UnixListener,
     control: Option<mpsc::Sender<crate::control::ToControl>>,
     calls: mpsc::Sender<Call>,
+    held: crate::spiffe::server::Held,
 ) -> tokio::task::JoinHandle<()> {
     let (asks_tx, mut asks) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -201,7 +202,7 @@ pub(super) fn start_workload_api(
             }
         };
         tokio::join!(
-            crate::spiffe::server::serve(listener, asks_tx, control),
+            crate::spiffe::server::serve(listener, asks_tx, control, held),
             forward
         );
     })

@@ -99,6 +99,8 @@ pub struct State {
     pub(super) dns_enabled: bool,
     /// Writes the event output refused so far (`Output::errors`), for status and metrics.
     pub(super) output_errors: u64,
+    /// The SVIDs the Workload API holds, for status and metrics.
+    pub(super) held_svids: crate::spiffe::server::Held,
 }
 
 /// Conditional Access on this host.
@@ -219,6 +221,7 @@ impl State {
             mounts,
             dns_enabled: config.dns.enabled,
             output_errors: 0,
+            held_svids: crate::spiffe::server::Held::default(),
         };
         Ok((state, reader))
     }

@@ -142,10 +142,38 @@ impl AsyncWrite for Pinned {
 pub struct WorkloadApi {
     asks: mpsc::Sender<Ask>,
     control: Option<mpsc::Sender<ToControl>>,
+    held: Held,
+    bundle: Arc<Mutex<Option<(tokio::time::Instant, JwtBundle)>>>,
+}
+
+/// The SVIDs the Workload API keeps, shared with the daemon for `agentd status` and metrics.
+#[derive(Clone, Default)]
+pub struct Held {
     svids: Arc<Mutex<HashMap<String, Svid>>>,
     /// By agent id and its sorted audiences.
     jwts: Arc<Mutex<HashMap<JwtKey, JwtSvid>>>,
-    bundle: Arc<Mutex<Option<(tokio::time::Instant, JwtBundle)>>>,
+}
+
+impl Held {
+    /// How many are held and not expired at `now` (Unix seconds), and the next X.509 expiry.
+    #[must_use]
+    pub fn status(&self, now: i64) -> crate::api::SvidStatus {
+        let svids = locked(&self.svids);
+        let live: Vec<i64> = svids
+            .values()
+            .map(|svid| svid.not_after)
+            .filter(|&not_after| now < not_after)
+            .collect();
+        let jwts = locked(&self.jwts)
+            .values()
+            .filter(|jwt| now < jwt.expires_at)
+            .count();
+        crate::api::SvidStatus {
+            x509_svids: live.len() as u64,
+            x509_next_expiry: live.iter().min().copied(),
+            jwt_svids: jwts as u64,
+        }
+    }
 }
 
 /// A cached JWT-SVID's key: the agent's id and its sorted audiences.
@@ -162,12 +190,12 @@ pub async fn serve(
     listener: UnixListener,
     asks: mpsc::Sender<Ask>,
     control: Option<mpsc::Sender<ToControl>>,
+    held: Held,
 ) {
     let service = WorkloadApi {
         asks,
         control,
-        svids: Arc::default(),
-        jwts: Arc::default(),
+        held,
         bundle: Arc::default(),
     };
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener).map(|stream| {
@@ -246,7 +274,7 @@ impl WorkloadApi {
         match self.sign(&subject).await {
             Ok(svid) => {
                 tracing::info!(agent = %subject.agent_name, spiffe_id = %svid.spiffe_id, not_after = svid.not_after, "X.509-SVID signed");
-                locked(&self.svids).insert(subject.agent_id.clone(), svid.clone());
+                locked(&self.held.svids).insert(subject.agent_id.clone(), svid.clone());
                 Ok(svid)
             }
             Err(status)
@@ -261,7 +289,7 @@ impl WorkloadApi {
     }
 
     fn cached(&self, agent_id: &str) -> Option<Svid> {
-        locked(&self.svids).get(agent_id).cloned()
+        locked(&self.held.svids).get(agent_id).cloned()
     }
 
     /// Asks the control plane through the host's connection; its refusal (Conditional Access
@@ -326,7 +354,7 @@ impl WorkloadApi {
         sorted.dedup();
         let key = (subject.agent_id.clone(), sorted);
         let now = unix_now();
-        let cached = locked(&self.jwts).get(&key).cloned();
+        let cached = locked(&self.held.jwts).get(&key).cloned();
         if let Some(svid) = &cached
             && now < svid.renew_at()
         {
@@ -342,7 +370,7 @@ impl WorkloadApi {
         match answer {
             Ok(answer) => {
                 let svid = JwtSvid::from_answer(answer, now);
-                let mut jwts = locked(&self.jwts);
+                let mut jwts = locked(&self.held.jwts);
                 if jwts.len() >= MAX_CACHED_JWTS {
                     jwts.retain(|_, kept| now < kept.expires_at);
                     if jwts.len() >= MAX_CACHED_JWTS {
