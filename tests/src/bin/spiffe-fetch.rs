@@ -30,9 +30,7 @@ fn serial(der: &[u8]) -> String {
 }
 
 async fn x509(endpoint: &str) -> Result<String, String> {
-    let client = WorkloadApiClient::connect_to(endpoint)
-        .await
-        .map_err(|err| format!("connect: {err}"))?;
+    let client = connect(endpoint).await?;
     let svid = client
         .fetch_x509_svid()
         .await
@@ -52,9 +50,7 @@ async fn x509(endpoint: &str) -> Result<String, String> {
 }
 
 async fn watch(endpoint: &str) -> Result<String, String> {
-    let client = WorkloadApiClient::connect_to(endpoint)
-        .await
-        .map_err(|err| format!("connect: {err}"))?;
+    let client = connect(endpoint).await?;
     let mut stream = client
         .stream_x509_svids()
         .await
