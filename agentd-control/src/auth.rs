@@ -78,6 +78,7 @@ methods! {
         SignAgentSvid => [Host],
         SignAgentJwt => [Host],
         GetJwtBundle => [Host],
+        RenewHostCertificate => [Host],
     }
     "PolicyService" {
         CreatePolicy => [Admin],

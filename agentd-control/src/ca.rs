@@ -14,7 +14,7 @@ use crate::{
     store::{AuditContext, Store},
 };
 
-/// How long host and server certificates are valid.
+/// How long server certificates are valid (hosts' certificates: `CredentialOptions`).
 pub const LEAF_LIFETIME_DAYS: i64 = 90;
 const CA_LIFETIME_DAYS: i64 = 3650;
 
@@ -129,22 +129,19 @@ impl CertificateAuthority {
     }
 
     /// Signs a host's CSR: the certificate names the host id (CN and a `urn:agentd:host:` URI),
-    /// whatever the CSR asked for. Returns the PEM and the serial number.
+    /// whatever the CSR asked for, valid from a minute before `now` until `not_after`. Returns
+    /// the PEM and the serial number.
     pub fn sign_host_csr(
         &self,
         csr_pem: &str,
         host_id: &str,
         now: UnixTime,
+        not_after: UnixTime,
     ) -> Result<(String, String)> {
         let uri = format!("urn:agentd:host:{host_id}")
             .try_into()
             .map_err(cert_error("host URI"))?;
-        let mut params = Self::leaf_params(
-            host_id,
-            vec![SanType::URI(uri)],
-            now - 60,
-            now + LEAF_LIFETIME_DAYS * DAY,
-        )?;
+        let mut params = Self::leaf_params(host_id, vec![SanType::URI(uri)], now - 60, not_after)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.sign_csr(csr_pem, &params, "signing the host certificate")
     }

@@ -15,6 +15,12 @@ pub const DEFAULT_JWT_SVID_TTL: i64 = 300;
 /// The shortest and longest JWT-SVID lifetimes accepted.
 pub const JWT_SVID_TTL_RANGE: std::ops::RangeInclusive<i64> = 30..=24 * 3600;
 
+/// How long a host's mTLS client certificate is valid unless configured: 90 days. Hosts renew
+/// it at half-life (`HostService.RenewHostCertificate`).
+pub const DEFAULT_HOST_CERT_TTL: i64 = 90 * 24 * 3600;
+/// The shortest and longest host certificate lifetimes accepted.
+pub const HOST_CERT_TTL_RANGE: std::ops::RangeInclusive<i64> = 60..=365 * 24 * 3600;
+
 /// A SPIFFE trust domain name: lowercase letters, digits, `.`, `-` and `_`, at most 255
 /// characters (the SPIFFE ID specification, section 2.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,7 +79,7 @@ impl TrustDomain {
 }
 
 /// The control plane's credential settings (`agentd-control serve --trust-domain`,
-/// `--x509-svid-ttl`, `--jwt-svid-ttl`, `--jwt-issuer`).
+/// `--x509-svid-ttl`, `--jwt-svid-ttl`, `--jwt-issuer`, `--host-cert-ttl`).
 #[derive(Clone, Debug)]
 pub struct CredentialOptions {
     pub trust_domain: TrustDomain,
@@ -84,6 +90,8 @@ pub struct CredentialOptions {
     /// The `iss` of JWT-SVIDs and the issuer of the OIDC discovery document (an `https://`
     /// URL); `None`: tokens carry no `iss`.
     pub jwt_issuer: Option<String>,
+    /// Seconds, within [`HOST_CERT_TTL_RANGE`]: hosts' mTLS client certificates.
+    pub host_cert_ttl: i64,
 }
 
 impl Default for CredentialOptions {
@@ -93,6 +101,7 @@ impl Default for CredentialOptions {
             x509_svid_ttl: DEFAULT_X509_SVID_TTL,
             jwt_svid_ttl: DEFAULT_JWT_SVID_TTL,
             jwt_issuer: None,
+            host_cert_ttl: DEFAULT_HOST_CERT_TTL,
         }
     }
 }

@@ -267,6 +267,10 @@ pub struct ControlPlaneStatus {
     pub confirmed_age_secs: Option<i64>,
     /// Agents the decisions block (by decision, or offline fail-closed).
     pub blocked_agents: Vec<String>,
+    /// When the host's mTLS client certificate in use expires (Unix seconds); agentd renews
+    /// it at half-life. `None` over plain http or before the first connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_certificate_expires_at: Option<i64>,
 }
 
 /// The identity document the identity socket returns.

@@ -37,6 +37,8 @@ pub struct Snapshot {
     pub output_errors: u64,
     /// The SVIDs the Workload API holds.
     pub svids: crate::api::SvidStatus,
+    /// When the host's mTLS client certificate in use expires (Unix seconds).
+    pub host_certificate_expiry: Option<i64>,
 }
 
 fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
@@ -185,6 +187,15 @@ fn register_health(registry: &mut Registry, snapshot: &Snapshot) {
             next,
         );
     }
+    if let Some(expiry) = snapshot.host_certificate_expiry {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(expiry);
+        registry.register(
+            "host_certificate_expiry_seconds",
+            "When the host's mTLS client certificate in use expires (Unix time); renewed at half-life",
+            gauge,
+        );
+    }
 }
 
 /// The risk engine's families.
@@ -248,6 +259,7 @@ mod tests {
                 x509_next_expiry: Some(1_800_000_000),
                 jwt_svids: 5,
             },
+            host_certificate_expiry: Some(1_900_000_000),
             ..Snapshot::default()
         });
         for line in [
@@ -264,6 +276,7 @@ mod tests {
             "agentd_svids_held{kind=\"x509\"} 2",
             "agentd_svids_held{kind=\"jwt\"} 5",
             "agentd_x509_svid_next_expiry_seconds 1800000000",
+            "agentd_host_certificate_expiry_seconds 1900000000",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }

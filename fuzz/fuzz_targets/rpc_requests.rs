@@ -172,6 +172,7 @@ async fn call(fixture: &Fixture, selector: u8, body: &[u8]) {
         HostService::sign_agent_svid(SignAgentSvidRequest, host),
         HostService::sign_agent_jwt(SignAgentJwtRequest, host),
         HostService::get_jwt_bundle(GetJwtBundleRequest, host),
+        HostService::renew_host_certificate(RenewHostCertificateRequest, host),
     );
 }
 

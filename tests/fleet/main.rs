@@ -14,6 +14,7 @@ use std::{
 use agentd_tests::{Daemon, launch_cgroup, wait_until};
 
 mod credentials;
+mod host_certificates;
 
 fn bin(var: &str) -> PathBuf {
     std::env::var_os(var).map_or_else(
@@ -47,6 +48,11 @@ impl ControlPlane {
     /// With `tls`: serves TLS on 127.0.0.1 with a certificate from its CA, and requires host
     /// calls to present the host's client certificate (mTLS).
     fn start_serving(tls: bool) -> Self {
+        Self::start_serving_with(tls, &[])
+    }
+
+    /// The same, with more `serve` arguments.
+    fn start_serving_with(tls: bool, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let database = format!("sqlite://{}/control.db", dir.path().display());
         let token = Command::new(bin("AGENTD_CONTROL_BIN"))
@@ -78,6 +84,7 @@ impl ControlPlane {
         if tls {
             serve_args.extend(["--tls-name".to_owned(), "127.0.0.1".to_owned()]);
         }
+        serve_args.extend(extra.iter().map(|arg| (*arg).to_owned()));
         let server = spawn_server(dir.path(), &serve_args, port);
         Self {
             dir,

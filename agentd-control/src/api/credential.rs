@@ -1,6 +1,7 @@
 //! `HostService.SignAgentSvid` and `SignAgentJwt`: an agent's X.509- and JWT-SVIDs, signed
 //! for the host that runs it, with Conditional Access at issuance (the agent's lifecycle and
-//! its current decision for that host); `GetJwtBundle`, the keys that verify the tokens.
+//! its current decision for that host); `GetJwtBundle`, the keys that verify the tokens;
+//! `RenewHostCertificate`, a host's own mTLS certificate before it lapses.
 
 use serde::Serialize;
 use tonic::Status;
@@ -11,7 +12,10 @@ use crate::{
     error::Error,
     model::{Agent, AgentState},
     proto,
-    store::{auth::Caller, credentials::IssuedCredential},
+    store::{
+        auth::Caller,
+        credentials::{HostRenewal, IssuedCredential},
+    },
 };
 
 /// A CSR larger than this is refused before it is parsed.
@@ -56,6 +60,21 @@ fn audiences(asked: Vec<String>) -> Result<Vec<String>, Status> {
     }
     Ok(asked)
 }
+/// A CSR, checked before it is parsed: present and at most [`MAX_CSR_BYTES`].
+fn csr(pem: &str) -> Result<&str, Status> {
+    if pem.trim().is_empty() {
+        return Err(Error::invalid("csr_pem", "is required (a PKCS#10 CSR, PEM)").into());
+    }
+    if pem.len() > MAX_CSR_BYTES {
+        return Err(Error::invalid(
+            "csr_pem",
+            format!("is {} bytes; at most {MAX_CSR_BYTES}", pem.len()),
+        )
+        .into());
+    }
+    Ok(pem)
+}
+
 /// An SVID is valid from a minute before it is signed, for hosts whose clocks run behind.
 const BACKDATE: i64 = 60;
 
@@ -66,28 +85,16 @@ impl ControlPlane {
         request: proto::SignAgentSvidRequest,
     ) -> Result<proto::SignAgentSvidResponse, Status> {
         let agent_id = validate::uuid("agent_id", &request.agent_id)?;
-        if request.csr_pem.trim().is_empty() {
-            return Err(Error::invalid("csr_pem", "is required (a PKCS#10 CSR, PEM)").into());
-        }
-        if request.csr_pem.len() > MAX_CSR_BYTES {
-            return Err(Error::invalid(
-                "csr_pem",
-                format!(
-                    "is {} bytes; at most {MAX_CSR_BYTES}",
-                    request.csr_pem.len()
-                ),
-            )
-            .into());
-        }
+        let csr_pem = csr(&request.csr_pem)?;
         let host_id = &caller.principal;
         self.may_hold_credential(host_id, &agent_id).await?;
         let now = self.now();
         let options = &self.credentials;
         let spiffe_id = options.trust_domain.agent_id(&agent_id);
         let (not_before, not_after) = (now - BACKDATE, now + options.x509_svid_ttl);
-        let (certificate_pem, serial) =
-            self.ca
-                .sign_svid_csr(&request.csr_pem, &spiffe_id, not_before, not_after)?;
+        let (certificate_pem, serial) = self
+            .ca
+            .sign_svid_csr(csr_pem, &spiffe_id, not_before, not_after)?;
         let issued = IssuedCredential {
             kind: "x509-svid",
             agent_id,
@@ -153,6 +160,37 @@ impl ControlPlane {
             token,
             expire_time: Some(timestamp(expires)),
             trust_domain: options.trust_domain.to_string(),
+        })
+    }
+
+    /// A new client certificate for the calling host, for the key of its CSR. `authorize`
+    /// has checked the token and, where host certificates are required, that the current
+    /// certificate names this host; the store refuses a revoked host.
+    pub(super) async fn renew_host_certificate(
+        &self,
+        caller: &Caller,
+        request: proto::RenewHostCertificateRequest,
+    ) -> Result<proto::RenewHostCertificateResponse, Status> {
+        let csr_pem = csr(&request.csr_pem)?;
+        let host_id = &caller.principal;
+        let now = self.now();
+        let not_after = now + self.credentials.host_cert_ttl;
+        let (certificate_pem, serial) = self.ca.sign_host_csr(csr_pem, host_id, now, not_after)?;
+        let renewed = HostRenewal {
+            cert_serial: serial,
+            not_after: Some(not_after),
+        };
+        self.store
+            .record_host_renewal(
+                &self.audit(caller, Method::RenewHostCertificate),
+                host_id,
+                &renewed,
+            )
+            .await?;
+        Ok(proto::RenewHostCertificateResponse {
+            certificate_pem,
+            ca_certificate_pem: self.ca.cert_pem().to_owned(),
+            expire_time: Some(timestamp(not_after)),
         })
     }
 

@@ -333,6 +333,18 @@ impl HostService for ControlPlane {
         self.authorize(&request, Method::GetJwtBundle).await?;
         Ok(Response::new(self.jwt_bundle()))
     }
+
+    async fn renew_host_certificate(
+        &self,
+        request: Request<proto::RenewHostCertificateRequest>,
+    ) -> Result<Response<proto::RenewHostCertificateResponse>, Status> {
+        let caller = self
+            .authorize(&request, Method::RenewHostCertificate)
+            .await?;
+        ControlPlane::renew_host_certificate(self, &caller, request.into_inner())
+            .await
+            .map(Response::new)
+    }
 }
 
 impl ControlPlane {
@@ -353,6 +365,7 @@ impl ControlPlane {
         };
         let ca = self.ca.clone();
         let csr = request.csr_pem;
+        let not_after = now + self.credentials.host_cert_ttl;
         let (enrolment, certificate_pem) = self
             .store
             .enroll_host(
@@ -364,7 +377,7 @@ impl ControlPlane {
                     if csr.is_empty() {
                         return Ok((String::new(), None));
                     }
-                    let (pem, serial) = ca.sign_host_csr(&csr, host_id, now)?;
+                    let (pem, serial) = ca.sign_host_csr(&csr, host_id, now, not_after)?;
                     Ok((pem, Some(serial)))
                 },
             )

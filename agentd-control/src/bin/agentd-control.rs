@@ -126,6 +126,10 @@ enum Command {
         /// How long an agent's JWT-SVID is valid (30s to 24h).
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         jwt_svid_ttl: Duration,
+        /// How long a host's mTLS client certificate is valid (1m to 365d), from enrolment or
+        /// its last renewal; agentd renews it at half-life over its current certificate.
+        #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+        host_cert_ttl: Duration,
         /// The `iss` of agents' JWT-SVIDs and of the OIDC discovery document: an https:// URL
         /// where relying parties reach --oidc-listen, e.g. `https://cp.example:8444`.
         #[arg(long, value_name = "URL")]
@@ -211,29 +215,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             trust_domain,
             x509_svid_ttl,
             jwt_svid_ttl,
+            host_cert_ttl,
             jwt_issuer,
             oidc_listen,
         } => {
-            let jwt_svid_ttl = i64::try_from(jwt_svid_ttl.as_secs()).unwrap_or(i64::MAX);
-            if !credentials::JWT_SVID_TTL_RANGE.contains(&jwt_svid_ttl) {
-                anyhow::bail!(
-                    "--jwt-svid-ttl: {jwt_svid_ttl}s is outside {}s..={}s",
-                    credentials::JWT_SVID_TTL_RANGE.start(),
-                    credentials::JWT_SVID_TTL_RANGE.end()
-                );
-            }
+            let jwt_svid_ttl = seconds_within(
+                "--jwt-svid-ttl",
+                jwt_svid_ttl,
+                credentials::JWT_SVID_TTL_RANGE,
+            )?;
             if let Some(issuer) = &jwt_issuer {
                 credentials::check_issuer(issuer)
                     .map_err(|reason| anyhow::anyhow!("--jwt-issuer: {reason}"))?;
             }
-            let x509_svid_ttl = i64::try_from(x509_svid_ttl.as_secs()).unwrap_or(i64::MAX);
-            if !credentials::X509_SVID_TTL_RANGE.contains(&x509_svid_ttl) {
-                anyhow::bail!(
-                    "--x509-svid-ttl: {x509_svid_ttl}s is outside {}s..={}s",
-                    credentials::X509_SVID_TTL_RANGE.start(),
-                    credentials::X509_SVID_TTL_RANGE.end()
-                );
-            }
+            let x509_svid_ttl = seconds_within(
+                "--x509-svid-ttl",
+                x509_svid_ttl,
+                credentials::X509_SVID_TTL_RANGE,
+            )?;
+            let host_cert_ttl = seconds_within(
+                "--host-cert-ttl",
+                host_cert_ttl,
+                credentials::HOST_CERT_TTL_RANGE,
+            )?;
             let connections = ConnectionLimits {
                 max_connections,
                 handshake_timeout,
@@ -273,6 +277,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     x509_svid_ttl,
                     jwt_svid_ttl,
                     jwt_issuer,
+                    host_cert_ttl,
                 },
             };
             let server = Server::new(store.clone(), clock, options).await?;
@@ -404,4 +409,21 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
+}
+
+/// A lifetime flag in whole seconds, refused unless it lies within `range`.
+fn seconds_within(
+    flag: &str,
+    value: Duration,
+    range: std::ops::RangeInclusive<i64>,
+) -> anyhow::Result<i64> {
+    let seconds = i64::try_from(value.as_secs()).unwrap_or(i64::MAX);
+    if !range.contains(&seconds) {
+        anyhow::bail!(
+            "{flag}: {seconds}s is outside {}s..={}s",
+            range.start(),
+            range.end()
+        );
+    }
+    Ok(seconds)
 }

@@ -1,12 +1,15 @@
 //! Credentials issued to agents: whether a host runs an agent, the audit event of every
 //! signing (the certificate's serial or token's id, SPIFFE ID and validity; never a key, which
-//! stays on the host), and the keys that sign JWT-SVIDs.
+//! stays on the host), the keys that sign JWT-SVIDs, and hosts' certificate renewals.
 
 use serde::Serialize;
 use sqlx::Row as _;
 
 use super::{AuditContext, Store};
-use crate::{clock::UnixTime, error::Result};
+use crate::{
+    clock::UnixTime,
+    error::{Error, Result},
+};
 
 /// The JWS algorithm of every agent token (`crate::jwt`).
 pub const JWT_ALGORITHM: &str = "ES256";
@@ -37,6 +40,14 @@ pub struct IssuedCredential {
     pub not_after: UnixTime,
 }
 
+/// A host certificate's serial and expiry, as a renewal's audit event records them.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostRenewal {
+    pub cert_serial: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<UnixTime>,
+}
+
 impl Store {
     /// Whether `host_id`'s last `ReportAgents` named `agent_id`.
     pub async fn host_runs(&self, host_id: &str, agent_id: &str) -> Result<bool> {
@@ -65,6 +76,43 @@ impl Store {
                 None::<&()>,
                 Some(issued),
             )
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a host's renewed client certificate: its serial replaces the host's, with an
+    /// audit event (the old and new serial and the expiry, never a key). A revoked host is
+    /// refused: it cannot renew.
+    pub async fn record_host_renewal(
+        &self,
+        audit: &AuditContext,
+        host_id: &str,
+        renewed: &HostRenewal,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let previous: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT cert_serial FROM hosts WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(host_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(previous) = previous else {
+            return Err(Error::Unauthenticated(format!(
+                "host {host_id} was revoked: it cannot renew its certificate"
+            )));
+        };
+        sqlx::query("UPDATE hosts SET cert_serial = $2 WHERE id = $1")
+            .bind(host_id)
+            .bind(&renewed.cert_serial)
+            .execute(&mut *tx)
+            .await?;
+        let before = HostRenewal {
+            cert_serial: previous.unwrap_or_default(),
+            not_after: None,
+        };
+        audit
+            .record(&mut tx, "host", host_id, Some(&before), Some(renewed))
             .await?;
         tx.commit().await?;
         Ok(())

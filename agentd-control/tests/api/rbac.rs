@@ -64,6 +64,7 @@ const MATRIX: &[(&str, &[&str])] = &[
     ("HostService/SignAgentSvid", &[HOST]),
     ("HostService/SignAgentJwt", &[HOST]),
     ("HostService/GetJwtBundle", &[HOST]),
+    ("HostService/RenewHostCertificate", &[HOST]),
     ("PolicyService/CreatePolicy", &[ADMIN]),
     ("PolicyService/UpdatePolicy", &[ADMIN]),
     ("PolicyService/GetPolicy", &[ADMIN, AUDITOR]),
@@ -389,15 +390,7 @@ async fn call(method: &str, c: &Clients, o: &Objects) -> Result<(), Status> {
             .host()
             .sign_agent_svid(SignAgentSvidRequest {
                 agent_id: o.agent_id.clone(),
-                csr_pem: {
-                    let key = rcgen::KeyPair::generate().expect("key");
-                    let params = rcgen::CertificateParams::new(Vec::new()).expect("params");
-                    params
-                        .serialize_request(&key)
-                        .expect("CSR")
-                        .pem()
-                        .expect("PEM")
-                },
+                csr_pem: new_csr(),
             })
             .await
             .map(drop),
@@ -412,6 +405,11 @@ async fn call(method: &str, c: &Clients, o: &Objects) -> Result<(), Status> {
         "HostService/GetJwtBundle" => c
             .host()
             .get_jwt_bundle(GetJwtBundleRequest {})
+            .await
+            .map(drop),
+        "HostService/RenewHostCertificate" => c
+            .host()
+            .renew_host_certificate(RenewHostCertificateRequest { csr_pem: new_csr() })
             .await
             .map(drop),
         "PolicyService/CreatePolicy" => c
@@ -719,4 +717,15 @@ pub async fn calls_without_a_valid_token_are_unauthenticated(backend: Backend) {
         }
     }
     fixture.stop().await;
+}
+
+/// A CSR (PEM) for a fresh key.
+fn new_csr() -> String {
+    let key = rcgen::KeyPair::generate().expect("key");
+    rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(&key)
+        .expect("CSR")
+        .pem()
+        .expect("PEM")
 }

@@ -160,6 +160,7 @@ impl State {
                         .filter_map(|index| self.registry.agent(*index))
                         .map(|agent| agent.name.clone())
                         .collect(),
+                    host_certificate_expires_at: self.ca.certificate_expires_at,
                 }
             }),
             file_monitoring: match self.files.mode() {
@@ -265,6 +266,7 @@ impl State {
                 .collect(),
             output_errors: self.output_errors,
             svids: self.held_svids.status(unix_ms() / 1000),
+            host_certificate_expiry: self.ca.certificate_expires_at,
         })
     }
 

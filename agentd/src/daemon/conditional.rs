@@ -299,6 +299,10 @@ impl State {
                 }
                 self.ca_tick(format)
             }
+            FromControl::Certificate { expires_at } => {
+                self.ca.certificate_expires_at = Some(expires_at);
+                Vec::new()
+            }
             FromControl::Disconnected(why) => {
                 self.ca.connected = false;
                 self.ca.last_error = Some(why);

@@ -132,6 +132,8 @@ pub(super) struct CaHost {
     pub(super) to_control: Option<mpsc::Sender<ToControl>>,
     /// The control-plane ids of the agents last reported running here.
     pub(super) reported_agents: Vec<String>,
+    /// When the host's client certificate in use expires (Unix seconds).
+    pub(super) certificate_expires_at: Option<i64>,
 }
 
 impl State {

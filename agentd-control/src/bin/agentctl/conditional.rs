@@ -345,6 +345,13 @@ pub enum HostDecisionCommand {
     },
     /// Print the JWKS that verifies agents' JWT-SVIDs.
     JwtBundle,
+    /// Renew this host's mTLS client certificate from a CSR for its new key (agentd does this
+    /// itself at half-life; this is for checking the call). Prints the new certificate PEM.
+    RenewCert {
+        /// A PKCS#10 CSR (PEM) for the host's new key, e.g. from `openssl req -new`.
+        #[arg(long, value_name = "FILE")]
+        csr: PathBuf,
+    },
 }
 
 async fn sign_svid(
@@ -462,6 +469,14 @@ pub async fn host_decisions(
         HostDecisionCommand::JwtBundle => {
             let response = call(client.get_jwt_bundle(proto::GetJwtBundleRequest {})).await?;
             out.done(&response, &response.jwks_json)
+        }
+        HostDecisionCommand::RenewCert { csr } => {
+            let csr_pem = std::fs::read_to_string(&csr)
+                .with_context(|| format!("reading the CSR {}", csr.display()))?;
+            let response =
+                call(client.renew_host_certificate(proto::RenewHostCertificateRequest { csr_pem }))
+                    .await?;
+            out.done(&response, response.certificate_pem.trim_end())
         }
     }
 }

@@ -171,6 +171,7 @@ mod tests {
             Method::SignAgentSvid => &["host", "sign-svid"],
             Method::SignAgentJwt => &["host", "sign-jwt"],
             Method::GetJwtBundle => &["host", "jwt-bundle"],
+            Method::RenewHostCertificate => &["host", "renew-cert"],
             Method::CreatePolicy => &["policy", "create"],
             Method::UpdatePolicy => &["policy", "update"],
             Method::GetPolicy => &["policy", "get"],

@@ -4,10 +4,15 @@
 //! kernel and talks to it through two channels.
 //!
 //! At enrolment agentd sends a certificate request and keeps the client certificate the control
-//! plane's CA signs, with its key and the CA certificate, in its credentials (mode 0600). With an
-//! `https://` URL every host call presents that certificate (mTLS) and verifies the server
-//! against that CA; the control plane maps the certificate to the host and refuses host calls
-//! without it.
+//! plane's CA signs, with its key and the CA certificate, in its credentials (mode 0600,
+//! `host_credentials`). With an `https://` URL every host call presents that certificate (mTLS)
+//! and verifies the server against that CA; the control plane maps the certificate to the host
+//! and refuses host calls without it. The certificate is renewed at half-life over the open
+//! connection, which stays up; the next connection presents the new one.
+
+mod backoff;
+mod error;
+mod host_credentials;
 
 use std::{
     path::{Path, PathBuf},
@@ -15,15 +20,20 @@ use std::{
 };
 
 use agentd_proto::v1::{self as proto, host_service_client::HostServiceClient};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{
     Request,
     metadata::MetadataValue,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+    transport::{Channel, ClientTlsConfig, Endpoint},
 };
 
-use crate::{conditional::DecisionSet, config::ControlPlaneConfig};
+pub use self::error::ControlError;
+use self::{
+    backoff::{Backoff, random_fraction},
+    error::call,
+    host_credentials::{Validity, enrol, host_tls, saved_credentials},
+};
+use crate::{clock, conditional::DecisionSet, config::ControlPlaneConfig};
 
 /// What the task tells the daemon.
 #[derive(Debug)]
@@ -36,6 +46,9 @@ pub enum FromControl {
     Disconnected(String),
     /// A decision set arrived that the host cannot use; the last good one stays.
     Refused(String),
+    /// The host's client certificate in use expires then (Unix seconds): at each connection
+    /// and after each renewal.
+    Certificate { expires_at: i64 },
 }
 
 /// What the daemon asks of the task.
@@ -147,86 +160,9 @@ impl From<&Detected> for proto::HostDetection {
     }
 }
 
-/// The host's credentials, kept in the state directory (mode 0600).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Credentials {
-    host_id: String,
-    host_token: String,
-    /// The host's mTLS client certificate, signed by the control plane's CA (PEM); empty for
-    /// credentials kept before agentd sent a certificate request.
-    #[serde(default)]
-    certificate_pem: String,
-    /// Its private key (PEM), generated on this host; it never leaves it.
-    #[serde(default)]
-    key_pem: String,
-    /// The control plane's CA certificate (PEM), as the enrolment returned it.
-    #[serde(default)]
-    ca_certificate_pem: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error(
-        "{url} is https: enrolling needs the control plane's CA certificate \
-         (control_plane.ca_file; `agentd-control ca-cert` prints it)"
-    )]
-    NoCaForEnrolment { url: String },
-    #[error(
-        "the credentials in {path} hold no client certificate, which an https control plane \
-         requires: remove the file and enrol again with a new join token"
-    )]
-    NoClientCertificate { path: PathBuf },
-    #[error("creating the certificate request: {0}")]
-    CertificateRequest(String),
-    #[error(
-        "no credentials in {path} and no join token configured (control_plane.join_token or join_token_file)"
-    )]
-    NotEnrolled { path: PathBuf },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("connecting to {url}: {source}")]
-    Connect {
-        url: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
-    #[error("{call}: {status}")]
-    Call {
-        call: &'static str,
-        status: Box<tonic::Status>,
-    },
-}
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ControlError {
-    let what = what.into();
-    move |source| ControlError::Io { what, source }
-}
-
-fn call(name: &'static str) -> impl FnOnce(tonic::Status) -> ControlError {
-    move |status| ControlError::Call {
-        call: name,
-        status: Box::new(status),
-    }
-}
-
 /// The path of the kept decision set.
 pub fn decisions_path(state_dir: &Path) -> PathBuf {
     state_dir.join("decisions.json")
-}
-
-fn credentials_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("host.json")
-}
-
-fn hostname(config: &ControlPlaneConfig) -> String {
-    config.hostname.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map_or_else(|_| "localhost".to_owned(), |name| name.trim().to_owned())
-    })
 }
 
 fn connect_error(url: &str) -> impl FnOnce(tonic::transport::Error) -> ControlError {
@@ -249,116 +185,6 @@ async fn connect(url: &str, tls: Option<ClientTlsConfig>) -> Result<Channel, Con
 
 fn is_https(url: &str) -> bool {
     url.starts_with("https://")
-}
-
-fn read_ca_file(config: &ControlPlaneConfig) -> Result<Option<Vec<u8>>, ControlError> {
-    config
-        .ca_file
-        .as_ref()
-        .map(|file| std::fs::read(file).map_err(io(format!("reading {}", file.display()))))
-        .transpose()
-}
-
-/// The saved credentials, if there are any.
-fn saved_credentials(config: &ControlPlaneConfig) -> Option<Credentials> {
-    let bytes = std::fs::read(credentials_path(&config.state_dir)).ok()?;
-    serde_json::from_slice::<Credentials>(&bytes).ok()
-}
-
-/// New credentials from enrolling with the join token: a key generated here, a certificate
-/// request for it, and what the control plane returns. Over https the server is verified
-/// against `control_plane.ca_file`.
-async fn enrol(config: &ControlPlaneConfig, url: &str) -> Result<Credentials, ControlError> {
-    let path = credentials_path(&config.state_dir);
-    let token = match (&config.join_token, &config.join_token_file) {
-        (Some(token), _) => token.clone(),
-        (None, Some(file)) => std::fs::read_to_string(file)
-            .map_err(io(format!("reading {}", file.display())))?
-            .trim()
-            .to_owned(),
-        (None, None) => return Err(ControlError::NotEnrolled { path }),
-    };
-    let tls = if is_https(url) {
-        let ca = read_ca_file(config)?.ok_or_else(|| ControlError::NoCaForEnrolment {
-            url: url.to_owned(),
-        })?;
-        Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
-    } else {
-        None
-    };
-    let channel = connect(url, tls).await?;
-    let key = rcgen::KeyPair::generate()
-        .map_err(|err| ControlError::CertificateRequest(err.to_string()))?;
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .and_then(|params| params.serialize_request(&key))
-        .and_then(|csr| csr.pem())
-        .map_err(|err| ControlError::CertificateRequest(err.to_string()))?;
-    let enrolled = HostServiceClient::new(channel)
-        .enroll_host(proto::EnrollHostRequest {
-            join_token: token,
-            hostname: hostname(config),
-            csr_pem: csr,
-            agentd_version: env!("CARGO_PKG_VERSION").to_owned(),
-        })
-        .await
-        .map_err(call("EnrollHost"))?
-        .into_inner();
-    let credentials = Credentials {
-        host_id: enrolled.host_id,
-        host_token: enrolled.host_token,
-        certificate_pem: enrolled.certificate_pem,
-        key_pem: key.serialize_pem(),
-        ca_certificate_pem: enrolled.ca_certificate_pem,
-    };
-    std::fs::create_dir_all(&config.state_dir)
-        .map_err(io(format!("creating {}", config.state_dir.display())))?;
-    let bytes = serde_json::to_vec(&credentials).map_err(|err| ControlError::Io {
-        what: "encoding the credentials".to_owned(),
-        source: std::io::Error::other(err),
-    })?;
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let partial = path.with_extension("partial");
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&partial)
-            .map_err(io(format!("writing {}", partial.display())))?;
-        std::io::Write::write_all(&mut file, &bytes)
-            .map_err(io(format!("writing {}", partial.display())))?;
-        std::fs::rename(&partial, &path).map_err(io(format!("writing {}", path.display())))?;
-    }
-    tracing::info!(
-        host_id = credentials.host_id,
-        client_certificate = !credentials.certificate_pem.is_empty(),
-        "enrolled with the control plane"
-    );
-    Ok(credentials)
-}
-
-/// The TLS settings of host calls to an https control plane: the host's client certificate
-/// (mTLS), and the server verified against the CA from enrolment (or `control_plane.ca_file`).
-fn host_tls(
-    config: &ControlPlaneConfig,
-    credentials: &Credentials,
-) -> Result<ClientTlsConfig, ControlError> {
-    if credentials.certificate_pem.is_empty() || credentials.key_pem.is_empty() {
-        return Err(ControlError::NoClientCertificate {
-            path: credentials_path(&config.state_dir),
-        });
-    }
-    let ca = match read_ca_file(config)? {
-        Some(ca) => ca,
-        None => credentials.ca_certificate_pem.clone().into_bytes(),
-    };
-    Ok(ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .identity(Identity::from_pem(
-            &credentials.certificate_pem,
-            &credentials.key_pem,
-        )))
 }
 
 /// A request carrying the host's bearer token.
@@ -443,46 +269,24 @@ fn worth_retrying(status: &tonic::Status) -> bool {
     )
 }
 
-/// Exponential backoff with jitter: each delay is drawn from the upper half of the current
-/// step, so that the hosts of a fleet whose control plane restarts do not all come back in
-/// the same instant; the step doubles from 500 ms to 10 s.
-#[derive(Debug)]
-struct Backoff {
-    step: Duration,
+/// How long after a refused or failed renewal of the host certificate agentd asks again.
+const RENEWAL_RETRY_SECS: i64 = 60;
+/// The least time between two renewals, whatever the clocks say.
+const RENEWAL_MIN_SPACING_SECS: i64 = 10;
+
+fn now_secs() -> i64 {
+    clock::unix_ms() / 1000
 }
 
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(500);
-    const MAX: Duration = Duration::from_secs(10);
-
-    fn reset(&mut self) {
-        self.step = Self::FIRST;
+/// Waits until the Unix second `at`; forever for `None`.
+async fn until(at: Option<i64>) {
+    match at {
+        None => std::future::pending().await,
+        Some(at) => {
+            let wait = u64::try_from(at.saturating_sub(now_secs())).unwrap_or(0);
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+        }
     }
-
-    /// The delay before the next attempt, for `fraction` in [0, 1); doubles the step.
-    fn next_delay(&mut self, fraction: f64) -> Duration {
-        let delay = self.step.mul_f64(0.5 + fraction.clamp(0.0, 1.0) / 2.0);
-        self.step = (self.step * 2).min(Self::MAX);
-        delay
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self { step: Self::FIRST }
-    }
-}
-
-/// A fraction in [0, 1) that differs between calls and hosts (std's randomly keyed hasher).
-fn random_fraction() -> f64 {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let bits = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish()
-        >> 11;
-    #[expect(clippy::cast_precision_loss, reason = "53 bits fit an f64 exactly")]
-    let fraction = bits as f64 / (1u64 << 53) as f64;
-    fraction
 }
 
 /// One connection: returns `Ok` only when the daemon has gone away.
@@ -494,7 +298,7 @@ async fn session(
     watched: &mut bool,
 ) -> Result<(), ControlError> {
     let url = config.url.clone().unwrap_or_default();
-    let credentials = match saved_credentials(config) {
+    let mut credentials = match saved_credentials(config) {
         Some(saved) => saved,
         None => enrol(config, &url).await?,
     };
@@ -528,9 +332,40 @@ async fn session(
     if let Some(request) = requests.undelivered.take() {
         deliver(&mut client, &token, request, requests.undelivered).await?;
     }
+    // Over https, the client certificate is renewed at half-life.
+    let validity = is_https(&url).then(|| credentials.validity()).flatten();
+    let mut renew_at = validity.map(Validity::renew_at);
+    if let Some(validity) = validity
+        && to_daemon
+            .send(FromControl::Certificate {
+                expires_at: validity.not_after,
+            })
+            .await
+            .is_err()
+    {
+        return Ok(());
+    }
     let mut heartbeat = tokio::time::interval(Duration::from_secs(config.heartbeat_secs.max(1)));
     loop {
         tokio::select! {
+            () = until(renew_at) => {
+                match host_credentials::renew(config, &mut client, &token, &mut credentials).await {
+                    Ok(renewed) => {
+                        tracing::info!(expires_at = renewed.not_after, "renewed the host's client certificate");
+                        renew_at = Some(renewed.renew_at().max(now_secs() + RENEWAL_MIN_SPACING_SECS));
+                        if to_daemon.send(FromControl::Certificate { expires_at: renewed.not_after }).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(ControlError::Call { status, .. }) if worth_retrying(&status) => {
+                        return Err(call("RenewHostCertificate")(*status));
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, retry_in_secs = RENEWAL_RETRY_SECS, "renewing the host's client certificate");
+                        renew_at = Some(now_secs() + RENEWAL_RETRY_SECS);
+                    }
+                }
+            }
             message = stream.message() => {
                 let Some(message) = message.map_err(call("WatchDecisions"))? else {
                     return Err(call("WatchDecisions")(tonic::Status::unavailable("the stream ended")));
@@ -654,55 +489,5 @@ mod tests {
         ] {
             assert!(!worth_retrying(&Status::new(code, "")), "{code:?}");
         }
-    }
-
-    #[test]
-    fn credentials_from_before_certificates_cannot_call_an_https_control_plane() {
-        let old: Credentials =
-            serde_json::from_str(r#"{"host_id":"h","host_token":"t"}"#).expect("old credentials");
-        let config = ControlPlaneConfig::default();
-        let err = host_tls(&config, &old).unwrap_err();
-        assert!(
-            matches!(err, ControlError::NoClientCertificate { .. }),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn backoff_doubles_to_ten_seconds_with_jitter_and_resets() {
-        let mut backoff = Backoff::default();
-        assert_eq!(backoff.next_delay(0.0), Duration::from_millis(250));
-        let second = backoff.next_delay(0.999_999);
-        assert!(
-            second > Duration::from_millis(999) && second < Duration::from_secs(1),
-            "{second:?}"
-        );
-        let delays: Vec<Duration> = (0..8).map(|_| backoff.next_delay(1.0)).collect();
-        assert_eq!(delays.last(), Some(&Duration::from_secs(10)));
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(10)));
-        backoff.reset();
-        assert_eq!(backoff.next_delay(1.0), Duration::from_millis(500));
-    }
-
-    #[test]
-    fn jitter_fractions_spread_over_the_unit_interval() {
-        let fractions: Vec<f64> = (0..200).map(|_| random_fraction()).collect();
-        assert!(fractions.iter().all(|f| (0.0..1.0).contains(f)));
-        assert!(fractions.iter().any(|f| *f < 0.25) && fractions.iter().any(|f| *f > 0.75));
-    }
-
-    #[tokio::test]
-    async fn enrolling_over_https_needs_the_ca() {
-        let config = ControlPlaneConfig {
-            url: Some("https://127.0.0.1:1".to_owned()),
-            join_token: Some("token".to_owned()),
-            state_dir: tempfile::tempdir().unwrap().path().to_owned(),
-            ..ControlPlaneConfig::default()
-        };
-        let err = enrol(&config, "https://127.0.0.1:1").await.unwrap_err();
-        assert!(
-            matches!(err, ControlError::NoCaForEnrolment { .. }),
-            "{err}"
-        );
     }
 }
