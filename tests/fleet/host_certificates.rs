@@ -43,6 +43,35 @@ fn poll(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// The control plane's audit log holds the renewal that issued `serial` to the host of `kept`.
+fn assert_renewal_audited(cp: &ControlPlane, kept: &Path, serial: &str) {
+    let host_id = {
+        let credentials: serde_json::Value =
+            serde_json::from_slice(&fs::read(kept).unwrap()).unwrap();
+        credentials["host_id"].as_str().unwrap().to_owned()
+    };
+    let audit = cp.json(&[
+        "audit",
+        "list",
+        "--target-type",
+        "host",
+        "--target-id",
+        &host_id,
+    ]);
+    let renewals: Vec<&serde_json::Value> = audit["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|event| event["action"] == "RenewHostCertificate")
+        .collect();
+    assert!(
+        renewals.iter().any(|event| event["currentJson"]
+            .as_str()
+            .is_some_and(|json| json.contains(&serial.replace(':', "")))),
+        "the renewal is audited with its serial: {audit}"
+    );
+}
+
 #[test]
 fn a_host_renews_its_certificate_before_it_lapses_and_keeps_its_watch() {
     let agent = "renewing-agent";
@@ -88,31 +117,7 @@ fn a_host_renews_its_certificate_before_it_lapses_and_keeps_its_watch() {
             .and_then(|control| control.host_certificate_expires_at)
             .is_some_and(|expiry| expiry >= renewed_expiry)
     });
-    let host_id = {
-        let credentials: serde_json::Value =
-            serde_json::from_slice(&fs::read(&kept).unwrap()).unwrap();
-        credentials["host_id"].as_str().unwrap().to_owned()
-    };
-    let audit = cp.json(&[
-        "audit",
-        "list",
-        "--target-type",
-        "host",
-        "--target-id",
-        &host_id,
-    ]);
-    let renewals: Vec<&serde_json::Value> = audit["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter(|event| event["action"] == "RenewHostCertificate")
-        .collect();
-    assert!(
-        renewals.iter().any(|event| event["currentJson"]
-            .as_str()
-            .is_some_and(|json| json.contains(&renewed_serial.replace(':', "")))),
-        "the renewal is audited with its serial: {audit}"
-    );
+    assert_renewal_audited(&cp, &kept, &renewed_serial);
 
     // Past the first certificate's end, the watch that it opened still carries decisions.
     poll(

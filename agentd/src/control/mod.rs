@@ -289,6 +289,46 @@ async fn until(at: Option<i64>) {
     }
 }
 
+/// Renews the host certificate over `client` and tells the daemon its expiry. Returns when to
+/// renew next (a minute from now after a refusal or a failure of this host's own), `None` when
+/// the daemon has gone away, and `Err` when the connection was lost.
+async fn renew(
+    config: &ControlPlaneConfig,
+    client: &mut HostServiceClient<Channel>,
+    token: &MetadataValue<tonic::metadata::Ascii>,
+    credentials: &mut host_credentials::Credentials,
+    to_daemon: &mpsc::Sender<FromControl>,
+) -> Result<Option<i64>, ControlError> {
+    match host_credentials::renew(config, client, token, credentials).await {
+        Ok(renewed) => {
+            tracing::info!(
+                expires_at = renewed.not_after,
+                "renewed the host's client certificate"
+            );
+            let expires_at = renewed.not_after;
+            if to_daemon
+                .send(FromControl::Certificate { expires_at })
+                .await
+                .is_err()
+            {
+                return Ok(None);
+            }
+            Ok(Some(
+                renewed
+                    .renew_at()
+                    .max(now_secs() + RENEWAL_MIN_SPACING_SECS),
+            ))
+        }
+        Err(ControlError::Call { status, .. }) if worth_retrying(&status) => {
+            Err(call("RenewHostCertificate")(*status))
+        }
+        Err(err) => {
+            tracing::warn!(%err, retry_in_secs = RENEWAL_RETRY_SECS, "renewing the host's client certificate");
+            Ok(Some(now_secs() + RENEWAL_RETRY_SECS))
+        }
+    }
+}
+
 /// One connection: returns `Ok` only when the daemon has gone away.
 async fn session(
     config: &ControlPlaneConfig,
@@ -349,22 +389,10 @@ async fn session(
     loop {
         tokio::select! {
             () = until(renew_at) => {
-                match host_credentials::renew(config, &mut client, &token, &mut credentials).await {
-                    Ok(renewed) => {
-                        tracing::info!(expires_at = renewed.not_after, "renewed the host's client certificate");
-                        renew_at = Some(renewed.renew_at().max(now_secs() + RENEWAL_MIN_SPACING_SECS));
-                        if to_daemon.send(FromControl::Certificate { expires_at: renewed.not_after }).await.is_err() {
-                            return Ok(());
-                        }
-                    }
-                    Err(ControlError::Call { status, .. }) if worth_retrying(&status) => {
-                        return Err(call("RenewHostCertificate")(*status));
-                    }
-                    Err(err) => {
-                        tracing::warn!(%err, retry_in_secs = RENEWAL_RETRY_SECS, "renewing the host's client certificate");
-                        renew_at = Some(now_secs() + RENEWAL_RETRY_SECS);
-                    }
-                }
+                let Some(next) = renew(config, &mut client, &token, &mut credentials, to_daemon).await? else {
+                    return Ok(());
+                };
+                renew_at = Some(next);
             }
             message = stream.message() => {
                 let Some(message) = message.map_err(call("WatchDecisions"))? else {
