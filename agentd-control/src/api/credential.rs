@@ -13,8 +13,9 @@ use crate::{
     model::{Agent, AgentState},
     proto,
     store::{
+        AuditContext,
         auth::Caller,
-        credentials::{HostRenewal, IssuedCredential},
+        credentials::{HostRenewal, IssuedCredential, RefusedCredential},
     },
 };
 
@@ -87,7 +88,8 @@ impl ControlPlane {
         let agent_id = validate::uuid("agent_id", &request.agent_id)?;
         let csr_pem = csr(&request.csr_pem)?;
         let host_id = &caller.principal;
-        self.may_hold_credential(host_id, &agent_id).await?;
+        self.gate(caller, Method::SignAgentSvid, "x509-svid", &agent_id)
+            .await?;
         let now = self.now();
         let options = &self.credentials;
         let spiffe_id = options.trust_domain.agent_id(&agent_id);
@@ -125,7 +127,9 @@ impl ControlPlane {
         let agent_id = validate::uuid("agent_id", &request.agent_id)?;
         let audience = audiences(request.audience)?;
         let host_id = &caller.principal;
-        let agent = self.may_hold_credential(host_id, &agent_id).await?;
+        let agent = self
+            .gate(caller, Method::SignAgentJwt, "jwt-svid", &agent_id)
+            .await?;
         let now = self.now();
         let options = &self.credentials;
         let spiffe_id = options.trust_domain.agent_id(&agent_id);
@@ -200,6 +204,45 @@ impl ControlPlane {
             trust_domain: self.credentials.trust_domain.to_string(),
             jwks_json: self.jwt.jwks().to_string(),
         }
+    }
+
+    /// [`Self::may_hold_credential`] for the calling host; a refusal is audited (within the
+    /// host's budget, `refusals`) as `<method>Refused` on the agent, with its reason.
+    async fn gate(
+        &self,
+        caller: &Caller,
+        method: Method,
+        kind: &'static str,
+        agent_id: &str,
+    ) -> Result<Agent, Status> {
+        let host_id = &caller.principal;
+        let refusal = match self.may_hold_credential(host_id, agent_id).await {
+            Ok(agent) => return Ok(agent),
+            Err(refusal) => refusal,
+        };
+        let now = self.now();
+        if let Some(left_out_before) = self.refusals.admit(host_id, now) {
+            let audit = AuditContext {
+                actor: caller.actor(),
+                action: match method {
+                    Method::SignAgentJwt => "SignAgentJwtRefused",
+                    _ => "SignAgentSvidRefused",
+                },
+                now,
+            };
+            let refused = RefusedCredential {
+                kind,
+                agent_id: agent_id.to_owned(),
+                host_id: host_id.clone(),
+                code: format!("{:?}", refusal.code()),
+                reason: refusal.message().to_owned(),
+                left_out_before,
+            };
+            if let Err(err) = self.store.record_credential_refusal(&audit, &refused).await {
+                tracing::warn!(error = %err, host = %host_id, agent = agent_id, "auditing a refused signing");
+            }
+        }
+        Err(refusal)
     }
 
     /// Conditional Access at issuance: the agent exists, is created or active and not past its

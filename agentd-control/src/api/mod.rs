@@ -11,6 +11,7 @@ mod governance;
 mod host;
 mod limits;
 mod policy;
+mod refusals;
 mod registry;
 mod risk;
 mod validate;
@@ -88,6 +89,8 @@ pub struct ControlPlane {
     credentials: Arc<CredentialOptions>,
     /// The keys that sign JWT-SVIDs (`crate::jwt`).
     jwt: Arc<JwtKeys>,
+    /// How many refused signings each host gets audited (`refusals`).
+    refusals: Arc<refusals::RefusalBudget>,
 }
 
 impl ControlPlane {
@@ -113,6 +116,7 @@ impl ControlPlane {
             throttle: Arc::new(AuthThrottle::new(ThrottleOptions::default())),
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
             credentials: Arc::default(),
+            refusals: Arc::default(),
         }
     }
 

@@ -40,6 +40,30 @@ pub struct IssuedCredential {
     pub not_after: UnixTime,
 }
 
+/// A signing the control plane refused, as its audit event records it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RefusedCredential {
+    /// `x509-svid` or `jwt-svid`.
+    pub kind: &'static str,
+    pub agent_id: String,
+    pub host_id: String,
+    /// The gRPC code and the reason the host was told.
+    pub code: String,
+    pub reason: String,
+    /// Refusals of this host left out of the audit log since the last one recorded (at most
+    /// ten a minute are recorded per host).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub left_out_before: u64,
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if"
+)]
+fn is_zero(count: &u64) -> bool {
+    *count == 0
+}
+
 /// A host certificate's serial and expiry, as a renewal's audit event records them.
 #[derive(Clone, Debug, Serialize)]
 pub struct HostRenewal {
@@ -113,6 +137,26 @@ impl Store {
         };
         audit
             .record(&mut tx, "host", host_id, Some(&before), Some(renewed))
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Writes the audit event of a refused signing (target: the agent asked for).
+    pub async fn record_credential_refusal(
+        &self,
+        audit: &AuditContext,
+        refused: &RefusedCredential,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        audit
+            .record(
+                &mut tx,
+                "agent",
+                &refused.agent_id,
+                None::<&()>,
+                Some(refused),
+            )
             .await?;
         tx.commit().await?;
         Ok(())

@@ -286,5 +286,67 @@ pub async fn an_agent_svid_names_only_the_agent_and_is_signed_only_while_its_dec
         Code::FailedPrecondition,
         "has not reported it running",
     );
+
+    // Refusals are audited on the agent asked for, with the host and the reason.
+    let refused = refusals(&admin, &other.id).await;
+    assert!(
+        refused
+            .iter()
+            .any(|event| event.actor.contains(&thief.host_id)
+                && event.current_json.contains("has not reported it running")
+                && event.current_json.contains("FailedPrecondition")),
+        "{refused:?}"
+    );
+    let blocked = refusals(&admin, &agent.id).await;
+    assert!(
+        blocked.iter().any(|event| event
+            .current_json
+            .contains("its current decision for this host is BLOCK")),
+        "{blocked:?}"
+    );
+    // At most ten a minute per host: a host that keeps asking cannot flood the log, and the
+    // next event recorded says how many were left out.
+    for _ in 0..15 {
+        sign(&thief_clients, &other.id, &csr)
+            .await
+            .expect_err("still refused");
+    }
+    let by_thief = |events: &[proto::AuditEvent]| {
+        events
+            .iter()
+            .filter(|event| event.actor.contains(&thief.host_id))
+            .count()
+    };
+    assert_eq!(by_thief(&refusals(&admin, &other.id).await), 10);
+    fixture.clock.advance(60);
+    sign(&thief_clients, &other.id, &csr)
+        .await
+        .expect_err("still refused");
+    let refused = refusals(&admin, &other.id).await;
+    assert_eq!(by_thief(&refused), 11);
+    assert!(
+        refused
+            .iter()
+            .any(|event| event.current_json.contains(r#""left_out_before":6"#)),
+        "{refused:?}"
+    );
     fixture.stop().await;
+}
+
+/// The audit events of refused X.509-SVID signings for `agent_id`.
+async fn refusals(admin: &Clients, agent_id: &str) -> Vec<proto::AuditEvent> {
+    admin
+        .audit()
+        .list_audit_events(proto::ListAuditEventsRequest {
+            target_type: "agent".into(),
+            target_id: agent_id.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ListAuditEvents")
+        .into_inner()
+        .events
+        .into_iter()
+        .filter(|event| event.action == "SignAgentSvidRefused")
+        .collect()
 }

@@ -277,6 +277,28 @@ pub async fn an_agent_jwt_svid_verifies_through_oidc_discovery_and_is_signed_onl
         Code::FailedPrecondition,
         "it is disabled (rotating its owner)",
     );
+    let audit = admin
+        .audit()
+        .list_audit_events(proto::ListAuditEventsRequest {
+            target_type: "agent".into(),
+            target_id: agent.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("ListAuditEvents")
+        .into_inner();
+    assert!(
+        audit
+            .events
+            .iter()
+            .any(|event| event.action == "SignAgentJwtRefused"
+                && event
+                    .current_json
+                    .contains("it is disabled (rotating its owner)")
+                && event.current_json.contains("jwt-svid")),
+        "the refusal is audited: {:?}",
+        audit.events
+    );
     oidc.abort();
     fixture.stop().await;
 }
