@@ -10,7 +10,7 @@ use agentd_tests::{launch_cgroup, wait_until};
 
 use crate::{ControlPlane, enrolled, enrolled_agents, register};
 
-fn spiffe_fetch() -> PathBuf {
+pub(crate) fn spiffe_fetch() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_spiffe-fetch"))
 }
 

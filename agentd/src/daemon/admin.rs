@@ -48,6 +48,7 @@ impl State {
         if on {
             self.refresh_held();
         }
+        self.held_svids.standing_changed();
         tracing::warn!(agent, quarantined = on, "quarantine changed");
         Ok(Quarantined {
             agent: agent.to_owned(),

@@ -122,6 +122,7 @@ impl State {
         }
         self.ca.blocked = now_blocked;
         self.ca.standings = standings;
+        self.held_svids.standing_changed();
         let notices = if self.ca.applied_version == set.version {
             Vec::new()
         } else {

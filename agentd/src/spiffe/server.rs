@@ -41,7 +41,8 @@ use crate::{
 
 /// The metadata every Workload API call must carry (the specification's security header).
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
-/// How often an open stream asks again whether its agent may still hold the SVID.
+/// How often an open stream asks again whether its agent may still hold the SVID (it also
+/// asks at once when the daemon says the standing changed).
 const RECHECK: Duration = Duration::from_secs(1);
 /// How long a signing may take before the caller is told the control plane is unavailable.
 const SIGN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -152,9 +153,18 @@ pub struct Held {
     svids: Arc<Mutex<HashMap<String, Svid>>>,
     /// By agent id and its sorted audiences.
     jwts: Arc<Mutex<HashMap<JwtKey, JwtSvid>>>,
+    /// Woken when what an agent may hold can have changed (`Held::standing_changed`), so that
+    /// open streams ask again at once instead of at their next recheck.
+    changes: Arc<tokio::sync::Notify>,
 }
 
 impl Held {
+    /// Tells every open stream that agents' standing may have changed (a decision set
+    /// applied, a quarantine): each asks again now whether its agent may still hold its SVID.
+    pub fn standing_changed(&self) {
+        self.changes.notify_waiters();
+    }
+
     /// How many are held and not expired at `now` (Unix seconds), and the next X.509 expiry.
     #[must_use]
     pub fn status(&self, now: i64) -> crate::api::SvidStatus {
@@ -489,6 +499,7 @@ impl WorkloadApi {
             loop {
                 tokio::select! {
                     () = tokio::time::sleep(RECHECK) => {}
+                    () = this.held.changes.notified() => {}
                     () = tx.closed() => return,
                 }
                 match V::fetch(&this, &peer).await {

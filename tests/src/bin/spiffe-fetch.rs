@@ -5,7 +5,7 @@
 //!   `spiffe_id=ID chain=N bundle_authorities=N` (the crate has checked that the key matches
 //!   the certificate and that the certificate names one SPIFFE ID), or `error=...`.
 //! - `spiffe-fetch watch ENDPOINT`: streams the caller's X.509-SVIDs, printing
-//!   `svid=ID serial=HEX` for each message and `ended=...` when the stream ends.
+//!   `svid=ID serial=HEX not_after=UNIX` for each message and `ended=...` when the stream ends.
 //! - `spiffe-fetch x509-files ENDPOINT DIR`: writes the caller's X.509-SVID as `DIR/svid.pem`
 //!   (the chain), `DIR/key.pem` (PKCS#8) and `DIR/bundle.pem` (its trust domain's
 //!   authorities), for a TLS library to use; prints `spiffe_id=ID`.
@@ -22,10 +22,17 @@ use std::process::ExitCode;
 use spiffe::WorkloadApiClient;
 use tokio_stream::StreamExt as _;
 
+/// `serial=HEX not_after=UNIX` of a certificate.
 fn serial(der: &[u8]) -> String {
     x509_parser::parse_x509_certificate(der).map_or_else(
         |err| format!("unparsable:{err}"),
-        |(_, cert)| cert.raw_serial_as_string().replace(':', ""),
+        |(_, cert)| {
+            format!(
+                "{} not_after={}",
+                cert.raw_serial_as_string().replace(':', ""),
+                cert.validity().not_after.timestamp()
+            )
+        },
     )
 }
 
