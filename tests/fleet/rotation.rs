@@ -40,7 +40,7 @@ fn watch(daemon: &Daemon, agent: &str, endpoint: &str) -> (Child, mpsc::Receiver
     (watcher, lines)
 }
 
-/// (serial, not_after) of a `svid=... serial=HEX not_after=UNIX` line.
+/// (serial, `not_after`) of a `svid=... serial=HEX not_after=UNIX` line.
 fn svid_of(line: &str) -> (String, i64) {
     let field = |name: &str| {
         line.split_whitespace()
