@@ -16,6 +16,7 @@ use agentd_tests::{Daemon, launch_cgroup, wait_until};
 mod credentials;
 mod host_certificates;
 mod rotation;
+mod spiffe_pinning;
 
 fn bin(var: &str) -> PathBuf {
     std::env::var_os(var).map_or_else(

@@ -14,6 +14,10 @@
 //! - `spiffe-fetch jwt-bundles ENDPOINT`: prints `trust_domain=TD keys=N` for each bundle.
 //! - `spiffe-fetch validate ENDPOINT AUDIENCE TOKEN`: asks the Workload API to validate TOKEN
 //!   for AUDIENCE; prints `valid=SPIFFE_ID`.
+//! - `spiffe-fetch handover SOCKET GOFILE`: connects to the Workload API's SOCKET, hands the
+//!   connection to a child (`fetch-fd FD GOFILE`) and exits, printing `connector=PID`; the
+//!   child waits for GOFILE, then asks for an X.509-SVID over the inherited connection and
+//!   writes what the x509 mode prints to `GOFILE.reply` (the pid-reuse test).
 //!
 //! ENDPOINT is a Workload API address such as `unix:///run/agentd/spiffe.sock`.
 
@@ -176,6 +180,80 @@ async fn validate(endpoint: &str, audience: &str, token: &str) -> Result<String,
     Ok(format!("valid={}", svid.spiffe_id()))
 }
 
+/// A connector that yields one connection made earlier (by another process).
+struct Inherited(std::sync::Mutex<Option<tokio::net::UnixStream>>);
+
+impl tower_service::Service<tonic::transport::Uri> for Inherited {
+    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::transport::Uri) -> Self::Future {
+        let stream = self
+            .0
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .map(hyper_util::rt::TokioIo::new)
+            .ok_or_else(|| std::io::Error::other("the inherited connection was used"));
+        std::future::ready(stream)
+    }
+}
+
+fn handover(socket: &str, gofile: &str) -> Result<String, String> {
+    use std::os::fd::AsRawFd as _;
+    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|err| err.to_string())?;
+    let fd = stream.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own: let the child inherit it.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    let child = std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .args(["fetch-fd", &fd.to_string(), gofile])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|err| err.to_string())?;
+    Ok(format!(
+        "connector={} asker={}",
+        std::process::id(),
+        child.id()
+    ))
+}
+
+async fn fetch_fd(fd: &str, gofile: &str) -> Result<String, String> {
+    use std::os::fd::FromRawFd as _;
+    let fd: i32 = fd.parse().map_err(|_| "FD: not a number".to_owned())?;
+    while !std::path::Path::new(gofile).exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // SAFETY: the descriptor was inherited from `handover` for this purpose.
+    let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    stream
+        .set_nonblocking(true)
+        .map_err(|err| err.to_string())?;
+    let stream = tokio::net::UnixStream::from_std(stream).map_err(|err| err.to_string())?;
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(Inherited(std::sync::Mutex::new(Some(stream))))
+        .await
+        .map_err(|err| format!("connect: {err}"))?;
+    let endpoint = spiffe::transport::Endpoint::parse("unix:///inherited")
+        .map_err(|err| format!("endpoint: {err}"))?;
+    let client = WorkloadApiClient::new_with_channel(endpoint, channel);
+    let reply = match client.fetch_x509_svid().await {
+        Ok(svid) => format!("spiffe_id={}", svid.spiffe_id()),
+        Err(err) => format!("error={err}"),
+    };
+    std::fs::write(format!("{gofile}.reply"), &reply).map_err(|err| err.to_string())?;
+    Ok(reply)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -188,6 +266,8 @@ fn main() -> ExitCode {
         ["x509-files", endpoint, dir] => runtime.block_on(x509_files(endpoint, dir)),
         ["jwt", endpoint, audience] => runtime.block_on(jwt(endpoint, audience)),
         ["jwt-bundles", endpoint] => runtime.block_on(jwt_bundles(endpoint)),
+        ["handover", socket, gofile] => handover(socket, gofile),
+        ["fetch-fd", fd, gofile] => runtime.block_on(fetch_fd(fd, gofile)),
         ["validate", endpoint, audience, token] => {
             runtime.block_on(validate(endpoint, audience, token))
         }
