@@ -91,15 +91,19 @@ impl Store {
         audit: &AuditContext,
         issued: &IssuedCredential,
     ) -> Result<()> {
+        self.record_on_agent(audit, &issued.agent_id, issued).await
+    }
+
+    /// An audit event on `agent_id` with `current`, in a transaction of its own.
+    async fn record_on_agent<C: Serialize + Sync>(
+        &self,
+        audit: &AuditContext,
+        agent_id: &str,
+        current: &C,
+    ) -> Result<()> {
         let mut tx = self.begin().await?;
         audit
-            .record(
-                &mut tx,
-                "agent",
-                &issued.agent_id,
-                None::<&()>,
-                Some(issued),
-            )
+            .record(&mut tx, "agent", agent_id, None::<&()>, Some(current))
             .await?;
         tx.commit().await?;
         Ok(())
@@ -148,18 +152,7 @@ impl Store {
         audit: &AuditContext,
         refused: &RefusedCredential,
     ) -> Result<()> {
-        let mut tx = self.begin().await?;
-        audit
-            .record(
-                &mut tx,
-                "agent",
-                &refused.agent_id,
-                None::<&()>,
-                Some(refused),
-            )
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        self.record_on_agent(audit, &refused.agent_id, refused).await
     }
 
     /// Every JWT signing key, oldest first.
