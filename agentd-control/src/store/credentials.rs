@@ -152,7 +152,8 @@ impl Store {
         audit: &AuditContext,
         refused: &RefusedCredential,
     ) -> Result<()> {
-        self.record_on_agent(audit, &refused.agent_id, refused).await
+        self.record_on_agent(audit, &refused.agent_id, refused)
+            .await
     }
 
     /// Every JWT signing key, oldest first.
