@@ -14,9 +14,8 @@ use tonic::{
 };
 
 use super::{
-    ControlError, authed, connect,
-    error::{call, io},
-    is_https, now_secs,
+    channel::{authed, connect, is_https, now_secs},
+    error::{ControlError, call, io},
 };
 use crate::config::ControlPlaneConfig;
 

@@ -11,6 +11,7 @@
 //! connection, which stays up; the next connection presents the new one.
 
 mod backoff;
+mod channel;
 mod error;
 mod host_credentials;
 
@@ -21,19 +22,16 @@ use std::{
 
 use agentd_proto::v1::{self as proto, host_service_client::HostServiceClient};
 use tokio::sync::{mpsc, oneshot};
-use tonic::{
-    Request,
-    metadata::MetadataValue,
-    transport::{Channel, ClientTlsConfig, Endpoint},
-};
+use tonic::{metadata::MetadataValue, transport::Channel};
 
 pub use self::error::ControlError;
 use self::{
     backoff::{Backoff, random_fraction},
+    channel::{authed, connect, is_https, now_secs},
     error::call,
     host_credentials::{Validity, enrol, host_tls, saved_credentials},
 };
-use crate::{clock, conditional::DecisionSet, config::ControlPlaneConfig};
+use crate::{conditional::DecisionSet, config::ControlPlaneConfig};
 
 /// What the task tells the daemon.
 #[derive(Debug)]
@@ -165,37 +163,6 @@ pub fn decisions_path(state_dir: &Path) -> PathBuf {
     state_dir.join("decisions.json")
 }
 
-fn connect_error(url: &str) -> impl FnOnce(tonic::transport::Error) -> ControlError {
-    let url = url.to_owned();
-    move |source| ControlError::Connect { url, source }
-}
-
-/// A channel to `url`; with `tls`, over TLS with that configuration.
-async fn connect(url: &str, tls: Option<ClientTlsConfig>) -> Result<Channel, ControlError> {
-    let mut endpoint = Endpoint::from_shared(url.to_owned()).map_err(connect_error(url))?;
-    if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls).map_err(connect_error(url))?;
-    }
-    endpoint
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(connect_error(url))
-}
-
-fn is_https(url: &str) -> bool {
-    url.starts_with("https://")
-}
-
-/// A request carrying the host's bearer token.
-fn authed<T>(message: T, token: &MetadataValue<tonic::metadata::Ascii>) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", token.clone());
-    request
-}
-
 /// Runs until the daemon drops its end: connects, enrols if needed, watches decisions from
 /// `after_version`, and reconnects with backoff after any failure, including the end of the
 /// watch (a control plane that shuts down ends it with UNAVAILABLE).
@@ -273,10 +240,6 @@ fn worth_retrying(status: &tonic::Status) -> bool {
 const RENEWAL_RETRY_SECS: i64 = 60;
 /// The least time between two renewals, whatever the clocks say.
 const RENEWAL_MIN_SPACING_SECS: i64 = 10;
-
-fn now_secs() -> i64 {
-    clock::unix_ms() / 1000
-}
 
 /// Waits until the Unix second `at`; forever for `None`.
 async fn until(at: Option<i64>) {
