@@ -88,7 +88,7 @@ impl ControlPlane {
         let agent_id = validate::uuid("agent_id", &request.agent_id)?;
         let csr_pem = csr(&request.csr_pem)?;
         let host_id = &caller.principal;
-        self.gate(caller, Method::SignAgentSvid, "x509-svid", &agent_id)
+        self.gate(caller, "x509-svid", "SignAgentSvidRefused", &agent_id)
             .await?;
         let now = self.now();
         let options = &self.credentials;
@@ -128,7 +128,7 @@ impl ControlPlane {
         let audience = audiences(request.audience)?;
         let host_id = &caller.principal;
         let agent = self
-            .gate(caller, Method::SignAgentJwt, "jwt-svid", &agent_id)
+            .gate(caller, "jwt-svid", "SignAgentJwtRefused", &agent_id)
             .await?;
         let now = self.now();
         let options = &self.credentials;
@@ -207,12 +207,12 @@ impl ControlPlane {
     }
 
     /// [`Self::may_hold_credential`] for the calling host; a refusal is audited (within the
-    /// host's budget, `refusals`) as `<method>Refused` on the agent, with its reason.
+    /// host's budget, `refusals`) as `refused_action` on the agent, with its reason.
     async fn gate(
         &self,
         caller: &Caller,
-        method: Method,
         kind: &'static str,
+        refused_action: &'static str,
         agent_id: &str,
     ) -> Result<Agent, Status> {
         let host_id = &caller.principal;
@@ -224,10 +224,7 @@ impl ControlPlane {
         if let Some(left_out_before) = self.refusals.admit(host_id, now) {
             let audit = AuditContext {
                 actor: caller.actor(),
-                action: match method {
-                    Method::SignAgentJwt => "SignAgentJwtRefused",
-                    _ => "SignAgentSvidRefused",
-                },
+                action: refused_action,
                 now,
             };
             let refused = RefusedCredential {
