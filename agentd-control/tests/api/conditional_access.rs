@@ -9,8 +9,8 @@ use tonic::{Code, Streaming};
 use crate::{
     cases::agentctl,
     support::{
-        Backend, Clients, Fixture, agent_request, assert_status, blueprint, create_agent,
-        create_blueprint, enroll,
+        Backend, Clients, Fixture, agent_request, assert_status, audit_events, blueprint,
+        create_agent, create_blueprint, enroll,
     },
 };
 
@@ -317,17 +317,7 @@ pub async fn policy_updates_are_versioned_and_audited_and_the_baseline_is_manage
         .expect("policy");
     assert_eq!(first.yaml, FINANCE_EGRESS);
     assert_eq!(first.updated_by, "root@example.com (admin)");
-    let audit = admin
-        .audit()
-        .list_audit_events(proto::ListAuditEventsRequest {
-            target_type: "policy".into(),
-            target_id: created.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("ListAuditEvents")
-        .into_inner()
-        .events;
+    let audit = audit_events(&admin, "policy", &created.id).await;
     let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(actions, ["CreatePolicy", "UpdatePolicy", "SetPolicyState"]);
     admin

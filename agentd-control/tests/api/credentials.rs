@@ -6,7 +6,7 @@ use tonic::Code;
 use x509_parser::{extensions::GeneralName, prelude::*};
 
 use crate::support::{
-    Backend, Clients, Fixture, agent_request, assert_status, blueprint, create_agent,
+    Backend, Clients, Fixture, agent_request, assert_status, audit_events, blueprint, create_agent,
     create_blueprint, enroll,
 };
 
@@ -166,18 +166,8 @@ pub async fn an_agent_svid_names_only_the_agent_and_is_signed_only_while_its_dec
     }
 
     // Every signing is audited, with the serial and the SPIFFE ID (never a key).
-    let audit = admin
-        .audit()
-        .list_audit_events(proto::ListAuditEventsRequest {
-            target_type: "agent".into(),
-            target_id: agent.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("ListAuditEvents")
-        .into_inner();
+    let audit = audit_events(&admin, "agent", &agent.id).await;
     let event = audit
-        .events
         .iter()
         .find(|event| event.action == "SignAgentSvid")
         .expect("an audit event of the signing");
@@ -335,17 +325,8 @@ pub async fn an_agent_svid_names_only_the_agent_and_is_signed_only_while_its_dec
 
 /// The audit events of refused X.509-SVID signings for `agent_id`.
 async fn refusals(admin: &Clients, agent_id: &str) -> Vec<proto::AuditEvent> {
-    admin
-        .audit()
-        .list_audit_events(proto::ListAuditEventsRequest {
-            target_type: "agent".into(),
-            target_id: agent_id.into(),
-            ..Default::default()
-        })
+    audit_events(admin, "agent", agent_id)
         .await
-        .expect("ListAuditEvents")
-        .into_inner()
-        .events
         .into_iter()
         .filter(|event| event.action == "SignAgentSvidRefused")
         .collect()

@@ -6,7 +6,7 @@ use agentd_control::proto;
 use tonic::{Code, transport::Identity};
 use x509_parser::prelude::*;
 
-use crate::support::{Backend, Clients, Fixture, assert_status, enroll};
+use crate::support::{Backend, Clients, Fixture, assert_status, audit_events, enroll};
 
 /// The host certificate lifetime this test configures (`--host-cert-ttl`).
 const TTL: i64 = 600;
@@ -118,18 +118,8 @@ pub async fn a_host_renews_its_certificate_over_the_current_one_and_a_revoked_ho
         .expect("the connection made with the old certificate stays usable");
 
     // Audited: the old and new serials and the expiry, never a key.
-    let audit = admin
-        .audit()
-        .list_audit_events(proto::ListAuditEventsRequest {
-            target_type: "host".into(),
-            target_id: host.host_id.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("ListAuditEvents")
-        .into_inner();
+    let audit = audit_events(&admin, "host", &host.host_id).await;
     let event = audit
-        .events
         .iter()
         .find(|event| event.action == "RenewHostCertificate")
         .expect("an audit event of the renewal");

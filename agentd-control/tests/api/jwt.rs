@@ -14,7 +14,9 @@ use tonic::Code;
 
 use crate::{
     credentials::enabled_agent,
-    support::{Backend, Clients, Fixture, assert_status, blueprint, create_blueprint, enroll},
+    support::{
+        Backend, Clients, Fixture, assert_status, audit_events, blueprint, create_blueprint, enroll,
+    },
 };
 
 /// What PyJWT does as a relying party: discovery at the issuer, the JWKS from `jwks_uri`,
@@ -213,18 +215,8 @@ pub async fn an_agent_jwt_svid_verifies_through_oidc_discovery_and_is_signed_onl
     );
 
     // Every signing is audited with the token's id and audiences, never the token.
-    let audit = admin
-        .audit()
-        .list_audit_events(proto::ListAuditEventsRequest {
-            target_type: "agent".into(),
-            target_id: agent.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("ListAuditEvents")
-        .into_inner();
+    let audit = audit_events(&admin, "agent", &agent.id).await;
     let event = audit
-        .events
         .iter()
         .find(|event| event.action == "SignAgentJwt")
         .expect("an audit event of the signing");
@@ -277,19 +269,9 @@ pub async fn an_agent_jwt_svid_verifies_through_oidc_discovery_and_is_signed_onl
         Code::FailedPrecondition,
         "it is disabled (rotating its owner)",
     );
-    let audit = admin
-        .audit()
-        .list_audit_events(proto::ListAuditEventsRequest {
-            target_type: "agent".into(),
-            target_id: agent.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("ListAuditEvents")
-        .into_inner();
+    let audit = audit_events(&admin, "agent", &agent.id).await;
     assert!(
         audit
-            .events
             .iter()
             .any(|event| event.action == "SignAgentJwtRefused"
                 && event
@@ -297,7 +279,7 @@ pub async fn an_agent_jwt_svid_verifies_through_oidc_discovery_and_is_signed_onl
                     .contains("it is disabled (rotating its owner)")
                 && event.current_json.contains("jwt-svid")),
         "the refusal is audited: {:?}",
-        audit.events
+        audit
     );
     oidc.abort();
     fixture.stop().await;

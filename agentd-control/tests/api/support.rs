@@ -456,6 +456,25 @@ pub async fn enroll(fixture: &Fixture, hostname: &str, csr_pem: &str) -> proto::
         .into_inner()
 }
 
+/// The audit events on one target, as `ListAuditEvents` returns them.
+pub async fn audit_events(
+    admin: &Clients,
+    target_type: &str,
+    target_id: &str,
+) -> Vec<proto::AuditEvent> {
+    admin
+        .audit()
+        .list_audit_events(proto::ListAuditEventsRequest {
+            target_type: target_type.into(),
+            target_id: target_id.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ListAuditEvents")
+        .into_inner()
+        .events
+}
+
 /// Asserts that `result` failed with `code` and that the message mentions `needle`.
 #[track_caller]
 pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, needle: &str) {
