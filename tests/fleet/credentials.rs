@@ -52,19 +52,7 @@ fn a_tagged_process_gets_its_agents_x509_svid_and_loses_it_when_the_agent_is_dis
         .expect("a process of the agent");
     let expected =
         format!("spiffe_id=spiffe://agentd.internal/agent/{agent_id} chain=1 bundle_authorities=1");
-    let mut last = String::new();
-    wait_until("the agent's X.509-SVID", || {
-        let fetched = daemon
-            .launch(
-                agent,
-                &[spiffe_fetch().to_str().unwrap(), "x509", &endpoint],
-            )
-            .output()
-            .expect("spiffe-fetch in the agent");
-        last = stdout(&fetched);
-        // Until the host's report of the agent reaches the control plane, it refuses.
-        last == expected || !last.contains("has not reported it running")
-    });
+    let last = first_x509_fetch(&daemon, agent, &endpoint);
     assert_eq!(last, expected, "agentd's log:\n{}", daemon.log());
 
     agentd_svid_inside_and_outside(&daemon, agent, &agent_id, &socket);
@@ -121,6 +109,25 @@ fn a_tagged_process_gets_its_agents_x509_svid_and_loses_it_when_the_agent_is_dis
     let _ = watcher.wait();
     let _ = keeper.kill();
     let _ = keeper.wait();
+}
+
+/// What `spiffe-fetch x509` prints inside `agent` once the control plane knows the agent runs
+/// here: until the host's report reaches it, the signing is refused, and this asks again.
+pub(crate) fn first_x509_fetch(
+    daemon: &agentd_tests::Daemon,
+    agent: &str,
+    endpoint: &str,
+) -> String {
+    let mut last = String::new();
+    wait_until("the agent's X.509-SVID", || {
+        let fetched = daemon
+            .launch(agent, &[spiffe_fetch().to_str().unwrap(), "x509", endpoint])
+            .output()
+            .expect("spiffe-fetch in the agent");
+        last = stdout(&fetched);
+        !last.contains("has not reported it running")
+    });
+    last
 }
 
 /// What py-spiffe (the SPIFFE project's Python client) does as a workload that received a

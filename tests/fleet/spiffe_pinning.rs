@@ -6,7 +6,11 @@ use std::{fs, path::Path, process::Command};
 
 use agentd_tests::{launch_cgroup, wait_until};
 
-use crate::{ControlPlane, credentials::spiffe_fetch, enrolled, register};
+use crate::{
+    ControlPlane,
+    credentials::{first_x509_fetch, spiffe_fetch},
+    enrolled, register,
+};
 
 #[test]
 fn a_connection_made_before_a_pid_was_reused_gets_no_svid_for_the_new_process() {
@@ -31,18 +35,7 @@ fn a_connection_made_before_a_pid_was_reused_gets_no_svid_for_the_new_process() 
         .expect("a process of the agent");
     // The agent's own processes do get its SVID: what a mistaken identification would hand out.
     let expected = format!("spiffe_id=spiffe://agentd.internal/agent/{agent_id}");
-    let mut last = String::new();
-    wait_until("the agent's X.509-SVID", || {
-        let fetched = daemon
-            .launch(
-                agent,
-                &[spiffe_fetch().to_str().unwrap(), "x509", &endpoint],
-            )
-            .output()
-            .expect("spiffe-fetch in the agent");
-        last = String::from_utf8_lossy(&fetched.stdout).trim().to_owned();
-        last.starts_with(&expected) || !last.contains("has not reported it running")
-    });
+    let last = first_x509_fetch(&daemon, agent, &endpoint);
     assert!(last.starts_with(&expected), "{last}");
 
     // An untagged process connects, hands the connection to its child, and exits.
