@@ -278,8 +278,7 @@ pub async fn an_agent_jwt_svid_verifies_through_oidc_discovery_and_is_signed_onl
                     .current_json
                     .contains("it is disabled (rotating its owner)")
                 && event.current_json.contains("jwt-svid")),
-        "the refusal is audited: {:?}",
-        audit
+        "the refusal is audited: {audit:?}"
     );
     oidc.abort();
     fixture.stop().await;
