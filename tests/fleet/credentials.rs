@@ -273,10 +273,19 @@ fn an_agents_jwt_svid_is_fetched_for_an_audience_and_another_agent_validates_it(
         refused = in_agent(agent, &["jwt", &endpoint, "search"]);
         refused.starts_with("error=")
     });
+    // Until the block decision reaches agentd, the control plane refuses the signing itself;
+    // after it, agentd refuses without asking. Either way the agent gets no token.
     assert!(
-        refused.contains("may not hold a credential now"),
+        refused.starts_with("error=permission denied")
+            && (refused.contains("may not hold a credential now")
+                || refused.contains("it is disabled")),
         "a fetch after the agent was disabled: {refused}"
     );
+    wait_until("agentd itself refuses the disabled agent", || {
+        refused = in_agent(agent, &["jwt", &endpoint, "search"]);
+        refused.contains("may not hold a credential now")
+    });
+    assert!(refused.starts_with("error=permission denied"), "{refused}");
     for keeper in &mut keepers {
         let _ = keeper.kill();
         let _ = keeper.wait();
