@@ -116,6 +116,28 @@ pub struct BlueprintSpec {
     /// 0: [`DEFAULT_OFFLINE_TTL_SECONDS`].
     #[serde(default)]
     pub offline_ttl_seconds: u32,
+    /// Seconds the agents' X.509- and JWT-SVIDs live; 0: the control plane's setting.
+    #[serde(default)]
+    pub svid_lifetimes: SvidLifetimes,
+}
+
+/// A blueprint's SVID lifetimes in seconds; 0 means "the control plane's".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SvidLifetimes {
+    pub x509_seconds: u32,
+    pub jwt_seconds: u32,
+}
+
+impl SvidLifetimes {
+    /// This lifetime where set, else `default`.
+    #[must_use]
+    pub fn or(seconds: u32, default: i64) -> i64 {
+        if seconds == 0 {
+            default
+        } else {
+            i64::from(seconds)
+        }
+    }
 }
 
 /// The offline TTL of a blueprint that sets none.
@@ -210,6 +232,8 @@ pub struct ResolvedAgent {
     pub effective_attributes: BTreeMap<String, String>,
     pub effective_offline_behavior: OfflineBehavior,
     pub effective_governance: GovernanceSettings,
+    /// The blueprint's (agents have none of their own).
+    pub svid_lifetimes: SvidLifetimes,
 }
 
 impl ResolvedAgent {
@@ -228,6 +252,7 @@ impl ResolvedAgent {
             effective_attributes,
             effective_offline_behavior,
             effective_governance,
+            svid_lifetimes: blueprint.svid_lifetimes,
         }
     }
 }

@@ -10,7 +10,7 @@ use super::{ControlPlane, limits, timestamp, validate};
 use crate::{
     auth::Method,
     error::Error,
-    model::{Agent, AgentState},
+    model::{AgentState, ResolvedAgent, SvidLifetimes},
     proto,
     store::{
         AuditContext,
@@ -88,12 +88,15 @@ impl ControlPlane {
         let agent_id = validate::uuid("agent_id", &request.agent_id)?;
         let csr_pem = csr(&request.csr_pem)?;
         let host_id = &caller.principal;
-        self.gate(caller, "x509-svid", "SignAgentSvidRefused", &agent_id)
+        let resolved = self
+            .gate(caller, "x509-svid", "SignAgentSvidRefused", &agent_id)
             .await?;
         let now = self.now();
         let options = &self.credentials;
         let spiffe_id = options.trust_domain.agent_id(&agent_id);
-        let (not_before, not_after) = (now - BACKDATE, now + options.x509_svid_ttl);
+        let lifetime =
+            SvidLifetimes::or(resolved.svid_lifetimes.x509_seconds, options.x509_svid_ttl);
+        let (not_before, not_after) = (now - BACKDATE, now + lifetime);
         let (certificate_pem, serial) = self
             .ca
             .sign_svid_csr(csr_pem, &spiffe_id, not_before, not_after)?;
@@ -127,13 +130,15 @@ impl ControlPlane {
         let agent_id = validate::uuid("agent_id", &request.agent_id)?;
         let audience = audiences(request.audience)?;
         let host_id = &caller.principal;
-        let agent = self
+        let resolved = self
             .gate(caller, "jwt-svid", "SignAgentJwtRefused", &agent_id)
             .await?;
+        let agent = &resolved.agent;
         let now = self.now();
         let options = &self.credentials;
         let spiffe_id = options.trust_domain.agent_id(&agent_id);
-        let expires = now + options.jwt_svid_ttl;
+        let expires =
+            now + SvidLifetimes::or(resolved.svid_lifetimes.jwt_seconds, options.jwt_svid_ttl);
         let jti = uuid::Uuid::new_v4().to_string();
         let token = self.jwt.sign(&AgentClaims {
             iss: options.jwt_issuer.as_deref(),
@@ -214,7 +219,7 @@ impl ControlPlane {
         kind: &'static str,
         refused_action: &'static str,
         agent_id: &str,
-    ) -> Result<Agent, Status> {
+    ) -> Result<ResolvedAgent, Status> {
         let host_id = &caller.principal;
         let refusal = match self.may_hold_credential(host_id, agent_id).await {
             Ok(agent) => return Ok(agent),
@@ -244,10 +249,15 @@ impl ControlPlane {
 
     /// Conditional Access at issuance: the agent exists, is created or active and not past its
     /// expiry, runs on `host_id` by the host's own report, and its current decision for that
-    /// host is ALLOW. Each refusal says which. Returns the agent.
-    async fn may_hold_credential(&self, host_id: &str, agent_id: &str) -> Result<Agent, Status> {
-        let agent = match self.store.get_agent(agent_id).await {
-            Ok(resolved) => resolved.agent,
+    /// host is ALLOW. Each refusal says which. Returns the agent, resolved against its
+    /// blueprint.
+    async fn may_hold_credential(
+        &self,
+        host_id: &str,
+        agent_id: &str,
+    ) -> Result<ResolvedAgent, Status> {
+        let resolved = match self.store.get_agent(agent_id).await {
+            Ok(resolved) => resolved,
             Err(Error::NotFound { .. }) => {
                 return Err(Error::invalid(
                     "agent_id",
@@ -257,6 +267,7 @@ impl ControlPlane {
             }
             Err(err) => return Err(err.into()),
         };
+        let agent = &resolved.agent;
         let refused = |why: String| -> Status {
             Error::FailedPrecondition(format!(
                 "no credential for agent {} ({agent_id}): {why}",
@@ -307,6 +318,6 @@ impl ControlPlane {
                 set.version
             )));
         }
-        Ok(agent)
+        Ok(resolved)
     }
 }

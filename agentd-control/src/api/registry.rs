@@ -7,17 +7,33 @@ use super::{
 };
 use crate::{
     auth::Method,
+    credentials,
     error::Error,
     model::{
         AgentMetadata, AgentState, AgentUpdate, BaselinePolicy, Blueprint, BlueprintSpec,
         DefaultAction, DiscoveryRule, GovernanceSettings, NewAgent, OfflineBehavior, Protocol,
-        ResolvedAgent,
+        ResolvedAgent, SvidLifetimes,
     },
     proto::{self, registry_service_server::RegistryService},
     store::registry::AgentFilter,
 };
 
 type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A blueprint's SVID lifetime: 0 (the control plane's) or within `range`.
+fn svid_lifetime(field: &str, seconds: u32, range: std::ops::RangeInclusive<i64>) -> Result<u32> {
+    if seconds == 0 || range.contains(&i64::from(seconds)) {
+        return Ok(seconds);
+    }
+    Err(Error::invalid(
+        field,
+        format!(
+            "{seconds} s is outside {} to {} s (0: the control plane's default)",
+            range.start(),
+            range.end()
+        ),
+    ))
+}
 
 fn discovery_rules(field: &str, rules: &[proto::DiscoveryRule]) -> Result<Vec<DiscoveryRule>> {
     limits::at_most(field, rules.len(), limits::DISCOVERY_RULES)?;
@@ -253,6 +269,18 @@ fn blueprint_from_proto(
             }
             ttl => ttl,
         },
+        svid_lifetimes: SvidLifetimes {
+            x509_seconds: svid_lifetime(
+                "blueprint.x509_svid_ttl_seconds",
+                blueprint.x509_svid_ttl_seconds,
+                credentials::X509_SVID_TTL_RANGE,
+            )?,
+            jwt_seconds: svid_lifetime(
+                "blueprint.jwt_svid_ttl_seconds",
+                blueprint.jwt_svid_ttl_seconds,
+                credentials::JWT_SVID_TTL_RANGE,
+            )?,
+        },
     };
     Ok((name, description, spec))
 }
@@ -289,6 +317,8 @@ pub(super) fn blueprint_to_proto(blueprint: &Blueprint) -> proto::Blueprint {
         create_time: Some(timestamp(blueprint.created_at)),
         update_time: Some(timestamp(blueprint.updated_at)),
         offline_ttl_seconds: spec.offline_ttl_seconds,
+        x509_svid_ttl_seconds: spec.svid_lifetimes.x509_seconds,
+        jwt_svid_ttl_seconds: spec.svid_lifetimes.jwt_seconds,
     }
 }
 

@@ -147,6 +147,7 @@ fn subject(resolved: ResolvedAgent, risk: RiskLevel, offline_ttl_seconds: u32) -
         effective_attributes,
         effective_offline_behavior,
         effective_governance: _,
+        svid_lifetimes: _,
     } = resolved;
     Subject {
         orphaned: agent.sponsors.is_empty(),

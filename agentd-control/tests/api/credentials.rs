@@ -331,3 +331,124 @@ async fn refusals(admin: &Clients, agent_id: &str) -> Vec<proto::AuditEvent> {
         .filter(|event| event.action == "SignAgentSvidRefused")
         .collect()
 }
+
+async fn sign_jwt(host: &Clients, agent_id: &str) -> proto::SignAgentJwtResponse {
+    host.host()
+        .sign_agent_jwt(proto::SignAgentJwtRequest {
+            agent_id: agent_id.into(),
+            audience: vec!["billing".into()],
+        })
+        .await
+        .expect("SignAgentJwt")
+        .into_inner()
+}
+
+/// Seconds between an X.509-SVID's not-before and not-after.
+fn x509_lifetime(signed: &proto::SignAgentSvidResponse) -> i64 {
+    let (_, pem) = parse_x509_pem(signed.certificate_pem.as_bytes()).expect("PEM");
+    let cert = pem.parse_x509().expect("an X.509 certificate");
+    cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()
+}
+
+/// A blueprint's SVID lifetimes apply to its agents' next signings (an update too); 0 means
+/// the control plane's; a lifetime out of range is refused by field and stores nothing.
+pub async fn svid_lifetimes_follow_the_blueprint_and_bad_ones_are_refused_by_field(
+    backend: Backend,
+) {
+    let fixture = Fixture::start(&backend).await;
+    let admin = fixture.admin().await;
+    for (field, x509, jwt, needle) in [
+        ("x509", 60, 0, "blueprint.x509_svid_ttl_seconds"),
+        ("x509", 8 * 24 * 3600, 0, "blueprint.x509_svid_ttl_seconds"),
+        ("jwt", 0, 29, "blueprint.jwt_svid_ttl_seconds"),
+        ("jwt", 0, 24 * 3600 + 1, "blueprint.jwt_svid_ttl_seconds"),
+    ] {
+        let refused = admin
+            .registry()
+            .create_blueprint(proto::CreateBlueprintRequest {
+                blueprint: Some(proto::Blueprint {
+                    x509_svid_ttl_seconds: x509,
+                    jwt_svid_ttl_seconds: jwt,
+                    ..blueprint("workers")
+                }),
+            })
+            .await;
+        assert_status(refused, Code::InvalidArgument, needle);
+        assert!(
+            admin
+                .registry()
+                .get_blueprint(proto::GetBlueprintRequest {
+                    name: "workers".into(),
+                })
+                .await
+                .is_err(),
+            "a refused {field} lifetime stored nothing"
+        );
+    }
+    let created = create_blueprint(
+        &admin,
+        proto::Blueprint {
+            x509_svid_ttl_seconds: 600,
+            jwt_svid_ttl_seconds: 45,
+            ..blueprint("workers")
+        },
+    )
+    .await;
+    assert_eq!(
+        (created.x509_svid_ttl_seconds, created.jwt_svid_ttl_seconds),
+        (600, 45)
+    );
+    let agent = enabled_agent(&admin, "short-lived").await;
+    let host = enroll(&fixture, "worker-1", "").await;
+    let host_clients = fixture.as_token(&host.host_token).await;
+    host_clients
+        .host()
+        .report_agents(proto::ReportAgentsRequest {
+            agent_ids: vec![agent.id.clone()],
+        })
+        .await
+        .expect("ReportAgents");
+    let (csr, _) = greedy_csr();
+    let signed = sign(&host_clients, &agent.id, &csr).await.expect("signed");
+    assert_eq!(
+        x509_lifetime(&signed),
+        600 + 60,
+        "the blueprint's 10 minutes"
+    );
+    let token = sign_jwt(&host_clients, &agent.id).await;
+    let issued_at = token.expire_time.expect("expiry").seconds - 45;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(
+        issued_at.abs_diff(i64::try_from(now).expect("now")) <= 5,
+        "the blueprint's 45 s JWT lifetime: expires {:?}, now {now}",
+        token.expire_time
+    );
+
+    // Back to the control plane's defaults (an hour, five minutes).
+    admin
+        .registry()
+        .update_blueprint(proto::UpdateBlueprintRequest {
+            blueprint: Some(proto::Blueprint {
+                x509_svid_ttl_seconds: 0,
+                jwt_svid_ttl_seconds: 0,
+                ..created.clone()
+            }),
+        })
+        .await
+        .expect("UpdateBlueprint");
+    let signed = sign(&host_clients, &agent.id, &csr).await.expect("signed");
+    assert_eq!(
+        x509_lifetime(&signed),
+        3600 + 60,
+        "the control plane's hour"
+    );
+    let token = sign_jwt(&host_clients, &agent.id).await;
+    let lifetime = token.expire_time.expect("expiry").seconds - i64::try_from(now).expect("now");
+    assert!(
+        (295..=310).contains(&lifetime),
+        "the control plane's five minutes: {lifetime} s"
+    );
+}

@@ -47,6 +47,8 @@ pub(crate) struct BlueprintChanges {
     #[arg(long, value_name = "SECONDS")]
     pub(crate) offline_ttl: Option<u32>,
     #[command(flatten)]
+    pub(crate) svid: SvidLifetimeArgs,
+    #[command(flatten)]
     pub(crate) governance: GovernanceChanges,
 }
 
@@ -79,9 +81,33 @@ impl BlueprintChanges {
         if let Some(ttl) = self.offline_ttl {
             blueprint.offline_ttl_seconds = ttl;
         }
+        if let Some(ttl) = self.svid.x509_svid_ttl {
+            blueprint.x509_svid_ttl_seconds = seconds(ttl);
+        }
+        if let Some(ttl) = self.svid.jwt_svid_ttl {
+            blueprint.jwt_svid_ttl_seconds = seconds(ttl);
+        }
         blueprint.governance = Some(self.governance.apply(blueprint.governance));
         blueprint
     }
+}
+
+/// How long the blueprint's agents' SVIDs live, where not the control plane's
+/// (`agentd-control serve --x509-svid-ttl`, `--jwt-svid-ttl`).
+#[derive(Args)]
+pub(crate) struct SvidLifetimeArgs {
+    /// Lifetime of the agents' X.509-SVIDs, e.g. 15m or 2h (2m to 7d; 0s: the control
+    /// plane's). Hosts rotate them at half-life.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub(crate) x509_svid_ttl: Option<std::time::Duration>,
+    /// Lifetime of the agents' JWT-SVIDs, e.g. 1m (30s to 24h; 0s: the control plane's).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub(crate) jwt_svid_ttl: Option<std::time::Duration>,
+}
+
+/// Whole seconds, saturated (the control plane refuses what is out of range, by field).
+fn seconds(duration: std::time::Duration) -> u32 {
+    u32::try_from(duration.as_secs()).unwrap_or(u32::MAX)
 }
 
 pub(crate) fn discovery_rules(
@@ -145,6 +171,8 @@ pub(crate) struct BlueprintSpec {
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     pub(crate) offline_ttl: u32,
     #[command(flatten)]
+    pub(crate) svid: SvidLifetimeArgs,
+    #[command(flatten)]
     pub(crate) governance: GovernanceArgs,
 }
 
@@ -166,6 +194,8 @@ impl BlueprintSpec {
             create_time: None,
             update_time: None,
             offline_ttl_seconds: self.offline_ttl,
+            x509_svid_ttl_seconds: self.svid.x509_svid_ttl.map_or(0, seconds),
+            jwt_svid_ttl_seconds: self.svid.jwt_svid_ttl.map_or(0, seconds),
         }
     }
 }

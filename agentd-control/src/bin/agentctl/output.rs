@@ -137,6 +137,11 @@ impl Printer {
                         governance.reconfirm_every_days,
                         governance.inactivity_disable_days
                     ),
+                    format!(
+                        "{}/{}",
+                        svid_lifetime(b.x509_svid_ttl_seconds),
+                        svid_lifetime(b.jwt_svid_ttl_seconds)
+                    ),
                     b.description.clone(),
                 ]
             })
@@ -149,6 +154,7 @@ impl Printer {
                 "ATTRIBUTES",
                 "OFFLINE",
                 "LIFE/RECONFIRM/IDLE DAYS",
+                "SVID X509/JWT",
                 "DESCRIPTION",
             ],
             &rows,
@@ -761,5 +767,14 @@ fn print_decision(d: &proto::AgentDecision) {
     }
     for reason in &d.reasons {
         println!("  - {reason}");
+    }
+}
+
+/// A blueprint's SVID lifetime: `default` (the control plane's) or a duration.
+fn svid_lifetime(seconds: u32) -> String {
+    if seconds == 0 {
+        "default".to_owned()
+    } else {
+        humantime::format_duration(std::time::Duration::from_secs(u64::from(seconds))).to_string()
     }
 }
