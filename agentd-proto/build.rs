@@ -18,6 +18,7 @@ const PROTOS: &[&str] = &[
     "proto/agentd/v1/auth.proto",
     "proto/agentd/v1/policy.proto",
     "proto/agentd/v1/risk.proto",
+    "proto/agentd/v1/credential.proto",
 ];
 
 /// The SPIFFE Workload API (no package), generated on its own so that the `agentd.v1`

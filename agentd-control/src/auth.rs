@@ -102,6 +102,11 @@ methods! {
         RevokeApiToken => [Admin],
         WhoAmI => [Admin, Sponsor, Auditor, Host],
     }
+    "CredentialService" {
+        RotateJwtSigningKey => [Admin],
+        ListJwtSigningKeys => [Admin, Auditor],
+        RetireJwtSigningKey => [Admin],
+    }
 }
 
 impl Method {

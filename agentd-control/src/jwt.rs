@@ -1,7 +1,12 @@
 //! The keys that sign agents' JWT-SVIDs: ES256 (ECDSA P-256) keys kept in the database and
-//! shared by every replica. The newest key signs; every stored key is published in the JWKS
-//! (`FetchJWTBundles` on hosts, the OIDC discovery endpoint for relying parties), so that a
-//! token signed before a new key was added still verifies.
+//! shared by every replica. A key is published in the JWKS (`FetchJWTBundles` on hosts, the
+//! OIDC discovery endpoint for relying parties) from its creation, signs from its activation
+//! (the newest activated key signs), and leaves the JWKS when it is retired, so that a rotation
+//! publishes the next key before it signs and a token signed before it still verifies.
+//! [`KeyRing`] is what a replica holds: reloaded from the database, so that a rotation made
+//! through another replica reaches it.
+
+use std::sync::{Arc, RwLock};
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -13,27 +18,46 @@ use sha2::{Digest as _, Sha256};
 pub use crate::store::credentials::JWT_ALGORITHM as ALGORITHM;
 use crate::{
     clock::UnixTime,
+    credentials::JWT_SVID_TTL_RANGE,
     error::{Error, Result},
     store::{AuditContext, Store, credentials::StoredKey},
 };
 
-/// The signing key and the published set.
-pub struct JwtKeys {
+/// The most keys published at once: a rotation beyond it is refused until one is retired.
+pub const MAX_PUBLISHED_KEYS: usize = 8;
+
+/// One key that may sign.
+struct Signer {
     kid: String,
+    activates_at: UnixTime,
     encoding: EncodingKey,
+}
+
+/// The published keys, each with when it signs.
+pub struct JwtKeys {
+    /// Oldest activation first.
+    signers: Vec<Signer>,
     jwks: serde_json::Value,
 }
 
 impl std::fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtKeys")
-            .field("kid", &self.kid)
+            .field(
+                "kids",
+                &self.signers.iter().map(|s| &s.kid).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
 
 fn key_error(what: &'static str) -> impl Fn(rcgen::Error) -> Error {
     move |err| Error::Certificate(format!("{what}: {err}"))
+}
+
+/// The order in which keys take over signing: by activation, then creation, then `kid`.
+fn succession(key: &StoredKey) -> (UnixTime, UnixTime, &str) {
+    (key.activates_at, key.created_at, &key.kid)
 }
 
 /// A key's public half as a JWK, and its `kid`: the first 16 hex digits of the SHA-256 of
@@ -69,11 +93,13 @@ impl JwtKeys {
         Ok((kid, key.serialize_pem()))
     }
 
-    /// The keys from `stored`, the newest signing (by creation, then `kid`).
+    /// The keys of `stored` that are not retired.
     pub fn from_stored(stored: &[StoredKey]) -> Result<Self> {
-        let mut jwks = Vec::with_capacity(stored.len());
-        let mut newest: Option<(&StoredKey, KeyPair)> = None;
-        for entry in stored {
+        let mut live: Vec<&StoredKey> = stored.iter().filter(|k| k.retired_at.is_none()).collect();
+        live.sort_by(|a, b| succession(a).cmp(&succession(b)));
+        let mut jwks = Vec::with_capacity(live.len());
+        let mut signers = Vec::with_capacity(live.len());
+        for entry in live {
             let key = KeyPair::from_pem(&entry.key_pem).map_err(key_error("reading a JWT key"))?;
             let (kid, jwk) = public_jwk(&key)?;
             if kid != entry.kid {
@@ -83,43 +109,37 @@ impl JwtKeys {
                 )));
             }
             jwks.push(jwk);
-            let later = newest.as_ref().is_none_or(|(best, _)| {
-                (entry.created_at, &entry.kid) > (best.created_at, &best.kid)
+            signers.push(Signer {
+                kid,
+                activates_at: entry.activates_at,
+                encoding: EncodingKey::from_ec_der(&key.serialize_der()),
             });
-            if later {
-                newest = Some((entry, key));
-            }
         }
-        let (entry, key) =
-            newest.ok_or_else(|| Error::Certificate("no JWT signing key is stored".into()))?;
+        if signers.is_empty() {
+            return Err(Error::Certificate(
+                "no JWT signing key is stored that is not retired".into(),
+            ));
+        }
         Ok(Self {
-            kid: entry.kid.clone(),
-            encoding: EncodingKey::from_ec_der(&key.serialize_der()),
+            signers,
             jwks: serde_json::json!({ "keys": jwks }),
         })
     }
 
-    /// The keys in the database, a first one created if there is none (by whichever replica
-    /// gets there first; a key another replica added at the same moment is published too).
-    pub async fn load_or_create(store: &Store, now: UnixTime) -> Result<Self> {
-        let stored = store.jwt_keys().await?;
-        if !stored.is_empty() {
-            return Self::from_stored(&stored);
-        }
-        let (kid, key_pem) = Self::generate()?;
-        let audit = AuditContext {
-            actor: "agentd-control (JWT key bootstrap)".to_owned(),
-            action: "CreateJwtSigningKey",
-            now,
-        };
-        store.store_jwt_key(&audit, &kid, &key_pem, now).await?;
-        Self::from_stored(&store.jwt_keys().await?)
+    /// The key that signs at `now`: the newest activated, else (every key still waiting) the
+    /// first to activate.
+    fn signer(&self, now: UnixTime) -> &Signer {
+        self.signers
+            .iter()
+            .rev()
+            .find(|signer| signer.activates_at <= now)
+            .unwrap_or(&self.signers[0])
     }
 
-    /// The `kid` of the key that signs.
+    /// The `kid` of the key that signs at `now`.
     #[must_use]
-    pub fn kid(&self) -> &str {
-        &self.kid
+    pub fn kid(&self, now: UnixTime) -> &str {
+        &self.signer(now).kid
     }
 
     /// The published keys: `{"keys": [JWK, ...]}`.
@@ -128,13 +148,132 @@ impl JwtKeys {
         &self.jwks
     }
 
-    /// `claims`, signed ES256 with the signing key's `kid` in the header.
-    pub fn sign(&self, claims: &impl Serialize) -> Result<String> {
+    /// `claims`, signed ES256 by the key that signs at `now`, its `kid` in the header.
+    pub fn sign(&self, claims: &impl Serialize, now: UnixTime) -> Result<String> {
+        let signer = self.signer(now);
         let mut header = Header::new(Algorithm::ES256);
         header.typ = Some("JWT".to_owned());
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding)
+        header.kid = Some(signer.kid.clone());
+        jsonwebtoken::encode(&header, claims, &signer.encoding)
             .map_err(|err| Error::Certificate(format!("signing a JWT-SVID: {err}")))
+    }
+}
+
+/// Where a key stands at `now`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyState {
+    /// Published, not signing yet.
+    Pending,
+    /// Signs.
+    Active,
+    /// Published; a newer key signs. `since`: when that key took over.
+    Superseded {
+        since: UnixTime,
+    },
+    Retired,
+}
+
+/// Where `key` (one of `keys`) stands at `now`.
+#[must_use]
+pub fn state_of(keys: &[StoredKey], key: &StoredKey, now: UnixTime) -> KeyState {
+    if key.retired_at.is_some() {
+        return KeyState::Retired;
+    }
+    if key.activates_at > now {
+        return KeyState::Pending;
+    }
+    // The first key after it in succession that activated while it was live took over.
+    let took_over = keys
+        .iter()
+        .filter(|other| succession(other) > succession(key))
+        .filter(|other| other.activates_at <= now)
+        .filter(|other| other.retired_at.is_none_or(|at| at > other.activates_at))
+        .map(|other| other.activates_at)
+        .min();
+    match took_over {
+        Some(since) => KeyState::Superseded { since },
+        None => KeyState::Active,
+    }
+}
+
+/// Whether `kid` may be retired at `now`: never the key that signs; a superseded key only
+/// once every token it signed has expired (the longest JWT-SVID lifetime after it stopped
+/// signing), unless `force` (a compromised key: its tokens stop verifying at once). A pending
+/// key may be (the rotation is cancelled).
+pub fn may_retire(keys: &[StoredKey], kid: &str, now: UnixTime, force: bool) -> Result<()> {
+    let Some(key) = keys.iter().find(|key| key.kid == kid) else {
+        return Ok(());
+    };
+    match state_of(keys, key, now) {
+        KeyState::Active => Err(Error::FailedPrecondition(format!(
+            "JWT signing key {kid} signs now: rotate to a new key first (RotateJwtSigningKey), \
+             then retire this one once its tokens have expired"
+        ))),
+        KeyState::Superseded { since } if !force => {
+            let until = since + JWT_SVID_TTL_RANGE.end();
+            if now < until {
+                Err(Error::FailedPrecondition(format!(
+                    "JWT signing key {kid} signed until {since} (Unix time), and a token it \
+                     signed may be valid until {until}; retire it after that, or with force \
+                     (its tokens stop verifying at once)"
+                )))
+            } else {
+                Ok(())
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A replica's keys: the database's, reloaded.
+#[derive(Debug)]
+pub struct KeyRing {
+    keys: RwLock<Arc<JwtKeys>>,
+}
+
+impl KeyRing {
+    #[must_use]
+    pub fn new(keys: JwtKeys) -> Self {
+        Self {
+            keys: RwLock::new(Arc::new(keys)),
+        }
+    }
+
+    /// The keys in the database, a first one created if there is none (by whichever replica
+    /// gets there first; a key another replica added at the same moment is published too).
+    pub async fn load_or_create(store: &Store, now: UnixTime) -> Result<Self> {
+        let stored = store.jwt_keys().await?;
+        if !stored.iter().any(|key| key.retired_at.is_none()) {
+            let (kid, key_pem) = JwtKeys::generate()?;
+            let audit = AuditContext {
+                actor: "agentd-control (JWT key bootstrap)".to_owned(),
+                action: "CreateJwtSigningKey",
+                now,
+            };
+            store.store_jwt_key(&audit, &kid, &key_pem, now).await?;
+        }
+        Ok(Self::new(JwtKeys::from_stored(&store.jwt_keys().await?)?))
+    }
+
+    /// The keys as last loaded.
+    #[must_use]
+    pub fn current(&self) -> Arc<JwtKeys> {
+        Arc::clone(
+            &self
+                .keys
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Loads the keys again (a rotation or retirement made here or through another replica).
+    pub async fn reload(&self, store: &Store) -> Result<()> {
+        let keys = Arc::new(JwtKeys::from_stored(&store.jwt_keys().await?)?);
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
+        Ok(())
     }
 }
 
@@ -149,6 +288,8 @@ mod tests {
             kid: kid.to_owned(),
             key_pem: key_pem.to_owned(),
             created_at,
+            activates_at: created_at,
+            retired_at: None,
         }
     }
 
@@ -161,11 +302,11 @@ mod tests {
             stored(&old_kid, &old_pem, 100),
         ])
         .unwrap();
-        assert_eq!(keys.kid(), new_kid);
+        assert_eq!(keys.kid(300), new_kid);
         let published = keys.jwks()["keys"].as_array().unwrap();
         assert_eq!(published.len(), 2);
         let claims = serde_json::json!({ "sub": "spiffe://t/agent/a", "aud": ["x"], "exp": 4_000_000_000_u64 });
-        let token = keys.sign(&claims).unwrap();
+        let token = keys.sign(&claims, 300).unwrap();
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.kid.as_deref(), Some(new_kid.as_str()));
         let jwk = published
@@ -199,5 +340,57 @@ mod tests {
         let err = JwtKeys::from_stored(&[stored("0000000000000000", &pem, 1)]).unwrap_err();
         assert!(err.to_string().contains("has the public key of"), "{err}");
         assert!(JwtKeys::from_stored(&[]).is_err());
+    }
+
+    #[test]
+    fn a_pending_key_is_published_before_it_signs_and_retirement_waits_for_its_tokens() {
+        let (old_kid, old_pem) = JwtKeys::generate().unwrap();
+        let (new_kid, new_pem) = JwtKeys::generate().unwrap();
+        let old = stored(&old_kid, &old_pem, 100);
+        let new = StoredKey {
+            activates_at: 700,
+            ..stored(&new_kid, &new_pem, 200)
+        };
+        let keys = JwtKeys::from_stored(&[old.clone(), new.clone()]).unwrap();
+        assert_eq!(keys.jwks()["keys"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            keys.kid(699),
+            old_kid,
+            "the new key is published, not signing"
+        );
+        assert_eq!(keys.kid(700), new_kid);
+        let all = [old.clone(), new.clone()];
+        assert_eq!(state_of(&all, &new, 500), KeyState::Pending);
+        assert_eq!(state_of(&all, &old, 500), KeyState::Active);
+        assert_eq!(
+            state_of(&all, &old, 800),
+            KeyState::Superseded { since: 700 }
+        );
+        assert!(
+            may_retire(&all, &old_kid, 500, true).is_err(),
+            "the key that signs"
+        );
+        assert!(
+            may_retire(&all, &new_kid, 500, false).is_ok(),
+            "a pending key"
+        );
+        let day = *JWT_SVID_TTL_RANGE.end();
+        let refused = may_retire(&all, &old_kid, 700 + day - 1, false).unwrap_err();
+        assert!(
+            refused.to_string().contains("may be valid until"),
+            "{refused}"
+        );
+        assert!(may_retire(&all, &old_kid, 700 + day - 1, true).is_ok());
+        assert!(may_retire(&all, &old_kid, 700 + day, false).is_ok());
+        // A retired key is not published and never signs.
+        let retired = StoredKey {
+            retired_at: Some(900),
+            key_pem: String::new(),
+            ..old
+        };
+        let keys = JwtKeys::from_stored(&[retired.clone(), new]).unwrap();
+        assert_eq!(keys.jwks()["keys"].as_array().unwrap().len(), 1);
+        assert_eq!(keys.kid(0), new_kid, "the only key left signs");
+        assert!(JwtKeys::from_stored(&[retired]).is_err());
     }
 }

@@ -17,7 +17,10 @@ use tokio_rustls::{
     },
 };
 
-use crate::{ca::IssuedCertificate, jwt::ALGORITHM};
+use crate::{
+    ca::IssuedCertificate,
+    jwt::{ALGORITHM, KeyRing},
+};
 
 /// Where the JWKS is served, under the issuer.
 pub const JWKS_PATH: &str = "/keys";
@@ -47,10 +50,10 @@ pub fn discovery_document(issuer: &str) -> serde_json::Value {
     })
 }
 
-/// The endpoint's routes.
-pub fn router(issuer: &str, jwks: serde_json::Value) -> Router {
+/// The endpoint's routes. The JWKS is the ring's as last loaded: a rotation shows within the
+/// ring's reload interval.
+pub fn router(issuer: &str, keys: Arc<KeyRing>) -> Router {
     let discovery = Arc::new(discovery_document(issuer));
-    let jwks = Arc::new(jwks);
     Router::new()
         .route(
             DISCOVERY_PATH,
@@ -62,8 +65,8 @@ pub fn router(issuer: &str, jwks: serde_json::Value) -> Router {
         .route(
             JWKS_PATH,
             get(move || {
-                let jwks = Arc::clone(&jwks);
-                async move { Json((*jwks).clone()) }
+                let jwks = keys.current().jwks().clone();
+                async move { Json(jwks) }
             }),
         )
 }

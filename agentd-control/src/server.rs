@@ -14,14 +14,15 @@ use crate::{
     clock::Clock,
     credentials::CredentialOptions,
     error::{Error, Result},
-    jwt::JwtKeys,
+    jwt::KeyRing,
     listener::{BoundedIncoming, ConnectionLimits},
     oidc,
     proto::{
         access_service_server::AccessServiceServer, audit_service_server::AuditServiceServer,
-        auth_service_server::AuthServiceServer, governance_service_server::GovernanceServiceServer,
-        host_service_server::HostServiceServer, policy_service_server::PolicyServiceServer,
-        registry_service_server::RegistryServiceServer, risk_service_server::RiskServiceServer,
+        auth_service_server::AuthServiceServer, credential_service_server::CredentialServiceServer,
+        governance_service_server::GovernanceServiceServer, host_service_server::HostServiceServer,
+        policy_service_server::PolicyServiceServer, registry_service_server::RegistryServiceServer,
+        risk_service_server::RiskServiceServer,
     },
     store::Store,
     throttle::ThrottleOptions,
@@ -46,7 +47,13 @@ pub struct ServerOptions {
     pub drain_timeout: Option<Duration>,
     /// The trust domain and SVID lifetimes of agents' credentials.
     pub credentials: CredentialOptions,
+    /// How often the JWT keys are loaded again from the database, so that a rotation made
+    /// through another replica reaches this one; `None`: [`DEFAULT_JWT_KEY_RELOAD`].
+    pub jwt_key_reload: Option<Duration>,
 }
+
+/// How often a replica loads the JWT keys again by default.
+pub const DEFAULT_JWT_KEY_RELOAD: Duration = Duration::from_secs(10);
 
 /// How long shutdown waits for in-flight calls by default.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -67,13 +74,14 @@ pub struct Server {
     sweep_interval: Option<Duration>,
     connections: ConnectionLimits,
     drain_timeout: Duration,
+    jwt_key_reload: Duration,
 }
 
 impl Server {
     /// Loads (or creates) the CA and prepares the services.
     pub async fn new(store: Store, clock: Arc<dyn Clock>, options: ServerOptions) -> Result<Self> {
         let ca = CertificateAuthority::load_or_create(&store, clock.now()).await?;
-        let jwt = JwtKeys::load_or_create(&store, clock.now()).await?;
+        let jwt = KeyRing::load_or_create(&store, clock.now()).await?;
         store.ensure_baseline_policy(clock.now()).await?;
         let identity = match &options.tls_names {
             None => None,
@@ -115,6 +123,7 @@ impl Server {
             sweep_interval: options.sweep_interval,
             connections: options.connections,
             drain_timeout: options.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+            jwt_key_reload: options.jwt_key_reload.unwrap_or(DEFAULT_JWT_KEY_RELOAD),
         })
     }
 
@@ -144,7 +153,10 @@ impl Server {
         })?;
         let acceptor =
             oidc::acceptor(certificate).map_err(|err| Error::Certificate(err.to_string()))?;
-        Ok((acceptor, oidc::router(issuer, self.control.jwks().clone())))
+        Ok((
+            acceptor,
+            oidc::router(issuer, Arc::clone(self.control.jwt_keys())),
+        ))
     }
 
     /// Serves on `listener` until `shutdown` completes. Then it stops accepting, ends every
@@ -173,6 +185,21 @@ impl Server {
                 }
             })
         });
+        let reloader = {
+            let control = control.clone();
+            let every = self.jwt_key_reload;
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticks.tick().await;
+                loop {
+                    ticks.tick().await;
+                    if let Err(err) = control.reload_jwt_keys().await {
+                        tracing::warn!(error = %err, "reloading the JWT signing keys failed; keeping the last ones");
+                    }
+                }
+            })
+        };
         let limits = self.connections;
         let mut builder = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(limits.keepalive_interval))
@@ -199,6 +226,7 @@ impl Server {
             .add_service(AuthServiceServer::new(control.clone()))
             .add_service(PolicyServiceServer::new(control.clone()))
             .add_service(RiskServiceServer::new(control.clone()))
+            .add_service(CredentialServiceServer::new(control.clone()))
             .serve_with_incoming_shutdown(incoming, signal);
         let drain_timeout = self.drain_timeout;
         let deadline = async move {
@@ -217,6 +245,7 @@ impl Server {
         if let Some(sweeper) = sweeper {
             sweeper.abort();
         }
+        reloader.abort();
         result
     }
 }

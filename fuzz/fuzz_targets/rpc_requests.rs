@@ -13,6 +13,7 @@ use agentd_control::{
     model::Role,
     proto::{
         self, access_service_server::AccessService, audit_service_server::AuditService,
+        credential_service_server::CredentialService,
         auth_service_server::AuthService, governance_service_server::GovernanceService,
         host_service_server::HostService, policy_service_server::PolicyService,
         registry_service_server::RegistryService, risk_service_server::RiskService,
@@ -173,6 +174,9 @@ async fn call(fixture: &Fixture, selector: u8, body: &[u8]) {
         HostService::sign_agent_jwt(SignAgentJwtRequest, host),
         HostService::get_jwt_bundle(GetJwtBundleRequest, host),
         HostService::renew_host_certificate(RenewHostCertificateRequest, host),
+        CredentialService::rotate_jwt_signing_key(RotateJwtSigningKeyRequest, admin),
+        CredentialService::list_jwt_signing_keys(ListJwtSigningKeysRequest, admin),
+        CredentialService::retire_jwt_signing_key(RetireJwtSigningKeyRequest, admin),
     );
 }
 

@@ -268,13 +268,21 @@ fn an_agents_jwt_svid_is_fetched_for_an_audience_and_another_agent_validates_it(
     header_and_quarantine_refusals(&daemon, (agent, peer), &endpoint, &subject);
 
     cp.ctl(&["agent", "disable", &agent_id, "--reason", "credential test"]);
+    refused_once_disabled(|| in_agent(agent, &["jwt", &endpoint, "search"]));
+    for keeper in &mut keepers {
+        let _ = keeper.kill();
+        let _ = keeper.wait();
+    }
+}
+
+/// After a disable: refused by the control plane until the block decision reaches agentd,
+/// then by agentd itself without asking. Either way the agent gets no token.
+fn refused_once_disabled(fetch: impl Fn() -> String) {
     let mut refused = String::new();
     wait_until("the disabled agent gets no JWT-SVID", || {
-        refused = in_agent(agent, &["jwt", &endpoint, "search"]);
+        refused = fetch();
         refused.starts_with("error=")
     });
-    // Until the block decision reaches agentd, the control plane refuses the signing itself;
-    // after it, agentd refuses without asking. Either way the agent gets no token.
     assert!(
         refused.starts_with("error=permission denied")
             && (refused.contains("may not hold a credential now")
@@ -282,14 +290,10 @@ fn an_agents_jwt_svid_is_fetched_for_an_audience_and_another_agent_validates_it(
         "a fetch after the agent was disabled: {refused}"
     );
     wait_until("agentd itself refuses the disabled agent", || {
-        refused = in_agent(agent, &["jwt", &endpoint, "search"]);
+        refused = fetch();
         refused.contains("may not hold a credential now")
     });
     assert!(refused.starts_with("error=permission denied"), "{refused}");
-    for keeper in &mut keepers {
-        let _ = keeper.kill();
-        let _ = keeper.wait();
-    }
 }
 
 /// A call without the security header is refused; a quarantined agent gets no token at once

@@ -21,6 +21,7 @@ const TARGET_TYPES: &[&str] = &[
     "agent_risk",
     "detection",
     "certificate_authority",
+    "jwt_signing_key",
 ];
 
 #[tonic::async_trait]

@@ -140,17 +140,20 @@ impl ControlPlane {
         let expires =
             now + SvidLifetimes::or(resolved.svid_lifetimes.jwt_seconds, options.jwt_svid_ttl);
         let jti = uuid::Uuid::new_v4().to_string();
-        let token = self.jwt.sign(&AgentClaims {
-            iss: options.jwt_issuer.as_deref(),
-            sub: &spiffe_id,
-            aud: &audience,
-            exp: expires,
-            iat: now,
-            jti: &jti,
-            agent_name: &agent.name,
-            blueprint: &agent.blueprint,
-            host_id,
-        })?;
+        let token = self.jwt.current().sign(
+            &AgentClaims {
+                iss: options.jwt_issuer.as_deref(),
+                sub: &spiffe_id,
+                aud: &audience,
+                exp: expires,
+                iat: now,
+                jti: &jti,
+                agent_name: &agent.name,
+                blueprint: &agent.blueprint,
+                host_id,
+            },
+            now,
+        )?;
         let issued = IssuedCredential {
             kind: "jwt-svid",
             agent_id,
@@ -207,7 +210,7 @@ impl ControlPlane {
     pub(super) fn jwt_bundle(&self) -> proto::GetJwtBundleResponse {
         proto::GetJwtBundleResponse {
             trust_domain: self.credentials.trust_domain.to_string(),
-            jwks_json: self.jwt.jwks().to_string(),
+            jwks_json: self.jwt.current().jwks().to_string(),
         }
     }
 

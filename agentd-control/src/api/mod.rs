@@ -14,6 +14,7 @@ mod policy;
 mod refusals;
 mod registry;
 mod risk;
+mod signing_keys;
 mod validate;
 
 use std::{
@@ -31,7 +32,7 @@ use crate::{
     clock::{Clock, UnixTime},
     credentials::CredentialOptions,
     error::Error,
-    jwt::JwtKeys,
+    jwt::KeyRing,
     model::Role,
     proto,
     store::{AuditContext, Store, auth::Caller},
@@ -88,7 +89,7 @@ pub struct ControlPlane {
     /// The trust domain and SVID lifetimes (`crate::credentials`).
     credentials: Arc<CredentialOptions>,
     /// The keys that sign JWT-SVIDs (`crate::jwt`).
-    jwt: Arc<JwtKeys>,
+    jwt: Arc<KeyRing>,
     /// How many refused signings each host gets audited (`refusals`).
     refusals: Arc<refusals::RefusalBudget>,
 }
@@ -98,7 +99,7 @@ impl ControlPlane {
         store: Store,
         clock: Arc<dyn Clock>,
         ca: Arc<CertificateAuthority>,
-        jwt: Arc<JwtKeys>,
+        jwt: Arc<KeyRing>,
         require_host_certificates: bool,
         decision_options: DecisionOptions,
     ) -> Self {
@@ -126,10 +127,15 @@ impl ControlPlane {
         &self.credentials
     }
 
-    /// The published JWT keys (`{"keys": [...]}`).
+    /// The JWT keys this replica publishes and signs with, reloaded from the database.
     #[must_use]
-    pub fn jwks(&self) -> &serde_json::Value {
-        self.jwt.jwks()
+    pub fn jwt_keys(&self) -> &Arc<KeyRing> {
+        &self.jwt
+    }
+
+    /// Loads the JWT keys again (`Server::serve` does it every `jwt_key_reload`).
+    pub async fn reload_jwt_keys(&self) -> crate::error::Result<()> {
+        self.jwt.reload(&self.store).await
     }
 
     /// The same, with this trust domain and these SVID lifetimes.

@@ -279,6 +279,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     jwt_issuer,
                     host_cert_ttl,
                 },
+                jwt_key_reload: None,
             };
             let server = Server::new(store.clone(), clock, options).await?;
             if let Some(address) = oidc_listen {

@@ -18,9 +18,25 @@ pub const JWT_ALGORITHM: &str = "ES256";
 #[derive(Clone, Debug)]
 pub struct StoredKey {
     pub kid: String,
-    /// PKCS#8 PEM.
+    /// PKCS#8 PEM; empty once retired (the private key is erased).
     pub key_pem: String,
     pub created_at: UnixTime,
+    /// From when it signs (the newest activated key signs); published from `created_at`.
+    pub activates_at: UnixTime,
+    /// From when it is no longer published.
+    pub retired_at: Option<UnixTime>,
+}
+
+const KEY_COLUMNS: &str = "kid, key_pem, created_at, activates_at, retired_at";
+
+fn key_from_row(row: &sqlx::any::AnyRow) -> Result<StoredKey> {
+    Ok(StoredKey {
+        kid: row.try_get("kid")?,
+        key_pem: row.try_get("key_pem")?,
+        created_at: row.try_get("created_at")?,
+        activates_at: row.try_get("activates_at")?,
+        retired_at: row.try_get("retired_at")?,
+    })
 }
 
 /// One credential signed for an agent, as the audit log records it.
@@ -156,40 +172,35 @@ impl Store {
             .await
     }
 
-    /// Every JWT signing key, oldest first.
+    /// Every JWT signing key, retired ones too, in the order they sign (by activation).
     pub async fn jwt_keys(&self) -> Result<Vec<StoredKey>> {
-        let rows = sqlx::query(
-            "SELECT kid, key_pem, created_at FROM jwt_signing_keys ORDER BY created_at, kid",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM jwt_signing_keys ORDER BY activates_at, created_at, kid"
+        ))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(StoredKey {
-                    kid: row.try_get("kid")?,
-                    key_pem: row.try_get("key_pem")?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(key_from_row).collect()
     }
 
-    /// Stores a JWT signing key, with an audit event (its `kid`, never the key).
+    /// Stores a JWT signing key that signs from `activates_at`, with an audit event as
+    /// `audit.action` (its `kid` and activation, never the key). A key already stored under
+    /// this `kid` is kept as it is.
     pub async fn store_jwt_key(
         &self,
         audit: &AuditContext,
         kid: &str,
         key_pem: &str,
-        now: UnixTime,
+        activates_at: UnixTime,
     ) -> Result<()> {
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO jwt_signing_keys (kid, key_pem, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO jwt_signing_keys (kid, key_pem, created_at, activates_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
         )
         .bind(kid)
         .bind(key_pem)
-        .bind(now)
+        .bind(audit.now)
+        .bind(activates_at)
         .execute(&mut *tx)
         .await?;
         audit
@@ -198,10 +209,75 @@ impl Store {
                 "jwt_signing_key",
                 kid,
                 None::<&()>,
-                Some(&serde_json::json!({ "kid": kid, "algorithm": JWT_ALGORITHM })),
+                Some(&serde_json::json!({
+                    "kid": kid,
+                    "algorithm": JWT_ALGORITHM,
+                    "activates_at": activates_at,
+                })),
             )
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Retires the key `kid`: no longer published, its private key erased, audited. `check`
+    /// sees every key as the transaction does and may refuse (the key that signs, a key whose
+    /// tokens may still be valid). Returns the retired key.
+    pub async fn retire_jwt_key(
+        &self,
+        audit: &AuditContext,
+        kid: &str,
+        check: impl FnOnce(&[StoredKey]) -> Result<()>,
+    ) -> Result<StoredKey> {
+        let mut tx = self.begin().await?;
+        let keys = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM jwt_signing_keys ORDER BY activates_at, created_at, kid"
+        ))
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(key_from_row)
+        .collect::<Result<Vec<_>>>()?;
+        let Some(key) = keys.iter().find(|key| key.kid == kid) else {
+            return Err(Error::NotFound {
+                kind: "JWT signing key",
+                id: kid.to_owned(),
+            });
+        };
+        if let Some(at) = key.retired_at {
+            return Err(Error::FailedPrecondition(format!(
+                "JWT signing key {kid} was retired at {at} (Unix time)"
+            )));
+        }
+        check(&keys)?;
+        let updated = sqlx::query(
+            "UPDATE jwt_signing_keys SET retired_at = $1, key_pem = '' \
+             WHERE kid = $2 AND retired_at IS NULL",
+        )
+        .bind(audit.now)
+        .bind(kid)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            return Err(Error::Conflict(format!(
+                "JWT signing key {kid} changed meanwhile; try again"
+            )));
+        }
+        let retired = StoredKey {
+            key_pem: String::new(),
+            retired_at: Some(audit.now),
+            ..key.clone()
+        };
+        audit
+            .record(
+                &mut tx,
+                "jwt_signing_key",
+                kid,
+                Some(&serde_json::json!({ "kid": kid, "activates_at": key.activates_at })),
+                Some(&serde_json::json!({ "kid": kid, "retired_at": audit.now })),
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(retired)
     }
 }

@@ -80,6 +80,11 @@ impl Backend {
                     "jwt keys",
                     include_str!("../../migrations/sqlite/0006_jwt_keys.sql"),
                 ),
+                (
+                    7,
+                    "jwt key rotation",
+                    include_str!("../../migrations/sqlite/0007_jwt_key_rotation.sql"),
+                ),
             ],
             Self::Postgres => &[
                 (
@@ -111,6 +116,11 @@ impl Backend {
                     6,
                     "jwt keys",
                     include_str!("../../migrations/postgres/0006_jwt_keys.sql"),
+                ),
+                (
+                    7,
+                    "jwt key rotation",
+                    include_str!("../../migrations/postgres/0007_jwt_key_rotation.sql"),
                 ),
             ],
         }

@@ -24,6 +24,7 @@ mod duties;
 mod host_certificates;
 mod integrity;
 mod jwt;
+mod jwt_rotation;
 mod postgres;
 mod rbac;
 mod support;
@@ -44,6 +45,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     credentials::an_agent_svid_names_only_the_agent_and_is_signed_only_while_its_decision_allows,
     credentials::svid_lifetimes_follow_the_blueprint_and_bad_ones_are_refused_by_field,
     jwt::an_agent_jwt_svid_verifies_through_oidc_discovery_and_is_signed_only_while_allowed,
+    jwt_rotation::a_rotated_jwt_key_is_published_before_it_signs_and_retired_only_once_its_tokens_expire,
     host_certificates::a_host_renews_its_certificate_over_the_current_one_and_a_revoked_host_cannot,
     rbac::every_method_with_every_role_is_allowed_or_denied_as_documented,
     rbac::calls_without_a_valid_token_are_unauthenticated,

@@ -65,6 +65,9 @@ const MATRIX: &[(&str, &[&str])] = &[
     ("HostService/SignAgentJwt", &[HOST]),
     ("HostService/GetJwtBundle", &[HOST]),
     ("HostService/RenewHostCertificate", &[HOST]),
+    ("CredentialService/RotateJwtSigningKey", &[ADMIN]),
+    ("CredentialService/ListJwtSigningKeys", &[ADMIN, AUDITOR]),
+    ("CredentialService/RetireJwtSigningKey", &[ADMIN]),
     ("PolicyService/CreatePolicy", &[ADMIN]),
     ("PolicyService/UpdatePolicy", &[ADMIN]),
     ("PolicyService/GetPolicy", &[ADMIN, AUDITOR]),
@@ -523,6 +526,26 @@ async fn call(method: &str, c: &Clients, o: &Objects) -> Result<(), Status> {
             .await
             .map(drop),
         "AuthService/WhoAmI" => c.auth().who_am_i(WhoAmIRequest {}).await.map(drop),
+        "CredentialService/RotateJwtSigningKey" => c
+            .credential()
+            .rotate_jwt_signing_key(RotateJwtSigningKeyRequest {
+                activate_after_seconds: Some(600),
+            })
+            .await
+            .map(drop),
+        "CredentialService/ListJwtSigningKeys" => c
+            .credential()
+            .list_jwt_signing_keys(ListJwtSigningKeysRequest {})
+            .await
+            .map(drop),
+        "CredentialService/RetireJwtSigningKey" => c
+            .credential()
+            .retire_jwt_signing_key(RetireJwtSigningKeyRequest {
+                kid: "00".into(),
+                force: false,
+            })
+            .await
+            .map(drop),
         other => panic!("the RBAC test has no call for {other}: add one"),
     }
 }

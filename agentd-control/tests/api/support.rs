@@ -10,9 +10,10 @@ use agentd_control::{
     model::Role,
     proto::{
         self, access_service_client::AccessServiceClient, audit_service_client::AuditServiceClient,
-        auth_service_client::AuthServiceClient, governance_service_client::GovernanceServiceClient,
-        host_service_client::HostServiceClient, policy_service_client::PolicyServiceClient,
-        registry_service_client::RegistryServiceClient, risk_service_client::RiskServiceClient,
+        auth_service_client::AuthServiceClient, credential_service_client::CredentialServiceClient,
+        governance_service_client::GovernanceServiceClient, host_service_client::HostServiceClient,
+        policy_service_client::PolicyServiceClient, registry_service_client::RegistryServiceClient,
+        risk_service_client::RiskServiceClient,
     },
     server::{Server, ServerOptions},
     store::{AuditContext, Store},
@@ -146,6 +147,9 @@ impl Clients {
     pub fn risk(&self) -> RiskServiceClient<Authed> {
         RiskServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
     }
+    pub fn credential(&self) -> CredentialServiceClient<Authed> {
+        CredentialServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
 }
 
 pub const DAY: i64 = 86_400;
@@ -270,7 +274,11 @@ impl Fixture {
         let server = Server::new(
             store.clone(),
             primary.clock.clone(),
-            ServerOptions::default(),
+            ServerOptions {
+                // A JWT key rotated through the primary reaches the replica quickly.
+                jwt_key_reload: Some(Duration::from_millis(200)),
+                ..ServerOptions::default()
+            },
         )
         .await
         .expect("replica");

@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use agentd_control::proto::{
     access_service_client::AccessServiceClient, audit_service_client::AuditServiceClient,
-    auth_service_client::AuthServiceClient, governance_service_client::GovernanceServiceClient,
-    host_service_client::HostServiceClient, policy_service_client::PolicyServiceClient,
-    registry_service_client::RegistryServiceClient, risk_service_client::RiskServiceClient,
+    auth_service_client::AuthServiceClient, credential_service_client::CredentialServiceClient,
+    governance_service_client::GovernanceServiceClient, host_service_client::HostServiceClient,
+    policy_service_client::PolicyServiceClient, registry_service_client::RegistryServiceClient,
+    risk_service_client::RiskServiceClient,
 };
 use anyhow::Context as _;
 use clap::Args;
@@ -137,6 +138,9 @@ impl Clients {
     }
     pub(crate) fn risk(&self) -> RiskServiceClient<Authed> {
         RiskServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+    pub(crate) fn credential(&self) -> CredentialServiceClient<Authed> {
+        CredentialServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
     }
 }
 

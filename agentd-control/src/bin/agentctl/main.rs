@@ -15,6 +15,7 @@ mod client;
 mod conditional;
 mod governance;
 mod host;
+mod jwt_key;
 mod output;
 mod token;
 
@@ -81,6 +82,9 @@ enum Command {
     /// Conditional Access policies: apply YAML documents, versions, states, what-if.
     #[command(subcommand)]
     Policy(conditional::PolicyCommand),
+    /// The keys that sign agents' JWT-SVIDs: rotate, list, retire.
+    #[command(subcommand)]
+    JwtKey(jwt_key::JwtKeyCommand),
     /// Show the role and principal of the token in use.
     Whoami,
 }
@@ -115,6 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Host(command) => host::host(&clients, &out, command).await,
         Command::Policy(command) => conditional::policy(&clients, &out, command).await,
         Command::Token(command) => token::token(&clients, &out, command).await,
+        Command::JwtKey(command) => jwt_key::jwt_key(&clients, &out, command).await,
         Command::Whoami => token::whoami(&clients, &out).await,
     }
 }
@@ -184,6 +189,9 @@ mod tests {
             Method::ListDetections => &["agent", "detections"],
             Method::ConfirmAgentCompromised => &["agent", "confirm-compromised"],
             Method::ConfirmAgentSafe => &["agent", "confirm-safe"],
+            Method::RotateJwtSigningKey => &["jwt-key", "rotate"],
+            Method::ListJwtSigningKeys => &["jwt-key", "list"],
+            Method::RetireJwtSigningKey => &["jwt-key", "retire"],
         }
     }
 

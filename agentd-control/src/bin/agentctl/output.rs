@@ -33,7 +33,7 @@ fn to_json<M: prost::Message + prost::Name>(message: &M) -> anyhow::Result<Strin
     Ok(serde_json::to_string_pretty(&dynamic)?)
 }
 
-fn time(ts: Option<&Timestamp>) -> String {
+pub(crate) fn time(ts: Option<&Timestamp>) -> String {
     ts.map_or_else(
         || "-".to_owned(),
         |ts| agentd_control::clock::format_time(ts.seconds),
@@ -41,13 +41,13 @@ fn time(ts: Option<&Timestamp>) -> String {
 }
 
 /// The lower-case tail of a proto enum name: `AGENT_STATE_ACTIVE` -> `active`.
-fn enum_name(full: &str, prefix: &str) -> String {
+pub(crate) fn enum_name(full: &str, prefix: &str) -> String {
     full.strip_prefix(prefix)
         .unwrap_or(full)
         .to_ascii_lowercase()
 }
 
-fn table(headers: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -85,7 +85,10 @@ impl Printer {
     }
 
     /// Prints JSON and returns true, or returns false for the table path.
-    fn json<M: prost::Message + prost::Name>(&self, message: &M) -> anyhow::Result<bool> {
+    pub(crate) fn json<M: prost::Message + prost::Name>(
+        &self,
+        message: &M,
+    ) -> anyhow::Result<bool> {
         match self.format {
             Format::Json => {
                 println!("{}", to_json(message)?);
