@@ -2,9 +2,9 @@
 //! made by an untagged process and used after a tagged agent process has taken that process's
 //! pid gets no SVID (the identity socket's pid-reuse test, on the SPIFFE socket).
 
-use std::{fs, path::Path, process::Command};
+use std::{fs, process::Command};
 
-use agentd_tests::{launch_cgroup, wait_until};
+use agentd_tests::{launch_cgroup, pid_reuse, wait_until};
 
 use crate::{
     ControlPlane,
@@ -14,11 +14,7 @@ use crate::{
 
 #[test]
 fn a_connection_made_before_a_pid_was_reused_gets_no_svid_for_the_new_process() {
-    let ns_last_pid = Path::new("/proc/sys/kernel/ns_last_pid");
-    if !ns_last_pid.exists() {
-        eprintln!(
-            "skipped: no ns_last_pid (CONFIG_CHECKPOINT_RESTORE), pid reuse cannot be forced"
-        );
+    if !pid_reuse::can_force_pid_reuse() {
         return;
     }
     let agent = "reused-agent";
@@ -53,21 +49,13 @@ fn a_connection_made_before_a_pid_was_reused_gets_no_svid_for_the_new_process() 
         .unwrap_or_else(|| panic!("spiffe-fetch printed {line:?}"));
 
     // A process of the agent now takes the connector's pid.
-    let mut victim = None;
-    for _ in 0..200 {
-        fs::write(ns_last_pid, (connector - 1).to_string()).expect("writing ns_last_pid");
-        let mut child = daemon
+    let mut victim = pid_reuse::spawn_with_pid(connector, || {
+        daemon
             .launch(agent, &["sleep", "60"])
             .spawn()
-            .expect("launch");
-        if child.id() == connector {
-            victim = Some(child);
-            break;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let mut victim = victim.expect("could not make an agent process reuse the connector's pid");
+            .expect("launch")
+    })
+    .expect("could not make an agent process reuse the connector's pid");
     daemon.wait_tagged(connector, agent);
 
     // The connection's holder asks: it must not get the agent's SVID.

@@ -3,12 +3,12 @@
 
 use std::{
     fs,
-    path::Path,
     process::{Command, Stdio},
 };
 
 use agentd_tests::{
-    CgroupGuard, Daemon, agent_policy, cgroup2_mount, kill, launch_cgroup, read_pid, wait_until,
+    CgroupGuard, Daemon, agent_policy, cgroup2_mount, kill, launch_cgroup, pid_reuse, read_pid,
+    wait_until,
 };
 
 use crate::helper;
@@ -154,11 +154,7 @@ fn whoami_returns_the_launched_agent_identity() {
 
 #[test]
 fn pid_reuse_cannot_obtain_another_process_identity() {
-    let ns_last_pid = Path::new("/proc/sys/kernel/ns_last_pid");
-    if !ns_last_pid.exists() {
-        eprintln!(
-            "skipped: this kernel has no ns_last_pid (CONFIG_CHECKPOINT_RESTORE), so pid reuse cannot be forced"
-        );
+    if !pid_reuse::can_force_pid_reuse() {
         return;
     }
     let agent = "victim-agent";
@@ -187,22 +183,13 @@ fn pid_reuse_cannot_obtain_another_process_identity() {
         .unwrap_or_else(|| panic!("helper printed {line:?}"));
 
     // A tagged agent process now takes the connector's pid.
-    let mut victim = None;
-    for _ in 0..200 {
-        fs::write(ns_last_pid, (connector - 1).to_string()).expect("writing ns_last_pid");
-        let child = daemon
+    let mut victim = pid_reuse::spawn_with_pid(connector, || {
+        daemon
             .launch(agent, &["sleep", "60"])
             .spawn()
-            .expect("launch");
-        if child.id() == connector {
-            victim = Some(child);
-            break;
-        }
-        let mut child = child;
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let mut victim = victim.expect("could not make a tagged process reuse the connector's pid");
+            .expect("launch")
+    })
+    .expect("could not make a tagged process reuse the connector's pid");
     daemon.wait_tagged(connector, agent);
 
     // The connection's holder asks who it is: it must not get the victim's identity.

@@ -9,6 +9,7 @@
 )]
 
 mod agent_io;
+pub mod pid_reuse;
 
 use std::{
     fs,
