@@ -1,5 +1,5 @@
 //! Forcing pid reuse, for the tests that an identification made by pid cannot be taken over:
-//! `/proc/sys/kernel/ns_last_pid` (CONFIG_CHECKPOINT_RESTORE) sets the pid the next fork gets.
+//! `/proc/sys/kernel/ns_last_pid` (`CONFIG_CHECKPOINT_RESTORE`) sets the pid the next fork gets.
 
 use std::{fs, path::Path, process::Child};
 
