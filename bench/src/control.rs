@@ -152,7 +152,7 @@ pub fn run(ctx: &Context) -> Row {
 }
 
 /// A small deterministic generator for start offsets and jitter (no `rand` needed).
-fn jitter(seed: u64) -> f64 {
+pub fn jitter(seed: u64) -> f64 {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
     x ^= x >> 31;
     x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -162,8 +162,42 @@ fn jitter(seed: u64) -> f64 {
     unit
 }
 
+/// A simulated host's client: its own connection, its host token.
+pub type HostClient =
+    HostServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
 struct Host {
-    client: HostServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>,
+    client: HostClient,
+}
+
+/// Enrols simulated host `n` with its own single-use join token and connection. Returns its id
+/// and client.
+pub async fn enrol(
+    admin: &mut HostClient,
+    endpoint: &Endpoint,
+    n: usize,
+) -> anyhow::Result<(String, HostClient)> {
+    let join = admin
+        .create_join_token(agentd_control::proto::CreateJoinTokenRequest {
+            ttl_seconds: 3600,
+            description: format!("bench host {n}"),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .token;
+    let channel = endpoint.connect().await?;
+    let enrolled = HostServiceClient::new(channel.clone())
+        .enroll_host(EnrollHostRequest {
+            join_token: join,
+            hostname: format!("bench-host-{n}"),
+            csr_pem: String::new(),
+            agentd_version: "bench".into(),
+        })
+        .await?
+        .into_inner();
+    let client = HostServiceClient::with_interceptor(channel, bearer(&enrolled.host_token)?);
+    Ok((enrolled.host_id, client))
 }
 
 #[derive(Clone)]
@@ -208,34 +242,8 @@ async fn measure(ctx: &Context) -> anyhow::Result<Row> {
                 let mut admin = admin.clone();
                 let endpoint = endpoint.clone();
                 tasks.spawn(async move {
-                    let join = admin
-                        .create_join_token(agentd_control::proto::CreateJoinTokenRequest {
-                            ttl_seconds: 3600,
-                            description: format!("bench host {n}"),
-                            ..Default::default()
-                        })
-                        .await?
-                        .into_inner()
-                        .token;
-                    let channel = endpoint.connect().await?;
-                    let enrolled = HostServiceClient::new(channel.clone())
-                        .enroll_host(EnrollHostRequest {
-                            join_token: join,
-                            hostname: format!("bench-host-{n}"),
-                            csr_pem: String::new(),
-                            agentd_version: "bench".into(),
-                        })
-                        .await?
-                        .into_inner();
-                    anyhow::Ok((
-                        n,
-                        Host {
-                            client: HostServiceClient::with_interceptor(
-                                channel,
-                                bearer(&enrolled.host_token)?,
-                            ),
-                        },
-                    ))
+                    let (_, client) = enrol(&mut admin, &endpoint, n).await?;
+                    anyhow::Ok((n, Host { client }))
                 });
             }
             let mut added: Vec<(usize, Host)> = Vec::new();

@@ -8,6 +8,7 @@
 
 mod control;
 mod daemon;
+mod issuance;
 mod overhead;
 mod pipeline;
 mod policy_eval;
@@ -253,6 +254,10 @@ fn run_all(
     if wanted("risk-quarantine") {
         eprintln!("bench: risk to quarantine");
         rows.push(risk::run(&ctx));
+    }
+    if wanted("svid-issuance") {
+        eprintln!("bench: SVID issuance");
+        rows.push(issuance::run(&ctx));
     }
 
     // Rows not run this time come from the previous results, in table order.

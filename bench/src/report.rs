@@ -204,6 +204,11 @@ pub const ROWS: &[RowSpec] = &[
         name: "cost per program invocation, BPF LSM in a guest",
         target: "connect4 ≤ 100 ns, file_open ≤ 150 ns",
     },
+    RowSpec {
+        id: "svid-issuance",
+        name: "X.509-SVID issuance through the control plane",
+        target: "p99 ≤ 10 ms at 1,000 hosts rotating",
+    },
 ];
 
 pub fn spec(id: &str) -> &'static RowSpec {
