@@ -15,6 +15,7 @@ mod policy_eval;
 mod propagation;
 mod report;
 mod risk;
+mod svid;
 mod worker;
 
 use std::{
@@ -113,6 +114,15 @@ enum WorkerTask {
         #[arg(long, default_value_t = 1)]
         secs: u64,
     },
+    /// FetchX509SVID from the SPIFFE Workload API at ENDPOINT (`unix:///...`), COUNT times on
+    /// one connection, each timed.
+    SvidFetch {
+        endpoint: String,
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        #[arg(long, default_value_t = 100)]
+        warmup: u64,
+    },
 }
 
 fn row_id(value: &str) -> Result<String, String> {
@@ -192,6 +202,11 @@ fn work(task: WorkerTask) -> anyhow::Result<()> {
         WorkerTask::UdpConnect { addr, rate, secs } => {
             worker::udp_connect(addr, rate, Duration::from_secs(secs))
         }
+        WorkerTask::SvidFetch {
+            endpoint,
+            count,
+            warmup,
+        } => svid::fetch(&endpoint, count, warmup),
     }
 }
 
@@ -254,6 +269,10 @@ fn run_all(
     if wanted("risk-quarantine") {
         eprintln!("bench: risk to quarantine");
         rows.push(risk::run(&ctx));
+    }
+    if wanted("svid-cache") {
+        eprintln!("bench: SVIDs from the host cache");
+        rows.push(svid::run(&ctx));
     }
     if wanted("svid-issuance") {
         eprintln!("bench: SVID issuance");

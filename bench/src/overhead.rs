@@ -82,7 +82,7 @@ fn start_listener() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-fn parse_report(output: &std::process::Output, what: &str) -> anyhow::Result<WorkerReport> {
+pub fn parse_report(output: &std::process::Output, what: &str) -> anyhow::Result<WorkerReport> {
     if !output.status.success() {
         bail!(
             "{what} failed: {}\n{}",

@@ -69,7 +69,7 @@ fn classify(result: &std::io::Result<()>, report: &mut WorkerReport) {
 }
 
 /// Runs `call` `count` times (after `warmup` unrecorded calls), recording each call's latency.
-fn timed_loop(
+pub fn timed_loop(
     count: u64,
     warmup: u64,
     mut call: impl FnMut() -> std::io::Result<()>,

@@ -155,15 +155,15 @@ enum Task {
     Clippy,
     /// Run the benchmarks (root) and write BENCHMARKS.md and BENCHMARKS.json at the repository
     /// root: overhead with ÷ without agentd, program cost, event pipeline, control-plane scale,
-    /// risk to quarantine, SVID issuance. See docs/benchmarks.md.
+    /// risk to quarantine, SVIDs from the host cache and their issuance. See docs/benchmarks.md.
     Bench {
         /// Every row briefly, to prove the harness works; writes to target/bench-smoke.
         #[arg(long)]
         smoke: bool,
         /// Only this row (repeatable): connect, untagged, open, prog-cost, open-lsm,
         /// prog-cost-lsm (these two run in a QEMU guest with BPF LSM), pipeline, policy-eval,
-        /// propagation, control-plane, risk-quarantine, svid-issuance. Other rows are kept from
-        /// the previous BENCHMARKS.json.
+        /// propagation, control-plane, risk-quarantine, svid-cache, svid-issuance. Other rows
+        /// are kept from the previous BENCHMARKS.json.
         #[arg(long = "only", value_name = "ROW")]
         only: Vec<String>,
         /// Write the results here instead.

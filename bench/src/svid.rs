@@ -1,0 +1,182 @@
+//! SVIDs served from the host cache: a real agentd enrolled with `agentd-control serve`
+//! (plaintext loopback), one registered, enabled agent, and a tagged process of it that fetches
+//! its X.509-SVID through agentd's SPIFFE Workload API with the `spiffe` crate's client (a
+//! client no one here wrote) over one connection. The first fetch has the control plane sign;
+//! every later one is answered from agentd's cache after the caller is identified by its
+//! kernel tag. The p99 of a fetch is the row.
+
+use std::{process::Stdio, time::Duration};
+
+use agentd_control::proto::{
+    self, governance_service_client::GovernanceServiceClient,
+    host_service_client::HostServiceClient, registry_service_client::RegistryServiceClient,
+};
+use anyhow::Context as _;
+use serde_json::json;
+
+use crate::{
+    Context,
+    control::{Server, bearer},
+    daemon::{AGENT, Agentd},
+    overhead::parse_report,
+    report::{self, Percentiles, Row, Status, human_ns},
+    worker::timed_loop,
+};
+
+const TARGET_P99: Duration = Duration::from_micros(200);
+
+pub fn run(ctx: &Context) -> Row {
+    measure(ctx).unwrap_or_else(|err| Row::error(report::spec("svid-cache"), &ctx.run, &err))
+}
+
+/// The worker: COUNT timed `FetchX509SVID` calls on one connection to `endpoint`, after
+/// `warmup` untimed ones.
+pub fn fetch(endpoint: &str, count: u64, warmup: u64) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = runtime
+        .block_on(spiffe::WorkloadApiClient::connect_to(endpoint))
+        .context("connecting to the Workload API")?;
+    timed_loop(count, warmup, || {
+        runtime
+            .block_on(client.fetch_x509_svid())
+            .map(drop)
+            .map_err(std::io::Error::other)
+    })
+}
+
+/// The agent in the registry, enabled; a join token for the host.
+async fn register(server: &Server) -> anyhow::Result<String> {
+    let channel = server.connect().await?;
+    let token = bearer(&server.admin_token)?;
+    let mut registry = RegistryServiceClient::with_interceptor(channel.clone(), token.clone());
+    registry
+        .create_blueprint(proto::CreateBlueprintRequest {
+            blueprint: Some(proto::Blueprint {
+                name: "bench".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .context("CreateBlueprint")?;
+    let agent = registry
+        .create_agent(proto::CreateAgentRequest {
+            name: AGENT.into(),
+            blueprint: "bench".into(),
+            sponsors: vec!["bench@localhost".into()],
+            ..Default::default()
+        })
+        .await
+        .context("CreateAgent")?
+        .into_inner()
+        .agent
+        .context("CreateAgent returned no agent")?;
+    GovernanceServiceClient::with_interceptor(channel.clone(), token.clone())
+        .enable_agent(proto::EnableAgentRequest { id: agent.id })
+        .await
+        .context("EnableAgent")?;
+    Ok(HostServiceClient::with_interceptor(channel, token)
+        .create_join_token(proto::CreateJoinTokenRequest {
+            ttl_seconds: 3600,
+            description: "bench svid cache".into(),
+            ..Default::default()
+        })
+        .await
+        .context("CreateJoinToken")?
+        .into_inner()
+        .token)
+}
+
+fn measure(ctx: &Context) -> anyhow::Result<Row> {
+    let spec = report::spec("svid-cache");
+    let (count, warmup) = if ctx.smoke {
+        (500, 50)
+    } else {
+        (20_000, 1_000)
+    };
+    let server = Server::start(ctx)?;
+    let join = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(register(&server))?;
+    let state = tempfile::tempdir()?;
+    let agentd = Agentd::start(
+        &ctx.agentd,
+        &format!("[[agent]]\nname = \"{AGENT}\"\n"),
+        &format!(
+            "[control_plane]\nurl = \"{}\"\njoin_token = \"{join}\"\nstate_dir = \"{}\"\n\
+             heartbeat_secs = 1\n",
+            server.url,
+            state.path().display()
+        ),
+    )?;
+    let endpoint = format!("unix://{}", agentd.dir.path().join("spiffe.sock").display());
+    // Until the host has reported the agent running, the control plane refuses to sign: the
+    // first fetch is retried until it is answered.
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    let args = |count: u64, warmup: u64| {
+        vec![
+            "worker".to_owned(),
+            "svid-fetch".to_owned(),
+            endpoint.clone(),
+            "--count".to_owned(),
+            count.to_string(),
+            "--warmup".to_owned(),
+            warmup.to_string(),
+        ]
+    };
+    loop {
+        let output = agentd
+            .launch(&ctx.self_exe, &args(1, 0))
+            .stderr(Stdio::piped())
+            .output()?;
+        let first = parse_report(&output, "the first fetch")?;
+        if first.ok == 1 {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no X.509-SVID within 60 s\n{}",
+            agentd.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let output = agentd
+        .launch(&ctx.self_exe, &args(count, warmup))
+        .stderr(Stdio::piped())
+        .output()?;
+    let report = parse_report(&output, "the fetch loop")?;
+    anyhow::ensure!(
+        report.other == 0,
+        "{} of {count} fetches failed\n{}",
+        report.other,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let p = Percentiles::of(&report.histogram()?);
+    let met = p.p99_ns <= u64::try_from(TARGET_P99.as_nanos())?;
+    Ok(Row {
+        id: spec.id.into(),
+        name: spec.name.into(),
+        target: spec.target.into(),
+        result: format!(
+            "p50 {}, p99 {}, max {} over {} fetches ({:.0}/s)",
+            human_ns(p.p50_ns),
+            human_ns(p.p99_ns),
+            human_ns(p.max_ns),
+            p.count,
+            report.rate()
+        ),
+        status: Status::from_target(met),
+        ran_on: "host; agentd's Workload API on a unix socket, the spiffe crate's client in a \
+                 tagged process, one connection; agentd-control on loopback"
+            .into(),
+        details: json!({
+            "fetches": count,
+            "warmup": warmup,
+            "latency": p,
+            "client": "spiffe crate WorkloadApiClient::fetch_x509_svid",
+        }),
+        run: ctx.run.clone(),
+    })
+}
