@@ -10,7 +10,7 @@ use crate::{
     cases::agentctl,
     support::{
         Backend, Clients, Fixture, agent_request, assert_status, audit_events, blueprint,
-        create_agent, create_blueprint, enroll,
+        create_agent, create_blueprint, enroll, report_running,
     },
 };
 
@@ -612,13 +612,7 @@ pub async fn a_watch_gets_new_decisions_after_policy_risk_and_package_changes(ba
 
     // The risk loop: enable the baseline, then a high detection blocks the agent.
     set_state(&admin, "block-high-risk-agents", PolicyState::Enabled).await;
-    host_clients
-        .host()
-        .report_agents(proto::ReportAgentsRequest {
-            agent_ids: vec![billing.id.clone()],
-        })
-        .await
-        .expect("ReportAgents");
+    report_running(&host_clients, &billing.id).await;
     let reported = host_clients
         .host()
         .report_detections(proto::ReportDetectionsRequest {

@@ -5,9 +5,12 @@ use agentd_control::proto::{self, PolicyState};
 use tonic::Code;
 use x509_parser::{extensions::GeneralName, prelude::*};
 
-use crate::support::{
-    Backend, Clients, Fixture, agent_request, assert_status, audit_events, blueprint, create_agent,
-    create_blueprint, enroll,
+use crate::{
+    jwt,
+    support::{
+        Backend, Clients, Fixture, agent_request, assert_status, audit_events, blueprint,
+        create_agent, create_blueprint, enroll, report_running,
+    },
 };
 
 /// A CSR for a fresh key, asking for names the control plane must not grant: a common name
@@ -76,13 +79,7 @@ pub async fn an_agent_svid_names_only_the_agent_and_is_signed_only_while_its_dec
         Code::FailedPrecondition,
         "has not reported it running",
     );
-    host_clients
-        .host()
-        .report_agents(proto::ReportAgentsRequest {
-            agent_ids: vec![agent.id.clone()],
-        })
-        .await
-        .expect("ReportAgents");
+    report_running(&host_clients, &agent.id).await;
 
     let signed = sign(&host_clients, &agent.id, &csr).await.expect("signed");
     let spiffe_id = format!("spiffe://agentd.internal/agent/{}", agent.id);
@@ -332,17 +329,6 @@ async fn refusals(admin: &Clients, agent_id: &str) -> Vec<proto::AuditEvent> {
         .collect()
 }
 
-async fn sign_jwt(host: &Clients, agent_id: &str) -> proto::SignAgentJwtResponse {
-    host.host()
-        .sign_agent_jwt(proto::SignAgentJwtRequest {
-            agent_id: agent_id.into(),
-            audience: vec!["billing".into()],
-        })
-        .await
-        .expect("SignAgentJwt")
-        .into_inner()
-}
-
 /// Seconds between an X.509-SVID's not-before and not-after.
 fn x509_lifetime(signed: &proto::SignAgentSvidResponse) -> i64 {
     let (_, pem) = parse_x509_pem(signed.certificate_pem.as_bytes()).expect("PEM");
@@ -401,13 +387,7 @@ pub async fn svid_lifetimes_follow_the_blueprint_and_bad_ones_are_refused_by_fie
     let agent = enabled_agent(&admin, "short-lived").await;
     let host = enroll(&fixture, "worker-1", "").await;
     let host_clients = fixture.as_token(&host.host_token).await;
-    host_clients
-        .host()
-        .report_agents(proto::ReportAgentsRequest {
-            agent_ids: vec![agent.id.clone()],
-        })
-        .await
-        .expect("ReportAgents");
+    report_running(&host_clients, &agent.id).await;
     let (csr, _) = greedy_csr();
     let signed = sign(&host_clients, &agent.id, &csr).await.expect("signed");
     assert_eq!(
@@ -415,7 +395,9 @@ pub async fn svid_lifetimes_follow_the_blueprint_and_bad_ones_are_refused_by_fie
         600 + 60,
         "the blueprint's 10 minutes"
     );
-    let token = sign_jwt(&host_clients, &agent.id).await;
+    let token = jwt::sign(&host_clients, &agent.id, &["billing"])
+        .await
+        .expect("SignAgentJwt");
     let issued_at = token.expire_time.expect("expiry").seconds - 45;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -445,7 +427,9 @@ pub async fn svid_lifetimes_follow_the_blueprint_and_bad_ones_are_refused_by_fie
         3600 + 60,
         "the control plane's hour"
     );
-    let token = sign_jwt(&host_clients, &agent.id).await;
+    let token = jwt::sign(&host_clients, &agent.id, &["billing"])
+        .await
+        .expect("SignAgentJwt");
     let lifetime = token.expire_time.expect("expiry").seconds - i64::try_from(now).expect("now");
     assert!(
         (295..=310).contains(&lifetime),

@@ -8,7 +8,7 @@ use tonic::Code;
 
 use crate::support::{
     Backend, DAY, Database, Fixture, agent_request, assert_status, blueprint, create_agent,
-    create_blueprint, enroll, get_agent,
+    create_blueprint, enroll, get_agent, report_running,
 };
 
 fn request(
@@ -368,13 +368,7 @@ pub async fn a_host_reports_detections_only_for_agents_it_runs(backend: Backend)
     let foreign = enroll(&fixture, "foreign", "").await;
     let runs_clients = fixture.as_token(&runs.host_token).await;
     let foreign_clients = fixture.as_token(&foreign.host_token).await;
-    runs_clients
-        .host()
-        .report_agents(proto::ReportAgentsRequest {
-            agent_ids: vec![agent.id.clone()],
-        })
-        .await
-        .expect("ReportAgents");
+    report_running(&runs_clients, &agent.id).await;
     assert_status(
         foreign_clients
             .host()

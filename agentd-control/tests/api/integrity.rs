@@ -8,7 +8,7 @@ use crate::{
     cases::agentctl,
     support::{
         Backend, Clients, Database, Fixture, agent_request, assert_status, blueprint, create_agent,
-        create_blueprint, enroll,
+        create_blueprint, enroll, report_running,
     },
 };
 
@@ -378,13 +378,7 @@ pub async fn reported_detections_are_audited(backend: Backend) {
     .await;
     let host = enroll(&fixture, "worker-1", "").await;
     let host_clients = fixture.as_token(&host.host_token).await;
-    host_clients
-        .host()
-        .report_agents(proto::ReportAgentsRequest {
-            agent_ids: vec![agent.id.clone()],
-        })
-        .await
-        .expect("ReportAgents");
+    report_running(&host_clients, &agent.id).await;
     host_clients
         .host()
         .report_detections(proto::ReportDetectionsRequest {

@@ -15,7 +15,8 @@ use tonic::Code;
 use crate::{
     credentials::enabled_agent,
     support::{
-        Backend, Clients, Fixture, assert_status, audit_events, blueprint, create_blueprint, enroll,
+        Backend, Clients, Fixture, assert_status, audit_events, blueprint, create_blueprint,
+        enroll, report_running,
     },
 };
 
@@ -71,7 +72,8 @@ async fn relying_party(
     }
 }
 
-async fn sign(
+/// `SignAgentJwt` for `agent_id` and `audience`, as the host `host`.
+pub(crate) async fn sign(
     host: &Clients,
     agent_id: &str,
     audience: &[&str],
@@ -135,13 +137,7 @@ pub async fn an_agent_jwt_svid_verifies_through_oidc_discovery_and_is_signed_onl
         Code::FailedPrecondition,
         "has not reported it running",
     );
-    host_clients
-        .host()
-        .report_agents(proto::ReportAgentsRequest {
-            agent_ids: vec![agent.id.clone()],
-        })
-        .await
-        .expect("ReportAgents");
+    report_running(&host_clients, &agent.id).await;
 
     let signed = sign(&host_clients, &agent.id, &["billing-api", "search"])
         .await

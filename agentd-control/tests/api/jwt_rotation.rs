@@ -9,8 +9,10 @@ use tonic::Code;
 
 use crate::{
     credentials::enabled_agent,
+    jwt,
     support::{
-        Backend, Clients, Fixture, assert_status, audit_events, blueprint, create_blueprint, enroll,
+        Backend, Clients, Fixture, assert_status, audit_events, blueprint, create_blueprint,
+        enroll, report_running,
     },
 };
 
@@ -79,15 +81,9 @@ async fn published(host: &Clients) -> Vec<String> {
 
 /// The `kid` in the header of a token signed now for `agent_id`.
 async fn signing_kid(host: &Clients, agent_id: &str) -> String {
-    let token = host
-        .host()
-        .sign_agent_jwt(proto::SignAgentJwtRequest {
-            agent_id: agent_id.into(),
-            audience: vec!["billing".into()],
-        })
+    let token = jwt::sign(host, agent_id, &["billing"])
         .await
         .expect("SignAgentJwt")
-        .into_inner()
         .token;
     jsonwebtoken::decode_header(&token)
         .expect("a JWS header")
@@ -122,13 +118,7 @@ pub async fn a_rotated_jwt_key_is_published_before_it_signs_and_retired_only_onc
     let host = enroll(&fixture, "worker-1", "").await;
     let on_primary = fixture.as_token(&host.host_token).await;
     let on_replica = replica.as_token(&host.host_token).await;
-    on_primary
-        .host()
-        .report_agents(proto::ReportAgentsRequest {
-            agent_ids: vec![agent.id.clone()],
-        })
-        .await
-        .expect("ReportAgents");
+    report_running(&on_primary, &agent.id).await;
     let first = states(&admin).await;
     assert_eq!(first.len(), 1, "{first:?}");
     let (old, state) = first[0].clone();

@@ -465,6 +465,16 @@ pub async fn enroll(fixture: &Fixture, hostname: &str, csr_pem: &str) -> proto::
 }
 
 /// The audit events on one target, as `ListAuditEvents` returns them.
+/// Reports `agent_id` running on the host whose clients are `host` (`ReportAgents`).
+pub async fn report_running(host: &Clients, agent_id: &str) {
+    host.host()
+        .report_agents(proto::ReportAgentsRequest {
+            agent_ids: vec![agent_id.to_owned()],
+        })
+        .await
+        .expect("ReportAgents");
+}
+
 pub async fn audit_events(
     admin: &Clients,
     target_type: &str,
