@@ -5,7 +5,7 @@
 use serde::Serialize;
 use sqlx::Row as _;
 
-use super::{AuditContext, Store};
+use super::{AuditContext, Conn, Store};
 use crate::{
     clock::UnixTime,
     error::{Error, Result},
@@ -27,16 +27,25 @@ pub struct StoredKey {
     pub retired_at: Option<UnixTime>,
 }
 
-const KEY_COLUMNS: &str = "kid, key_pem, created_at, activates_at, retired_at";
-
-fn key_from_row(row: &sqlx::any::AnyRow) -> Result<StoredKey> {
-    Ok(StoredKey {
-        kid: row.try_get("kid")?,
-        key_pem: row.try_get("key_pem")?,
-        created_at: row.try_get("created_at")?,
-        activates_at: row.try_get("activates_at")?,
-        retired_at: row.try_get("retired_at")?,
-    })
+/// Every JWT signing key, retired ones too, in the order they sign (by activation).
+async fn load_jwt_keys(conn: &mut Conn) -> Result<Vec<StoredKey>> {
+    let rows = sqlx::query(
+        "SELECT kid, key_pem, created_at, activates_at, retired_at FROM jwt_signing_keys \
+         ORDER BY activates_at, created_at, kid",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(StoredKey {
+                kid: row.try_get("kid")?,
+                key_pem: row.try_get("key_pem")?,
+                created_at: row.try_get("created_at")?,
+                activates_at: row.try_get("activates_at")?,
+                retired_at: row.try_get("retired_at")?,
+            })
+        })
+        .collect()
 }
 
 /// One credential signed for an agent, as the audit log records it.
@@ -174,12 +183,7 @@ impl Store {
 
     /// Every JWT signing key, retired ones too, in the order they sign (by activation).
     pub async fn jwt_keys(&self) -> Result<Vec<StoredKey>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM jwt_signing_keys ORDER BY activates_at, created_at, kid"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(key_from_row).collect()
+        load_jwt_keys(&mut *self.pool.acquire().await?).await
     }
 
     /// Stores a JWT signing key that signs from `activates_at`, with an audit event as
@@ -230,14 +234,7 @@ impl Store {
         check: impl FnOnce(&[StoredKey]) -> Result<()>,
     ) -> Result<StoredKey> {
         let mut tx = self.begin().await?;
-        let keys = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM jwt_signing_keys ORDER BY activates_at, created_at, kid"
-        ))
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(key_from_row)
-        .collect::<Result<Vec<_>>>()?;
+        let keys = load_jwt_keys(&mut tx).await?;
         let Some(key) = keys.iter().find(|key| key.kid == kid) else {
             return Err(Error::NotFound {
                 kind: "JWT signing key",
