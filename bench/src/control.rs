@@ -137,18 +137,30 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 pub fn run(ctx: &Context) -> Row {
-    let spec = report::spec("control-plane");
-    let cores = ctx.run.cores;
-    let previous = if cores >= 2 { pin_thread(0).ok() } else { None };
+    run_pinned(ctx, "control-plane", measure(ctx))
+}
+
+/// Row `id` measured by `measure` on a current-thread runtime, this thread pinned to CPU 0
+/// (the server runs on CPU 1) where there are two cores or more; an error becomes the row's.
+pub fn run_pinned(
+    ctx: &Context,
+    id: &str,
+    measure: impl Future<Output = anyhow::Result<Row>>,
+) -> Row {
+    let previous = if ctx.run.cores >= 2 {
+        pin_thread(0).ok()
+    } else {
+        None
+    };
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(measure(ctx)));
+        .and_then(|runtime| runtime.block_on(measure));
     if let Some(mask) = previous {
         restore_affinity(&mask);
     }
-    result.unwrap_or_else(|err| Row::error(spec, &ctx.run, &err))
+    result.unwrap_or_else(|err| Row::error(report::spec(id), &ctx.run, &err))
 }
 
 /// A small deterministic generator for start offsets and jitter (no `rand` needed).

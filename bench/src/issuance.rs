@@ -7,41 +7,24 @@
 
 use std::time::{Duration, Instant};
 
-use agentd_control::proto::{
-    self, governance_service_client::GovernanceServiceClient,
-    host_service_client::HostServiceClient, registry_service_client::RegistryServiceClient,
-};
+use agentd_control::proto;
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
 use crate::{
     Context,
-    control::{HostClient, Server, bearer, enrol, jitter, pin_thread, restore_affinity},
+    control::{HostClient, Server, enrol, jitter, run_pinned},
+    registry::Admin,
     report::{self, Percentiles, Row, Status, human_ns},
     worker::new_histogram,
 };
 
 const INTERVAL: Duration = Duration::from_secs(5);
 const TARGET_P99: Duration = Duration::from_millis(10);
-const BLUEPRINT: &str = "bench";
 
 pub fn run(ctx: &Context) -> Row {
-    let spec = report::spec("svid-issuance");
-    let previous = if ctx.run.cores >= 2 {
-        pin_thread(0).ok()
-    } else {
-        None
-    };
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(measure(ctx)));
-    if let Some(mask) = previous {
-        restore_affinity(&mask);
-    }
-    result.unwrap_or_else(|err| Row::error(spec, &ctx.run, &err))
+    run_pinned(ctx, "svid-issuance", measure(ctx))
 }
 
 /// A PKCS#10 CSR for a fresh P-256 key (the control plane signs its key whatever it asks).
@@ -59,55 +42,26 @@ struct Rotating {
 }
 
 async fn prepare(server: &Server, count: usize) -> anyhow::Result<Vec<Rotating>> {
-    let channel = server.connect().await?;
-    let token = bearer(&server.admin_token)?;
-    let mut registry = RegistryServiceClient::with_interceptor(channel.clone(), token.clone());
-    let governance = GovernanceServiceClient::with_interceptor(channel.clone(), token.clone());
-    let admin = HostServiceClient::with_interceptor(channel, token);
-    registry
-        .create_blueprint(proto::CreateBlueprintRequest {
-            blueprint: Some(proto::Blueprint {
-                name: BLUEPRINT.into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .context("CreateBlueprint")?;
+    let admin = Admin::connect(server).await?;
     let mut hosts = Vec::with_capacity(count);
     for start in (0..count).step_by(16) {
         let mut tasks = tokio::task::JoinSet::new();
         for n in start..count.min(start + 16) {
-            let (mut admin, mut registry, mut governance) =
-                (admin.clone(), registry.clone(), governance.clone());
+            let mut admin = admin.clone();
             let endpoint = server.endpoint.clone();
             tasks.spawn(async move {
-                let agent = registry
-                    .create_agent(proto::CreateAgentRequest {
-                        name: format!("bench-agent-{n}"),
-                        blueprint: BLUEPRINT.into(),
-                        sponsors: vec!["bench@localhost".into()],
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner()
-                    .agent
-                    .context("CreateAgent returned no agent")?;
-                governance
-                    .enable_agent(proto::EnableAgentRequest {
-                        id: agent.id.clone(),
-                    })
-                    .await?;
-                let (_, mut client) = enrol(&mut admin, &endpoint, n).await?;
+                let agent_id = admin.enabled_agent(&format!("bench-agent-{n}")).await?;
+                let (_, mut client) = enrol(&mut admin.host, &endpoint, n).await?;
                 client
                     .report_agents(proto::ReportAgentsRequest {
-                        agent_ids: vec![agent.id.clone()],
+                        agent_ids: vec![agent_id.clone()],
                     })
                     .await?;
                 anyhow::Ok((
                     n,
                     Rotating {
                         client,
-                        agent_id: agent.id,
+                        agent_id,
                         csr_pem: csr()?,
                     },
                 ))

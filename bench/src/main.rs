@@ -13,6 +13,7 @@ mod overhead;
 mod pipeline;
 mod policy_eval;
 mod propagation;
+mod registry;
 mod report;
 mod risk;
 mod svid;

@@ -7,18 +7,16 @@
 
 use std::{path::Path, process::Stdio, time::Duration};
 
-use agentd_control::proto::{
-    self, governance_service_client::GovernanceServiceClient,
-    host_service_client::HostServiceClient, registry_service_client::RegistryServiceClient,
-};
+use agentd_control::proto;
 use anyhow::Context as _;
 use serde_json::json;
 
 use crate::{
     Context,
-    control::{Server, bearer},
+    control::Server,
     daemon::{AGENT, Agentd},
     overhead::parse_report,
+    registry::Admin,
     report::{self, Percentiles, Row, Status, human_ns},
     worker::{WorkerReport, timed_loop},
 };
@@ -56,35 +54,10 @@ pub fn fetch(endpoint: &str, count: u64, warmup: u64) -> anyhow::Result<()> {
 
 /// The agent in the registry, enabled; a join token for the host.
 async fn register(server: &Server) -> anyhow::Result<String> {
-    let channel = server.connect().await?;
-    let token = bearer(&server.admin_token)?;
-    let mut registry = RegistryServiceClient::with_interceptor(channel.clone(), token.clone());
-    registry
-        .create_blueprint(proto::CreateBlueprintRequest {
-            blueprint: Some(proto::Blueprint {
-                name: "bench".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .context("CreateBlueprint")?;
-    let agent = registry
-        .create_agent(proto::CreateAgentRequest {
-            name: AGENT.into(),
-            blueprint: "bench".into(),
-            sponsors: vec!["bench@localhost".into()],
-            ..Default::default()
-        })
-        .await
-        .context("CreateAgent")?
-        .into_inner()
-        .agent
-        .context("CreateAgent returned no agent")?;
-    GovernanceServiceClient::with_interceptor(channel.clone(), token.clone())
-        .enable_agent(proto::EnableAgentRequest { id: agent.id })
-        .await
-        .context("EnableAgent")?;
-    Ok(HostServiceClient::with_interceptor(channel, token)
+    let mut admin = Admin::connect(server).await?;
+    admin.enabled_agent(AGENT).await?;
+    Ok(admin
+        .host
         .create_join_token(proto::CreateJoinTokenRequest {
             ttl_seconds: 3600,
             description: "bench svid cache".into(),
