@@ -106,6 +106,9 @@ methods! {
         RotateJwtSigningKey => [Admin],
         ListJwtSigningKeys => [Admin, Auditor],
         RetireJwtSigningKey => [Admin],
+        RotateCertificateAuthority => [Admin],
+        ListCertificateAuthorities => [Admin, Auditor],
+        RetireCertificateAuthority => [Admin],
     }
 }
 

@@ -1,6 +1,7 @@
-//! The control-plane certificate authority: issues the server's certificate and the hosts'
-//! client certificates. Its key and certificate live in the database, so every replica signs
-//! with the same CA.
+//! One control-plane certificate authority: issues the server's certificate, the hosts'
+//! client certificates and agents' X.509-SVIDs. The CAs live in the database, so that every
+//! replica signs with the same one; `crate::authorities` says which signs and which are
+//! trusted.
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
@@ -11,7 +12,6 @@ use time::OffsetDateTime;
 use crate::{
     clock::{DAY, UnixTime},
     error::{Error, Result},
-    store::{AuditContext, Store},
 };
 
 /// How long server certificates are valid (hosts' certificates: `CredentialOptions`).
@@ -57,10 +57,15 @@ pub struct IssuedCertificate {
 impl CertificateAuthority {
     /// Creates a new CA valid from `now` (tests use this for a "wrong CA").
     pub fn generate(now: UnixTime) -> Result<(Self, String)> {
+        Self::generate_named(now, "agentd control-plane CA")
+    }
+
+    /// Creates a new CA valid from `now` whose subject's common name is `common_name`.
+    pub fn generate_named(now: UnixTime, common_name: &str) -> Result<(Self, String)> {
         let key = KeyPair::generate().map_err(cert_error("generating the CA key"))?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
-        name.push(DnType::CommonName, "agentd control-plane CA");
+        name.push(DnType::CommonName, common_name);
         params.distinguished_name = name;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -86,22 +91,6 @@ impl CertificateAuthority {
             cert_pem: cert_pem.to_owned(),
             issuer,
         })
-    }
-
-    /// The CA stored in the database, created on first use (by whichever replica gets there
-    /// first).
-    pub async fn load_or_create(store: &Store, now: UnixTime) -> Result<Self> {
-        if let Some((cert, key)) = store.load_ca().await? {
-            return Self::from_pem(&cert, &key);
-        }
-        let (ca, key_pem) = Self::generate(now)?;
-        let audit = AuditContext {
-            actor: "agentd-control (CA bootstrap)".to_owned(),
-            action: "CreateCertificateAuthority",
-            now,
-        };
-        let (cert, key) = store.store_ca(&audit, &ca.cert_pem, &key_pem).await?;
-        Self::from_pem(&cert, &key)
     }
 
     pub fn cert_pem(&self) -> &str {

@@ -6,7 +6,7 @@
 //! [`KeyRing`] is what a replica holds: reloaded from the database, so that a rotation made
 //! through another replica reaches it.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -20,6 +20,7 @@ use crate::{
     clock::UnixTime,
     credentials::JWT_SVID_TTL_RANGE,
     error::{Error, Result},
+    rotation::{self, Lifetime, Ring, Rotates},
     store::{AuditContext, Store, credentials::StoredKey},
 };
 
@@ -57,7 +58,13 @@ fn key_error(what: &'static str) -> impl Fn(rcgen::Error) -> Error {
 
 /// The order in which keys take over signing: by activation, then creation, then `kid`.
 fn succession(key: &StoredKey) -> (UnixTime, UnixTime, &str) {
-    (key.activates_at, key.created_at, &key.kid)
+    let Lifetime {
+        id,
+        created_at,
+        activates_at,
+        ..
+    } = key.lifetime();
+    (activates_at, created_at, id)
 }
 
 /// A key's public half as a JWK, and its `kid`: the first 16 hex digits of the SHA-256 of
@@ -159,83 +166,51 @@ impl JwtKeys {
     }
 }
 
-/// Where a key stands at `now`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyState {
-    /// Published, not signing yet.
-    Pending,
-    /// Signs.
-    Active,
-    /// Published; a newer key signs. `since`: when that key took over.
-    Superseded {
-        since: UnixTime,
-    },
-    Retired,
+/// Where a key stands at a moment.
+pub use crate::rotation::Standing as KeyState;
+
+impl Rotates for StoredKey {
+    fn lifetime(&self) -> Lifetime<'_> {
+        Lifetime {
+            id: &self.kid,
+            created_at: self.created_at,
+            activates_at: self.activates_at,
+            retired_at: self.retired_at,
+        }
+    }
 }
 
 /// Where `key` (one of `keys`) stands at `now`.
 #[must_use]
 pub fn state_of(keys: &[StoredKey], key: &StoredKey, now: UnixTime) -> KeyState {
-    if key.retired_at.is_some() {
-        return KeyState::Retired;
-    }
-    if key.activates_at > now {
-        return KeyState::Pending;
-    }
-    // The first key after it in succession that activated while it was live took over.
-    let took_over = keys
-        .iter()
-        .filter(|other| succession(other) > succession(key))
-        .filter(|other| other.activates_at <= now)
-        .filter(|other| other.retired_at.is_none_or(|at| at > other.activates_at))
-        .map(|other| other.activates_at)
-        .min();
-    match took_over {
-        Some(since) => KeyState::Superseded { since },
-        None => KeyState::Active,
-    }
+    rotation::standing_of(keys, key, now)
 }
 
-/// Whether `kid` may be retired at `now`: never the key that signs; a superseded key only
-/// once every token it signed has expired (the longest JWT-SVID lifetime after it stopped
-/// signing), unless `force` (a compromised key: its tokens stop verifying at once). A pending
-/// key may be (the rotation is cancelled).
+/// What a JWT signing key's retirement waits for: the longest JWT-SVID lifetime.
+const JWT_KEY: rotation::Kind = rotation::Kind {
+    name: "JWT signing key",
+    rotate: "RotateJwtSigningKey",
+    signed: "token",
+    longest_signed: *JWT_SVID_TTL_RANGE.end(),
+};
+
+/// Whether `kid` may be retired at `now` ([`rotation::may_retire`]): never the key that signs;
+/// a superseded key only once every token it signed has expired, unless `force`.
 pub fn may_retire(keys: &[StoredKey], kid: &str, now: UnixTime, force: bool) -> Result<()> {
-    let Some(key) = keys.iter().find(|key| key.kid == kid) else {
-        return Ok(());
-    };
-    match state_of(keys, key, now) {
-        KeyState::Active => Err(Error::FailedPrecondition(format!(
-            "JWT signing key {kid} signs now: rotate to a new key first (RotateJwtSigningKey), \
-             then retire this one once its tokens have expired"
-        ))),
-        KeyState::Superseded { since } if !force => {
-            let until = since + JWT_SVID_TTL_RANGE.end();
-            if now < until {
-                Err(Error::FailedPrecondition(format!(
-                    "JWT signing key {kid} signed until {since} (Unix time), and a token it \
-                     signed may be valid until {until}; retire it after that, or with force \
-                     (its tokens stop verifying at once)"
-                )))
-            } else {
-                Ok(())
-            }
-        }
-        _ => Ok(()),
-    }
+    rotation::may_retire(keys, kid, now, force, &JWT_KEY)
 }
 
 /// A replica's keys: the database's, reloaded.
 #[derive(Debug)]
 pub struct KeyRing {
-    keys: RwLock<Arc<JwtKeys>>,
+    keys: Ring<JwtKeys>,
 }
 
 impl KeyRing {
     #[must_use]
     pub fn new(keys: JwtKeys) -> Self {
         Self {
-            keys: RwLock::new(Arc::new(keys)),
+            keys: Ring::new(keys),
         }
     }
 
@@ -258,21 +233,13 @@ impl KeyRing {
     /// The keys as last loaded.
     #[must_use]
     pub fn current(&self) -> Arc<JwtKeys> {
-        Arc::clone(
-            &self
-                .keys
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        self.keys.current()
     }
 
     /// Loads the keys again (a rotation or retirement made here or through another replica).
     pub async fn reload(&self, store: &Store) -> Result<()> {
-        let keys = Arc::new(JwtKeys::from_stored(&store.jwt_keys().await?)?);
-        *self
-            .keys
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
+        self.keys
+            .replace(Arc::new(JwtKeys::from_stored(&store.jwt_keys().await?)?));
         Ok(())
     }
 }

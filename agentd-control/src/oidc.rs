@@ -9,18 +9,9 @@ use std::{future::Future, sync::Arc};
 use axum::{Json, Router, routing::get};
 use hyper_util::{rt::TokioIo, service::TowerToHyperService};
 use tokio::net::TcpListener;
-use tokio_rustls::{
-    TlsAcceptor,
-    rustls::{
-        self,
-        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
-    },
-};
+use tokio_rustls::TlsAcceptor;
 
-use crate::{
-    ca::IssuedCertificate,
-    jwt::{ALGORITHM, KeyRing},
-};
+use crate::jwt::{ALGORITHM, KeyRing};
 
 /// Where the JWKS is served, under the issuer.
 pub const JWKS_PATH: &str = "/keys";
@@ -28,12 +19,6 @@ pub const JWKS_PATH: &str = "/keys";
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 /// A TLS handshake or request that takes longer than this is dropped.
 const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-#[derive(Debug, thiserror::Error)]
-pub enum OidcError {
-    #[error("the OIDC endpoint's certificate: {0}")]
-    Certificate(String),
-}
 
 /// The discovery document for `issuer`.
 #[must_use]
@@ -69,24 +54,6 @@ pub fn router(issuer: &str, keys: Arc<KeyRing>) -> Router {
                 async move { Json(jwks) }
             }),
         )
-}
-
-/// A TLS acceptor for `issued` (the control plane's server certificate).
-pub fn acceptor(issued: &IssuedCertificate) -> Result<TlsAcceptor, OidcError> {
-    let certs = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| OidcError::Certificate(err.to_string()))?;
-    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
-        .map_err(|err| OidcError::Certificate(err.to_string()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|err| OidcError::Certificate(err.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|err| OidcError::Certificate(err.to_string()))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Serves `router` over HTTPS on `listener` until `shutdown` completes. Each connection is

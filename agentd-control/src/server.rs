@@ -5,12 +5,11 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::{
     activity::TrackCalls,
     api::{ControlPlane, DecisionOptions},
-    ca::{CertificateAuthority, IssuedCertificate},
+    authorities::CaRing,
     clock::Clock,
     credentials::CredentialOptions,
     error::{Error, Result},
@@ -26,13 +25,14 @@ use crate::{
     },
     store::Store,
     throttle::ThrottleOptions,
+    tls::{ServerTls, tls_incoming},
 };
 
 #[derive(Clone, Debug, Default)]
 pub struct ServerOptions {
     /// Serve TLS with a certificate for these names (DNS names or IP addresses), issued by the
-    /// control-plane CA at start-up, and verify client certificates against the CA. `None`:
-    /// plaintext (loopback and tests only).
+    /// control-plane CA that signs (again whenever another CA takes over), and verify client
+    /// certificates against every trusted CA. `None`: plaintext (loopback and tests only).
     pub tls_names: Option<Vec<String>>,
     /// Run the governance sweep this often; `None`: only on `RunSweep`.
     pub sweep_interval: Option<Duration>,
@@ -47,66 +47,49 @@ pub struct ServerOptions {
     pub drain_timeout: Option<Duration>,
     /// The trust domain and SVID lifetimes of agents' credentials.
     pub credentials: CredentialOptions,
-    /// How often the JWT keys are loaded again from the database, so that a rotation made
-    /// through another replica reaches this one; `None`: [`DEFAULT_JWT_KEY_RELOAD`].
-    pub jwt_key_reload: Option<Duration>,
+    /// How often the JWT keys and the CAs are loaded again from the database, so that a
+    /// rotation made through another replica (or a CA's activation) reaches this one; `None`:
+    /// [`DEFAULT_CREDENTIAL_RELOAD`].
+    pub credential_reload: Option<Duration>,
 }
 
-/// How often a replica loads the JWT keys again by default.
-pub const DEFAULT_JWT_KEY_RELOAD: Duration = Duration::from_secs(10);
+/// How often a replica loads the JWT keys and CAs again by default.
+pub const DEFAULT_CREDENTIAL_RELOAD: Duration = Duration::from_secs(10);
 
 /// How long shutdown waits for in-flight calls by default.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("configuring TLS")]
-    Tls(#[source] tonic::transport::Error),
+    #[error("configuring TLS: {0}")]
+    Tls(String),
     #[error("serving gRPC")]
     Transport(#[source] tonic::transport::Error),
 }
 
 pub struct Server {
     control: ControlPlane,
-    tls: Option<ServerTlsConfig>,
-    /// The server certificate TLS serves, also the OIDC discovery endpoint's.
-    identity: Option<IssuedCertificate>,
+    /// The server's TLS (also the OIDC discovery endpoint's certificate).
+    tls: Option<Arc<ServerTls>>,
     sweep_interval: Option<Duration>,
     connections: ConnectionLimits,
     drain_timeout: Duration,
-    jwt_key_reload: Duration,
+    credential_reload: Duration,
 }
 
 impl Server {
     /// Loads (or creates) the CA and prepares the services.
     pub async fn new(store: Store, clock: Arc<dyn Clock>, options: ServerOptions) -> Result<Self> {
-        let ca = CertificateAuthority::load_or_create(&store, clock.now()).await?;
+        let ca = CaRing::load_or_create(&store, clock.now()).await?;
         let jwt = KeyRing::load_or_create(&store, clock.now()).await?;
         store.ensure_baseline_policy(clock.now()).await?;
-        let identity = match &options.tls_names {
+        // Admins, sponsors and auditors use bearer tokens over server-side TLS; host calls are
+        // refused without a client certificate (api::authorize).
+        let tls = match &options.tls_names {
             None => None,
-            Some(names) => {
-                if names.is_empty() {
-                    return Err(Error::invalid("tls names", "at least one name is required"));
-                }
-                Some(ca.issue_server(names, clock.now())?)
-            }
+            Some(names) => Some(Arc::new(ServerTls::new(names, &ca.current(), clock.now())?)),
         };
-        let tls = match &identity {
-            None => None,
-            Some(issued) => {
-                Some(
-                    ServerTlsConfig::new()
-                        .identity(Identity::from_pem(&issued.cert_pem, &issued.key_pem))
-                        .client_ca_root(Certificate::from_pem(ca.cert_pem()))
-                        // Admins, sponsors and auditors use bearer tokens over server-side TLS;
-                        // host calls are refused without a client certificate (api::authorize).
-                        .client_auth_optional(true)
-                        .timeout(options.connections.handshake_timeout),
-                )
-            }
-        };
-        let control = ControlPlane::new(
+        let mut control = ControlPlane::new(
             store,
             clock,
             Arc::new(ca),
@@ -116,14 +99,18 @@ impl Server {
         )
         .with_auth_throttle(options.auth_throttle)
         .with_credentials(options.credentials);
+        if let Some(tls) = &tls {
+            control = control.with_tls(Arc::clone(tls));
+        }
         Ok(Self {
             control,
             tls,
-            identity,
             sweep_interval: options.sweep_interval,
             connections: options.connections,
             drain_timeout: options.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
-            jwt_key_reload: options.jwt_key_reload.unwrap_or(DEFAULT_JWT_KEY_RELOAD),
+            credential_reload: options
+                .credential_reload
+                .unwrap_or(DEFAULT_CREDENTIAL_RELOAD),
         })
     }
 
@@ -145,14 +132,13 @@ impl Server {
                     "the OIDC discovery endpoint needs an issuer (--jwt-issuer https://...)",
                 )
             })?;
-        let certificate = self.identity.as_ref().ok_or_else(|| {
+        let tls = self.tls.as_ref().ok_or_else(|| {
             Error::invalid(
                 "tls names",
                 "the OIDC discovery endpoint is served over HTTPS: give --tls-name",
             )
         })?;
-        let acceptor =
-            oidc::acceptor(certificate).map_err(|err| Error::Certificate(err.to_string()))?;
+        let acceptor = tls.https_acceptor()?;
         Ok((
             acceptor,
             oidc::router(issuer, Arc::clone(self.control.jwt_keys())),
@@ -187,27 +173,25 @@ impl Server {
         });
         let reloader = {
             let control = control.clone();
-            let every = self.jwt_key_reload;
+            let every = self.credential_reload;
             tokio::spawn(async move {
                 let mut ticks = tokio::time::interval(every);
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 ticks.tick().await;
                 loop {
                     ticks.tick().await;
-                    if let Err(err) = control.reload_jwt_keys().await {
-                        tracing::warn!(error = %err, "reloading the JWT signing keys failed; keeping the last ones");
+                    if let Err(err) = control.reload_credentials().await {
+                        tracing::warn!(error = %err, "reloading the JWT signing keys and CAs failed; keeping the last ones");
                     }
                 }
             })
         };
         let limits = self.connections;
-        let mut builder = tonic::transport::Server::builder()
+        let builder = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(limits.keepalive_interval))
             .http2_keepalive_timeout(Some(limits.keepalive_timeout));
-        if let Some(tls) = self.tls {
-            builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
-        }
         let incoming = BoundedIncoming::new(listener, &limits);
+        let connections = incoming.connections();
         let (began, draining) = tokio::sync::oneshot::channel::<()>();
         let stopping = control.clone();
         let signal = async move {
@@ -216,8 +200,8 @@ impl Server {
             stopping.stop_watches();
             let _ = began.send(());
         };
-        let serving = builder
-            .layer(TrackCalls::new(incoming.connections()))
+        let router = builder
+            .layer(TrackCalls::new(connections))
             .add_service(RegistryServiceServer::new(control.clone()))
             .add_service(GovernanceServiceServer::new(control.clone()))
             .add_service(AccessServiceServer::new(control.clone()))
@@ -226,8 +210,19 @@ impl Server {
             .add_service(AuthServiceServer::new(control.clone()))
             .add_service(PolicyServiceServer::new(control.clone()))
             .add_service(RiskServiceServer::new(control.clone()))
-            .add_service(CredentialServiceServer::new(control.clone()))
-            .serve_with_incoming_shutdown(incoming, signal);
+            .add_service(CredentialServiceServer::new(control.clone()));
+        let serving: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match &self.tls {
+            Some(tls) => {
+                let acceptor = tls
+                    .grpc_acceptor()
+                    .map_err(|err| ServeError::Tls(err.to_string()))?;
+                Box::pin(router.serve_with_incoming_shutdown(
+                    tls_incoming(incoming, acceptor, limits.handshake_timeout),
+                    signal,
+                ))
+            }
+            None => Box::pin(router.serve_with_incoming_shutdown(incoming, signal)),
+        };
         let drain_timeout = self.drain_timeout;
         let deadline = async move {
             if draining.await.is_err() {

@@ -276,6 +276,17 @@ async fn measure(ctx: &Context) -> anyhow::Result<Row> {
             let mut client = host.client.clone();
             let seed = (count as u64) << 32 | n as u64;
             tasks.spawn(async move {
+                // As agentd does: name the trust bundle held, so that answers do not carry it.
+                let bundle = client
+                    .heartbeat(HeartbeatRequest {
+                        agentd_version: "bench".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|answer| answer.into_inner().ca_bundle_pem)
+                    .unwrap_or_default();
+                let ca_bundle_sha256 =
+                    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bundle.as_bytes()));
                 let mut histogram = new_histogram();
                 let mut errors = 0u64;
                 let mut next = start + INTERVAL.mul_f64(jitter(seed));
@@ -289,6 +300,7 @@ async fn measure(ctx: &Context) -> anyhow::Result<Row> {
                     let ok = client
                         .heartbeat(HeartbeatRequest {
                             agentd_version: "bench".into(),
+                            ca_bundle_sha256: ca_bundle_sha256.clone(),
                         })
                         .await
                         .is_ok();

@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use agentd::{policy::IdentityPolicy, policy::network::Categories};
+use agentd::policy::{IdentityPolicy, network::Categories};
 use libfuzzer_sys::fuzz_target;
 
 /// An empty directory standing in for the cgroup root: every named cgroup is missing.

@@ -13,10 +13,10 @@ use agentd_control::{
     model::Role,
     proto::{
         self, access_service_server::AccessService, audit_service_server::AuditService,
-        credential_service_server::CredentialService,
-        auth_service_server::AuthService, governance_service_server::GovernanceService,
-        host_service_server::HostService, policy_service_server::PolicyService,
-        registry_service_server::RegistryService, risk_service_server::RiskService,
+        auth_service_server::AuthService, credential_service_server::CredentialService,
+        governance_service_server::GovernanceService, host_service_server::HostService,
+        policy_service_server::PolicyService, registry_service_server::RegistryService,
+        risk_service_server::RiskService,
     },
     server::{Server, ServerOptions},
     store::{AuditContext, Store},
@@ -177,6 +177,9 @@ async fn call(fixture: &Fixture, selector: u8, body: &[u8]) {
         CredentialService::rotate_jwt_signing_key(RotateJwtSigningKeyRequest, admin),
         CredentialService::list_jwt_signing_keys(ListJwtSigningKeysRequest, admin),
         CredentialService::retire_jwt_signing_key(RetireJwtSigningKeyRequest, admin),
+        CredentialService::rotate_certificate_authority(RotateCertificateAuthorityRequest, admin),
+        CredentialService::list_certificate_authorities(ListCertificateAuthoritiesRequest, admin),
+        CredentialService::retire_certificate_authority(RetireCertificateAuthorityRequest, admin),
     );
 }
 

@@ -166,3 +166,124 @@ fn a_host_renews_its_certificate_before_it_lapses_and_keeps_its_watch() {
             .is_some_and(|control| control.connected && control.error.is_none())
     });
 }
+
+/// The CA certificates (PEM) in the trust bundle agentd keeps in `kept`.
+fn kept_bundle(kept: &Path) -> String {
+    let credentials: serde_json::Value =
+        serde_json::from_slice(&fs::read(kept).expect("host.json")).expect("JSON");
+    credentials["ca_certificate_pem"]
+        .as_str()
+        .expect("a bundle")
+        .to_owned()
+}
+
+/// A CA rotation reaches a connected agentd with its heartbeats: it keeps the new bundle, and
+/// once the new CA signs, a restarted control plane (presenting a certificate only the new CA
+/// verifies) has agentd back without enrolling again, although its `ca_file` names only the
+/// first CA. Retiring the first CA leaves agentd connected on a certificate from the new one.
+#[test]
+fn a_ca_rotation_reaches_agentd_before_the_server_certificate_changes() {
+    let agent = "ca-rotating-agent";
+    let mut cp = ControlPlane::start_serving_with(true, &["--host-cert-ttl", TTL]);
+    register(&cp, agent);
+    let state = tempfile::tempdir().unwrap();
+    // agentd's own copy of the first CA: the file agentctl uses is replaced below.
+    let first_ca = state.path().join("first-ca.crt");
+    fs::copy(cp.ca_cert.as_ref().unwrap(), &first_ca).unwrap();
+    let daemon = enrolled(
+        &cp,
+        agent,
+        state.path(),
+        &format!("ca_file = \"{}\"\n", first_ca.display()),
+    );
+    let kept = state.path().join("host.json");
+    assert_eq!(kept_bundle(&kept).matches("BEGIN CERTIFICATE").count(), 1);
+
+    let rotated = cp.json(&["ca", "rotate", "--activate-after", "4s"]);
+    let new_id = rotated["authority"]["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    assert_eq!(rotated["authority"]["state"], "CA_STATE_PENDING");
+    let bundle = String::from_utf8(cp.ctl(&["ca", "bundle"]).stdout).unwrap();
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2);
+    poll(
+        "agentd keeps the new bundle from a heartbeat",
+        Duration::from_secs(15),
+        || kept_bundle(&kept) == bundle,
+    );
+    assert!(
+        daemon.log().contains("trust bundle changed"),
+        "{}",
+        daemon.log()
+    );
+
+    // After the activation, a restart has the server present a certificate from the new CA.
+    let listed = cp.json(&["ca", "list"]);
+    poll("the new CA signs", Duration::from_secs(10), || {
+        cp.json(&["ca", "list"])["authorities"][1]["state"] == "CA_STATE_ACTIVE"
+    });
+    fs::write(cp.ca_cert.as_ref().unwrap(), &bundle).unwrap();
+    cp.restart();
+    poll(
+        "agentd noticed the restart",
+        Duration::from_secs(30),
+        || daemon.log().contains("control plane unreachable"),
+    );
+    wait_until(
+        "agentd is connected again to the new CA's server certificate",
+        || {
+            daemon
+                .status()
+                .control_plane
+                .is_some_and(|control| control.connected && control.error.is_none())
+        },
+    );
+
+    // The host's certificate renews (60 s lifetime) under the new CA; then the first CA can
+    // go, with force (host certificates and SVIDs it signed may still be valid).
+    poll(
+        "a host certificate from the new CA",
+        Duration::from_secs(45),
+        || {
+            let credentials: serde_json::Value =
+                serde_json::from_slice(&fs::read(&kept).unwrap()).unwrap();
+            let pem = credentials["certificate_pem"].as_str().unwrap_or_default();
+            x509_parser::pem::parse_x509_pem(pem.as_bytes())
+                .ok()
+                .and_then(|(_, pem)| {
+                    let cert = pem.parse_x509().ok()?;
+                    Some(cert.issuer().to_string().contains(&new_id))
+                })
+                .unwrap_or(false)
+        },
+    );
+    let old_id = listed["authorities"][0]["id"].as_str().unwrap().to_owned();
+    let refused = cp.ctl_as(&cp.token, None, &["ca", "retire", &old_id]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("may be valid until"),
+        "{refused:?}"
+    );
+    cp.ctl(&["ca", "retire", &old_id, "--force"]);
+    poll(
+        "agentd keeps the bundle without the retired CA",
+        Duration::from_secs(15),
+        || kept_bundle(&kept).matches("BEGIN CERTIFICATE").count() == 1,
+    );
+    cp.restart();
+    poll(
+        "agentd noticed the second restart",
+        Duration::from_secs(30),
+        || daemon.log().matches("control plane unreachable").count() >= 2,
+    );
+    wait_until(
+        "agentd is connected again on its certificate from the new CA",
+        || {
+            daemon
+                .status()
+                .control_plane
+                .is_some_and(|control| control.connected && control.error.is_none())
+        },
+    );
+}

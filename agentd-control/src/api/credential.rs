@@ -97,8 +97,9 @@ impl ControlPlane {
         let lifetime =
             SvidLifetimes::or(resolved.svid_lifetimes.x509_seconds, options.x509_svid_ttl);
         let (not_before, not_after) = (now - BACKDATE, now + lifetime);
-        let (certificate_pem, serial) = self
-            .ca
+        let authorities = self.ca.current();
+        let (certificate_pem, serial) = authorities
+            .signer(now)
             .sign_svid_csr(csr_pem, &spiffe_id, not_before, not_after)?;
         let issued = IssuedCredential {
             kind: "x509-svid",
@@ -116,7 +117,7 @@ impl ControlPlane {
         Ok(proto::SignAgentSvidResponse {
             spiffe_id,
             certificate_pem,
-            bundle_pem: self.ca.cert_pem().to_owned(),
+            bundle_pem: authorities.bundle_pem().to_owned(),
             expire_time: Some(timestamp(not_after)),
             trust_domain: options.trust_domain.to_string(),
         })
@@ -187,7 +188,10 @@ impl ControlPlane {
         let host_id = &caller.principal;
         let now = self.now();
         let not_after = now + self.credentials.host_cert_ttl;
-        let (certificate_pem, serial) = self.ca.sign_host_csr(csr_pem, host_id, now, not_after)?;
+        let authorities = self.ca.current();
+        let (certificate_pem, serial) = authorities
+            .signer(now)
+            .sign_host_csr(csr_pem, host_id, now, not_after)?;
         let renewed = HostRenewal {
             cert_serial: serial,
             not_after: Some(not_after),
@@ -201,7 +205,7 @@ impl ControlPlane {
             .await?;
         Ok(proto::RenewHostCertificateResponse {
             certificate_pem,
-            ca_certificate_pem: self.ca.cert_pem().to_owned(),
+            ca_certificate_pem: authorities.bundle_pem().to_owned(),
             expire_time: Some(timestamp(not_after)),
         })
     }

@@ -109,8 +109,15 @@ impl HostService for ControlPlane {
         self.store
             .heartbeat(&caller.principal, now, &version)
             .await?;
+        let authorities = self.ca.current();
+        let current = request.get_ref().ca_bundle_sha256 == authorities.digest();
         Ok(Response::new(proto::HeartbeatResponse {
             server_time: Some(timestamp(now)),
+            ca_bundle_pem: if current {
+                String::new()
+            } else {
+                authorities.bundle_pem().to_owned()
+            },
         }))
     }
 
@@ -363,7 +370,8 @@ impl ControlPlane {
             action: Method::EnrollHost.name(),
             now,
         };
-        let ca = self.ca.clone();
+        let authorities = self.ca.current();
+        let ca = authorities.signer(now);
         let csr = request.csr_pem;
         let not_after = now + self.credentials.host_cert_ttl;
         let (enrolment, certificate_pem) = self
@@ -386,7 +394,7 @@ impl ControlPlane {
             host_id: enrolment.host.id,
             host_token: enrolment.host_token,
             certificate_pem,
-            ca_certificate_pem: self.ca.cert_pem().to_owned(),
+            ca_certificate_pem: authorities.bundle_pem().to_owned(),
         }))
     }
 }

@@ -4,6 +4,7 @@
 mod access;
 mod audit;
 mod auth;
+mod authorities;
 mod batch;
 mod credential;
 mod decision;
@@ -28,7 +29,7 @@ use tonic::{Request, Status};
 
 use crate::{
     auth::Method,
-    ca::CertificateAuthority,
+    authorities::{Authorities, CaRing},
     clock::{Clock, UnixTime},
     credentials::CredentialOptions,
     error::Error,
@@ -37,6 +38,7 @@ use crate::{
     proto,
     store::{AuditContext, Store, auth::Caller},
     throttle::{AuthThrottle, ThrottleOptions},
+    tls::ServerTls,
 };
 
 /// How decisions are distributed: see docs/conditional-access.md, "Distribution".
@@ -67,7 +69,10 @@ impl Default for DecisionOptions {
 pub struct ControlPlane {
     store: Store,
     clock: Arc<dyn Clock>,
-    ca: Arc<CertificateAuthority>,
+    /// The CAs: which signs, which are trusted (`crate::authorities`).
+    ca: Arc<CaRing>,
+    /// The server's TLS, which follows the CAs (`crate::tls`); `None` in plaintext.
+    tls: Option<Arc<ServerTls>>,
     /// Set when the server runs TLS: host-role calls must then also present the host's client
     /// certificate (mTLS), issued by the control-plane CA for the same host id.
     require_host_certificates: bool,
@@ -98,7 +103,7 @@ impl ControlPlane {
     pub fn new(
         store: Store,
         clock: Arc<dyn Clock>,
-        ca: Arc<CertificateAuthority>,
+        ca: Arc<CaRing>,
         jwt: Arc<KeyRing>,
         require_host_certificates: bool,
         decision_options: DecisionOptions,
@@ -107,6 +112,7 @@ impl ControlPlane {
             store,
             clock,
             ca,
+            tls: None,
             jwt,
             require_host_certificates,
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
@@ -133,9 +139,29 @@ impl ControlPlane {
         &self.jwt
     }
 
-    /// Loads the JWT keys again (`Server::serve` does it every `jwt_key_reload`).
-    pub async fn reload_jwt_keys(&self) -> crate::error::Result<()> {
-        self.jwt.reload(&self.store).await
+    /// Loads the JWT keys and the CAs again, and lets the server's TLS follow the CAs (a new
+    /// server certificate when another CA signs, the trusted CAs for client certificates).
+    /// `Server::serve` does it every `credential_reload`; rotations and retirements at once.
+    pub async fn reload_credentials(&self) -> crate::error::Result<()> {
+        self.jwt.reload(&self.store).await?;
+        let authorities = self.ca.reload(&self.store).await?;
+        if let Some(tls) = &self.tls
+            && tls.follow(&authorities, self.now())?
+        {
+            tracing::info!(
+                signer = authorities.signer_id(self.now()),
+                trusted = authorities.certificates().count(),
+                "the server's TLS follows the certificate authorities"
+            );
+        }
+        Ok(())
+    }
+
+    /// The same, serving TLS with `tls`.
+    #[must_use]
+    pub fn with_tls(mut self, tls: Arc<ServerTls>) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// The same, with this trust domain and these SVID lifetimes.
@@ -202,8 +228,16 @@ impl ControlPlane {
         &self.store
     }
 
-    pub fn ca(&self) -> &CertificateAuthority {
-        &self.ca
+    /// The CAs as this replica last loaded them.
+    #[must_use]
+    pub fn ca(&self) -> Arc<Authorities> {
+        self.ca.current()
+    }
+
+    /// The server's TLS, when it serves TLS.
+    #[must_use]
+    pub fn tls(&self) -> Option<&Arc<ServerTls>> {
+        self.tls.as_ref()
     }
 
     /// Authenticates the bearer token and checks the role against `method`'s row of the RBAC

@@ -1,6 +1,7 @@
 //! `CredentialService`: the trust domain's JWT signing keys, rotated with an overlap (a new key
 //! is published before it signs, the old one stays published while its tokens may be valid)
-//! and retired (`crate::jwt` has the rules).
+//! and retired (`crate::jwt` has the rules); the certificate authorities' calls are in
+//! `authorities`.
 
 use tonic::{Request, Response, Status};
 
@@ -10,6 +11,7 @@ use crate::{
     error::Error,
     jwt::{self, JwtKeys, KeyState, MAX_PUBLISHED_KEYS},
     proto::{self, credential_service_server::CredentialService},
+    rotation,
     store::credentials::StoredKey,
 };
 
@@ -76,17 +78,11 @@ impl CredentialService for ControlPlane {
         let caller = self
             .authorize(&request, Method::RotateJwtSigningKey)
             .await?;
-        let after = request
-            .get_ref()
-            .activate_after_seconds
-            .unwrap_or(DEFAULT_ACTIVATE_AFTER);
-        if after > MAX_ACTIVATE_AFTER {
-            return Err(Error::invalid(
-                "activate_after_seconds",
-                format!("{after} is more than {MAX_ACTIVATE_AFTER} (7 days)"),
-            )
-            .into());
-        }
+        let after = rotation::activate_after(
+            request.get_ref().activate_after_seconds,
+            DEFAULT_ACTIVATE_AFTER,
+            MAX_ACTIVATE_AFTER,
+        )?;
         let (keys, _) = self.signing_keys().await?;
         let published = keys.iter().filter(|key| key.retired_at.is_none()).count();
         if published >= MAX_PUBLISHED_KEYS {
@@ -98,11 +94,11 @@ impl CredentialService for ControlPlane {
         }
         let (kid, key_pem) = JwtKeys::generate()?;
         let audit = self.audit(&caller, Method::RotateJwtSigningKey);
-        let activates_at = audit.now + i64::from(after);
+        let activates_at = audit.now + after;
         self.store
             .store_jwt_key(&audit, &kid, &key_pem, activates_at)
             .await?;
-        self.reload_jwt_keys().await?;
+        self.reload_credentials().await?;
         let (keys, now) = self.signing_keys().await?;
         let key = keys
             .iter()
@@ -140,10 +136,31 @@ impl CredentialService for ControlPlane {
             .store
             .retire_jwt_key(&audit, &kid, |keys| jwt::may_retire(keys, &kid, now, force))
             .await?;
-        self.reload_jwt_keys().await?;
+        self.reload_credentials().await?;
         let (keys, now) = self.signing_keys().await?;
         Ok(Response::new(proto::RetireJwtSigningKeyResponse {
             key: Some(to_proto(&keys, &retired, now)),
         }))
+    }
+
+    async fn rotate_certificate_authority(
+        &self,
+        request: Request<proto::RotateCertificateAuthorityRequest>,
+    ) -> Result<Response<proto::RotateCertificateAuthorityResponse>, Status> {
+        ControlPlane::rotate_certificate_authority(self, request).await
+    }
+
+    async fn list_certificate_authorities(
+        &self,
+        request: Request<proto::ListCertificateAuthoritiesRequest>,
+    ) -> Result<Response<proto::ListCertificateAuthoritiesResponse>, Status> {
+        ControlPlane::list_certificate_authorities(self, request).await
+    }
+
+    async fn retire_certificate_authority(
+        &self,
+        request: Request<proto::RetireCertificateAuthorityRequest>,
+    ) -> Result<Response<proto::RetireCertificateAuthorityResponse>, Status> {
+        ControlPlane::retire_certificate_authority(self, request).await
     }
 }

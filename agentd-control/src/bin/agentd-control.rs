@@ -5,7 +5,7 @@ use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 use agentd_control::{
     api::DecisionOptions,
     audit_export::AuditExport,
-    ca::CertificateAuthority,
+    authorities::CaRing,
     clock::{Clock as _, SystemClock},
     credentials::{self, CredentialOptions},
     listener::ConnectionLimits,
@@ -151,8 +151,8 @@ enum Command {
         #[arg(long)]
         principal: String,
     },
-    /// Print the control-plane CA certificate (PEM), creating the CA if needed. Clients verify
-    /// the server with it (`agentctl --ca-cert`).
+    /// Print the trust bundle (every control-plane CA not retired, PEM), creating the first CA
+    /// if needed. Clients verify the server with it (`agentctl --ca-cert`).
     CaCert,
 }
 
@@ -279,7 +279,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     jwt_issuer,
                     host_cert_ttl,
                 },
-                jwt_key_reload: None,
+                credential_reload: None,
             };
             let server = Server::new(store.clone(), clock, options).await?;
             if let Some(address) = oidc_listen {
@@ -342,8 +342,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{secret}");
         }
         Command::CaCert => {
-            let ca = CertificateAuthority::load_or_create(&store, clock.now()).await?;
-            print!("{}", ca.cert_pem());
+            let ca = CaRing::load_or_create(&store, clock.now()).await?;
+            print!("{}", ca.current().bundle_pem());
         }
     }
     Ok(())

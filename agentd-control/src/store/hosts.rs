@@ -665,49 +665,6 @@ impl Store {
                 .await?;
         Ok(matches!(revoked, Some(None)))
     }
-
-    /// The stored CA (certificate and key PEM), if one was created.
-    pub async fn load_ca(&self) -> Result<Option<(String, String)>> {
-        let row = sqlx::query("SELECT cert_pem, key_pem FROM certificate_authority WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| Ok((row.try_get("cert_pem")?, row.try_get("key_pem")?)))
-            .transpose()
-    }
-
-    /// Stores a CA unless another replica stored one first, with an audit event (the
-    /// certificate, never the key) when this one did; returns the one stored.
-    pub async fn store_ca(
-        &self,
-        audit: &AuditContext,
-        cert_pem: &str,
-        key_pem: &str,
-    ) -> Result<(String, String)> {
-        let mut tx = self.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO certificate_authority (id, cert_pem, key_pem) VALUES (1, $1, $2) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(cert_pem)
-        .bind(key_pem)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 1 {
-            audit
-                .record(
-                    &mut tx,
-                    "certificate_authority",
-                    "1",
-                    None::<&()>,
-                    Some(&serde_json::json!({ "cert_pem": cert_pem })),
-                )
-                .await?;
-        }
-        tx.commit().await?;
-        self.load_ca()
-            .await?
-            .ok_or_else(|| Error::Certificate("the CA row vanished after insertion".into()))
-    }
 }
 
 /// Settles one host's decision version inside `tx` (see [`Store::settle_decisions`]).

@@ -6,6 +6,7 @@ pub mod access;
 mod audit;
 mod audit_chain;
 pub mod auth;
+pub mod authorities;
 pub mod credentials;
 mod governance;
 pub mod hosts;
@@ -85,6 +86,11 @@ impl Backend {
                     "jwt key rotation",
                     include_str!("../../migrations/sqlite/0007_jwt_key_rotation.sql"),
                 ),
+                (
+                    8,
+                    "ca rotation",
+                    include_str!("../../migrations/sqlite/0008_ca_rotation.sql"),
+                ),
             ],
             Self::Postgres => &[
                 (
@@ -121,6 +127,11 @@ impl Backend {
                     7,
                     "jwt key rotation",
                     include_str!("../../migrations/postgres/0007_jwt_key_rotation.sql"),
+                ),
+                (
+                    8,
+                    "ca rotation",
+                    include_str!("../../migrations/postgres/0008_ca_rotation.sql"),
                 ),
             ],
         }

@@ -8,7 +8,7 @@ use tonic::{Code, transport::Identity};
 
 use crate::support::{
     Backend, DAY, Fixture, agent_request, assert_status, blueprint, create_agent, create_blueprint,
-    enroll, foreign_ca, get_agent, real_now,
+    csr, enroll, foreign_ca, get_agent, real_now,
 };
 
 #[allow(
@@ -1581,18 +1581,6 @@ pub async fn host_reports_show_which_agents_run_where(backend: Backend) {
     fixture.stop().await;
 }
 
-/// A CSR for a fresh key: (CSR PEM, key PEM).
-fn csr() -> (String, String) {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .expect("params")
-        .serialize_request(&key)
-        .expect("csr")
-        .pem()
-        .expect("pem");
-    (csr, key.serialize_pem())
-}
-
 /// Enrols a host over TLS with a CSR; returns the response and the host's key.
 async fn enroll_tls(fixture: &Fixture) -> (proto::EnrollHostResponse, String) {
     static ENROLLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -1688,10 +1676,12 @@ pub async fn mtls_expired_certificate_is_refused(backend: Backend) {
     let fixture = Fixture::start_with(&backend, true).await;
     let (host, _) = enroll_tls(&fixture).await;
     let now = real_now();
-    let ca = agentd_control::ca::CertificateAuthority::load_or_create(&fixture.store, now)
+    let authorities = agentd_control::authorities::CaRing::load_or_create(&fixture.store, now)
         .await
-        .expect("our CA");
-    let expired = ca
+        .expect("our CA")
+        .current();
+    let expired = authorities
+        .signer(now)
         .issue_client(&host.host_id, now - 10 * DAY, now - DAY)
         .expect("expired cert");
     refused_with(

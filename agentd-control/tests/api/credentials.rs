@@ -85,7 +85,7 @@ pub async fn an_agent_svid_names_only_the_agent_and_is_signed_only_while_its_dec
     let spiffe_id = format!("spiffe://agentd.internal/agent/{}", agent.id);
     assert_eq!(signed.spiffe_id, spiffe_id);
     assert_eq!(signed.trust_domain, "agentd.internal");
-    let (ca_pem, _) = fixture.store.load_ca().await.expect("CA").expect("a CA");
+    let ca_pem = fixture.server_ca_bundle().await;
     assert_eq!(
         signed.bundle_pem, ca_pem,
         "the bundle is the control-plane CA"

@@ -124,7 +124,7 @@ pub async fn an_agent_jwt_svid_verifies_through_oidc_discovery_and_is_signed_onl
     ));
     let dir = tempfile::tempdir().expect("temporary directory");
     let ca_file = dir.path().join("ca.pem");
-    let (ca_pem, _) = fixture.store.load_ca().await.expect("CA").expect("a CA");
+    let ca_pem = fixture.server_ca_bundle().await;
     std::fs::write(&ca_file, &ca_pem).expect("ca.pem");
 
     let admin = fixture.admin().await;

@@ -16,6 +16,7 @@
 )]
 
 mod bounded;
+mod ca_rotation;
 mod cases;
 mod conditional_access;
 mod connections;
@@ -46,6 +47,8 @@ const TESTS: &[(&str, TestFn)] = tests![
     credentials::svid_lifetimes_follow_the_blueprint_and_bad_ones_are_refused_by_field,
     jwt::an_agent_jwt_svid_verifies_through_oidc_discovery_and_is_signed_only_while_allowed,
     jwt_rotation::a_rotated_jwt_key_is_published_before_it_signs_and_retired_only_once_its_tokens_expire,
+    ca_rotation::a_rotated_ca_is_trusted_before_it_signs_and_hosts_keep_connecting_through_the_switch,
+    ca_rotation::a_control_plane_from_before_rotations_keeps_its_ca,
     host_certificates::a_host_renews_its_certificate_over_the_current_one_and_a_revoked_host_cannot,
     rbac::every_method_with_every_role_is_allowed_or_denied_as_documented,
     rbac::calls_without_a_valid_token_are_unauthenticated,

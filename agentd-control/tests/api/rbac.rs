@@ -68,6 +68,12 @@ const MATRIX: &[(&str, &[&str])] = &[
     ("CredentialService/RotateJwtSigningKey", &[ADMIN]),
     ("CredentialService/ListJwtSigningKeys", &[ADMIN, AUDITOR]),
     ("CredentialService/RetireJwtSigningKey", &[ADMIN]),
+    ("CredentialService/RotateCertificateAuthority", &[ADMIN]),
+    (
+        "CredentialService/ListCertificateAuthorities",
+        &[ADMIN, AUDITOR],
+    ),
+    ("CredentialService/RetireCertificateAuthority", &[ADMIN]),
     ("PolicyService/CreatePolicy", &[ADMIN]),
     ("PolicyService/UpdatePolicy", &[ADMIN]),
     ("PolicyService/GetPolicy", &[ADMIN, AUDITOR]),
@@ -542,6 +548,26 @@ async fn call(method: &str, c: &Clients, o: &Objects) -> Result<(), Status> {
             .credential()
             .retire_jwt_signing_key(RetireJwtSigningKeyRequest {
                 kid: "00".into(),
+                force: false,
+            })
+            .await
+            .map(drop),
+        "CredentialService/RotateCertificateAuthority" => c
+            .credential()
+            .rotate_certificate_authority(RotateCertificateAuthorityRequest {
+                activate_after_seconds: Some(86_400),
+            })
+            .await
+            .map(drop),
+        "CredentialService/ListCertificateAuthorities" => c
+            .credential()
+            .list_certificate_authorities(ListCertificateAuthoritiesRequest {})
+            .await
+            .map(drop),
+        "CredentialService/RetireCertificateAuthority" => c
+            .credential()
+            .retire_certificate_authority(RetireCertificateAuthorityRequest {
+                id: "00".into(),
                 force: false,
             })
             .await

@@ -225,7 +225,7 @@ impl Fixture {
         let server = Server::new(store.clone(), clock.clone(), options)
             .await
             .expect("server");
-        let tls_ca_pem = tls.then(|| server.control().ca().cert_pem().to_owned());
+        let tls_ca_pem = tls.then(|| server.control().ca().bundle_pem().to_owned());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("local addr").port();
         let (shutdown, stop) = oneshot::channel::<()>();
@@ -275,8 +275,8 @@ impl Fixture {
             store.clone(),
             primary.clock.clone(),
             ServerOptions {
-                // A JWT key rotated through the primary reaches the replica quickly.
-                jwt_key_reload: Some(Duration::from_millis(200)),
+                // A JWT key or CA rotated through the primary reaches the replica quickly.
+                credential_reload: Some(Duration::from_millis(200)),
                 ..ServerOptions::default()
             },
         )
@@ -338,6 +338,16 @@ impl Fixture {
 
     pub async fn as_token(&self, token: &str) -> Clients {
         Clients::new(self.channel().await, Some(token))
+    }
+
+    /// The CAs' trust bundle (PEM), as the database holds it now.
+    pub async fn server_ca_bundle(&self) -> String {
+        agentd_control::authorities::CaRing::load_or_create(&self.store, real_now())
+            .await
+            .expect("the CAs")
+            .current()
+            .bundle_pem()
+            .to_owned()
     }
 
     pub async fn admin(&self) -> Clients {
@@ -462,6 +472,18 @@ pub async fn enroll(fixture: &Fixture, hostname: &str, csr_pem: &str) -> proto::
         .await
         .expect("EnrollHost")
         .into_inner()
+}
+
+/// A CSR for a fresh key: (CSR PEM, key PEM).
+pub fn csr() -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    (csr, key.serialize_pem())
 }
 
 /// The audit events on one target, as `ListAuditEvents` returns them.

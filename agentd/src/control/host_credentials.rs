@@ -224,8 +224,42 @@ pub(super) async fn renew(
     Ok(validity)
 }
 
+/// The SHA-256 (hex) of the trust bundle these credentials hold, as heartbeats name it.
+pub(super) fn bundle_digest(credentials: &Credentials) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(
+        credentials.ca_certificate_pem.as_bytes(),
+    ))
+}
+
+/// Keeps the trust bundle a heartbeat returned (the control plane rotated its CAs): saved, and
+/// trusted from the next connection. A bundle that holds no certificate is refused.
+pub(super) fn update_bundle(
+    config: &ControlPlaneConfig,
+    credentials: &mut Credentials,
+    bundle_pem: &str,
+) -> Result<(), ControlError> {
+    let certificates = x509_parser::pem::Pem::iter_from_buffer(bundle_pem.as_bytes())
+        .map_while(Result::ok)
+        .filter(|pem| pem.label == "CERTIFICATE" && pem.parse_x509().is_ok())
+        .count();
+    if certificates == 0 {
+        return Err(ControlError::CertificateRequest(
+            "the trust bundle from the control plane holds no certificate".to_owned(),
+        ));
+    }
+    let updated = Credentials {
+        ca_certificate_pem: bundle_pem.to_owned(),
+        ..credentials.clone()
+    };
+    save(config, &updated)?;
+    *credentials = updated;
+    Ok(())
+}
+
 /// The TLS settings of host calls to an https control plane: the host's client certificate
-/// (mTLS), and the server verified against the CA from enrolment (or `control_plane.ca_file`).
+/// (mTLS), and the server verified against the trust bundle from the control plane (and
+/// `control_plane.ca_file`).
 pub(super) fn host_tls(
     config: &ControlPlaneConfig,
     credentials: &Credentials,
@@ -235,10 +269,13 @@ pub(super) fn host_tls(
             path: credentials_path(&config.state_dir),
         });
     }
-    let ca = match read_ca_file(config)? {
-        Some(ca) => ca,
-        None => credentials.ca_certificate_pem.clone().into_bytes(),
-    };
+    // The CAs from the control plane (enrolment, renewals, heartbeats: it rotates them), and
+    // those of `control_plane.ca_file` too where one is set.
+    let mut ca = read_ca_file(config)?.unwrap_or_default();
+    if !ca.is_empty() && !ca.ends_with(b"\n") {
+        ca.push(b'\n');
+    }
+    ca.extend_from_slice(credentials.ca_certificate_pem.as_bytes());
     Ok(ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
         .identity(Identity::from_pem(

@@ -29,7 +29,9 @@ use self::{
     backoff::{Backoff, random_fraction},
     channel::{authed, connect, is_https, now_secs},
     error::call,
-    host_credentials::{Validity, enrol, host_tls, saved_credentials},
+    host_credentials::{
+        Validity, bundle_digest, enrol, host_tls, saved_credentials, update_bundle,
+    },
 };
 use crate::{conditional::DecisionSet, config::ControlPlaneConfig};
 
@@ -292,6 +294,35 @@ async fn renew(
     }
 }
 
+/// One heartbeat; keeps the trust bundle it returns when the control plane rotated its CAs.
+async fn beat(
+    config: &ControlPlaneConfig,
+    client: &mut HostServiceClient<Channel>,
+    token: &MetadataValue<tonic::metadata::Ascii>,
+    credentials: &mut host_credentials::Credentials,
+) -> Result<(), ControlError> {
+    let answer = client
+        .heartbeat(authed(
+            proto::HeartbeatRequest {
+                agentd_version: env!("CARGO_PKG_VERSION").to_owned(),
+                ca_bundle_sha256: bundle_digest(credentials),
+            },
+            token,
+        ))
+        .await
+        .map_err(call("Heartbeat"))?
+        .into_inner();
+    if !answer.ca_bundle_pem.is_empty() {
+        match update_bundle(config, credentials, &answer.ca_bundle_pem) {
+            Ok(()) => tracing::info!(
+                "the control plane's trust bundle changed; trusting it from the next connection"
+            ),
+            Err(err) => tracing::warn!(%err, "keeping the trust bundle this host has"),
+        }
+    }
+    Ok(())
+}
+
 /// One connection: returns `Ok` only when the daemon has gone away.
 async fn session(
     config: &ControlPlaneConfig,
@@ -374,13 +405,7 @@ async fn session(
                 }
             }
             _ = heartbeat.tick() => {
-                client
-                    .heartbeat(authed(
-                        proto::HeartbeatRequest { agentd_version: env!("CARGO_PKG_VERSION").to_owned() },
-                        &token,
-                    ))
-                    .await
-                    .map_err(call("Heartbeat"))?;
+                beat(config, &mut client, &token, &mut credentials).await?;
                 if to_daemon.send(FromControl::Confirmed).await.is_err() {
                     return Ok(());
                 }

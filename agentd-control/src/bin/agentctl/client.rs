@@ -31,8 +31,8 @@ pub(crate) struct Connection {
     /// API token (sent as `authorization: Bearer <token>`).
     #[arg(long, env = "AGENTD_TOKEN", hide_env_values = true, global = true)]
     pub(crate) token: Option<String>,
-    /// For https: the control-plane CA certificate (PEM) to verify the server with
-    /// (`agentd-control ca-cert` prints it).
+    /// For https: the control-plane trust bundle (PEM: one or more CA certificates) to verify
+    /// the server with (`agentd-control ca-cert` or `agentctl ca bundle` prints it).
     #[arg(long, env = "AGENTD_CA_CERT", global = true)]
     pub(crate) ca_cert: Option<PathBuf>,
     /// For https: the host's client certificate (PEM), for host commands (mTLS).

@@ -113,6 +113,7 @@ pub(crate) async fn host(
         HostCommand::Heartbeat => {
             let response = call(client.heartbeat(proto::HeartbeatRequest {
                 agentd_version: env!("CARGO_PKG_VERSION").to_owned(),
+                ..Default::default()
             }))
             .await?;
             out.done(&response, "heartbeat accepted")

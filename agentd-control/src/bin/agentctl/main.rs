@@ -11,6 +11,7 @@ mod agent;
 mod args;
 mod audit;
 mod blueprint;
+mod ca;
 mod client;
 mod conditional;
 mod governance;
@@ -85,6 +86,10 @@ enum Command {
     /// The keys that sign agents' JWT-SVIDs: rotate, list, retire.
     #[command(subcommand)]
     JwtKey(jwt_key::JwtKeyCommand),
+    /// The certificate authorities (server, host and SVID certificates): rotate, list, bundle,
+    /// retire.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
     /// Show the role and principal of the token in use.
     Whoami,
 }
@@ -120,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(command) => conditional::policy(&clients, &out, command).await,
         Command::Token(command) => token::token(&clients, &out, command).await,
         Command::JwtKey(command) => jwt_key::jwt_key(&clients, &out, command).await,
+        Command::Ca(command) => ca::ca(&clients, &out, command).await,
         Command::Whoami => token::whoami(&clients, &out).await,
     }
 }
@@ -192,6 +198,9 @@ mod tests {
             Method::RotateJwtSigningKey => &["jwt-key", "rotate"],
             Method::ListJwtSigningKeys => &["jwt-key", "list"],
             Method::RetireJwtSigningKey => &["jwt-key", "retire"],
+            Method::RotateCertificateAuthority => &["ca", "rotate"],
+            Method::ListCertificateAuthorities => &["ca", "list"],
+            Method::RetireCertificateAuthority => &["ca", "retire"],
         }
     }
 
