@@ -32,7 +32,7 @@ use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 
 use crate::{
     authorities::Authorities,
-    ca::IssuedCertificate,
+    ca::{IssuedCertificate, LEAF_LIFETIME_DAYS},
     clock,
     error::{Error, Result},
     listener::{BoundedConnection, BoundedIncoming},
@@ -157,11 +157,18 @@ fn verifier(authorities: &Authorities) -> Result<Arc<dyn ClientCertVerifier>> {
         .map_err(|err| Error::Certificate(format!("the client-certificate check: {err}")))
 }
 
-/// What the server's certificate and client check were made from.
+/// What the server's certificate and client check were made from, and when the certificate is
+/// renewed (half its lifetime, as hosts renew theirs).
 #[derive(Debug, Default)]
 struct MadeFrom {
     signer: String,
     digest: String,
+    renew_at: clock::UnixTime,
+}
+
+/// When a server certificate issued at `now` is issued again.
+fn renewal(now: clock::UnixTime) -> clock::UnixTime {
+    now + LEAF_LIFETIME_DAYS * clock::DAY / 2
 }
 
 /// The server's TLS: its names, the certificate presented and the CAs trusted, both
@@ -191,13 +198,15 @@ impl ServerTls {
             made_from: Mutex::new(MadeFrom {
                 signer: authorities.signer_id(now).to_owned(),
                 digest: authorities.digest().to_owned(),
+                renew_at: renewal(now),
             }),
             issued: RwLock::new(issued),
         })
     }
 
-    /// Follows `authorities` at `now`: a new server certificate when another CA signs, a new
-    /// client check when the trusted CAs changed. Connections already open keep theirs.
+    /// Follows `authorities` at `now`: a new server certificate when another CA signs or the
+    /// current one is half-way through its life, a new client check when the trusted CAs
+    /// changed. Connections already open keep theirs.
     /// Returns whether anything changed.
     pub fn follow(&self, authorities: &Authorities, now: clock::UnixTime) -> Result<bool> {
         let mut made_from = self
@@ -215,7 +224,7 @@ impl ServerTls {
             changed = true;
         }
         let signer = authorities.signer_id(now);
-        if made_from.signer != signer {
+        if made_from.signer != signer || now >= made_from.renew_at {
             let issued = authorities.signer(now).issue_server(&self.names, now)?;
             *self
                 .certificate
@@ -227,6 +236,7 @@ impl ServerTls {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = issued;
             signer.clone_into(&mut made_from.signer);
+            made_from.renew_at = renewal(now);
             changed = true;
         }
         Ok(changed)
@@ -317,4 +327,50 @@ pub fn tls_incoming(
         }
     });
     ReceiverStream::new(served)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{authorities::Generated, clock::DAY, store::authorities::StoredCa};
+
+    fn one_ca(now: clock::UnixTime) -> Authorities {
+        let generated = Generated::new(now).unwrap();
+        Authorities::from_stored(&[StoredCa {
+            id: generated.id.clone(),
+            cert_pem: generated.cert_pem.clone(),
+            key_pem: generated.key_pem.clone(),
+            created_at: now,
+            activates_at: now,
+            retired_at: None,
+        }])
+        .unwrap()
+    }
+
+    #[test]
+    fn the_server_certificate_is_issued_again_at_half_its_life() {
+        let now = 1_800_000_000;
+        let authorities = one_ca(now);
+        let tls = ServerTls::new(&["localhost".to_owned()], &authorities, now).unwrap();
+        let first = tls.certificate_pem();
+        assert!(
+            !tls.follow(&authorities, now + DAY).unwrap(),
+            "nothing changed"
+        );
+        assert_eq!(tls.certificate_pem(), first);
+        let half = now + LEAF_LIFETIME_DAYS * DAY / 2;
+        assert!(
+            tls.follow(&authorities, half).unwrap(),
+            "renewed at half-life"
+        );
+        let renewed = tls.certificate_pem();
+        assert_ne!(renewed, first);
+        let (_, pem) = x509_parser::pem::parse_x509_pem(renewed.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        assert_eq!(
+            cert.validity().not_after.timestamp(),
+            half + LEAF_LIFETIME_DAYS * DAY
+        );
+        assert!(!tls.follow(&authorities, half + DAY).unwrap());
+    }
 }
