@@ -105,12 +105,20 @@ impl HostService for ControlPlane {
     ) -> Result<Response<proto::HeartbeatResponse>, Status> {
         let caller = self.authorize(&request, Method::Heartbeat).await?;
         let version = validate::text("agentd_version", &request.get_ref().agentd_version, 64)?;
+        let held = &request.get_ref().ca_bundle_sha256;
+        if held.len() > 64 || !held.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::invalid(
+                "ca_bundle_sha256",
+                "must be the SHA-256 of the trust bundle held, 64 hex digits (or empty)",
+            )
+            .into());
+        }
         let now = self.now();
         self.store
             .heartbeat(&caller.principal, now, &version)
             .await?;
         let authorities = self.ca.current();
-        let current = request.get_ref().ca_bundle_sha256 == authorities.digest();
+        let current = held.eq_ignore_ascii_case(authorities.digest());
         Ok(Response::new(proto::HeartbeatResponse {
             server_time: Some(timestamp(now)),
             ca_bundle_pem: if current {

@@ -167,6 +167,18 @@ pub async fn a_rotated_ca_is_trusted_before_it_signs_and_hosts_keep_connecting_t
         current.ca_bundle_pem, "",
         "a current bundle is not sent again"
     );
+    for bad in ["not hex".to_owned(), "a".repeat(65)] {
+        assert_status(
+            kept.host()
+                .heartbeat(proto::HeartbeatRequest {
+                    ca_bundle_sha256: bad,
+                    ..Default::default()
+                })
+                .await,
+            Code::InvalidArgument,
+            "ca_bundle_sha256",
+        );
+    }
 
     // Bad rotations and retirements are refused by field, and store nothing.
     assert_status(
