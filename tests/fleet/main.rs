@@ -13,6 +13,7 @@ use std::{
 
 use agentd_tests::{Daemon, launch_cgroup, wait_until};
 
+mod agent_ids;
 mod credentials;
 mod host_certificates;
 mod rotation;

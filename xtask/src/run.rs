@@ -120,32 +120,6 @@ fn register_demo(ctl: &Path, token: &str) -> anyhow::Result<String> {
     Ok(id)
 }
 
-/// The example policy with the demo agent's registry id, so that host events, the registry and
-/// its SPIFFE ID name it by the same id.
-fn demo_policy(dir: &Path, id: &str) -> anyhow::Result<PathBuf> {
-    let example = workspace::workspace_root().join("examples/agents.toml");
-    let text =
-        fs::read_to_string(&example).with_context(|| format!("reading {}", example.display()))?;
-    let named = format!("name = \"{AGENT}\"\n");
-    anyhow::ensure!(
-        text.contains(&named),
-        "{} names no agent {AGENT:?}",
-        example.display()
-    );
-    let policy = dir.join("agents.toml");
-    fs::write(&policy, with_id(&text, &named, id))?;
-    Ok(policy)
-}
-
-/// `text` with an `id` line after the agent's `named` line.
-fn with_id(text: &str, named: &str, id: &str) -> String {
-    text.replacen(
-        named,
-        &format!("{named}id = \"{id}\"  # the control plane's id (cargo xtask run)\n"),
-        1,
-    )
-}
-
 /// Sets up, builds and runs the control plane and agentd until agentd exits.
 pub fn run(args: &[String]) -> anyhow::Result<ExitStatus> {
     setup::run(&setup::Options::default())?;
@@ -186,7 +160,7 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitStatus> {
         "run: control plane on http://{LISTEN} (admin token in {})",
         dir.join("admin.token").display()
     );
-    let demo_id = register_demo(&ctl, &token)?;
+    register_demo(&ctl, &token)?;
 
     let enrolled = dir.join("agentd-state/host.json").exists();
     let join = if enrolled {
@@ -215,8 +189,11 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitStatus> {
     let mut command = Command::new(&agentd);
     command.arg("run").arg("--config").arg(&config);
     if !args.iter().any(|arg| arg.starts_with("--policy")) {
-        // The example: one demo agent to launch, by the registry's id.
-        command.arg("--policy").arg(demo_policy(&dir, &demo_id)?);
+        // The example: one demo agent to launch. It names no id: agentd takes the registry's
+        // from the decisions, so host events, the registry and its SPIFFE ID agree.
+        command
+            .arg("--policy")
+            .arg(workspace::workspace_root().join("examples/agents.toml"));
     }
     command.args(args).stdin(Stdio::inherit());
     eprintln!("+ {}", cmd::display(&command));
@@ -239,12 +216,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_demo_agent_is_found_by_name_and_its_policy_carries_the_registry_id() {
+    fn the_demo_agent_is_found_by_name() {
         let listed = r#"{"agents": [{"id": "a1", "name": "other"}, {"id": "d7", "name": "demo"}]}"#;
         assert_eq!(listed_id(listed, "demo").unwrap().as_deref(), Some("d7"));
         assert_eq!(listed_id("{}", "demo").unwrap(), None);
         assert!(listed_id("not json", "demo").is_err());
-        let policy = with_id("[[agent]]\nname = \"demo\"\n", "name = \"demo\"\n", "d7");
-        assert!(policy.contains("name = \"demo\"\nid = \"d7\""), "{policy}");
     }
 }

@@ -32,7 +32,8 @@ impl State {
     /// Validates `policy` as a whole, then makes it the one in force. On any error nothing
     /// changes: the policy in force stays as it was.
     pub fn apply(&mut self, policy: &IdentityPolicy) -> Result<Applied, DaemonError> {
-        let compiled = policy.compile(&self.cgroup_root, &self.categories)?;
+        let mut compiled = policy.compile(&self.cgroup_root, &self.categories)?;
+        self.adopt_into(&mut compiled);
         // Launch cgroups first: creating a directory changes nothing that is enforced.
         let mut launch_dirs = Vec::new();
         for agent in &compiled.agents {

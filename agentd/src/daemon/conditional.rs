@@ -25,7 +25,8 @@ impl State {
     fn warn_of_other_ids(&self, set: &DecisionSet) {
         for decision in &set.decisions {
             let other = self.policy.agents.iter().find(|agent| {
-                agent.agent.name == decision.agent_name
+                agent.id_given
+                    && agent.agent.name == decision.agent_name
                     && agent.agent.id.to_string() != decision.agent_id
             });
             if let Some(agent) = other {
@@ -35,7 +36,7 @@ impl State {
                     control_plane_id = %decision.agent_id,
                     "the local policy names this agent by another id than the control plane: \
                      host events use the local one; set `id` in the policy to the control \
-                     plane's (docs/identity.md)"
+                     plane's, or leave it out to adopt it (docs/identity.md)"
                 );
             }
         }
@@ -49,6 +50,7 @@ impl State {
         mut set: DecisionSet,
         format: OutputFormat,
     ) -> Result<Vec<String>, RequestError> {
+        self.adopt_from(&set);
         let now_ms = unix_ms();
         let stale_ms = now_ms.saturating_sub(set.confirmed_unix_ms);
         let standings: Vec<Standing> = set

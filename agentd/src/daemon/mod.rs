@@ -2,6 +2,7 @@
 //! the local API, and print events until shut down.
 
 mod admin;
+mod adopt;
 mod caller;
 mod compile;
 mod conditional;
@@ -107,6 +108,8 @@ pub async fn run(
     let (mut state, mut reader) = State::start(&config, cgroup_root, categories, mounts)
         .inspect_err(|_| pins_before.restore())?;
     let (mut output, mut from_control, _control_tx, control_task) = match async {
+        // Agents the control plane named before a restart keep its ids from the first tag.
+        state.ca.adopted = adopt::kept_ids(&config);
         state.apply(&policy)?;
         let mut output = Output::open(&config.events)?;
         let (from_control, control_tx, control_task) =

@@ -108,6 +108,9 @@ pub struct State {
 pub(super) struct CaHost {
     /// The decision set in force.
     pub(super) set: Option<DecisionSet>,
+    /// The control plane's id for each agent name, adopted by agents the local policy names
+    /// without one (`adopt`).
+    pub(super) adopted: std::collections::HashMap<String, AgentId>,
     /// Where it is kept; `None` when no control plane is configured.
     pub(super) path: Option<PathBuf>,
     pub(super) connected: bool,

@@ -77,6 +77,20 @@ impl Registry {
         index
     }
 
+    /// Renames the agent known as `old` to `new`, behind the index it has: processes tagged
+    /// before resolve to `new` from now on. Returns the index; `None` (and no change) when `old`
+    /// has none.
+    pub fn adopt(&mut self, old: AgentId, new: AgentId) -> Option<u32> {
+        if old == new {
+            return self.by_id.get(&old).copied();
+        }
+        let index = self.by_id.remove(&old)?;
+        self.agents[index as usize - 1].id = new;
+        self.by_id.insert(new, index);
+        self.changed = true;
+        Some(index)
+    }
+
     /// The agent behind a kernel index; `None` for 0 and unknown indexes.
     #[must_use]
     pub fn agent(&self, index: u32) -> Option<&Agent> {
@@ -187,6 +201,29 @@ mod tests {
         coder.name = "coder-v2".into();
         assert_eq!(registry.intern_agent(&coder), index);
         assert_eq!(registry.agent(index).unwrap().name, "coder-v2");
+    }
+
+    #[test]
+    fn an_adopted_id_keeps_the_index_and_the_old_id_is_forgotten() {
+        let mut registry = Registry::default();
+        let coder = agent("coder");
+        let index = registry.intern_agent(&coder);
+        assert!(registry.take_changed());
+        let adopted = AgentId(Uuid::from_u128(7));
+        assert_eq!(registry.adopt(coder.id, adopted), Some(index));
+        assert!(
+            registry.take_changed(),
+            "the pinned registry must be rewritten"
+        );
+        assert_eq!(registry.agent(index).unwrap().id, adopted);
+        let renamed = Agent {
+            id: adopted,
+            name: "coder".into(),
+        };
+        assert_eq!(registry.intern_agent(&renamed), index);
+        // The derived id is a new agent now, and adopting an unknown id changes nothing.
+        assert_ne!(registry.intern_agent(&coder), index);
+        assert_eq!(registry.adopt(AgentId(Uuid::from_u128(8)), adopted), None);
     }
 
     #[test]

@@ -119,6 +119,9 @@ pub enum Matcher {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompiledAgent {
     pub agent: Agent,
+    /// The policy gave the id. Otherwise the id is derived from the name until the control plane
+    /// names the agent, and then it is the control plane's (`daemon::adopt`).
+    pub id_given: bool,
     /// (path relative to the cgroup root, cgroup id).
     pub cgroups: Vec<(String, u64)>,
     pub network: Option<CompiledAgentNetwork>,
@@ -308,6 +311,7 @@ impl IdentityPolicy {
                         id,
                         name: spec.name.clone(),
                     },
+                    id_given: spec.id.is_some(),
                     cgroups,
                     network,
                     files,

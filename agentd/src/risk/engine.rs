@@ -294,6 +294,32 @@ impl RiskEngine {
     pub fn forget(&mut self, agent: AgentId) -> bool {
         self.agents.remove(&agent).is_some()
     }
+
+    /// The agent known as `old` is `new` from now on (its id adopted from the control plane):
+    /// its risk, detections and evidence move to `new`. Nothing changes when `new` has state
+    /// already or `old` has none.
+    pub fn rename(&mut self, old: AgentId, new: AgentId) {
+        if self.agents.contains_key(&new) {
+            return;
+        }
+        let Some(mut state) = self.agents.remove(&old) else {
+            return;
+        };
+        for stored in &mut state.records {
+            let detection = &mut stored.record.detection;
+            detection.agent = new;
+            for observation in &mut detection.evidence {
+                observation.agent = new;
+            }
+        }
+        if let Some(pending) = &mut state.pending_secret {
+            pending.agent = new;
+        }
+        for transition in &mut state.transitions {
+            transition.agent = new;
+        }
+        self.agents.insert(new, state);
+    }
 }
 
 fn destination(connect: &ConnectAttempt) -> String {

@@ -1445,3 +1445,37 @@ fn outcome_and_history_serialize_with_stable_names() {
         })
     );
 }
+
+#[test]
+fn a_renamed_agent_keeps_its_risk_detections_and_evidence_under_the_new_id() {
+    let mut engine = engine(config());
+    feed(
+        &mut engine,
+        &[allow(1, "192.0.2.1"), deny(160, "198.51.100.7")],
+    );
+    let before = engine.report(coder()).expect("the agent has risk state");
+    let adopted = AgentId(uuid::Uuid::from_u128(42));
+    engine.rename(coder(), adopted);
+    assert_eq!(
+        engine.report(coder()),
+        None,
+        "nothing stays under the old id"
+    );
+    let after = engine.report(adopted).expect("the state moved");
+    assert_eq!(after.level, before.level);
+    assert_eq!(after.detections.len(), 1);
+    assert_eq!(after.detections[0].detection.agent, adopted);
+    assert!(
+        after.detections[0]
+            .detection
+            .evidence
+            .iter()
+            .all(|observation| observation.agent == adopted)
+    );
+    assert!(after.transitions.iter().all(|t| t.agent == adopted));
+    // A later observation under the new id adds to the same state.
+    let mut later = deny(170, "203.0.113.9");
+    later.agent = adopted;
+    feed(&mut engine, &[later]);
+    assert_eq!(engine.report(adopted).unwrap().detections.len(), 2);
+}
