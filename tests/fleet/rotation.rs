@@ -1,6 +1,7 @@
 //! X.509-SVID rotation on an open `FetchX509SVID` stream: with a short lifetime the client
 //! receives the renewed SVID before the old one expires, on the same stream, and a block
-//! decision ends the stream within a second.
+//! decision ends the stream within a second. A CA rotation reaches open `FetchX509Bundles`
+//! streams at the next heartbeat.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -16,12 +17,22 @@ use crate::{ControlPlane, enrolled, register};
 /// `spiffe-fetch watch` inside `agent`, its lines read on a thread so that a stream that never
 /// ends fails the test instead of hanging it.
 fn watch(daemon: &Daemon, agent: &str, endpoint: &str) -> (Child, mpsc::Receiver<String>) {
+    watch_with(daemon, agent, "watch", endpoint)
+}
+
+/// `spiffe-fetch MODE ENDPOINT` inside `agent`, as [`watch`].
+fn watch_with(
+    daemon: &Daemon,
+    agent: &str,
+    mode: &str,
+    endpoint: &str,
+) -> (Child, mpsc::Receiver<String>) {
     let mut watcher = daemon
         .launch(
             agent,
             &[
                 super::credentials::spiffe_fetch().to_str().unwrap(),
-                "watch",
+                mode,
                 endpoint,
             ],
         )
@@ -121,6 +132,71 @@ fn an_open_stream_receives_the_rotated_svid_before_the_old_one_expires_and_ends_
     wait_until("spiffe-fetch exits", || {
         watcher.try_wait().is_ok_and(|status| status.is_some())
     });
+    let _ = keeper.kill();
+    let _ = keeper.wait();
+}
+
+/// Issue 19: "bundles rotate with the CA". An open `FetchX509Bundles` stream (the `spiffe`
+/// crate's) receives the bundle with the new CA at the next heartbeat, long before the SVID's
+/// half-life (30 min by default), and the bundle without it once the pending CA is retired.
+#[test]
+fn an_open_bundle_stream_receives_a_rotated_ca_at_the_next_heartbeat() {
+    let agent = "bundle-watching-agent";
+    let cp = ControlPlane::start();
+    register(&cp, agent);
+    let state = tempfile::tempdir().unwrap();
+    let daemon = enrolled(&cp, agent, state.path(), "");
+    let _launched = launch_cgroup(agent);
+    let endpoint = format!(
+        "unix://{}",
+        daemon.identity.with_file_name("spiffe.sock").display()
+    );
+    let mut keeper = daemon
+        .launch(agent, &["sleep", "300"])
+        .spawn()
+        .expect("a process of the agent");
+    let one = "bundles trust_domain=agentd.internal authorities=1";
+    let (mut watcher, lines) = loop {
+        // Refused until the host's report of the agent reaches the control plane.
+        let (mut watcher, lines) = watch_with(&daemon, agent, "watch-bundles", &endpoint);
+        let first = lines
+            .recv_timeout(Duration::from_mins(1))
+            .expect("a first line from spiffe-fetch watch-bundles");
+        if first == one {
+            break (watcher, lines);
+        }
+        assert!(first.contains("has not reported it running"), "{first}");
+        let _ = watcher.wait();
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    let rotated = Instant::now();
+    let created = cp.json(&["ca", "rotate", "--activate-after", "1h"]);
+    let pending = created["authority"]["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    let next = lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the rotated bundle on the open stream");
+    eprintln!(
+        "the new bundle arrived {:?} after the rotation",
+        rotated.elapsed()
+    );
+    assert_eq!(
+        next,
+        "bundles trust_domain=agentd.internal authorities=2",
+        "agentd's log:\n{}",
+        daemon.log()
+    );
+
+    cp.ctl(&["ca", "retire", &pending]);
+    let after = lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the bundle without the retired CA");
+    assert_eq!(after, one);
+    let _ = watcher.kill();
+    let _ = watcher.wait();
     let _ = keeper.kill();
     let _ = keeper.wait();
 }

@@ -49,6 +49,9 @@ pub enum FromControl {
     /// The host's client certificate in use expires then (Unix seconds): at each connection
     /// and after each renewal.
     Certificate { expires_at: i64 },
+    /// The control plane's trust bundle changed (a CA rotation, a retirement): its PEM, which
+    /// the Workload API serves to open streams from now on.
+    Bundle(String),
 }
 
 /// What the daemon asks of the task.
@@ -294,13 +297,14 @@ async fn renew(
     }
 }
 
-/// One heartbeat; keeps the trust bundle it returns when the control plane rotated its CAs.
+/// One heartbeat; keeps the trust bundle it returns when the control plane rotated its CAs,
+/// and returns it then.
 async fn beat(
     config: &ControlPlaneConfig,
     client: &mut HostServiceClient<Channel>,
     token: &MetadataValue<tonic::metadata::Ascii>,
     credentials: &mut host_credentials::Credentials,
-) -> Result<(), ControlError> {
+) -> Result<Option<String>, ControlError> {
     let answer = client
         .heartbeat(authed(
             proto::HeartbeatRequest {
@@ -312,15 +316,21 @@ async fn beat(
         .await
         .map_err(call("Heartbeat"))?
         .into_inner();
-    if !answer.ca_bundle_pem.is_empty() {
-        match update_bundle(config, credentials, &answer.ca_bundle_pem) {
-            Ok(()) => tracing::info!(
+    if answer.ca_bundle_pem.is_empty() {
+        return Ok(None);
+    }
+    match update_bundle(config, credentials, &answer.ca_bundle_pem) {
+        Ok(()) => {
+            tracing::info!(
                 "the control plane's trust bundle changed; trusting it from the next connection"
-            ),
-            Err(err) => tracing::warn!(%err, "keeping the trust bundle this host has"),
+            );
+            Ok(Some(answer.ca_bundle_pem))
+        }
+        Err(err) => {
+            tracing::warn!(%err, "keeping the trust bundle this host has");
+            Ok(None)
         }
     }
-    Ok(())
 }
 
 /// One connection: returns `Ok` only when the daemon has gone away.
@@ -405,7 +415,11 @@ async fn session(
                 }
             }
             _ = heartbeat.tick() => {
-                beat(config, &mut client, &token, &mut credentials).await?;
+                if let Some(bundle) = beat(config, &mut client, &token, &mut credentials).await?
+                    && to_daemon.send(FromControl::Bundle(bundle)).await.is_err()
+                {
+                    return Ok(());
+                }
                 if to_daemon.send(FromControl::Confirmed).await.is_err() {
                     return Ok(());
                 }

@@ -302,6 +302,12 @@ impl State {
                 }
                 self.ca_tick(format)
             }
+            FromControl::Bundle(pem) => {
+                if let Err(err) = self.held_svids.set_bundle(&pem) {
+                    tracing::warn!(%err, "the control plane's new trust bundle; open streams keep theirs");
+                }
+                Vec::new()
+            }
             FromControl::Certificate { expires_at } => {
                 self.ca.certificate_expires_at = Some(expires_at);
                 Vec::new()

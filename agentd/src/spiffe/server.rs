@@ -4,7 +4,9 @@
 //! ([`Ask`]), never for what the caller claims. An untagged caller gets `PermissionDenied`.
 //! SVIDs are signed by the control plane (`control::CredentialCall`) for keys made here,
 //! cached per agent, renewed at half-life, and streamed to every open `FetchX509SVID`; a
-//! stream ends with an error as soon as the agent may no longer hold its SVID. JWT-SVIDs are
+//! stream ends with an error as soon as the agent may no longer hold its SVID. The X.509
+//! bundle is the newest the host has (a signing's, or a heartbeat's after a CA rotation), and
+//! open streams send it again when it changes. JWT-SVIDs are
 //! signed for the audiences asked and cached the same way; the JWT bundle is the control
 //! plane's JWKS, refreshed every 30 s.
 
@@ -156,6 +158,9 @@ pub struct Held {
     /// Woken when what an agent may hold can have changed (`Held::standing_changed`), so that
     /// open streams ask again at once instead of at their next recheck.
     changes: Arc<tokio::sync::Notify>,
+    /// The newest X.509 trust bundle (DER certificates concatenated): from the latest signing
+    /// or heartbeat, whichever came last. Every SVID is served with it.
+    x509_bundle: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl Held {
@@ -163,6 +168,29 @@ impl Held {
     /// applied, a quarantine): each asks again now whether its agent may still hold its SVID.
     pub fn standing_changed(&self) {
         self.changes.notify_waiters();
+    }
+
+    /// The control plane's trust bundle changed (`pem`, from a heartbeat): open `FetchX509SVID`
+    /// and `FetchX509Bundles` streams send it now, not with the next SVID. A bundle without a
+    /// certificate is refused and the one held stays.
+    pub fn set_bundle(&self, pem: &str) -> Result<(), svid::SvidError> {
+        let der = svid::der_certificates(pem)?.concat();
+        if der.is_empty() {
+            return Err(svid::SvidError::Answer(
+                "ca_bundle_pem holds no certificate".into(),
+            ));
+        }
+        *locked(&self.x509_bundle) = Some(der);
+        self.changes.notify_waiters();
+        Ok(())
+    }
+
+    /// `svid` with the newest trust bundle.
+    fn with_bundle(&self, mut svid: Svid) -> Svid {
+        if let Some(bundle) = locked(&self.x509_bundle).as_ref() {
+            svid.bundle_der.clone_from(bundle);
+        }
+        svid
     }
 
     /// How many are held and not expired at `now` (Unix seconds), and the next X.509 expiry.
@@ -279,11 +307,12 @@ impl WorkloadApi {
         if let Some(svid) = &cached
             && now < svid.renew_at()
         {
-            return Ok(svid.clone());
+            return Ok(self.held.with_bundle(svid.clone()));
         }
         match self.sign(&subject).await {
             Ok(svid) => {
                 tracing::info!(agent = %subject.agent_name, spiffe_id = %svid.spiffe_id, not_after = svid.not_after, "X.509-SVID signed");
+                *locked(&self.held.x509_bundle) = Some(svid.bundle_der.clone());
                 locked(&self.held.svids).insert(subject.agent_id.clone(), svid.clone());
                 Ok(svid)
             }
@@ -292,7 +321,7 @@ impl WorkloadApi {
                     && cached.as_ref().is_some_and(|svid| now < svid.not_after) =>
             {
                 tracing::warn!(agent = %subject.agent_name, %status, "renewing an X.509-SVID; serving the cached one until it expires");
-                Ok(cached.expect("checked above"))
+                Ok(self.held.with_bundle(cached.expect("checked above")))
             }
             Err(status) => Err(status),
         }
@@ -596,5 +625,52 @@ impl SpiffeWorkloadApi for WorkloadApi {
             spiffe_id: claims["sub"].as_str().unwrap_or_default().to_owned(),
             claims: Some(jwt::claims_struct(&claims)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svid(bundle_der: Vec<u8>) -> Svid {
+        Svid {
+            spiffe_id: "spiffe://t/agent/a".into(),
+            trust_domain_id: "spiffe://t".into(),
+            cert_der: vec![1],
+            key_der: vec![2],
+            bundle_der,
+            not_before: 0,
+            not_after: 1,
+        }
+    }
+
+    #[test]
+    fn a_new_bundle_is_served_with_every_svid_and_a_bundle_without_certificates_is_refused() {
+        let held = Held::default();
+        assert_eq!(
+            held.with_bundle(svid(vec![9])),
+            svid(vec![9]),
+            "none held yet"
+        );
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let two = format!("{}{}", cert.pem(), cert.pem());
+        held.set_bundle(&two).unwrap();
+        let served = held.with_bundle(svid(vec![9]));
+        assert_eq!(
+            served.bundle_der,
+            [cert.der().to_vec(), cert.der().to_vec()].concat()
+        );
+        assert_eq!(served.cert_der, [1], "the SVID itself is unchanged");
+        let err = held.set_bundle("not a bundle").unwrap_err();
+        assert!(err.to_string().contains("no certificate"), "{err}");
+        assert_eq!(
+            held.with_bundle(svid(vec![9])).bundle_der,
+            served.bundle_der,
+            "the bundle held stays"
+        );
     }
 }

@@ -85,7 +85,7 @@ impl Svid {
 }
 
 /// Every `CERTIFICATE` block of `pem`, DER.
-fn der_certificates(pem: &str) -> Result<Vec<Vec<u8>>, SvidError> {
+pub(crate) fn der_certificates(pem: &str) -> Result<Vec<Vec<u8>>, SvidError> {
     let mut certs = Vec::new();
     for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
         let block = block.map_err(|err| SvidError::Answer(format!("PEM: {err}")))?;

@@ -6,6 +6,8 @@
 //!   the certificate and that the certificate names one SPIFFE ID), or `error=...`.
 //! - `spiffe-fetch watch ENDPOINT`: streams the caller's X.509-SVIDs, printing
 //!   `svid=ID serial=HEX not_after=UNIX` for each message and `ended=...` when the stream ends.
+//! - `spiffe-fetch watch-bundles ENDPOINT`: streams the X.509 bundles, printing
+//!   `bundles trust_domain=TD authorities=N` for each message and `ended=...` when it ends.
 //! - `spiffe-fetch x509-files ENDPOINT DIR`: writes the caller's X.509-SVID as `DIR/svid.pem`
 //!   (the chain), `DIR/key.pem` (PKCS#8) and `DIR/bundle.pem` (its trust domain's
 //!   authorities), for a TLS library to use; prints `spiffe_id=ID`.
@@ -73,6 +75,28 @@ async fn watch(endpoint: &str) -> Result<String, String> {
                 svid.spiffe_id(),
                 serial(svid.leaf().as_bytes())
             ),
+            Some(Err(err)) => return Ok(format!("ended={err}")),
+            None => return Ok("ended=the stream ended".to_owned()),
+        }
+    }
+}
+
+async fn watch_bundles(endpoint: &str) -> Result<String, String> {
+    let client = connect(endpoint).await?;
+    let mut stream = client
+        .stream_x509_bundles()
+        .await
+        .map_err(|err| format!("{err}"))?;
+    loop {
+        match stream.next().await {
+            Some(Ok(set)) => {
+                for (trust_domain, bundle) in set.iter() {
+                    println!(
+                        "bundles trust_domain={trust_domain} authorities={}",
+                        bundle.authorities().len()
+                    );
+                }
+            }
             Some(Err(err)) => return Ok(format!("ended={err}")),
             None => return Ok("ended=the stream ended".to_owned()),
         }
@@ -263,6 +287,7 @@ fn main() -> ExitCode {
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[1..] {
         ["x509", endpoint] => runtime.block_on(x509(endpoint)),
         ["watch", endpoint] => runtime.block_on(watch(endpoint)),
+        ["watch-bundles", endpoint] => runtime.block_on(watch_bundles(endpoint)),
         ["x509-files", endpoint, dir] => runtime.block_on(x509_files(endpoint, dir)),
         ["jwt", endpoint, audience] => runtime.block_on(jwt(endpoint, audience)),
         ["jwt-bundles", endpoint] => runtime.block_on(jwt_bundles(endpoint)),
