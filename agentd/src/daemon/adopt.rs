@@ -38,33 +38,68 @@ pub(super) fn kept_ids(config: &Config) -> HashMap<String, AgentId> {
     }
 }
 
+/// What [`adopt`] did to one agent.
+enum Adopted {
+    /// It took the control plane's id; it was known by the first one.
+    Renamed(AgentId, AgentId),
+    /// Another agent's `id` in the policy is the control plane's id for this one.
+    Taken(AgentId),
+}
+
+/// Gives each agent of `agents` without an `id` of its own the id `ids` has for its name:
+/// renamed in `registry` behind its kernel index, with its risk state. Returns what changed,
+/// by agent name.
+fn adopt(
+    registry: &mut crate::identity::Registry,
+    risk: &mut crate::risk::RiskEngine,
+    agents: &mut [crate::policy::CompiledAgent],
+    ids: &HashMap<String, AgentId>,
+) -> Vec<(String, Adopted)> {
+    let given: Vec<AgentId> = agents
+        .iter()
+        .filter(|agent| agent.id_given)
+        .map(|agent| agent.agent.id)
+        .collect();
+    let mut done = Vec::new();
+    for agent in agents.iter_mut().filter(|agent| !agent.id_given) {
+        let Some(&adopted) = ids.get(&agent.agent.name) else {
+            continue;
+        };
+        if agent.agent.id == adopted {
+            continue;
+        }
+        if given.contains(&adopted) {
+            done.push((agent.agent.name.clone(), Adopted::Taken(adopted)));
+            continue;
+        }
+        let old = agent.agent.id;
+        registry.adopt(old, adopted);
+        risk.rename(old, adopted);
+        agent.agent.id = adopted;
+        done.push((agent.agent.name.clone(), Adopted::Renamed(old, adopted)));
+    }
+    done
+}
+
 impl State {
     /// Gives the agents of a freshly compiled policy that have no `id` the control plane's, and
     /// renames them in the registry if an earlier policy knew them by their derived id.
     pub(super) fn adopt_into(&mut self, compiled: &mut CompiledPolicy) {
-        let given: Vec<AgentId> = compiled
-            .agents
-            .iter()
-            .filter(|agent| agent.id_given)
-            .map(|agent| agent.agent.id)
-            .collect();
-        for agent in compiled.agents.iter_mut().filter(|agent| !agent.id_given) {
-            let Some(&adopted) = self.ca.adopted.get(&agent.agent.name) else {
-                continue;
-            };
-            if given.contains(&adopted) {
+        let done = adopt(
+            &mut self.registry,
+            &mut self.risk,
+            &mut compiled.agents,
+            &self.ca.adopted,
+        );
+        for (name, adopted) in done {
+            if let Adopted::Taken(id) = adopted {
                 tracing::warn!(
-                    agent = %agent.agent.name,
-                    control_plane_id = %adopted,
+                    agent = %name,
+                    control_plane_id = %id,
                     "another agent of the local policy has the control plane's id for this one; \
                      it keeps the id derived from its name"
                 );
-                continue;
             }
-            let derived = AgentId::from_name(&agent.agent.name);
-            self.registry.adopt(derived, adopted);
-            self.risk.rename(derived, adopted);
-            agent.agent.id = adopted;
         }
     }
 
@@ -73,32 +108,23 @@ impl State {
     /// is rewritten. An agent whose `id` the policy gave keeps it (`warn_of_other_ids`).
     pub(super) fn adopt_from(&mut self, set: &DecisionSet) {
         let ids = ids_of(set);
-        let given: Vec<AgentId> = self
-            .policy
-            .agents
-            .iter()
-            .filter(|agent| agent.id_given)
-            .map(|agent| agent.agent.id)
-            .collect();
+        let done = adopt(
+            &mut self.registry,
+            &mut self.risk,
+            &mut self.policy.agents,
+            &ids,
+        );
         let mut changed = false;
-        for agent in self.policy.agents.iter_mut().filter(|a| !a.id_given) {
-            let Some(&adopted) = ids.get(&agent.agent.name) else {
-                continue;
-            };
-            if agent.agent.id == adopted || given.contains(&adopted) {
-                continue;
+        for (name, adopted) in done {
+            if let Adopted::Renamed(old, id) = adopted {
+                changed = true;
+                tracing::info!(
+                    agent = %name,
+                    from = %old,
+                    id = %id,
+                    "the agent takes the control plane's id"
+                );
             }
-            let old = agent.agent.id;
-            self.registry.adopt(old, adopted);
-            self.risk.rename(old, adopted);
-            agent.agent.id = adopted;
-            changed = true;
-            tracing::info!(
-                agent = %agent.agent.name,
-                from = %old,
-                id = %adopted,
-                "the agent takes the control plane's id"
-            );
         }
         // Kept for a later policy even if the control plane stops naming the agent.
         self.ca.adopted.extend(ids);
